@@ -1,0 +1,5 @@
+"""Inference backends with one contract (see `base.py`)."""
+
+from .base import Backend
+
+__all__ = ["Backend"]

@@ -1,0 +1,124 @@
+"""The `sr-deploy` command line: a click group, each command a thin wrapper over the library.
+
+Errors: one line on stderr (`error: ...`), exit code 2 for bad usage or input, 1 for a runtime
+failure, 130 for Ctrl-C. `--debug` (before the command) shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+
+import click
+
+from . import __version__
+from .errors import InputError, SRDeployError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
+@click.version_option(__version__, prog_name="sr-deploy")
+def cli(debug: bool) -> None:
+    """Super-resolution from training to fast deployment: PyTorch, ONNX Runtime, TensorRT."""
+
+
+def _not_implemented(command: str) -> None:
+    raise InputError(f"sr-deploy {command}: not implemented yet")
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
+def info(model: str, as_json: bool) -> None:
+    """Describe MODEL: a checkpoint path (ours, BasicSR, ESRGAN, leftthomas/SRGAN) or `default`."""
+    from .models import count_flops_per_lr_pixel, count_parameters, load_checkpoint
+
+    ckpt = load_checkpoint(model)
+    desc = {
+        "file": str(ckpt.path),
+        "format": ckpt.source_format,
+        "arch": ckpt.arch,
+        "scale": ckpt.scale,
+        "config": ckpt.config,
+        "parameters": count_parameters(ckpt.model),
+        "mflops_per_lr_pixel": round(count_flops_per_lr_pixel(ckpt.model) / 1e6, 3),
+        "sha256": ckpt.sha256,
+        "metadata": ckpt.metadata,
+    }
+    if as_json:
+        click.echo(json.dumps(desc, indent=2, default=str))
+        return
+    click.echo(f"file:        {desc['file']}")
+    click.echo(f"format:      {desc['format']}")
+    click.echo(f"arch:        {desc['arch']} x{desc['scale']}")
+    click.echo(f"config:      {', '.join(f'{k}={v}' for k, v in desc['config'].items())}")
+    click.echo(f"parameters:  {desc['parameters']:,}")
+    click.echo(f"FLOPs:       {desc['mflops_per_lr_pixel']:.2f} MFLOP per low-resolution pixel "
+               f"({desc['mflops_per_lr_pixel'] * 1920 * 1080 / 16 / 1e3:.1f} GFLOP for a 1080p output at x4)")
+    click.echo(f"sha256:      {desc['sha256']}")
+    for key, value in desc["metadata"].items():
+        click.echo(f"{key + ':':<12} {value}")
+
+
+@cli.command(name="eval", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+def eval_() -> None:
+    """Score a model (or `bicubic`) on benchmark sets: PSNR / SSIM on Y, as the papers do."""
+    _not_implemented("eval")
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+def export() -> None:
+    """Export a checkpoint to ONNX (dynamic shapes, metadata, parity-checked)."""
+    _not_implemented("export")
+
+
+@cli.command(name="build-engine", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+def build_engine() -> None:
+    """Build a TensorRT engine from an ONNX file (fp16, profiles, timing cache)."""
+    _not_implemented("build-engine")
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+def upscale() -> None:
+    """Upscale images, folders and videos with any backend, tiled, nothing lost."""
+    _not_implemented("upscale")
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+def benchmark() -> None:
+    """Time PyTorch, ONNX Runtime and TensorRT side by side and check that they agree."""
+    _not_implemented("benchmark")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: runs the group and maps errors to one line and an exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        rv = cli.main(args=args, prog_name="sr-deploy", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("error: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("error: interrupted", err=True)
+        sys.exit(130)
+    except SRDeployError as exc:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # an unexpected failure: still one line unless --debug
+        if debug:
+            traceback.print_exc()
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        click.echo(f"error: {type(exc).__name__}: {first} (run with --debug for the traceback)", err=True)
+        sys.exit(1)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""Errors that the CLI turns into one line on stderr and an exit code.
+
+`InputError` (exit 2) is for bad usage or bad input: a missing or unreadable file, a wrong
+suffix, an argument out of range. `SRDeployError` (exit 1) is for a runtime failure after the
+input was accepted (a parity check that failed, a build that failed). Every message names the
+file it is about, so the one line is enough to act on.
+"""
+
+from __future__ import annotations
+
+
+class SRDeployError(Exception):
+    """A failure reported as one line; exit code 1 (runtime failure)."""
+
+    exit_code = 1
+
+
+class InputError(SRDeployError):
+    """Bad usage or bad input (missing file, wrong format, bad argument); exit code 2."""
+
+    exit_code = 2
+
+
+class NotInstalledError(InputError):
+    """An optional dependency (TensorRT, CUDA, onnxruntime-gpu...) is not available; exit code 2."""
+
+
+TENSORRT_NOT_INSTALLED = (
+    "TensorRT is not installed: pip install 'sr-deploy[tensorrt]' on a machine with an NVIDIA GPU"
+)
