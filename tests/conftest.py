@@ -1,0 +1,76 @@
+"""Shared fixtures: where the real data lives, and small models for fast tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+# ../shared/data beside the project root (CI clones the repo with ../shared beside it).
+SHARED_DATA = Path(os.environ.get("SR_DEPLOY_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"real test data not found at {path} (../shared/data beside the repository)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    return _need(SHARED_DATA)
+
+
+@pytest.fixture(scope="session")
+def set5_dir() -> Path:
+    return _need(SHARED_DATA / "benchmark" / "Set5")
+
+
+@pytest.fixture(scope="session")
+def set14_dir() -> Path:
+    return _need(SHARED_DATA / "benchmark" / "Set14")
+
+
+@pytest.fixture(scope="session")
+def weights_dir() -> Path:
+    return _need(SHARED_DATA / "weights")
+
+
+@pytest.fixture(scope="session")
+def video_dir() -> Path:
+    return _need(SHARED_DATA / "video")
+
+
+@pytest.fixture
+def tiny_srresnet():
+    """A 2-block, 16-feature SRResNet x4 with non-trivial BN statistics, in eval mode."""
+    from sr_deploy.models import SRResNet
+
+    torch.manual_seed(0)
+    model = SRResNet(scale=4, num_blocks=2, num_features=16)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.1, 0.1)
+    return model.eval()
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` and `tensorrt` tests skip with a reason when CUDA or TensorRT is absent."""
+    has_cuda = torch.cuda.is_available()
+    try:
+        import tensorrt  # noqa: F401
+
+        has_trt = has_cuda
+    except Exception:
+        has_trt = False
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU; none is present"))
+        if "tensorrt" in item.keywords and not has_trt:
+            item.add_marker(pytest.mark.skip(reason="needs TensorRT and a CUDA GPU; not installed here"))
