@@ -7,7 +7,6 @@ failure, 130 for Ctrl-C. `--debug` (before the command) shows the traceback inst
 from __future__ import annotations
 
 import json
-import sys
 import traceback
 
 import click
@@ -16,7 +15,33 @@ from . import __version__
 from .errors import InputError, SRDeployError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """Maps every error raised by a command to one line on stderr and an exit code, so that
+    the console script and click's CliRunner behave the same."""
+
+    def invoke(self, ctx: click.Context):
+        debug = bool(ctx.params.get("debug"))
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            ctx.exit(130)
+        except SRDeployError as exc:
+            if debug:
+                traceback.print_exc()
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except Exception as exc:  # unexpected: still one line unless --debug
+            if debug:
+                traceback.print_exc()
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            click.echo(f"error: {type(exc).__name__}: {first} (run with --debug for the traceback)", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
 @click.version_option(__version__, prog_name="sr-deploy")
 def cli(debug: bool) -> None:
@@ -92,32 +117,8 @@ def benchmark() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: runs the group and maps errors to one line and an exit code."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args
-    try:
-        rv = cli.main(args=args, prog_name="sr-deploy", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("error: aborted", err=True)
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("error: interrupted", err=True)
-        sys.exit(130)
-    except SRDeployError as exc:
-        if debug:
-            traceback.print_exc()
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
-    except Exception as exc:  # an unexpected failure: still one line unless --debug
-        if debug:
-            traceback.print_exc()
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        click.echo(f"error: {type(exc).__name__}: {first} (run with --debug for the traceback)", err=True)
-        sys.exit(1)
-    sys.exit(rv if isinstance(rv, int) else 0)
+    """Console entry point (`sr-deploy`)."""
+    cli.main(args=argv, prog_name="sr-deploy")
 
 
 if __name__ == "__main__":
