@@ -86,10 +86,39 @@ def info(model: str, as_json: bool) -> None:
         click.echo(f"{key + ':':<12} {value}")
 
 
-@cli.command(name="eval", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def eval_() -> None:
-    """Score a model (or `bicubic`) on benchmark sets: PSNR / SSIM on Y, as the papers do."""
-    _not_implemented("eval")
+@cli.command(name="eval")
+@click.argument("model")
+@click.option("--dataset", "datasets", multiple=True, required=True, type=click.Path(path_type=str),
+              help="Folder of HR images (Set5, Set14...); repeat for several.")
+@click.option("--scale", default=4, show_default=True, type=int, help="Upscaling factor; must match the model.")
+@click.option("--backend", default="auto", show_default=True,
+              type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]), help="Inference runtime.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--precision", default="auto", show_default=True,
+              type=click.Choice(["auto", "fp32", "fp16", "bf16"]), help="Inference precision.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=str),
+              help="Also write the scores to this JSON file.")
+@click.option("--save-dir", type=click.Path(file_okay=False, path_type=str),
+              help="Write the scored SR images to DIR/<dataset>/.")
+@click.option("--lr-dir", "lr_dirs", multiple=True, type=click.Path(path_type=str),
+              help="Ready-made LR images (one folder per --dataset, same order) instead of bicubic.")
+@click.option("--quiet", is_flag=True, help="Only the one-line summaries, no per-image table or progress.")
+def eval_(model: str, datasets: tuple[str, ...], scale: int, backend: str, device: str, precision: str,
+          json_path: str | None, save_dir: str | None, lr_dirs: tuple[str, ...], quiet: bool) -> None:
+    """Score MODEL (a model file, `default`, or `bicubic`) on benchmark sets: PSNR / SSIM on Y,
+    `scale` px borders cropped, LR by MATLAB bicubic, as the papers' tables."""
+    from .evaluation import run_eval, write_json
+
+    upscaler, results = run_eval(model, datasets, scale, backend=backend, device=device, precision=precision,
+                                 lr_dirs=lr_dirs or None, save_dir=save_dir, progress=not quiet)
+    if not quiet:
+        for result in results:
+            click.echo(result.table() + "\n")
+    for result in results:
+        click.echo(result.summary(upscaler.description))
+    if json_path:
+        write_json(json_path, model, upscaler.description, results)
+        click.echo(f"wrote {json_path}")
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
