@@ -40,8 +40,9 @@ def _contributions(in_length: int, out_length: int, scale: float, antialias: boo
     """Weights and source indices for one axis, as MATLAB's `contributions()`.
 
     Returns `weights` float64 (out_length, taps) whose rows sum to 1, and `indices` int64
-    (out_length, taps), 0-based, already folded back into [0, in_length) by MATLAB's
-    symmetric padding (x[-1] = x[0], x[-2] = x[1], ...).
+    (out_length, taps): 0-based positions in the input, NOT yet folded into [0, in_length)
+    (they may run past either border; `_fold` applies MATLAB's symmetric padding). Row i
+    reads indices[i, 0] + t for tap t.
     """
     kernel_width = 4.0
     if scale < 1 and antialias:
@@ -60,22 +61,58 @@ def _contributions(in_length: int, out_length: int, scale: float, antialias: boo
     indices = left[:, None] + np.arange(taps, dtype=np.float64)[None, :]  # 1-based
     weights = kernel(u[:, None] - indices)
     weights = weights / weights.sum(axis=1, keepdims=True)
-    # Symmetric padding: aux = [1..n, n..1]; index i (1-based) -> aux[(i - 1) mod 2n].
-    aux = np.concatenate([np.arange(in_length), np.arange(in_length - 1, -1, -1)])
-    indices = aux[np.mod(indices.astype(np.int64) - 1, 2 * in_length)]
     # Drop tap columns whose weight is zero for every output (MATLAB's `kill`): saves work only.
-    keep = np.any(weights != 0, axis=0)
-    return weights[:, keep], indices[:, keep]
+    keep = np.flatnonzero(np.any(weights != 0, axis=0))
+    keep = np.arange(keep[0], keep[-1] + 1)  # stay contiguous: row i reads indices[i, 0] + t
+    return weights[:, keep], indices[:, keep].astype(np.int64) - 1
+
+
+def _fold(indices: np.ndarray, in_length: int) -> np.ndarray:
+    """MATLAB's symmetric padding: aux = [1..n, n..1], index i -> aux[i mod 2n] (0-based),
+    so x[-1] = x[0], x[-2] = x[1], x[n] = x[n-1], ..."""
+    aux = np.concatenate([np.arange(in_length), np.arange(in_length - 1, -1, -1)])
+    return aux[np.mod(indices, 2 * in_length)]
+
+
+def _period(first: np.ndarray, limit: int = 64) -> tuple[int, int] | None:
+    """(P, D) such that first[i + P] - first[i] == D for every i, smallest P <= limit; None
+    when there is none. x4 down: (1, 4); x4 up: (4, 1); 1/3: (1, 3)."""
+    n = first.size
+    for p in range(1, min(limit, n) + 1):
+        if p == n:
+            return p, 0
+        d = first[p:] - first[:-p]
+        if np.all(d == d[0]):
+            return p, int(d[0])
+    return None
 
 
 def _resize_axis(img: np.ndarray, axis: int, out_length: int, scale: float, antialias: bool) -> np.ndarray:
     weights, indices = _contributions(img.shape[axis], out_length, scale, antialias)
-    shape = [1] * img.ndim
-    shape[axis] = out_length
+    n_taps = weights.shape[1]
     out = np.zeros(img.shape[:axis] + (out_length,) + img.shape[axis + 1:], dtype=np.float64)
-    # One gather + multiply-add per tap (<= 18 taps for x4 down): vectorised over the whole image.
-    for t in range(weights.shape[1]):
-        out += weights[:, t].reshape(shape) * np.take(img, indices[:, t], axis=axis)
+    src = np.moveaxis(img, axis, 0)
+    dst = np.moveaxis(out, axis, 0)  # a view: writing to it fills `out`
+    bshape = (-1,) + (1,) * (img.ndim - 1)
+    first = indices[:, 0]
+    period = _period(first)
+    if period is None:  # irregular factor: one gather per tap
+        for t in range(n_taps):
+            dst += weights[:, t].reshape(bshape) * np.take(src, _fold(first + t, src.shape[0]), axis=0)
+        return out
+    # Regular factor (every integer or 1/integer scale): mirror-pad once, then each (phase, tap)
+    # reads a strided VIEW of the padded input, with no gather copies.
+    p, d = period
+    lo = int(min(0, first.min()))
+    hi = int(max(src.shape[0] - 1, first.max() + n_taps - 1))
+    padded = np.take(src, _fold(np.arange(lo, hi + 1), src.shape[0]), axis=0) if (lo < 0 or hi >= src.shape[0]) else src
+    for r in range(p):
+        rows = slice(r, out_length, p)
+        count = len(range(r, out_length, p))
+        start = int(first[r]) - lo
+        for t in range(n_taps):
+            view = padded[start + t: start + t + (count - 1) * d + 1: d] if d else padded[start + t: start + t + 1]
+            dst[rows] += weights[rows, t].reshape(bshape) * view
     return out
 
 
