@@ -536,11 +536,14 @@ def build_engine(
             raise SRDeployError(f"{engine_path}: float32 parity failed ({report.summary()}); check the ONNX graph "
                                 "with sr-deploy export --check")
         if attempt == 1 and fix_overflow and plan.needs_fp16_onnx:
-            from .export import calibrate_fp16_block_list
+            from .export import FP16_MAX_RELATIVE_ERROR, FP16_SAFE_MAX, calibrate_fp16_block_list
             from .parity import parity_inputs
 
-            more = sorted(set(calibrate_fp16_block_list(str(src), inputs or parity_inputs()))
-                          - set(fp16.block_list if fp16 else []))
+            # Stricter than the first calibration: TensorRT's fp16 kernels accumulate in fp16 too,
+            # so keep back nodes within 8x of the first threshold as well.
+            stricter = calibrate_fp16_block_list(str(src), inputs or parity_inputs(), safe_max=FP16_SAFE_MAX / 8,
+                                                 max_relative_error=FP16_MAX_RELATIVE_ERROR / 2)
+            more = sorted(set(stricter) - set(fp16.block_list if fp16 else []))
             if more:
                 echo(f"{cause} Rebuilding once with {len(more)} more node(s) kept in fp32: {', '.join(more[:8])}")
                 block_extra = more
