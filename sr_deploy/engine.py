@@ -477,11 +477,20 @@ def build_engine(
     if engine_path.resolve() == src.resolve():
         raise InputError(f"{engine_path}: the engine would overwrite the ONNX input")
 
+    from .export import count_fp16_tensors
+
+    source_fp16 = count_fp16_tensors(src)
+    if precision == "fp32" and source_fp16:
+        raise InputError(f"{src}: an fp16 graph ({source_fp16} fp16 tensors) cannot give a float32 engine; "
+                         "export a float32 ONNX for --fp32")
+
     trt = _tensorrt.import_tensorrt()
     _tensorrt.require_cuda(device)
     trt_version = _tensorrt.tensorrt_version(trt)
     plan = _tensorrt.plan_precision(_tensorrt.parse_version(trt_version), precision, strongly_typed)
     scale = _onnx_scale(src)
+    if source_fp16:
+        echo(f"note: {src} is already an fp16 graph; the parity reference is that graph on ONNX Runtime CPU")
     check_tensor_limits(profile, scale, src)
     gpu_name, cc = gpu_identity(device)
     onnx_sha = sha256_file(src)

@@ -16,7 +16,6 @@ import json
 import math
 import sys
 import types
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -50,20 +49,11 @@ from sr_deploy.errors import TENSORRT_NOT_INSTALLED, InputError, NotInstalledErr
 
 
 def _export_tiny(model: torch.nn.Module, path: Path) -> Path:
-    """A dynamic-shape ONNX of `model` with sr_deploy metadata (legacy exporter: fast, quiet)."""
-    import onnx
+    """A dynamic-shape float32 ONNX of `model` with sr_deploy metadata (the export helper's
+    `export_onnx`, legacy exporter: fast; parity is tested in test_export)."""
+    from sr_deploy.export import export_onnx
 
-    x = torch.rand(1, 3, 16, 16)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), str(path), input_names=["input"], output_names=["output"], opset_version=17,
-                          dynamic_axes={"input": {0: "n", 2: "h", 3: "w"}, "output": {0: "n", 2: "sh", 3: "sw"}},
-                          dynamo=False)
-    m = onnx.load(str(path))
-    for k, v in {"sr_deploy.scale": "4", "sr_deploy.arch": "SRResNet", "sr_deploy.input": "rgb_float01_nchw"}.items():
-        p = m.metadata_props.add()
-        p.key, p.value = k, v
-    onnx.save(m, str(path))
+    export_onnx(model, path, exporter="legacy", verify=False, log=None)
     return path
 
 
@@ -270,6 +260,15 @@ def test_cli_bad_shapes_exit_2_before_tensorrt(tiny_onnx, args, fragment, no_ten
     result = CliRunner().invoke(cli, ["build-engine", str(tiny_onnx), *args])
     assert result.exit_code == 2, result.output
     assert fragment in result.stderr and "Traceback" not in result.output
+
+
+def test_fp32_engine_from_an_fp16_graph_refused(tiny_onnx, tmp_path, no_tensorrt):
+    from sr_deploy.export import convert_to_fp16
+
+    fp16 = tmp_path / "tiny.fp16.onnx"
+    convert_to_fp16(tiny_onnx, output=fp16)
+    result = CliRunner().invoke(cli, ["build-engine", str(fp16), "--fp32"])
+    assert result.exit_code == 2 and "cannot give a float32 engine" in result.stderr
 
 
 def test_cli_missing_and_wrong_file(tmp_path, no_tensorrt):
