@@ -10,8 +10,8 @@ as device buffers (no pycuda).
   stream waits for the result), so torch pre/post-processing on the GPU stays correct.
 - `max_shape` / `min_shape` come from the engine's optimization profile: the caller tiles
   larger inputs; smaller ones are edge-padded here to the profile min and cropped back.
-- `cuda_graph=True` captures one CUDA graph per input shape (after a plain run, on the
-  non-default stream, with fixed buffers) and replays it.
+- `cuda_graph=True` captures one CUDA graph per input shape (its own execution context, a plain
+  run first, capture on the non-default stream, fixed buffers) and replays it.
 
 The TensorRT calls are in `sr_deploy._tensorrt` (imported lazily): this module imports
 without TensorRT and raises NotInstalledError (exit 2) when one is constructed.
@@ -78,7 +78,7 @@ class TensorRTBackend(Backend):
             self._out_dtype = _tensorrt.torch_dtype(trt, self.io.output_dtype)
             self._stream = torch.cuda.Stream(device=self.torch_device)  # dedicated, non-default
         self._contexts: dict[int, Any] = {}
-        self._graphs: dict[tuple[int, ...], tuple[Any, Any, Any]] = {}
+        self._graphs: dict[tuple[int, ...], tuple[Any, Any, Any, Any]] = {}
         self.cuda_graph = bool(cuda_graph)
 
         pmin, pmax = self.io.profile_min, self.io.profile_max
@@ -86,7 +86,8 @@ class TensorRTBackend(Backend):
         self.profile = (pmin, self.io.profile_opt, pmax)
         # scale from the sidecar, else from the output shape at the opt shape
         scale = sidecar.scale if sidecar is not None and sidecar.scale else self._probe_scale()
-        reported = precision if precision else (sidecar.precision if sidecar is not None else "unknown")
+        # An engine's precision is fixed at build time: the sidecar's word wins over the request.
+        reported = sidecar.precision if sidecar is not None else (precision or "unknown")
         super().__init__(scale=scale, precision=reported, device=str(self.torch_device),
                          max_shape=(pmax[0], pmax[2], pmax[3]))
 
@@ -145,6 +146,8 @@ class TensorRTBackend(Backend):
 
         entry = self._graphs.get(shape)
         if entry is None:
+            # A graph bakes in its context's shapes and addresses: one dedicated context per graph.
+            context = _tensorrt.create_context(self._engine)
             static_in = torch.empty(shape, dtype=self._in_dtype, device=self.torch_device)
             out_shape = _tensorrt.set_shape(context, self.io, shape)  # type: ignore[arg-type]
             static_out = torch.empty(out_shape, dtype=self._out_dtype, device=self.torch_device)
@@ -155,11 +158,9 @@ class TensorRTBackend(Backend):
             with torch.cuda.graph(graph, stream=stream):
                 _tensorrt.enqueue(context, self.io, static_in.data_ptr(), static_out.data_ptr(),
                                   torch.cuda.current_stream().cuda_stream)
-            entry = (graph, static_in, static_out)
+            entry = (graph, static_in, static_out, context)
             self._graphs[shape] = entry
-        else:
-            _tensorrt.set_shape(context, self.io, shape)  # type: ignore[arg-type]
-        graph, static_in, static_out = entry
+        graph, static_in, static_out, _ = entry
         static_in.copy_(x)
         graph.replay()
         return static_out.clone()
