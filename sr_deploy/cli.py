@@ -127,10 +127,41 @@ def export() -> None:
     _not_implemented("export")
 
 
-@cli.command(name="build-engine", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def build_engine() -> None:
-    """Build a TensorRT engine from an ONNX file (fp16, profiles, timing cache)."""
-    _not_implemented("build-engine")
+@cli.command(name="build-engine")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Engine file [default: MODEL with .engine].")
+@click.option("--fp16", "precision", flag_value="fp16", default=True,
+              help="fp16 engine [default]: BuilderFlag.FP16 on TensorRT 10, an fp16 ONNX on TensorRT 11.")
+@click.option("--bf16", "precision", flag_value="bf16", help="bf16 engine (TensorRT 10 only).")
+@click.option("--fp32", "precision", flag_value="fp32", help="float32 reference engine (TF32 off).")
+@click.option("--min", "min_shape", metavar="NxCxHxW", help="Smallest input [default: 1x3x64x64].")
+@click.option("--opt", "opt_shape", metavar="NxCxHxW", help="Input shape tuned for [default: 1x3x270x480].")
+@click.option("--max", "max_shape", metavar="NxCxHxW", help="Largest input; larger ones are tiled "
+              "[default: 4x3x540x960].")
+@click.option("--static", "static_shape", metavar="NxHxW", help="One fixed input shape instead of min/opt/max.")
+@click.option("--workspace", type=float, default=4.0, show_default=True, help="Builder workspace limit, GiB.")
+@click.option("--opt-level", type=click.IntRange(0, 5), default=None, help="Builder optimization level 0-5 "
+              "[default: TensorRT's, 3].")
+@click.option("--timing-cache", type=click.Path(dir_okay=False), help="Timing cache file "
+              "[default: ENGINE.timing-cache].")
+@click.option("--fallback-static/--no-fallback-static", default=True, show_default=True,
+              help="Retry a failed dynamic build once with the opt shape static.")
+@click.option("--strongly-typed", is_flag=True, help="TensorRT 10.12+: build from an fp16 ONNX on a strongly "
+              "typed network instead of BuilderFlag.FP16 (always so on TensorRT 11).")
+@click.option("--no-parity", is_flag=True, help="Skip the parity check against ONNX Runtime after the build.")
+@click.option("--verbose", is_flag=True, help="Show TensorRT's build log (always written to ENGINE.build.log).")
+def build_engine(model: str, output: str | None, precision: str, min_shape: str | None, opt_shape: str | None,
+                 max_shape: str | None, static_shape: str | None, workspace: float, opt_level: int | None,
+                 timing_cache: str | None, fallback_static: bool, strongly_typed: bool, no_parity: bool,
+                 verbose: bool) -> None:
+    """Build a TensorRT engine from MODEL.onnx (fp16, profiles, timing cache), checked for parity."""
+    from .engine import build_engine as build, resolve_profile
+
+    profile = resolve_profile(min_shape, opt_shape, max_shape, static_shape)
+    result = build(model, output, precision=precision, profile=profile, workspace_gib=workspace,
+                   opt_level=opt_level, timing_cache=timing_cache, fallback_static=fallback_static,
+                   strongly_typed=strongly_typed, verbose=verbose, check_parity=not no_parity)
+    click.echo(f"{result.engine_path}  (sidecar {result.engine_path}.json)")
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

@@ -1,0 +1,612 @@
+"""build-engine and the TensorRT backend.
+
+TensorRT cannot be installed on the development machines, so this file tests, on the CPU:
+- the fp16 ONNX graph that build-engine feeds TensorRT 11 (and 10 with --strongly-typed),
+  validated with ONNX Runtime against torch float32 on real Set5 crops;
+- profile / shape parsing, the 2^31-element tensor limit, sidecar JSON, engine-cache keys,
+  the refusal of an engine built elsewhere, the not-installed / no-CUDA messages and exit codes;
+- the orchestration's branching per TensorRT version, with a stand-in `tensorrt` object that
+  only records calls (see FakeTRT: it checks OUR control flow, never a TensorRT result).
+Tests marked `tensorrt` build and run real engines; they skip here with a reason.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from sr_deploy import _tensorrt
+from sr_deploy.cli import cli
+from sr_deploy.engine import (
+    DEFAULT_MAX,
+    MAX_TENSOR_ELEMENTS,
+    EngineSidecar,
+    ShapeProfile,
+    _build_with_fallback,
+    cached_engine_path,
+    check_sidecar_matches,
+    check_tensor_limits,
+    engine_cache_key,
+    largest_tensor,
+    parse_shape,
+    read_sidecar,
+    resolve_profile,
+    sidecar_path,
+    write_sidecar,
+)
+from sr_deploy.errors import TENSORRT_NOT_INSTALLED, InputError, NotInstalledError, SRDeployError
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+def _export_tiny(model: torch.nn.Module, path: Path) -> Path:
+    """A dynamic-shape float32 ONNX of `model` with sr_deploy metadata (the export helper's
+    `export_onnx`, legacy exporter: fast; parity is tested in test_export)."""
+    from sr_deploy.export import export_onnx
+
+    export_onnx(model, path, exporter="legacy", verify=False, log=None)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from sr_deploy.models import SRResNet, fold_batch_norm
+
+    torch.manual_seed(0)
+    model = SRResNet(scale=4, num_blocks=2, num_features=16).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    return fold_batch_norm(model).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tiny_model, tmp_path_factory) -> Path:
+    return _export_tiny(tiny_model, tmp_path_factory.mktemp("onnx") / "tiny.onnx")
+
+
+@pytest.fixture
+def no_tensorrt(monkeypatch):
+    """Make `import tensorrt` fail, even on a machine that has it."""
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+
+
+# --------------------------------------------------------------------------- shapes
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("1x3x64x64", (1, 3, 64, 64)),
+    ("4x3x540x960", (4, 3, 540, 960)),
+    ("2x128x96", (2, 3, 128, 96)),  # NxHxW: RGB implied
+    (" 1X3X8X8 ", (1, 3, 8, 8)),
+])
+def test_parse_shape_good(text, expected):
+    assert parse_shape(text) == expected
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("abc", "expected NxCxHxW"),
+    ("1x4x64x64", "channel dimension must be 3"),
+    ("0x3x64x64", ">= 1"),
+    ("1x3x64x64x2", "expected 4 dimensions"),
+    ("1x3", "expected 4 dimensions"),
+])
+def test_parse_shape_bad(text, fragment):
+    with pytest.raises(InputError, match=fragment) as info:
+        parse_shape(text, "--max")
+    assert "--max" in str(info.value)
+
+
+def test_resolve_profile_defaults_partial_and_static():
+    p = resolve_profile()
+    assert (p.min, p.opt, p.max) == ((1, 3, 64, 64), (1, 3, 270, 480), (4, 3, 540, 960))
+    assert not p.is_static
+    p = resolve_profile(max="2x3x720x1280")
+    assert p.max == (2, 3, 720, 1280) and p.opt == (1, 3, 270, 480)
+    s = resolve_profile(static="1x256x256")
+    assert s.is_static and s.opt == (1, 3, 256, 256)
+    assert str(s) == "static 1x3x256x256"
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"static": "1x64x64", "min": "1x3x64x64"}, "either --static or"),
+    ({"min": "1x3x300x300"}, "--min 1x3x300x300 must not exceed --opt"),
+    ({"opt": "1x3x600x600"}, "--opt 1x3x600x600 must not exceed --max"),
+    ({"max": "1x3x32x32"}, "must not exceed --max"),
+])
+def test_resolve_profile_bad(kwargs, fragment):
+    with pytest.raises(InputError, match=fragment):
+        resolve_profile(**kwargs)
+
+
+def test_tensor_limit_default_profile_fits(tiny_onnx):
+    check_tensor_limits(resolve_profile(), 4, tiny_onnx)  # 4x3x540x960 at x4: output 99.5 M elements
+
+
+def test_tensor_limit_rejects_output_over_2_31_with_a_fitting_suggestion():
+    assert 8 * 3 * 4320 * 7680 < MAX_TENSOR_ELEMENTS  # 8 x 1080p inputs at x4 (796 M elements) still fit
+    profile = resolve_profile(max="32x3x1080x1920")  # 32 of them (3.2 G) do not
+    with pytest.raises(InputError) as info:
+        check_tensor_limits(profile, 4)
+    msg = str(info.value)
+    assert "'output'" in msg and "2^31" in msg and "--max 32x3x1080x1920" in msg
+    suggested = msg.split("such as ")[1].split(" ")[0]
+    check_tensor_limits(resolve_profile(max=suggested), 4)  # the suggestion itself fits
+
+
+def test_tensor_limit_sees_intermediate_tensors(tiny_onnx):
+    # Output 1x3x12000x12000 = 432 M elements fits, but the 64-channel tensor before the last
+    # pixel shuffle (1x64x6000x6000 = 2.3 G) does not: found by ONNX shape inference.
+    shape = (1, 3, 3000, 3000)
+    elements, name = largest_tensor(tiny_onnx, shape)
+    assert elements == 64 * 6000 * 6000 and name
+    with pytest.raises(InputError, match="over TensorRT's limit") as info:
+        check_tensor_limits(ShapeProfile((1, 3, 64, 64), (1, 3, 64, 64), shape), 4, tiny_onnx)
+    assert "'output'" not in str(info.value)
+
+
+# --------------------------------------------------------------------------- sidecar and cache
+
+
+def _sidecar(**over) -> EngineSidecar:
+    fields = dict(onnx_sha256="ab" * 32, tensorrt_version="10.13.0.35", gpu_name="NVIDIA H100 80GB HBM3",
+                  compute_capability="9.0", profile=resolve_profile().as_dict(), precision="fp16", route="flag",
+                  scale=4, onnx_path="model.onnx")
+    fields.update(over)
+    return EngineSidecar(**fields)
+
+
+def test_sidecar_roundtrip(tmp_path):
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"not read")
+    sc = _sidecar(fp32_block_list=["/conv_last/Conv"], build_seconds=12.5)
+    path = write_sidecar(engine, sc)
+    assert path == sidecar_path(engine) == tmp_path / "model.engine.json"
+    data = json.loads(path.read_text())
+    assert data["format"] == "sr-deploy-engine" and data["tensorrt_version"] == "10.13.0.35"
+    back = read_sidecar(engine)
+    assert back == sc
+    assert not list(tmp_path.glob("*.tmp"))  # written atomically
+
+
+def test_sidecar_missing_and_foreign(tmp_path):
+    engine = tmp_path / "m.engine"
+    assert read_sidecar(engine) is None
+    sidecar_path(engine).write_text('{"hello": 1}')
+    with pytest.raises(InputError, match="not an sr-deploy engine sidecar"):
+        read_sidecar(engine)
+    sidecar_path(engine).write_text("{broken")
+    with pytest.raises(InputError, match="unreadable engine sidecar"):
+        read_sidecar(engine)
+
+
+def test_sidecar_mismatch_refused():
+    sc = _sidecar()
+    check_sidecar_matches(sc, "m.engine", "10.13.0.35", "NVIDIA H100 80GB HBM3", "9.0")  # same: accepted
+    with pytest.raises(InputError) as info:
+        check_sidecar_matches(sc, "m.engine", "11.0.0.1", "NVIDIA H100 80GB HBM3", "9.0")
+    assert "built with TensorRT 10.13.0.35, this is TensorRT 11.0.0.1" in str(info.value)
+    assert "sr-deploy build-engine model.onnx -o m.engine" in str(info.value)
+    with pytest.raises(InputError, match=r"built for NVIDIA H100 80GB HBM3 \(compute capability 9.0\), "
+                                         r"this GPU is NVIDIA L4 \(8.9\)"):
+        check_sidecar_matches(sc, "m.engine", "10.13.0.35", "NVIDIA L4", "8.9")
+
+
+def test_engine_cache_key_covers_every_field(tmp_path, monkeypatch):
+    base = dict(onnx_sha256="ab" * 32, tensorrt_version="10.13.0", gpu_name="H100", compute_capability="9.0",
+                profile=resolve_profile(), precision="fp16", route="flag")
+    key = engine_cache_key(**base)
+    assert key == engine_cache_key(**{**base, "profile": resolve_profile().as_dict()})  # stable, dict == profile
+    assert len(key) == 20 and int(key, 16) >= 0
+    changes = {"onnx_sha256": "cd" * 32, "tensorrt_version": "11.0.0", "gpu_name": "L4",
+               "compute_capability": "8.9", "profile": resolve_profile(max="1x3x540x960"), "precision": "fp32",
+               "route": "strongly_typed"}
+    keys = {engine_cache_key(**{**base, k: v}) for k, v in changes.items()}
+    assert key not in keys and len(keys) == len(changes)
+    assert _sidecar().cache_key() == engine_cache_key(
+        "ab" * 32, "10.13.0.35", "NVIDIA H100 80GB HBM3", "9.0", resolve_profile(), "fp16", "flag")
+    monkeypatch.setenv("SR_DEPLOY_ENGINE_CACHE", str(tmp_path / "cache"))
+    assert cached_engine_path("dir/model.onnx", key, "fp16") == tmp_path / "cache" / f"model-fp16-{key}.engine"
+
+
+# --------------------------------------------------------------------------- not installed / no CUDA
+
+
+def test_build_engine_without_tensorrt_exits_2(tiny_onnx, tmp_path, no_tensorrt):
+    result = CliRunner().invoke(cli, ["build-engine", str(tiny_onnx), "-o", str(tmp_path / "m.engine")])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == f"error: {TENSORRT_NOT_INSTALLED}"
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_tensorrt_backend_without_tensorrt(tiny_onnx, tmp_path, no_tensorrt):
+    from sr_deploy.backends import load
+    from sr_deploy.backends.trt_backend import TensorRTBackend
+
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"\0")
+    with pytest.raises(NotInstalledError) as info:
+        TensorRTBackend(engine)
+    assert str(info.value) == TENSORRT_NOT_INSTALLED and info.value.exit_code == 2
+    with pytest.raises(NotInstalledError, match="TensorRT is not installed"):
+        load(tiny_onnx, backend="tensorrt")
+
+
+def test_without_cuda_exits_2(tiny_onnx, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))  # importable, never called
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = CliRunner().invoke(cli, ["build-engine", str(tiny_onnx), "-o", str(tmp_path / "m.engine")])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == f"error: {_tensorrt.CUDA_NOT_AVAILABLE}"
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--min", "1x4x64x64"], "--min '1x4x64x64': the channel dimension must be 3"),
+    (["--static", "1x64x64", "--max", "1x3x64x64"], "either --static or --min/--opt/--max"),
+    (["--opt", "1x3x900x900"], "--opt 1x3x900x900 must not exceed --max"),
+    (["--max", "huge"], "--max 'huge': expected NxCxHxW"),
+])
+def test_cli_bad_shapes_exit_2_before_tensorrt(tiny_onnx, args, fragment, no_tensorrt):
+    result = CliRunner().invoke(cli, ["build-engine", str(tiny_onnx), *args])
+    assert result.exit_code == 2, result.output
+    assert fragment in result.stderr and "Traceback" not in result.output
+
+
+def test_fp32_engine_from_an_fp16_graph_refused(tiny_onnx, tmp_path, no_tensorrt):
+    from sr_deploy.export import convert_to_fp16
+
+    fp16 = tmp_path / "tiny.fp16.onnx"
+    convert_to_fp16(tiny_onnx, output=fp16)
+    result = CliRunner().invoke(cli, ["build-engine", str(fp16), "--fp32"])
+    assert result.exit_code == 2 and "cannot give a float32 engine" in result.stderr
+
+
+def test_cli_missing_and_wrong_file(tmp_path, no_tensorrt):
+    result = CliRunner().invoke(cli, ["build-engine", str(tmp_path / "nope.onnx")])
+    assert result.exit_code == 2 and f"{tmp_path / 'nope.onnx'}: no such ONNX file" in result.stderr
+    pt = tmp_path / "model.pt"
+    pt.write_bytes(b"x")
+    result = CliRunner().invoke(cli, ["build-engine", str(pt)])
+    assert result.exit_code == 2 and "expected an .onnx file" in result.stderr
+    result = CliRunner().invoke(cli, ["build-engine", str(pt.with_suffix(".onnx")), "--opt-level", "9"])
+    assert result.exit_code == 2 and "--opt-level" in result.stderr
+
+
+# --------------------------------------------------------------------------- version branching
+
+
+@pytest.mark.parametrize("version, precision, strongly, route, flags, st_flag, fp16_onnx", [
+    ((10, 9, 0), "fp16", False, "flag", ("FP16",), False, False),
+    ((10, 13, 0), "bf16", False, "flag", ("BF16",), False, False),
+    ((10, 13, 0), "fp16", True, "strongly_typed", (), True, True),
+    ((11, 0, 0), "fp16", False, "strongly_typed", (), False, True),
+    ((11, 1, 0), "fp16", True, "strongly_typed", (), False, True),  # the flag is ignored on 11: never passed
+    ((10, 9, 0), "fp32", False, "fp32", (), False, False),
+    ((11, 0, 0), "fp32", False, "fp32", (), False, False),
+])
+def test_plan_precision(version, precision, strongly, route, flags, st_flag, fp16_onnx):
+    plan = _tensorrt.plan_precision(version, precision, strongly)
+    assert (plan.route, plan.builder_flags, plan.strongly_typed_flag, plan.needs_fp16_onnx) == \
+        (route, flags, st_flag, fp16_onnx)
+    assert not (plan.builder_flags and plan.strongly_typed_flag)  # never both on one network
+    assert plan.clear_flags == (("TF32",) if precision == "fp32" else ())
+
+
+@pytest.mark.parametrize("version, precision, strongly, fragment", [
+    ((11, 0, 0), "bf16", False, "BuilderFlag.BF16 was removed"),
+    ((10, 11, 0), "fp16", True, "needs TensorRT 10.12 or newer"),
+    ((8, 6, 1), "fp16", False, "too old"),
+    ((10, 13, 0), "int8", False, "unknown precision"),
+])
+def test_plan_precision_refusals(version, precision, strongly, fragment):
+    with pytest.raises(InputError, match=fragment):
+        _tensorrt.plan_precision(version, precision, strongly)
+
+
+@pytest.mark.parametrize("text, expected", [("10.13.0.35", (10, 13, 0)), ("11.0", (11, 0, 0)),
+                                            ("10.9.0.34.post1", (10, 9, 0))])
+def test_parse_version(text, expected):
+    assert _tensorrt.parse_version(text) == expected
+
+
+class FakeTRT:
+    """A stand-in for the `tensorrt` module that RECORDS the calls our build orchestration makes.
+
+    It checks our branching (which flags we set on which version, what we pass to
+    create_network, that the timing cache is loaded and saved, that parser errors name the ONNX
+    node), not TensorRT: its "engine" is a fixed byte string and nothing it returns is a
+    TensorRT result. Only names documented for the given major version exist on it (e.g.
+    BuilderFlag.FP16 and NetworkDefinitionCreationFlag.EXPLICIT_BATCH are absent on 11).
+    """
+
+    def __init__(self, version: str, parse_ok: bool = True, build_results: tuple = (b"ENGINE",),
+                 parser_errors: tuple = ()):
+        self.__version__ = version
+        major = int(version.split(".")[0])
+        self.calls: list[tuple] = []
+        fake = self
+
+        class Sev:
+            INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = "E!", "E", "W", "I", "V"
+
+        class ILogger:
+            def __init__(self):
+                pass
+
+        self.ILogger, self.Logger = ILogger, Sev
+        flags = {"TF32": "TF32", "REFIT": "REFIT"}
+        if major == 10:
+            flags.update(FP16="FP16", BF16="BF16", INT8="INT8")
+        self.BuilderFlag = types.SimpleNamespace(**flags)
+        ncf = {"STRONGLY_TYPED": 1 if major == 10 else 0}
+        if major == 10:
+            ncf["EXPLICIT_BATCH"] = 0
+        self.NetworkDefinitionCreationFlag = types.SimpleNamespace(**ncf)
+        self.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
+        results = list(build_results)
+
+        class Err:
+            def __init__(self, node):
+                self._node = node
+
+            def node(self):
+                return self._node
+
+            def code(self):
+                return "UNSUPPORTED_NODE"
+
+            def desc(self):
+                return "fake description"
+
+        class Parser:
+            def __init__(self, network, logger):
+                self.num_errors = len(parser_errors)
+
+            def parse_from_file(self, path):
+                fake.calls.append(("parse_from_file", path))
+                return parse_ok
+
+            def get_error(self, i):
+                return Err(parser_errors[i])
+
+        class Cache:
+            def serialize(self):
+                return b"CACHE-OUT"
+
+        class Config:
+            def set_memory_pool_limit(self, pool, size):
+                fake.calls.append(("set_memory_pool_limit", pool, size))
+
+            def set_flag(self, flag):
+                fake.calls.append(("set_flag", flag))
+
+            def clear_flag(self, flag):
+                fake.calls.append(("clear_flag", flag))
+
+            def add_optimization_profile(self, profile):
+                fake.calls.append(("add_optimization_profile",))
+
+            def create_timing_cache(self, data):
+                fake.calls.append(("create_timing_cache", bytes(data)))
+                return Cache()
+
+            def set_timing_cache(self, cache, ignore_mismatch):
+                fake.calls.append(("set_timing_cache", ignore_mismatch))
+
+            def get_timing_cache(self):
+                return Cache()
+
+            def __setattr__(self, name, value):
+                fake.calls.append(("config." + name, value))
+
+        class Profile:
+            def set_shape(self, name, lo, opt, hi):
+                fake.calls.append(("set_shape", name, tuple(lo), tuple(opt), tuple(hi)))
+
+        class Network:
+            def get_input(self, i):
+                return types.SimpleNamespace(name="input")
+
+        class Builder:
+            def __init__(self, logger):
+                pass
+
+            def create_network(self, flags=0):
+                fake.calls.append(("create_network", flags))
+                return Network()
+
+            def create_builder_config(self):
+                return Config()
+
+            def create_optimization_profile(self):
+                return Profile()
+
+            def build_serialized_network(self, network, config):
+                fake.calls.append(("build_serialized_network",))
+                return results.pop(0)
+
+        self.Builder, self.OnnxParser = Builder, Parser
+
+    def names(self) -> list[str]:
+        return [c[0] for c in self.calls]
+
+
+def _request(onnx_path: Path, plan, tmp_path: Path, profile: ShapeProfile | None = None) -> _tensorrt.BuildRequest:
+    p = profile or resolve_profile()
+    return _tensorrt.BuildRequest(onnx_path=onnx_path, onnx_nodes=[], plan=plan, min_shape=p.min, opt_shape=p.opt,
+                                  max_shape=p.max, workspace_bytes=2 << 30, opt_level=3,
+                                  timing_cache=tmp_path / "t.cache", log_path=tmp_path / "build.log")
+
+
+@pytest.mark.parametrize("version, strongly, expect_flags, expect_network_flags", [
+    ("10.9.0.34", False, [("set_flag", "FP16")], 0),          # weakly typed + FP16 flag
+    ("10.13.0.35", True, [], 1 << 1),                         # STRONGLY_TYPED (bit 1 on 10.x), no FP16 flag
+    ("11.0.0.5", False, [], 0),                               # no flags at all, no EXPLICIT_BATCH
+])
+def test_fp16_branching_per_version(version, strongly, expect_flags, expect_network_flags, tmp_path):
+    trt = FakeTRT(version)
+    plan = _tensorrt.plan_precision(_tensorrt.parse_version(version), "fp16", strongly)
+    (tmp_path / "t.cache").write_bytes(b"CACHE-IN")
+    data = _tensorrt.build_serialized_engine(trt, _request(tmp_path / "m.onnx", plan, tmp_path), echo=lambda m: None)
+    assert data == b"ENGINE"
+    assert [c for c in trt.calls if c[0] in ("set_flag", "clear_flag")] == expect_flags
+    assert ("create_network", expect_network_flags) in trt.calls
+    assert ("set_memory_pool_limit", "WORKSPACE", 2 << 30) in trt.calls
+    assert ("config.builder_optimization_level", 3) in trt.calls
+    assert ("set_shape", "input", (1, 3, 64, 64), (1, 3, 270, 480), DEFAULT_MAX) in trt.calls
+    assert ("create_timing_cache", b"CACHE-IN") in trt.calls  # loaded
+    assert (tmp_path / "t.cache").read_bytes() == b"CACHE-OUT"  # saved
+    assert trt.names().index("set_timing_cache") < trt.names().index("build_serialized_network")
+
+
+def test_fp32_clears_tf32_on_10_and_11(tmp_path):
+    for version in ("10.9.0", "11.0.0"):
+        trt = FakeTRT(version)
+        plan = _tensorrt.plan_precision(_tensorrt.parse_version(version), "fp32")
+        _tensorrt.build_serialized_engine(trt, _request(tmp_path / "m.onnx", plan, tmp_path), echo=lambda m: None)
+        assert [c for c in trt.calls if c[0] in ("set_flag", "clear_flag")] == [("clear_flag", "TF32")]
+
+
+def test_wrong_plan_on_11_fails_instead_of_calling_a_removed_flag(tmp_path):
+    trt = FakeTRT("11.0.0")
+    plan_10 = _tensorrt.plan_precision((10, 9, 0), "fp16")
+    with pytest.raises(SRDeployError, match="BuilderFlag.FP16 does not exist in TensorRT 11.0.0"):
+        _tensorrt.build_serialized_engine(trt, _request(tmp_path / "m.onnx", plan_10, tmp_path), echo=lambda m: None)
+
+
+def test_parser_error_names_the_onnx_node(tiny_onnx, tmp_path):
+    import onnx
+
+    nodes = [(n.name, n.op_type) for n in onnx.load(str(tiny_onnx)).graph.node]
+    index = next(i for i, (_, op) in enumerate(nodes) if op == "DepthToSpace")
+    trt = FakeTRT("11.0.0", parse_ok=False, parser_errors=(index,))
+    req = _request(tiny_onnx, _tensorrt.plan_precision((11, 0, 0), "fp16"), tmp_path)
+    req.onnx_nodes = nodes
+    with pytest.raises(SRDeployError) as info:
+        _tensorrt.build_serialized_engine(trt, req, echo=lambda m: None)
+    msg = str(info.value)
+    assert f"node {index} {nodes[index][0]!r} (DepthToSpace): UNSUPPORTED_NODE: fake description" in msg
+    assert str(tiny_onnx) in msg and "build_serialized_network" not in trt.names()
+
+
+def test_dynamic_build_failure_retried_once_static(tiny_onnx, tmp_path):
+    trt = FakeTRT("10.13.0", build_results=(None, b"STATIC-ENGINE"))
+    plan = _tensorrt.plan_precision((10, 13, 0), "fp16")
+    said: list[str] = []
+    data, used, fell_back = _build_with_fallback(trt, tiny_onnx, plan, resolve_profile(), 1.0, None,
+                                                 tmp_path / "t.cache", tmp_path / "log", False, True, said.append)
+    assert data == b"STATIC-ENGINE" and fell_back and used == ShapeProfile.static((1, 3, 270, 480))
+    assert any("retrying once with a static shape 1x3x270x480" in m for m in said)
+    shapes = [c for c in trt.calls if c[0] == "set_shape"]
+    assert shapes[1][2:] == ((1, 3, 270, 480),) * 3
+    trt = FakeTRT("10.13.0", build_results=(None, b"x"))
+    with pytest.raises(_tensorrt.BuildFailed):  # --no-fallback-static
+        _build_with_fallback(trt, tiny_onnx, plan, resolve_profile(), 1.0, None, tmp_path / "t.cache",
+                             tmp_path / "log", False, False, said.append)
+
+
+# --------------------------------------------------------------------------- the fp16 ONNX fed to TensorRT
+
+
+def _psnr(ref: np.ndarray, out: np.ndarray) -> float:
+    mse = float(np.mean((ref.astype(np.float64) - out.astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def test_fp16_onnx_for_tensorrt_matches_torch_fp32_on_set5(tiny_model, tiny_onnx, set5_dir, tmp_path, capsys):
+    """The graph build-engine parses on TensorRT 11 (and 10 --strongly-typed): fp16 inside,
+    float32 I/O, block list calibrated on real images; ONNX Runtime runs it here."""
+    import onnx
+    import onnxruntime as ort
+
+    from sr_deploy.engine import prepare_fp16_onnx
+    from sr_deploy.export import count_fp16_tensors
+    from sr_deploy.parity import parity_inputs
+
+    crops = parity_inputs(sizes=((48, 48), (40, 56)), batch=2, data_dir=set5_dir.parent.parent)
+    result = prepare_fp16_onnx(tiny_onnx, tmp_path / "tiny.fp16.onnx", crops, echo=lambda m: None)
+    assert result.converted and result.path.is_file() and result.fp16_tensors > 0
+    model = onnx.load(str(result.path))
+    assert count_fp16_tensors(model) == result.fp16_tensors
+    f32 = onnx.TensorProto.FLOAT
+    assert model.graph.input[0].type.tensor_type.elem_type == f32  # keep_io_types
+    assert model.graph.output[0].type.tensor_type.elem_type == f32
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    refs, outs = [], []
+    for x in crops:
+        with torch.no_grad():
+            refs.append(tiny_model(torch.from_numpy(x)).numpy())
+        outs.append(session.run(None, {session.get_inputs()[0].name: x})[0])
+    ref, out = np.concatenate([r.ravel() for r in refs]), np.concatenate([o.ravel() for o in outs])
+    psnr = _psnr(ref, out)
+    assert np.isfinite(out).all()
+    with capsys.disabled():
+        print(f"\n[fp16 ONNX for TensorRT] tiny SRResNet x4, Set5 crops: PSNR {psnr:.2f} dB vs torch fp32, "
+              f"max abs {np.abs(ref - out).max():.2e}, {result.fp16_tensors} fp16 tensors, "
+              f"{len(result.block_list)} nodes kept fp32")
+    assert psnr >= 50.0
+
+
+def test_fp16_onnx_refuses_a_graph_without_fp16(tiny_onnx, tmp_path, monkeypatch):
+    import sr_deploy.export as export
+
+    monkeypatch.setattr(export, "convert_to_fp16", lambda src, output=None, block_list=None:
+                        Path(output).write_bytes(Path(src).read_bytes()))  # a "conversion" that changes nothing
+    from sr_deploy.engine import prepare_fp16_onnx
+
+    x = np.random.default_rng(0).random((1, 3, 16, 16), dtype=np.float32)
+    with pytest.raises(SRDeployError, match="produced no fp16 tensors; TensorRT 11 would build a float32 engine"):
+        prepare_fp16_onnx(tiny_onnx, tmp_path / "out.onnx", [x], echo=lambda m: None)
+
+
+# --------------------------------------------------------------------------- real TensorRT (GPU machines)
+
+
+@pytest.mark.tensorrt
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_build_engine_and_parity(tiny_onnx, tmp_path, precision, set5_dir):
+    from sr_deploy.backends.trt_backend import TensorRTBackend
+    from sr_deploy.engine import build_engine
+    from sr_deploy.parity import parity_inputs
+
+    crops = parity_inputs(sizes=((64, 64), (72, 96)), batch=2, data_dir=set5_dir.parent.parent)
+    profile = resolve_profile(min="1x3x32x32", opt="2x3x64x64", max="2x3x128x128")
+    res = build_engine(tiny_onnx, tmp_path / "tiny.engine", precision=precision, profile=profile,
+                       workspace_gib=1, calibration=crops)
+    assert res.parity.passed, res.parity.table()
+    sc = read_sidecar(res.engine_path)
+    assert sc.precision == precision and sc.scale == 4 and sc.profile == profile.as_dict()
+    assert Path(sc.timing_cache).is_file() and Path(sc.build_log).is_file()
+    with TensorRTBackend(res.engine_path) as backend:
+        assert backend.max_shape == (2, 128, 128) and backend.scale == 4
+        x = crops[0]
+        y = backend(x)
+        assert isinstance(y, np.ndarray) and y.shape == (2, 3, 256, 256)
+        yt = backend(torch.from_numpy(x).cuda())
+        assert yt.is_cuda and torch.allclose(yt.cpu(), torch.from_numpy(y), atol=1e-3)
+        small = backend(x[:1, :, :20, :24])  # below the profile min: padded and cropped back
+        assert small.shape == (1, 3, 80, 96)
+    with TensorRTBackend(res.engine_path, cuda_graph=True) as backend:
+        assert np.allclose(backend(x), y, atol=1e-3) and np.allclose(backend(x), y, atol=1e-3)
+
+
+@pytest.mark.tensorrt
+def test_engine_cache_builds_once(tiny_onnx, tmp_path, monkeypatch):
+    from sr_deploy.engine import ensure_engine
+
+    monkeypatch.setenv("SR_DEPLOY_ENGINE_CACHE", str(tmp_path))
+    profile = resolve_profile(min="1x3x32x32", opt="1x3x64x64", max="1x3x96x96")
+    said: list[str] = []
+    first = ensure_engine(tiny_onnx, "fp16", profile=profile, echo=said.append, workspace_gib=1)
+    second = ensure_engine(tiny_onnx, "fp16", profile=profile, echo=said.append)
+    assert first == second and any("reusing" in m for m in said)
