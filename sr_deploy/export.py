@@ -17,6 +17,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
@@ -74,6 +75,15 @@ class ExportResult:
     @property
     def size_bytes(self) -> int:
         return self.path.stat().st_size
+
+
+class ParityError(SRDeployError):
+    """The exported file disagrees with the torch model (exit 1); the file is kept."""
+
+    def __init__(self, message: str, result: ExportResult) -> None:
+        super().__init__(message)
+        self.result = result
+        self.parity = result.parity
 
 
 def parse_static_shape(text: str | Sequence[int] | None) -> tuple[int, int, int] | None:
@@ -158,15 +168,17 @@ def _load_source(model: str | Path | nn.Module) -> tuple[nn.Module, str, int, st
 def _quiet():
     """Silence the exporters' progress prints and warnings; keep the text for error messages."""
     buffer = io.StringIO()
-    onnx_logger = logging.getLogger("torch.onnx")
-    level = onnx_logger.level
-    onnx_logger.setLevel(logging.ERROR)  # "torchvision is not installed. Skipping ..." is noise
+    # torch logs "torchvision is not installed. Skipping ...", and whole graphs when torch.export
+    # fails: the one-line reason we report says enough.
+    torch_logger = logging.getLogger("torch")
+    level = torch_logger.level
+    torch_logger.setLevel(logging.CRITICAL)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(buffer):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
             warnings.simplefilter("ignore")
             yield buffer
     finally:
-        onnx_logger.setLevel(level)
+        torch_logger.setLevel(level)
 
 
 def _export_dynamo(model: nn.Module, example: torch.Tensor, opset: int, static: bool) -> Any:
@@ -312,13 +324,15 @@ def calibrate_fp16_block_list(
     max_relative_error: float = FP16_MAX_RELATIVE_ERROR,
     chunk: int = 192,
 ) -> list[str]:
-    """Names of the nodes whose fp32 activations would not survive fp16.
+    """Names of the nodes whose tensors would not survive fp16, in graph order.
 
     Runs the fp32 graph on `inputs` (float32 (N, 3, H, W) batches, real images) on ONNX Runtime
-    CPU with every intermediate tensor exposed (in chunks, to bound memory), and flags a node
-    when one of its float outputs exceeds `safe_max` in magnitude (fp16 overflows at 65504) or
-    loses more than `max_relative_error` (RMS, relative) when rounded to fp16 (values in the
-    subnormal range). The result feeds `convert_to_fp16(block_list=...)`.
+    CPU with every intermediate tensor exposed (in chunks, to bound memory). A tensor is unsafe
+    when it exceeds `safe_max` in magnitude (fp16 overflows at 65504) or loses more than
+    `max_relative_error` (RMS, relative) when rounded to fp16 (values in the subnormal range).
+    Flagged: the producer and every consumer of an unsafe activation (a consumer would read
+    it through a cast to fp16), and every node with an unsafe float weight. The result feeds
+    `convert_to_fp16(block_list=...)`.
     """
     import onnx
     import onnxruntime as ort
@@ -344,7 +358,16 @@ def calibrate_fp16_block_list(
     # The graph as written: fusions would hide the tensors asked for.
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 3
+    consumers: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        for inp in node.input:
+            consumers.setdefault(inp, []).append(node.name)
     flagged: set[str] = set()
+    for init in model.graph.initializer:
+        if init.data_type == TensorProto.FLOAT and init.name in consumers:
+            if _fp16_unsafe(onnx.numpy_helper.to_array(init), safe_max, max_relative_error):
+                flagged.update(consumers[init.name])
+    unsafe: set[str] = set()
     for start in range(0, len(names), chunk):
         part = names[start:start + chunk]
         probe = onnx.ModelProto.FromString(model.SerializeToString())
@@ -354,10 +377,12 @@ def calibrate_fp16_block_list(
             for j in range(x.shape[0]):  # one image at a time bounds the memory
                 values = session.run(part, {input_name: np.ascontiguousarray(x[j:j + 1], dtype=np.float32)})
                 for name, value in zip(part, values):
-                    if producer[name] in flagged or value.dtype != np.float32 or value.size == 0:
+                    if name in unsafe or value.dtype != np.float32 or value.size == 0:
                         continue
                     if _fp16_unsafe(value, safe_max, max_relative_error):
+                        unsafe.add(name)
                         flagged.add(producer[name])
+                        flagged.update(consumers.get(name, []))
         del session
     order = {n.name: i for i, n in enumerate(model.graph.node)}
     return sorted(flagged, key=lambda n: order.get(n, 0))
@@ -393,13 +418,22 @@ def _atomic_save(model: Any, output: Path) -> None:
     try:
         onnx.save_model(model, str(tmp), save_as_external_data=False)
         os.replace(tmp, output)
+    except OSError as exc:
+        raise SRDeployError(f"{output}: could not write it ({exc.strerror or exc}); nothing written") from exc
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
+def _root_cause(exc: BaseException) -> str:
+    """`Type: first line` of the innermost cause: torch.onnx wraps the real reason."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return f"{type(exc).__name__}: {_first_line(exc)}"
+
+
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
     line = text.splitlines()[0] if text else type(exc).__name__
     return line if len(line) <= 300 else line[:297] + "..."
 
@@ -484,7 +518,7 @@ def export_onnx(
         try:
             proto = _export_dynamo(net, example, opset, static is not None)
         except Exception as exc:
-            fallback_reason = f"{type(exc).__name__}: {_first_line(exc)}"
+            fallback_reason = _root_cause(exc)
             say(f"dynamo exporter failed ({fallback_reason}); falling back to the legacy exporter")
             used = "legacy"
     if used == "legacy":
@@ -543,6 +577,6 @@ def export_onnx(
         say("checking parity with the torch float32 model on ONNX Runtime CPU")
         result.parity = verify_onnx(net, output, precision, static)
         if not result.parity.passed:
-            raise SRDeployError(f"{output}: parity check failed ({result.parity.criterion}); "
-                                "the file is kept for inspection")
+            raise ParityError(f"{output}: parity check failed ({result.parity.criterion}); "
+                              "the file is kept for inspection", result)
     return result
