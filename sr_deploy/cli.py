@@ -110,10 +110,57 @@ def upscale() -> None:
     _not_implemented("upscale")
 
 
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def benchmark() -> None:
-    """Time PyTorch, ONNX Runtime and TensorRT side by side and check that they agree."""
-    _not_implemented("benchmark")
+@cli.command()
+@click.argument("model")
+@click.option("--backends", default="torch,torch-nchw,onnxruntime,tensorrt", show_default=True,
+              help="Comma list of torch (channels_last), torch-nchw, onnxruntime, tensorrt; "
+                   "NAME@DEVICE pins one to a device (onnxruntime@cpu).")
+@click.option("--precisions", default=None,
+              help="Comma list of fp32, fp16, bf16 [default: fp32 on the CPU, fp32,fp16 on CUDA].")
+@click.option("--sizes", default="128x128,270x480", show_default=True,
+              help="Low-resolution input sizes, HEIGHTxWIDTH, comma separated.")
+@click.option("--batch-sizes", default="1", show_default=True, help="Frames per call, comma separated.")
+@click.option("--device", default="auto", show_default=True,
+              help="auto, cpu, cuda, cuda:N, or a comma list (an absent GPU gives skipped rows).")
+@click.option("--warmup", type=int, default=3, show_default=True, help="Untimed calls per row.")
+@click.option("--iters", type=int, default=None, help="Timed calls per row (instead of --seconds).")
+@click.option("--seconds", type=float, default=2.0, show_default=True,
+              help="Time budget per row; at least 5 calls.")
+@click.option("--no-peak", is_flag=True, help="Skip the matmul peak measurement (no %% peak column).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the report as JSON.")
+@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the report as markdown.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Write a bar chart of frames/s (needs matplotlib).")
+@click.option("--quiet", is_flag=True, help="No progress on stderr.")
+def benchmark(model: str, backends: str, precisions: str | None, sizes: str, batch_sizes: str, device: str,
+              warmup: int, iters: int | None, seconds: float, no_peak: bool, json_path: str | None,
+              markdown_path: str | None, plot_path: str | None, quiet: bool) -> None:
+    """Time PyTorch, ONNX Runtime and TensorRT side by side and check that they agree.
+
+    MODEL is a checkpoint, `default`, an .onnx file or an .engine. Prints a table: median ms per
+    batch (p10-p90), frames/s, output Mpixel/s, achieved GFLOP/s and share of a measured matmul
+    peak, speed-up vs PyTorch fp32, parity vs PyTorch fp32 (PSNR dB, max abs), peak memory.
+    Backends that cannot run here are listed as skipped with the reason.
+    """
+    from .bench import (command_line, format_table, parse_list, parse_size, run_benchmark, write_json,
+                        write_markdown, write_plot)
+
+    size_list = [parse_size(s) for s in parse_list(sizes, what="size")]
+    try:
+        batch_list = [int(b) for b in parse_list(batch_sizes, what="batch size")]
+    except ValueError:
+        raise InputError(f"bad --batch-sizes {batch_sizes!r}: expected integers, e.g. 1,4") from None
+    report = run_benchmark(
+        model, backends=backends, precisions=precisions, sizes=size_list, batch_sizes=batch_list,
+        device=device, warmup=warmup, iters=iters, seconds=seconds, measure_peak=not no_peak,
+        command=command_line(model, click.get_current_context().params),
+        progress=not quiet,
+    )
+    click.echo(format_table(report))
+    for path, writer in ((json_path, write_json), (markdown_path, write_markdown), (plot_path, write_plot)):
+        if path:
+            click.echo(f"wrote {writer(report, path)}", err=True)
 
 
 def main(argv: list[str] | None = None) -> None:
