@@ -468,6 +468,28 @@ class _Subject:
     engine_path: Path | None = None
 
 
+def _given_onnx(paths: Sequence[str | Path]) -> dict[str, Path]:
+    """{precision: path} for ONNX files given with --onnx; InputError for a missing / unreadable
+    file or two files of the same precision."""
+    import onnx
+    from onnx import TensorProto
+
+    out: dict[str, Path] = {}
+    for p in paths:
+        path = Path(p)
+        if not path.is_file():
+            raise InputError(f"{path}: no such ONNX file")
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+        except Exception as exc:
+            raise InputError(f"{path}: not a readable ONNX file ({_first_line(exc)})") from exc
+        prec = "fp16" if any(t.data_type == TensorProto.FLOAT16 for t in proto.graph.initializer) else "fp32"
+        if prec in out:
+            raise InputError(f"{path}: two {prec} ONNX files given ({out[prec].name} and {path.name}); give one")
+        out[prec] = path
+    return out
+
+
 def _load_subject(model: str | Path | nn.Module) -> _Subject:
     if isinstance(model, nn.Module):
         scale = getattr(model, "scale", None)
@@ -514,9 +536,10 @@ def _first_line(exc: BaseException) -> str:
 class _OnnxFiles:
     """ONNX exports of the subject, made once per precision on first use, in a temporary folder."""
 
-    def __init__(self, subject: _Subject, folder: Path, say: Progress) -> None:
+    def __init__(self, subject: _Subject, folder: Path, say: Progress,
+                 given: dict[str, Path] | None = None) -> None:
         self.subject, self.folder, self.say = subject, folder, say
-        self.files: dict[str, Path] = {}
+        self.files: dict[str, Path] = dict(given or {})
         self.errors: dict[str, str] = {}
 
     def get(self, precision: str) -> Path:
@@ -652,6 +675,10 @@ def run_benchmark(
     data_dir: str | Path | None = None,
     command: str = "",
     progress: bool | Progress = True,
+    onnx_models: Sequence[str | Path] = (),
+    video: str | Path | None = None,
+    video_frames: int = 8,
+    video_width: int | None = None,
 ) -> BenchReport:
     """Benchmark `model` on every backend x device x precision x size x batch asked for.
 
@@ -671,6 +698,12 @@ def run_benchmark(
         data_dir: the shared data folder (default: $SR_DEPLOY_SHARED_DATA or ../shared/data).
         command: the command line to record in the report.
         progress: True = a tqdm bar on stderr, False = silent, or a callable for messages.
+        onnx_models: existing ONNX exports of `model` to run on ONNX Runtime / TensorRT instead of
+            exporting afresh (one per precision, read from each graph): parity then shows whether
+            that file still matches the checkpoint.
+        video, video_frames, video_width: a real clip for the end-to-end row (`video_row`): the
+            `sr-deploy upscale` pipeline on its first `video_frames` frames (scaled to
+            `video_width` when given) vs PyTorch fp32 alone on the same frames.
 
     Returns a `BenchReport`. Never raises for a backend that cannot run: that is a skipped or
     failed row. Raises InputError for bad arguments or an unreadable model.
@@ -686,6 +719,10 @@ def run_benchmark(
             raise InputError(f"batch size must be >= 1, got {b}")
     if not sizes:
         raise InputError("no input sizes given")
+    if video is not None and not Path(video).is_file():
+        raise InputError(f"{video}: no such video file")
+    if video_frames < 1:
+        raise InputError(f"--video-frames must be >= 1, got {video_frames}")
     say: Progress
     if callable(progress):
         say = progress
@@ -707,6 +744,7 @@ def run_benchmark(
         precisions = parse_list(precisions, PRECISIONS, what="precision")
 
     subject = _load_subject(model)
+    given_onnx = _given_onnx(onnx_models)
     machine = machine_info([d for _, d in pairs])
     notes: list[str] = []
 
@@ -770,7 +808,7 @@ def run_benchmark(
     frames_source = ""
     bar = _progress_bar(len(plan), enabled=(progress is True))
     with tempfile.TemporaryDirectory(prefix="sr-deploy-bench-") as tmp:
-        onnx_files = _OnnxFiles(subject, Path(tmp), say if progress is not True else bar.write)
+        onnx_files = _OnnxFiles(subject, Path(tmp), say if progress is not True else bar.write, given_onnx)
         for (h, w), batch, name, dev, prec in plan:
             bar.set_description(f"{name} {prec} {dev} {h}x{w} b{batch}")
             row = BenchRow(name, dev, prec, batch, h, w)
@@ -788,13 +826,18 @@ def run_benchmark(
         ref_backend.close()
 
     baseline = _fill_speedups(rows)
+    video_rows = []
+    if video is not None:
+        say(f"end-to-end video row on {Path(video).name} ({video_frames} frames)")
+        video_rows.append(video_row(subject.module if subject.module is not None else model, video,
+                                    frames=video_frames, width=video_width, device=devices[0], precision="fp32"))
     with contextlib.suppress(OSError):
         machine["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     load = max(machine.get("load_average_start", [0])[0], machine.get("load_average_end", [0])[0])
     if machine.get("cpu_count") and load > 0.5 * machine["cpu_count"]:
         notes.append(f"the machine was busy (load average up to {load:.1f} on {machine['cpu_count']} CPUs): "
                      "CPU timings are pessimistic and noisy")
-    if any(r.device.startswith("cuda") and r.precision == "fp32" for r in rows):
+    if any(r.device.startswith("cuda") and r.precision == "fp32" and r.status == STATUS_OK for r in rows):
         notes.append("fp32 on CUDA is true float32: TF32 is disabled for fp32 rows and for the fp32 peak")
     settings = {
         "backends": [f"{n}@{d}" for n, d in pairs],
@@ -808,7 +851,7 @@ def run_benchmark(
         model=subject.name, arch=subject.arch, scale=subject.scale, flops_per_lr_pixel=flops,
         flops_source=flops_source, reference=reference, baseline=baseline, rows=rows, peaks_gflops=peaks,
         machine=machine, settings=settings, command=command or _current_command(),
-        date=_dt.datetime.now().astimezone().isoformat(timespec="seconds"), notes=notes,
+        date=_dt.datetime.now().astimezone().isoformat(timespec="seconds"), notes=notes, video=video_rows,
     )
 
 
@@ -1032,7 +1075,9 @@ def format_markdown(report: BenchReport) -> str:
     return "\n".join(out)
 
 
-def _check_output_path(path: Path) -> None:
+def check_output_path(path: str | Path) -> None:
+    """InputError unless `path` can be written: its folder exists and it is not a folder."""
+    path = Path(path)
     if not path.parent.exists():
         raise InputError(f"{path}: the folder {path.parent} does not exist")
     if path.is_dir():
@@ -1042,7 +1087,7 @@ def _check_output_path(path: Path) -> None:
 def _atomic_write_text(path: str | Path, text: str) -> Path:
     """Write to a temporary name beside `path`, then rename: never a half-written file."""
     path = Path(path)
-    _check_output_path(path)
+    check_output_path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         tmp.write_text(text, encoding="utf-8")
@@ -1075,7 +1120,7 @@ def write_plot(report: BenchReport, path: str | Path) -> Path:
     """A grouped bar chart of frames/s: one group per input size and batch, one bar per backend /
     precision / device. Needs matplotlib (`pip install 'sr-deploy[plot]'`)."""
     path = Path(path)
-    _check_output_path(path)
+    check_output_path(path)
     try:
         import matplotlib
 
@@ -1121,9 +1166,109 @@ def command_line(model: str, params: dict[str, Any]) -> str:
     (`params` as click parsed them; None / False options left out)."""
     parts = ["sr-deploy", "benchmark", shlex.quote(str(model))]
     for key, value in params.items():
-        if key == "model" or value is None or value is False:
+        if key == "model" or value is None or value is False or value == ():
             continue
-        flag = {"json_path": "--json", "markdown_path": "--markdown", "plot_path": "--plot"}.get(
-            key, "--" + key.replace("_", "-"))
-        parts.append(flag if value is True else f"{flag} {shlex.quote(str(value))}")
+        flag = {"json_path": "--json", "markdown_path": "--markdown", "plot_path": "--plot",
+                "onnx_models": "--onnx"}.get(key, "--" + key.replace("_", "-"))
+        for item in (value if isinstance(value, tuple) else (value,)):
+            parts.append(flag if item is True else f"{flag} {shlex.quote(str(item))}")
     return " ".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------
+# End-to-end video: the upscale pipeline vs the backend alone
+# ----------------------------------------------------------------------------------------------
+
+def trim_clip(clip: str | Path, output: str | Path, frames: int, width: int | None = None) -> Path:
+    """The first `frames` frames of `clip` (audio kept, cut to match) re-encoded to `output` with
+    the ffmpeg that imageio-ffmpeg bundles; `width` scales it down (height kept even, aspect kept)."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    clip, output = Path(clip), Path(output)
+    if not clip.is_file():
+        raise InputError(f"{clip}: no such video file")
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-i", str(clip), "-frames:v", str(frames)]
+    if width:
+        cmd += ["-vf", f"scale={int(width)}:-2"]
+    cmd += ["-c:v", "libx264", "-preset", "veryfast", "-crf", "12", "-pix_fmt", "yuv420p",
+            "-c:a", "aac", "-shortest", str(output)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0 or not output.is_file():
+        raise InputError(f"{clip}: ffmpeg could not trim it ({done.stderr.strip().splitlines()[-1:] or '?'})")
+    return output
+
+
+def _decode_rgb(clip: Path) -> list[np.ndarray]:
+    """Every frame of `clip` as float32 RGB [0, 1] (3, H, W)."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(clip))
+    frames = []
+    while True:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        frames.append(np.ascontiguousarray(bgr[:, :, ::-1].transpose(2, 0, 1), dtype=np.float32) / np.float32(255))
+    cap.release()
+    return frames
+
+
+def video_row(
+    model: str | Path | nn.Module,
+    clip: str | Path,
+    *,
+    frames: int = 8,
+    width: int | None = None,
+    device: str = "auto",
+    precision: str = "fp32",
+    batch_size: int = 1,
+) -> VideoRow:
+    """frames/s of the whole `sr-deploy upscale` video pipeline (decode, batch, backend, clamp,
+    encode, audio mux: `sr_deploy.video.upscale_video`, which the command wraps) on the first
+    `frames` frames of a real clip, against the same PyTorch backend alone on the same decoded
+    frames with inputs ready. Both are measured after one warm-up call, in this process.
+
+    A missing pipeline (`sr_deploy.video` not in this build) gives a row with status skipped.
+    """
+    from .backends import load
+    from .backends.torch_backend import resolve_device
+
+    clip = Path(clip)
+    dev = resolve_device(device)
+    row = VideoRow(clip=clip.name, frames=0, width=0, height=0, backend="torch", device=dev, precision=precision)
+    try:
+        from .video import upscale_video
+    except ImportError as exc:
+        row.status, row.reason = STATUS_SKIPPED, f"the video pipeline (sr_deploy.video) is not in this build ({_first_line(exc)})"
+        return row
+    subject = _load_subject(model)
+    if subject.module is None:
+        raise InputError(f"{model}: the video row needs a PyTorch checkpoint")
+    with tempfile.TemporaryDirectory(prefix="sr-deploy-video-") as tmp:
+        trimmed = trim_clip(clip, Path(tmp) / f"trimmed{clip.suffix or '.mp4'}", frames, width)
+        decoded = _decode_rgb(trimmed)
+        if not decoded:
+            raise InputError(f"{clip}: no frames decoded")
+        row.frames, (row.height, row.width) = len(decoded), decoded[0].shape[1:]
+        with _tf32(precision != "fp32"), load(subject.module, device=dev, precision=precision, backend="torch") as backend:
+            batches = [np.stack(decoded[i:i + batch_size]) for i in range(0, len(decoded), batch_size)]
+            inputs = [torch.from_numpy(b).to(dev) for b in batches]
+            backend(inputs[0][:1])  # warm-up for both measurements
+            _sync(dev)
+            started = time.perf_counter()
+            result = upscale_video(backend, trimmed, Path(tmp) / f"out{trimmed.suffix}", batch_size=batch_size,
+                                   progress=False, log=lambda _m: None)
+            pipeline_s = time.perf_counter() - started
+            if result.frames != len(decoded):
+                raise SRDeployError(f"{clip}: the pipeline wrote {result.frames} frames, {len(decoded)} were decoded")
+            timing = time_calls(backend, inputs, dev, warmup=0, iters=len(inputs))
+    backend_s = sum(timing.samples_ms) / 1e3
+    row.pipeline_fps = row.frames / pipeline_s
+    row.backend_fps = row.frames / backend_s
+    row.overhead_share = 1.0 - row.pipeline_fps / row.backend_fps
+    row.command = (f"sr_deploy.video.upscale_video (what `sr-deploy upscale` runs) on {clip.name} trimmed to "
+                   f"{row.frames} frames" + (f" at {row.width}x{row.height}" if width else "")
+                   + f", batch {batch_size}, {precision} on {dev}")
+    return row
