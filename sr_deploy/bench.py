@@ -242,6 +242,7 @@ def benchmark_frames(height: int, width: int, count: int = ROTATING_BATCHES,
 
     rng = np.random.default_rng(seed)
     frames: list[np.ndarray] = []
+    used_paths: list[Path] = []
     paths = _photo_paths(Path(data_dir) if data_dir is not None else None)
     for path in paths:
         if len(frames) == count:
@@ -258,8 +259,10 @@ def benchmark_frames(height: int, width: int, count: int = ROTATING_BATCHES,
         left = int(rng.integers(0, iw - width + 1))
         crop = bgr[top:top + height, left:left + width, ::-1]  # BGR -> RGB
         frames.append(np.ascontiguousarray(crop.transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0))
+        used_paths.append(path)
     if len(frames) == count:
-        return frames, f"crops of {count} photos from {paths[0].parent.parent.parent}"
+        used = sorted({f"{p.parent.parent.name}/{p.parent.name}" for p in used_paths})
+        return frames, f"crops of {count} photos from ../shared/data ({', '.join(used)})"
     from .parity import synthetic_image
 
     base = synthetic_image(max(256, 2 * height), max(256, 2 * width))
