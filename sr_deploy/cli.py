@@ -92,10 +92,45 @@ def eval_() -> None:
     _not_implemented("eval")
 
 
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def export() -> None:
-    """Export a checkpoint to ONNX (dynamic shapes, metadata, parity-checked)."""
-    _not_implemented("export")
+@cli.command()
+@click.argument("model")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .onnx file to write.")
+@click.option("--static", "static", metavar="NxHxW", default=None, help="Fix batch, height and width (default: dynamic).")
+@click.option("--opset", default=18, show_default=True, type=int, help="ONNX opset.")
+@click.option("--exporter", type=click.Choice(["dynamo", "legacy"]), default="dynamo", show_default=True,
+              help="torch.export based (falls back to legacy when it fails) or TorchScript based.")
+@click.option("--fp16", is_flag=True, help="An fp16 graph with float32 inputs/outputs (for GPU runtimes).")
+@click.option("--simplify", is_flag=True, help="Simplify the graph with onnxslim (keeps the dynamic dims).")
+@click.option("--no-verify", is_flag=True, help="Skip the parity check against the torch float32 model.")
+def export(model: str, output: str, static: str | None, opset: int, exporter: str, fp16: bool, simplify: bool,
+           no_verify: bool) -> None:
+    """Export MODEL (a .pt/.pth checkpoint or `default`) to one self-contained ONNX file.
+
+    Dynamic batch/height/width, metadata, onnx.checker, then a parity check on Set5 crops
+    against the torch float32 model (fp32: max abs <= 1e-4, fp16: PSNR >= 50 dB; exit 1 if not).
+    """
+    from .errors import SRDeployError as _Failure
+    from .export import export_onnx
+
+    def log(message: str) -> None:
+        click.echo(message, err=True)
+
+    try:
+        result = export_onnx(model, output, opset=opset, static_shape=static, exporter=exporter, fp16=fp16,
+                             simplify=simplify, verify=not no_verify, log=log)
+    except _Failure as exc:
+        report = getattr(exc, "parity", None)
+        if report is not None:
+            click.echo(report.table())
+        raise
+    shape = "x".join(map(str, result.static_shape)) if result.static_shape else "dynamic batch/height/width"
+    click.echo(f"wrote {result.path} ({result.size_bytes / 1e6:.1f} MB): {result.arch} x{result.scale}, "
+               f"{result.precision}, opset {result.opset}, {shape}, {result.exporter} exporter, "
+               f"{result.seconds:.1f} s")
+    if result.fp16_block_list:
+        click.echo(f"kept in fp32: {', '.join(result.fp16_block_list)}")
+    if result.parity is not None:
+        click.echo(result.parity.table())
 
 
 @cli.command(name="build-engine", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

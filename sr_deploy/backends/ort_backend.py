@@ -1,0 +1,233 @@
+"""ONNX Runtime backend: runs an exported `.onnx` file (see `sr_deploy.export`).
+
+Execution providers follow `device`: the CPU provider for ``cpu``; for ``cuda`` the TensorRT
+and CUDA providers of onnxruntime-gpu (`pip install 'sr-deploy[gpu]'`), each falling back to
+the next. The graph's own precision decides the arithmetic (an fp16 ONNX computes in fp16
+with float32 inputs and outputs); the TensorRT provider can additionally run an fp32 graph
+in fp16 (`trt_fp16_enable`).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError, NotInstalledError
+from .base import Backend
+from .torch_backend import check_batch_shape
+
+ORT_GPU_NOT_INSTALLED = (
+    "onnxruntime-gpu with the CUDA execution provider is not installed: "
+    "pip uninstall onnxruntime && pip install 'sr-deploy[gpu]' on a machine with an NVIDIA GPU"
+)
+
+
+def _graph_precision(model: Any) -> str:
+    """fp16 when the graph carries float16 weights, else fp32."""
+    from onnx import TensorProto
+
+    return "fp16" if any(t.data_type == TensorProto.FLOAT16 for t in model.graph.initializer) else "fp32"
+
+
+def _static_dims(model: Any) -> list[int | None]:
+    """The first input's dims: an int where fixed, None where symbolic or unknown."""
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims]
+
+
+class OnnxRuntimeBackend(Backend):
+    """Runs an ONNX super-resolution graph with ONNX Runtime.
+
+    Args:
+        onnx_path: a `.onnx` file taking one (N, 3, H, W) float32 input.
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        precision: ``auto``/None = the graph's own (fp16 graph -> fp16). ``fp16`` with an fp32
+            graph needs the TensorRT provider (`trt_fp16_enable`); otherwise InputError.
+        threads: intra-op threads (None: ONNX Runtime's default, one per core).
+        trt_ep_options: extra TensorRT execution-provider options, merged over ours
+            (engine cache next to the ONNX file, fp16 as asked).
+
+    `scale` comes from the file's `sr_deploy.scale` metadata (or a probe run when absent).
+    `max_shape` is the static (N, H, W) of the input when the file has one: smaller inputs
+    are edge-padded to it and cropped back, larger batches split; a larger H or W is an error
+    (the caller tiles).
+    """
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        onnx_path: str | Path,
+        device: str = "cpu",
+        precision: str | None = "auto",
+        threads: int | None = None,
+        trt_ep_options: dict[str, Any] | None = None,
+    ) -> None:
+        import onnx
+        import onnxruntime as ort
+
+        path = Path(onnx_path)
+        if not path.is_file():
+            raise InputError(f"{path}: no such ONNX file")
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as exc:
+            raise InputError(f"{path}: not a readable ONNX file ({_first_line(exc)})") from exc
+        if len(model.graph.input) != 1 or len(model.graph.output) < 1:
+            raise InputError(f"{path}: expected a graph with one image input, found {len(model.graph.input)} inputs")
+        graph_precision = _graph_precision(model)
+        device = (device or "cpu").lower()
+        if device == "auto":
+            device = "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
+        precision = (precision or "auto").lower()
+        precision = {"float32": "fp32", "float16": "fp16", "half": "fp16"}.get(precision, precision)
+        if precision == "auto":
+            precision = graph_precision
+        if precision not in ("fp32", "fp16"):
+            raise InputError(f"{path}: precision {precision!r} is not available with ONNX Runtime (fp32 or fp16)")
+
+        self.path = path
+        self.input_name = model.graph.input[0].name
+        self.output_name = model.graph.output[0].name
+        self.device_id = 0
+        providers: list[Any]
+        if device == "cpu":
+            providers = ["CPUExecutionProvider"]
+        elif device == "cuda" or re.fullmatch(r"cuda:\d+", device):
+            self.device_id = int(device.split(":")[1]) if ":" in device else 0
+            available = ort.get_available_providers()
+            if "CUDAExecutionProvider" not in available:
+                raise NotInstalledError(f"{path}: {ORT_GPU_NOT_INSTALLED}")
+            providers = []
+            if "TensorrtExecutionProvider" in available:
+                cache = path.parent / f"{path.stem}.ort-trt-cache"
+                options = {
+                    "device_id": self.device_id,
+                    "trt_fp16_enable": precision == "fp16",
+                    "trt_engine_cache_enable": True,
+                    "trt_engine_cache_path": str(cache),
+                    "trt_timing_cache_enable": True,
+                    "trt_timing_cache_path": str(cache),
+                }
+                options.update(trt_ep_options or {})
+                providers.append(("TensorrtExecutionProvider", options))
+            providers += [("CUDAExecutionProvider", {"device_id": self.device_id}), "CPUExecutionProvider"]
+        else:
+            raise InputError(f"unknown device {device!r}: expected cpu, cuda or cuda:N")
+        if precision == "fp16" and graph_precision == "fp32" and not any(
+            isinstance(p, tuple) and p[0] == "TensorrtExecutionProvider" for p in providers
+        ):
+            raise InputError(
+                f"{path}: an fp32 graph runs in fp16 only on the TensorRT provider; export an fp16 file "
+                "with `sr-deploy export --fp16` or use precision fp32"
+            )
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+            opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3  # warnings from the providers are noise on stderr here
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        except Exception as exc:
+            raise InputError(f"{path}: ONNX Runtime cannot load it ({_first_line(exc)})") from exc
+        self.providers = self.session.get_providers()
+        self.on_cuda = device != "cpu" and "CUDAExecutionProvider" in self.providers
+
+        dims = _static_dims(model)
+        max_shape = (dims[0], dims[2], dims[3]) if len(dims) == 4 and None not in (dims[0], dims[2], dims[3]) else None
+        self.static_shape = max_shape
+        meta = {p.key: p.value for p in model.metadata_props}
+        scale = int(meta["sr_deploy.scale"]) if "sr_deploy.scale" in meta else None
+        self.metadata = meta
+        super().__init__(scale or 1, precision, device, max_shape)
+        if scale is None:
+            self.scale = self._probe_scale()
+
+    def _probe_scale(self) -> int:
+        n, h, w = self.static_shape or (1, 16, 16)
+        y = self._run_numpy(np.zeros((n, 3, h, w), np.float32))
+        if y.shape[2] % h or y.shape[2] // h != y.shape[3] // w:
+            raise InputError(f"{self.path}: output {y.shape} is not an integer upscaling of input {(n, 3, h, w)}")
+        return y.shape[2] // h
+
+    def _run_numpy(self, x: np.ndarray) -> np.ndarray:
+        if self.on_cuda:
+            binding = self.session.io_binding()
+            binding.bind_cpu_input(self.input_name, x)
+            binding.bind_output(self.output_name, "cuda", self.device_id)
+            self.session.run_with_iobinding(binding)
+            return binding.copy_outputs_to_cpu()[0]
+        return self.session.run([self.output_name], {self.input_name: x})[0]
+
+    def _run_cuda_tensor(self, x: Any) -> Any:
+        """IO binding straight on torch CUDA memory: no host round trip."""
+        import torch
+
+        x = x.to(device=f"cuda:{self.device_id}", dtype=torch.float32).contiguous()
+        n, c, h, w = x.shape
+        y = torch.empty((n, c, h * self.scale, w * self.scale), device=x.device, dtype=torch.float32)
+        binding = self.session.io_binding()
+        binding.bind_input(self.input_name, "cuda", self.device_id, np.float32, tuple(x.shape), x.data_ptr())
+        binding.bind_output(self.output_name, "cuda", self.device_id, np.float32, tuple(y.shape), y.data_ptr())
+        torch.cuda.current_stream(x.device).synchronize()  # x was written on torch's stream
+        self.session.run_with_iobinding(binding)
+        return y
+
+    def _run_fitted(self, x: np.ndarray, run: Any) -> Any:
+        """Apply the static input shape: split larger batches, edge-pad smaller inputs, crop back."""
+        if self.static_shape is None:
+            return run(x)
+        sn, sh, sw = self.static_shape
+        n, _, h, w = x.shape
+        if h > sh or w > sw:
+            raise InputError(
+                f"{self.path}: input {h}x{w} exceeds this file's static shape {sh}x{sw}; tile it (sr_deploy.tiling)"
+            )
+        outs = []
+        for start in range(0, n, sn):
+            part = x[start:start + sn]
+            k = part.shape[0]
+            padded = _pad_to(part, sn, sh, sw)
+            outs.append(run(padded)[:k, :, : h * self.scale, : w * self.scale])
+        return outs
+
+    def __call__(self, x: np.ndarray | Any) -> np.ndarray | Any:
+        if isinstance(x, np.ndarray):
+            check_batch_shape(x.shape)
+            x = np.ascontiguousarray(x, dtype=np.float32)
+            out = self._run_fitted(x, self._run_numpy)
+            return out if isinstance(out, np.ndarray) else np.ascontiguousarray(np.concatenate(out))
+        try:
+            import torch
+        except ImportError:  # pragma: no cover - torch is a core dependency
+            torch = None
+        if torch is not None and isinstance(x, torch.Tensor):
+            check_batch_shape(tuple(x.shape))
+            if self.on_cuda and self.static_shape is None:
+                return self._run_cuda_tensor(x).to(x.device)
+            y = self(x.detach().float().cpu().numpy())
+            return torch.from_numpy(y).to(x.device)
+        raise InputError(f"expected a numpy array or a torch tensor, got {type(x).__name__}")
+
+    def close(self) -> None:
+        self.session = None
+
+
+def _pad_to(x: np.ndarray, n: int, h: int, w: int) -> np.ndarray:
+    """Edge-replicate `x` (k, 3, hh, ww) to (n, 3, h, w); k <= n, hh <= h, ww <= w."""
+    k, _, hh, ww = x.shape
+    if (k, hh, ww) == (n, h, w):
+        return x
+    return np.ascontiguousarray(np.pad(x, ((0, n - k), (0, 0), (0, h - hh), (0, w - ww)), mode="edge"))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if len(line) <= 200 else line[:197] + "..."
+

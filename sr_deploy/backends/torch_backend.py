@@ -1,0 +1,117 @@
+"""PyTorch backend: a generator `nn.Module` run under `torch.inference_mode`.
+
+BatchNorm is folded into the preceding convs once at construction, the model is put in eval
+mode and cast to the compute precision. Inputs and outputs are always float32 RGB NCHW
+(the contract in `base.py`); with fp16 / bf16 only the computation inside is reduced.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import InputError, NotInstalledError
+from ..models import fold_batch_norm
+from .base import Backend
+
+TORCH_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(device: str) -> str:
+    """`auto` -> `cuda` when a CUDA GPU is visible, else `cpu`; `cuda`/`cuda:N` are checked
+    to be available (NotInstalledError otherwise)."""
+    device = (device or "auto").lower()
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return device
+    if device == "cuda" or device.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise NotInstalledError(f"device {device!r}: CUDA is not available to PyTorch on this machine")
+        return device
+    raise InputError(f"unknown device {device!r}: expected auto, cpu, cuda or cuda:N")
+
+
+def resolve_precision(precision: str | None, device: str) -> str:
+    """`auto` -> fp16 on CUDA, fp32 on the CPU; otherwise one of fp32 / fp16 / bf16."""
+    precision = (precision or "auto").lower()
+    aliases = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
+    precision = aliases.get(precision, precision)
+    if precision == "auto":
+        return "fp16" if device.startswith("cuda") else "fp32"
+    if precision not in TORCH_DTYPES:
+        raise InputError(f"unknown precision {precision!r}: expected auto, fp32, fp16 or bf16")
+    return precision
+
+
+def check_batch_shape(shape: tuple[int, ...]) -> None:
+    """Raise InputError unless `shape` is (N, 3, H, W) with N, H, W >= 1."""
+    if len(shape) != 4 or shape[1] != 3 or min(shape) < 1:
+        raise InputError(f"expected a batch of shape (N, 3, H, W) with RGB channels, got {tuple(shape)}")
+
+
+class TorchBackend(Backend):
+    """Runs `model` with PyTorch.
+
+    Args:
+        model: a generator mapping (N, 3, H, W) float RGB [0, 1] to (N, 3, sH, sW). It is not
+            modified: BN folding works on a copy.
+        scale: the model's upscaling factor; None reads `model.scale`.
+        device: ``cpu``, ``cuda`` or ``cuda:N`` (``auto`` picks cuda when available).
+        precision: ``fp32``, ``fp16`` or ``bf16`` compute (``auto``: fp16 on CUDA, fp32 on CPU).
+            Inputs and outputs stay float32.
+        channels_last: NHWC memory format inside (faster convs on CPU with oneDNN and on
+            tensor cores); results equal NCHW to float rounding.
+        compile: wrap the model in `torch.compile` (first calls per shape are slow).
+    """
+
+    name = "torch"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        scale: int | None = None,
+        device: str = "cpu",
+        precision: str = "fp32",
+        channels_last: bool = True,
+        compile: bool = False,
+    ) -> None:
+        device = resolve_device(device)
+        precision = resolve_precision(precision, device)
+        if scale is None:
+            scale = getattr(model, "scale", None)
+            if scale is None:
+                raise InputError(f"{type(model).__name__}: no `scale` attribute; pass scale=")
+        super().__init__(int(scale), precision, device, None)
+        self.dtype = TORCH_DTYPES[precision]
+        self.channels_last = channels_last
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        net = fold_batch_norm(model).float().to(device=device, dtype=self.dtype)
+        net = net.to(memory_format=self.memory_format)
+        for p in net.parameters():
+            p.requires_grad_(False)
+        self.model: nn.Module | Any = torch.compile(net) if compile else net
+
+    def run_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) float tensor on any device -> (N, 3, sH, sW) float32 on this backend's device."""
+        check_batch_shape(tuple(x.shape))
+        x = x.to(device=self.device, dtype=self.dtype).contiguous(memory_format=self.memory_format)
+        with torch.inference_mode():
+            y = self.model(x)
+        return y.float().contiguous()
+
+    def __call__(self, x: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        if isinstance(x, torch.Tensor):
+            return self.run_tensor(x).to(x.device)
+        if isinstance(x, np.ndarray):
+            y = self.run_tensor(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+            return y.cpu().numpy()
+        raise InputError(f"expected a numpy array or a torch tensor, got {type(x).__name__}")
+
+    def close(self) -> None:
+        self.model = None
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()

@@ -1,0 +1,567 @@
+"""PyTorch -> ONNX: one self-contained file with dynamic shapes, metadata, and a parity check.
+
+    from sr_deploy.export import export_onnx
+    result = export_onnx("default", "model.onnx")              # fp32, dynamic N/H/W, opset 18
+    result = export_onnx(model, "model-fp16.onnx", fp16=True)  # fp16 graph, float32 I/O
+
+The graph takes one input `input`: (N, 3, H, W) float32 RGB in [0, 1] and returns `output`:
+(N, 3, sH, sW) float32, unclamped. `metadata_props` carry `sr_deploy.scale`, `sr_deploy.arch`,
+`sr_deploy.input` (`rgb_float01_nchw`), `sr_deploy.version`, `sr_deploy.source_sha256`,
+`sr_deploy.precision` (fp32/fp16) and `sr_deploy.exporter`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import os
+import re
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .errors import InputError, SRDeployError
+from .parity import ParityReport, check_thresholds, parity, parity_inputs
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "output"
+INPUT_CONVENTION = "rgb_float01_nchw"
+EXPORTERS = ("dynamo", "legacy")
+# The example input the graph is traced with; its values do not matter, the dims are made dynamic.
+EXAMPLE_SHAPE = (2, 3, 32, 32)
+# An activation above this magnitude is kept in fp32: fp16 tops out at 65504 and other
+# images than the calibration crops may go higher, so leave a 4x margin.
+FP16_SAFE_MAX = 16384.0
+# fp16 keeps ~11 significant bits: its rounding alone gives an RMS relative error near 3e-4.
+# Several times that means values fall into fp16's subnormal range and lose precision.
+FP16_MAX_RELATIVE_ERROR = 2e-3
+
+Log = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class ExportResult:
+    """What `export_onnx` wrote and how it checked it."""
+
+    path: Path
+    arch: str
+    scale: int
+    opset: int
+    exporter: str  # the exporter that produced the file: "dynamo" or "legacy"
+    fallback_reason: str | None  # why the dynamo exporter was abandoned, when it was
+    static_shape: tuple[int, int, int] | None
+    precision: str  # "fp32" or "fp16"
+    fp16_block_list: list[str] = field(default_factory=list)
+    simplified: bool = False
+    seconds: float = 0.0  # export + checks, without the parity run
+    parity: ParityReport | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def size_bytes(self) -> int:
+        return self.path.stat().st_size
+
+
+class ParityError(SRDeployError):
+    """The exported file disagrees with the torch model (exit 1); the file is kept."""
+
+    def __init__(self, message: str, result: ExportResult) -> None:
+        super().__init__(message)
+        self.result = result
+        self.parity = result.parity
+
+
+def parse_static_shape(text: str | Sequence[int] | None) -> tuple[int, int, int] | None:
+    """`"1x3x64x64"`-style or `"N,H,W"` / `"NxHxW"` text (or a sequence) -> (N, H, W)."""
+    if text is None:
+        return None
+    if isinstance(text, str):
+        parts = [p for p in text.lower().replace(",", "x").split("x") if p.strip()]
+        try:
+            values = [int(p) for p in parts]
+        except ValueError:
+            raise InputError(f"--static {text!r}: expected NxHxW, e.g. 1x256x256") from None
+    else:
+        values = [int(v) for v in text]
+    if len(values) == 4 and values[1] == 3:
+        values = [values[0], values[2], values[3]]
+    if len(values) != 3 or min(values) < 1:
+        raise InputError(f"--static {text!r}: expected NxHxW with positive sizes, e.g. 1x256x256")
+    return values[0], values[1], values[2]
+
+
+def check_opset(opset: int) -> int:
+    """InputError unless the installed onnx package knows `opset` (and the exporters can aim at it)."""
+    import onnx
+
+    highest = onnx.defs.onnx_opset_version()
+    if not isinstance(opset, int) or opset < 9 or opset > highest:
+        raise InputError(
+            f"opset {opset} is not available: the installed onnx {onnx.__version__} handles opsets 9 to {highest}"
+        )
+    return opset
+
+
+def _check_output(output: Path, source: Path | None) -> None:
+    """The output must be a .onnx path in an existing, writable folder, and not the input."""
+    if output.suffix.lower() != ".onnx":
+        raise InputError(f"{output}: the output file must end in .onnx")
+    parent = output.parent
+    if not parent.is_dir():
+        raise InputError(f"{output}: the output folder {parent} does not exist")
+    if source is not None and output.resolve() == source.resolve():
+        raise InputError(f"{output}: the output would overwrite the input model")
+    try:  # os.access says yes to root even on read-only mounts: try for real
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{output.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise InputError(f"{output}: the output folder {parent} is not writable ({exc.strerror or exc})") from None
+
+
+def _state_sha256(model: nn.Module) -> str:
+    """A fingerprint of an in-memory model's weights, standing in for a file's sha256."""
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _load_source(model: str | Path | nn.Module) -> tuple[nn.Module, str, int, str, Path | None]:
+    """(folded float32 CPU eval model, arch, scale, source sha256, source path or None)."""
+    from .models import fold_batch_norm, load_checkpoint, resolve_model_path
+
+    if isinstance(model, nn.Module):
+        scale = getattr(model, "scale", None)
+        if scale is None:
+            raise InputError(f"{type(model).__name__}: the model has no `scale` attribute")
+        net, arch, sha, path = model, type(model).__name__, _state_sha256(model), None
+    else:
+        path = resolve_model_path(model)
+        if path.suffix.lower() not in (".pt", ".pth"):
+            raise InputError(f"{path}: unsupported model file type {path.suffix or '(no suffix)'!r}; "
+                             "export takes a PyTorch checkpoint (.pt / .pth)")
+        ckpt = load_checkpoint(path)  # InputError for missing / unreadable files
+        net, arch, scale, sha = ckpt.model, ckpt.arch, ckpt.scale, ckpt.sha256
+    folded = fold_batch_norm(net).float().cpu().eval()
+    for p in folded.parameters():
+        p.requires_grad_(False)
+    return folded, arch, int(scale), sha, path
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the exporters' progress prints and warnings; keep the text for error messages."""
+    buffer = io.StringIO()
+    # torch logs "torchvision is not installed. Skipping ...", and whole graphs when torch.export
+    # fails: the one-line reason we report says enough.
+    torch_logger = logging.getLogger("torch")
+    level = torch_logger.level
+    torch_logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+            warnings.simplefilter("ignore")
+            yield buffer
+    finally:
+        torch_logger.setLevel(level)
+
+
+def _export_dynamo(model: nn.Module, example: torch.Tensor, opset: int, static: bool) -> Any:
+    dynamic_shapes = None
+    if not static:
+        # By position: the forward's argument need not be called `x`.
+        dynamic_shapes = ({
+            0: torch.export.Dim("batch", min=1, max=4096),
+            2: torch.export.Dim("height", min=8, max=16384),
+            3: torch.export.Dim("width", min=8, max=16384),
+        },)
+    with _quiet():
+        program = torch.onnx.export(
+            model, (example,), None, dynamo=True, opset_version=opset,
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes=dynamic_shapes,
+            external_data=False, optimize=True, verify=False, verbose=False, report=False,
+        )
+    if program is None:
+        raise RuntimeError("the dynamo exporter returned no program")
+    return program.model_proto
+
+
+def _export_legacy(model: nn.Module, example: torch.Tensor, opset: int, static: bool) -> Any:
+    import onnx
+
+    dynamic_axes = None
+    if not static:
+        dynamic_axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
+                        OUTPUT_NAME: {0: "batch", 2: "out_height", 3: "out_width"}}
+    buffer = io.BytesIO()
+    with _quiet():
+        torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=opset,
+                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=dynamic_axes,
+                          do_constant_folding=True)
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _name_nodes(model: Any) -> None:
+    """Give every node a unique name, so that fp16 block lists can name nodes."""
+    seen: set[str] = set()
+    for i, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{i}"
+        seen.add(node.name)
+
+
+def _input_dims(model: Any) -> list[str | int]:
+    return [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+
+
+def _simplify(model: Any) -> Any:
+    """onnxslim, keeping the symbolic batch / height / width."""
+    try:
+        import onnxslim
+    except ImportError:
+        raise InputError("--simplify needs onnxslim: pip install 'sr-deploy[simplify]'") from None
+    before = _input_dims(model)
+    with _quiet():
+        slim = onnxslim.slim(model)
+    if _input_dims(slim) != before:
+        raise SRDeployError(f"onnxslim changed the input dims {before} -> {_input_dims(slim)}")
+    return slim
+
+
+def _as_model(model_or_path: Any, load_weights: bool = True) -> Any:
+    import onnx
+
+    if isinstance(model_or_path, (str, Path)):
+        path = Path(model_or_path)
+        if not path.is_file():
+            raise InputError(f"{path}: no such ONNX file")
+        try:
+            return onnx.load(str(path), load_external_data=load_weights)
+        except Exception as exc:
+            raise InputError(f"{path}: not a readable ONNX file ({_first_line(exc)})") from exc
+    return model_or_path
+
+
+def _split_block_list(model: Any, block_list: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """Entries naming an op type present in the graph block that op type; others name nodes."""
+    op_types = {n.op_type for n in model.graph.node}
+    ops = [b for b in block_list or [] if b in op_types]
+    nodes = [b for b in block_list or [] if b not in op_types]
+    return ops, nodes
+
+
+def convert_to_fp16(onnx_model_or_path: Any, output: str | Path | None = None,
+                    block_list: Sequence[str] | None = None) -> Any:
+    """An fp16 copy of an fp32 ONNX graph with float32 inputs and outputs (Cast nodes at the edges).
+
+    Args:
+        onnx_model_or_path: an `onnx.ModelProto` or a path to one.
+        output: where to write the result (temporary name + rename); None: only return it.
+        block_list: node names (e.g. from `calibrate_fp16_block_list`) and/or op types to keep
+            in fp32, on top of onnxconverter-common's default op block list (Resize, ...).
+
+    Returns the converted `onnx.ModelProto`.
+    """
+    from onnxconverter_common import float16
+
+    model = _as_model(onnx_model_or_path)
+    ops, nodes = _split_block_list(model, block_list)
+    op_block_list = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(ops))
+    with _quiet():
+        converted = float16.convert_float_to_float16(
+            model, keep_io_types=True, op_block_list=op_block_list, node_block_list=nodes or None,
+            # weights are small; clamping tiny ones to 1e-7 flushes nothing that matters
+            min_positive_val=1e-7, max_finite_val=65504.0,
+        )
+    if output is not None:
+        _atomic_save(converted, Path(output))
+    return converted
+
+
+def count_fp16_tensors(model: Any) -> int:
+    """How many float16 tensors a graph holds: initializers, Constant values, typed values
+    (inputs, outputs, value_info). 0 means the graph computes nothing in fp16."""
+    from onnx import TensorProto
+
+    model = _as_model(model, load_weights=False)
+    fp16 = TensorProto.FLOAT16
+    count = sum(1 for t in model.graph.initializer if t.data_type == fp16)
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            count += sum(1 for a in node.attribute if a.HasField("t") and a.t.data_type == fp16)
+        if node.op_type == "Cast":
+            count += sum(1 for a in node.attribute if a.name == "to" and a.i == fp16)
+    values = list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)
+    count += sum(1 for v in values if v.type.tensor_type.elem_type == fp16)
+    return count
+
+
+def read_onnx_metadata(path: str | Path) -> dict[str, str]:
+    """The file's `metadata_props` as a dict (weights are not read)."""
+    model = _as_model(Path(path), load_weights=False)
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def calibrate_fp16_block_list(
+    onnx_model_or_path: Any,
+    inputs: Sequence[np.ndarray],
+    safe_max: float = FP16_SAFE_MAX,
+    max_relative_error: float = FP16_MAX_RELATIVE_ERROR,
+    chunk: int = 192,
+) -> list[str]:
+    """Names of the nodes whose fp32 activations would not survive fp16.
+
+    Runs the fp32 graph on `inputs` (float32 (N, 3, H, W) batches, real images) on ONNX Runtime
+    CPU with every intermediate tensor exposed (in chunks, to bound memory), and flags a node
+    when one of its float outputs exceeds `safe_max` in magnitude (fp16 overflows at 65504) or
+    loses more than `max_relative_error` (RMS, relative) when rounded to fp16 (values in the
+    subnormal range). The result feeds `convert_to_fp16(block_list=...)`.
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto
+
+    model = _as_model(onnx_model_or_path)
+    model = onnx.ModelProto.FromString(model.SerializeToString())  # work on a copy
+    _name_nodes(model)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:
+        inferred = model
+    float_values = {v.name for v in inferred.graph.value_info if v.type.tensor_type.elem_type == TensorProto.FLOAT}
+    graph_outputs = {o.name for o in model.graph.output}
+    producer = {}
+    for node in model.graph.node:
+        for out in node.output:
+            if out and (out in float_values or out in graph_outputs):
+                producer[out] = node.name
+    names = [n for n in producer if n not in graph_outputs]
+    input_name = model.graph.input[0].name
+    opts = ort.SessionOptions()
+    # The graph as written: fusions would hide the tensors asked for.
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    flagged: set[str] = set()
+    for start in range(0, len(names), chunk):
+        part = names[start:start + chunk]
+        probe = onnx.ModelProto.FromString(model.SerializeToString())
+        probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in part)
+        session = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        for x in inputs:
+            for j in range(x.shape[0]):  # one image at a time bounds the memory
+                values = session.run(part, {input_name: np.ascontiguousarray(x[j:j + 1], dtype=np.float32)})
+                for name, value in zip(part, values):
+                    if producer[name] in flagged or value.dtype != np.float32 or value.size == 0:
+                        continue
+                    if _fp16_unsafe(value, safe_max, max_relative_error):
+                        flagged.add(producer[name])
+        del session
+    order = {n.name: i for i, n in enumerate(model.graph.node)}
+    return sorted(flagged, key=lambda n: order.get(n, 0))
+
+
+def _fp16_unsafe(value: np.ndarray, safe_max: float, max_relative_error: float) -> bool:
+    finite = value[np.isfinite(value)]
+    if finite.size == 0:
+        return False
+    if float(np.abs(finite).max()) > safe_max:
+        return True
+    rms = float(np.sqrt(np.mean(np.square(finite, dtype=np.float64))))
+    if rms == 0.0:
+        return False
+    err = finite - finite.astype(np.float16).astype(np.float32)
+    return float(np.sqrt(np.mean(np.square(err, dtype=np.float64)))) / rms > max_relative_error
+
+
+def _set_metadata(model: Any, meta: dict[str, str]) -> None:
+    keep = [p for p in model.metadata_props if p.key not in meta]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+
+
+def _atomic_save(model: Any, output: Path) -> None:
+    """Write one self-contained file beside `output` under a temporary name, then rename."""
+    import onnx
+
+    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+    try:
+        onnx.save_model(model, str(tmp), save_as_external_data=False)
+        os.replace(tmp, output)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _root_cause(exc: BaseException) -> str:
+    """`Type: first line` of the innermost cause: torch.onnx wraps the real reason."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return f"{type(exc).__name__}: {_first_line(exc)}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+def verify_onnx(
+    reference: nn.Module,
+    onnx_path: str | Path,
+    precision: str,
+    static_shape: tuple[int, int, int] | None = None,
+    sizes: Sequence[tuple[int, int]] = ((64, 64), (50, 70)),
+    batch: int = 2,
+) -> ParityReport:
+    """Parity of the ONNX file on ONNX Runtime CPU against `reference` in torch float32, on Set5
+    crops at `sizes` with `batch` images each (the static shape alone for a static file).
+    Thresholds are checked (`report.passed`) for `precision`; nothing is raised."""
+    from .backends.ort_backend import OnnxRuntimeBackend
+    from .backends.torch_backend import TorchBackend
+
+    if static_shape is not None:
+        sizes, batch = ((static_shape[1], static_shape[2]),), static_shape[0]
+    torch_fp32 = TorchBackend(reference, None, "cpu", "fp32", channels_last=False)
+    with OnnxRuntimeBackend(onnx_path, device="cpu") as candidate:
+        report = parity(torch_fp32, candidate, parity_inputs(sizes, batch))
+    check_thresholds(report, precision)
+    return report
+
+
+def export_onnx(
+    model: str | Path | nn.Module,
+    output: str | Path,
+    *,
+    opset: int = 18,
+    static_shape: str | Sequence[int] | None = None,
+    exporter: str = "dynamo",
+    fp16: bool = False,
+    fp16_block_list: Sequence[str] | None = None,
+    simplify: bool = False,
+    verify: bool = True,
+    log: Log | None = _stderr,
+) -> ExportResult:
+    """Export a generator to one self-contained ONNX file.
+
+    Args:
+        model: a checkpoint path (.pt/.pth, any layout `load_checkpoint` reads), a bundled name
+            (``default``) or an `nn.Module` with a `scale` attribute.
+        output: the `.onnx` file to write, in an existing writable folder.
+        opset: ONNX opset (default 18).
+        static_shape: None for dynamic batch / height / width, or (N, H, W) / "NxHxW" to fix them.
+        exporter: ``dynamo`` (torch.export based; falls back to ``legacy`` with the reason
+            logged when it fails) or ``legacy`` (TorchScript based).
+        fp16: write an fp16 graph with float32 inputs and outputs.
+        fp16_block_list: nodes / op types kept in fp32; None calibrates it on Set5 crops
+            (`calibrate_fp16_block_list`), [] keeps nothing back.
+        simplify: run onnxslim (keeps the dynamic dims).
+        verify: after writing, check parity with the torch float32 model on ONNX Runtime CPU
+            (fp32: max abs <= 1e-4; fp16: PSNR >= 50 dB).
+        log: where progress and the fallback reason go (default stderr; None for silence).
+
+    Raises:
+        InputError (exit 2): missing / unsupported model file, bad output folder, bad opset or
+            static shape, unknown exporter. Nothing is written.
+        SRDeployError (exit 1): export or checker failure (nothing written), or a failed
+            parity check (the file is kept, and named in the message).
+    """
+    import onnx
+
+    say = log or (lambda _message: None)
+    output = Path(output)
+    if exporter not in EXPORTERS:
+        raise InputError(f"unknown exporter {exporter!r}: expected dynamo or legacy")
+    check_opset(opset)
+    static = parse_static_shape(static_shape)
+    source_path = None if isinstance(model, nn.Module) else Path(str(model))
+    net, arch, scale, source_sha, source_path = _load_source(model)
+    _check_output(output, source_path)
+
+    start = time.perf_counter()
+    example = torch.rand((static[0], 3, static[1], static[2]) if static else EXAMPLE_SHAPE,
+                         generator=torch.Generator().manual_seed(0))
+    used, fallback_reason = exporter, None
+    if exporter == "dynamo":
+        try:
+            proto = _export_dynamo(net, example, opset, static is not None)
+        except Exception as exc:
+            fallback_reason = _root_cause(exc)
+            say(f"dynamo exporter failed ({fallback_reason}); falling back to the legacy exporter")
+            used = "legacy"
+    if used == "legacy":
+        try:
+            proto = _export_legacy(net, example, opset, static is not None)
+        except Exception as exc:
+            reasons = f"; dynamo: {fallback_reason}" if fallback_reason else ""
+            raise SRDeployError(f"{output}: ONNX export failed (legacy: {_first_line(exc)}{reasons}); "
+                                "nothing written") from exc
+    if proto.functions:
+        proto = onnx.inliner.inline_local_functions(proto)
+    _name_nodes(proto)
+    if simplify:
+        proto = _simplify(proto)
+        _name_nodes(proto)
+
+    block_list: list[str] = []
+    if fp16:
+        if fp16_block_list is None:
+            say("calibrating the fp16 block list on Set5 crops")
+            sizes = ((static[1], static[2]),) if static else ((64, 64),)
+            block_list = calibrate_fp16_block_list(proto, parity_inputs(sizes, static[0] if static else 2))
+        else:
+            block_list = list(fp16_block_list)
+        proto = convert_to_fp16(proto, block_list=block_list)
+
+    precision = "fp16" if fp16 else "fp32"
+    meta = {
+        "sr_deploy.scale": str(scale),
+        "sr_deploy.arch": arch,
+        "sr_deploy.input": INPUT_CONVENTION,
+        "sr_deploy.version": __version__,
+        "sr_deploy.source_sha256": source_sha,
+        "sr_deploy.precision": precision,
+        "sr_deploy.exporter": used,
+    }
+    if source_path is not None:
+        meta["sr_deploy.source"] = source_path.name
+    if block_list:
+        meta["sr_deploy.fp16_block_list"] = ",".join(block_list)
+    _set_metadata(proto, meta)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:
+        raise SRDeployError(f"{output}: the exported graph fails onnx.checker ({_first_line(exc)}); "
+                            "nothing written") from exc
+    _atomic_save(proto, output)
+    seconds = time.perf_counter() - start
+
+    result = ExportResult(
+        path=output, arch=arch, scale=scale, opset=opset, exporter=used, fallback_reason=fallback_reason,
+        static_shape=static, precision=precision, fp16_block_list=block_list, simplified=simplify,
+        seconds=seconds, metadata=meta,
+    )
+    if verify:
+        say("checking parity with the torch float32 model on ONNX Runtime CPU")
+        result.parity = verify_onnx(net, output, precision, static)
+        if not result.parity.passed:
+            raise ParityError(f"{output}: parity check failed ({result.parity.criterion}); "
+                              "the file is kept for inspection", result)
+    return result
