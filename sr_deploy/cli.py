@@ -92,10 +92,45 @@ def eval_() -> None:
     _not_implemented("eval")
 
 
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def export() -> None:
-    """Export a checkpoint to ONNX (dynamic shapes, metadata, parity-checked)."""
-    _not_implemented("export")
+@cli.command()
+@click.argument("model")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .onnx file to write.")
+@click.option("--static", "static", metavar="NxHxW", default=None, help="Fix batch, height and width (default: dynamic).")
+@click.option("--opset", default=18, show_default=True, type=int, help="ONNX opset.")
+@click.option("--exporter", type=click.Choice(["dynamo", "legacy"]), default="dynamo", show_default=True,
+              help="torch.export based (falls back to legacy when it fails) or TorchScript based.")
+@click.option("--fp16", is_flag=True, help="An fp16 graph with float32 inputs/outputs (for GPU runtimes).")
+@click.option("--simplify", is_flag=True, help="Simplify the graph with onnxslim (keeps the dynamic dims).")
+@click.option("--no-verify", is_flag=True, help="Skip the parity check against the torch float32 model.")
+def export(model: str, output: str, static: str | None, opset: int, exporter: str, fp16: bool, simplify: bool,
+           no_verify: bool) -> None:
+    """Export MODEL (a .pt/.pth checkpoint or `default`) to one self-contained ONNX file.
+
+    Dynamic batch/height/width, metadata, onnx.checker, then a parity check on Set5 crops
+    against the torch float32 model (fp32: max abs <= 1e-4, fp16: PSNR >= 50 dB; exit 1 if not).
+    """
+    from .errors import SRDeployError as _Failure
+    from .export import export_onnx
+
+    def log(message: str) -> None:
+        click.echo(message, err=True)
+
+    try:
+        result = export_onnx(model, output, opset=opset, static_shape=static, exporter=exporter, fp16=fp16,
+                             simplify=simplify, verify=not no_verify, log=log)
+    except _Failure as exc:
+        report = getattr(exc, "parity", None)
+        if report is not None:
+            click.echo(report.table())
+        raise
+    shape = "x".join(map(str, result.static_shape)) if result.static_shape else "dynamic batch/height/width"
+    click.echo(f"wrote {result.path} ({result.size_bytes / 1e6:.1f} MB): {result.arch} x{result.scale}, "
+               f"{result.precision}, opset {result.opset}, {shape}, {result.exporter} exporter, "
+               f"{result.seconds:.1f} s")
+    if result.fp16_block_list:
+        click.echo(f"kept in fp32: {', '.join(result.fp16_block_list)}")
+    if result.parity is not None:
+        click.echo(result.parity.table())
 
 
 @cli.command(name="build-engine", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -104,10 +139,65 @@ def build_engine() -> None:
     _not_implemented("build-engine")
 
 
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def upscale() -> None:
-    """Upscale images, folders and videos with any backend, tiled, nothing lost."""
-    _not_implemented("upscale")
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=str),
+              help="Output folder (created), or the output file for a single input (by its extension).")
+@click.option("--model", default="default", show_default=True,
+              help="Model file: .pt checkpoint, .onnx or .engine (or a bundled model name).")
+@click.option("--backend", "backend_name", type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]),
+              default="auto", show_default=True, help="Runtime; auto: TensorRT for an engine, else the fastest.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto",
+              show_default=True, help="Compute precision; auto: fp16 on CUDA, fp32 on the CPU.")
+@click.option("--tile", type=int, default=None,
+              help="Tile edge in input pixels; 0 turns tiling off; default: automatic from memory.")
+@click.option("--tile-overlap", type=int, default=16, show_default=True,
+              help="Input pixels of context on each side of a tile.")
+@click.option("--batch-size", type=int, default=None,
+              help="Tiles (images) or frames (videos) per backend call; default 4 (1 for images on CPU).")
+@click.option("--outscale", type=float, default=None,
+              help="Final size factor if not the model's scale (e.g. 3.5 with a x4 model).")
+@click.option("--ext", type=click.Choice(["png", "jpg", "webp", "same"]), default="png", show_default=True,
+              help="Output image format (ignored when OUT is a file name).")
+@click.option("--overwrite", is_flag=True, help="Redo outputs that already exist (default: skip them).")
+@click.option("--quality", type=click.IntRange(1, 101), default=None,
+              help="JPEG/WebP quality (default 95; WebP 101 = lossless).")
+@click.option("--codec", default=None, help="ffmpeg video encoder (default libx264; libvpx-vp9 for .webm).")
+@click.option("--crf", type=int, default=18, show_default=True, help="Video quality (lower is better).")
+@click.option("--preset", default="medium", show_default=True, help="x264/x265 speed preset.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
+def upscale(inputs: tuple[str, ...], output: str, model: str, backend_name: str, device: str, precision: str,
+            tile: int | None, tile_overlap: int, batch_size: int | None, outscale: float | None, ext: str,
+            overwrite: bool, quality: int | None, codec: str | None, crf: int, preset: str,
+            no_progress: bool) -> None:
+    """Upscale images, folders and videos with any backend, tiled, nothing lost.
+
+    INPUT may be image files (png, jpg, webp, bmp, tiff), video files (mp4, mkv, mov, avi, webm)
+    and folders (recursive; the tree is kept under OUT), mixed. Outputs are written under a
+    temporary name and renamed when complete; existing outputs are skipped (re-run to resume).
+    """
+    import signal
+
+    from .upscale import UpscaleOptions
+    from .upscale import upscale as run_upscale
+
+    options = UpscaleOptions(model=model, backend=backend_name, device=device, precision=precision, tile=tile,
+                             tile_overlap=tile_overlap, batch_size=batch_size, outscale=outscale, ext=ext,
+                             overwrite=overwrite, quality=quality, codec=codec, crf=crf, preset=preset,
+                             progress=not no_progress)
+
+    def terminate(signum: int, frame: object) -> None:  # `kill`: clean up like Ctrl-C
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        summary = run_upscale(inputs, output, options)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    click.echo(summary.line(), err=True)
+    if summary.failed:
+        raise click.exceptions.Exit(1)
 
 
 @cli.command()

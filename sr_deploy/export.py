@@ -17,6 +17,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
@@ -74,6 +75,15 @@ class ExportResult:
     @property
     def size_bytes(self) -> int:
         return self.path.stat().st_size
+
+
+class ParityError(SRDeployError):
+    """The exported file disagrees with the torch model (exit 1); the file is kept."""
+
+    def __init__(self, message: str, result: ExportResult) -> None:
+        super().__init__(message)
+        self.result = result
+        self.parity = result.parity
 
 
 def parse_static_shape(text: str | Sequence[int] | None) -> tuple[int, int, int] | None:
@@ -158,15 +168,17 @@ def _load_source(model: str | Path | nn.Module) -> tuple[nn.Module, str, int, st
 def _quiet():
     """Silence the exporters' progress prints and warnings; keep the text for error messages."""
     buffer = io.StringIO()
-    onnx_logger = logging.getLogger("torch.onnx")
-    level = onnx_logger.level
-    onnx_logger.setLevel(logging.ERROR)  # "torchvision is not installed. Skipping ..." is noise
+    # torch logs "torchvision is not installed. Skipping ...", and whole graphs when torch.export
+    # fails: the one-line reason we report says enough.
+    torch_logger = logging.getLogger("torch")
+    level = torch_logger.level
+    torch_logger.setLevel(logging.CRITICAL)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(buffer):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
             warnings.simplefilter("ignore")
             yield buffer
     finally:
-        onnx_logger.setLevel(level)
+        torch_logger.setLevel(level)
 
 
 def _export_dynamo(model: nn.Module, example: torch.Tensor, opset: int, static: bool) -> Any:
@@ -398,8 +410,15 @@ def _atomic_save(model: Any, output: Path) -> None:
             tmp.unlink()
 
 
+def _root_cause(exc: BaseException) -> str:
+    """`Type: first line` of the innermost cause: torch.onnx wraps the real reason."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return f"{type(exc).__name__}: {_first_line(exc)}"
+
+
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
     line = text.splitlines()[0] if text else type(exc).__name__
     return line if len(line) <= 300 else line[:297] + "..."
 
@@ -484,7 +503,7 @@ def export_onnx(
         try:
             proto = _export_dynamo(net, example, opset, static is not None)
         except Exception as exc:
-            fallback_reason = f"{type(exc).__name__}: {_first_line(exc)}"
+            fallback_reason = _root_cause(exc)
             say(f"dynamo exporter failed ({fallback_reason}); falling back to the legacy exporter")
             used = "legacy"
     if used == "legacy":
@@ -543,6 +562,6 @@ def export_onnx(
         say("checking parity with the torch float32 model on ONNX Runtime CPU")
         result.parity = verify_onnx(net, output, precision, static)
         if not result.parity.passed:
-            raise SRDeployError(f"{output}: parity check failed ({result.parity.criterion}); "
-                                "the file is kept for inspection")
+            raise ParityError(f"{output}: parity check failed ({result.parity.criterion}); "
+                              "the file is kept for inspection", result)
     return result
