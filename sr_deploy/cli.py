@@ -199,16 +199,130 @@ def build_engine(model: str, output: str | None, precision: str, min_shape: str 
     click.echo(f"{result.engine_path}  (sidecar {result.engine_path}.json)")
 
 
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def upscale() -> None:
-    """Upscale images, folders and videos with any backend, tiled, nothing lost."""
-    _not_implemented("upscale")
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=str),
+              help="Output folder (created), or the output file for a single input (by its extension).")
+@click.option("--model", default="default", show_default=True,
+              help="Model file: .pt checkpoint, .onnx or .engine (or a bundled model name).")
+@click.option("--backend", "backend_name", type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]),
+              default="auto", show_default=True, help="Runtime; auto: TensorRT for an engine, else the fastest.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto",
+              show_default=True, help="Compute precision; auto: fp16 on CUDA, fp32 on the CPU.")
+@click.option("--tile", type=int, default=None,
+              help="Tile edge in input pixels; 0 turns tiling off; default: automatic from memory.")
+@click.option("--tile-overlap", type=int, default=16, show_default=True,
+              help="Input pixels of context on each side of a tile.")
+@click.option("--batch-size", type=int, default=None,
+              help="Tiles (images) or frames (videos) per backend call; default 4 (1 for images on CPU).")
+@click.option("--outscale", type=float, default=None,
+              help="Final size factor if not the model's scale (e.g. 3.5 with a x4 model).")
+@click.option("--ext", type=click.Choice(["png", "jpg", "webp", "same"]), default="png", show_default=True,
+              help="Output image format (ignored when OUT is a file name).")
+@click.option("--overwrite", is_flag=True, help="Redo outputs that already exist (default: skip them).")
+@click.option("--quality", type=click.IntRange(1, 101), default=None,
+              help="JPEG/WebP quality (default 95; WebP 101 = lossless).")
+@click.option("--codec", default=None, help="ffmpeg video encoder (default libx264; libvpx-vp9 for .webm).")
+@click.option("--crf", type=int, default=18, show_default=True, help="Video quality (lower is better).")
+@click.option("--preset", default="medium", show_default=True, help="x264/x265 speed preset.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
+def upscale(inputs: tuple[str, ...], output: str, model: str, backend_name: str, device: str, precision: str,
+            tile: int | None, tile_overlap: int, batch_size: int | None, outscale: float | None, ext: str,
+            overwrite: bool, quality: int | None, codec: str | None, crf: int, preset: str,
+            no_progress: bool) -> None:
+    """Upscale images, folders and videos with any backend, tiled, nothing lost.
+
+    INPUT may be image files (png, jpg, webp, bmp, tiff), video files (mp4, mkv, mov, avi, webm)
+    and folders (recursive; the tree is kept under OUT), mixed. Outputs are written under a
+    temporary name and renamed when complete; existing outputs are skipped (re-run to resume).
+    """
+    import signal
+
+    from .upscale import UpscaleOptions
+    from .upscale import upscale as run_upscale
+
+    options = UpscaleOptions(model=model, backend=backend_name, device=device, precision=precision, tile=tile,
+                             tile_overlap=tile_overlap, batch_size=batch_size, outscale=outscale, ext=ext,
+                             overwrite=overwrite, quality=quality, codec=codec, crf=crf, preset=preset,
+                             progress=not no_progress)
+
+    def terminate(signum: int, frame: object) -> None:  # `kill`: clean up like Ctrl-C
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        summary = run_upscale(inputs, output, options)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    click.echo(summary.line(), err=True)
+    if summary.failed:
+        raise click.exceptions.Exit(1)
 
 
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def benchmark() -> None:
-    """Time PyTorch, ONNX Runtime and TensorRT side by side and check that they agree."""
-    _not_implemented("benchmark")
+@cli.command()
+@click.argument("model")
+@click.option("--backends", default="torch,torch-nchw,onnxruntime,tensorrt", show_default=True,
+              help="Comma list of torch (channels_last), torch-nchw, onnxruntime, tensorrt; "
+                   "NAME@DEVICE pins one to a device (onnxruntime@cpu).")
+@click.option("--precisions", default=None,
+              help="Comma list of fp32, fp16, bf16 [default: fp32 on the CPU, fp32,fp16 on CUDA].")
+@click.option("--sizes", default="128x128,270x480", show_default=True,
+              help="Low-resolution input sizes, HEIGHTxWIDTH, comma separated.")
+@click.option("--batch-sizes", default="1", show_default=True, help="Frames per call, comma separated.")
+@click.option("--device", default="auto", show_default=True,
+              help="auto, cpu, cuda, cuda:N, or a comma list (an absent GPU gives skipped rows).")
+@click.option("--warmup", type=int, default=3, show_default=True, help="Untimed calls per row.")
+@click.option("--iters", type=int, default=None, help="Timed calls per row (instead of --seconds).")
+@click.option("--seconds", type=float, default=2.0, show_default=True,
+              help="Time budget per row; at least 5 calls.")
+@click.option("--no-peak", is_flag=True, help="Skip the matmul peak measurement (no % peak column).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the report as JSON.")
+@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the report as markdown.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Write a bar chart of frames/s (needs matplotlib).")
+@click.option("--onnx", "onnx_models", multiple=True, type=click.Path(dir_okay=False),
+              help="An existing ONNX export of MODEL to time instead of exporting afresh (repeatable: "
+                   "one fp32, one fp16); parity shows whether it still matches MODEL.")
+@click.option("--video", type=click.Path(dir_okay=False), default=None,
+              help="A real clip for the end-to-end row: the upscale pipeline vs the backend alone.")
+@click.option("--video-frames", type=int, default=8, show_default=True, help="Frames of --video to use.")
+@click.option("--video-width", type=int, default=None, help="Scale the --video clip to this width first.")
+@click.option("--quiet", is_flag=True, help="No progress on stderr.")
+def benchmark(model: str, backends: str, precisions: str | None, sizes: str, batch_sizes: str, device: str,
+              warmup: int, iters: int | None, seconds: float, no_peak: bool, json_path: str | None,
+              markdown_path: str | None, plot_path: str | None, onnx_models: tuple[str, ...], video: str | None,
+              video_frames: int, video_width: int | None, quiet: bool) -> None:
+    """Time PyTorch, ONNX Runtime and TensorRT side by side and check that they agree.
+
+    MODEL is a checkpoint, `default`, an .onnx file or an .engine. Prints a table: median ms per
+    batch (p10-p90), frames/s, output Mpixel/s, achieved GFLOP/s and share of a measured matmul
+    peak, speed-up vs PyTorch fp32, parity vs PyTorch fp32 (PSNR dB, max abs), peak memory.
+    Backends that cannot run here are listed as skipped with the reason.
+    """
+    from .bench import (check_output_path, command_line, format_table, parse_list, parse_size, run_benchmark,
+                        write_json, write_markdown, write_plot)
+
+    size_list = [parse_size(s) for s in parse_list(sizes, what="size")]
+    try:
+        batch_list = [int(b) for b in parse_list(batch_sizes, what="batch size")]
+    except ValueError:
+        raise InputError(f"bad --batch-sizes {batch_sizes!r}: expected integers, e.g. 1,4") from None
+    for path in (json_path, markdown_path, plot_path):
+        if path:
+            check_output_path(path)  # before the run, not after minutes of timing
+    report = run_benchmark(
+        model, backends=backends, precisions=precisions, sizes=size_list, batch_sizes=batch_list,
+        device=device, warmup=warmup, iters=iters, seconds=seconds, measure_peak=not no_peak,
+        command=command_line(model, click.get_current_context().params),
+        progress=not quiet, onnx_models=onnx_models, video=video, video_frames=video_frames,
+        video_width=video_width,
+    )
+    click.echo(format_table(report))
+    for path, writer in ((json_path, write_json), (markdown_path, write_markdown), (plot_path, write_plot)):
+        if path:
+            click.echo(f"wrote {writer(report, path)}", err=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,275 @@
+"""Image files in and out, and the conversions between them and the model's tensors.
+
+Colour order: OpenCV reads and writes BGR / BGRA. This module converts at the edges only:
+every array it returns or accepts is RGB (or RGBA, or single-channel grey), so the rest of
+the code never sees BGR.
+
+Pixel arrays ("images") here are numpy arrays of shape
+    (H, W)      grey,
+    (H, W, 3)   RGB,
+    (H, W, 4)   RGBA (straight, not premultiplied, alpha),
+with dtype uint8 (0..255), uint16 (0..65535) or float32 (0..1, from float TIFF files).
+
+The model side is float32 RGB in [0, 1], channels first: (3, H, W) for one image, (N, 3, H, W)
+for a batch. Model outputs are NOT clamped (see `sr_deploy.backends.base`); clamping and
+rounding to the output dtype happen once, in `model_output_to_image`.
+
+Alpha: the model upscales RGB only; the alpha channel is resized with bicubic interpolation
+(`cv2.INTER_CUBIC`, clamped). Why: super-resolution models are trained on natural RGB photos,
+not on masks; running the model on alpha would double the compute and can invent texture in
+what should be a flat or hard-edged mask. Greyscale images go through the model as three equal
+channels and come back as one channel (ITU-R BT.601 luma of the result).
+
+Writes are atomic: the encoded file is written to a hidden temporary name beside the target,
+flushed, then renamed over the target, so a crash never leaves a half-written image under the
+final name.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .errors import InputError, SRDeployError
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
+# Formats that store 16-bit samples (others are 8-bit only) and formats that store alpha.
+_SIXTEEN_BIT_EXTENSIONS = frozenset({".png", ".tif", ".tiff"})
+_FLOAT_EXTENSIONS = frozenset({".tif", ".tiff"})
+_ALPHA_EXTENSIONS = frozenset({".png", ".webp", ".bmp", ".tif", ".tiff"})
+_JPEG_EXTENSIONS = frozenset({".jpg", ".jpeg"})
+
+DEFAULT_JPEG_QUALITY = 95
+DEFAULT_WEBP_QUALITY = 95  # OpenCV: a WebP quality above 100 means lossless
+
+
+def is_image_path(path: str | Path) -> bool:
+    """True when `path` has an image extension this module reads and writes (case-insensitive)."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def partial_path(target: Path) -> Path:
+    """The temporary name a file is written under before it is renamed to `target`: hidden,
+    beside the target (same filesystem, so the rename is atomic), same extension (ffmpeg picks
+    the container from it)."""
+    return target.with_name(f".{target.stem}.partial{target.suffix}")
+
+
+def atomic_write_bytes(target: Path, data: bytes) -> None:
+    """Write `data` to `target` through `partial_path(target)` and an atomic rename."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial_path(target)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as grey (H, W), RGB (H, W, 3) or RGBA (H, W, 4).
+
+    dtype is the file's: uint8, uint16 (16-bit PNG/TIFF) or float32 (float TIFF, values as
+    stored, nominally [0, 1]). JPEG EXIF orientation is applied, so the array is upright as a
+    viewer shows it. Raises `InputError` naming the file when it is missing, empty or does not
+    decode.
+    """
+    path = Path(path)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)  # np.fromfile + imdecode also copes with non-ASCII paths
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if data.size == 0:
+        raise InputError(f"{path}: empty file, not an image")
+    # IMREAD_UNCHANGED keeps alpha and 16 bits but ignores EXIF orientation. JPEG has no alpha,
+    # so for JPEG, ANYCOLOR | ANYDEPTH keeps grey as grey and lets OpenCV apply the orientation.
+    if path.suffix.lower() in _JPEG_EXTENSIONS:
+        flags = cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH
+    else:
+        flags = cv2.IMREAD_UNCHANGED
+    try:
+        image = cv2.imdecode(data, flags)
+    except cv2.error as exc:
+        raise InputError(f"{path}: not a readable image ({_first_line(str(exc))})") from None
+    if image is None:
+        raise InputError(f"{path}: not a readable image (corrupt or unsupported format)")
+    return _from_opencv(image, path)
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "unknown error"
+
+
+def _from_opencv(image: np.ndarray, path: Path) -> np.ndarray:
+    """OpenCV's BGR / BGRA / grey array -> RGB / RGBA / grey, dtype uint8, uint16 or float32."""
+    if image.dtype == np.float64:
+        image = image.astype(np.float32)
+    if image.dtype not in (np.uint8, np.uint16, np.float32):
+        raise InputError(f"{path}: unsupported sample type {image.dtype} (expected 8-bit, 16-bit or float)")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 2:
+        return image
+    channels = image.shape[2]
+    if channels == 3:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if channels == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA)
+    if channels == 2:  # grey + alpha (rare in OpenCV): keep as RGBA
+        grey, alpha = image[:, :, 0], image[:, :, 1]
+        return np.dstack([grey, grey, grey, alpha])
+    raise InputError(f"{path}: unsupported number of channels ({channels})")
+
+
+def output_dtype_for(extension: str, input_dtype: np.dtype) -> np.dtype:
+    """The dtype an image of `input_dtype` is written with in a file of `extension`: the input's
+    when the format can hold it (16-bit PNG/TIFF, float TIFF), else uint8; float becomes uint16 in
+    PNG."""
+    ext = extension.lower()
+    input_dtype = np.dtype(input_dtype)
+    if input_dtype == np.float32:
+        if ext in _FLOAT_EXTENSIONS:
+            return np.dtype(np.float32)
+        return np.dtype(np.uint16) if ext in _SIXTEEN_BIT_EXTENSIONS else np.dtype(np.uint8)
+    if input_dtype == np.uint16 and ext in _SIXTEEN_BIT_EXTENSIONS:
+        return np.dtype(np.uint16)
+    return np.dtype(np.uint8)
+
+
+def quantize(image: np.ndarray, dtype: np.dtype | type) -> np.ndarray:
+    """float32 in [0, 1] (any shape; out-of-range values are clamped) -> `dtype`: uint8 0..255 or
+    uint16 0..65535 rounded to nearest, or float32 clamped to [0, 1]."""
+    dtype = np.dtype(dtype)
+    clipped = np.clip(image, 0.0, 1.0)
+    if dtype == np.float32:
+        return clipped.astype(np.float32, copy=False)
+    peak = float(np.iinfo(dtype).max)
+    return np.rint(clipped * peak).astype(dtype)
+
+
+def to_float01(image: np.ndarray) -> np.ndarray:
+    """uint8 / uint16 / float32 array (any shape) -> float32 in [0, 1] (float input passes as is)."""
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) * np.float32(1 / 255)
+    if image.dtype == np.uint16:
+        return image.astype(np.float32) * np.float32(1 / 65535)
+    return image.astype(np.float32, copy=False)
+
+
+def image_to_model_input(image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Split an image into the model's input and its alpha channel.
+
+    Args:
+        image: (H, W) grey, (H, W, 3) RGB or (H, W, 4) RGBA; uint8, uint16 or float32.
+    Returns:
+        rgb: (3, H, W) float32 RGB in [0, 1], C-contiguous (grey is repeated on 3 channels).
+        alpha: (H, W) float32 in [0, 1], or None without alpha.
+    """
+    values = to_float01(image)
+    alpha = None
+    if values.ndim == 2:
+        values = np.repeat(values[None], 3, axis=0)
+        return np.ascontiguousarray(values), None
+    if values.shape[2] == 4:
+        alpha = np.ascontiguousarray(values[:, :, 3])
+        values = values[:, :, :3]
+    return np.ascontiguousarray(values.transpose(2, 0, 1)), alpha
+
+
+def resize_float(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """Resize an (H, W) or (H, W, C) float32 image to `size_hw` = (height, width): INTER_AREA when
+    shrinking (no aliasing), LANCZOS4 when enlarging (sharp). Not clamped (Lanczos overshoots;
+    clamping is done by `quantize`)."""
+    height, width = size_hw
+    if image.shape[:2] == (height, width):
+        return image
+    shrinking = height * width < image.shape[0] * image.shape[1]
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LANCZOS4
+    return cv2.resize(image, (width, height), interpolation=interpolation)
+
+
+def model_output_to_image(
+    rgb: np.ndarray,
+    alpha_lr: np.ndarray | None,
+    dtype: np.dtype | type,
+    grey: bool,
+    size_hw: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Turn the model's output back into an image.
+
+    Args:
+        rgb: (3, sH, sW) float32 RGB, unclamped model output.
+        alpha_lr: (H, W) float32 alpha in [0, 1] of the low-resolution input, or None.
+        dtype: the output dtype (uint8, uint16 or float32); see `output_dtype_for`.
+        grey: return one channel (BT.601 luma of the RGB result).
+        size_hw: the final (height, width) when `--outscale` differs from the model's scale;
+            None keeps (sH, sW).
+    Returns:
+        (h, w) grey, (h, w, 3) RGB or (h, w, 4) RGBA of `dtype`; alpha resized with bicubic.
+    """
+    hwc = np.ascontiguousarray(rgb.transpose(1, 2, 0), dtype=np.float32)
+    if size_hw is not None:
+        hwc = resize_float(hwc, size_hw)
+    height, width = hwc.shape[:2]
+    if grey:
+        return quantize(cv2.cvtColor(hwc, cv2.COLOR_RGB2GRAY), dtype)
+    if alpha_lr is None:
+        return quantize(hwc, dtype)
+    alpha = cv2.resize(alpha_lr, (width, height), interpolation=cv2.INTER_CUBIC)
+    return quantize(np.dstack([hwc, alpha]), dtype)
+
+
+def encode_image(image: np.ndarray, extension: str, quality: int | None = None) -> bytes:
+    """Encode an RGB / RGBA / grey image as `extension` (".png", ".jpg", ...) and return the bytes.
+
+    The image must already have a dtype the format holds (see `output_dtype_for`); anything else
+    raises ValueError rather than letting OpenCV silently truncate it. JPEG has no alpha channel:
+    an RGBA image loses its alpha there. `quality` is JPEG/WebP quality 1..100 (WebP >100 is
+    lossless); PNG/TIFF/BMP are lossless and ignore it.
+    """
+    ext = extension.lower()
+    if ext not in IMAGE_EXTENSIONS:
+        raise InputError(f"cannot write images as {extension!r}: use one of {', '.join(sorted(IMAGE_EXTENSIONS))}")
+    expected = output_dtype_for(ext, image.dtype)
+    if image.dtype != expected:
+        raise ValueError(f"{image.dtype} samples cannot be stored in {ext}; quantize to {expected} first")
+    if image.ndim == 3 and image.shape[2] == 4:
+        if ext in _ALPHA_EXTENSIONS:
+            bgr = cv2.cvtColor(image, cv2.COLOR_RGBA2BGRA)
+        else:
+            bgr = cv2.cvtColor(image, cv2.COLOR_RGBA2BGR)
+    elif image.ndim == 3:
+        bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    else:
+        bgr = image
+    params: list[int] = []
+    if ext in _JPEG_EXTENSIONS:
+        params = [cv2.IMWRITE_JPEG_QUALITY, int(quality if quality is not None else DEFAULT_JPEG_QUALITY)]
+    elif ext == ".webp":
+        params = [cv2.IMWRITE_WEBP_QUALITY, int(quality if quality is not None else DEFAULT_WEBP_QUALITY)]
+    ok, buffer = cv2.imencode(ext, bgr, params)
+    if not ok:
+        raise SRDeployError(f"OpenCV could not encode a {bgr.shape} {bgr.dtype} image as {ext}")
+    return buffer.tobytes()
+
+
+def write_image(path: str | Path, image: np.ndarray, quality: int | None = None) -> None:
+    """Encode `image` (RGB / RGBA / grey, see `encode_image`) in the format of `path`'s extension
+    and write it atomically (temporary name beside it, then rename). Parent folders are created."""
+    path = Path(path)
+    atomic_write_bytes(path, encode_image(image, path.suffix, quality))
+
+
+def upscaled_size(height: int, width: int, outscale: float) -> tuple[int, int]:
+    """The (height, width) of an (height, width) input upscaled by `outscale`, rounded to nearest."""
+    return max(1, int(round(height * outscale))), max(1, int(round(width * outscale)))

@@ -1,0 +1,353 @@
+"""`sr-deploy upscale`: images, folders and videos through any backend, nothing lost.
+
+Planning (`plan_jobs`) turns the inputs into (source, target, kind) jobs before any model is
+loaded, so usage mistakes (a missing input, an output that would overwrite an input, two inputs
+mapping to one output) fail at once. Folders are walked recursively in sorted order, hidden
+files and folders skipped, and their relative tree is kept under the output folder.
+
+Running (`run_jobs`) processes each job on its own: a file that fails is reported in one line
+(file and cause) and the rest go on; outputs that already exist are skipped unless `overwrite`
+(so re-running an interrupted folder resumes it); every output is written under a temporary
+name and renamed when complete (see `sr_deploy.imaging.partial_path`).
+
+fp16 safety: with a reduced-precision backend, `Fp32Fallback` checks each batch for NaN/Inf
+and re-runs that batch with a float32 twin of the backend, with a warning naming the file.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+import numpy as np
+
+from .backends.base import Backend
+from .errors import InputError, SRDeployError
+from .imaging import (
+    IMAGE_EXTENSIONS,
+    image_to_model_input,
+    is_image_path,
+    model_output_to_image,
+    output_dtype_for,
+    read_image,
+    upscaled_size,
+    write_image,
+)
+from .tiling import DEFAULT_TILE_OVERLAP, upscale_tiled
+from .video import DEFAULT_CRF, DEFAULT_PRESET, DEFAULT_VIDEO_BATCH, VIDEO_EXTENSIONS, is_video_path, upscale_video
+
+Kind = Literal["image", "video"]
+Log = Callable[[str], None]
+OUTPUT_IMAGE_FORMATS = ("png", "jpg", "webp", "same")
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class UpscaleOptions:
+    """Everything `sr-deploy upscale` can be told; defaults are the CLI's.
+
+    tile: None = automatic, 0 = off (unless the backend's max_shape forces tiles), N = core edge.
+    batch_size: tiles per call for images, frames per call for videos; None = 4 for videos and
+        for images on CUDA, 1 for images on the CPU.
+    outscale: final size factor; None = the model's scale.
+    ext: output image format: png, jpg, webp or `same` as the input.
+    """
+
+    model: str = "default"
+    backend: str = "auto"
+    device: str = "auto"
+    precision: str = "auto"
+    tile: int | None = None
+    tile_overlap: int = DEFAULT_TILE_OVERLAP
+    batch_size: int | None = None
+    outscale: float | None = None
+    ext: str = "png"
+    overwrite: bool = False
+    quality: int | None = None
+    codec: str | None = None
+    crf: int = DEFAULT_CRF
+    preset: str = DEFAULT_PRESET
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input file and the output it becomes."""
+
+    source: Path
+    target: Path
+    kind: Kind
+
+
+@dataclass
+class UpscaleSummary:
+    """Outcome of `run_jobs`: targets written, targets skipped (already there), and failures as
+    (source, one-line message)."""
+
+    done: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+
+    def line(self) -> str:
+        return (f"upscale: {len(self.done)} done, {len(self.skipped)} skipped (already there), "
+                f"{len(self.failed)} failed")
+
+
+def _kind_of(path: Path) -> Kind | None:
+    if is_image_path(path):
+        return "image"
+    if is_video_path(path):
+        return "video"
+    return None
+
+
+def _image_target_suffix(source: Path, ext: str) -> str:
+    return source.suffix if ext == "same" else "." + ext
+
+
+def _is_hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    try:
+        path.relative_to(folder)
+        return True
+    except ValueError:
+        return False
+
+
+def plan_jobs(inputs: Sequence[str | Path], output: str | Path, ext: str = "png") -> list[Job]:
+    """Map INPUT... and OUT to jobs, checking everything that can be checked without a model.
+
+    - One input file and an OUT with an image/video extension: OUT is the output file.
+    - Otherwise OUT is a folder: a file input becomes OUT/name, a folder input's files (images
+      and videos, recursively, sorted, hidden ones skipped) become OUT/relative/path.
+    - Images get the `ext` format (png, jpg, webp, or `same`); videos keep their container.
+    Raises InputError for a missing input, a file that is neither image nor video, an OUT that
+    is a file where a folder is needed, two inputs with one target, or a target that is an input.
+    """
+    if ext not in OUTPUT_IMAGE_FORMATS:
+        raise InputError(f"--ext {ext!r}: expected one of {', '.join(OUTPUT_IMAGE_FORMATS)}")
+    sources = [Path(p) for p in inputs]
+    output = Path(output)
+    if not sources:
+        raise InputError("no INPUT given")
+    for source in sources:
+        if not source.exists():
+            raise InputError(f"{source}: no such file or folder")
+        if source.is_file() and _kind_of(source) is None:
+            known = ", ".join(sorted(IMAGE_EXTENSIONS | VIDEO_EXTENSIONS))
+            raise InputError(f"{source}: not an image or video file (known extensions: {known})")
+
+    jobs: list[Job] = []
+    if len(sources) == 1 and sources[0].is_file() and _kind_of(output) is not None:
+        source = sources[0]
+        kind, out_kind = _kind_of(source), _kind_of(output)
+        if kind != out_kind:
+            raise InputError(f"{output}: a {kind} input cannot be written as a {out_kind} file")
+        jobs.append(Job(source, output, kind))
+    else:
+        if output.exists() and not output.is_dir():
+            raise InputError(f"{output}: exists and is not a folder (OUT must be a folder here)")
+        output_resolved = output.resolve()
+        for source in sources:
+            if source.is_file():
+                kind = _kind_of(source)
+                name = source.name if kind == "video" else source.stem + _image_target_suffix(source, ext)
+                jobs.append(Job(source, output / name, kind))
+                continue
+            for path in sorted(source.rglob("*")):
+                relative = path.relative_to(source)
+                kind = _kind_of(path)
+                if kind is None or _is_hidden(relative) or not path.is_file():
+                    continue
+                if _is_within(path.resolve(), output_resolved):
+                    continue  # OUT inside an input folder: never feed our own outputs back in
+                if kind == "image":
+                    relative = relative.with_suffix(_image_target_suffix(path, ext))
+                jobs.append(Job(path, output / relative, kind))
+
+    resolved_sources = {job.source.resolve(): job.source for job in jobs}
+    seen: dict[Path, Path] = {}
+    for job in jobs:
+        target = job.target.resolve()
+        if target in resolved_sources:
+            raise InputError(f"{job.target}: the output would overwrite the input {resolved_sources[target]}; "
+                             "choose another OUT (or another --ext)")
+        if target in seen:
+            raise InputError(f"{job.target}: both {seen[target]} and {job.source} would be written there")
+        seen[target] = job.source
+    return jobs
+
+
+class Fp32Fallback(Backend):
+    """A reduced-precision backend whose batches with NaN/Inf output are re-run in float32.
+
+    `make_fp32` builds the float32 twin the first time it is needed. `source` names the file
+    being processed, for the warning (one per file).
+    """
+
+    def __init__(self, primary: Backend, make_fp32: Callable[[], Backend], log: Log = _stderr):
+        super().__init__(primary.scale, primary.precision, primary.device, primary.max_shape)
+        self.name = primary.name
+        self.primary = primary
+        self.make_fp32 = make_fp32
+        self.log = log
+        self.source: str = ""
+        self.fp32: Backend | None = None
+        self.reruns = 0
+        self._warned: set[str] = set()
+
+    def __call__(self, x: Any) -> Any:
+        y = self.primary(x)
+        if np.isfinite(float(y.sum())):  # one reduction: any NaN/Inf makes the sum non-finite
+            return y
+        if self.fp32 is None:
+            try:
+                self.fp32 = self.make_fp32()
+            except SRDeployError as exc:
+                raise SRDeployError(f"{self.source}: {self.precision} output has NaN/Inf and no fp32 "
+                                    f"backend could be loaded to redo it ({exc})") from exc
+        if self.source not in self._warned:
+            self._warned.add(self.source)
+            self.log(f"warning: {self.source}: {self.precision} output had NaN/Inf values; "
+                     "re-ran those batches in fp32")
+        self.reruns += 1
+        return self.fp32(x)
+
+    def close(self) -> None:
+        self.primary.close()
+        if self.fp32 is not None:
+            self.fp32.close()
+
+
+def load_backend(options: UpscaleOptions, log: Log = _stderr) -> Backend:
+    """The backend for `options` (model, backend, device, precision), wrapped in `Fp32Fallback`
+    when its precision is below fp32. Raises InputError for the not-yet-bundled default model."""
+    from .models import resolve_model_path
+
+    path = resolve_model_path(options.model)  # the clear message for a bundled model not yet shipped
+    if not path.is_file():
+        raise InputError(f"{path}: no such model file")
+    from .backends import load
+
+    backend = load(path, options.device, options.precision, backend=options.backend)
+    if backend.precision == "fp32":
+        return backend
+    return Fp32Fallback(backend, lambda: load(path, options.device, "fp32", backend=backend.name), log)
+
+
+def upscale_image_file(backend: Backend, source: Path, target: Path, options: UpscaleOptions) -> None:
+    """Read `source`, upscale it (tiled), write `target` atomically (format from its extension).
+
+    Keeps greyscale as one channel, alpha (bicubic), 16-bit depth where the format holds it.
+    """
+    image = read_image(source)
+    rgb, alpha = image_to_model_input(image)
+    batch_size = options.batch_size or (4 if str(backend.device).startswith("cuda") else 1)
+    result = upscale_tiled(backend, rgb, options.tile, options.tile_overlap, batch_size)
+    height, width = image.shape[:2]
+    size = None
+    if options.outscale is not None and options.outscale != backend.scale:
+        size = upscaled_size(height, width, options.outscale)
+    dtype = output_dtype_for(target.suffix, image.dtype)
+    out = model_output_to_image(result, alpha, dtype, grey=image.ndim == 2, size_hw=size)
+    write_image(target, out, options.quality)
+
+
+def _one_line(source: Path, exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if not isinstance(exc, SRDeployError):
+        text = f"{type(exc).__name__}: {text}"
+    return text if str(source) in text else f"{source}: {text}"
+
+
+def run_jobs(jobs: Sequence[Job], backend: Backend, options: UpscaleOptions, log: Log = _stderr) -> UpscaleSummary:
+    """Run every job; one failing job is logged (`error: FILE: cause`) and the others go on.
+
+    KeyboardInterrupt stops everything (the current output's temporary file is removed).
+    """
+    from tqdm import tqdm
+
+    summary = UpscaleSummary()
+    todo = []
+    for job in jobs:
+        if job.target.exists() and not options.overwrite:
+            summary.skipped.append(job.target)
+        else:
+            todo.append(job)
+    if summary.skipped:
+        log(f"skipping {len(summary.skipped)} output(s) that already exist (--overwrite redoes them)")
+    images = sum(job.kind == "image" for job in todo)
+    bar = tqdm(total=images, unit="image", file=sys.stderr, disable=not options.progress or images < 2,
+               dynamic_ncols=True, leave=False)
+
+    def report(message: str) -> None:
+        if bar.disable:
+            log(message)
+        else:
+            bar.write(message, file=sys.stderr)
+
+    if isinstance(backend, Fp32Fallback):
+        backend.log = report
+    try:
+        for job in todo:
+            if isinstance(backend, Fp32Fallback):
+                backend.source = str(job.source)
+            try:
+                if job.kind == "image":
+                    upscale_image_file(backend, job.source, job.target, options)
+                    bar.update(1)
+                else:
+                    result = upscale_video(
+                        backend, job.source, job.target, tile=options.tile, overlap=options.tile_overlap,
+                        batch_size=options.batch_size or DEFAULT_VIDEO_BATCH, outscale=options.outscale,
+                        codec=options.codec, crf=options.crf, preset=options.preset,
+                        progress=options.progress, log=report)
+                    report(f"{job.target}: {result.frames} frames at {result.fps:g} fps, "
+                           f"{result.size[0]}x{result.size[1]}, audio {result.audio}, "
+                           f"{result.frames / max(result.seconds, 1e-9):.2f} frames/s")
+                summary.done.append(job.target)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as exc:  # one bad file must not stop the others
+                summary.failed.append((job.source, _one_line(job.source, exc)))
+                report(f"error: {summary.failed[-1][1]}")
+    finally:
+        bar.close()
+    return summary
+
+
+def upscale(inputs: Sequence[str | Path], output: str | Path, options: UpscaleOptions,
+            log: Log = _stderr, backend: Backend | None = None) -> UpscaleSummary:
+    """Plan, load the backend (unless given, or unless every output already exists), run.
+
+    Returns the summary; the caller decides the exit code (non-zero when anything failed).
+    """
+    if options.tile is not None and options.tile < 0:
+        raise InputError(f"--tile must be >= 0 (0 turns tiling off), got {options.tile}")
+    if options.tile_overlap < 0:
+        raise InputError(f"--tile-overlap must be >= 0, got {options.tile_overlap}")
+    if options.batch_size is not None and options.batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {options.batch_size}")
+    if options.outscale is not None and not options.outscale > 0:
+        raise InputError(f"--outscale must be > 0, got {options.outscale}")
+    jobs = plan_jobs(inputs, output, options.ext)
+    if not jobs:
+        raise InputError(f"no image or video files found in {', '.join(str(p) for p in inputs)}")
+    if _kind_of(Path(output)) is None:
+        Path(output).mkdir(parents=True, exist_ok=True)
+    pending = [job for job in jobs if options.overwrite or not job.target.exists()]
+    if backend is None and pending:
+        backend = load_backend(options, log)
+        try:
+            return run_jobs(jobs, backend, options, log)
+        finally:
+            backend.close()
+    return run_jobs(jobs, backend, options, log)  # type: ignore[arg-type]

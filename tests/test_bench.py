@@ -1,0 +1,250 @@
+"""The benchmark harness: sane timings, skipped rows with reasons, parity that catches a wrong
+model, and reports that read back. Tiny models and small crops of the real photos only."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from sr_deploy.bench import (
+    BenchRow,
+    benchmark_frames,
+    format_markdown,
+    format_table,
+    load_report,
+    onnx_conv_flops_per_lr_pixel,
+    rotating_batches,
+    run_benchmark,
+    time_calls,
+    write_json,
+    write_markdown,
+    write_plot,
+)
+from sr_deploy.cli import cli
+from sr_deploy.models import SRResNet, count_flops_per_lr_pixel, save_checkpoint
+
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+TINY_CONFIG = {"scale": 4, "num_blocks": 1, "num_features": 8, "batch_norm": False}
+
+
+def _tiny(seed: int = 0) -> SRResNet:
+    torch.manual_seed(seed)
+    return SRResNet(**TINY_CONFIG).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench") / "tiny.pt"
+    save_checkpoint(path, _tiny(), TINY_CONFIG)
+    return path
+
+
+@pytest.fixture(scope="module")
+def perturbed_onnx(tmp_path_factory):
+    """An fp32 ONNX export of the tiny model with every weight nudged by noise: a stale / wrong
+    export that the parity columns must flag."""
+    from sr_deploy.export import export_onnx
+
+    model = _tiny()
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(1)
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    path = tmp_path_factory.mktemp("bench-onnx") / "perturbed.onnx"
+    export_onnx(model, path, exporter="legacy", verify=False, log=None)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_report(shared_data):
+    """One run shared by the checks below: two torch layouts, two batch sizes, plus rows that
+    cannot run here (TensorRT, CUDA when absent)."""
+    return run_benchmark(
+        _tiny(), backends=["torch", "torch-nchw", "tensorrt"], precisions=["fp32", "bf16"],
+        sizes=[(16, 24)], batch_sizes=[1, 2], device="cpu,cuda", warmup=1, iters=6,
+        measure_peak=True, data_dir=shared_data, progress=False,
+    )
+
+
+def _row(report, backend, precision, batch=1, device="cpu") -> BenchRow:
+    (row,) = [r for r in report.rows if (r.backend, r.precision, r.batch, r.device) == (backend, precision, batch, device)]
+    return row
+
+
+def test_harness_numbers_are_sane(tiny_report):
+    report = tiny_report
+    assert report.flops_per_lr_pixel == pytest.approx(count_flops_per_lr_pixel(_tiny()))
+    assert report.peaks_gflops["cpu fp32"] > 0.5  # any CPU does a matmul faster than that
+    assert "photos" in report.settings["inputs"]  # timed on crops of the real images
+    for backend in ("torch", "torch-nchw"):
+        for batch in (1, 2):
+            r = _row(report, backend, "fp32", batch)
+            assert r.status == "ok", r.reason
+            assert r.iters == 6
+            assert 0 < r.p10_ms <= r.median_ms <= r.p90_ms
+            assert r.frames_per_s == pytest.approx(1e3 * batch / r.median_ms)
+            assert r.output_mpix_per_s == pytest.approx(r.frames_per_s * 16 * 24 * 16 / 1e6)
+            assert r.gflops == pytest.approx(report.flops_per_lr_pixel * 16 * 24 * r.frames_per_s / 1e9)
+            assert r.peak_share == pytest.approx(r.gflops / report.peaks_gflops["cpu fp32"])
+            assert r.peak_mem_mb > 10 and r.mem_kind
+            # fp32 against the fp32 reference: DESIGN.md's 1e-4 bound, far above 50 dB.
+            assert r.parity_max_abs <= 1e-4 and r.parity_psnr_db > 80 and r.parity_nonfinite == 0
+        assert _row(report, "torch", "fp32", 1).speedup == pytest.approx(1.0)
+    nchw = _row(report, "torch-nchw", "fp32", 2)
+    assert nchw.speedup == pytest.approx(_row(report, "torch", "fp32", 2).median_ms / nchw.median_ms)
+    # bf16 on the CPU runs (slowly) and is flagged as lower precision by parity.
+    bf16 = _row(report, "torch", "bf16", 1)
+    assert bf16.status == "ok", bf16.reason
+    assert 20 < bf16.parity_psnr_db < 80 and bf16.parity_max_abs > 1e-4
+
+
+def test_unavailable_backends_are_skipped_with_a_reason(tiny_report):
+    report = tiny_report
+    if not HAS_TRT:
+        trt = _row(report, "tensorrt", "fp32")
+        assert trt.status == "skipped" and "TensorRT is not installed" in trt.reason
+    if not torch.cuda.is_available():
+        cuda = _row(report, "torch", "fp32", device="cuda")
+        assert cuda.status == "skipped" and "CUDA" in cuda.reason
+    table = format_table(report)
+    if not HAS_TRT:
+        assert "skipped: tensorrt fp32 on cpu: TensorRT is not installed" in table
+
+
+def test_parity_flags_a_perturbed_model(tiny_checkpoint, perturbed_onnx, shared_data):
+    report = run_benchmark(
+        tiny_checkpoint, backends=["torch", "onnxruntime"], precisions=["fp32", "bf16"], sizes=[(20, 28)],
+        device="cpu", warmup=1, iters=3, measure_peak=False, data_dir=shared_data, progress=False,
+        onnx_models=[perturbed_onnx],
+    )
+    good, bad = _row(report, "torch", "fp32"), _row(report, "onnxruntime", "fp32")
+    assert good.status == bad.status == "ok", (good.reason, bad.reason)
+    assert good.parity_max_abs <= 1e-4 and good.parity_psnr_db > 80
+    assert bad.parity_max_abs > 1e-2 and bad.parity_psnr_db < 45
+    assert report.peaks_gflops == {} and bad.peak_share is None and bad.gflops > 0
+    bf16_onnx = _row(report, "onnxruntime", "bf16")  # no bf16 ONNX export exists: skipped, said why
+    assert bf16_onnx.status == "skipped" and "no bf16 ONNX export" in bf16_onnx.reason
+    assert bf16_onnx.median_ms is None
+    assert "skipped: onnxruntime bf16 on cpu: no bf16 ONNX export" in format_table(report)
+
+
+def test_reports_read_back(tiny_report, tmp_path):
+    report = tiny_report
+    report.command = "sr-deploy benchmark tiny.pt --iters 6"
+    data = load_report(write_json(report, tmp_path / "r.json"))
+    assert data["command"] == report.command and data["arch"] == "SRResNet" and data["scale"] == 4
+    assert len(data["rows"]) == len(report.rows)
+    for saved, row in zip(data["rows"], report.rows):
+        assert saved["backend"] == row.backend and saved["status"] == row.status
+        if row.status == "ok":
+            assert saved["median_ms"] == pytest.approx(row.median_ms)
+            # inf PSNR (identical outputs) is stored as a string, valid JSON either way
+            assert saved["parity_psnr_db"] == "inf" if math.isinf(row.parity_psnr_db) else \
+                saved["parity_psnr_db"] == pytest.approx(row.parity_psnr_db)
+    md = (write_markdown(report, tmp_path / "r.md")).read_text()
+    assert md == format_markdown(report)
+    assert "`sr-deploy benchmark tiny.pt --iters 6`" in md
+    table_lines = [line for line in md.splitlines() if line.startswith("| torch")]  # the ok rows
+    assert len(table_lines) == len(report.ok_rows())
+    assert "TensorRT" in md or HAS_TRT
+    png = write_plot(report, tmp_path / "r.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "r.md", "r.png"]  # no temporaries left
+
+
+def test_onnx_flop_count_matches_the_model(perturbed_onnx):
+    assert onnx_conv_flops_per_lr_pixel(perturbed_onnx) == pytest.approx(count_flops_per_lr_pixel(_tiny()))
+
+
+def test_time_calls_excludes_warmup_and_orders_percentiles():
+    calls = []
+
+    def fn(x):
+        calls.append(x)
+        time.sleep(0.002 if x == "warm" else 0.001)
+
+    t = time_calls(fn, ["a", "b", "c"], warmup=2, iters=7)
+    assert len(calls) == 9 and t.iters == 7 and len(t.samples_ms) == 7
+    assert calls[2:5] == ["a", "b", "c"]  # timed calls cycle through the inputs
+    assert 1.0 <= t.p10_ms <= t.median_ms <= t.p90_ms
+    budget = time_calls(lambda x: time.sleep(0.001), [0], warmup=0, iters=None, seconds=0.05)
+    assert budget.iters >= 5 and budget.iters < 200
+
+
+def test_frames_are_different_real_crops(shared_data):
+    frames, source = benchmark_frames(30, 50, 4, data_dir=shared_data)
+    assert "photos" in source and len(frames) == 4
+    for f in frames:
+        assert f.shape == (3, 30, 50) and f.dtype == np.float32 and 0 <= f.min() and f.max() <= 1
+    assert all(not np.array_equal(frames[i], frames[j]) for i in range(4) for j in range(i + 1, 4))
+    batches = rotating_batches(frames, 3, count=4)
+    assert [b.shape for b in batches] == [(3, 3, 30, 50)] * 4
+    assert np.array_equal(batches[1][0], frames[3]) and np.array_equal(batches[1][1], frames[0])
+    big, _ = benchmark_frames(1100, 1200, 2, data_dir=shared_data)  # larger than every photo: enlarged
+    assert big[0].shape == (3, 1100, 1200)
+
+
+def test_cli_prints_table_and_writes_json(tiny_checkpoint, tmp_path):
+    out = tmp_path / "b.json"
+    result = CliRunner().invoke(cli, ["benchmark", str(tiny_checkpoint), "--backends", "torch-nchw,tensorrt",
+                                      "--sizes", "16x16", "--iters", "3", "--warmup", "1", "--no-peak",
+                                      "--device", "cpu", "--quiet", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "torch-nchw  cpu     fp32" in result.output and "16x16" in result.output
+    if not HAS_TRT:
+        assert "skipped: tensorrt fp32 on cpu: TensorRT is not installed" in result.output
+    data = json.loads(out.read_text())
+    assert data["command"].startswith(f"sr-deploy benchmark {tiny_checkpoint} ")
+    assert "--sizes 16x16" in data["command"] and "--iters 3" in data["command"]
+    assert data["rows"][0]["status"] == "ok" and data["rows"][0]["iters"] == 3
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sizes", "16by16"], "bad input size '16by16'"),
+    (["--backends", "torch,tflite"], "unknown backend 'tflite'"),
+    (["--precisions", "int8"], "unknown precision 'int8'"),
+    (["--json", "/nonexistent-dir/x.json"], "/nonexistent-dir/x.json: the folder /nonexistent-dir does not exist"),
+    (["--iters", "0"], "--iters must be >= 1"),
+])
+def test_cli_bad_arguments_are_one_line_errors(tiny_checkpoint, args, message):
+    result = CliRunner().invoke(cli, ["benchmark", str(tiny_checkpoint), "--quiet", "--no-peak", *args])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [f"error: {result.output.strip()[7:]}"]
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_cli_missing_model(tmp_path):
+    result = CliRunner().invoke(cli, ["benchmark", str(tmp_path / "nope.pt"), "--quiet"])
+    assert result.exit_code == 2 and "nope.pt: no such model file" in result.output
+
+
+@pytest.mark.gpu
+def test_gpu_rows_run_with_fp16(shared_data):
+    report = run_benchmark(_tiny(), backends=["torch"], precisions=["fp32", "fp16"], sizes=[(64, 64)],
+                           device="cuda", warmup=2, iters=10, data_dir=shared_data, progress=False)
+    fp32, fp16 = _row(report, "torch", "fp32", device="cuda"), _row(report, "torch", "fp16", device="cuda")
+    assert fp32.status == fp16.status == "ok"
+    assert fp32.parity_max_abs <= 1e-4  # TF32 off for fp32 rows
+    assert fp16.parity_psnr_db >= 50 and fp32.mem_kind.startswith("torch.cuda")
+
+
+def test_video_row_on_a_real_clip(video_dir):
+    """The end-to-end row: the upscale pipeline vs the backend alone on the same 2 frames of a real
+    clip. Before the video pipeline is in the build, the row says so instead."""
+    from sr_deploy.bench import video_row
+
+    row = video_row(_tiny(), video_dir / "mov_bbb.mp4", frames=2, width=80, device="cpu")
+    if importlib.util.find_spec("sr_deploy.video") is None:
+        assert row.status == "skipped" and "sr_deploy.video" in row.reason
+        return
+    assert row.status == "ok", row.reason
+    assert (row.frames, row.width, row.height) == (2, 80, 44)
+    assert row.pipeline_fps > 0 and row.backend_fps > 0
+    assert row.overhead_share == pytest.approx(1 - row.pipeline_fps / row.backend_fps)

@@ -1,0 +1,156 @@
+"""Image I/O and pre/post-processing: dtypes, channels, alpha, EXIF orientation, atomic writes."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from _upscale_support import cpu_backend, save_tiny_srresnet
+from sr_deploy.errors import InputError
+from sr_deploy.imaging import (
+    image_to_model_input,
+    model_output_to_image,
+    output_dtype_for,
+    partial_path,
+    quantize,
+    read_image,
+    upscaled_size,
+    write_image,
+)
+
+
+def _crop(path: Path, size: int = 40, top: int = 0) -> np.ndarray:
+    """RGB uint8 (size x size+8) crop from a real image (read with plain OpenCV, converted here)."""
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    return np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)[top:top + size, top:top + size + 8])
+
+
+def jpeg_with_orientation(rgb: np.ndarray, orientation: int) -> bytes:
+    """A JPEG of `rgb` carrying an EXIF APP1 segment with the given Orientation tag (0x0112)."""
+    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 98])
+    assert ok
+    tiff = (b"MM\x00\x2a\x00\x00\x00\x08" + struct.pack(">H", 1)
+            + struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack(">I", 0))
+    app1 = b"Exif\x00\x00" + tiff
+    data = encoded.tobytes()
+    return data[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + data[2:]
+
+
+def test_read_rgb_matches_opencv_bgr(set5_dir):
+    image = read_image(set5_dir / "bird.png")
+    bgr = cv2.imread(str(set5_dir / "bird.png"), cv2.IMREAD_UNCHANGED)
+    assert image.dtype == np.uint8 and image.shape == (288, 288, 3)
+    np.testing.assert_array_equal(image, bgr[:, :, ::-1])
+
+
+def test_16bit_png_round_trip_keeps_16_bits(set5_dir, tmp_path):
+    rgb16 = _crop(set5_dir / "butterfly.png").astype(np.uint16) * 257 + 3  # uses the low byte too
+    write_image(tmp_path / "deep.png", rgb16)
+    back = read_image(tmp_path / "deep.png")
+    assert back.dtype == np.uint16
+    np.testing.assert_array_equal(back, rgb16)
+    assert output_dtype_for(".png", np.uint16) == np.uint16
+    assert output_dtype_for(".tiff", np.uint16) == np.uint16
+    assert output_dtype_for(".jpg", np.uint16) == np.uint8
+    # 16 bits survive the model round trip at 16-bit precision (not squeezed through 8 bits)
+    x, alpha = image_to_model_input(back)
+    assert alpha is None and x.dtype == np.float32 and x.shape == (3, 40, 48)
+    again = model_output_to_image(x, None, np.uint16, grey=False)
+    np.testing.assert_array_equal(again, rgb16)
+
+
+def test_greyscale_stays_one_channel(set14_dir, tmp_path):
+    grey = read_image(set14_dir / "bridge.png")
+    assert grey.ndim == 2 and grey.dtype == np.uint8
+    x, alpha = image_to_model_input(grey)
+    assert x.shape == (3, *grey.shape) and alpha is None
+    np.testing.assert_array_equal(x[0], x[2])
+    out = model_output_to_image(x, None, np.uint8, grey=True)
+    np.testing.assert_array_equal(out, grey)  # equal channels -> the same luma
+    write_image(tmp_path / "g.png", out)
+    assert read_image(tmp_path / "g.png").ndim == 2
+
+
+def test_rgba_alpha_resized_bicubic_rgb_by_model(set5_dir, tmp_path):
+    rgb = _crop(set5_dir / "head.png")
+    alpha = np.tile(np.linspace(0, 255, rgb.shape[1]).astype(np.uint8), (rgb.shape[0], 1))
+    write_image(tmp_path / "a.png", np.dstack([rgb, alpha]))
+    rgba = read_image(tmp_path / "a.png")
+    assert rgba.shape == (40, 48, 4)
+    np.testing.assert_array_equal(rgba[:, :, 3], alpha)
+
+    backend = cpu_backend(save_tiny_srresnet(tmp_path / "m.pt"))
+    x, a = image_to_model_input(rgba)
+    sr = backend(x[None])[0]
+    out = model_output_to_image(sr, a, np.uint8, grey=False)
+    assert out.shape == (160, 192, 4) and out.dtype == np.uint8
+    expected_alpha = quantize(cv2.resize(a, (192, 160), interpolation=cv2.INTER_CUBIC), np.uint8)
+    np.testing.assert_array_equal(out[:, :, 3], expected_alpha)
+    np.testing.assert_array_equal(out[:, :, :3], quantize(sr.transpose(1, 2, 0), np.uint8))
+    write_image(tmp_path / "out.webp", out, quality=101)  # lossless WebP keeps alpha
+    assert read_image(tmp_path / "out.webp").shape == (160, 192, 4)
+    write_image(tmp_path / "out.jpg", out)  # JPEG has no alpha: dropped, RGB kept
+    assert read_image(tmp_path / "out.jpg").shape == (160, 192, 3)
+
+
+@pytest.mark.parametrize("orientation,turn", [(1, 0), (3, 2), (6, -1), (8, 1)])
+def test_jpeg_exif_orientation_applied(set5_dir, tmp_path, orientation, turn):
+    rgb = _crop(set5_dir / "butterfly.png", top=100)  # 40 x 48 of wing pattern, not square
+    path = tmp_path / f"o{orientation}.jpg"
+    path.write_bytes(jpeg_with_orientation(rgb, orientation))
+    image = read_image(path)
+    upright = np.rot90(rgb, turn)  # 6 = rotate 90 clockwise to display, 8 = counter-clockwise
+    assert image.shape == upright.shape and image.dtype == np.uint8
+    assert np.abs(image.astype(int) - upright.astype(int)).mean() < 3  # JPEG loss only
+    wrong = np.rot90(rgb, turn + 2)
+    if orientation != 1:
+        assert np.abs(image.astype(int) - wrong.astype(int)).mean() > 20
+
+
+def test_corrupt_and_empty_files_raise_one_line_input_error(set5_dir, tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "bad.png").write_bytes((set5_dir / "bird.png").read_bytes()[:200])
+    for name, cause in [("empty.png", "empty file"), ("bad.png", "not a readable image"),
+                        ("missing.png", "no such file")]:
+        with pytest.raises(InputError) as info:
+            read_image(tmp_path / name)
+        message = str(info.value)
+        assert name in message and cause in message and "\n" not in message
+
+
+def test_write_is_atomic_and_leaves_no_temporary(set5_dir, tmp_path):
+    rgb = _crop(set5_dir / "woman.png")
+    target = tmp_path / "sub" / "w.png"
+    write_image(target, rgb)
+    assert list(target.parent.iterdir()) == [target]
+    before = target.read_bytes()
+    with pytest.raises(ValueError):  # 16-bit samples cannot go into a JPEG unconverted
+        write_image(tmp_path / "sub" / "w.jpg", rgb.astype(np.uint16))
+    with pytest.raises(InputError):
+        write_image(tmp_path / "sub" / "w.gif", rgb)
+    assert list(target.parent.iterdir()) == [target] and target.read_bytes() == before
+    assert partial_path(target).name == ".w.partial.png"
+
+
+def test_quantize_rounds_and_clamps():
+    values = np.array([-0.5, 0.0, 0.51 / 255, 0.49 / 255, 1.0, 1.7], dtype=np.float32)
+    np.testing.assert_array_equal(quantize(values, np.uint8), [0, 0, 1, 0, 255, 255])
+    assert quantize(values, np.uint16)[-1] == 65535
+    assert quantize(values, np.float32).max() == 1.0
+
+
+def test_outscale_size_and_filter(set5_dir):
+    rgb = _crop(set5_dir / "bird.png")  # 40 x 48
+    x, _ = image_to_model_input(rgb)
+    sr = np.repeat(np.repeat(x, 4, axis=1), 4, axis=2)  # a stand-in x4 result
+    size = upscaled_size(40, 48, 3.5)
+    assert size == (140, 168)
+    out = model_output_to_image(sr, None, np.uint8, grey=False, size_hw=size)
+    assert out.shape == (140, 168, 3)
+    down = model_output_to_image(sr, None, np.uint8, grey=False, size_hw=upscaled_size(40, 48, 1.0))
+    # INTER_AREA from a 4x nearest-neighbour image gives back the original pixels
+    np.testing.assert_array_equal(down, rgb)
