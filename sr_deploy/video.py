@@ -46,7 +46,7 @@ import numpy as np
 from .backends.base import Backend
 from .errors import InputError, SRDeployError
 from .imaging import partial_path, quantize, resize_float
-from .tiling import DEFAULT_TILE_OVERLAP, upscale_batch
+from .tiling import DEFAULT_TILE_OVERLAP, auto_tile_size, upscale_batch
 
 VIDEO_EXTENSIONS: frozenset[str] = frozenset({".mp4", ".m4v", ".mkv", ".mov", ".avi", ".webm"})
 DEFAULT_CODEC = "libx264"
@@ -368,6 +368,8 @@ def upscale_video(
     model_size = (height * backend.scale, width * backend.scale)
     size_hw = None if (out_h, out_w) == model_size else (out_h, out_w)
 
+    if tile is None:  # decided once, so every frame of the video is processed the same way
+        tile = auto_tile_size(backend, height, width, overlap, batch_size)
     ffmpeg = find_ffmpeg()
     codec = codec or default_codec(target.suffix)
     if ffmpeg is None:
