@@ -160,3 +160,25 @@ def test_fp16_nan_batches_are_redone_in_fp32_with_a_warning(set5_dir, tmp_path):
     x = cv2.cvtColor(cv2.imread(str(source)), cv2.COLOR_BGR2RGB).transpose(2, 0, 1)[None] / np.float32(255)
     expected = np.rint(np.clip(fp32(x.astype(np.float32))[0], 0, 1) * 255).astype(np.uint8).transpose(1, 2, 0)
     np.testing.assert_array_equal(read_image(tmp_path / "fp16.png"), expected)
+
+
+def test_onnxruntime_static_shape_backend_is_tiled_to_its_max_shape(set5_dir, model, tmp_path):
+    """An ONNX file with a fixed 2x16x16 input: `upscale` tiles to it, same pixels as torch."""
+    from sr_deploy.export import export_onnx
+
+    onnx_path = tmp_path / "static.onnx"
+    export_onnx(model, onnx_path, static_shape="2x16x16", exporter="legacy", verify=False, log=None)
+    source = tmp_path / "in.png"
+    rgb = _rgb(set5_dir / "butterfly.png")  # 24 x 32: larger than 16 x 16 both ways
+    write_image(source, rgb)
+    result = run(str(source), "-o", str(tmp_path / "ort.png"), "--model", str(onnx_path),
+                 "--backend", "onnxruntime", "--tile-overlap", "4")
+    assert result.exit_code == 0, result.output
+    x = rgb.transpose(2, 0, 1)[None].astype(np.float32) / 255
+    expected = np.rint(np.clip(cpu_backend(model)(x)[0], 0, 1) * 255).astype(np.uint8).transpose(1, 2, 0)
+    out = read_image(tmp_path / "ort.png")
+    assert out.shape == (96, 128, 3)
+    assert np.abs(out.astype(int) - expected.astype(int)).max() <= 1
+    # the default overlap (16) leaves no room in a 16-pixel window: one clear line, exit 1
+    result = run(str(source), "-o", str(tmp_path / "ort2.png"), "--model", str(onnx_path), "--backend", "onnxruntime")
+    assert result.exit_code == 1 and "--tile-overlap" in _error_lines(result)[0]
