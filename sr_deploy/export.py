@@ -324,13 +324,15 @@ def calibrate_fp16_block_list(
     max_relative_error: float = FP16_MAX_RELATIVE_ERROR,
     chunk: int = 192,
 ) -> list[str]:
-    """Names of the nodes whose fp32 activations would not survive fp16.
+    """Names of the nodes whose tensors would not survive fp16, in graph order.
 
     Runs the fp32 graph on `inputs` (float32 (N, 3, H, W) batches, real images) on ONNX Runtime
-    CPU with every intermediate tensor exposed (in chunks, to bound memory), and flags a node
-    when one of its float outputs exceeds `safe_max` in magnitude (fp16 overflows at 65504) or
-    loses more than `max_relative_error` (RMS, relative) when rounded to fp16 (values in the
-    subnormal range). The result feeds `convert_to_fp16(block_list=...)`.
+    CPU with every intermediate tensor exposed (in chunks, to bound memory). A tensor is unsafe
+    when it exceeds `safe_max` in magnitude (fp16 overflows at 65504) or loses more than
+    `max_relative_error` (RMS, relative) when rounded to fp16 (values in the subnormal range).
+    Flagged: the producer and every consumer of an unsafe activation (a consumer would read
+    it through a cast to fp16), and every node with an unsafe float weight. The result feeds
+    `convert_to_fp16(block_list=...)`.
     """
     import onnx
     import onnxruntime as ort
@@ -356,7 +358,16 @@ def calibrate_fp16_block_list(
     # The graph as written: fusions would hide the tensors asked for.
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 3
+    consumers: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        for inp in node.input:
+            consumers.setdefault(inp, []).append(node.name)
     flagged: set[str] = set()
+    for init in model.graph.initializer:
+        if init.data_type == TensorProto.FLOAT and init.name in consumers:
+            if _fp16_unsafe(onnx.numpy_helper.to_array(init), safe_max, max_relative_error):
+                flagged.update(consumers[init.name])
+    unsafe: set[str] = set()
     for start in range(0, len(names), chunk):
         part = names[start:start + chunk]
         probe = onnx.ModelProto.FromString(model.SerializeToString())
@@ -366,10 +377,12 @@ def calibrate_fp16_block_list(
             for j in range(x.shape[0]):  # one image at a time bounds the memory
                 values = session.run(part, {input_name: np.ascontiguousarray(x[j:j + 1], dtype=np.float32)})
                 for name, value in zip(part, values):
-                    if producer[name] in flagged or value.dtype != np.float32 or value.size == 0:
+                    if name in unsafe or value.dtype != np.float32 or value.size == 0:
                         continue
                     if _fp16_unsafe(value, safe_max, max_relative_error):
+                        unsafe.add(name)
                         flagged.add(producer[name])
+                        flagged.update(consumers.get(name, []))
         del session
     order = {n.name: i for i, n in enumerate(model.graph.node)}
     return sorted(flagged, key=lambda n: order.get(n, 0))
@@ -405,6 +418,8 @@ def _atomic_save(model: Any, output: Path) -> None:
     try:
         onnx.save_model(model, str(tmp), save_as_external_data=False)
         os.replace(tmp, output)
+    except OSError as exc:
+        raise SRDeployError(f"{output}: could not write it ({exc.strerror or exc}); nothing written") from exc
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -1,0 +1,164 @@
+"""The backend contract (numpy/torch in and out, shapes, precisions) and `load` by file type."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from sr_deploy.backends import load
+from sr_deploy.backends.ort_backend import OnnxRuntimeBackend
+from sr_deploy.backends.torch_backend import TorchBackend
+from sr_deploy.errors import InputError, NotInstalledError, TENSORRT_NOT_INSTALLED
+from sr_deploy.export import export_onnx
+from sr_deploy.models import save_checkpoint
+from sr_deploy.parity import check_thresholds, parity, parity_inputs
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from sr_deploy.models import SRResNet
+
+    torch.manual_seed(0)
+    model = SRResNet(scale=4, num_blocks=2, num_features=16)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tiny_model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    export_onnx(tiny_model, path, exporter="legacy", verify=False, log=None)
+    return path
+
+
+def _reference(model, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).numpy()
+
+
+def test_torch_backend_numpy_in_numpy_out(tiny_model, set5_dir):
+    x = parity_inputs(sizes=((17, 23),), batch=2)[0]  # odd sizes, real image crops
+    backend = TorchBackend(tiny_model, 4)
+    y = backend(x)
+    assert isinstance(y, np.ndarray) and y.dtype == np.float32 and y.shape == (2, 3, 68, 92)
+    np.testing.assert_allclose(y, _reference(tiny_model, x), atol=1e-5)  # BN folded, same result
+    assert (backend.name, backend.scale, backend.precision, backend.device, backend.max_shape) == (
+        "torch", 4, "fp32", "cpu", None)
+
+
+def test_torch_backend_tensor_in_tensor_out(tiny_model):
+    x = torch.rand(1, 3, 9, 13, generator=torch.Generator().manual_seed(1))
+    y = TorchBackend(tiny_model, 4, precision="bf16")(x)
+    assert isinstance(y, torch.Tensor) and y.dtype == torch.float32 and y.device == x.device
+    assert y.shape == (1, 3, 36, 52)
+
+
+def test_channels_last_equals_nchw(tiny_model):
+    x = np.random.default_rng(0).random((2, 3, 21, 15), dtype=np.float32)
+    a = TorchBackend(tiny_model, 4, channels_last=True)(x)
+    b = TorchBackend(tiny_model, 4, channels_last=False)(x)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_runs_on_cpu_and_meets_psnr(tiny_model, precision, set5_dir):
+    backend = TorchBackend(tiny_model, 4, precision=precision)
+    assert backend.precision == precision and next(backend.model.parameters()).dtype != torch.float32
+    report = parity(TorchBackend(tiny_model, 4), backend, parity_inputs())
+    assert report.max_abs > 0  # it really computed in reduced precision
+    assert check_thresholds(report, precision), report.summary()
+
+
+def test_bad_arguments_and_inputs(tiny_model):
+    with pytest.raises(InputError, match="precision"):
+        TorchBackend(tiny_model, 4, precision="int8")
+    with pytest.raises(InputError, match=r"\(N, 3, H, W\)"):
+        TorchBackend(tiny_model, 4)(np.zeros((3, 8, 8), np.float32))
+    if not torch.cuda.is_available():
+        with pytest.raises(NotInstalledError, match="CUDA"):
+            TorchBackend(tiny_model, 4, device="cuda")
+
+
+def test_onnxruntime_backend_matches_torch_on_odd_shapes(tiny_model, tiny_onnx, set5_dir):
+    backend = OnnxRuntimeBackend(tiny_onnx, "cpu", threads=1)
+    assert (backend.name, backend.scale, backend.precision, backend.max_shape) == ("onnxruntime", 4, "fp32", None)
+    for n, h, w in [(1, 7, 13), (2, 31, 17)]:
+        x = parity_inputs(sizes=((h, w),), batch=n)[0]
+        y = backend(x)
+        assert y.shape == (n, 3, 4 * h, 4 * w) and y.dtype == np.float32
+        np.testing.assert_allclose(y, _reference(tiny_model, x), atol=1e-4)
+    yt = backend(torch.from_numpy(x))
+    assert isinstance(yt, torch.Tensor) and yt.dtype == torch.float32 and yt.shape == (2, 3, 124, 68)
+
+
+def test_onnxruntime_static_shape_pads_smaller_inputs_and_splits_batches(tiny_model, tmp_path):
+    path = tmp_path / "static.onnx"
+    export_onnx(tiny_model, path, static_shape="2x24x32", exporter="legacy", verify=False, log=None)
+    backend = OnnxRuntimeBackend(path)
+    assert backend.max_shape == (2, 24, 32)
+    x = np.random.default_rng(0).random((3, 3, 20, 32), dtype=np.float32)  # batch over, height under
+    y = backend(x)
+    assert y.shape == (3, 3, 80, 128)
+    padded = np.pad(x, ((0, 0), (0, 0), (0, 4), (0, 0)), mode="edge")  # what the backend runs
+    np.testing.assert_allclose(y, _reference(tiny_model, padded)[:, :, :80], atol=1e-4)
+    with pytest.raises(InputError, match="exceeds this file's static shape 24x32"):
+        backend(np.zeros((1, 3, 25, 32), np.float32))
+
+
+def test_onnxruntime_refuses_fp16_of_an_fp32_graph_on_cpu(tiny_onnx):
+    with pytest.raises(InputError, match="fp16"):
+        OnnxRuntimeBackend(tiny_onnx, "cpu", precision="fp16")
+
+
+def test_onnxruntime_reads_scale_without_metadata_by_probing(tiny_onnx, tmp_path):
+    model = onnx.load(str(tiny_onnx))
+    del model.metadata_props[:]
+    bare = tmp_path / "bare.onnx"
+    onnx.save(model, str(bare))
+    assert OnnxRuntimeBackend(bare).scale == 4
+
+
+def test_load_picks_the_backend_by_file_type(tiny_model, tiny_onnx, tmp_path):
+    ckpt = save_checkpoint(tmp_path / "tiny.pt", tiny_model, {"scale": 4, "num_blocks": 2, "num_features": 16})
+    x = np.random.default_rng(0).random((1, 3, 8, 8), dtype=np.float32)
+    with load(ckpt) as from_pt, load(tiny_onnx) as from_onnx, load(tiny_model) as from_module:
+        assert isinstance(from_pt, TorchBackend) and isinstance(from_module, TorchBackend)
+        assert isinstance(from_onnx, OnnxRuntimeBackend)
+        if not torch.cuda.is_available():  # auto = cpu and fp32 here
+            assert (from_pt.device, from_pt.precision, from_onnx.precision) == ("cpu", "fp32", "fp32")
+        np.testing.assert_allclose(from_pt(x), from_onnx(x), atol=1e-4)
+        np.testing.assert_allclose(from_pt(x), from_module(x), atol=1e-6)
+
+
+def test_load_errors_name_the_file(tiny_onnx, tmp_path):
+    with pytest.raises(InputError, match=r"missing\.onnx: no such model file"):
+        load(tmp_path / "missing.onnx")
+    odd = tmp_path / "model.h5"
+    odd.write_bytes(b"x")
+    with pytest.raises(InputError, match=r"model\.h5: unsupported model file type '\.h5'"):
+        load(odd)
+    with pytest.raises(InputError, match="export it first"):
+        pt = tmp_path / "m.pt"
+        pt.write_bytes(b"x")
+        load(pt, backend="onnxruntime")
+    with pytest.raises(InputError, match="unknown backend"):
+        load(tiny_onnx, backend="openvino")
+
+
+def test_engine_files_need_tensorrt(tmp_path):
+    try:
+        import tensorrt  # noqa: F401
+
+        pytest.skip("TensorRT is installed here")
+    except ImportError:
+        pass
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"not really an engine")
+    with pytest.raises(NotInstalledError) as info:
+        load(engine)
+    assert TENSORRT_NOT_INSTALLED in str(info.value) and info.value.exit_code == 2
