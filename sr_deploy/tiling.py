@@ -110,7 +110,10 @@ def _free_memory_bytes(device: str) -> int | None:
             return None
         index = int(device.split(":", 1)[1]) if ":" in device else torch.cuda.current_device()
         free, _total = torch.cuda.mem_get_info(index)
-        return int(free)
+        # Blocks PyTorch has cached but not handed out are free for our next call too; without
+        # them the estimate would shrink after the first batch and flip a video to tiles.
+        cached = torch.cuda.memory_reserved(index) - torch.cuda.memory_allocated(index)
+        return int(free + max(0, cached))
     except Exception:  # no torch CUDA, a driver hiccup: fall back to the fixed budget
         return None
 

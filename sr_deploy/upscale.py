@@ -162,6 +162,9 @@ def plan_jobs(inputs: Sequence[str | Path], output: str | Path, ext: str = "png"
                 name = source.name if kind == "video" else source.stem + _image_target_suffix(source, ext)
                 jobs.append(Job(source, output / name, kind))
                 continue
+            if source.resolve() == output_resolved:
+                raise InputError(f"{output}: the output folder is the input folder; outputs would mix with "
+                                 "(and could overwrite) the inputs: choose another -o")
             for path in sorted(source.rglob("*")):
                 relative = path.relative_to(source)
                 kind = _kind_of(path)

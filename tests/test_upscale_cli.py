@@ -1,0 +1,184 @@
+"""`sr-deploy upscale` end to end: folders, bad files, resume, formats, refusals, fp16 fallback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from _upscale_support import cpu_backend, decoded_video, make_clip, save_tiny_srvgg
+from sr_deploy.cli import cli
+from sr_deploy.imaging import read_image, write_image
+from test_imaging import jpeg_with_orientation
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    return save_tiny_srvgg(tmp_path_factory.mktemp("m") / "vgg.pt")
+
+
+def _rgb(path: Path, top: int = 60, size: int = 24) -> np.ndarray:
+    """A small real RGB uint8 crop (size x size+8)."""
+    return np.ascontiguousarray(read_image(path)[top:top + size, top:top + size + 8])
+
+
+def run(*args: str):
+    result = CliRunner().invoke(cli, ["upscale", *args, "--device", "cpu", "--no-progress"])
+    return result
+
+
+def _error_lines(result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+def test_folder_with_a_corrupt_image_reports_it_processes_the_rest_and_resumes(set5_dir, model, tmp_path):
+    source, out = tmp_path / "in", tmp_path / "out"
+    write_image(source / "a.png", _rgb(set5_dir / "bird.png"))
+    write_image(source / "sub" / "b.png", _rgb(set5_dir / "head.png"))
+    (source / "sub" / "c.png").write_bytes((set5_dir / "baby.png").read_bytes()[:300])  # truncated PNG
+    (source / "notes.txt").write_text("not an image")
+
+    result = run(str(source), "-o", str(out), "--model", str(model))
+    assert result.exit_code == 1, result.output
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == ["a.png", "sub/b.png"]
+    errors = _error_lines(result)
+    assert len(errors) == 1 and "c.png" in errors[0] and "not a readable image" in errors[0]
+    assert "2 done, 0 skipped" in result.stderr and "1 failed" in result.stderr
+    assert "Traceback" not in result.output
+    assert read_image(out / "a.png").shape == (96, 128, 3)
+
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
+    again = run(str(source), "-o", str(out), "--model", str(model))
+    assert again.exit_code == 1
+    assert "0 done, 2 skipped" in again.stderr and len(_error_lines(again)) == 1
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == stamps  # untouched
+
+    (source / "sub" / "c.png").unlink()
+    assert run(str(source), "-o", str(out), "--model", str(model)).exit_code == 0
+
+
+def test_formats_keep_depth_channels_alpha_and_orientation(set5_dir, set14_dir, model, tmp_path):
+    source, out = tmp_path / "in", tmp_path / "out"
+    rgb = _rgb(set5_dir / "butterfly.png")  # 24 x 32
+    write_image(source / "deep.png", rgb.astype(np.uint16) * 257)
+    write_image(source / "grey.png", np.ascontiguousarray(read_image(set14_dir / "bridge.png")[:24, :32]))
+    write_image(source / "alpha.png", np.dstack([rgb, np.full(rgb.shape[:2], 128, np.uint8)]))
+    (source / "rotated.jpg").write_bytes(jpeg_with_orientation(rgb, 6))
+
+    result = run(str(source), "-o", str(out), "--model", str(model))
+    assert result.exit_code == 0, result.output
+    deep, grey = read_image(out / "deep.png"), read_image(out / "grey.png")
+    alpha, rotated = read_image(out / "alpha.png"), read_image(out / "rotated.png")
+    assert deep.dtype == np.uint16 and deep.shape == (96, 128, 3)
+    assert len(np.unique(deep & 0xFF)) > 1  # real 16-bit values, not 8-bit ones shifted
+    assert grey.dtype == np.uint8 and grey.shape == (96, 128)
+    assert alpha.shape == (96, 128, 4) and (alpha[:, :, 3] == 128).all()
+    assert rotated.shape == (128, 96, 3)  # EXIF 6: upright is portrait
+    # jpg output of a 16-bit input becomes 8-bit
+    assert run(str(source / "deep.png"), "-o", str(tmp_path / "deep.jpg"), "--model", str(model)).exit_code == 0
+    assert read_image(tmp_path / "deep.jpg").dtype == np.uint8
+
+
+def test_single_input_output_file_outscale_and_ext(set5_dir, model, tmp_path):
+    source = tmp_path / "x.png"
+    write_image(source, _rgb(set5_dir / "woman.png"))
+    result = run(str(source), "-o", str(tmp_path / "named" / "y.webp"), "--model", str(model), "--outscale", "3.5")
+    assert result.exit_code == 0, result.output
+    assert read_image(tmp_path / "named" / "y.webp").shape == (84, 112, 3)
+    result = run(str(source), "-o", str(tmp_path / "folder"), "--model", str(model), "--ext", "jpg",
+                 "--quality", "90", "--tile", "10", "--tile-overlap", "4")
+    assert result.exit_code == 0, result.output
+    tiled = read_image(tmp_path / "folder" / "x.jpg")
+    assert tiled.shape == (96, 128, 3)
+
+
+def test_mixed_image_and_video_inputs(set5_dir, video_dir, model, tmp_path):
+    image = tmp_path / "still.png"
+    write_image(image, _rgb(set5_dir / "bird.png"))
+    clip = make_clip(video_dir / "car_traffic_small.mp4", tmp_path / "clip.mp4", 0.5, size=(80, 46), audio=False)
+    frames = decoded_video(clip)[0]
+    result = run(str(image), str(clip), "-o", str(tmp_path / "out"), "--model", str(model), "--preset", "ultrafast")
+    assert result.exit_code == 0, result.output
+    assert read_image(tmp_path / "out" / "still.png").shape == (96, 128, 3)
+    assert decoded_video(tmp_path / "out" / "clip.mp4")[0::2] == (frames, (320, 184))
+    assert "2 done" in result.stderr
+
+
+def test_refuses_to_overwrite_inputs(set5_dir, model, tmp_path):
+    source = tmp_path / "a.png"
+    write_image(source, _rgb(set5_dir / "bird.png"))
+    before = source.read_bytes()
+    result = run(str(source), "-o", str(source), "--model", str(model), "--overwrite")
+    assert result.exit_code == 2 and "would overwrite the input" in result.stderr
+    result = run(str(tmp_path), "-o", str(tmp_path), "--model", str(model), "--ext", "same", "--overwrite")
+    assert result.exit_code == 2 and "the output folder is the input folder" in result.stderr
+    other = tmp_path / "b.jpg"
+    write_image(other, _rgb(set5_dir / "head.png"))
+    result = run(str(source), str(other), "-o", str(tmp_path), "--model", str(model), "--ext", "same")
+    assert result.exit_code == 2 and "would overwrite the input" in result.stderr
+    assert source.read_bytes() == before
+
+
+def test_output_folder_inside_the_input_folder_is_not_read_back(set5_dir, model, tmp_path):
+    write_image(tmp_path / "a.png", _rgb(set5_dir / "bird.png"))
+    out = tmp_path / "up"
+    assert run(str(tmp_path), "-o", str(out), "--model", str(model)).exit_code == 0
+    again = run(str(tmp_path), "-o", str(out), "--model", str(model))
+    assert again.exit_code == 0 and "0 done, 1 skipped" in again.stderr
+    assert [p.name for p in out.iterdir()] == ["a.png"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["missing.png", "-o", "out"], "missing.png: no such file or folder"),
+    (["INPUT", "-o", "out"], "bundled model"),
+    (["INPUT", "-o", "out", "--model", "MODEL", "--tile", "-1"], "--tile must be >= 0"),
+    (["README", "-o", "out", "--model", "MODEL"], "not an image or video file"),
+])
+def test_bad_usage_is_one_line_exit_2(set5_dir, model, tmp_path, args, message):
+    (tmp_path / "README").write_text("hello")
+    write_image(tmp_path / "in.png", _rgb(set5_dir / "bird.png"))
+    subst = {"INPUT": str(tmp_path / "in.png"), "MODEL": str(model), "README": str(tmp_path / "README"),
+             "out": str(tmp_path / "out"), "missing.png": str(tmp_path / "missing.png")}
+    result = run(*[subst.get(a, a) for a in args])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and len(_error_lines(result)) == 1 and "Traceback" not in result.output
+
+
+def test_fp16_nan_batches_are_redone_in_fp32_with_a_warning(set5_dir, tmp_path):
+    """A model whose activations overflow float16 (x1e6 output conv) gives NaN in fp16."""
+    overflow = save_tiny_srvgg(tmp_path / "big.pt", output_gain=1e6)
+    source = tmp_path / "in.png"
+    write_image(source, _rgb(set5_dir / "head.png"))
+    result = run(str(source), "-o", str(tmp_path / "fp16.png"), "--model", str(overflow), "--precision", "fp16")
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "in.png" in warnings[0] and "fp32" in warnings[0]
+    fp32 = cpu_backend(overflow)
+    x = cv2.cvtColor(cv2.imread(str(source)), cv2.COLOR_BGR2RGB).transpose(2, 0, 1)[None] / np.float32(255)
+    expected = np.rint(np.clip(fp32(x.astype(np.float32))[0], 0, 1) * 255).astype(np.uint8).transpose(1, 2, 0)
+    np.testing.assert_array_equal(read_image(tmp_path / "fp16.png"), expected)
+
+
+def test_onnxruntime_static_shape_backend_is_tiled_to_its_max_shape(set5_dir, model, tmp_path):
+    """An ONNX file with a fixed 2x16x16 input: `upscale` tiles to it, same pixels as torch."""
+    from sr_deploy.export import export_onnx
+
+    onnx_path = tmp_path / "static.onnx"
+    export_onnx(model, onnx_path, static_shape="2x16x16", exporter="legacy", verify=False, log=None)
+    source = tmp_path / "in.png"
+    rgb = _rgb(set5_dir / "butterfly.png")  # 24 x 32: larger than 16 x 16 both ways
+    write_image(source, rgb)
+    result = run(str(source), "-o", str(tmp_path / "ort.png"), "--model", str(onnx_path),
+                 "--backend", "onnxruntime", "--tile-overlap", "4")
+    assert result.exit_code == 0, result.output
+    x = rgb.transpose(2, 0, 1)[None].astype(np.float32) / 255
+    expected = np.rint(np.clip(cpu_backend(model)(x)[0], 0, 1) * 255).astype(np.uint8).transpose(1, 2, 0)
+    out = read_image(tmp_path / "ort.png")
+    assert out.shape == (96, 128, 3)
+    assert np.abs(out.astype(int) - expected.astype(int)).max() <= 1
+    # the default overlap (16) leaves no room in a 16-pixel window: one clear line, exit 1
+    result = run(str(source), "-o", str(tmp_path / "ort2.png"), "--model", str(onnx_path), "--backend", "onnxruntime")
+    assert result.exit_code == 1 and "--tile-overlap" in _error_lines(result)[0]
