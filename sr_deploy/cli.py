@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import traceback
+from pathlib import Path
 
 import click
 
@@ -84,6 +85,18 @@ def info(model: str, as_json: bool) -> None:
     click.echo(f"sha256:      {desc['sha256']}")
     for key, value in desc["metadata"].items():
         click.echo(f"{key + ':':<12} {value}")
+
+
+@cli.command()
+@click.argument("output", type=click.Path(dir_okay=False), default="sample.png")
+def sample(output: str) -> None:
+    """Write a small test picture of sr-deploy's own making (text, lines, fine rings) to OUTPUT."""
+    from .sample import write_sample_image
+
+    target = Path(output)
+    if not target.parent.is_dir():
+        raise InputError(f"{target}: folder {target.parent} does not exist")
+    click.echo(f"wrote {write_sample_image(target)}")
 
 
 @cli.command(name="eval")
