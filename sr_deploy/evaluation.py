@@ -29,10 +29,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import cv2
 import numpy as np
 
 from .errors import InputError
+from .imaging import read_image, write_image
 from .metrics import bicubic_degrade, imresize, modcrop, psnr, ssim, to_uint8
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -166,18 +166,12 @@ def _torch_fallback_upscaler(model: str, backend: str, device: str, precision: s
 # Images
 # --------------------------------------------------------------------------------------------
 def _read_image(path: Path) -> np.ndarray:
-    """uint8 (H, W, 3) RGB or (H, W) grey; BGR(A) from OpenCV converted, alpha dropped.
-    Raises InputError naming the file when it cannot be decoded or is not 8-bit."""
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise InputError(f"{path}: unreadable image (not a format OpenCV can decode, or a damaged file)")
+    """uint8 (H, W, 3) RGB or (H, W) grey (`imaging.read_image`, alpha dropped). Raises
+    InputError naming the file when it cannot be decoded or is not 8-bit."""
+    img = read_image(path)
     if img.dtype != np.uint8:
         raise InputError(f"{path}: {img.dtype} image; eval scores 8-bit images only, as the published tables do")
-    if img.ndim == 3 and img.shape[2] == 1:
-        img = img[..., 0]
-    if img.ndim == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB if img.shape[2] == 4 else cv2.COLOR_BGR2RGB)
-    return img
+    return img[..., :3] if img.ndim == 3 else img
 
 
 def list_images(dataset_dir: str | Path) -> list[Path]:
@@ -207,16 +201,6 @@ def _find_lr(lr_dir: Path, hr_path: Path, scale: int) -> Path:
 def _to_grey(rgb: np.ndarray) -> np.ndarray:
     """uint8 (H, W, 3) RGB -> uint8 (H, W), MATLAB rgb2gray (full-range BT.601 luma, rounded)."""
     return np.clip(np.round(rgb.astype(np.float64) @ _RGB2GRAY), 0, 255).astype(np.uint8)
-
-
-def _write_image(path: Path, img: np.ndarray) -> None:
-    """Write uint8 RGB / grey to `path` through a temporary name, so no half-written file stays."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    out = img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
-    if not cv2.imwrite(str(tmp), out):
-        raise InputError(f"{path}: could not write the image")
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -310,7 +294,7 @@ def evaluate_dataset(
         result, sr = evaluate_image(upscale_fn, hr, scale, lr=lr, name=path.name)
         results.append(result)
         if out_folder is not None:
-            _write_image(out_folder / f"{path.stem}.png", sr)
+            write_image(out_folder / f"{path.stem}.png", sr)
     return DatasetResult(
         name=folder.name,
         images=results,

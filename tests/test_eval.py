@@ -179,7 +179,7 @@ def test_dataset_folder_without_images(tmp_path):
 def test_unreadable_image_is_named(tmp_path, small_set):
     (small_set / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     code, _, err = _eval("bicubic", "--dataset", str(small_set), "--quiet")
-    assert code == 2 and f"{small_set / 'broken.png'}: unreadable image" in err and err.count("\n") == 1
+    assert code == 2 and f"{small_set / 'broken.png'}: not a readable image" in err and err.count("\n") == 1
 
 
 def test_scale_that_does_not_match_the_model(small_set, tiny_checkpoint):
