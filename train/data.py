@@ -50,7 +50,8 @@ def read_rgb(path: Path) -> np.ndarray:
 
 
 def load_image_cache(
-    folder: str | Path, min_size: int = 0, max_images: int | None = None, what: str = "data"
+    folder: str | Path, min_size: int = 0, max_images: int | None = None, what: str = "data",
+    progress: bool = True,
 ) -> tuple[list[Path], list[np.ndarray]]:
     """Decode the images of `folder` once (RGB uint8 HWC). Raises InputError before decoding
     anything heavy is wasted: missing folder, no images, and (after decoding) any image whose
@@ -58,7 +59,8 @@ def load_image_cache(
     files = list_images(folder, what)
     if max_images is not None:
         files = files[: int(max_images)]
-    images = [read_rgb(p) for p in tqdm(files, desc=f"decoding {what} images", unit="img", leave=False)]
+    images = [read_rgb(p) for p in tqdm(files, desc=f"decoding {what} images", unit="img", leave=False,
+                                 disable=not progress)]
     small = [(p, im.shape) for p, im in zip(files, images) if min(im.shape[:2]) < min_size]
     if small:
         path, shape = small[0]
@@ -208,9 +210,12 @@ class ValidationSet:
     lr: list[np.ndarray]
 
 
-def load_validation_set(folder: str | Path, scale: int, max_images: int | None = None) -> ValidationSet:
+def load_validation_set(
+    folder: str | Path, scale: int, max_images: int | None = None, progress: bool = True
+) -> ValidationSet:
     """The validation folder with LR made once by MATLAB bicubic (quantised to 8 bits), as the
     benchmark LR images are."""
-    files, images = load_image_cache(folder, min_size=scale, max_images=max_images, what="validation")
+    files, images = load_image_cache(folder, min_size=scale, max_images=max_images, what="validation",
+                                     progress=progress)
     pairs = [bicubic_degrade(im, scale, quantize=True) for im in images]
     return ValidationSet([p.name for p in files], [hr for hr, _ in pairs], [lr for _, lr in pairs])

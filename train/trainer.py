@@ -353,11 +353,12 @@ class Trainer:
 
         # Data: every image decoded once, sizes checked against the crop.
         self.train_files, self.train_images = load_image_cache(
-            self.data_dir, min_size=self.crop_size, max_images=data_cfg.get("max_images"), what="data"
+            self.data_dir, min_size=self.crop_size, max_images=data_cfg.get("max_images"), what="data",
+            progress=progress,
         )
         self.valset = None
         if self.val_dir is not None:
-            self.valset = load_validation_set(self.val_dir, self.scale, c["val"].get("max_images"))
+            self.valset = load_validation_set(self.val_dir, self.scale, c["val"].get("max_images"), progress)
         self.dataset = RandomPatches(
             self.train_images, self.crop_size,
             DegradationSpec(self.scale, data_cfg["degradation"], float(data_cfg.get("blur_sigma", 1.5)),
@@ -499,6 +500,7 @@ class Trainer:
             nn.utils.clip_grad_norm_(self.generator.parameters(), float(self.grad_clip))
         self.scaler_g.step(self.opt_g)
         self.scaler_g.update()
+        self.lr_used = self.opt_g.param_groups[0]["lr"]  # logged: the lr of this step, not the next
         self.sched_g.step()
         if self.ema:
             self.ema.update(self.generator)
@@ -610,7 +612,7 @@ class Trainer:
                         elapsed = time.perf_counter() - t_window
                         means = {k: float(v) / count for k, v in sums.items()}
                         speed = count / elapsed if elapsed > 0 else float("nan")
-                        lr_now = self.opt_g.param_groups[0]["lr"]
+                        lr_now = self.lr_used
                         row = {"iteration": it, **{k: round(v, 6) for k, v in means.items()},
                                "lr": lr_now, "it_per_s": round(speed, 3)}
                         if loss_writer is None:
