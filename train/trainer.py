@@ -315,11 +315,13 @@ class Trainer:
 
         # Generator (from the init checkpoint's architecture when one is given).
         init = c.get("init")
+        self.init_note = ""
         init_model = None
         if init and not resume:
             loaded = load_checkpoint(init)
             c["model"] = {"arch": loaded.arch, **loaded.config}
             init_model = loaded.model
+            self.init_note = f"; generator initialised from {init} (its architecture replaces model.*)"
         self.generator, self.model_kwargs = build_generator(c["model"])
         self.scale = int(getattr(self.generator, "scale", c["model"].get("scale", 4)))
         if init_model is not None:
@@ -567,7 +569,7 @@ class Trainer:
         log(f"{'resume' if start else 'start'} {self.recipe}: {type(self.generator).__name__}({self.model_kwargs}) "
             f"on {hardware_description(self.device)}; {len(self.train_images)} training images from {self.data_dir}; "
             f"crop {self.crop_size}, batch {self.batch_size}, iterations {start}->{self.iterations}"
-            f"{', AMP fp16' if self.amp else ''}")
+            f"{', AMP fp16' if self.amp else ''}{self.init_note}")
         if self.valset is not None and self.bicubic is None:
             self.bicubic = bicubic_baseline(self.valset, self.scale)
             log(f"val bicubic: PSNR {self.bicubic['psnr']:.3f} dB  SSIM {self.bicubic['ssim']:.4f} "
