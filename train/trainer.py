@@ -563,6 +563,7 @@ class Trainer:
             log_file.write(f"{stamp} {line}\n")
             log_file.flush()
             tqdm.write(line, file=sys.stdout)
+            sys.stdout.flush()  # visible at once when stdout is a file (background runs)
 
         c = self.config
         start = self.iteration
