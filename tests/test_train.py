@@ -19,7 +19,7 @@ import torch
 
 from sr_deploy.models import SRResNet, load_checkpoint, load_model, save_checkpoint
 from train.cli import main as train_main
-from train.data import RandomPatches, DegradationSpec, augment, degrade
+from train.data import DegradationSpec, RandomPatches, augment, degrade
 from train.discriminators import SRGANDiscriminator, VGGStyleDiscriminator
 from train.interpolate import main as interpolate_main
 from train.losses import PerceptualLoss, discriminator_loss, generator_adversarial_loss
@@ -93,7 +93,7 @@ def test_srresnet_trains_validates_and_resumes_identically(sun_hays, set5_dir, t
 
     val = read_csv(full / "val.csv")
     assert [row["iteration"] for row in val] == [5, 10]
-    scores = lambda rows: [(r["iteration"], r["psnr"], r["ssim"]) for r in rows]  # noqa: E731
+    scores = lambda rows: [(r["iteration"], r["psnr"], r["ssim"]) for r in rows]
     assert scores(read_csv(split / "val.csv")) == scores(val)  # the same scores, no duplicated rows
     assert (full / "val.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "it 10/10" in (full / "train.log").read_text()

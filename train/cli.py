@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from sr_deploy.errors import InputError, SRDeployError
+from sr_deploy.errors import SRDeployError
 
 from . import config as cfg
 

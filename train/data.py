@@ -11,9 +11,9 @@ Arrays: images are RGB uint8 HWC in memory; a sample is a pair of float32 CHW te
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import cv2
 import numpy as np

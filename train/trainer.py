@@ -39,10 +39,21 @@ from sr_deploy.errors import InputError
 from sr_deploy.metrics import imresize, psnr, ssim, to_uint8
 from sr_deploy.models import ARCHITECTURES, load_checkpoint, save_checkpoint
 
-from . import config as cfg
-from .data import DegradationSpec, RandomPatches, ValidationSet, load_image_cache, load_validation_set, make_loader
+from .data import (
+    DegradationSpec,
+    RandomPatches,
+    ValidationSet,
+    load_image_cache,
+    load_validation_set,
+    make_loader,
+)
 from .discriminators import build_discriminator
-from .losses import PerceptualLoss, discriminator_loss, generator_adversarial_loss, pixel_criterion
+from .losses import (
+    PerceptualLoss,
+    discriminator_loss,
+    generator_adversarial_loss,
+    pixel_criterion,
+)
 
 STATE_FILE = "state_latest.pt"
 CONFIG_FILE = "config.yaml"
@@ -136,7 +147,7 @@ class StopOnSignal:
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> "StopOnSignal":
+    def __enter__(self) -> StopOnSignal:
         import threading
 
         if threading.current_thread() is threading.main_thread():
@@ -149,7 +160,7 @@ class StopOnSignal:
             raise KeyboardInterrupt
         self.signum = signum
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
@@ -584,6 +595,11 @@ class Trainer:
         ckpt_every = max(1, int(c["checkpoint"]["every"]))
         loss_rows_path = self.run_dir / "loss.csv"
         new_loss_file = not loss_rows_path.is_file() or start == 0
+        if not new_loss_file:  # drop rows logged after the saved state (a run killed with -9)
+            with open(loss_rows_path, newline="") as f:
+                reader = csv.DictReader(f)
+                kept, columns = [r for r in reader if float(r["iteration"]) <= start], reader.fieldnames or []
+            _write_csv(loss_rows_path, kept, list(columns))
         loss_file = open(loss_rows_path, "w" if new_loss_file else "a", newline="")
         loss_writer = None
         sums: dict[str, torch.Tensor] = {}

@@ -89,13 +89,13 @@ class VGG19Features(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True) -> "VGG19Features":  # always eval: a fixed feature extractor
+    def train(self, mode: bool = True) -> VGG19Features:  # always eval: a fixed feature extractor
         return super().train(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features((x - self.mean) / self.std)
 
-    def load_torchvision_weights(self, path: str | Path) -> "VGG19Features":
+    def load_torchvision_weights(self, path: str | Path) -> VGG19Features:
         """Load `features.*` from a torchvision VGG19 state-dict file (the classifier is ignored)."""
         path = Path(path)
         try:
