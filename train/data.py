@@ -176,12 +176,15 @@ class CountingSampler(Sampler[int]):
 
 def worker_init(_worker_id: int) -> None:
     """DataLoader workers: one torch thread each (the main process owns the cores), and
-    SIGINT / SIGTERM left to the main process, which saves the training state on them."""
+    SIGINT / SIGTERM ignored: Ctrl-C, `timeout` or a job scheduler signal the whole process group,
+    and a worker that died of it would make torch raise in the main process before it could save
+    the training state. The main process shuts the workers down when it returns; if it is killed
+    outright, torch's watchdog in each worker ends it."""
     import signal
 
     torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def make_loader(dataset: RandomPatches, batch_size: int, start_iteration: int, workers: int, pin_memory: bool):
