@@ -313,3 +313,32 @@ def test_vgg_weights_of_the_wrong_network_are_refused(tmp_path):
     torch.save({"features.0.weight": torch.zeros(8, 3, 3, 3)}, bad)
     with pytest.raises(Exception, match="not torchvision's VGG19 weights"):
         VGG19Features("relu1_1").load_torchvision_weights(bad)
+
+
+def test_sigterm_to_the_process_group_with_workers_saves_state(sun_hays, tmp_path):
+    """`timeout`, Ctrl-C and job schedulers signal the whole process group, DataLoader workers
+    included: the run must still save its state and exit 143, not crash on a dead worker."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "train", "srresnet", *map(str, TINY_SRRESNET), "--workers", "1",
+         "--data", str(sun_hays), "--out", str(out), "--iters", "100000"],
+        cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    log = out / "train.log"
+    deadline = time.monotonic() + 60
+    while not (log.is_file() and "it 3/" in log.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err
+    iteration = torch.load(out / "state_latest.pt", weights_only=True)["iteration"]
+    assert iteration >= 3 and f"stopped by signal 15 at iteration {iteration}" in log.read_text()
