@@ -260,7 +260,7 @@ def _read_val_history(path: Path, up_to: int) -> list[dict[str, float]]:
     if not path.is_file():
         return []
     with open(path, newline="") as f:
-        rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+        rows = [{k: int(float(v)) if k == "iteration" else float(v) for k, v in r.items()} for r in csv.DictReader(f)]
     return [r for r in rows if r["iteration"] <= up_to]
 
 
