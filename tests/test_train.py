@@ -1,0 +1,344 @@
+"""Tests of the reference training code in `train/` (issue 7), on real data: Sun_Hays80 crops for
+training and Set5 for validation. Every run uses a tiny generator, tiny crops and a handful of
+iterations, in-process (no subprocess start-up) and without DataLoader workers, to stay fast on
+two CPU cores.
+
+The real VGG19 ImageNet weights cannot be downloaded here. The GAN recipes and the VGG tests use
+a RANDOMLY INITIALISED VGG19 saved in torchvision's state-dict layout: it checks that the file
+loads, the shapes and that gradients flow, NOT that the perceptual loss means anything.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sr_deploy.models import SRResNet, load_checkpoint, load_model, save_checkpoint
+from train.cli import main as train_main
+from train.data import DegradationSpec, RandomPatches, augment, degrade
+from train.discriminators import SRGANDiscriminator, VGGStyleDiscriminator
+from train.interpolate import main as interpolate_main
+from train.losses import PerceptualLoss, discriminator_loss, generator_adversarial_loss
+from train.vgg import VGG19_FILE, VGG19Features
+
+TINY = ["--max-images", "3", "--workers", "0", "--no-progress", "--set", "data.batch_size=4", "--set", "log.every=1"]
+TINY_SRRESNET = TINY + ["--set", "model.num_blocks=2", "--set", "model.num_features=16", "--set", "data.crop_size=24"]
+
+
+@pytest.fixture(scope="session")
+def sun_hays(shared_data: Path) -> Path:
+    path = shared_data / "train" / "Sun_Hays80"
+    if not path.is_dir():
+        pytest.skip(f"training images not found at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def random_vgg_file(tmp_path_factory) -> Path:
+    """A RANDOMLY INITIALISED VGG19 (Kaiming init, so activations keep their scale through 16
+    convs) in torchvision's `features.N.weight` layout: for shape / gradient-flow checks only."""
+    torch.manual_seed(0)
+    vgg = VGG19Features("relu5_4")
+    for m in vgg.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            torch.nn.init.zeros_(m.bias)
+    path = tmp_path_factory.mktemp("vgg") / VGG19_FILE
+    torch.save({f"features.{k}": v for k, v in vgg.features.state_dict().items()}, path)
+    return path
+
+
+def read_csv(path: Path) -> list[dict[str, float]]:
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def run(*args: str) -> int:
+    return train_main([str(a) for a in args])
+
+
+# ------------------------------------------------------------------------------ SRResNet
+def test_srresnet_trains_validates_and_resumes_identically(sun_hays, set5_dir, tmp_path):
+    """A 10-iteration run vs the same run stopped at 5 and resumed: the same weights, EMA,
+    optimiser moments and RNG states, bit for bit. Also: loss falls, val.csv/png written, the
+    checkpoints load with load_model and carry the training metadata."""
+    common = TINY_SRRESNET + ["--data", sun_hays, "--val", set5_dir, "--set", "val.max_images=2",
+                              "--set", "val.every=5", "--set", "train.ema_decay=0.9", "--set", "train.lr=1e-3"]
+    full, split = tmp_path / "full", tmp_path / "split"
+    assert run("srresnet", *common, "--out", full, "--iters", 10) == 0
+    assert run("srresnet", *common, "--out", split, "--iters", 5) == 0
+    assert torch.load(split / "state_latest.pt", weights_only=True)["iteration"] == 5
+    assert run("srresnet", "--data", sun_hays, "--val", set5_dir, "--out", split, "--resume", "--iters", 10,
+               "--workers", "0", "--no-progress") == 0
+
+    a = torch.load(full / "state_latest.pt", weights_only=True)
+    b = torch.load(split / "state_latest.pt", weights_only=True)
+    assert a["iteration"] == b["iteration"] == 10
+    for part in ("generator", "ema"):
+        for name, tensor in a[part].items():
+            assert torch.equal(tensor, b[part][name]), f"{part}.{name} differs after resume"
+    for name, tensor in a["opt_g"]["state"][0].items():
+        assert torch.equal(tensor, b["opt_g"]["state"][0][name])
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+    assert a["rng"]["python"] == b["rng"]["python"]
+    assert torch.equal(a["rng"]["numpy"][1], b["rng"]["numpy"][1])
+
+    losses = [row["pixel"] for row in read_csv(full / "loss.csv")]
+    assert len(losses) == 10
+    assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3])
+
+    val = read_csv(full / "val.csv")
+    assert [row["iteration"] for row in val] == [5, 10]
+    scores = lambda rows: [(r["iteration"], r["psnr"], r["ssim"]) for r in rows]
+    assert scores(read_csv(split / "val.csv")) == scores(val)  # the same scores, no duplicated rows
+    assert (full / "val.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "it 10/10" in (full / "train.log").read_text()
+
+    ckpt = load_checkpoint(full / "model_latest.pt")
+    assert ckpt.arch == "SRResNet" and ckpt.config["num_blocks"] == 2 and ckpt.scale == 4
+    meta = ckpt.metadata
+    assert meta["recipe"] == "srresnet" and meta["iterations"] == 10 and meta["degradation"] == "bicubic"
+    assert meta["val"]["psnr"] == pytest.approx(val[-1]["psnr"]) and "CPU" in meta["hardware"]
+    # The checkpoint holds the EMA weights, which is what validation scored.
+    for name, tensor in ckpt.model.state_dict().items():
+        assert torch.equal(tensor, a["ema"][name])
+    best = load_model(full / "model_best.pt")
+    assert isinstance(best, SRResNet)
+    best_iteration = max(val, key=lambda r: r["psnr"])["iteration"]
+    assert load_checkpoint(full / "model_best.pt").metadata["iterations"] == best_iteration
+
+
+def test_overrides_build_the_requested_model_and_gaussian_degradation(sun_hays, tmp_path):
+    out = tmp_path / "run"
+    assert run("srresnet", *TINY_SRRESNET, "--data", sun_hays, "--out", out, "--iters", 2,
+               "--set", "model.batch_norm=false", "--set", "model.image_residual=bicubic",
+               "--degradation", "gaussian", "--set", "train.schedule=cosine") == 0
+    ckpt = load_checkpoint(out / "model_latest.pt")
+    assert ckpt.config == {"scale": 4, "num_blocks": 2, "num_features": 16, "batch_norm": False,
+                           "image_residual": "bicubic"}
+    assert not any("running_mean" in k for k in ckpt.model.state_dict())
+    assert ckpt.metadata["degradation"] == "gaussian"
+
+
+def test_stopping_by_signal_saves_a_resumable_state(sun_hays, tmp_path, monkeypatch):
+    """SIGINT mid-run: the loop finishes the current iteration, saves state and exits 130."""
+    import os
+    import signal
+
+    from train import trainer
+
+    original = trainer.Trainer._generator_step
+    calls = {"n": 0}
+
+    def step_then_interrupt(self, lr, hr):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, lr, hr)
+
+    monkeypatch.setattr(trainer.Trainer, "_generator_step", step_then_interrupt)
+    out = tmp_path / "run"
+    assert run("srresnet", *TINY_SRRESNET, "--data", sun_hays, "--out", out, "--iters", 1000) == 130
+    assert torch.load(out / "state_latest.pt", weights_only=True)["iteration"] == 3
+    assert "stopped by signal 2 at iteration 3" in (out / "train.log").read_text()
+    assert load_checkpoint(out / "model_latest.pt").metadata["iterations"] == 3
+
+
+# ------------------------------------------------------------------------------ GAN recipes
+def test_srgan_from_srresnet_init(sun_hays, set5_dir, tmp_path, random_vgg_file):
+    """SRGAN (RANDOM VGG19, see the module docstring): starts from an SRResNet checkpoint,
+    trains generator and discriminator, the discriminator loss falls, the result loads."""
+    torch.manual_seed(1)
+    init = save_checkpoint(tmp_path / "init.pt", SRResNet(num_blocks=1, num_features=8), {"num_blocks": 1, "num_features": 8})
+    out = tmp_path / "srgan"
+    assert run("srgan", *TINY, "--data", sun_hays, "--val", set5_dir, "--set", "val.max_images=1",
+               "--out", out, "--iters", 6, "--set", f"init={init}", "--set", "data.crop_size=32",
+               "--vgg-weights", random_vgg_file) == 0
+    rows = read_csv(out / "loss.csv")
+    assert all(np.isfinite(r["percep"]) and r["percep"] > 0 and np.isfinite(r["adv"]) for r in rows)
+    assert np.mean([r["d_loss"] for r in rows[-2:]]) < np.mean([r["d_loss"] for r in rows[:2]])
+    assert rows[2]["lr"] == pytest.approx(1e-4) and rows[-1]["lr"] == pytest.approx(1e-5)  # 1e-4 then 1e-5
+    trained, start = load_checkpoint(out / "model_latest.pt"), load_checkpoint(init)
+    assert trained.config == start.config
+    assert not torch.equal(trained.model.tail.weight, start.model.tail.weight)
+    state = torch.load(out / "state_latest.pt", weights_only=True)
+    assert "classifier.3.weight" in state["discriminator"] and state["opt_d"]["state"]
+
+
+def test_esrgan_psnr_then_gan_then_interpolation(sun_hays, tmp_path, random_vgg_file):
+    """ESRGAN pipeline with a 1-block RRDBNet: L1 pre-training (loss falls), then perceptual
+    (RANDOM VGG19) + RaGAN + L1 from it, then network interpolation of the two."""
+    rrdb = ["--set", "model.num_blocks=1", "--set", "model.num_features=8", "--set", "model.growth_channels=4",
+            "--set", "data.crop_size=32", "--set", "train.lr=1e-3"]
+    psnr_dir, gan_dir = tmp_path / "psnr", tmp_path / "gan"
+    assert run("esrgan_psnr", *TINY, *rrdb, "--data", sun_hays, "--out", psnr_dir, "--iters", 8) == 0
+    losses = [r["pixel"] for r in read_csv(psnr_dir / "loss.csv")]
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])
+    psnr_model = psnr_dir / "model_latest.pt"
+    assert run("esrgan", *TINY, "--data", sun_hays, "--out", gan_dir, "--iters", 3, "--set", "data.batch_size=2",
+               "--set", "data.crop_size=32", "--set", f"init={psnr_model}", "--vgg-weights", random_vgg_file) == 0
+    rows = read_csv(gan_dir / "loss.csv")
+    assert {"pixel", "percep", "adv", "d_loss", "d_real", "d_fake"} <= set(rows[0])
+    assert all(np.isfinite(list(r.values())).all() for r in rows)
+    gan_model = gan_dir / "model_latest.pt"
+    assert load_checkpoint(gan_model).arch == "RRDBNet"
+
+    a, b = load_model(psnr_model).state_dict(), load_model(gan_model).state_dict()
+    for alpha, expected in ((0.0, a), (1.0, b), (0.5, {k: (a[k] + b[k]) / 2 for k in a})):
+        out = tmp_path / f"interp_{alpha}.pt"
+        assert interpolate_main([str(psnr_model), str(gan_model), "--alpha", str(alpha), "-o", str(out)]) == 0
+        mixed = load_checkpoint(out)
+        assert mixed.metadata["interpolated"]["alpha"] == alpha
+        for k, v in mixed.model.state_dict().items():
+            assert torch.equal(v, expected[k]), f"alpha {alpha}: {k}"
+
+
+def test_interpolation_refuses_different_architectures(tmp_path, capsys):
+    one = save_checkpoint(tmp_path / "a.pt", SRResNet(num_blocks=1, num_features=8), {"num_blocks": 1, "num_features": 8})
+    two = save_checkpoint(tmp_path / "b.pt", SRResNet(num_blocks=2, num_features=8), {"num_blocks": 2, "num_features": 8})
+    assert interpolate_main([str(one), str(two), "--alpha", "0.5", "-o", str(tmp_path / "c.pt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "different architecture" in err and "b.pt" in err
+    assert interpolate_main([str(one), str(one), "--alpha", "1.5", "-o", str(tmp_path / "c.pt")]) == 2
+    assert not (tmp_path / "c.pt").exists()
+
+
+# ------------------------------------------------------------------------------ errors
+@pytest.mark.parametrize("case", ["missing", "empty", "too_small", "no_vgg"])
+def test_input_errors_are_one_line_exit_2_before_training(case, sun_hays, tmp_path, capsys, monkeypatch):
+    data, recipe, extra = sun_hays, "srresnet", []
+    if case == "missing":
+        data, expected = tmp_path / "nowhere", "no such data folder"
+    elif case == "empty":
+        data = tmp_path / "empty"
+        data.mkdir()
+        (data / "notes.txt").write_text("not an image")
+        expected = "no images in the data folder"
+    elif case == "too_small":
+        extra, expected = ["--set", "data.crop_size=2000"], "is smaller than the 2000x2000 crop"
+    else:
+        monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+        recipe, expected = "srgan", VGG19_FILE
+    out = tmp_path / "run"
+    code = run(recipe, *TINY_SRRESNET, "--data", data, "--out", out, "--iters", 2, *extra)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
+    assert not out.exists()  # nothing was started
+    if case == "no_vgg":
+        assert str(tmp_path / "torch_home" / "hub" / "checkpoints") in err[0] and "--vgg-weights" in err[0]
+    if case == "too_small":
+        assert "Sun_Hays80" in err[0]
+
+
+def test_bad_override_and_resume_without_state(sun_hays, tmp_path, capsys):
+    assert run("srresnet", "--data", sun_hays, "--out", tmp_path / "r", "--set", "modle.num_blocks=8") == 2
+    assert "no config section 'modle'" in capsys.readouterr().err
+    (tmp_path / "r2").mkdir()
+    (tmp_path / "r2" / "config.yaml").write_text("recipe: srresnet\n")
+    assert run("srresnet", "--data", sun_hays, "--out", tmp_path / "r2", "--resume") == 2
+    assert "state_latest.pt: no training state to resume from" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ parts
+def test_samples_depend_only_on_seed_and_index(sun_hays):
+    """Sample n is a pure function of (seed, n): what makes --resume see the same batches."""
+    from train.data import load_image_cache
+
+    _, images = load_image_cache(sun_hays, min_size=32, max_images=2)
+    ds = RandomPatches(images, 32, DegradationSpec(scale=4), augment=True, seed=7)
+    lr, hr = ds[5]
+    assert lr.shape == (3, 8, 8) and hr.shape == (3, 32, 32) and lr.dtype == torch.float32
+    assert torch.equal(ds[5][0], lr) and torch.equal(ds[5][1], hr)
+    assert not torch.equal(ds[6][1], hr)
+    assert 0 <= float(hr.min()) and float(hr.max()) <= 1
+    # LR is 8-bit quantised MATLAB bicubic of the HR crop.
+    hr_u8 = np.round(hr.numpy().transpose(1, 2, 0) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(lr.numpy().transpose(1, 2, 0), degrade(hr_u8, 4))
+    assert np.allclose(lr.numpy() * 255, np.round(lr.numpy() * 255), atol=1e-4)
+
+
+def test_augment_covers_the_eight_dihedral_transforms():
+    img = np.arange(2 * 3 * 1).reshape(2, 3, 1)
+    variants = {augment(img, code).tobytes() + bytes(augment(img, code).shape) for code in range(8)}
+    assert len(variants) == 8
+
+
+def test_discriminators_shapes_and_crop_parameter():
+    for size in (32, 96):
+        assert SRGANDiscriminator(size, num_features=8)(torch.rand(2, 3, size, size)).shape == (2, 1)
+    d = SRGANDiscriminator(96)
+    convs = [m for m in d.features if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 8 and convs[-1].out_channels == 512
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in d.features) == 7
+    assert d.classifier[1].in_features == 512 * 6 * 6 and d.classifier[1].out_features == 1024
+    assert VGGStyleDiscriminator(128, num_features=8)(torch.rand(1, 3, 128, 128)).shape == (1, 1)
+    assert VGGStyleDiscriminator(128).classifier[1].in_features == 512 * 4 * 4
+    with pytest.raises(Exception, match="multiple of 16"):
+        SRGANDiscriminator(40)
+
+
+def test_adversarial_losses_match_their_formulas():
+    real, fake = torch.tensor([2.0, -1.0, 0.5]), torch.tensor([-0.5, 1.0, -2.0])
+    log_sig = torch.nn.functional.logsigmoid
+    assert generator_adversarial_loss("gan", None, fake) == pytest.approx(float(-log_sig(fake).mean()))
+    assert discriminator_loss("gan", real, fake) == pytest.approx(float(-log_sig(real).mean() - log_sig(-fake).mean()))
+    d_rf, d_fr = real - fake.mean(), fake - real.mean()  # D_Ra logits
+    assert discriminator_loss("ragan", real, fake) == pytest.approx(float(-log_sig(d_rf).mean() - log_sig(-d_fr).mean()))
+    assert generator_adversarial_loss("ragan", real, fake) == pytest.approx(
+        float(-log_sig(-d_rf).mean() - log_sig(d_fr).mean()))
+
+
+def test_vgg_features_layers_and_gradient_flow(random_vgg_file):
+    """RANDOM VGG19 weights: checks the layer cut, the file loading and gradient flow only."""
+    before = VGG19Features("conv5_4").load_torchvision_weights(random_vgg_file)
+    after = VGG19Features("relu5_4").load_torchvision_weights(random_vgg_file)
+    x = torch.rand(1, 3, 32, 32, requires_grad=True)
+    f_before, f_after = before(x), after(x)
+    assert f_before.shape == f_after.shape == (1, 512, 2, 2)
+    assert float(f_before.detach().min()) < 0 and torch.equal(f_after, f_before.clamp(min=0))  # relu5_4 = ReLU(conv5_4)
+    assert len(before.features) == 35 and not any(p.requires_grad for p in before.parameters())
+    loss_fn = PerceptualLoss("conv5_4", before_activation=False, rescale=1 / 12.75, vgg=after)
+    loss = loss_fn(x, torch.rand(1, 3, 32, 32))
+    loss.backward()
+    assert loss > 0 and x.grad is not None and float(x.grad.abs().sum()) > 0
+
+
+def test_vgg_weights_of_the_wrong_network_are_refused(tmp_path):
+    bad = tmp_path / "not_vgg.pth"
+    torch.save({"features.0.weight": torch.zeros(8, 3, 3, 3)}, bad)
+    with pytest.raises(Exception, match="not torchvision's VGG19 weights"):
+        VGG19Features("relu1_1").load_torchvision_weights(bad)
+
+
+def test_sigterm_to_the_process_group_with_workers_saves_state(sun_hays, tmp_path):
+    """`timeout`, Ctrl-C and job schedulers signal the whole process group, DataLoader workers
+    included: the run must still save its state and exit 143, not crash on a dead worker."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "train", "srresnet", *map(str, TINY_SRRESNET), "--workers", "1",
+         "--data", str(sun_hays), "--out", str(out), "--iters", "100000"],
+        cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    log = out / "train.log"
+    deadline = time.monotonic() + 60
+    while not (log.is_file() and "it 3/" in log.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err
+    iteration = torch.load(out / "state_latest.pt", weights_only=True)["iteration"]
+    assert iteration >= 3 and f"stopped by signal 15 at iteration {iteration}" in log.read_text()

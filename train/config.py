@@ -1,0 +1,82 @@
+"""Recipe configs: YAML files in `train/configs/`, overridden by ``--set dotted.key=value``.
+
+A config is a plain nested dict. Every recipe file holds every key (no hidden defaults elsewhere),
+so the YAML is the full description of a run; the trainer copies the resolved config into
+RUN_DIR/config.yaml, which `--resume` reads back.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sr_deploy.errors import InputError
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+RECIPES = ("srresnet", "srgan", "esrgan_psnr", "esrgan")
+
+
+def recipe_path(recipe: str) -> Path:
+    """The bundled YAML file of `recipe` (one of `RECIPES`)."""
+    if recipe not in RECIPES:
+        raise InputError(f"{recipe}: unknown recipe; expected one of {', '.join(RECIPES)}")
+    return CONFIG_DIR / f"{recipe}.yaml"
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into a nested dict; InputError names the file on failure."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise InputError(f"{path}: not valid YAML ({first})") from exc
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a mapping of settings at the top level")
+    return data
+
+
+def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """A copy of `config` with each ``dotted.key=value`` applied; the value is parsed as YAML
+    (``8`` -> int, ``false`` -> bool, ``[1, 2]`` -> list, ``null`` -> None, else a string).
+
+    A key whose parent section does not exist is an InputError (catches typos such as
+    ``modle.num_blocks``); a new leaf inside an existing section is allowed, because model
+    constructor arguments are open-ended.
+    """
+    out = copy.deepcopy(config)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"--set {item}: expected key=value, e.g. --set model.num_blocks=8")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        parts = key.split(".")
+        node: Any = out
+        for depth, part in enumerate(parts[:-1]):
+            if not isinstance(node, dict) or part not in node or not isinstance(node[part], dict):
+                known = ", ".join(sorted(k for k, v in node.items() if isinstance(v, dict))) if isinstance(node, dict) else ""
+                where = ".".join(parts[: depth + 1])
+                raise InputError(f"--set {item}: no config section {where!r} (sections: {known})")
+            node = node[part]
+        if len(parts) == 1 and parts[0] not in out:
+            raise InputError(f"--set {item}: no top-level setting {key!r} (settings: {', '.join(sorted(out))})")
+        node[parts[-1]] = value
+    return out
+
+
+def get(config: dict[str, Any], dotted: str, default: Any = None) -> Any:
+    """`config["a"]["b"]` for ``"a.b"``, or `default` where a part is missing or None."""
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or node.get(part) is None:
+            return default
+        node = node[part]
+    return node

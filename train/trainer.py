@@ -1,0 +1,683 @@
+"""The training loop shared by every recipe (SRResNet, SRGAN, ESRGAN PSNR pre-training, ESRGAN).
+
+What a recipe changes is only configuration (see `train/configs/*.yaml`): the generator, which
+losses are on and their weights, whether a discriminator is trained (and which adversarial
+loss), the schedule and the EMA. One iteration is:
+
+1. generator step: SR = G(LR); loss = w_pix * pixel + w_percep * VGG + w_adv * adversarial
+   (the discriminator frozen); Adam step; scheduler step; EMA update;
+2. discriminator step(s), when there is a discriminator: k updates on (HR, SR.detach()).
+
+A run directory holds: config.yaml (the resolved config), train.log (log lines), loss.csv,
+val.csv and val.png (the validation curve), model_latest.pt / model_best.pt (generator checkpoints
+in sr-deploy format, loadable by `sr_deploy.models.load_model`) and state_latest.pt (everything
+`--resume` needs). Every file is written to a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import os
+import platform
+import random
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from sr_deploy.errors import InputError
+from sr_deploy.metrics import imresize, psnr, ssim, to_uint8
+from sr_deploy.models import ARCHITECTURES, load_checkpoint, save_checkpoint
+
+from .data import (
+    DegradationSpec,
+    RandomPatches,
+    ValidationSet,
+    load_image_cache,
+    load_validation_set,
+    make_loader,
+)
+from .discriminators import build_discriminator
+from .losses import (
+    PerceptualLoss,
+    discriminator_loss,
+    generator_adversarial_loss,
+    pixel_criterion,
+)
+
+STATE_FILE = "state_latest.pt"
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass
+class TrainResult:
+    """What a call to `train` did: the iteration it stopped at, the signal that stopped it
+    (None when it ran to the end), the last and best validation scores."""
+
+    run_dir: Path
+    iteration: int
+    interrupted_by: int | None = None
+    last_val: dict[str, float] | None = None
+    best_val: dict[str, float] | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch global RNG states as tensors and plain values (loadable with
+    ``torch.load(weights_only=True)``)."""
+    name, key, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [name, torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    name, key, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, key.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def hardware_description(device: torch.device) -> str:
+    """One line naming the device the run used (GPU name, or CPU model and threads)."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda}), torch {torch.__version__}"
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU {model}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+
+
+class EMA:
+    """Exponential moving average of a model's parameters (buffers copied): the averaged copy
+    is what validation and the saved checkpoints use when `train.ema_decay` is set."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = float(decay)
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        ema_params = list(self.model.parameters())
+        torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], 1.0 - self.decay)
+        for e, b in zip(self.model.buffers(), model.buffers()):
+            e.copy_(b)
+
+
+class StopOnSignal:
+    """Turns SIGINT / SIGTERM into a flag checked between iterations, so the loop saves its
+    state and returns instead of dying mid-write. Handlers are restored on exit."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopOnSignal:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.signum is not None:  # a second Ctrl-C: give up on saving
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def build_generator(model_cfg: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+    """The generator named by ``model.arch`` with the other ``model.*`` keys as constructor
+    arguments; returns it and those arguments (the checkpoint's `config`)."""
+    kwargs = {k: v for k, v in model_cfg.items() if k != "arch"}
+    arch = model_cfg.get("arch")
+    if arch not in ARCHITECTURES:
+        raise InputError(f"model.arch {arch!r}: expected one of {', '.join(sorted(ARCHITECTURES))}")
+    try:
+        return ARCHITECTURES[arch](**kwargs), kwargs
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"model: bad {arch} arguments {kwargs}: {exc}") from exc
+
+
+def _resolve_milestones(milestones: list[float], iterations: int) -> list[int]:
+    """Milestones below 1 are fractions of the run (so a shortened run keeps the recipe's shape)."""
+    return sorted(int(round(m * iterations)) if 0 < m < 1 else int(m) for m in milestones)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, train_cfg: dict[str, Any], iterations: int):
+    kind = train_cfg.get("schedule") or "none"
+    if kind == "none":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _it: 1.0)
+    if kind == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(
+            optimizer, _resolve_milestones(train_cfg.get("milestones") or [], iterations), gamma=float(train_cfg["gamma"])
+        )
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max(1, iterations), eta_min=float(train_cfg.get("min_lr") or 0.0)
+        )
+    raise InputError(f"train.schedule {kind!r}: expected none, multistep or cosine")
+
+
+def validate(model: nn.Module, valset: ValidationSet, scale: int, device: torch.device) -> dict[str, float]:
+    """Mean Y-channel PSNR / SSIM (``scale`` px border cropped) of `model` on `valset`: the
+    output is clamped to [0, 1] and rounded to 8 bits first, as a saved image would be."""
+    was_training = model.training
+    model.eval()
+    scores_p, scores_s = [], []
+    try:
+        with torch.inference_mode():
+            for lr, hr in zip(valset.lr, valset.hr):
+                x = torch.from_numpy(lr.transpose(2, 0, 1).copy())[None].to(device)
+                sr = model(x).float().clamp_(0, 1).mul_(255).round_().to(torch.uint8)
+                sr_img = sr[0].permute(1, 2, 0).cpu().numpy()
+                scores_p.append(float(psnr(sr_img, hr, crop_border=scale, y_channel=True)))
+                scores_s.append(float(ssim(sr_img, hr, crop_border=scale, y_channel=True)))
+    finally:
+        model.train(was_training)
+    return {"psnr": float(np.mean(scores_p)), "ssim": float(np.mean(scores_s))}
+
+
+def bicubic_baseline(valset: ValidationSet, scale: int) -> dict[str, float]:
+    """The same scores for MATLAB bicubic upscaling of the LR inputs (the curve's reference line)."""
+    scores_p, scores_s = [], []
+    for lr, hr in zip(valset.lr, valset.hr):
+        up = to_uint8(imresize(lr, scale=scale))
+        scores_p.append(float(psnr(up, hr, crop_border=scale, y_channel=True)))
+        scores_s.append(float(ssim(up, hr, crop_border=scale, y_channel=True)))
+    return {"psnr": float(np.mean(scores_p)), "ssim": float(np.mean(scores_s))}
+
+
+def plot_curve(run_dir: Path, history: list[dict[str, float]], bicubic: dict[str, float] | None, title: str) -> Path | None:
+    """val.png: validation PSNR against iterations, with bicubic as a dashed line. Skipped
+    (None) when matplotlib is not installed; it is an optional dependency."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    its = [h["iteration"] for h in history]
+    ax.plot(its, [h["psnr"] for h in history], "o-", label="model (Y-PSNR)")
+    if bicubic:
+        ax.axhline(bicubic["psnr"], color="gray", linestyle="--", label=f"bicubic {bicubic['psnr']:.2f} dB")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("PSNR (dB), Y channel")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = run_dir / "val.png"
+    tmp = run_dir / ".val.png.tmp"
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _read_val_history(path: Path, up_to: int) -> list[dict[str, float]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        rows = [{k: int(float(v)) if k == "iteration" else float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    return [r for r in rows if r["iteration"] <= up_to]
+
+
+def _write_csv(path: Path, rows: list[dict[str, float]], columns: list[str]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _format_eta(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+class Trainer:
+    """Builds everything a recipe needs from its config, checking the inputs first (every
+    InputError happens before the first iteration), then runs the loop."""
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        data_dir: str | Path,
+        val_dir: str | Path | None,
+        run_dir: str | Path,
+        device: str | None = None,
+        resume: bool = False,
+        vgg_weights: str | Path | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.config = config
+        self.data_dir = Path(data_dir)
+        self.val_dir = Path(val_dir) if val_dir is not None else None
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise InputError("--device cuda: no CUDA GPU is available to torch on this machine")
+        state_path = self.run_dir / STATE_FILE
+        if resume and not state_path.is_file():
+            raise InputError(f"{state_path}: no training state to resume from")
+        if not resume and state_path.is_file():
+            raise InputError(f"{self.run_dir}: already holds a run (state_latest.pt); pass --resume or choose another --out")
+
+        c = config
+        self.recipe = str(c.get("recipe", "custom"))
+        self.seed = int(c.get("seed") or 0)
+        train_cfg, data_cfg = c["train"], c["data"]
+        self.iterations = int(train_cfg["iterations"])
+        self.batch_size = int(data_cfg["batch_size"])
+        self.crop_size = int(data_cfg["crop_size"])
+
+        # Seed first: the initial weights of generator and discriminator come from torch's RNG.
+        torch.manual_seed(self.seed)
+        random.seed(self.seed)
+        np.random.seed(self.seed % (2**32))
+
+        # Generator (from the init checkpoint's architecture when one is given).
+        init = c.get("init")
+        self.init_note = ""
+        init_model = None
+        if init and not resume:
+            loaded = load_checkpoint(init)
+            c["model"] = {"arch": loaded.arch, **loaded.config}
+            init_model = loaded.model
+            self.init_note = f"; generator initialised from {init} (its architecture replaces model.*)"
+        self.generator, self.model_kwargs = build_generator(c["model"])
+        self.scale = int(getattr(self.generator, "scale", c["model"].get("scale", 4)))
+        if init_model is not None:
+            self.generator.load_state_dict(init_model.state_dict())
+        if self.crop_size % self.scale:
+            raise InputError(f"data.crop_size {self.crop_size} is not a multiple of the scale {self.scale}")
+
+        # Losses and discriminator: VGG weights are found (or refused) here, before any data work.
+        losses = c.get("losses") or {}
+        self.pixel = losses.get("pixel")
+        self.pixel_fn = pixel_criterion(self.pixel["type"]) if self.pixel else None
+        self.percep_cfg = losses.get("perceptual")
+        self.perceptual = None
+        if self.percep_cfg:
+            p = self.percep_cfg
+            self.perceptual = PerceptualLoss(
+                layer=p.get("layer", "conv5_4"), before_activation=bool(p.get("before_activation", False)),
+                criterion=p.get("criterion", "mse"), rescale=float(p.get("rescale", 1.0)), weights=vgg_weights,
+            ).to(self.device)
+        self.adv_cfg = losses.get("adversarial")
+        disc_cfg = c.get("discriminator")
+        if bool(self.adv_cfg) != bool(disc_cfg):
+            raise InputError("config: losses.adversarial and discriminator must be set together (or both null)")
+        self.discriminator = None
+        if disc_cfg:
+            self.discriminator = build_discriminator(
+                disc_cfg["arch"], self.crop_size, int(disc_cfg.get("num_features", 64))
+            ).to(self.device)
+        if not (self.pixel or self.perceptual or self.adv_cfg):
+            raise InputError("config: no loss is enabled (losses.pixel / perceptual / adversarial are all null)")
+
+        # Data: every image decoded once, sizes checked against the crop.
+        self.train_files, self.train_images = load_image_cache(
+            self.data_dir, min_size=self.crop_size, max_images=data_cfg.get("max_images"), what="data",
+            progress=progress,
+        )
+        self.valset = None
+        if self.val_dir is not None:
+            self.valset = load_validation_set(self.val_dir, self.scale, c["val"].get("max_images"), progress)
+        self.dataset = RandomPatches(
+            self.train_images, self.crop_size,
+            DegradationSpec(self.scale, data_cfg["degradation"], float(data_cfg.get("blur_sigma", 1.5)),
+                            bool(data_cfg.get("quantize_lr", True))),
+            bool(data_cfg.get("augment", True)), self.seed,
+        )
+        if data_cfg["degradation"] not in ("bicubic", "gaussian"):
+            raise InputError(f"data.degradation {data_cfg['degradation']!r}: expected bicubic or gaussian")
+
+        # Optimisers, schedulers, AMP, EMA.
+        self.generator.to(self.device).train()
+        self.opt_g = torch.optim.Adam(
+            self.generator.parameters(), lr=float(train_cfg["lr"]), betas=tuple(train_cfg["betas"]),
+            weight_decay=float(train_cfg.get("weight_decay") or 0.0),
+        )
+        self.sched_g = make_scheduler(self.opt_g, train_cfg, self.iterations)
+        self.opt_d = self.sched_d = None
+        if self.discriminator is not None:
+            self.opt_d = torch.optim.Adam(
+                self.discriminator.parameters(), lr=float(disc_cfg.get("lr", train_cfg["lr"])),
+                betas=tuple(disc_cfg.get("betas", train_cfg["betas"])),
+            )
+            self.sched_d = make_scheduler(self.opt_d, train_cfg, self.iterations)
+        self.amp = bool(train_cfg.get("amp", True)) and self.device.type == "cuda"
+        self.scaler_g = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.scaler_d = torch.amp.GradScaler("cuda", enabled=self.amp)
+        decay = train_cfg.get("ema_decay")
+        self.ema = EMA(self.generator, float(decay)) if decay else None
+        self.grad_clip = train_cfg.get("grad_clip")
+
+        self.iteration = 0
+        self.wall_time = 0.0
+        self.best: dict[str, float] | None = None
+        self.bicubic: dict[str, float] | None = None
+        self.history: list[dict[str, float]] = []
+        if resume:
+            self._load_state(state_path)
+
+    # ---------------------------------------------------------------- state
+    def _state(self) -> dict[str, Any]:
+        return {
+            "iteration": self.iteration,
+            "config": self.config,
+            "generator": self.generator.state_dict(),
+            "ema": self.ema.model.state_dict() if self.ema else None,
+            "discriminator": self.discriminator.state_dict() if self.discriminator is not None else None,
+            "opt_g": self.opt_g.state_dict(),
+            "sched_g": self.sched_g.state_dict(),
+            "opt_d": self.opt_d.state_dict() if self.opt_d else None,
+            "sched_d": self.sched_d.state_dict() if self.sched_d else None,
+            "scaler_g": self.scaler_g.state_dict(),
+            "scaler_d": self.scaler_d.state_dict(),
+            "rng": _rng_state(),
+            "best": self.best,
+            "bicubic": self.bicubic,
+            "wall_time": self.wall_time,
+        }
+
+    def _load_state(self, path: Path) -> None:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise InputError(f"{path}: unreadable training state ({str(exc).splitlines()[0][:120]})") from exc
+        try:
+            self.generator.load_state_dict(state["generator"])
+            if self.ema:
+                self.ema.model.load_state_dict(state["ema"])
+            if self.discriminator is not None:
+                self.discriminator.load_state_dict(state["discriminator"])
+                self.opt_d.load_state_dict(state["opt_d"])
+                self.sched_d.load_state_dict(state["sched_d"])
+            self.opt_g.load_state_dict(state["opt_g"])
+            self.sched_g.load_state_dict(state["sched_g"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise InputError(f"{path}: does not fit this run's config ({str(exc).splitlines()[0][:160]})") from exc
+        self.scaler_g.load_state_dict(state["scaler_g"])
+        self.scaler_d.load_state_dict(state["scaler_d"])
+        _set_rng_state(state["rng"])
+        self.iteration = int(state["iteration"])
+        self.best = state.get("best")
+        self.bicubic = state.get("bicubic")
+        self.wall_time = float(state.get("wall_time", 0.0))
+        self.history = _read_val_history(self.run_dir / "val.csv", self.iteration)
+
+    def save_state(self) -> Path:
+        path = self.run_dir / STATE_FILE
+        _atomic_torch_save(self._state(), path)
+        return path
+
+    def eval_model(self) -> nn.Module:
+        """The generator that validation and checkpoints use: the EMA copy when there is one."""
+        return self.ema.model if self.ema else self.generator
+
+    def save_model(self, name: str) -> Path:
+        meta = {
+            "recipe": self.recipe,
+            "iterations": self.iteration,
+            "data": str(self.data_dir),
+            "num_train_images": len(self.train_images),
+            "crop_size": self.crop_size,
+            "batch_size": self.batch_size,
+            "degradation": self.config["data"]["degradation"],
+            "ema_decay": self.ema.decay if self.ema else None,
+            "val_dataset": str(self.val_dir) if self.val_dir else None,
+            "val": self.history[-1] if self.history else None,
+            "best_val": self.best,
+            "bicubic_val": self.bicubic,
+            "wall_time_s": round(self.wall_time, 1),
+            "hardware": hardware_description(self.device),
+            "train_config": self.config,
+        }
+        model = copy.deepcopy(self.eval_model()).cpu().eval()
+        return save_checkpoint(self.run_dir / name, model, self.model_kwargs, meta)
+
+    # ---------------------------------------------------------------- loop
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
+
+    def _generator_step(self, lr: torch.Tensor, hr: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        parts: dict[str, torch.Tensor] = {}
+        if self.discriminator is not None:
+            self.discriminator.requires_grad_(False)
+        with self._autocast():
+            sr = self.generator(lr)
+            if self.pixel_fn is not None:
+                parts["pixel"] = float(self.pixel["weight"]) * self.pixel_fn(sr.float(), hr)
+            if self.perceptual is not None:
+                parts["percep"] = float(self.percep_cfg["weight"]) * self.perceptual(sr, hr)
+            if self.discriminator is not None:
+                kind = self.adv_cfg["type"]
+                fake_logits = self.discriminator(sr)
+                real_logits = self.discriminator(hr).detach() if kind == "ragan" else None
+                parts["adv"] = float(self.adv_cfg["weight"]) * generator_adversarial_loss(kind, real_logits, fake_logits)
+        loss = sum(v.float() for v in parts.values())
+        self.opt_g.zero_grad(set_to_none=True)
+        self.scaler_g.scale(loss).backward()
+        if self.grad_clip:
+            self.scaler_g.unscale_(self.opt_g)
+            nn.utils.clip_grad_norm_(self.generator.parameters(), float(self.grad_clip))
+        self.scaler_g.step(self.opt_g)
+        self.scaler_g.update()
+        self.lr_used = self.opt_g.param_groups[0]["lr"]  # logged: the lr of this step, not the next
+        self.sched_g.step()
+        if self.ema:
+            self.ema.update(self.generator)
+        if len(parts) > 1:
+            parts["total"] = loss
+        return sr.detach(), parts
+
+    def _discriminator_step(self, hr: torch.Tensor, sr: torch.Tensor) -> dict[str, torch.Tensor]:
+        assert self.discriminator is not None and self.opt_d is not None
+        self.discriminator.requires_grad_(True)
+        kind = self.adv_cfg["type"]
+        for _ in range(int(self.config["discriminator"].get("steps", 1))):
+            with self._autocast():
+                real_logits = self.discriminator(hr)
+                fake_logits = self.discriminator(sr)
+                loss = discriminator_loss(kind, real_logits, fake_logits)
+            self.opt_d.zero_grad(set_to_none=True)
+            self.scaler_d.scale(loss).backward()
+            self.scaler_d.step(self.opt_d)
+            self.scaler_d.update()
+        self.sched_d.step()
+        return {
+            "d_loss": loss.detach().float(),
+            "d_real": torch.sigmoid(real_logits.detach().float()).mean(),
+            "d_fake": torch.sigmoid(fake_logits.detach().float()).mean(),
+        }
+
+    def _validate_and_record(self, log) -> dict[str, float] | None:
+        if self.valset is None:
+            return None
+        t0 = time.perf_counter()
+        scores = validate(self.eval_model(), self.valset, self.scale, self.device)
+        row = {"iteration": self.iteration, "psnr": scores["psnr"], "ssim": scores["ssim"],
+               "lr": self.opt_g.param_groups[0]["lr"], "wall_time_s": round(self.wall_time, 1)}
+        self.history = [h for h in self.history if h["iteration"] < self.iteration] + [row]
+        _write_csv(self.run_dir / "val.csv", self.history, ["iteration", "psnr", "ssim", "lr", "wall_time_s"])
+        plot_curve(self.run_dir, self.history, self.bicubic,
+                   f"{self.recipe} x{self.scale} on {self.val_dir.name}" if self.val_dir else self.recipe)
+        improved = self.best is None or scores["psnr"] > self.best["psnr"]
+        if improved:
+            self.best = {"iteration": self.iteration, **scores}
+            self.save_model("model_best.pt")
+        log(f"val it {self.iteration}: PSNR {scores['psnr']:.3f} dB  SSIM {scores['ssim']:.4f}"
+            f"{'  (best)' if improved else ''}  [{time.perf_counter() - t0:.1f} s]")
+        return scores
+
+    def run(self) -> TrainResult:
+        """Train from `self.iteration` to `train.iterations`; on SIGINT / SIGTERM save the state
+        and return early (`interrupted_by` set)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        import yaml
+
+        _atomic_write_text(self.run_dir / CONFIG_FILE, yaml.safe_dump(self.config, sort_keys=False))
+        log_file = open(self.run_dir / "train.log", "a")
+
+        def log(line: str) -> None:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            log_file.write(f"{stamp} {line}\n")
+            log_file.flush()
+            tqdm.write(line, file=sys.stdout)
+            sys.stdout.flush()  # visible at once when stdout is a file (background runs)
+
+        c = self.config
+        start = self.iteration
+        log(f"{'resume' if start else 'start'} {self.recipe}: {type(self.generator).__name__}({self.model_kwargs}) "
+            f"on {hardware_description(self.device)}; {len(self.train_images)} training images from {self.data_dir}; "
+            f"crop {self.crop_size}, batch {self.batch_size}, iterations {start}->{self.iterations}"
+            f"{', AMP fp16' if self.amp else ''}{self.init_note}")
+        if self.valset is not None and self.bicubic is None:
+            self.bicubic = bicubic_baseline(self.valset, self.scale)
+            log(f"val bicubic: PSNR {self.bicubic['psnr']:.3f} dB  SSIM {self.bicubic['ssim']:.4f} "
+                f"on {len(self.valset.hr)} images of {self.val_dir}")
+
+        workers = int(c["data"].get("workers") or 0)
+        loader = make_loader(self.dataset, self.batch_size, start, workers, self.device.type == "cuda")
+        batches = iter(loader)
+        log_every = max(1, int(c["log"]["every"]))
+        val_every = max(1, int(c["val"]["every"]))
+        ckpt_every = max(1, int(c["checkpoint"]["every"]))
+        loss_rows_path = self.run_dir / "loss.csv"
+        new_loss_file = not loss_rows_path.is_file() or start == 0
+        if not new_loss_file:  # drop rows logged after the saved state (a run killed with -9)
+            with open(loss_rows_path, newline="") as f:
+                reader = csv.DictReader(f)
+                kept, columns = [r for r in reader if float(r["iteration"]) <= start], reader.fieldnames or []
+            _write_csv(loss_rows_path, kept, list(columns))
+        loss_file = open(loss_rows_path, "w" if new_loss_file else "a", newline="")
+        loss_writer = None
+        sums: dict[str, torch.Tensor] = {}
+        count = 0
+        t_window = time.perf_counter()
+        t_last = time.perf_counter()
+        result = TrainResult(self.run_dir, start)
+        bar = tqdm(total=self.iterations, initial=start, desc=self.recipe, unit="it", file=sys.stderr,
+                   disable=not self.progress, mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
+        try:
+            with StopOnSignal() as stop:
+                while self.iteration < self.iterations and stop.signum is None:
+                    lr_img, hr = next(batches)
+                    lr_img = lr_img.to(self.device, non_blocking=True)
+                    hr = hr.to(self.device, non_blocking=True)
+                    sr, parts = self._generator_step(lr_img, hr)
+                    if self.discriminator is not None:
+                        parts.update(self._discriminator_step(hr, sr))
+                    self.iteration += 1
+                    now = time.perf_counter()
+                    self.wall_time += now - t_last
+                    t_last = now
+                    bar.update(1)
+                    for k, v in parts.items():
+                        sums[k] = sums.get(k, 0.0) + v.detach().float()
+                    count += 1
+                    it = self.iteration
+                    if it % log_every == 0 or it == self.iterations:
+                        elapsed = time.perf_counter() - t_window
+                        means = {k: float(v) / count for k, v in sums.items()}
+                        speed = count / elapsed if elapsed > 0 else float("nan")
+                        lr_now = self.lr_used
+                        row = {"iteration": it, **{k: round(v, 6) for k, v in means.items()},
+                               "lr": lr_now, "it_per_s": round(speed, 3)}
+                        if loss_writer is None:
+                            loss_writer = csv.DictWriter(loss_file, fieldnames=list(row))
+                            if new_loss_file:
+                                loss_writer.writeheader()
+                        loss_writer.writerow(row)
+                        loss_file.flush()
+                        eta = (self.iterations - it) / speed if speed > 0 else float("nan")
+                        log(f"it {it}/{self.iterations}  " + "  ".join(f"{k} {v:.5g}" for k, v in means.items())
+                            + f"  lr {lr_now:.2e}  {speed:.2f} it/s  eta {_format_eta(eta)}")
+                        sums, count, t_window = {}, 0, time.perf_counter()
+                    if it % val_every == 0:
+                        result.last_val = self._validate_and_record(log)
+                        t_last = t_window = time.perf_counter()  # validation time is not training speed
+                    if it % ckpt_every == 0:
+                        self.save_model("model_latest.pt")
+                        self.save_state()
+                        t_last = time.perf_counter()
+                result.interrupted_by = stop.signum
+                if stop.signum is None and self.valset is not None and self.iteration % val_every:
+                    result.last_val = self._validate_and_record(log)
+                if stop.signum is None or self.iteration % ckpt_every:
+                    self.save_model("model_latest.pt")
+                    self.save_state()
+                if stop.signum is not None:
+                    log(f"stopped by signal {stop.signum} at iteration {self.iteration}; state saved to "
+                        f"{self.run_dir / STATE_FILE}; continue with --resume")
+                else:
+                    log(f"done: {self.iteration} iterations, {self.wall_time:.0f} s"
+                        + (f"; best val PSNR {self.best['psnr']:.3f} dB at it {int(self.best['iteration'])}"
+                           if self.best else ""))
+        finally:
+            bar.close()
+            loss_file.close()
+            log_file.close()
+            del batches  # shuts the DataLoader workers down
+        result.iteration = self.iteration
+        result.best_val = self.best
+        result.history = list(self.history)
+        return result
+
+
+def train(
+    config: dict[str, Any], data_dir: str | Path, val_dir: str | Path | None, run_dir: str | Path, **options: Any
+) -> TrainResult:
+    """Check every input, then train; see `Trainer` for the options (device, resume,
+    vgg_weights, progress)."""
+    return Trainer(config, data_dir, val_dir, run_dir, **options).run()
