@@ -49,7 +49,8 @@ import torch
 from torch import nn
 
 from . import __version__
-from .errors import TENSORRT_NOT_INSTALLED, InputError, NotInstalledError, SRDeployError
+from .backends.ort_backend import load_onnx_file
+from .errors import TENSORRT_NOT_INSTALLED, InputError, NotInstalledError, SRDeployError, first_line
 
 # Backend names accepted by `run_benchmark`. "torch" is the TorchBackend as shipped (channels_last
 # memory format inside); "torch-nchw" the same model in the plain NCHW layout, to show what
@@ -474,18 +475,12 @@ class _Subject:
 def _given_onnx(paths: Sequence[str | Path]) -> dict[str, Path]:
     """{precision: path} for ONNX files given with --onnx; InputError for a missing / unreadable
     file or two files of the same precision."""
-    import onnx
     from onnx import TensorProto
 
     out: dict[str, Path] = {}
     for p in paths:
         path = Path(p)
-        if not path.is_file():
-            raise InputError(f"{path}: no such ONNX file")
-        try:
-            proto = onnx.load(str(path), load_external_data=False)
-        except Exception as exc:
-            raise InputError(f"{path}: not a readable ONNX file ({_first_line(exc)})") from exc
+        proto = load_onnx_file(path, load_weights=False)
         prec = "fp16" if any(t.data_type == TensorProto.FLOAT16 for t in proto.graph.initializer) else "fp32"
         if prec in out:
             raise InputError(f"{path}: two {prec} ONNX files given ({out[prec].name} and {path.name}); give one")
@@ -504,14 +499,7 @@ def _load_subject(model: str | Path | nn.Module) -> _Subject:
     path = resolve_model_path(model)
     suffix = path.suffix.lower()
     if suffix == ".onnx":
-        if not path.is_file():
-            raise InputError(f"{path}: no such model file")
-        import onnx
-
-        try:
-            proto = onnx.load(str(path), load_external_data=False)
-        except Exception as exc:
-            raise InputError(f"{path}: not a readable ONNX file ({_first_line(exc)})") from exc
+        proto = load_onnx_file(path, load_weights=False)
         meta = {p.key: p.value for p in proto.metadata_props}
         from onnx import TensorProto
 
@@ -526,10 +514,6 @@ def _load_subject(model: str | Path | nn.Module) -> _Subject:
     return _Subject(str(model), ckpt.model, ckpt.arch, ckpt.scale)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    line = text.splitlines()[0] if text else type(exc).__name__
-    return line if len(line) <= 240 else line[:237] + "..."
 
 
 # ----------------------------------------------------------------------------------------------
@@ -559,13 +543,13 @@ class _OnnxFiles:
             try:
                 from .export import export_onnx
             except ImportError as exc:
-                raise NotInstalledError(f"ONNX export is not available in this build ({_first_line(exc)})") from exc
+                raise NotInstalledError(f"ONNX export is not available in this build ({first_line(exc)})") from exc
             out = self.folder / f"model-{precision}.onnx"
             self.say(f"exporting the model to ONNX ({precision}) for the ONNX Runtime / TensorRT rows")
             try:
                 export_onnx(self.subject.module, out, fp16=(precision == "fp16"), verify=False, log=None)
             except Exception as exc:
-                self.errors[precision] = f"ONNX export ({precision}) failed: {_first_line(exc)}"
+                self.errors[precision] = f"ONNX export ({precision}) failed: {first_line(exc)}"
                 raise SRDeployError(self.errors[precision]) from exc
             self.files[precision] = out
         return self.files[precision]
@@ -761,7 +745,7 @@ def run_benchmark(
         try:
             flops, flops_source = onnx_conv_flops_per_lr_pixel(subject.onnx_path), "ONNX graph Conv nodes"
         except Exception as exc:
-            flops, flops_source = None, f"unknown ({_first_line(exc)})"
+            flops, flops_source = None, f"unknown ({first_line(exc)})"
     else:
         flops, flops_source = None, "unknown (TensorRT engine)"
 
@@ -914,13 +898,13 @@ def _run_row(row: BenchRow, name: str, device: str, precision: str, subject: _Su
                 row.parity_psnr_db, row.parity_max_abs = report.psnr_db, report.max_abs
                 row.parity_nonfinite = report.nonfinite
     except NotInstalledError as exc:
-        row.status, row.reason = STATUS_SKIPPED, _first_line(exc)
+        row.status, row.reason = STATUS_SKIPPED, first_line(exc)
         return
     except InputError as exc:
-        row.status, row.reason = STATUS_SKIPPED, _first_line(exc)
+        row.status, row.reason = STATUS_SKIPPED, first_line(exc)
         return
     except Exception as exc:  # a backend that breaks is a result, not a crash of the whole table
-        row.status, row.reason = STATUS_FAILED, f"{type(exc).__name__}: {_first_line(exc)}"
+        row.status, row.reason = STATUS_FAILED, f"{type(exc).__name__}: {first_line(exc)}"
         return
     finally:
         if backend is not None:
@@ -1124,7 +1108,7 @@ def load_report(path: str | Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: not a readable benchmark report ({_first_line(exc)})") from exc
+        raise InputError(f"{path}: not a readable benchmark report ({first_line(exc)})") from exc
 
 
 def write_plot(report: BenchReport, path: str | Path) -> Path:
@@ -1252,7 +1236,7 @@ def video_row(
     try:
         from .video import upscale_video
     except ImportError as exc:
-        row.status, row.reason = STATUS_SKIPPED, f"the video pipeline (sr_deploy.video) is not in this build ({_first_line(exc)})"
+        row.status, row.reason = STATUS_SKIPPED, f"the video pipeline (sr_deploy.video) is not in this build ({first_line(exc)})"
         return row
     subject = _load_subject(model)
     if subject.module is None:

@@ -17,7 +17,6 @@ import hashlib
 import io
 import logging
 import os
-import re
 import sys
 import tempfile
 import time
@@ -31,7 +30,8 @@ import torch
 from torch import nn
 
 from . import __version__
-from .errors import InputError, SRDeployError
+from .backends.ort_backend import load_onnx_file
+from .errors import InputError, SRDeployError, first_line
 from .parity import ParityReport, check_thresholds, parity, parity_inputs
 
 INPUT_NAME = "input"
@@ -244,16 +244,9 @@ def _simplify(model: Any) -> Any:
 
 
 def _as_model(model_or_path: Any, load_weights: bool = True) -> Any:
-    import onnx
 
     if isinstance(model_or_path, (str, Path)):
-        path = Path(model_or_path)
-        if not path.is_file():
-            raise InputError(f"{path}: no such ONNX file")
-        try:
-            return onnx.load(str(path), load_external_data=load_weights)
-        except Exception as exc:
-            raise InputError(f"{path}: not a readable ONNX file ({_first_line(exc)})") from exc
+        return load_onnx_file(model_or_path, load_weights)
     return model_or_path
 
 
@@ -429,13 +422,9 @@ def _root_cause(exc: BaseException) -> str:
     """`Type: first line` of the innermost cause: torch.onnx wraps the real reason."""
     while exc.__cause__ is not None:
         exc = exc.__cause__
-    return f"{type(exc).__name__}: {_first_line(exc)}"
+    return f"{type(exc).__name__}: {first_line(exc)}"
 
 
-def _first_line(exc: BaseException) -> str:
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
-    line = text.splitlines()[0] if text else type(exc).__name__
-    return line if len(line) <= 300 else line[:297] + "..."
 
 
 def verify_onnx(
@@ -526,7 +515,7 @@ def export_onnx(
             proto = _export_legacy(net, example, opset, static is not None)
         except Exception as exc:
             reasons = f"; dynamo: {fallback_reason}" if fallback_reason else ""
-            raise SRDeployError(f"{output}: ONNX export failed (legacy: {_first_line(exc)}{reasons}); "
+            raise SRDeployError(f"{output}: ONNX export failed (legacy: {first_line(exc)}{reasons}); "
                                 "nothing written") from exc
     if proto.functions:
         proto = onnx.inliner.inline_local_functions(proto)
@@ -563,7 +552,7 @@ def export_onnx(
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:
-        raise SRDeployError(f"{output}: the exported graph fails onnx.checker ({_first_line(exc)}); "
+        raise SRDeployError(f"{output}: the exported graph fails onnx.checker ({first_line(exc)}); "
                             "nothing written") from exc
     _atomic_save(proto, output)
     seconds = time.perf_counter() - start

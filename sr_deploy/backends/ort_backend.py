@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, NotInstalledError
+from ..errors import InputError, NotInstalledError, first_line
 from .base import Backend
 from .torch_backend import check_batch_shape
 
@@ -66,16 +66,10 @@ class OnnxRuntimeBackend(Backend):
         threads: int | None = None,
         trt_ep_options: dict[str, Any] | None = None,
     ) -> None:
-        import onnx
         import onnxruntime as ort
 
         path = Path(onnx_path)
-        if not path.is_file():
-            raise InputError(f"{path}: no such ONNX file")
-        try:
-            model = onnx.load(str(path), load_external_data=False)
-        except Exception as exc:
-            raise InputError(f"{path}: not a readable ONNX file ({_first_line(exc)})") from exc
+        model = load_onnx_file(path, load_weights=False)
         if len(model.graph.input) != 1 or len(model.graph.output) < 1:
             raise InputError(f"{path}: expected a graph with one image input, found {len(model.graph.input)} inputs")
         graph_precision = _graph_precision(model)
@@ -134,7 +128,7 @@ class OnnxRuntimeBackend(Backend):
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         except Exception as exc:
-            raise InputError(f"{path}: ONNX Runtime cannot load it ({_first_line(exc)})") from exc
+            raise InputError(f"{path}: ONNX Runtime cannot load it ({first_line(exc)})") from exc
         self.providers = self.session.get_providers()
         self.on_cuda = device != "cpu" and "CUDAExecutionProvider" in self.providers
 
@@ -226,8 +220,15 @@ def _pad_to(x: np.ndarray, n: int, h: int, w: int) -> np.ndarray:
     return np.ascontiguousarray(np.pad(x, ((0, n - k), (0, 0), (0, h - hh), (0, w - ww)), mode="edge"))
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    line = text.splitlines()[0] if text else type(exc).__name__
-    return line if len(line) <= 200 else line[:197] + "..."
+def load_onnx_file(path: str | Path, load_weights: bool = True) -> Any:
+    """`onnx.load` of `path` (graph and metadata only when `load_weights` is False); InputError
+    naming the file when it is missing or not a readable ONNX file."""
+    import onnx
 
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such ONNX file")
+    try:
+        return onnx.load(str(path), load_external_data=load_weights)
+    except Exception as exc:
+        raise InputError(f"{path}: not a readable ONNX file ({first_line(exc)})") from exc
