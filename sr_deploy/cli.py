@@ -269,6 +269,11 @@ def upscale(inputs: tuple[str, ...], output: str, model: str, backend_name: str,
     finally:
         signal.signal(signal.SIGTERM, previous)
     click.echo(summary.line(), err=True)
+    # Say where the results are (stdout, so scripts can read it).
+    if len(summary.done) == 1:
+        click.echo(f"result: {summary.done[0]}")
+    elif summary.done:
+        click.echo(f"results: {len(summary.done)} files under {output}")
     if summary.failed:
         raise click.exceptions.Exit(1)
 
