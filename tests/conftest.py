@@ -44,9 +44,10 @@ def video_dir() -> Path:
     return _need(SHARED_DATA / "video")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def tiny_srresnet():
-    """A 2-block, 16-feature SRResNet x4 with non-trivial BN statistics, in eval mode."""
+    """A 2-block, 16-feature SRResNet x4 with non-trivial BN statistics, in eval mode.
+    Shared by the tests of one module: treat it as read-only (deepcopy before changing it)."""
     from sr_deploy.models import SRResNet
 
     torch.manual_seed(0)

@@ -17,22 +17,9 @@ from sr_deploy.parity import check_thresholds, parity, parity_inputs
 
 
 @pytest.fixture(scope="module")
-def tiny_model():
-    from sr_deploy.models import SRResNet
-
-    torch.manual_seed(0)
-    model = SRResNet(scale=4, num_blocks=2, num_features=16)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-    return model.eval()
-
-
-@pytest.fixture(scope="module")
-def tiny_onnx(tiny_model, tmp_path_factory):
+def tiny_onnx(tiny_srresnet, tmp_path_factory):
     path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
-    export_onnx(tiny_model, path, exporter="legacy", verify=False, log=None)
+    export_onnx(tiny_srresnet, path, exporter="legacy", verify=False, log=None)
     return path
 
 
@@ -41,71 +28,71 @@ def _reference(model, x: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(x)).numpy()
 
 
-def test_torch_backend_numpy_in_numpy_out(tiny_model, set5_dir):
+def test_torch_backend_numpy_in_numpy_out(tiny_srresnet, set5_dir):
     x = parity_inputs(sizes=((17, 23),), batch=2)[0]  # odd sizes, real image crops
-    backend = TorchBackend(tiny_model, 4)
+    backend = TorchBackend(tiny_srresnet, 4)
     y = backend(x)
     assert isinstance(y, np.ndarray) and y.dtype == np.float32 and y.shape == (2, 3, 68, 92)
-    np.testing.assert_allclose(y, _reference(tiny_model, x), atol=1e-5)  # BN folded, same result
+    np.testing.assert_allclose(y, _reference(tiny_srresnet, x), atol=1e-5)  # BN folded, same result
     assert (backend.name, backend.scale, backend.precision, backend.device, backend.max_shape) == (
         "torch", 4, "fp32", "cpu", None)
 
 
-def test_torch_backend_tensor_in_tensor_out(tiny_model):
+def test_torch_backend_tensor_in_tensor_out(tiny_srresnet):
     x = torch.rand(1, 3, 9, 13, generator=torch.Generator().manual_seed(1))
-    y = TorchBackend(tiny_model, 4, precision="bf16")(x)
+    y = TorchBackend(tiny_srresnet, 4, precision="bf16")(x)
     assert isinstance(y, torch.Tensor) and y.dtype == torch.float32 and y.device == x.device
     assert y.shape == (1, 3, 36, 52)
 
 
-def test_channels_last_equals_nchw(tiny_model):
+def test_channels_last_equals_nchw(tiny_srresnet):
     x = np.random.default_rng(0).random((2, 3, 21, 15), dtype=np.float32)
-    a = TorchBackend(tiny_model, 4, channels_last=True)(x)
-    b = TorchBackend(tiny_model, 4, channels_last=False)(x)
+    a = TorchBackend(tiny_srresnet, 4, channels_last=True)(x)
+    b = TorchBackend(tiny_srresnet, 4, channels_last=False)(x)
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_reduced_precision_runs_on_cpu_and_meets_psnr(tiny_model, precision, set5_dir):
-    backend = TorchBackend(tiny_model, 4, precision=precision)
+def test_reduced_precision_runs_on_cpu_and_meets_psnr(tiny_srresnet, precision, set5_dir):
+    backend = TorchBackend(tiny_srresnet, 4, precision=precision)
     assert backend.precision == precision and next(backend.model.parameters()).dtype != torch.float32
-    report = parity(TorchBackend(tiny_model, 4), backend, parity_inputs())
+    report = parity(TorchBackend(tiny_srresnet, 4), backend, parity_inputs())
     assert report.max_abs > 0  # it really computed in reduced precision
     assert check_thresholds(report, precision), report.summary()
 
 
-def test_bad_arguments_and_inputs(tiny_model):
+def test_bad_arguments_and_inputs(tiny_srresnet):
     with pytest.raises(InputError, match="precision"):
-        TorchBackend(tiny_model, 4, precision="int8")
+        TorchBackend(tiny_srresnet, 4, precision="int8")
     with pytest.raises(InputError, match=r"\(N, 3, H, W\)"):
-        TorchBackend(tiny_model, 4)(np.zeros((3, 8, 8), np.float32))
+        TorchBackend(tiny_srresnet, 4)(np.zeros((3, 8, 8), np.float32))
     if not torch.cuda.is_available():
         with pytest.raises(NotInstalledError, match="CUDA"):
-            TorchBackend(tiny_model, 4, device="cuda")
+            TorchBackend(tiny_srresnet, 4, device="cuda")
 
 
-def test_onnxruntime_backend_matches_torch_on_odd_shapes(tiny_model, tiny_onnx, set5_dir):
+def test_onnxruntime_backend_matches_torch_on_odd_shapes(tiny_srresnet, tiny_onnx, set5_dir):
     backend = OnnxRuntimeBackend(tiny_onnx, "cpu", threads=1)
     assert (backend.name, backend.scale, backend.precision, backend.max_shape) == ("onnxruntime", 4, "fp32", None)
     for n, h, w in [(1, 7, 13), (2, 31, 17)]:
         x = parity_inputs(sizes=((h, w),), batch=n)[0]
         y = backend(x)
         assert y.shape == (n, 3, 4 * h, 4 * w) and y.dtype == np.float32
-        np.testing.assert_allclose(y, _reference(tiny_model, x), atol=1e-4)
+        np.testing.assert_allclose(y, _reference(tiny_srresnet, x), atol=1e-4)
     yt = backend(torch.from_numpy(x))
     assert isinstance(yt, torch.Tensor) and yt.dtype == torch.float32 and yt.shape == (2, 3, 124, 68)
 
 
-def test_onnxruntime_static_shape_pads_smaller_inputs_and_splits_batches(tiny_model, tmp_path):
+def test_onnxruntime_static_shape_pads_smaller_inputs_and_splits_batches(tiny_srresnet, tmp_path):
     path = tmp_path / "static.onnx"
-    export_onnx(tiny_model, path, static_shape="2x24x32", exporter="legacy", verify=False, log=None)
+    export_onnx(tiny_srresnet, path, static_shape="2x24x32", exporter="legacy", verify=False, log=None)
     backend = OnnxRuntimeBackend(path)
     assert backend.max_shape == (2, 24, 32)
     x = np.random.default_rng(0).random((3, 3, 20, 32), dtype=np.float32)  # batch over, height under
     y = backend(x)
     assert y.shape == (3, 3, 80, 128)
     padded = np.pad(x, ((0, 0), (0, 0), (0, 4), (0, 0)), mode="edge")  # what the backend runs
-    np.testing.assert_allclose(y, _reference(tiny_model, padded)[:, :, :80], atol=1e-4)
+    np.testing.assert_allclose(y, _reference(tiny_srresnet, padded)[:, :, :80], atol=1e-4)
     with pytest.raises(InputError, match="exceeds this file's static shape 24x32"):
         backend(np.zeros((1, 3, 25, 32), np.float32))
 
@@ -123,10 +110,10 @@ def test_onnxruntime_reads_scale_without_metadata_by_probing(tiny_onnx, tmp_path
     assert OnnxRuntimeBackend(bare).scale == 4
 
 
-def test_load_picks_the_backend_by_file_type(tiny_model, tiny_onnx, tmp_path):
-    ckpt = save_checkpoint(tmp_path / "tiny.pt", tiny_model, {"scale": 4, "num_blocks": 2, "num_features": 16})
+def test_load_picks_the_backend_by_file_type(tiny_srresnet, tiny_onnx, tmp_path):
+    ckpt = save_checkpoint(tmp_path / "tiny.pt", tiny_srresnet, {"scale": 4, "num_blocks": 2, "num_features": 16})
     x = np.random.default_rng(0).random((1, 3, 8, 8), dtype=np.float32)
-    with load(ckpt) as from_pt, load(tiny_onnx) as from_onnx, load(tiny_model) as from_module:
+    with load(ckpt) as from_pt, load(tiny_onnx) as from_onnx, load(tiny_srresnet) as from_module:
         assert isinstance(from_pt, TorchBackend) and isinstance(from_module, TorchBackend)
         assert isinstance(from_onnx, OnnxRuntimeBackend)
         if not torch.cuda.is_available():  # auto = cpu and fp32 here

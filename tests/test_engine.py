@@ -58,16 +58,11 @@ def _export_tiny(model: torch.nn.Module, path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_model():
-    from sr_deploy.models import SRResNet, fold_batch_norm
+def tiny_model(tiny_srresnet):
+    """The conftest model with BN folded, as the exported graph has it."""
+    from sr_deploy.models import fold_batch_norm
 
-    torch.manual_seed(0)
-    model = SRResNet(scale=4, num_blocks=2, num_features=16).eval()
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-    return fold_batch_norm(model).eval()
+    return fold_batch_norm(tiny_srresnet)
 
 
 @pytest.fixture(scope="module")
