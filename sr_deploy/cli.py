@@ -294,7 +294,7 @@ def upscale(inputs: tuple[str, ...], output: str, model: str, backend_name: str,
 @click.option("--iters", type=int, default=None, help="Timed calls per row (instead of --seconds).")
 @click.option("--seconds", type=float, default=2.0, show_default=True,
               help="Time budget per row; at least 5 calls.")
-@click.option("--no-peak", is_flag=True, help="Skip the matmul peak measurement (no % peak column).")
+@click.option("--no-peak", is_flag=True, help="Skip the GEMM peak measurement (no % peak column).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the report as JSON.")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), default=None,
               help="Write the report as markdown.")
@@ -315,7 +315,7 @@ def benchmark(model: str, backends: str, precisions: str | None, sizes: str, bat
     """Time PyTorch, ONNX Runtime and TensorRT side by side and check that they agree.
 
     MODEL is a checkpoint, `default`, an .onnx file or an .engine. Prints a table: median ms per
-    batch (p10-p90), frames/s, output Mpixel/s, achieved GFLOP/s and share of a measured matmul
+    batch (p10-p90), frames/s, output Mpixel/s, achieved GFLOP/s and share of a measured GEMM
     peak, speed-up vs PyTorch fp32, parity vs PyTorch fp32 (PSNR dB, max abs), peak memory.
     Backends that cannot run here are listed as skipped with the reason.
     """

@@ -81,7 +81,7 @@ def _row(report, backend, precision, batch=1, device="cpu") -> BenchRow:
 def test_harness_numbers_are_sane(tiny_report):
     report = tiny_report
     assert report.flops_per_lr_pixel == pytest.approx(count_flops_per_lr_pixel(_tiny()))
-    assert report.peaks_gflops["cpu fp32"] > 0.5  # any CPU does a matmul faster than that
+    assert report.peaks_gflops["cpu fp32"] > 0.5  # any CPU does a GEMM faster than that
     assert "photos" in report.settings["inputs"]  # timed on crops of the real images
     for backend in ("torch", "torch-nchw"):
         for batch in (1, 2):
