@@ -853,6 +853,11 @@ def run_benchmark(
     if machine.get("cpu_count") and load > 0.5 * machine["cpu_count"]:
         notes.append(f"the machine was busy (load average up to {load:.1f} on {machine['cpu_count']} CPUs): "
                      "CPU timings are pessimistic and noisy")
+    if any(r.backend == "onnxruntime" and r.device == "cpu" and r.precision == "fp16" and r.status == STATUS_OK
+           for r in rows):
+        # See sr_deploy.backends.ort_backend.fp16_rounding_graph: no fp16 Conv kernels on x86 CPUs.
+        notes.append("onnxruntime fp16 on the CPU: the CPU provider computes an fp16 graph in float32 (it has "
+                     "no fp16 kernels for these ops), so that row's speed and parity are float32's, not fp16's")
     if any(r.device.startswith("cuda") and r.precision == "fp32" and r.status == STATUS_OK for r in rows):
         notes.append("fp32 on CUDA is true float32: TF32 is disabled for fp32 rows and for the fp32 peak")
     settings = {

@@ -437,14 +437,16 @@ def verify_onnx(
 ) -> ParityReport:
     """Parity of the ONNX file on ONNX Runtime CPU against `reference` in torch float32, on Set5
     crops at `sizes` with `batch` images each (the static shape alone for a static file).
-    Thresholds are checked (`report.passed`) for `precision`; nothing is raised."""
+    An fp16 graph runs with real fp16 rounding between nodes, as on a GPU (`emulate_fp16`; the CPU
+    provider alone would compute it in float32). Thresholds are checked (`report.passed`) for
+    `precision`; nothing is raised."""
     from .backends.ort_backend import OnnxRuntimeBackend
     from .backends.torch_backend import TorchBackend
 
     if static_shape is not None:
         sizes, batch = ((static_shape[1], static_shape[2]),), static_shape[0]
     torch_fp32 = TorchBackend(reference, None, "cpu", "fp32", channels_last=False)
-    with OnnxRuntimeBackend(onnx_path, device="cpu") as candidate:
+    with OnnxRuntimeBackend(onnx_path, device="cpu", emulate_fp16=True) as candidate:
         report = parity(torch_fp32, candidate, parity_inputs(sizes, batch))
     check_thresholds(report, precision)
     return report

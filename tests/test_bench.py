@@ -135,6 +135,18 @@ def test_parity_flags_a_perturbed_model(tiny_checkpoint, perturbed_onnx, shared_
     assert "skipped: onnxruntime bf16 on cpu: no bf16 ONNX export" in format_table(report)
 
 
+def test_onnxruntime_fp16_on_the_cpu_is_labelled_as_float32_arithmetic(tiny_checkpoint, shared_data):
+    """ORT's CPU provider computes an fp16 graph in float32: the report must not pass that off as fp16."""
+    report = run_benchmark(
+        tiny_checkpoint, backends=["onnxruntime"], precisions=["fp16"], sizes=[(20, 28)],
+        device="cpu", warmup=1, iters=3, measure_peak=False, data_dir=shared_data, progress=False,
+    )
+    row = _row(report, "onnxruntime", "fp16")
+    assert row.status == "ok", row.reason
+    assert any("computes an fp16 graph in float32" in note for note in report.notes), report.notes
+    assert "computes an fp16 graph in float32" in format_markdown(report)
+
+
 def test_reports_read_back(tiny_report, tmp_path):
     report = tiny_report
     report.command = "sr-deploy benchmark tiny.pt --iters 6"
