@@ -538,13 +538,13 @@ def test_fp16_onnx_for_tensorrt_matches_torch_fp32_on_set5(tiny_model, tiny_onnx
     assert model.graph.output[0].type.tensor_type.elem_type == f32
     # Real fp16 rounding between nodes, as TensorRT computes it (the CPU provider alone would run
     # the graph in float32 and the check could not fail on fp16 arithmetic).
-    session = OnnxRuntimeBackend(result.path, device="cpu", emulate_fp16=True)
-    assert session.fp16_emulated
     refs, outs = [], []
-    for x in crops:
-        with torch.no_grad():
-            refs.append(tiny_model(torch.from_numpy(x)).numpy())
-        outs.append(session(x))
+    with OnnxRuntimeBackend(result.path, device="cpu", emulate_fp16=True) as session:
+        assert session.fp16_emulated
+        for x in crops:
+            with torch.no_grad():
+                refs.append(tiny_model(torch.from_numpy(x)).numpy())
+            outs.append(session(x))
     ref, out = np.concatenate([r.ravel() for r in refs]), np.concatenate([o.ravel() for o in outs])
     psnr = _psnr(ref, out)
     assert np.isfinite(out).all()

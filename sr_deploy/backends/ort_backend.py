@@ -113,7 +113,8 @@ class OnnxRuntimeBackend(Backend):
         import onnxruntime as ort
 
         path = Path(onnx_path)
-        model = load_onnx_file(path, load_weights=False)
+        # Weights kept on disk unless the fp16 emulation rebuilds the graph from this same load.
+        model = load_onnx_file(path, load_weights=emulate_fp16)
         if len(model.graph.input) != 1 or len(model.graph.output) < 1:
             raise InputError(f"{path}: expected a graph with one image input, found {len(model.graph.input)} inputs")
         graph_precision = _graph_precision(model)
@@ -168,7 +169,7 @@ class OnnxRuntimeBackend(Backend):
         source: str | bytes = str(path)
         self.fp16_emulated = emulate_fp16 and device == "cpu" and graph_precision == "fp16"
         if self.fp16_emulated:
-            source = fp16_rounding_graph(load_onnx_file(path)).SerializeToString()
+            source = fp16_rounding_graph(model).SerializeToString()
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         if threads:
             opts.intra_op_num_threads = int(threads)
