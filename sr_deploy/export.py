@@ -32,6 +32,7 @@ from torch import nn
 from . import __version__
 from .backends.ort_backend import load_onnx_file
 from .errors import InputError, SRDeployError, first_line
+from .export_shapes import export_with_shapes
 from .parity import ParityReport, check_thresholds, parity, parity_inputs
 
 INPUT_NAME = "input"
@@ -145,6 +146,7 @@ def _state_sha256(model: nn.Module) -> str:
 def _load_source(model: str | Path | nn.Module) -> tuple[nn.Module, str, int, str, Path | None]:
     """(folded float32 CPU eval model, arch, scale, source sha256, source path or None)."""
     from .models import fold_batch_norm, load_checkpoint, resolve_model_path
+    from .models.checkpoint import CHECKPOINT_SUFFIXES
 
     if isinstance(model, nn.Module):
         scale = getattr(model, "scale", None)
@@ -153,9 +155,9 @@ def _load_source(model: str | Path | nn.Module) -> tuple[nn.Module, str, int, st
         net, arch, sha, path = model, type(model).__name__, _state_sha256(model), None
     else:
         path = resolve_model_path(model)
-        if path.suffix.lower() not in (".pt", ".pth"):
+        if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
             raise InputError(f"{path}: unsupported model file type {path.suffix or '(no suffix)'!r}; "
-                             "export takes a PyTorch checkpoint (.pt / .pth)")
+                             "export takes a PyTorch checkpoint (.pt / .pth / .ckpt / .safetensors)")
         ckpt = load_checkpoint(path)  # InputError for missing / unreadable files
         net, arch, scale, sha = ckpt.model, ckpt.arch, ckpt.scale, ckpt.sha256
     folded = fold_batch_norm(net).float().cpu().eval()
@@ -504,21 +506,30 @@ def export_onnx(
     start = time.perf_counter()
     example = torch.rand((static[0], 3, static[1], static[2]) if static else EXAMPLE_SHAPE,
                          generator=torch.Generator().manual_seed(0))
-    used, fallback_reason = exporter, None
-    if exporter == "dynamo":
-        try:
-            proto = _export_dynamo(net, example, opset, static is not None)
-        except Exception as exc:
-            fallback_reason = _root_cause(exc)
-            say(f"dynamo exporter failed ({fallback_reason}); falling back to the legacy exporter")
-            used = "legacy"
-    if used == "legacy":
-        try:
-            proto = _export_legacy(net, example, opset, static is not None)
-        except Exception as exc:
-            reasons = f"; dynamo: {fallback_reason}" if fallback_reason else ""
-            raise SRDeployError(f"{output}: ONNX export failed (legacy: {first_line(exc)}{reasons}); "
-                                "nothing written") from exc
+    shape_meta: dict[str, str] = {}
+    if static is None:
+        # Dynamic only when the graph really is (else static, with the reason): export_shapes.
+        plan = export_with_shapes(net, opset, exporter, {"dynamo": _export_dynamo, "legacy": _export_legacy},
+                                  EXAMPLE_SHAPE, say, str(output))
+        proto, used, static, fallback_reason = plan.proto, plan.exporter, plan.static, plan.note
+        if plan.static is not None:
+            shape_meta["sr_deploy.static_reason"] = plan.note or ""
+    else:
+        used, fallback_reason = exporter, None
+        if exporter == "dynamo":
+            try:
+                proto = _export_dynamo(net, example, opset, static is not None)
+            except Exception as exc:
+                fallback_reason = _root_cause(exc)
+                say(f"dynamo exporter failed ({fallback_reason}); falling back to the legacy exporter")
+                used = "legacy"
+        if used == "legacy":
+            try:
+                proto = _export_legacy(net, example, opset, static is not None)
+            except Exception as exc:
+                reasons = f"; dynamo: {fallback_reason}" if fallback_reason else ""
+                raise SRDeployError(f"{output}: ONNX export failed (legacy: {first_line(exc)}{reasons}); "
+                                    "nothing written") from exc
     if proto.functions:
         proto = onnx.inliner.inline_local_functions(proto)
     _name_nodes(proto)
@@ -548,6 +559,9 @@ def export_onnx(
     }
     if source_path is not None:
         meta["sr_deploy.source"] = source_path.name
+    if getattr(net, "size_multiple", 1) > 1:  # the graph pads to it inside; sizes of it need no padding
+        meta["sr_deploy.size_multiple"] = str(net.size_multiple)
+    meta.update(shape_meta)
     if block_list:
         meta["sr_deploy.fp16_block_list"] = ",".join(block_list)
     _set_metadata(proto, meta)

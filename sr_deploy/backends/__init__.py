@@ -6,7 +6,7 @@
 
 | file                 | backend                                               |
 |----------------------|-------------------------------------------------------|
-| .pt / .pth / default | TorchBackend (any checkpoint `load_checkpoint` reads) |
+| .pt .pth .ckpt .safetensors / default | TorchBackend (any checkpoint `load_checkpoint` reads) |
 | .onnx                | OnnxRuntimeBackend (backend="tensorrt": TensorRT)     |
 | .engine / .plan      | TensorRTBackend (needs `tensorrt`, imported lazily)   |
 """
@@ -23,7 +23,7 @@ from .base import Backend
 
 __all__ = ["Backend", "BACKEND_NAMES", "load"]
 
-TORCH_SUFFIXES = (".pt", ".pth")
+TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors")  # = models.CHECKPOINT_SUFFIXES
 ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".engine", ".plan")
 BACKEND_NAMES = ("auto", "torch", "onnxruntime", "tensorrt")
