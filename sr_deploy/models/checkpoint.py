@@ -18,7 +18,6 @@ arbitrary pickled code. That holds for the legacy (pre-1.6) pickle files too, wi
 from __future__ import annotations
 
 import copy
-import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ..errors import InputError
+from ..errors import InputError, first_line
+from ..util.files import atomic_write, file_sha256
 from .rrdbnet import RRDBNet
 from .srresnet import MSRResNet, SRResNet
 from .srvgg import SRVGGNetCompact
@@ -80,14 +80,6 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
     return Path(name_or_path)
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save_checkpoint(
     path: str | Path,
     model: nn.Module,
@@ -113,9 +105,8 @@ def save_checkpoint(
         "metadata": dict(metadata or {}),
     }
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    with atomic_write(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 
@@ -143,7 +134,7 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError... here
-        cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        cause = first_line(exc)
         raise InputError(f"{path}: not a readable PyTorch checkpoint ({_shorten(cause)})") from exc
     arch, config, state, source, metadata = _interpret(path, obj)
     model = _build(path, arch, config, state)
@@ -204,7 +195,7 @@ def _detect_basicsr(path: Path, state: dict) -> tuple[str, dict]:
         return "MSRResNet", {"scale": scale, "num_blocks": num_blocks, "num_features": f}
     if "body.0.weight" in state and "conv_first.weight" not in state:
         convs = sorted(
-            (int(m.group(1)) for k in state if (m := re.fullmatch(r"body\.(\d+)\.weight", k)) and state[k].dim() == 4)
+            int(m.group(1)) for k in state if (m := re.fullmatch(r"body\.(\d+)\.weight", k)) and state[k].dim() == 4
         )
         num_feat = state["body.0.weight"].shape[0]
         last = state[f"body.{convs[-1]}.weight"].shape[0]
