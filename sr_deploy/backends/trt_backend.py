@@ -89,7 +89,7 @@ class TensorRTBackend(Backend):
         # An engine's precision is fixed at build time: the sidecar's word wins over the request.
         reported = sidecar.precision if sidecar is not None else (precision or "unknown")
         super().__init__(scale=scale, precision=reported, device=str(self.torch_device),
-                         max_shape=(pmax[0], pmax[2], pmax[3]))
+                         max_shape=(pmax[0], pmax[2], pmax[3]), min_shape=self.min_shape)
 
     # ----------------------------------------------------------------- internals
 
