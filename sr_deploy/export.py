@@ -16,23 +16,22 @@ import contextlib
 import hashlib
 import io
 import logging
-import os
-import sys
 import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from . import __version__
-from .backends.ort_backend import load_onnx_file
-from .errors import InputError, SRDeployError, first_line
+from .errors import InputError, SRDeployError
 from .parity import ParityReport, check_thresholds, parity, parity_inputs
+from .util import Progress, atomic_write, first_line, parse_dims, progress_to, to_stderr
+from .util.onnx_facts import load_onnx_file, metadata
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
@@ -46,13 +45,6 @@ FP16_SAFE_MAX = 16384.0
 # fp16 keeps ~11 significant bits: its rounding alone gives an RMS relative error near 3e-4.
 # Several times that means values fall into fp16's subnormal range and lose precision.
 FP16_MAX_RELATIVE_ERROR = 2e-3
-
-Log = Callable[[str], None]
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
 
 @dataclass
 class ExportResult:
@@ -91,11 +83,7 @@ def parse_static_shape(text: str | Sequence[int] | None) -> tuple[int, int, int]
     if text is None:
         return None
     if isinstance(text, str):
-        parts = [p for p in text.lower().replace(",", "x").split("x") if p.strip()]
-        try:
-            values = [int(p) for p in parts]
-        except ValueError:
-            raise InputError(f"--static {text!r}: expected NxHxW, e.g. 1x256x256") from None
+        values = list(parse_dims(text, what="--static", expected="NxHxW, e.g. 1x256x256", counts=(3, 4)))
     else:
         values = [int(v) for v in text]
     if len(values) == 4 and values[1] == 3:
@@ -306,8 +294,7 @@ def count_fp16_tensors(model: Any) -> int:
 
 def read_onnx_metadata(path: str | Path) -> dict[str, str]:
     """The file's `metadata_props` as a dict (weights are not read)."""
-    model = _as_model(Path(path), load_weights=False)
-    return {p.key: p.value for p in model.metadata_props}
+    return metadata(load_onnx_file(path, load_weights=False))
 
 
 def calibrate_fp16_block_list(
@@ -394,6 +381,25 @@ def _fp16_unsafe(value: np.ndarray, safe_max: float, max_relative_error: float) 
     return float(np.sqrt(np.mean(np.square(err, dtype=np.float64)))) / rms > max_relative_error
 
 
+def _metadata(scale: int, arch: str, source_sha: str, precision: str, exporter: str, source_path: Path | None,
+              block_list: Sequence[str]) -> dict[str, str]:
+    """The `metadata_props` an exported file carries (see the module docstring)."""
+    meta = {
+        "sr_deploy.scale": str(scale),
+        "sr_deploy.arch": arch,
+        "sr_deploy.input": INPUT_CONVENTION,
+        "sr_deploy.version": __version__,
+        "sr_deploy.source_sha256": source_sha,
+        "sr_deploy.precision": precision,
+        "sr_deploy.exporter": exporter,
+    }
+    if source_path is not None:
+        meta["sr_deploy.source"] = source_path.name
+    if block_list:
+        meta["sr_deploy.fp16_block_list"] = ",".join(block_list)
+    return meta
+
+
 def _set_metadata(model: Any, meta: dict[str, str]) -> None:
     keep = [p for p in model.metadata_props if p.key not in meta]
     del model.metadata_props[:]
@@ -407,15 +413,23 @@ def _atomic_save(model: Any, output: Path) -> None:
     """Write one self-contained file beside `output` under a temporary name, then rename."""
     import onnx
 
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
     try:
-        onnx.save_model(model, str(tmp), save_as_external_data=False)
-        os.replace(tmp, output)
+        with atomic_write(output) as tmp:
+            onnx.save_model(model, str(tmp), save_as_external_data=False)
     except OSError as exc:
         raise SRDeployError(f"{output}: could not write it ({exc.strerror or exc}); nothing written") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+
+def _check_and_save(proto: Any, output: Path) -> None:
+    """`onnx.checker` (full check), then the atomic write; SRDeployError naming `output` on failure."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:
+        raise SRDeployError(f"{output}: the exported graph fails onnx.checker ({first_line(exc)}); "
+                            "nothing written") from exc
+    _atomic_save(proto, output)
 
 
 def _root_cause(exc: BaseException) -> str:
@@ -425,6 +439,48 @@ def _root_cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first_line(exc)}"
 
 
+
+
+def _export_graph(net: nn.Module, output: Path, opset: int, static: tuple[int, int, int] | None, exporter: str,
+                  say: Progress) -> tuple[Any, str, str | None]:
+    """(ONNX ModelProto with local functions inlined and every node named, the exporter used, why the
+    dynamo exporter was abandoned or None). SRDeployError when no exporter succeeds."""
+    import onnx
+
+    example = torch.rand((static[0], 3, static[1], static[2]) if static else EXAMPLE_SHAPE,
+                         generator=torch.Generator().manual_seed(0))
+    used, fallback_reason = exporter, None
+    if exporter == "dynamo":
+        try:
+            proto = _export_dynamo(net, example, opset, static is not None)
+        except Exception as exc:
+            fallback_reason = _root_cause(exc)
+            say(f"dynamo exporter failed ({fallback_reason}); falling back to the legacy exporter")
+            used = "legacy"
+    if used == "legacy":
+        try:
+            proto = _export_legacy(net, example, opset, static is not None)
+        except Exception as exc:
+            reasons = f"; dynamo: {fallback_reason}" if fallback_reason else ""
+            raise SRDeployError(f"{output}: ONNX export failed (legacy: {first_line(exc)}{reasons}); "
+                                "nothing written") from exc
+    if proto.functions:
+        proto = onnx.inliner.inline_local_functions(proto)
+    _name_nodes(proto)
+    return proto, used, fallback_reason
+
+
+def _to_fp16(proto: Any, static: tuple[int, int, int] | None, fp16_block_list: Sequence[str] | None,
+             say: Progress) -> tuple[Any, list[str]]:
+    """(the fp16 graph, the nodes kept in fp32): `fp16_block_list` as given, or calibrated on Set5
+    crops at the static shape (64x64, batch 2 when dynamic) when None."""
+    if fp16_block_list is not None:
+        block_list = list(fp16_block_list)
+    else:
+        say("calibrating the fp16 block list on Set5 crops")
+        sizes = ((static[1], static[2]),) if static else ((64, 64),)
+        block_list = calibrate_fp16_block_list(proto, parity_inputs(sizes, static[0] if static else 2))
+    return convert_to_fp16(proto, block_list=block_list), block_list
 
 
 def verify_onnx(
@@ -463,7 +519,7 @@ def export_onnx(
     fp16_block_list: Sequence[str] | None = None,
     simplify: bool = False,
     verify: bool = True,
-    log: Log | None = _stderr,
+    log: Progress | None = to_stderr,
 ) -> ExportResult:
     """Export a generator to one self-contained ONNX file.
 
@@ -489,74 +545,28 @@ def export_onnx(
         SRDeployError (exit 1): export or checker failure (nothing written), or a failed
             parity check (the file is kept, and named in the message).
     """
-    import onnx
-
-    say = log or (lambda _message: None)
+    say = progress_to(log)
     output = Path(output)
     if exporter not in EXPORTERS:
         raise InputError(f"unknown exporter {exporter!r}: expected dynamo or legacy")
     check_opset(opset)
     static = parse_static_shape(static_shape)
-    source_path = None if isinstance(model, nn.Module) else Path(str(model))
     net, arch, scale, source_sha, source_path = _load_source(model)
     _check_output(output, source_path)
 
     start = time.perf_counter()
-    example = torch.rand((static[0], 3, static[1], static[2]) if static else EXAMPLE_SHAPE,
-                         generator=torch.Generator().manual_seed(0))
-    used, fallback_reason = exporter, None
-    if exporter == "dynamo":
-        try:
-            proto = _export_dynamo(net, example, opset, static is not None)
-        except Exception as exc:
-            fallback_reason = _root_cause(exc)
-            say(f"dynamo exporter failed ({fallback_reason}); falling back to the legacy exporter")
-            used = "legacy"
-    if used == "legacy":
-        try:
-            proto = _export_legacy(net, example, opset, static is not None)
-        except Exception as exc:
-            reasons = f"; dynamo: {fallback_reason}" if fallback_reason else ""
-            raise SRDeployError(f"{output}: ONNX export failed (legacy: {first_line(exc)}{reasons}); "
-                                "nothing written") from exc
-    if proto.functions:
-        proto = onnx.inliner.inline_local_functions(proto)
-    _name_nodes(proto)
+    proto, used, fallback_reason = _export_graph(net, output, opset, static, exporter, say)
     if simplify:
         proto = _simplify(proto)
         _name_nodes(proto)
 
     block_list: list[str] = []
     if fp16:
-        if fp16_block_list is None:
-            say("calibrating the fp16 block list on Set5 crops")
-            sizes = ((static[1], static[2]),) if static else ((64, 64),)
-            block_list = calibrate_fp16_block_list(proto, parity_inputs(sizes, static[0] if static else 2))
-        else:
-            block_list = list(fp16_block_list)
-        proto = convert_to_fp16(proto, block_list=block_list)
-
+        proto, block_list = _to_fp16(proto, static, fp16_block_list, say)
     precision = "fp16" if fp16 else "fp32"
-    meta = {
-        "sr_deploy.scale": str(scale),
-        "sr_deploy.arch": arch,
-        "sr_deploy.input": INPUT_CONVENTION,
-        "sr_deploy.version": __version__,
-        "sr_deploy.source_sha256": source_sha,
-        "sr_deploy.precision": precision,
-        "sr_deploy.exporter": used,
-    }
-    if source_path is not None:
-        meta["sr_deploy.source"] = source_path.name
-    if block_list:
-        meta["sr_deploy.fp16_block_list"] = ",".join(block_list)
+    meta = _metadata(scale, arch, source_sha, precision, used, source_path, block_list)
     _set_metadata(proto, meta)
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-    except Exception as exc:
-        raise SRDeployError(f"{output}: the exported graph fails onnx.checker ({first_line(exc)}); "
-                            "nothing written") from exc
-    _atomic_save(proto, output)
+    _check_and_save(proto, output)
     seconds = time.perf_counter() - start
 
     result = ExportResult(
