@@ -95,7 +95,7 @@ class ShapeProfile:
         return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
 
     @classmethod
-    def static(cls, shape: Shape) -> "ShapeProfile":
+    def static(cls, shape: Shape) -> ShapeProfile:
         return cls(shape, shape, shape)
 
     def __str__(self) -> str:
