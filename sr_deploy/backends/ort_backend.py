@@ -67,6 +67,40 @@ def fp16_rounding_graph(model: Any) -> Any:
     return model
 
 
+# min / opt / max (N, C, H, W) of the TensorRT execution provider's profile for a dynamic graph:
+# without explicit profile shapes the provider rebuilds its engine whenever a new input shape
+# arrives, inside timing loops. The max matches `sr-deploy build-engine`'s default profile.
+TRT_EP_PROFILE = ((1, 3, 16, 16), (1, 3, 270, 480), (4, 3, 540, 960))
+
+
+def trt_ep_profile_options(input_name: str, dims: list[int | None]) -> dict[str, str]:
+    """`trt_profile_min_shapes/opt_shapes/max_shapes` for a graph whose input has dynamic dims
+    ("input:1x3x16x16" strings, as the TensorRT provider reads them); {} for a static graph."""
+    if len(dims) == 4 and None not in dims:
+        return {}
+    keys = ("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes")
+    return {k: f"{input_name}:{'x'.join(str(d) for d in shape)}" for k, shape in zip(keys, TRT_EP_PROFILE)}
+
+
+def check_session_providers(path: Path, device: str, precision: str, graph_precision: str, asked: list[Any],
+                            got: list[str]) -> None:
+    """Refuse a session whose providers silently fell back (ONNX Runtime drops a provider that fails
+    to load and goes on): fp16 asked of an fp32 graph without the TensorRT provider would run fp32
+    while reporting fp16, and a cuda session without any GPU provider would run on the CPU."""
+    names = [p[0] if isinstance(p, tuple) else p for p in asked]
+    dropped = [n for n in names if n not in got]
+    if device == "cpu" or not dropped:
+        return
+    if precision == "fp16" and graph_precision == "fp32" and "TensorrtExecutionProvider" not in got:
+        raise NotInstalledError(
+            f"{path}: ONNX Runtime did not load the TensorRT execution provider (session providers: "
+            f"{', '.join(got)}), so this fp32 graph would run in fp32, not fp16; install TensorRT for "
+            "onnxruntime-gpu, export an fp16 file with `sr-deploy export --fp16`, or use precision fp32")
+    if not {"TensorrtExecutionProvider", "CUDAExecutionProvider"} & set(got):
+        raise NotInstalledError(f"{path}: ONNX Runtime loaded no GPU provider for {device} (session providers: "
+                                f"{', '.join(got)}); {ORT_GPU_NOT_INSTALLED}")
+
+
 class OnnxRuntimeBackend(Backend):
     """Runs an ONNX super-resolution graph with ONNX Runtime.
 
@@ -121,7 +155,9 @@ class OnnxRuntimeBackend(Backend):
         self.path = path
         self.input_name = model.graph.input[0].name
         self.output_name = model.graph.output[0].name
-        self.device_id, providers = _providers(path, device, precision, trt_ep_options)
+        dims = _static_dims(model)
+        self.device_id, providers = _providers(path, device, precision, trt_ep_options,
+                                               trt_ep_profile_options(self.input_name, dims))
         if precision == "fp16" and graph_precision == "fp32" and not any(
             isinstance(p, tuple) and p[0] == "TensorrtExecutionProvider" for p in providers
         ):
@@ -146,15 +182,21 @@ class OnnxRuntimeBackend(Backend):
         except Exception as exc:
             raise InputError(f"{path}: ONNX Runtime cannot load it ({first_line(exc)})") from exc
         self.providers = self.session.get_providers()
+        check_session_providers(path, device, precision, graph_precision, providers, self.providers)
         self.on_cuda = device != "cpu" and "CUDAExecutionProvider" in self.providers
 
-        dims = _static_dims(model)
-        max_shape = (dims[0], dims[2], dims[3]) if len(dims) == 4 and None not in (dims[0], dims[2], dims[3]) else None
-        self.static_shape = max_shape
+        static = (dims[0], dims[2], dims[3]) if len(dims) == 4 and None not in (dims[0], dims[2], dims[3]) else None
+        self.static_shape = static
+        min_shape, max_shape = static, static
+        if static is None and "TensorrtExecutionProvider" in self.providers:
+            # Inputs beyond the provider's profile would make it rebuild its engine mid-run: the caller
+            # tiles larger ones, smaller ones are padded up to the profile's min.
+            (pmin_n, _, pmin_h, pmin_w), _, (pmax_n, _, pmax_h, pmax_w) = TRT_EP_PROFILE
+            min_shape, max_shape = (pmin_n, pmin_h, pmin_w), (pmax_n, pmax_h, pmax_w)
         meta = metadata(model)
         scale = int(meta["sr_deploy.scale"]) if "sr_deploy.scale" in meta else None
         self.metadata = meta
-        super().__init__(scale or 1, precision, device, max_shape=max_shape, min_shape=max_shape)
+        super().__init__(scale or 1, precision, device, max_shape=max_shape, min_shape=min_shape)
         if scale is None:
             self.scale = self._probe_scale()
 
@@ -189,8 +231,8 @@ class OnnxRuntimeBackend(Backend):
         return y
 
     def input_kinds(self, kind: str) -> tuple[str, ...]:
-        # torch tensors go straight from GPU memory through IO binding when the shape is free;
-        # everything else runs from host memory.
+        # torch tensors go straight from GPU memory through IO binding when the graph's shape is
+        # free; everything else runs from host memory.
         if kind == TORCH and self.on_cuda and self.static_shape is None:
             return (TORCH,)
         return (NUMPY,)
@@ -199,20 +241,24 @@ class OnnxRuntimeBackend(Backend):
         return self._run_numpy(x) if isinstance(x, np.ndarray) else self._run_cuda_tensor(x)
 
     def too_large_message(self, h: int, w: int) -> str:
-        _, sh, sw = self.static_shape  # type: ignore[misc]
-        return f"{self.path}: input {h}x{w} exceeds this file's static shape {sh}x{sw}; tile it (sr_deploy.tiling)"
+        _, max_h, max_w = self.max_shape  # type: ignore[misc]
+        if self.static_shape is None:
+            return (f"{self.path}: input {h}x{w} exceeds the TensorRT execution provider's profile max "
+                    f"{max_h}x{max_w}; tile it (sr_deploy.tiling)")
+        return f"{self.path}: input {h}x{w} exceeds this file's static shape {max_h}x{max_w}; tile it (sr_deploy.tiling)"
 
     def close(self) -> None:
         self.session = None
 
 
-def _providers(path: Path, device: str, precision: str,
-               trt_ep_options: dict[str, Any] | None) -> tuple[int, list[Any]]:
+def _providers(path: Path, device: str, precision: str, trt_ep_options: dict[str, Any] | None,
+               profile_options: dict[str, str]) -> tuple[int, list[Any]]:
     """(CUDA device id, execution providers in order of preference) for `device`.
 
     cpu: the CPU provider. cuda / cuda:N: TensorRT (when onnxruntime-gpu has it; engine and
-    timing caches beside the ONNX file, fp16 as asked, `trt_ep_options` merged over), then CUDA,
-    then CPU. NotInstalledError without the CUDA provider; InputError for an unknown device."""
+    timing caches beside the ONNX file, fp16 as asked, `profile_options` for a dynamic graph,
+    `trt_ep_options` merged over), then CUDA, then CPU. NotInstalledError without the CUDA
+    provider; InputError for an unknown device."""
     import onnxruntime as ort
 
     if device == "cpu":
@@ -233,6 +279,7 @@ def _providers(path: Path, device: str, precision: str,
             "trt_engine_cache_path": str(cache),
             "trt_timing_cache_enable": True,
             "trt_timing_cache_path": str(cache),
+            **profile_options,
         }
         options.update(trt_ep_options or {})
         providers.append(("TensorrtExecutionProvider", options))
