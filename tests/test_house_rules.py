@@ -1,7 +1,7 @@
 """House rules that keep the code base in shape, run by the test suite so that CI enforces them:
 
 - imports flow one way (import-linter contracts in pyproject.toml: the layers of `sr_deploy`,
-  and `sr_deploy` never importing `train`);
+  `sr_deploy` never importing `train`, and only `sr_deploy._tensorrt` importing `tensorrt`);
 - `ruff check` is clean (rules in pyproject.toml);
 - no module over 600 lines and no function over 80 lines without a stated reason: a comment
   ``# long: <why>`` on the line above the ``def`` (or its first decorator), or, for a module,
@@ -55,11 +55,28 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess:
 def test_imports_follow_the_layers():
     done = _run([_tool("lint-imports"), "--no-cache"])
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    assert "2 kept, 0 broken" in done.stdout, done.stdout[-2000:]
+    assert " 0 broken" in done.stdout and "BROKEN" not in done.stdout, done.stdout[-2000:]
 
 
 def test_ruff_check_is_clean():
     done = _run([_tool("ruff"), "check", "--no-cache", "."])
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+
+
+# `ruff format --check` covers these paths for now; the whole tree joins in one formatting pass
+# after the parallel work of issue 13 has merged (then this becomes ["."]).
+FORMATTED = [
+    "sr_deploy/util",
+    "sr_deploy/bench",
+    "sr_deploy/backends/__init__.py",
+    "sr_deploy/backends/base.py",
+    "sr_deploy/backends/table.py",
+    "tests/test_house_rules.py",
+]
+
+
+def test_ruff_format_is_clean():
+    done = _run([_tool("ruff"), "format", "--check", "--no-cache", *FORMATTED])
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
 
 
@@ -81,9 +98,7 @@ def _oversize() -> list[str]:
         rel = path.relative_to(ROOT).as_posix()
         text = path.read_text(encoding="utf-8")
         lines = text.splitlines()
-        if len(lines) > MAX_MODULE_LINES and not any(
-            line.strip().startswith("# long-module:") for line in lines[:40]
-        ):
+        if len(lines) > MAX_MODULE_LINES and not any(line.strip().startswith("# long-module:") for line in lines[:40]):
             found.append(rel)
         stack: list[tuple[ast.AST, str]] = [(ast.parse(text), "")]
         while stack:
@@ -117,7 +132,11 @@ def test_the_size_check_sees_an_oversize_function(tmp_path):
     body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES + 1))
     lines = f"def long_one():\n{body}\n\n\n# long: a table\n@staticmethod\ndef explained():\n{body}\n".splitlines()
     tree = ast.parse("\n".join(lines))
-    flagged = [n.name for n in tree.body if isinstance(n, ast.FunctionDef)
-               and n.end_lineno - n.lineno + 1 > MAX_FUNCTION_LINES
-               and not _has_reason(lines, min([d.lineno for d in n.decorator_list] + [n.lineno]))]
+    flagged = [
+        n.name
+        for n in tree.body
+        if isinstance(n, ast.FunctionDef)
+        and n.end_lineno - n.lineno + 1 > MAX_FUNCTION_LINES
+        and not _has_reason(lines, min([d.lineno for d in n.decorator_list] + [n.lineno]))
+    ]
     assert flagged == ["long_one"]

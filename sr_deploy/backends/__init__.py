@@ -62,8 +62,10 @@ def load(
     if isinstance(model, nn.Module):
         runner = asked or next(spec for spec in BACKENDS if spec.runs_modules)
         if not runner.runs_modules:
-            raise InputError(f"an in-memory nn.Module runs on the torch backend only (asked for {runner.name}); "
-                             "export it first with sr_deploy.export.export_onnx")
+            raise InputError(
+                f"an in-memory nn.Module runs on the torch backend only (asked for {runner.name}); "
+                "export it first with sr_deploy.export.export_onnx"
+            )
         return runner.open(model, device, precision, **options)
 
     from ..models import resolve_model_path

@@ -110,8 +110,9 @@ class Backend:
 
     name: ClassVar[str] = "backend"
 
-    def __init__(self, scale: int, precision: str, device: str, max_shape: Shape3 | None = None,
-                 min_shape: Shape3 | None = None) -> None:
+    def __init__(
+        self, scale: int, precision: str, device: str, max_shape: Shape3 | None = None, min_shape: Shape3 | None = None
+    ) -> None:
         self.scale = scale
         self.precision = precision
         self.device = device
@@ -167,7 +168,7 @@ class Backend:
         s = self.scale
         outs = []
         for start in range(0, n, max_n):
-            part = x[start:start + max_n]
+            part = x[start : start + max_n]
             k = int(part.shape[0])
             y = self.infer(pad_batch(part, max(min_n, k), ph, pw))
             outs.append(y[:k, :, : h * s, : w * s])
@@ -182,5 +183,7 @@ class Backend:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(scale={self.scale}, precision={self.precision!r}, "
-                f"device={self.device!r}, max_shape={self.max_shape})")
+        return (
+            f"{type(self).__name__}(scale={self.scale}, precision={self.precision!r}, "
+            f"device={self.device!r}, max_shape={self.max_shape})"
+        )

@@ -23,6 +23,7 @@ from ..errors import TENSORRT_NOT_INSTALLED, InputError, NotInstalledError
 if TYPE_CHECKING:
     from .base import Backend
 
+
 @dataclass(frozen=True)
 class BackendSpec:
     """One row of the backend table.
@@ -85,8 +86,10 @@ def _onnxruntime_available(device: str) -> str | None:
         import onnxruntime as ort
 
         if "CUDAExecutionProvider" not in ort.get_available_providers():
-            return ("onnxruntime-gpu (CUDA execution provider) is not installed; "
-                    "add an onnxruntime@cpu row for ONNX Runtime on the CPU")
+            return (
+                "onnxruntime-gpu (CUDA execution provider) is not installed; "
+                "add an onnxruntime@cpu row for ONNX Runtime on the CPU"
+            )
     return None
 
 
@@ -144,21 +147,34 @@ def _open_tensorrt(path: Path, device: str, precision: str, **options: Any) -> B
 
 BACKENDS: tuple[BackendSpec, ...] = (
     BackendSpec(
-        name="torch", suffixes=(".pt", ".pth"), runs_modules=True, host_input="torch",
-        refusal=("{path}: a PyTorch checkpoint runs on the torch backend only (asked for {backend}); "
-                 "export it first: sr-deploy export {path} -o model.onnx"),
-        available=_torch_available, open=_open_torch,
+        name="torch",
+        suffixes=(".pt", ".pth"),
+        runs_modules=True,
+        host_input="torch",
+        refusal=(
+            "{path}: a PyTorch checkpoint runs on the torch backend only (asked for {backend}); "
+            "export it first: sr-deploy export {path} -o model.onnx"
+        ),
+        available=_torch_available,
+        open=_open_torch,
         variants={"torch-nchw": {"channels_last": False}},
     ),
     BackendSpec(
-        name="onnxruntime", suffixes=(".onnx",), aliases=("ort",),
+        name="onnxruntime",
+        suffixes=(".onnx",),
+        aliases=("ort",),
         refusal="{path}: an ONNX file cannot run on the {backend} backend; use onnxruntime or tensorrt",
-        available=_onnxruntime_available, open=_open_onnxruntime,
+        available=_onnxruntime_available,
+        open=_open_onnxruntime,
     ),
     BackendSpec(
-        name="tensorrt", suffixes=(".engine", ".plan"), also_opens=(".onnx",), aliases=("trt",),
+        name="tensorrt",
+        suffixes=(".engine", ".plan"),
+        also_opens=(".onnx",),
+        aliases=("trt",),
         refusal="{path}: a TensorRT engine runs on the tensorrt backend only (asked for {backend})",
-        available=_tensorrt_available, open=_open_tensorrt,
+        available=_tensorrt_available,
+        open=_open_tensorrt,
     ),
 )
 
@@ -199,5 +215,6 @@ def spec_for_suffix(path: Path) -> BackendSpec:
     for spec in BACKENDS:
         if suffix in spec.suffixes:
             return spec
-    raise InputError(f"{path}: unsupported model file type {suffix or '(no suffix)'!r}; "
-                     f"expected one of {', '.join(MODEL_SUFFIXES)}")
+    raise InputError(
+        f"{path}: unsupported model file type {suffix or '(no suffix)'!r}; expected one of {', '.join(MODEL_SUFFIXES)}"
+    )

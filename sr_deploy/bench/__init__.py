@@ -44,21 +44,72 @@ from __future__ import annotations
 from ..util.files import check_output_path
 from .inputs import ROTATING_BATCHES, benchmark_frames, rotating_batches
 from .measure import MAX_ITERS, MIN_ITERS, PeakMemory, Timing, machine_info, measure_peak_gflops, time_calls
-from .options import (BENCH_BACKENDS, PRECISIONS, BenchOptions, command_line, parse_backend_spec, parse_list,
-                      parse_size, resolve_devices)
-from .report import (TABLE_COLUMNS, format_markdown, format_table, load_report, not_run, table_rows, write_json,
-                     write_markdown, write_plot)
+from .options import (
+    BENCH_BACKENDS,
+    PRECISIONS,
+    BenchOptions,
+    command_line,
+    parse_backend_spec,
+    parse_list,
+    parse_size,
+    resolve_devices,
+)
+from .report import (
+    TABLE_COLUMNS,
+    format_markdown,
+    format_table,
+    load_report,
+    not_run,
+    table_rows,
+    write_json,
+    write_markdown,
+    write_plot,
+)
 from .results import STATUS_FAILED, STATUS_OK, STATUS_SKIPPED, BenchReport, BenchRow, VideoRow
 from .runner import run_benchmark
 from .subject import onnx_conv_flops_per_lr_pixel
 from .video import NearestBackend, VideoOverhead, measure_video_overhead, trim_clip, video_row
 
 __all__ = [
-    "BENCH_BACKENDS", "MAX_ITERS", "MIN_ITERS", "PRECISIONS", "ROTATING_BATCHES", "STATUS_FAILED", "STATUS_OK",
-    "STATUS_SKIPPED", "TABLE_COLUMNS", "BenchOptions", "BenchReport", "BenchRow", "NearestBackend", "PeakMemory",
-    "Timing", "VideoOverhead", "VideoRow", "benchmark_frames", "check_output_path", "command_line",
-    "format_markdown", "format_table", "load_report", "machine_info", "measure_peak_gflops",
-    "measure_video_overhead", "not_run", "onnx_conv_flops_per_lr_pixel", "parse_backend_spec", "parse_list",
-    "parse_size", "resolve_devices", "rotating_batches", "run_benchmark", "table_rows", "time_calls", "trim_clip",
-    "video_row", "write_json", "write_markdown", "write_plot",
+    "BENCH_BACKENDS",
+    "MAX_ITERS",
+    "MIN_ITERS",
+    "PRECISIONS",
+    "ROTATING_BATCHES",
+    "STATUS_FAILED",
+    "STATUS_OK",
+    "STATUS_SKIPPED",
+    "TABLE_COLUMNS",
+    "BenchOptions",
+    "BenchReport",
+    "BenchRow",
+    "NearestBackend",
+    "PeakMemory",
+    "Timing",
+    "VideoOverhead",
+    "VideoRow",
+    "benchmark_frames",
+    "check_output_path",
+    "command_line",
+    "format_markdown",
+    "format_table",
+    "load_report",
+    "machine_info",
+    "measure_peak_gflops",
+    "measure_video_overhead",
+    "not_run",
+    "onnx_conv_flops_per_lr_pixel",
+    "parse_backend_spec",
+    "parse_list",
+    "parse_size",
+    "resolve_devices",
+    "rotating_batches",
+    "run_benchmark",
+    "table_rows",
+    "time_calls",
+    "trim_clip",
+    "video_row",
+    "write_json",
+    "write_markdown",
+    "write_plot",
 ]

@@ -39,8 +39,13 @@ def fill_speedups(rows: Sequence[BenchRow]) -> str:
     ok = [r for r in rows if r.status == STATUS_OK]
     used: set[str] = set()
     for r in ok:
-        same = [b for b in ok if b.precision == "fp32" and b.backend in ("torch", "torch-nchw")
-                and (b.height, b.width, b.batch) == (r.height, r.width, r.batch)]
+        same = [
+            b
+            for b in ok
+            if b.precision == "fp32"
+            and b.backend in ("torch", "torch-nchw")
+            and (b.height, b.width, b.batch) == (r.height, r.width, r.batch)
+        ]
         same.sort(key=lambda b: (b.device != r.device, b.backend != "torch"))
         if same:
             base = same[0]
@@ -48,8 +53,11 @@ def fill_speedups(rows: Sequence[BenchRow]) -> str:
             used.add(f"{base.backend} fp32 on {base.device}")
     if not used:
         return "none (no PyTorch fp32 row ran)"
-    return "PyTorch fp32 at the same size and batch: " + ", ".join(sorted(used)) + \
-        " (channels_last `torch` preferred, same device preferred)"
+    return (
+        "PyTorch fp32 at the same size and batch: "
+        + ", ".join(sorted(used))
+        + " (channels_last `torch` preferred, same device preferred)"
+    )
 
 
 def run_notes(rows: Sequence[BenchRow], machine: dict[str, Any]) -> list[str]:
@@ -58,13 +66,19 @@ def run_notes(rows: Sequence[BenchRow], machine: dict[str, Any]) -> list[str]:
     notes = []
     load = max(machine.get("load_average_start", [0])[0], machine.get("load_average_end", [0])[0])
     if machine.get("cpu_count") and load > 0.5 * machine["cpu_count"]:
-        notes.append(f"the machine was busy (load average up to {load:.1f} on {machine['cpu_count']} CPUs): "
-                     "CPU timings are pessimistic and noisy")
-    if any(r.backend == "onnxruntime" and r.device == "cpu" and r.precision == "fp16" and r.status == STATUS_OK
-           for r in rows):
+        notes.append(
+            f"the machine was busy (load average up to {load:.1f} on {machine['cpu_count']} CPUs): "
+            "CPU timings are pessimistic and noisy"
+        )
+    if any(
+        r.backend == "onnxruntime" and r.device == "cpu" and r.precision == "fp16" and r.status == STATUS_OK
+        for r in rows
+    ):
         # See sr_deploy.backends.ort_backend.fp16_rounding_graph: no fp16 Conv kernels on x86 CPUs.
-        notes.append("onnxruntime fp16 on the CPU: the CPU provider computes an fp16 graph in float32 (it has "
-                     "no fp16 kernels for these ops), so that row's speed and parity are float32's, not fp16's")
+        notes.append(
+            "onnxruntime fp16 on the CPU: the CPU provider computes an fp16 graph in float32 (it has "
+            "no fp16 kernels for these ops), so that row's speed and parity are float32's, not fp16's"
+        )
     if any(r.device.startswith("cuda") and r.precision == "fp32" and r.status == STATUS_OK for r in rows):
         notes.append("fp32 on CUDA is true float32: TF32 is disabled for fp32 rows and for the fp32 peak")
     return notes

@@ -27,8 +27,9 @@ def _photo_paths(data_dir: Path | None) -> list[Path]:
     return paths
 
 
-def benchmark_frames(height: int, width: int, count: int = ROTATING_BATCHES,
-                     data_dir: str | Path | None = None, seed: int = 0) -> tuple[list[np.ndarray], str]:
+def benchmark_frames(
+    height: int, width: int, count: int = ROTATING_BATCHES, data_dir: str | Path | None = None, seed: int = 0
+) -> tuple[list[np.ndarray], str]:
     """`count` different frames, each float32 RGB [0, 1] of shape (3, height, width), and where they
     came from.
 
@@ -55,7 +56,7 @@ def benchmark_frames(height: int, width: int, count: int = ROTATING_BATCHES,
             ih, iw = bgr.shape[:2]
         top = int(rng.integers(0, ih - height + 1))
         left = int(rng.integers(0, iw - width + 1))
-        crop = bgr[top:top + height, left:left + width, ::-1]  # BGR -> RGB
+        crop = bgr[top : top + height, left : left + width, ::-1]  # BGR -> RGB
         frames.append(np.ascontiguousarray(crop.transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0))
         used_paths.append(path)
     if len(frames) == count:

@@ -41,8 +41,15 @@ def sync(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_calls(fn: Callable[[Any], Any], inputs: Sequence[Any], device: str = "cpu", *, warmup: int = 3,
-               iters: int | None = None, seconds: float | None = 2.0) -> Timing:
+def time_calls(
+    fn: Callable[[Any], Any],
+    inputs: Sequence[Any],
+    device: str = "cpu",
+    *,
+    warmup: int = 3,
+    iters: int | None = None,
+    seconds: float | None = 2.0,
+) -> Timing:
     """Time `fn` on `inputs`, cycling through them.
 
     `warmup` untimed calls first. Then either exactly `iters` timed calls, or as many as fit in
@@ -73,8 +80,9 @@ def time_calls(fn: Callable[[Any], Any], inputs: Sequence[Any], device: str = "c
     return Timing(float(p50), float(p10), float(p90), len(samples), samples)
 
 
-def measure_peak_gflops(device: str = "cpu", precision: str = "fp32", n: int | None = None,
-                        seconds: float = 1.0) -> float:
+def measure_peak_gflops(
+    device: str = "cpu", precision: str = "fp32", n: int | None = None, seconds: float = 1.0
+) -> float:
     """The practical peak that `BenchRow.peak_share` is a fraction of, in GFLOP/s: the better of
 
     - an (n x n) @ (n x n) `torch.matmul` (BLAS: MKL on the CPU, cuBLAS on CUDA), and
@@ -96,8 +104,10 @@ def measure_peak_gflops(device: str = "cpu", precision: str = "fp32", n: int | N
     x = x.contiguous(memory_format=torch.channels_last)
     w = torch.rand(channels, channels, 1, 1, generator=gen).to(device=device, dtype=dtype)
     w = w.contiguous(memory_format=torch.channels_last)
-    gemms = [(lambda: torch.matmul(a, b), 2.0 * n**3),
-             (lambda: torch.nn.functional.conv2d(x, w), 2.0 * side * side * channels**2)]
+    gemms = [
+        (lambda: torch.matmul(a, b), 2.0 * n**3),
+        (lambda: torch.nn.functional.conv2d(x, w), 2.0 * side * side * channels**2),
+    ]
     best_gflops = 0.0
     with tf32(False), torch.inference_mode():
         for gemm, flops in gemms:
@@ -195,9 +205,9 @@ def machine_info(devices: Sequence[str]) -> dict[str, Any]:
         info["onnxruntime_providers"] = ort.get_available_providers()
     if importlib.util.find_spec("tensorrt") is not None:
         with contextlib.suppress(Exception):
-            import tensorrt
+            from .. import _tensorrt  # the one module that imports tensorrt
 
-            info["tensorrt"] = tensorrt.__version__
+            info["tensorrt"] = _tensorrt.tensorrt_version(_tensorrt.import_tensorrt())
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         info["cuda"] = torch.version.cuda

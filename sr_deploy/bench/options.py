@@ -23,7 +23,29 @@ BENCH_ALIASES = {"ort": "onnxruntime", "trt": "tensorrt"}
 
 @dataclass
 class BenchOptions:
-    """What `run_benchmark` was asked for; see its docstring for each field."""
+    """What `run_benchmark` was asked for.
+
+    Attributes:
+        backends: names from BENCH_BACKENDS, each optionally ``@device`` (``onnxruntime@cpu``).
+        precisions: fp32 / fp16 / bf16; None = fp32 on the CPU, fp32 + fp16 on CUDA.
+        sizes: low-resolution input (height, width) pairs.
+        batch_sizes: frames per call.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or a comma list; the default for
+            backends given without ``@device``.
+        warmup: untimed calls per row.
+        iters: timed calls per row; None = as many as fit in `seconds` (at least 5).
+        seconds: the time budget per row when `iters` is None.
+        measure_peak: time a large GEMM per device for the peak-share column.
+        data_dir: the shared data folder (default: $SR_DEPLOY_SHARED_DATA or ../shared/data).
+        command: the command line to record in the report.
+        progress: True = a tqdm bar on stderr, False = silent, or a callable for messages.
+        onnx_models: existing ONNX exports of the model to run on ONNX Runtime / TensorRT instead
+            of exporting afresh (one per precision, read from each graph): parity then shows
+            whether that file still matches the checkpoint.
+        video, video_frames, video_width: a real clip for the end-to-end row (`video_row`): the
+            `sr-deploy upscale` pipeline on its first `video_frames` frames (scaled to
+            `video_width` when given) vs PyTorch fp32 alone on the same frames.
+    """
 
     backends: str | Sequence[str] = ("torch", "torch-nchw", "onnxruntime", "tensorrt")
     precisions: str | Sequence[str] | None = None
@@ -134,32 +156,43 @@ def backend_device_pairs(backends: str | Sequence[str], devices: list[str]) -> l
     pairs: list[tuple[str, str]] = []
     for spec in specs:
         name, dev = parse_backend_spec(spec, devices[0])
-        for d in ([dev] if "@" in spec else devices):
+        for d in [dev] if "@" in spec else devices:
             d = resolve_devices(d)[0]
             if (name, d) not in pairs:
                 pairs.append((name, d))
     return pairs
 
 
-def plan_rows(sizes: Sequence[tuple[int, int]], batch_sizes: Sequence[int], pairs: list[tuple[str, str]],
-              precisions: Sequence[str] | None) -> list[PlannedRow]:
+def plan_rows(
+    sizes: Sequence[tuple[int, int]],
+    batch_sizes: Sequence[int],
+    pairs: list[tuple[str, str]],
+    precisions: Sequence[str] | None,
+) -> list[PlannedRow]:
     """Every size x batch x (backend, device) x precision, in table order."""
-    return [PlannedRow(int(h), int(w), int(batch), name, d, prec)
-            for h, w in sizes for batch in batch_sizes for name, d in pairs
-            for prec in (precisions or default_precisions(d))]
+    return [
+        PlannedRow(int(h), int(w), int(batch), name, d, prec)
+        for h, w in sizes
+        for batch in batch_sizes
+        for name, d in pairs
+        for prec in (precisions or default_precisions(d))
+    ]
 
 
-def settings_of(options: BenchOptions, pairs: list[tuple[str, str]], precisions: Sequence[str] | None,
-                rotating: int, inputs: str) -> dict[str, Any]:
+def settings_of(
+    options: BenchOptions, pairs: list[tuple[str, str]], precisions: Sequence[str] | None, rotating: int, inputs: str
+) -> dict[str, Any]:
     """The settings a report records, so that a reader can reproduce the run."""
     return {
         "backends": [f"{n}@{d}" for n, d in pairs],
         "precisions": list(precisions) if precisions else "auto",
         "sizes": [f"{h}x{w}" for h, w in options.sizes],
         "batch_sizes": [int(b) for b in options.batch_sizes],
-        "warmup": options.warmup, "iters": options.iters,
+        "warmup": options.warmup,
+        "iters": options.iters,
         "seconds": None if options.iters is not None else options.seconds,
-        "rotating_batches": rotating, "inputs": inputs,
+        "rotating_batches": rotating,
+        "inputs": inputs,
     }
 
 
@@ -170,9 +203,13 @@ def command_line(model: str, params: dict[str, Any]) -> str:
     for key, value in params.items():
         if key == "model" or value is None or value is False or value == ():
             continue
-        flag = {"json_path": "--json", "markdown_path": "--markdown", "plot_path": "--plot",
-                "onnx_models": "--onnx"}.get(key, "--" + key.replace("_", "-"))
-        for item in (value if isinstance(value, tuple) else (value,)):
+        flag = {
+            "json_path": "--json",
+            "markdown_path": "--markdown",
+            "plot_path": "--plot",
+            "onnx_models": "--onnx",
+        }.get(key, "--" + key.replace("_", "-"))
+        for item in value if isinstance(value, tuple) else (value,):
             parts.append(flag if item is True else f"{flag} {shlex.quote(str(item))}")
     return " ".join(parts)
 

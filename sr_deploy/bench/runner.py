@@ -20,8 +20,17 @@ from ..util import Progress, first_line, progress_to
 from .derive import fill_peak_shares, fill_speedups, fill_throughput, run_notes
 from .inputs import ROTATING_BATCHES, benchmark_frames, rotating_batches
 from .measure import PeakMemory, machine_info, measure_peak_gflops, time_calls, tf32
-from .options import (BenchOptions, PlannedRow, backend_device_pairs, current_command, parse_list, plan_rows,
-                      resolve_devices, settings_of, PRECISIONS)
+from .options import (
+    BenchOptions,
+    PlannedRow,
+    backend_device_pairs,
+    current_command,
+    parse_list,
+    plan_rows,
+    resolve_devices,
+    settings_of,
+    PRECISIONS,
+)
 from .results import STATUS_FAILED, STATUS_SKIPPED, BenchReport, BenchRow
 from .subject import OnnxFiles, Reference, Subject, backend_inputs, flops_of, given_onnx, load_subject, make_backend
 from .video import video_row
@@ -34,22 +43,9 @@ def run_benchmark(model: str | Path | nn.Module, **options: Any) -> BenchReport:
         model: checkpoint path / bundled name / `nn.Module` (all backends), or an .onnx file
             (ONNX Runtime and TensorRT only; parity then against ONNX Runtime fp32 on the CPU
             running that file when it is an fp32 graph) or an .engine (TensorRT only, no parity).
-        options: the fields of `BenchOptions`, all keyword-only:
-            backends: names from BENCH_BACKENDS, each optionally ``@device`` (``onnxruntime@cpu``).
-            precisions: fp32 / fp16 / bf16; None = fp32 on the CPU, fp32 + fp16 on CUDA.
-            sizes: low-resolution input (height, width) pairs. batch_sizes: frames per call.
-            device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or a comma list; the default for
-                backends given without ``@device``.
-            warmup: untimed calls per row. iters: timed calls per row; None = as many as fit in
-                `seconds` (at least 5).
-            measure_peak: time a large GEMM per device for the peak-share column.
-            data_dir: the shared data folder (default: $SR_DEPLOY_SHARED_DATA or ../shared/data).
-            command: the command line to record in the report.
-            progress: True = a tqdm bar on stderr, False = silent, or a callable for messages.
-            onnx_models: existing ONNX exports of `model` to run on ONNX Runtime / TensorRT instead
-                of exporting afresh (one per precision, read from each graph): parity then shows
-                whether that file still matches the checkpoint.
-            video, video_frames, video_width: a real clip for the end-to-end row (`video_row`).
+        options: the fields of `BenchOptions` (backends, precisions, sizes, batch_sizes, device,
+            warmup, iters, seconds, measure_peak, data_dir, command, progress, onnx_models, video,
+            video_frames, video_width), keyword-only; see there.
 
     Returns a `BenchReport`. Never raises for a backend that cannot run: that is a skipped or
     failed row. Raises InputError for bad arguments or an unreadable model.
@@ -78,18 +74,35 @@ def run_benchmark(model: str | Path | nn.Module, **options: Any) -> BenchReport:
     videos = []
     if opts.video is not None:
         say(f"end-to-end video row on {Path(opts.video).name} ({opts.video_frames} frames)")
-        videos.append(video_row(subject.module if subject.module is not None else model, opts.video,
-                                frames=opts.video_frames, width=opts.video_width, device=devices[0], precision="fp32"))
+        videos.append(
+            video_row(
+                subject.module if subject.module is not None else model,
+                opts.video,
+                frames=opts.video_frames,
+                width=opts.video_width,
+                device=devices[0],
+                precision="fp32",
+            )
+        )
     with contextlib.suppress(OSError):
         machine["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     notes = ([reference.note] if reference.note else []) + run_notes(rows, machine)
     return BenchReport(
-        model=subject.name, arch=subject.arch, scale=subject.scale, flops_per_lr_pixel=flops,
-        flops_source=flops_source, reference=reference.description, baseline=baseline, rows=rows,
-        peaks_gflops=peaks, machine=machine, settings=settings_of(opts, pairs, precisions, ROTATING_BATCHES,
-                                                                   frames_source),
-        command=opts.command or current_command(), date=_dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        notes=notes, video=videos,
+        model=subject.name,
+        arch=subject.arch,
+        scale=subject.scale,
+        flops_per_lr_pixel=flops,
+        flops_source=flops_source,
+        reference=reference.description,
+        baseline=baseline,
+        rows=rows,
+        peaks_gflops=peaks,
+        machine=machine,
+        settings=settings_of(opts, pairs, precisions, ROTATING_BATCHES, frames_source),
+        command=opts.command or current_command(),
+        date=_dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        notes=notes,
+        video=videos,
     )
 
 
@@ -99,14 +112,21 @@ def _measure_peaks(pairs: list[tuple[str, str]], peaks: dict[str, float], say: P
     for d in sorted({d for _, d in pairs}):
         if d.startswith("cuda") and not torch.cuda.is_available():
             continue
-        for prec in (["fp32", "fp16"] if d.startswith("cuda") else ["fp32"]):
+        for prec in ["fp32", "fp16"] if d.startswith("cuda") else ["fp32"]:
             say(f"measuring the {prec} GEMM peak on {d}")
             key = f"{d} {prec}"
             peaks[key] = max(peaks.get(key, 0.0), measure_peak_gflops(d, prec))
 
 
-def _run_rows(plan: Sequence[PlannedRow], subject: Subject, given: dict[str, Path], reference: Reference,
-              flops: float | None, opts: BenchOptions, say: Progress) -> tuple[list[BenchRow], str]:
+def _run_rows(
+    plan: Sequence[PlannedRow],
+    subject: Subject,
+    given: dict[str, Path],
+    reference: Reference,
+    flops: float | None,
+    opts: BenchOptions,
+    say: Progress,
+) -> tuple[list[BenchRow], str]:
     """Measure every planned row (a tqdm bar when `opts.progress` is True); (rows, inputs' source)."""
     rows: list[BenchRow] = []
     frames_cache: dict[tuple[int, int, int], list[np.ndarray]] = {}
@@ -120,11 +140,19 @@ def _run_rows(plan: Sequence[PlannedRow], subject: Subject, given: dict[str, Pat
             rows.append(row)
             key = (p.height, p.width, p.batch)
             if key not in frames_cache:
-                frames, frames_source = benchmark_frames(p.height, p.width, max(ROTATING_BATCHES, p.batch),
-                                                         opts.data_dir)
+                frames, frames_source = benchmark_frames(
+                    p.height, p.width, max(ROTATING_BATCHES, p.batch), opts.data_dir
+                )
                 frames_cache[key] = rotating_batches(frames, p.batch)
-            _run_row(row, subject, onnx_files, frames_cache[key], opts,
-                     reference if reference.fn is not None else None, flops)
+            _run_row(
+                row,
+                subject,
+                onnx_files,
+                frames_cache[key],
+                opts,
+                reference if reference.fn is not None else None,
+                flops,
+            )
             bar.update(1)
         bar.close()
     return rows, frames_source
@@ -145,8 +173,15 @@ def _progress_bar(total: int, enabled: bool) -> Any:
     return tqdm(total=total, unit="row", file=sys.stderr, dynamic_ncols=True)
 
 
-def _run_row(row: BenchRow, subject: Subject, onnx_files: OnnxFiles, batches: list[np.ndarray], opts: BenchOptions,
-             reference: Callable[[np.ndarray], np.ndarray] | None, flops: float | None) -> None:
+def _run_row(
+    row: BenchRow,
+    subject: Subject,
+    onnx_files: OnnxFiles,
+    batches: list[np.ndarray],
+    opts: BenchOptions,
+    reference: Callable[[np.ndarray], np.ndarray] | None,
+    flops: float | None,
+) -> None:
     """Fill `row` in place: timing, throughput, parity, memory; or status skipped / failed."""
     from ..parity import parity
 
@@ -160,8 +195,7 @@ def _run_row(row: BenchRow, subject: Subject, onnx_files: OnnxFiles, batches: li
             inputs = backend_inputs(row.backend, row.device, batches)
             memory = PeakMemory(row.device)
             memory.reset()
-            timing = time_calls(backend, inputs, row.device, warmup=opts.warmup, iters=opts.iters,
-                                seconds=opts.seconds)
+            timing = time_calls(backend, inputs, row.device, warmup=opts.warmup, iters=opts.iters, seconds=opts.seconds)
             row.peak_mem_mb, row.mem_kind = memory.peak_mb(), memory.kind
             if reference is not None:
                 # Two different batches: parity is over real content, not one lucky crop.

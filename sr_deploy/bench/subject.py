@@ -53,8 +53,14 @@ def load_subject(model: str | Path | nn.Module) -> Subject:
     if suffix == ".onnx":
         proto = load_onnx_file(path, load_weights=False)
         meta = metadata(proto)
-        return Subject(str(model), None, meta.get("sr_deploy.arch", "onnx"), int(meta.get("sr_deploy.scale", 0)),
-                       onnx_path=path, onnx_precision=graph_precision(proto))
+        return Subject(
+            str(model),
+            None,
+            meta.get("sr_deploy.arch", "onnx"),
+            int(meta.get("sr_deploy.scale", 0)),
+            onnx_path=path,
+            onnx_precision=graph_precision(proto),
+        )
     if suffix in (".engine", ".plan"):
         if not path.is_file():
             raise InputError(f"{path}: no such model file")
@@ -87,8 +93,10 @@ class OnnxFiles:
     def get(self, precision: str) -> Path:
         if self.subject.onnx_path is not None:
             if precision != self.subject.onnx_precision:
-                raise NotInstalledError(f"{self.subject.onnx_path.name} is an {self.subject.onnx_precision} graph; "
-                                        f"benchmark an {precision} export of it for {precision} rows")
+                raise NotInstalledError(
+                    f"{self.subject.onnx_path.name} is an {self.subject.onnx_precision} graph; "
+                    f"benchmark an {precision} export of it for {precision} rows"
+                )
             return self.subject.onnx_path
         if precision == "bf16":
             raise NotInstalledError(NO_BF16_ONNX)
@@ -124,8 +132,10 @@ def make_backend(name: str, device: str, precision: str, subject: Subject, onnx_
         raise NotInstalledError(reason)
     if spec.runs_modules:
         if subject.module is None:
-            raise NotInstalledError(f"the {spec.name} backend needs a PyTorch checkpoint; MODEL is "
-                                    + ("an ONNX file" if subject.onnx_path else "a TensorRT engine"))
+            raise NotInstalledError(
+                f"the {spec.name} backend needs a PyTorch checkpoint; MODEL is "
+                + ("an ONNX file" if subject.onnx_path else "a TensorRT engine")
+            )
         return load(subject.module, device=device, precision=precision, backend=spec.name, **variant)
     if subject.engine_path is not None:
         if not spec.opens(subject.engine_path.suffix.lower()):

@@ -33,8 +33,16 @@ class NearestBackend(Backend):
         return np.ascontiguousarray(x.repeat(self.scale, axis=2).repeat(self.scale, axis=3))
 
 
-def trim_clip(clip: str | Path, output: str | Path, frames: int | None = None, width: int | None = None, *,
-              seconds: float | None = None, preset: str = "veryfast", crf: int | None = 12) -> Path:
+def trim_clip(
+    clip: str | Path,
+    output: str | Path,
+    frames: int | None = None,
+    width: int | None = None,
+    *,
+    seconds: float | None = None,
+    preset: str = "veryfast",
+    crf: int | None = 12,
+) -> Path:
     """The first `frames` frames (or `seconds`) of `clip` (audio kept, cut to match) re-encoded to
     `output` (H.264, `preset`, `crf`) with the ffmpeg that imageio-ffmpeg bundles; `width` scales it
     down (height kept even, aspect kept)."""
@@ -71,7 +79,7 @@ def decode_batches(clip: Path, batch_size: int) -> tuple[list[np.ndarray], int, 
     capture.release()
     if not frames:
         raise InputError(f"{clip}: no frames decoded")
-    batches = [frames_to_model_input(frames[i:i + batch_size]) for i in range(0, len(frames), batch_size)]
+    batches = [frames_to_model_input(frames[i : i + batch_size]) for i in range(0, len(frames), batch_size)]
     return batches, len(frames), frames[0].shape[0], frames[0].shape[1]
 
 
@@ -93,8 +101,16 @@ class VideoOverhead:
         return 1.0 - self.model_only_s / self.end_to_end.seconds
 
 
-def measure_video_overhead(backend: Backend, clip: Path, work: Path, *, batch_size: int = 1, repeat: int = 1,
-                           preset: str | None = None, free_model: bool = False) -> VideoOverhead:
+def measure_video_overhead(
+    backend: Backend,
+    clip: Path,
+    work: Path,
+    *,
+    batch_size: int = 1,
+    repeat: int = 1,
+    preset: str | None = None,
+    free_model: bool = False,
+) -> VideoOverhead:
     """Time `backend` alone on the decoded frames of `clip` and `sr_deploy.video.upscale_video`
     (what `sr-deploy upscale` runs: decode, batch, backend, clamp, encode, audio mux) on the same
     clip, after one warm-up call; `repeat` runs of each, the fastest kept (on a shared machine the
@@ -111,16 +127,24 @@ def measure_video_overhead(backend: Backend, clip: Path, work: Path, *, batch_si
     for _ in range(max(1, repeat)):
         timing = time_calls(backend, inputs, backend.device, warmup=0, iters=len(inputs))
         model_s = min(model_s, sum(timing.samples_ms) / 1e3)
-        result = upscale_video(backend, clip, work / f"out{clip.suffix}", batch_size=batch_size, progress=False,
-                               log=silent, **options)
+        result = upscale_video(
+            backend, clip, work / f"out{clip.suffix}", batch_size=batch_size, progress=False, log=silent, **options
+        )
         if result.frames != frames:
             raise SRDeployError(f"{clip}: the pipeline wrote {result.frames} frames, {frames} were decoded")
         if best is None or result.seconds < best.seconds:
             best = result
     free = None
     if free_model:
-        free = upscale_video(NearestBackend(backend.scale), clip, work / f"free{clip.suffix}", batch_size=batch_size,
-                             progress=False, log=silent, **options)
+        free = upscale_video(
+            NearestBackend(backend.scale),
+            clip,
+            work / f"free{clip.suffix}",
+            batch_size=batch_size,
+            progress=False,
+            log=silent,
+            **options,
+        )
     return VideoOverhead(frames, height, width, model_s, best, free)
 
 
@@ -157,14 +181,19 @@ def video_row(
         raise InputError(f"{model}: the video row needs a PyTorch checkpoint")
     with tempfile.TemporaryDirectory(prefix="sr-deploy-video-") as tmp:
         trimmed = trim_clip(clip, Path(tmp) / f"trimmed{clip.suffix or '.mp4'}", frames, width)
-        with tf32(precision != "fp32"), load(subject.module, device=dev, precision=precision,
-                                             backend="torch") as backend:
+        with (
+            tf32(precision != "fp32"),
+            load(subject.module, device=dev, precision=precision, backend="torch") as backend,
+        ):
             measured = measure_video_overhead(backend, trimmed, Path(tmp), batch_size=batch_size)
     row.frames, row.height, row.width = measured.frames, measured.height, measured.width
     row.pipeline_fps = row.frames / measured.end_to_end.seconds
     row.backend_fps = row.frames / measured.model_only_s
     row.overhead_share = 1.0 - row.pipeline_fps / row.backend_fps
-    row.command = (f"sr_deploy.video.upscale_video (what `sr-deploy upscale` runs) on {clip.name} trimmed to "
-                   f"{row.frames} frames" + (f" at {row.width}x{row.height}" if width else "")
-                   + f", batch {batch_size}, {precision} on {dev}")
+    row.command = (
+        f"sr_deploy.video.upscale_video (what `sr-deploy upscale` runs) on {clip.name} trimmed to "
+        f"{row.frames} frames"
+        + (f" at {row.width}x{row.height}" if width else "")
+        + f", batch {batch_size}, {precision} on {dev}"
+    )
     return row

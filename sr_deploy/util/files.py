@@ -16,8 +16,14 @@ from pathlib import Path
 
 from ..errors import InputError
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "check_output_path", "file_sha256",
-           "partial_path"]
+__all__ = [
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "check_output_path",
+    "file_sha256",
+    "partial_path",
+]
 
 
 def partial_path(target: str | Path) -> Path:
