@@ -29,8 +29,8 @@ from sr_deploy.engine import (
     DEFAULT_MAX,
     MAX_TENSOR_ELEMENTS,
     EngineSidecar,
+    BuildOptions,
     ShapeProfile,
-    _build_with_fallback,
     cached_engine_path,
     check_sidecar_matches,
     check_tensor_limits,
@@ -42,6 +42,7 @@ from sr_deploy.engine import (
     sidecar_path,
     write_sidecar,
 )
+from sr_deploy.backends.trt_build import _build_with_fallback
 from sr_deploy.errors import TENSORRT_NOT_INSTALLED, InputError, NotInstalledError, SRDeployError
 
 
@@ -206,8 +207,13 @@ def test_engine_cache_key_covers_every_field(tmp_path, monkeypatch):
     changes = {"onnx_sha256": "cd" * 32, "tensorrt_version": "11.0.0", "gpu_name": "L4",
                "compute_capability": "8.9", "profile": resolve_profile(max="1x3x540x960"), "precision": "fp32",
                "route": "strongly_typed"}
-    keys = {engine_cache_key(**{**base, k: v}) for k, v in changes.items()}
+    # Build options change the engine too (issue 15 bug 7): workspace, optimisation level, sr-deploy version.
+    changes.update(options_workspace=BuildOptions(workspace_bytes=1 << 30), options_level=BuildOptions(opt_level=5),
+                   options_version=BuildOptions(sr_deploy_version="0.0.1"))
+    keys = {engine_cache_key(**{**base, k.split("_")[0] if k.startswith("options_") else k: v})
+            for k, v in changes.items()}
     assert key not in keys and len(keys) == len(changes)
+    assert key == engine_cache_key(**base, options=BuildOptions())  # the defaults are the default options
     assert _sidecar().cache_key() == engine_cache_key(
         "ab" * 32, "10.13.0.35", "NVIDIA H100 80GB HBM3", "9.0", resolve_profile(), "fp16", "flag")
     monkeypatch.setenv("SR_DEPLOY_ENGINE_CACHE", str(tmp_path / "cache"))
@@ -329,6 +335,8 @@ class FakeTRT:
         self.__version__ = version
         major = int(version.split(".")[0])
         self.calls: list[tuple] = []
+        self.timing_cache_accepted: list[bool] = []  # set_timing_cache's answers (then True)
+        self.has_timing_cache = True  # get_timing_cache() returns a cache (else None)
         fake = self
 
         class Sev:
@@ -359,6 +367,12 @@ class FakeTRT:
 
             def code(self):
                 return "UNSUPPORTED_NODE"
+
+            def node_name(self):  # empty: the name then comes from the ONNX graph by node index
+                return ""
+
+            def node_operator(self):
+                return ""
 
             def desc(self):
                 return "fake description"
@@ -397,9 +411,10 @@ class FakeTRT:
 
             def set_timing_cache(self, cache, ignore_mismatch):
                 fake.calls.append(("set_timing_cache", ignore_mismatch))
+                return fake.timing_cache_accepted.pop(0) if fake.timing_cache_accepted else True
 
             def get_timing_cache(self):
-                return Cache()
+                return Cache() if fake.has_timing_cache else None
 
             def __setattr__(self, name, value):
                 fake.calls.append(("config." + name, value))
@@ -498,7 +513,7 @@ def test_dynamic_build_failure_retried_once_static(tiny_onnx, tmp_path):
     trt = FakeTRT("10.13.0", build_results=(None, b"STATIC-ENGINE"))
     plan = _tensorrt.plan_precision((10, 13, 0), "fp16")
     said: list[str] = []
-    data, used, fell_back = _build_with_fallback(trt, tiny_onnx, plan, resolve_profile(), 1.0, None,
+    data, used, fell_back = _build_with_fallback(trt, tiny_onnx, plan, resolve_profile(), BuildOptions(1 << 30),
                                                  tmp_path / "t.cache", tmp_path / "log", False, True, said.append)
     assert data == b"STATIC-ENGINE" and fell_back and used == ShapeProfile.static((1, 3, 270, 480))
     assert any("retrying once with a static shape 1x3x270x480" in m for m in said)
@@ -506,7 +521,7 @@ def test_dynamic_build_failure_retried_once_static(tiny_onnx, tmp_path):
     assert shapes[1][2:] == ((1, 3, 270, 480),) * 3
     trt = FakeTRT("10.13.0", build_results=(None, b"x"))
     with pytest.raises(_tensorrt.BuildFailed):  # --no-fallback-static
-        _build_with_fallback(trt, tiny_onnx, plan, resolve_profile(), 1.0, None, tmp_path / "t.cache",
+        _build_with_fallback(trt, tiny_onnx, plan, resolve_profile(), BuildOptions(1 << 30), tmp_path / "t.cache",
                              tmp_path / "log", False, False, said.append)
 
 
@@ -524,7 +539,7 @@ def test_fp16_onnx_for_tensorrt_matches_torch_fp32_on_set5(tiny_model, tiny_onnx
     import onnx
 
     from sr_deploy.backends.ort_backend import OnnxRuntimeBackend
-    from sr_deploy.engine import prepare_fp16_onnx
+    from sr_deploy.backends.trt_build import prepare_fp16_onnx
     from sr_deploy.export import count_fp16_tensors
     from sr_deploy.parity import parity_inputs
 
@@ -560,7 +575,7 @@ def test_fp16_onnx_refuses_a_graph_without_fp16(tiny_onnx, tmp_path, monkeypatch
 
     monkeypatch.setattr(export, "convert_to_fp16", lambda src, output=None, block_list=None:
                         Path(output).write_bytes(Path(src).read_bytes()))  # a "conversion" that changes nothing
-    from sr_deploy.engine import prepare_fp16_onnx
+    from sr_deploy.backends.trt_build import prepare_fp16_onnx
 
     x = np.random.default_rng(0).random((1, 3, 16, 16), dtype=np.float32)
     with pytest.raises(SRDeployError, match="produced no fp16 tensors; TensorRT 11 would build a float32 engine"):
@@ -574,7 +589,7 @@ def test_fp16_onnx_refuses_a_graph_without_fp16(tiny_onnx, tmp_path, monkeypatch
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_build_engine_and_parity(tiny_onnx, tmp_path, precision, set5_dir):
     from sr_deploy.backends.trt_backend import TensorRTBackend
-    from sr_deploy.engine import build_engine
+    from sr_deploy.backends.trt_build import build_engine
     from sr_deploy.parity import parity_inputs
 
     crops = parity_inputs(sizes=((64, 64), (72, 96)), batch=2, data_dir=set5_dir.parent.parent)
@@ -600,11 +615,11 @@ def test_build_engine_and_parity(tiny_onnx, tmp_path, precision, set5_dir):
 
 @pytest.mark.tensorrt
 def test_engine_cache_builds_once(tiny_onnx, tmp_path, monkeypatch):
-    from sr_deploy.engine import ensure_engine
+    from sr_deploy.backends.trt_build import ensure_engine
 
     monkeypatch.setenv("SR_DEPLOY_ENGINE_CACHE", str(tmp_path))
     profile = resolve_profile(min="1x3x32x32", opt="1x3x64x64", max="1x3x96x96")
     said: list[str] = []
     first = ensure_engine(tiny_onnx, "fp16", profile=profile, echo=said.append, workspace_gib=1)
-    second = ensure_engine(tiny_onnx, "fp16", profile=profile, echo=said.append)
+    second = ensure_engine(tiny_onnx, "fp16", profile=profile, echo=said.append, workspace_gib=1)
     assert first == second and any("reusing" in m for m in said)
