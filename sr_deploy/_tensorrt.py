@@ -39,12 +39,13 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
-from .errors import InputError, NotInstalledError, SRDeployError, TENSORRT_NOT_INSTALLED
+from .errors import TENSORRT_NOT_INSTALLED, InputError, NotInstalledError, SRDeployError
 
 CUDA_NOT_AVAILABLE = (
     "CUDA is not available (torch.cuda.is_available() is False): TensorRT needs an NVIDIA GPU "

@@ -19,14 +19,14 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
 from . import __version__
-from .errors import InputError, SRDeployError
+from .errors import InputError
 
 MAX_TENSOR_ELEMENTS = 2**31 - 1
 """TensorRT tensors must stay under 2^31 elements (int32 volumes)."""
@@ -84,7 +84,7 @@ class ShapeProfile:
         return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
 
     @classmethod
-    def static(cls, shape: Shape) -> "ShapeProfile":
+    def static(cls, shape: Shape) -> ShapeProfile:
         return cls(shape, shape, shape)
 
     def __str__(self) -> str:

@@ -26,8 +26,9 @@ from __future__ import annotations
 import operator
 import re
 import types
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 NOT_AN_ENGINE = b"sr-deploy strict TensorRT stand-in: this is not an engine"
 PASS_THROUGH = {"Logger", "ILogger", "Dims", "Dims2", "Dims3", "Dims4", "DimsHW"}
@@ -278,7 +279,7 @@ class Proxy:
     """A stand-in instance of one real TensorRT class: attribute access and calls are checked
     against that class of the real release."""
 
-    __slots__ = ("_module", "_cls_name", "_real_cls", "_state")
+    __slots__ = ("_cls_name", "_module", "_real_cls", "_state")
 
     def __getattribute__(self, name: str) -> Any:
         if name.startswith("__") and name.endswith("__"):

@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import sys
 import traceback
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -183,7 +184,7 @@ def _runtime(st: _strict_trt.StrictTensorRT, real: Any, work: Path) -> dict[str,
     })
     trt = _tensorrt.import_tensorrt()
     engine_file = work / "fp32.engine"
-    runtime, engine = _tensorrt.deserialize_engine(trt, engine_file.read_bytes(), engine_file)
+    _runtime, engine = _tensorrt.deserialize_engine(trt, engine_file.read_bytes(), engine_file)
     io = _tensorrt.engine_io(trt, engine, engine_file)
     dtype = _tensorrt.torch_dtype(trt, io.input_dtype)
     runner = EngineRunner(trt, engine, io, ops, dtype, _tensorrt.torch_dtype(trt, io.output_dtype),

@@ -58,7 +58,7 @@ def prepare(version: str, root: Path | None = None) -> Path | str:
         cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
                f"tensorrt-cu12-bindings=={version}", "-d", str(wheels)]
         try:
-            run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            run = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300)
         except (OSError, subprocess.TimeoutExpired) as exc:
             return f"pip download tensorrt-cu12-bindings=={version} failed: {exc}"
         if run.returncode != 0 or not list(wheels.glob("*.whl")):
@@ -79,7 +79,7 @@ def prepare(version: str, root: Path | None = None) -> Path | str:
     for name in LIBRARIES:
         soname = f"lib{name}.so.{major}"
         run = subprocess.run(["gcc", "-shared", "-fPIC", f"-Wl,-soname,{soname}", "-o", str(lib / soname),
-                              str(source)], capture_output=True, text=True)
+                              str(source)], check=False, capture_output=True, text=True)
         if run.returncode != 0:
             return f"gcc could not build {soname}: {(run.stderr.strip().splitlines() or ['?'])[-1]}"
     done.write_text(version + "\n")

@@ -51,7 +51,8 @@ def release(request, tiny_onnx_file, tmp_path_factory) -> dict:
     out = work / "result.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
     run = subprocess.run([sys.executable, str(HERE / "_trt_api_run.py"), str(folder), str(tiny_onnx_file), str(work),
-                          str(out)], capture_output=True, text=True, timeout=600, env=env, cwd=HERE.parent)
+                          str(out)], check=False, capture_output=True, text=True, timeout=600, env=env,
+                         cwd=HERE.parent)
     assert run.returncode == 0 and out.is_file(), f"the {request.param} subprocess failed:\n{run.stderr[-4000:]}"
     data = json.loads(out.read_text())
     assert data["version"] == request.param  # the real module of that release was imported

@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, ContextManager, Protocol
+from typing import Any, ContextManager, Protocol
 
 import numpy as np
 
