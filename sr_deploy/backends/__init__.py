@@ -8,7 +8,7 @@ which picks a backend by file type.
 | file                 | backend                                               |
 |----------------------|-------------------------------------------------------|
 | .pt / .pth / default | TorchBackend (any checkpoint `load_checkpoint` reads) |
-| .onnx                | OnnxRuntimeBackend (backend="tensorrt": TensorRT)     |
+| .onnx                | OnnxRuntimeBackend (backend="tensorrt": trt_build)    |
 | .engine / .plan      | TensorRTBackend (needs `tensorrt`, imported lazily)   |
 
 Importing this package is cheap (numpy only): torch and the runtimes are imported when a

@@ -133,14 +133,17 @@ def _open_onnxruntime(path: Path, device: str, precision: str, **options: Any) -
 
 def _open_tensorrt(path: Path, device: str, precision: str, **options: Any) -> Backend:
     """TensorRT runs on a GPU: ``auto`` means cuda and fp16. An ``.onnx`` is built into an engine
-    on first use (the engine cache, see `sr_deploy.engine.ensure_engine`)."""
-    try:
-        from .trt_backend import TensorRTBackend
-    except ImportError as exc:
-        raise NotInstalledError(TENSORRT_NOT_INSTALLED) from exc
+    on first use and reused from the engine cache (`sr_deploy.backends.trt_build`)."""
     device = "cuda" if device == "auto" else device
     precision = "fp16" if (precision or "auto").lower() == "auto" else precision
-    return TensorRTBackend(path, device=device, precision=precision, **options)
+    try:
+        if path.suffix.lower() == ".onnx":
+            from .trt_build import load_tensorrt_from_onnx as opener
+        else:
+            from .trt_backend import TensorRTBackend as opener
+    except ImportError as exc:
+        raise NotInstalledError(TENSORRT_NOT_INSTALLED) from exc
+    return opener(path, device=device, precision=precision, **options)
 
 
 # ---------------------------------------------------------------------------------- the table
