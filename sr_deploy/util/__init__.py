@@ -10,7 +10,7 @@
 """
 
 from .files import atomic_write, atomic_write_bytes, atomic_write_text, check_output_path, file_sha256, partial_path
-from .log import LOGGER, Progress, progress_to, silent, to_stderr
+from .log import LOGGER, Progress, progress_to, quiet, silent, to_stderr
 from .shapes import parse_dims
 from .text import first_line
 
@@ -26,6 +26,7 @@ __all__ = [
     "parse_dims",
     "partial_path",
     "progress_to",
+    "quiet",
     "silent",
     "to_stderr",
 ]

@@ -7,11 +7,14 @@ one that prints to stderr, tests pass ``messages.append``, library users ``None`
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 
-__all__ = ["LOGGER", "Progress", "progress_to", "silent", "to_logger", "to_stderr"]
+__all__ = ["LOGGER", "Progress", "progress_to", "quiet", "silent", "to_logger", "to_stderr"]
 
 LOGGER = logging.getLogger("sr_deploy")
 
@@ -39,3 +42,21 @@ def progress_to(progress: bool | Progress | None) -> Progress:
     if callable(progress):
         return progress
     return to_stderr if progress else silent
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[io.StringIO]:
+    """Silence a third-party call's prints, warnings and torch log records; yields the captured
+    text (for error messages)."""
+    buffer = io.StringIO()
+    # torch logs "torchvision is not installed. Skipping ...", and whole graphs when torch.export
+    # fails: the one-line reason we report says enough.
+    torch_logger = logging.getLogger("torch")
+    level = torch_logger.level
+    torch_logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+            warnings.simplefilter("ignore")
+            yield buffer
+    finally:
+        torch_logger.setLevel(level)

@@ -11,7 +11,7 @@ from typing import Any
 from ..errors import InputError
 from .text import first_line
 
-__all__ = ["graph_precision", "is_fp16_graph", "load_onnx_file", "metadata", "static_input_dims"]
+__all__ = ["graph_precision", "is_fp16_graph", "load_onnx_file", "metadata", "read_onnx_metadata", "static_input_dims"]
 
 
 def load_onnx_file(path: str | Path, load_weights: bool = True) -> Any:
@@ -51,6 +51,12 @@ def graph_precision(model_or_path: Any) -> str:
 def metadata(model_or_path: Any) -> dict[str, str]:
     """The graph's `metadata_props` as a dict (``sr_deploy.scale``, ``sr_deploy.arch``...)."""
     return {p.key: p.value for p in _as_model(model_or_path).metadata_props}
+
+
+def read_onnx_metadata(path: str | Path) -> dict[str, str]:
+    """The file's `metadata_props` as a dict (weights are not read); InputError naming the file
+    when it is missing or unreadable."""
+    return metadata(load_onnx_file(path, load_weights=False))
 
 
 def static_input_dims(model_or_path: Any) -> list[int | None]:
