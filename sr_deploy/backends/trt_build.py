@@ -87,7 +87,7 @@ def prepare_fp16_onnx(onnx_path: str | Path, output: str | Path, calibration: Se
     """Write the fp16 ONNX that the strongly typed route builds from, and check it really is fp16.
 
     A graph that already holds fp16 tensors is used as is. Otherwise it is converted with
-    `sr_deploy.export.convert_to_fp16` (onnxconverter-common, float32 inputs/outputs kept),
+    `sr_deploy.onnx_graph.convert_to_fp16` (onnxconverter-common, float32 inputs/outputs kept),
     keeping in fp32 the nodes whose activations exceed the fp16 range on `calibration`
     (float32 RGB [0, 1] batches, default: `parity_inputs()`, real Set5 crops when present)
     plus `extra_block_list`.
