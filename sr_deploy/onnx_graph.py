@@ -25,7 +25,6 @@ FP16_SAFE_MAX = 16384.0
 FP16_MAX_RELATIVE_ERROR = 2e-3
 
 
-
 def name_nodes(model: Any) -> None:
     """Give every node a unique name, so that fp16 block lists can name nodes."""
     seen: set[str] = set()
@@ -49,8 +48,9 @@ def _split_block_list(model: Any, block_list: Sequence[str] | None) -> tuple[lis
     return ops, nodes
 
 
-def convert_to_fp16(onnx_model_or_path: Any, output: str | Path | None = None,
-                    block_list: Sequence[str] | None = None) -> Any:
+def convert_to_fp16(
+    onnx_model_or_path: Any, output: str | Path | None = None, block_list: Sequence[str] | None = None
+) -> Any:
     """An fp16 copy of an fp32 ONNX graph with float32 inputs and outputs (Cast nodes at the edges).
 
     Args:
@@ -68,9 +68,13 @@ def convert_to_fp16(onnx_model_or_path: Any, output: str | Path | None = None,
     op_block_list = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(ops))
     with quiet():
         converted = float16.convert_float_to_float16(
-            model, keep_io_types=True, op_block_list=op_block_list, node_block_list=nodes or None,
+            model,
+            keep_io_types=True,
+            op_block_list=op_block_list,
+            node_block_list=nodes or None,
             # weights are small; clamping tiny ones to 1e-7 flushes nothing that matters
-            min_positive_val=1e-7, max_finite_val=65504.0,
+            min_positive_val=1e-7,
+            max_finite_val=65504.0,
         )
     if output is not None:
         save_onnx(converted, Path(output))
@@ -147,13 +151,13 @@ def calibrate_fp16_block_list(
                 flagged.update(consumers[init.name])
     unsafe: set[str] = set()
     for start in range(0, len(names), chunk):
-        part = names[start:start + chunk]
+        part = names[start : start + chunk]
         probe = onnx.ModelProto.FromString(model.SerializeToString())
         probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in part)
         session = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         for x in inputs:
             for j in range(x.shape[0]):  # one image at a time bounds the memory
-                values = session.run(part, {input_name: np.ascontiguousarray(x[j:j + 1], dtype=np.float32)})
+                values = session.run(part, {input_name: np.ascontiguousarray(x[j : j + 1], dtype=np.float32)})
                 for name, value in zip(part, values):
                     if name in unsafe or value.dtype != np.float32 or value.size == 0:
                         continue

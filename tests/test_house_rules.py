@@ -69,6 +69,8 @@ FORMATTED = [
     "sr_deploy/backends/__init__.py",
     "sr_deploy/backends/base.py",
     "sr_deploy/backends/table.py",
+    "sr_deploy/onnx_graph.py",
+    "tests/test_backend_template.py",
     "tests/test_house_rules.py",
 ]
 

@@ -151,7 +151,8 @@ def _open_tensorrt(path: Path, device: str, precision: str, **options: Any) -> B
 BACKENDS: tuple[BackendSpec, ...] = (
     BackendSpec(
         name="torch",
-        suffixes=(".pt", ".pth"),
+        # = sr_deploy.models.checkpoint.CHECKPOINT_SUFFIXES (not imported: it would import torch)
+        suffixes=(".pt", ".pth", ".ckpt", ".safetensors"),
         runs_modules=True,
         host_input="torch",
         refusal=(

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..backends.table import spec_for_bench_name
+from ..backends.table import spec_for_bench_name, spec_for_suffix
 from ..errors import InputError, NotInstalledError, SRDeployError
 from ..util import Progress, first_line
 from ..util.onnx_facts import graph_precision, load_onnx_file, metadata
@@ -49,8 +49,8 @@ def load_subject(model: str | Path | nn.Module) -> Subject:
     from ..models import load_checkpoint, resolve_model_path
 
     path = resolve_model_path(model)
-    suffix = path.suffix.lower()
-    if suffix == ".onnx":
+    runtime = spec_for_suffix(path)  # the backend table says what kind of file this is
+    if runtime.name == "onnxruntime":
         proto = load_onnx_file(path, load_weights=False)
         meta = metadata(proto)
         return Subject(
@@ -61,7 +61,7 @@ def load_subject(model: str | Path | nn.Module) -> Subject:
             onnx_path=path,
             onnx_precision=graph_precision(proto),
         )
-    if suffix in (".engine", ".plan"):
+    if runtime.name == "tensorrt":
         if not path.is_file():
             raise InputError(f"{path}: no such model file")
         return Subject(str(model), None, "TensorRT engine", 0, engine_path=path)
