@@ -26,14 +26,17 @@ def save_tiny_srresnet(path: Path, seed: int = 0) -> Path:
     return save_checkpoint(path, SRResNet(**TINY_SRRESNET).eval(), TINY_SRRESNET)
 
 
-def save_tiny_srvgg(path: Path, seed: int = 0, output_gain: float = 1.0) -> Path:
+def save_tiny_srvgg(path: Path, seed: int = 0, output_gain: float = 1.0, nan_weight: bool = False) -> Path:
     """A 2-conv, 8-feature SRVGGNetCompact x4. `output_gain` scales the last conv: 1e6 makes
-    fp16 overflow to Inf/NaN while fp32 stays finite."""
+    fp16 overflow to Inf/NaN while fp32 stays finite. `nan_weight` puts one NaN in the first conv
+    (a checkpoint damaged in training), so every output is NaN."""
     torch.manual_seed(seed)
     model = SRVGGNetCompact(**TINY_SRVGG).eval()
     with torch.no_grad():
         model.body[-1].weight.mul_(output_gain)
         model.body[-1].bias.mul_(output_gain)
+        if nan_weight:
+            model.body[0].weight.view(-1)[0] = float("nan")
     return save_checkpoint(path, model, TINY_SRVGG)
 
 
