@@ -83,7 +83,11 @@ _QUEUE_DEPTH = 2
 # Frames over which out-of-order container timestamps are sorted (more than any B-frame delay).
 _REORDER_DEPTH = 16
 # Audio encoder for a container that refuses the input's audio codec.
-_AUDIO_FALLBACK = {".webm": "libopus", ".mkv": "libopus"}
+_AUDIO_FALLBACK = {".webm": "libopus", ".mkv": "libopus", ".avi": "libmp3lame"}
+# Audio that a container lists as accepted but that a stream copy through PyAV mistimes: AVI
+# needs the packets' frame size, which PyAV's stream template does not carry (the audio came
+# out 0.75 s long for 4 s). Re-encoded (MP3, AVI's own) instead.
+_COPY_MISTIMED = {".avi": frozenset({"aac", "opus", "vorbis"})}
 _MANIFEST = "manifest.json"
 _MANIFEST_VERSION = 1
 
@@ -592,7 +596,7 @@ def _mux(source: Path, folder: Path, segments: list[_Segment], tmp: Path, target
         transcoders: dict[int, _AudioTranscoder] = {}
         for stream in src.streams.audio:
             name = stream.codec_context.name
-            if name in accepted:
+            if name in accepted and name not in _COPY_MISTIMED.get(target_suffix.lower(), ()):
                 copies[stream.index] = out.add_stream_from_template(stream)
                 outcomes.append("copied")
                 continue
@@ -613,7 +617,7 @@ def _mux(source: Path, folder: Path, segments: list[_Segment], tmp: Path, target
             audio_out.time_base = Fraction(1, rate)
             transcoders[stream.index] = _AudioTranscoder(stream, audio_out)
             outcomes.append(f"re-encoded to {encoder.canonical_name}")
-            warn(f"warning: {source}: {target_suffix} does not take {name} audio; re-encoded to "
+            warn(f"warning: {source}: {name} audio cannot be copied into {target_suffix}; re-encoded to "
                  f"{encoder.canonical_name}")
         for stream in src.streams.subtitles:
             name = stream.codec_context.name
