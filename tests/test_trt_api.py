@@ -162,9 +162,11 @@ def test_runtime_path_conforms(release):
 def test_the_stand_in_refuses_what_the_release_lacks(release):
     """A stand-in that accepted anything would make every test above unable to fail."""
     refused = release["scenarios"]["self_test"]["refused"]
-    assert len(refused) == 6, refused
+    assert refused == release["scenarios"]["self_test"]["violations"]
+    assert len(refused) == 7, refused
     assert "has no attribute 'set_memory_pool'" in refused[0]
     assert "missing argument 'pool_size'" in refused[1]
     assert "no parameter named 'size'" in refused[2]
     assert "is not a tensorrt.tensorrt.MemoryPoolType" in refused[3]
     assert "read-only" in refused[4] and "has no attribute 'NoSuchClass'" in refused[5]
+    assert "BuilderFlag has no member 'NO_SUCH_FLAG'" in refused[6]
