@@ -30,6 +30,7 @@ MAX_FUNCTION_LINES = 80
 # Known oversize code in files other engineers are splitting now (issue 13). Each entry goes
 # when its file is split; the test fails when an entry is no longer needed, so the list shrinks.
 PENDING = {
+    "sr_deploy/video.py": "module: the PyAV pipeline, to be split by the video engineer (issue 16)",
     "sr_deploy/video.py:upscale_video": "the video engineer (issue 16)",
     "train/trainer.py": "module: the training package (issue 14)",
     "train/trainer.py:Trainer.__init__": "the training package (issue 14)",
