@@ -122,29 +122,22 @@ def measure_video_overhead(
     batches, frames, height, width = decode_batches(clip, batch_size)
     inputs = backend_inputs(backend.name, backend.device, batches)
     backend(inputs[0])  # warm-up: allocations, kernel choice
-    options: dict[str, Any] = {"preset": preset} if preset else {}
+    # Every run from scratch into its own file: a resumed run would time nothing.
+    options: dict[str, Any] = {"resume": False, "progress": False, "log": silent, "batch_size": batch_size}
+    if preset:
+        options["preset"] = preset
     model_s, best = float("inf"), None
-    for _ in range(max(1, repeat)):
+    for run in range(max(1, repeat)):
         timing = time_calls(backend, inputs, backend.device, warmup=0, iters=len(inputs))
         model_s = min(model_s, sum(timing.samples_ms) / 1e3)
-        result = upscale_video(
-            backend, clip, work / f"out{clip.suffix}", batch_size=batch_size, progress=False, log=silent, **options
-        )
+        result = upscale_video(backend, clip, work / f"out-{run}{clip.suffix}", **options)
         if result.frames != frames:
             raise SRDeployError(f"{clip}: the pipeline wrote {result.frames} frames, {frames} were decoded")
         if best is None or result.seconds < best.seconds:
             best = result
     free = None
     if free_model:
-        free = upscale_video(
-            NearestBackend(backend.scale),
-            clip,
-            work / f"free{clip.suffix}",
-            batch_size=batch_size,
-            progress=False,
-            log=silent,
-            **options,
-        )
+        free = upscale_video(NearestBackend(backend.scale), clip, work / f"free{clip.suffix}", **options)
     return VideoOverhead(frames, height, width, model_s, best, free)
 
 
