@@ -240,10 +240,18 @@ def build_engine(model: str, output: str | None, precision: str, min_shape: str 
 @click.option("--crf", type=int, default=18, show_default=True, help="Video quality (lower is better).")
 @click.option("--preset", default="medium", show_default=True, help="x264/x265 speed preset.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+              help="Run on a Ray cluster (needs sr-deploy[ray]): the one at ADDRESS (auto, HOST:6379, "
+                   "ray://HOST:10001), else one running here, else a new local one. Write --ray=ADDRESS or "
+                   "put --ray after the inputs.")
+@click.option("--ray-actors", type=click.IntRange(min=1), default=None,
+              help="Actors (backend copies) on the cluster [default: one per GPU, else one per CPU].")
+@click.option("--segment-seconds", type=float, default=10.0, show_default=True,
+              help="With --ray: videos are cut at the first keyframe after every this many seconds.")
 def upscale(inputs: tuple[str, ...], output: str, model: str, backend_name: str, device: str, precision: str,
             tile: int | None, tile_overlap: int, batch_size: int | None, outscale: float | None, ext: str,
             overwrite: bool, quality: int | None, codec: str | None, crf: int, preset: str,
-            no_progress: bool) -> None:
+            no_progress: bool, ray_address: str | None, ray_actors: int | None, segment_seconds: float) -> None:
     """Upscale images, folders and videos with any backend, tiled, nothing lost.
 
     INPUT may be image files (png, jpg, webp, bmp, tiff), video files (mp4, mkv, mov, avi, webm)
@@ -263,9 +271,18 @@ def upscale(inputs: tuple[str, ...], output: str, model: str, backend_name: str,
     def terminate(signum: int, frame: object) -> None:  # `kill`: clean up like Ctrl-C
         raise KeyboardInterrupt
 
+    ray = None
+    if ray_address is not None:
+        from .cluster import RayOptions, import_ray
+
+        if ray_address and Path(ray_address).exists():
+            raise InputError(f"--ray took {ray_address!r} (an input) as the cluster address: write --ray=ADDRESS "
+                             "or put --ray after the inputs")
+        import_ray()  # the one-line 'not installed' message before any work
+        ray = RayOptions(address=ray_address or None, actors=ray_actors, segment_seconds=segment_seconds)
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
-        summary = run_upscale(inputs, output, options)
+        summary = run_upscale(inputs, output, options, ray=ray)
     finally:
         signal.signal(signal.SIGTERM, previous)
     click.echo(summary.line(), err=True)

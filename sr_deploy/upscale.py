@@ -27,13 +27,14 @@ from .backends.base import Backend
 from .errors import InputError, SRDeployError
 from .imaging import (
     IMAGE_EXTENSIONS,
+    atomic_write_bytes,
+    encode_image,
     image_to_model_input,
     is_image_path,
     model_output_to_image,
     output_dtype_for,
     read_image,
     upscaled_size,
-    write_image,
 )
 from .tiling import DEFAULT_TILE_OVERLAP, upscale_tiled
 from .video import DEFAULT_CRF, DEFAULT_PRESET, DEFAULT_VIDEO_BATCH, VIDEO_EXTENSIONS, is_video_path, upscale_video
@@ -246,10 +247,12 @@ def load_backend(options: UpscaleOptions, log: Log = _stderr) -> Backend:
     return Fp32Fallback(backend, lambda: load(path, options.device, "fp32", backend=backend.name), log)
 
 
-def upscale_image_file(backend: Backend, source: Path, target: Path, options: UpscaleOptions) -> None:
-    """Read `source`, upscale it (tiled), write `target` atomically (format from its extension).
+def upscale_image_bytes(backend: Backend, source: Path, extension: str, options: UpscaleOptions) -> bytes:
+    """Read `source`, upscale it (tiled) and return it encoded as `extension` (".png", ".jpg"...).
 
     Keeps greyscale as one channel, alpha (bicubic), 16-bit depth where the format holds it.
+    Split from `upscale_image_file` so that a remote worker (`sr_deploy.cluster`) can compute the
+    bytes and the caller write them, with the same result as a local run.
     """
     image = read_image(source)
     rgb, alpha = image_to_model_input(image)
@@ -259,9 +262,14 @@ def upscale_image_file(backend: Backend, source: Path, target: Path, options: Up
     size = None
     if options.outscale is not None and options.outscale != backend.scale:
         size = upscaled_size(height, width, options.outscale)
-    dtype = output_dtype_for(target.suffix, image.dtype)
+    dtype = output_dtype_for(extension, image.dtype)
     out = model_output_to_image(result, alpha, dtype, grey=image.ndim == 2, size_hw=size)
-    write_image(target, out, options.quality)
+    return encode_image(out, extension, options.quality)
+
+
+def upscale_image_file(backend: Backend, source: Path, target: Path, options: UpscaleOptions) -> None:
+    """Read `source`, upscale it (tiled), write `target` atomically (format from its extension)."""
+    atomic_write_bytes(target, upscale_image_bytes(backend, source, target.suffix, options))
 
 
 def _one_line(source: Path, exc: BaseException) -> str:
@@ -328,8 +336,10 @@ def run_jobs(jobs: Sequence[Job], backend: Backend, options: UpscaleOptions, log
 
 
 def upscale(inputs: Sequence[str | Path], output: str | Path, options: UpscaleOptions,
-            log: Log = _stderr, backend: Backend | None = None) -> UpscaleSummary:
+            log: Log = _stderr, backend: Backend | None = None, ray: Any = None) -> UpscaleSummary:
     """Plan, load the backend (unless given, or unless every output already exists), run.
+
+    `ray`: a `sr_deploy.cluster.RayOptions` to run the jobs on a Ray cluster instead.
 
     Returns the summary; the caller decides the exit code (non-zero when anything failed).
     """
@@ -346,6 +356,10 @@ def upscale(inputs: Sequence[str | Path], output: str | Path, options: UpscaleOp
         raise InputError(f"no image or video files found in {', '.join(str(p) for p in inputs)}")
     if _kind_of(Path(output)) is None:
         Path(output).mkdir(parents=True, exist_ok=True)
+    if ray is not None:
+        from .cluster import run_jobs_on_ray
+
+        return run_jobs_on_ray(jobs, options, ray, log)
     pending = [job for job in jobs if options.overwrite or not job.target.exists()]
     if backend is None and pending:
         backend = load_backend(options, log)
