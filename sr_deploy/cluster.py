@@ -35,6 +35,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -44,7 +45,15 @@ import numpy as np
 
 from .errors import InputError, NotInstalledError, SRDeployError
 from .imaging import atomic_write_bytes, partial_path
-from .upscale import Fp32Fallback, Job, UpscaleOptions, UpscaleSummary, load_backend, upscale_image_bytes
+from .upscale import (
+    Fp32Fallback,
+    Job,
+    UpscaleOptions,
+    UpscaleSummary,
+    load_backend,
+    prepare_jobs,
+    upscale_image_bytes,
+)
 from .video import (
     DEFAULT_VIDEO_BATCH,
     default_codec,
@@ -419,11 +428,15 @@ def run_jobs_on_ray(jobs: Sequence[Job], options: UpscaleOptions, ray_options: R
         context.print_on_execution_start = False
         context.max_errored_blocks = len(rows)  # a block that keeps failing fails only its input
         dataset = ray.data.from_items(rows, override_num_blocks=len(rows))  # one row per block: fine retries
-        dataset = dataset.map_batches(
-            _Upscaler, fn_constructor_kwargs={"options": options, "model_name": model_name,
-                                              "model_files": model_files},
-            batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=ray_options.cpus_per_actor,
-            num_gpus=gpus_per_actor, ray_remote_args_fn=_restart_policy)
+        with warnings.catch_warnings():
+            # Ray 2.5x deprecates ray_remote_args_fn but has no named parameter for restarts yet; without
+            # it Ray Data restarts a dying actor forever, and an input that crashes its actor would hang.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            dataset = dataset.map_batches(
+                _Upscaler, fn_constructor_kwargs={"options": options, "model_name": model_name,
+                                                  "model_files": model_files},
+                batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=ray_options.cpus_per_actor,
+                num_gpus=gpus_per_actor, ray_remote_args_fn=_restart_policy)
         log(f"ray: {len(rows)} item(s) ({len(rows) - sum(v.parts for v in videos.values())} image(s), "
             f"{sum(v.parts for v in videos.values())} video segment(s)) on {actors} actor(s)"
             + (f", {gpus_per_actor:g} GPU each" if gpus_per_actor else ", CPU"))
@@ -502,3 +515,10 @@ def _finish_video(state: _VideoState, ffmpeg: str, summary: UpscaleSummary, repo
             state.error = str(exc)
     summary.failed.append((job.source, state.error or f"{job.source}: segments missing"))
     report(f"error: {summary.failed[-1][1]}")
+
+
+def upscale_on_ray(inputs: Sequence[str | Path], output: str | Path, options: UpscaleOptions,
+                   ray_options: RayOptions, log: Log = _stderr) -> UpscaleSummary:
+    """`sr_deploy.upscale.upscale` on a Ray cluster: the same checks and plan, then `run_jobs_on_ray`."""
+    import_ray()  # the one-line 'not installed' message before any work
+    return run_jobs_on_ray(prepare_jobs(inputs, output, options), options, ray_options, log)

@@ -335,14 +335,9 @@ def run_jobs(jobs: Sequence[Job], backend: Backend, options: UpscaleOptions, log
     return summary
 
 
-def upscale(inputs: Sequence[str | Path], output: str | Path, options: UpscaleOptions,
-            log: Log = _stderr, backend: Backend | None = None, ray: Any = None) -> UpscaleSummary:
-    """Plan, load the backend (unless given, or unless every output already exists), run.
-
-    `ray`: a `sr_deploy.cluster.RayOptions` to run the jobs on a Ray cluster instead.
-
-    Returns the summary; the caller decides the exit code (non-zero when anything failed).
-    """
+def prepare_jobs(inputs: Sequence[str | Path], output: str | Path, options: UpscaleOptions) -> list[Job]:
+    """Check `options`, plan the jobs (`plan_jobs`) and create the output folder; InputError for
+    anything wrong, before any model is loaded. Shared by local and Ray runs."""
     if options.tile is not None and options.tile < 0:
         raise InputError(f"--tile must be >= 0 (0 turns tiling off), got {options.tile}")
     if options.tile_overlap < 0:
@@ -356,10 +351,16 @@ def upscale(inputs: Sequence[str | Path], output: str | Path, options: UpscaleOp
         raise InputError(f"no image or video files found in {', '.join(str(p) for p in inputs)}")
     if _kind_of(Path(output)) is None:
         Path(output).mkdir(parents=True, exist_ok=True)
-    if ray is not None:
-        from .cluster import run_jobs_on_ray
+    return jobs
 
-        return run_jobs_on_ray(jobs, options, ray, log)
+
+def upscale(inputs: Sequence[str | Path], output: str | Path, options: UpscaleOptions,
+            log: Log = _stderr, backend: Backend | None = None) -> UpscaleSummary:
+    """Plan, load the backend (unless given, or unless every output already exists), run.
+
+    Returns the summary; the caller decides the exit code (non-zero when anything failed).
+    """
+    jobs = prepare_jobs(inputs, output, options)
     pending = [job for job in jobs if options.overwrite or not job.target.exists()]
     if backend is None and pending:
         backend = load_backend(options, log)
