@@ -57,7 +57,8 @@ def _not_implemented(command: str) -> None:
 @click.argument("model")
 @click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
 def info(model: str, as_json: bool) -> None:
-    """Describe MODEL: a checkpoint path (ours, BasicSR, ESRGAN, leftthomas/SRGAN) or `default`."""
+    """Describe MODEL: a checkpoint (.pt/.pth/.ckpt/.safetensors: ours, BasicSR, ESRGAN,
+    leftthomas/SRGAN, or any architecture spandrel knows) or `default`."""
     from .models import count_flops_per_lr_pixel, count_parameters, load_checkpoint
 
     ckpt = load_checkpoint(model)
@@ -70,6 +71,8 @@ def info(model: str, as_json: bool) -> None:
         "parameters": count_parameters(ckpt.model),
         "mflops_per_lr_pixel": round(count_flops_per_lr_pixel(ckpt.model) / 1e6, 3),
         "sha256": ckpt.sha256,
+        "size_multiple": ckpt.size_multiple,
+        "notes": ckpt.notes,
         "metadata": ckpt.metadata,
     }
     if as_json:
@@ -80,9 +83,14 @@ def info(model: str, as_json: bool) -> None:
     click.echo(f"arch:        {desc['arch']} x{desc['scale']}")
     click.echo(f"config:      {', '.join(f'{k}={v}' for k, v in desc['config'].items())}")
     click.echo(f"parameters:  {desc['parameters']:,}")
+    lr_pixels = 1920 * 1080 / max(1, desc["scale"]) ** 2
     click.echo(f"FLOPs:       {desc['mflops_per_lr_pixel']:.2f} MFLOP per low-resolution pixel "
-               f"({desc['mflops_per_lr_pixel'] * 1920 * 1080 / 16 / 1e3:.1f} GFLOP for a 1080p output at x4)")
+               f"({desc['mflops_per_lr_pixel'] * lr_pixels / 1e3:.1f} GFLOP for a 1080p output at x{desc['scale']})")
     click.echo(f"sha256:      {desc['sha256']}")
+    if ckpt.size_multiple > 1:
+        click.echo(f"input size:  padded inside to a multiple of {ckpt.size_multiple} (any size works)")
+    for note in ckpt.notes:
+        click.echo(f"note:        {note}")
     for key, value in desc["metadata"].items():
         click.echo(f"{key + ':':<12} {value}")
 

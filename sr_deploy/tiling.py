@@ -30,13 +30,14 @@ import numpy as np
 
 from .backends.base import Backend
 from .errors import SRDeployError
+from .models.registry import live_values_per_hr_pixel
 
 DEFAULT_TILE_OVERLAP = 16
 # Smallest core edge the out-of-memory retry goes down to before giving up.
 MIN_TILE = 8
-# Memory model for the automatic tile size: per LR pixel, a generator of this family holds about
-# 2 feature maps of 64 channels at the output resolution (scale^2 pixels), plus the float32 output.
-_LIVE_CHANNELS_AT_HR = 128
+# Memory model for the automatic tile size: per output pixel, a generator holds about
+# `live_values_per_hr_pixel` activation values (each architecture declares its own in the model
+# registry; the SRResNet / ESRGAN family: 2 feature maps of 64 channels), plus the float32 output.
 # Fraction of free memory the automatic tile size may plan to use (CUDA: free device memory; CPU:
 # available RAM, capped, since the output array and the decoder need room too).
 _CUDA_MEMORY_FRACTION = 0.5
@@ -134,11 +135,12 @@ def auto_tile_size(backend: Backend, height: int, width: int, overlap: int = DEF
 
     Memory budget: half the free CUDA memory on a CUDA backend, else a quarter of the available
     RAM (at most 8 GiB), shared by `batch_size` windows; a window costs about
-    (128 * bytes-per-value + 12) * scale^2 bytes per LR pixel (two 64-channel feature maps at the
-    output resolution plus the float32 output).
+    (live values * bytes-per-value + 12) * scale^2 bytes per LR pixel (the architecture's live
+    activations per output pixel, `backend_arch`, plus the float32 output).
     """
     value_bytes = 2 if backend.precision in ("fp16", "bf16") else 4
-    per_pixel = (_LIVE_CHANNELS_AT_HR * value_bytes + 3 * 4) * backend.scale ** 2
+    live = live_values_per_hr_pixel(backend_arch(backend))
+    per_pixel = (live * value_bytes + 3 * 4) * backend.scale ** 2
     free = _free_memory_bytes(backend.device)
     budget = free * _CUDA_MEMORY_FRACTION if free is not None else _cpu_budget_bytes()
     window_pixels = budget / max(1, batch_size) / per_pixel
@@ -153,6 +155,19 @@ def auto_tile_size(backend: Backend, height: int, width: int, overlap: int = DEF
             f"tile overlap {overlap} leaves no room in a {limit}-pixel window "
             f"(backend max shape {backend.max_shape}): use a smaller --tile-overlap")
     return tile
+
+
+def backend_arch(backend: Backend) -> str | None:
+    """The architecture a backend runs, when it can tell: the ONNX / engine metadata's
+    `sr_deploy.arch`, or the torch model's `arch` attribute or class name."""
+    meta = getattr(backend, "metadata", None)
+    if isinstance(meta, dict) and meta.get("sr_deploy.arch"):
+        return str(meta["sr_deploy.arch"])
+    model = getattr(backend, "model", None)
+    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
+    if model is None:
+        return None
+    return getattr(model, "arch", None) or type(model).__name__
 
 
 def _max_batch(backend: Backend, batch_size: int) -> int:
