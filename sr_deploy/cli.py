@@ -290,8 +290,8 @@ def build_engine(model: str, output: str | None, precision: str, min_shape: str 
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
               help="Run on a Ray cluster (needs sr-deploy[ray]): the one at ADDRESS (auto, HOST:6379, "
-                   "ray://HOST:10001), else one running here, else a new local one. Write --ray=ADDRESS or "
-                   "put --ray after the inputs.")
+                   "ray://HOST:10001) or RAY_ADDRESS, else a new local one for this run. Write --ray=ADDRESS "
+                   "or put --ray after the inputs.")
 @click.option("--ray-actors", type=click.IntRange(min=1), default=None,
               help="Actors (backend copies) on the cluster [default: one per GPU, else one per CPU].")
 @click.option("--segment-seconds", type=float, default=10.0, show_default=True,

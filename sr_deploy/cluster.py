@@ -38,12 +38,12 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
 
-from .errors import InputError, NotInstalledError, SRDeployError
+from .errors import InputError, NotInstalledError, SRDeployError, first_line
 from .imaging import atomic_write_bytes, partial_path
 from .upscale import (
     Fp32Fallback,
@@ -92,8 +92,9 @@ def import_ray() -> Any:
 class RayOptions:
     """How to use the cluster.
 
-    address: None = a cluster already running on this machine (or named by RAY_ADDRESS), else a
-        new local one; "auto", "HOST:6379" or "ray://HOST:10001" = that cluster (must exist).
+    address: None = the cluster named by RAY_ADDRESS, else a new local one for this run (on
+        127.0.0.1, stopped at the end); "auto" (the cluster this machine is part of), "HOST:6379"
+        or "ray://HOST:10001" = that cluster (must exist).
     actors: size of the actor pool; None = one per GPU of the cluster (when it has GPUs and the
         device is not cpu), else one per `cpus_per_actor` CPUs.
     cpus_per_actor: CPUs each actor reserves (its torch / ONNX Runtime thread count on the CPU).
@@ -315,12 +316,11 @@ class _VideoState:
 
 
 def _model_files(model: str) -> tuple[str, dict[str, bytes]]:
-    """The model file (and a TensorRT engine's sidecar JSON) as bytes, to ship to the actors."""
-    from .models import resolve_model_path
+    """The model file (and a TensorRT engine's sidecar JSON) as bytes, to ship to the actors.
+    Checked here first (`model_file_scale`), so that a bad file is one line, not an actor's death."""
+    from .model_file import model_file_scale
 
-    path = resolve_model_path(model)
-    if not path.is_file():
-        raise InputError(f"{path}: no such model file")
+    path, _ = model_file_scale(model)
     files = {path.name: path.read_bytes()}
     sidecar = path.with_name(path.name + ".json")
     if path.suffix == ".engine" and sidecar.is_file():
@@ -329,14 +329,16 @@ def _model_files(model: str) -> tuple[str, dict[str, bytes]]:
 
 
 def _connect(ray: Any, address: str | None, log: Log) -> bool:
-    """Connect to (or start) the cluster; True when this call started the Ray session."""
+    """Connect to the cluster at `address` (or RAY_ADDRESS), or start a local one for this run,
+    listening on 127.0.0.1 only; True when this call started the Ray session (to shut it down)."""
     if ray.is_initialized():
         return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    local = {} if address else {"_node_ip_address": "127.0.0.1", "include_dashboard": False}
     try:
-        ray.init(address=address, logging_level="warning", log_to_driver=True,
-                 configure_logging=True)
+        ray.init(address=address, logging_level="warning", log_to_driver=True, configure_logging=True, **local)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        where = address or "RAY_ADDRESS / this machine"
+        where = address or "a new local cluster"
         raise SRDeployError(f"cannot connect to the Ray cluster at {where}: {str(exc).strip().splitlines()[0]}") \
             from exc
     return True
@@ -358,6 +360,17 @@ def _pool_size(ray: Any, options: UpscaleOptions, ray_options: RayOptions) -> tu
     if actors < 1:
         raise InputError(f"--ray-actors must be >= 1, got {actors}")
     return actors, gpus_per_actor
+
+
+def _rows(dataset: Any) -> Iterator[dict[str, Any]]:
+    """The dataset's result rows as they come; a failure of the Ray job itself (not of one input:
+    those are rows with ok=False) becomes one SRDeployError line."""
+    try:
+        yield from dataset.iter_rows()
+    except (KeyboardInterrupt, SystemExit, SRDeployError):
+        raise
+    except Exception as exc:
+        raise SRDeployError(f"the Ray job failed: {type(exc).__name__}: {first_line(exc)}") from exc
 
 
 def _restart_policy() -> dict[str, int]:
@@ -450,7 +463,7 @@ def run_jobs_on_ray(jobs: Sequence[Job], options: UpscaleOptions, ray_options: R
                 bar.write(message, file=sys.stderr)
 
         answered: set[tuple[int, int]] = set()
-        for row in dataset.iter_rows():
+        for row in _rows(dataset):
             job_index, part = int(row["job"]), int(row["part"])
             answered.add((job_index, part))
             bar.update(1)

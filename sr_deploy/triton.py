@@ -190,30 +190,6 @@ def _staging(repo: Path, name: str) -> Path:
     return folder
 
 
-def _model_scale(model: str) -> tuple[Path, int]:
-    """(model file, scale) of any model sr-deploy loads, without building a backend."""
-    from .models import resolve_model_path
-
-    path = resolve_model_path(model)
-    if not path.is_file():
-        raise InputError(f"{path}: no such model file")
-    suffix = path.suffix.lower()
-    if suffix == ".onnx":
-        from .engine import _onnx_scale
-
-        return path, _onnx_scale(path)
-    if suffix in (".engine", ".plan"):
-        from .engine import read_sidecar
-
-        sidecar = read_sidecar(path)
-        if sidecar is None or not sidecar.scale:
-            raise InputError(f"{path}: no sidecar JSON with the engine's scale beside it ({path.name}.json)")
-        return path, int(sidecar.scale)
-    from .models import load_checkpoint
-
-    return path, int(load_checkpoint(path).scale)
-
-
 def write_triton_repository(
     model: str,
     repo: str | Path,
@@ -274,7 +250,9 @@ def write_triton_repository(
     kind_text = INSTANCE_KINDS[kind]
 
     if flavour == "python":
-        source, scale = _model_scale(model)
+        from .model_file import model_file_scale
+
+        source, scale = model_file_scale(model)
         staging = _staging(repo, name)
         try:
             shutil.copyfile(source, staging / VERSION / source.name)

@@ -191,3 +191,15 @@ def test_ray_flag_without_ray_installed_names_the_extra(tmp_path, set5_dir):
     assert proc.stderr.strip() == ("error: Ray is not installed: pip install 'sr-deploy[ray]' "
                                    "(on the driver and every node)")
     assert not (tmp_path / "out.png").exists()
+
+
+def test_a_bad_model_is_refused_on_the_driver_before_any_actor_starts(tmp_path, set5_dir):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    proc = subprocess.run([sys.executable, "-m", "sr_deploy", "upscale", str(set5_dir / "bird.png"), "-o",
+                           str(tmp_path / "out.png"), "--model", str(bad), "--ray"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith(f"error: {bad}: not a PyTorch checkpoint")
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "out.png").exists()
