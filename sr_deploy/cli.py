@@ -251,7 +251,8 @@ def build_engine(model: str, output: str | None, precision: str, min_shape: str 
                  timing_cache: str | None, fallback_static: bool, strongly_typed: bool, no_parity: bool,
                  verbose: bool) -> None:
     """Build a TensorRT engine from MODEL.onnx (fp16, profiles, timing cache), checked for parity."""
-    from .engine import build_engine as build, resolve_profile
+    from .backends.trt_build import build_engine as build
+    from .engine import resolve_profile
 
     profile = resolve_profile(min_shape, opt_shape, max_shape, static_shape)
     result = build(model, output, precision=precision, profile=profile, workspace_gib=workspace,
