@@ -5,7 +5,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import InputError
+from .errors import InputError, first_line
+
+
+def onnx_file_scale(path: str | Path) -> int:
+    """The `sr_deploy.scale` an sr-deploy export records in the ONNX file's metadata; InputError
+    when the file is not ONNX or has none (weights are not read)."""
+    from .export import read_onnx_metadata
+
+    try:
+        meta = read_onnx_metadata(path)
+    except Exception as exc:  # onnx's protobuf DecodeError and friends: not an ONNX file
+        raise InputError(f"{path}: not a readable ONNX file ({first_line(exc)})") from None
+    try:
+        return int(meta["sr_deploy.scale"])
+    except (KeyError, ValueError):
+        raise InputError(f"{path}: no sr_deploy.scale in the ONNX metadata; export it with sr-deploy export") from None
 
 
 def model_file_scale(model: str | Path) -> tuple[Path, int]:
@@ -19,9 +34,7 @@ def model_file_scale(model: str | Path) -> tuple[Path, int]:
         raise InputError(f"{path}: no such model file")
     suffix = path.suffix.lower()
     if suffix == ".onnx":
-        from .engine import _onnx_scale
-
-        return path, _onnx_scale(path)
+        return path, onnx_file_scale(path)
     if suffix in (".engine", ".plan"):
         from .engine import read_sidecar
 

@@ -286,9 +286,9 @@ def write_triton_repository(
                 from .export import export_onnx
 
                 export_onnx(model, onnx_target, opset=opset, verify=verify, log=log)
-            from .engine import _onnx_scale
+            from .model_file import onnx_file_scale
 
-            scale = _onnx_scale(onnx_target)
+            scale = onnx_file_scale(onnx_target)
             profile = sidecar.profile if sidecar is not None else DEFAULT_PROFILE
             (staging / "config.pbtxt").write_text(onnx_config(name, max_batch, profile, kind_text, scale))
             _place(staging, repo / name)
