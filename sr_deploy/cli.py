@@ -285,22 +285,29 @@ def build_engine(model: str, output: str | None, precision: str, min_shape: str 
 @click.option("--overwrite", is_flag=True, help="Redo outputs that already exist (default: skip them).")
 @click.option("--quality", type=click.IntRange(1, 101), default=None,
               help="JPEG/WebP quality (default 95; WebP 101 = lossless).")
-@click.option("--codec", default=None, help="ffmpeg video encoder (default libx264; libvpx-vp9 for .webm).")
-@click.option("--crf", type=int, default=18, show_default=True, help="Video quality (lower is better).")
-@click.option("--preset", default="medium", show_default=True, help="x264/x265 speed preset.")
+@click.option("--codec", default=None, help="FFmpeg video encoder (default libx264; libvpx-vp9 for .webm; "
+              "h264_nvenc / hevc_nvenc where the build and GPU have them).")
+@click.option("--crf", type=int, default=18, show_default=True, help="Video quality, lower is better (NVENC: -cq).")
+@click.option("--preset", default="medium", show_default=True, help="Encoder speed preset (x264/x265/SVT-AV1/NVENC).")
+@click.option("--pix-fmt", default=None, help="Encoder pixel format, e.g. yuv420p10le [default: yuv420p, 10-bit for "
+              "a > 8-bit input].")
+@click.option("--hwaccel", default=None, help="Hardware video decoding: an FFmpeg device type, e.g. cuda (NVDEC).")
+@click.option("--allow-partial", is_flag=True, help="Keep what decodes of a damaged video, as NAME.partial.EXT "
+              "(default: a damaged video is an error).")
+@click.option("--segment-seconds", type=float, default=2.0, show_default=True,
+              help="Videos are encoded in resumable segments of about this length (0: one segment).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
               help="Run on a Ray cluster (needs sr-deploy[ray]): the one at ADDRESS (auto, HOST:6379, "
-                   "ray://HOST:10001) or RAY_ADDRESS, else a new local one for this run. Write --ray=ADDRESS "
-                   "or put --ray after the inputs.")
+                   "ray://HOST:10001) or RAY_ADDRESS, else a new local one for this run; each video segment is "
+                   "a task. Write --ray=ADDRESS or put --ray after the inputs.")
 @click.option("--ray-actors", type=click.IntRange(min=1), default=None,
-              help="Actors (backend copies) on the cluster [default: one per GPU, else one per CPU].")
-@click.option("--segment-seconds", type=float, default=10.0, show_default=True,
-              help="With --ray: videos are cut at the first keyframe after every this many seconds.")
+              help="With --ray: actors (backend copies) [default: one per GPU of the cluster, else one per CPU].")
 def upscale(inputs: tuple[str, ...], output: str, model: str, backend_name: str, device: str, precision: str,
             tile: int | None, tile_overlap: int, batch_size: int | None, outscale: float | None, ext: str,
-            overwrite: bool, quality: int | None, codec: str | None, crf: int, preset: str,
-            no_progress: bool, ray_address: str | None, ray_actors: int | None, segment_seconds: float) -> None:
+            overwrite: bool, quality: int | None, codec: str | None, crf: int, preset: str, pix_fmt: str | None,
+            hwaccel: str | None, allow_partial: bool, segment_seconds: float, no_progress: bool,
+            ray_address: str | None, ray_actors: int | None) -> None:
     """Upscale images, folders and videos with any backend, tiled, nothing lost.
 
     INPUT may be image files (png, jpg, webp, bmp, tiff), video files (mp4, mkv, mov, avi, webm)
@@ -315,12 +322,13 @@ def upscale(inputs: tuple[str, ...], output: str, model: str, backend_name: str,
     options = UpscaleOptions(model=model, backend=backend_name, device=device, precision=precision, tile=tile,
                              tile_overlap=tile_overlap, batch_size=batch_size, outscale=outscale, ext=ext,
                              overwrite=overwrite, quality=quality, codec=codec, crf=crf, preset=preset,
-                             progress=not no_progress)
+                             pix_fmt=pix_fmt, hwaccel=hwaccel, allow_partial=allow_partial,
+                             segment_seconds=segment_seconds, progress=not no_progress)
 
     def terminate(signum: int, frame: object) -> None:  # `kill`: clean up like Ctrl-C
         raise KeyboardInterrupt
 
-    if ray_address is not None and ray_address and Path(ray_address).exists():
+    if ray_address and Path(ray_address).exists():
         raise InputError(f"--ray took {ray_address!r} (an input) as the cluster address: write --ray=ADDRESS "
                          "or put --ray after the inputs")
     previous = signal.signal(signal.SIGTERM, terminate)
@@ -328,8 +336,8 @@ def upscale(inputs: tuple[str, ...], output: str, model: str, backend_name: str,
         if ray_address is not None:
             from .cluster import RayOptions, upscale_on_ray
 
-            ray = RayOptions(address=ray_address or None, actors=ray_actors, segment_seconds=segment_seconds)
-            summary = upscale_on_ray(inputs, output, options, ray)
+            summary = upscale_on_ray(inputs, output, options, RayOptions(address=ray_address or None,
+                                                                         actors=ray_actors))
         else:
             summary = run_upscale(inputs, output, options)
     finally:
@@ -340,8 +348,10 @@ def upscale(inputs: tuple[str, ...], output: str, model: str, backend_name: str,
         click.echo(f"result: {summary.done[0]}")
     elif summary.done:
         click.echo(f"results: {len(summary.done)} files under {output}")
+    if summary.partial:
+        click.echo(f"partial: {', '.join(str(p) for p in summary.partial)}")
     if summary.failed:
-        raise click.exceptions.Exit(1)
+        raise click.exceptions.Exit(summary.exit_code())
 
 
 @cli.command()

@@ -71,7 +71,8 @@ def test_images_on_ray_are_byte_identical_to_a_local_run(ray_cluster, tiny_model
 
     assert len(on_ray.done) == 4 and len(local.done) == 4
     # the bad input fails only itself, with one line naming it
-    assert [source.name for source, _ in on_ray.failed] == ["broken.png"]
+    assert [(source.name, code) for source, _, code in on_ray.failed] == [("broken.png", 2)]
+    assert on_ray.failed[0][1] == local.failed[0][1]  # the same one line as a local run
     assert "broken.png" in on_ray.failed[0][1] and "\n" not in on_ray.failed[0][1]
     assert _files(tmp_path / "ray") == _files(tmp_path / "local")  # byte for byte, no partial files left
 
@@ -101,21 +102,22 @@ def _frame_md5s(path: Path) -> list[tuple[str, ...]]:
 
 def test_video_on_ray_is_frame_exact(ray_cluster, tiny_model, video_dir, tmp_path):
     from sr_deploy.cluster import RayOptions, split_video, upscale_on_ray
-    from sr_deploy.video import probe_streams
+    from sr_deploy.video import probe_video
 
     clip = _small_clip(video_dir, tmp_path / "clip.mp4")
-    # the clip really is cut into several independently decodable segments
-    assert len(split_video(clip, tmp_path / "parts", 0.5, find_ffmpeg())) >= 3
-    lossless = {"codec": "libx264", "crf": 0, "preset": "ultrafast"}
+    # the clip really is cut into several independently decodable pieces, every packet in one
+    pieces = split_video(clip, tmp_path / "parts", 0.5)
+    assert len(pieces) >= 3 and sum(packets for _, packets in pieces) == 50
+    lossless = {"codec": "libx264", "crf": 0, "preset": "ultrafast", "segment_seconds": 0.5}
     local = upscale([clip], tmp_path / "local.mp4", _options(tiny_model, **lossless), log=lambda m: None)
-    on_ray = upscale_on_ray([clip], tmp_path / "ray.mp4", _options(tiny_model, **lossless),
-                            RayOptions(actors=2, segment_seconds=0.5), lambda m: None)
+    on_ray = upscale_on_ray([clip], tmp_path / "ray.mp4", _options(tiny_model, **lossless), RayOptions(actors=2),
+                            lambda m: None)
     assert local.done and on_ray.done and not on_ray.failed
     expected = _frame_md5s(tmp_path / "local.mp4")
     assert len(expected) == 50
     assert _frame_md5s(tmp_path / "ray.mp4") == expected  # same frames, same order, same timestamps
-    assert probe_streams(tmp_path / "ray.mp4", find_ffmpeg()) == {"Video": ["h264"], "Audio": ["aac"]}
-    assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
+    assert probe_video(tmp_path / "ray.mp4").audio == ("aac",)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "local.mp4", "parts", "ray.mp4"]
 
 
 def _actor_pids() -> list[int]:
