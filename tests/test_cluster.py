@@ -120,6 +120,43 @@ def test_video_on_ray_is_frame_exact(ray_cluster, tiny_model, video_dir, tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "local.mp4", "parts", "ray.mp4"]
 
 
+def test_an_interrupted_video_resumes_with_its_missing_pieces(ray_cluster, tiny_model, video_dir, tmp_path):
+    """Pieces left by an interrupted run (made here by the same functions the actors run) are not
+    sent again: only the missing one goes to the cluster, and the output equals a full run's."""
+    from sr_deploy.backends import load
+    from sr_deploy.cluster import (
+        RayOptions,
+        _model_files,
+        _model_id,
+        _Resume,
+        split_video,
+        upscale_on_ray,
+        upscale_piece,
+    )
+    from sr_deploy.upscale import Job
+
+    clip = _small_clip(video_dir, tmp_path / "clip.mp4")
+    options = _options(tiny_model, codec="libx264", crf=0, preset="ultrafast", segment_seconds=0.5)
+    full = upscale([clip], tmp_path / "full.mp4", options, log=lambda m: None)
+    assert full.done
+
+    target = tmp_path / "out" / "clip.mp4"
+    target.parent.mkdir()
+    resume = _Resume.open(Job(clip, target, "video"), options, _model_id(*_model_files(str(tiny_model))))
+    pieces = split_video(clip, tmp_path / "pieces", 0.5)
+    backend = load(tiny_model, "cpu", "fp32")
+    for part, (piece, _) in enumerate(pieces[:-1]):  # the run "died" before the last piece
+        output, frames = upscale_piece(backend, piece, ".mp4", options, lambda m: None)
+        resume.add(part, output.read_bytes(), frames)
+    logs: list[str] = []
+    result = upscale_on_ray([clip], target.parent, options, RayOptions(actors=2), logs.append)
+    assert result.done == [target] and not result.failed
+    assert f"{clip}: resuming: {len(pieces) - 1} of {len(pieces)} pieces already done" in logs
+    assert any(line.startswith("ray: 1 item(s) (0 image(s), 1 video piece(s))") for line in logs)
+    assert _frame_md5s(target) == _frame_md5s(tmp_path / "full.mp4")
+    assert sorted(p.name for p in target.parent.iterdir()) == ["clip.mp4"]  # the pieces folder is gone
+
+
 def _actor_pids() -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():
