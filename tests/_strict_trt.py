@@ -149,7 +149,9 @@ class StrictTensorRT(types.ModuleType):
         if not hasattr(real, name):
             self._violate(MissingAttribute, f"tensorrt {real.__version__} has no attribute {name!r}")
         obj = getattr(real, name)
-        if isinstance(obj, type) and not hasattr(obj, "__members__") and name not in PASS_THROUGH:
+        if isinstance(obj, type) and hasattr(obj, "__members__"):
+            return _EnumView(self, name, obj)
+        if isinstance(obj, type) and name not in PASS_THROUGH:
             classes = object.__getattribute__(self, "_classes")
             if name not in classes:
                 classes[name] = _stand_in_class(self, name, obj)
@@ -382,6 +384,27 @@ def _stand_in_class(module: StrictTensorRT, name: str, real_cls: type) -> Any:
             return f"<strict stand-in class {name}>"
 
     return StandInClass()
+
+
+class _EnumView:
+    """A real enum class seen through the stand-in: its members are the real members, and asking
+    for one the release lacks (getattr with a default included) is recorded as a violation."""
+
+    def __init__(self, module: StrictTensorRT, name: str, real_enum: type) -> None:
+        self._module, self._name, self._real = module, name, real_enum
+
+    def __getattr__(self, member: str) -> Any:
+        if member.startswith("__") or hasattr(self._real, member):
+            return getattr(self._real, member)
+        self._module._violate(MissingAttribute, f"tensorrt {self._module.__version__}: {self._name} has no member "
+                                                f"{member!r}")
+        return None
+
+    def __call__(self, *args: Any) -> Any:
+        return self._real(*args)
+
+    def __repr__(self) -> str:
+        return repr(self._real)
 
 
 def _host_memory(module: StrictTensorRT, data: bytes) -> Any:

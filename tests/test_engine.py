@@ -870,3 +870,40 @@ def test_graph_runner_bounds_memory_scopes_the_device_and_falls_back(tmp_path):
     kinds = [c for c in engine.created if c[0] != "memory"]
     assert kinds == [("USER_MANAGED", True)] * 4 + [("STATIC", True)]  # every context inside the device scope
     assert [c[1] for c in engine.created if c[0] == "memory"] == [800, 1600, 3200, 4000]
+
+
+def _doc_commands(path: Path) -> list[list[str]]:
+    """Every `sr-deploy ...` command in the fenced blocks of a markdown file (comments, prompts
+    and line continuations handled), split like a shell would."""
+    import shlex
+
+    text = path.read_text(encoding="utf-8")
+    commands = []
+    for block in text.split("```")[1::2]:
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.strip().removeprefix("$ ")
+            for part in line.split("&&"):
+                part = part.split(" #")[0].strip()
+                if part.startswith("sr-deploy "):
+                    commands.append(shlex.split(part)[1:])
+    return commands
+
+
+def test_tensorrt_doc_commands_parse():
+    """Bug 3: docs/tensorrt.md showed commands that fail (the model as a positional input of
+    upscale, a missing -o). Each command must parse with the real CLI, and upscale's inputs must
+    be images or videos, never the model."""
+    import click
+
+    commands = _doc_commands(Path(__file__).resolve().parent.parent / "docs" / "tensorrt.md")
+    assert len(commands) >= 5
+    for args in commands:
+        name, rest = args[0], args[1:]
+        command = cli.get_command(click.Context(cli), name)
+        assert command is not None, f"unknown command in docs: {args}"
+        try:
+            ctx = command.make_context(name, list(rest))
+        except click.UsageError as exc:
+            raise AssertionError(f"sr-deploy {' '.join(args)}: {exc}") from None
+        if name == "upscale":
+            assert not [i for i in ctx.params["inputs"] if Path(i).suffix in (".engine", ".onnx", ".pt", ".plan")], args

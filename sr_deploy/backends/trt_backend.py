@@ -76,6 +76,13 @@ class DeviceOps(Protocol):
     def capture(self, enqueue: Callable[[int], None]) -> CapturedGraph:
         """Capture what `enqueue(stream_handle)` launches into a graph; raises when capture fails."""
 
+    def upload(self, x: Any, dtype: Any) -> DeviceBuffer:
+        """`x` (a torch tensor anywhere) on this device as `dtype`, contiguous."""
+
+    def ordered(self, x: DeviceBuffer, work: Callable[[DeviceBuffer], DeviceBuffer]) -> DeviceBuffer:
+        """Run `work(x)` on the runner's stream, ordered after the caller's stream (which produced
+        `x`), and make the caller's stream wait for the result."""
+
 
 @dataclass
 class _GraphEntry:
@@ -208,6 +215,21 @@ class TorchCudaOps:
             enqueue(int(self.torch.cuda.current_stream(self.device).cuda_stream))
         return graph
 
+    def upload(self, x: Any, dtype: Any) -> Any:
+        return x.to(self.device, dtype=dtype, non_blocking=True).contiguous()
+
+    def ordered(self, x: Any, work: Callable[[Any], Any]) -> Any:
+        cuda = self.torch.cuda
+        with cuda.device(self.device):
+            caller = cuda.current_stream(self.device)
+            self.stream.wait_stream(caller)  # x was produced on the caller's stream
+            with cuda.stream(self.stream):
+                y = work(x)
+            x.record_stream(self.stream)
+            y.record_stream(caller)
+            caller.wait_stream(self.stream)
+        return y
+
 
 class TensorRTBackend(Backend):
     """Runs a TensorRT engine on a CUDA GPU.
@@ -220,13 +242,14 @@ class TensorRTBackend(Backend):
         cuda_graph: capture and replay a CUDA graph per input shape.
         graph_cache_size: at most this many captured graphs (least recently used dropped).
         check_sidecar: refuse an engine whose sidecar names another TensorRT version or GPU.
+        device_ops: makes the DeviceOps for the device (buffers, streams, graphs); torch CUDA.
     """
 
     name = "tensorrt"
 
     def __init__(self, engine_path: str | Path, device: str = "cuda", precision: str | None = None,
                  cuda_graph: bool = False, graph_cache_size: int = DEFAULT_GRAPH_CACHE_SIZE,
-                 check_sidecar: bool = True) -> None:
+                 check_sidecar: bool = True, device_ops: Callable[[Any], DeviceOps] = TorchCudaOps) -> None:
         path = Path(engine_path)
         device = "cuda" if device in (None, "auto") else device
         if path.suffix.lower() == ".onnx":
@@ -246,7 +269,7 @@ class TensorRTBackend(Backend):
             check_sidecar_matches(sidecar, path, _tensorrt.tensorrt_version(trt), gpu_name, cc)
         self.sidecar = sidecar
 
-        self._ops = TorchCudaOps(self.torch_device)
+        self._ops = device_ops(self.torch_device)
         with self._ops.scope():
             self._runtime, self._engine = _tensorrt.deserialize_engine(trt, path.read_bytes(), path)
             self.io = _tensorrt.engine_io(trt, self._engine, path)
@@ -276,21 +299,10 @@ class TensorRTBackend(Backend):
         return out[2] // opt[2]
 
     def _run_chunk(self, x: Any) -> Any:
-        """x: contiguous CUDA tensor of the engine's input dtype, shape within the profile.
-        Returns a new CUDA tensor (N, 3, sH, sW) in the engine's output dtype, ready on the
+        """x: contiguous device tensor of the engine's input dtype, shape within the profile.
+        Returns a new device tensor (N, 3, sH, sW) in the engine's output dtype, ready on the
         caller's current stream."""
-        import torch
-
-        with torch.cuda.device(self.torch_device):
-            caller = torch.cuda.current_stream(self.torch_device)
-            stream = self._ops.stream
-            stream.wait_stream(caller)  # x was produced on the caller's stream
-            with torch.cuda.stream(stream):
-                y = self.runner.run(x)
-            x.record_stream(stream)
-            y.record_stream(caller)
-            caller.wait_stream(stream)
-        return y
+        return self._ops.ordered(x, self.runner.run)
 
     # ----------------------------------------------------------------- contract
 
@@ -310,7 +322,7 @@ class TensorRTBackend(Backend):
             raise InputError(f"input {h}x{w} is larger than the engine's profile max {max_h}x{max_w}; "
                              "tile it (sr_deploy.tiling) or rebuild the engine with a larger --max")
         src_device = t.device
-        t = t.to(self.torch_device, dtype=self._in_dtype, non_blocking=True)
+        t = self._ops.upload(t, self._in_dtype)
         ph, pw = max(min_h, h), max(min_w, w)
         if (ph, pw) != (h, w):  # below the profile min: edge-pad, crop the output back
             t = torch.nn.functional.pad(t.float(), (0, pw - w, 0, ph - h), mode="replicate").to(self._in_dtype)
