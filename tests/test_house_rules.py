@@ -32,6 +32,8 @@ MAX_FUNCTION_LINES = 80
 PENDING = {
     "sr_deploy/video.py": "module: the PyAV pipeline, to be split by the video engineer (issue 16)",
     "sr_deploy/video.py:upscale_video": "the video engineer (issue 16)",
+    "sr_deploy/cluster.py:run_jobs_on_ray": "the scaleout engineer (issue 19)",
+    "sr_deploy/triton.py:write_triton_repository": "the scaleout engineer (issue 19)",
     "train/trainer.py": "module: the training package (issue 14)",
     "train/trainer.py:Trainer.__init__": "the training package (issue 14)",
     "train/trainer.py:Trainer.run": "the training package (issue 14)",
@@ -60,6 +62,21 @@ def test_imports_follow_the_layers():
 def test_ruff_check_is_clean():
     done = _run([_tool("ruff"), "check", "--no-cache", "."])
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+
+
+def test_every_module_has_a_layer():
+    """A new top-level module of sr_deploy must be placed in the layers contract, or nothing checks it."""
+    tomllib = pytest.importorskip("tomllib")
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    (layers,) = [
+        c["layers"] for c in config["tool"]["importlinter"]["contracts"] if c.get("containers") == ["sr_deploy"]
+    ]
+    placed = {name.strip() for layer in layers for name in layer.replace(":", "|").split("|")}
+    modules = {p.stem for p in (ROOT / "sr_deploy").glob("*.py")} | {
+        p.parent.name for p in (ROOT / "sr_deploy").glob("*/__init__.py")
+    }
+    unplaced = sorted(modules - placed - {"__init__", "__main__", "weights"})
+    assert not unplaced, f"add these sr_deploy modules to a layer in pyproject.toml: {unplaced}"
 
 
 # `ruff format --check` covers these paths for now; the whole tree joins in one formatting pass

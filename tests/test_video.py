@@ -137,7 +137,9 @@ def test_video_keeps_frames_times_and_audio(clips, tiny_vgg, tmp_path):
     source = clips["bbb"]
     frames_in, _, (w, h) = decoded_video(source)
     target = tmp_path / "bbb_x4.mp4"
-    result = upscale_video(cpu_backend(tiny_vgg), source, target, batch_size=4, preset="ultrafast", progress=False)
+    # The default preset (B-frames: decode times before presentation times) and four segments,
+    # whose packets the final mux joins with strictly increasing decode times.
+    result = upscale_video(cpu_backend(tiny_vgg), source, target, batch_size=4, segment_seconds=0.5, progress=False)
     assert frames_in == 50 and result.frames == result.frames_inferred == 50
     assert decoded_video(target)[2] == (4 * w, 4 * h) == result.size
     _assert_same_times(source, target)
@@ -159,7 +161,7 @@ def test_wrong_header_rate_cannot_change_the_duration(clips, tmp_path):
     """q.avi: timestamps at 25 fps, header 50 fps. Before: 4.11 s in, 2.00 s out."""
     for suffix in (".avi", ".mp4"):
         target = tmp_path / f"q{suffix}"
-        result = upscale_video(NearestBackend(2), clips["avi"], target, preset="ultrafast", progress=False)
+        result = upscale_video(NearestBackend(2), clips["avi"], target, segment_seconds=1, progress=False)
         times = frame_times(target)
         assert result.frames == len(times) == 100
         assert times[-1] == pytest.approx(frame_times(clips["avi"])[-1], abs=1 / 25)
@@ -170,7 +172,7 @@ def test_wrong_header_rate_cannot_change_the_duration(clips, tmp_path):
 def test_variable_frame_rate_stays_variable(clips, tmp_path):
     """Before: forced to constant rate, frames drifted up to 0.77 s from the audio."""
     source, target = clips["vfr"], tmp_path / "vfr.mp4"
-    upscale_video(NearestBackend(2), source, target, preset="ultrafast", progress=False)
+    upscale_video(NearestBackend(2), source, target, segment_seconds=0.5, progress=False)
     before, after = frame_times(source), frame_times(target)
     assert len(after) == len(before) == 40
     assert after == pytest.approx(before, abs=1e-3)  # exactly the input's times, gaps included
