@@ -7,12 +7,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from click.testing import CliRunner
-
 from _upscale_support import cpu_backend, decoded_video, make_clip, save_tiny_srvgg
+from click.testing import CliRunner
+from test_imaging import jpeg_with_orientation
+
 from sr_deploy.cli import cli
 from sr_deploy.imaging import read_image, write_image
-from test_imaging import jpeg_with_orientation
 
 
 @pytest.fixture(scope="module")
