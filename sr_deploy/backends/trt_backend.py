@@ -26,10 +26,11 @@ from __future__ import annotations
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, ContextManager, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -60,7 +61,7 @@ class CapturedGraph(Protocol):
 class DeviceOps(Protocol):
     """What `EngineRunner` needs from the device; `TorchCudaOps` on a GPU."""
 
-    def scope(self) -> ContextManager[Any]:
+    def scope(self) -> AbstractContextManager[Any]:
         """Make the backend's GPU current (contexts, memory and graphs are created there)."""
 
     def empty(self, shape: tuple[int, ...], dtype: Any) -> DeviceBuffer: ...
@@ -194,7 +195,7 @@ class TorchCudaOps:
         with torch.cuda.device(device):
             self.stream = torch.cuda.Stream(device=device)
 
-    def scope(self) -> ContextManager[Any]:
+    def scope(self) -> AbstractContextManager[Any]:
         return self.torch.cuda.device(self.device)
 
     def empty(self, shape: tuple[int, ...], dtype: Any) -> Any:
