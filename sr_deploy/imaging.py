@@ -287,7 +287,7 @@ def write_image_consuming(path: str | Path, image: np.ndarray, quality: int | No
     if image.ndim == 3 and image.shape[2] == 4 and ext not in _ALPHA_EXTENSIONS:
         image = image[:, :, :3]
     if image.ndim == 3:
-        band = max(1, (64 << 20) // max(1, image.shape[1] * image.shape[2] * image.itemsize))
+        band = max(1, (16 << 20) // max(1, image.shape[1] * image.shape[2] * image.itemsize))
         for top in range(0, image.shape[0], band):  # in row bands: a few MB of temporaries at most
             rows = image[top:top + band]
             rows[:, :, [0, 2]] = rows[:, :, [2, 0]]

@@ -56,10 +56,11 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import cv2
 import numpy as np
@@ -279,13 +280,13 @@ def probe_video(source: str | Path) -> VideoInfo:
         pix_fmt = first.format.name
         bit_depth = max((c.bits for c in first.format.components), default=8)
         sar = Fraction(ctx.sample_aspect_ratio) if ctx.sample_aspect_ratio else Fraction(0)
-        estimate = stream.frames or (int(round((end - start) * rate)) if end else 0)
+        estimate = stream.frames or (round((end - start) * rate) if end else 0)
         return VideoInfo(
             width=first.width, height=first.height, time_base=time_base, rate=rate, start=start, end=end,
             frames_estimate=estimate, sar=sar, pix_fmt=pix_fmt, bit_depth=bit_depth,
             color_primaries=int(first.color_primaries), color_trc=int(first.color_trc),
             colorspace=int(first.colorspace), color_range=int(first.color_range),
-            rotation=int(round((first.rotation or 0) / 90)) * 90 % 360,
+            rotation=round((first.rotation or 0) / 90) * 90 % 360,
             audio=tuple(s.codec_context.name for s in container.streams.audio),
             subtitles=tuple(s.codec_context.name for s in container.streams.subtitles))
     finally:

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from _upscale_support import (
     NearestBackend,
     audio_seconds,
@@ -31,6 +30,7 @@ from _upscale_support import (
     save_tiny_srvgg,
     video_stream_facts,
 )
+
 from sr_deploy.errors import InputError
 from sr_deploy.video import (
     VideoDamaged,
@@ -105,7 +105,7 @@ def _leftovers(folder: Path) -> list[str]:
 
 def _cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sr_deploy", "upscale", *args, "--device", "cpu", "--no-progress",
-                           "--preset", "ultrafast"], cwd=ROOT, capture_output=True, text=True, **kwargs)
+                           "--preset", "ultrafast"], check=False, cwd=ROOT, capture_output=True, text=True, **kwargs)
 
 
 def _errors(stderr: str) -> list[str]:
@@ -271,6 +271,26 @@ def test_webm_output_reencodes_aac_to_opus(clips, tmp_path):
     assert abs(audio_seconds(target) - audio_seconds(clips["bbb"])) <= 0.1
     assert any("re-encoded to opus" in m for m in messages)
     _assert_same_times(clips["bbb"], target)
+
+
+def test_subtitles_are_copied_where_the_container_takes_them_else_dropped_with_a_warning(clips, tmp_path):
+    (tmp_path / "subs.srt").write_text("1\n00:00:00,000 --> 00:00:01,000\nHello\n\n2\n00:00:01,000 --> "
+                                       "00:00:02,000\nWorld\n")
+    source = tmp_path / "subbed.mkv"
+    ffmpeg("-i", str(clips["bbb"]), "-i", str(tmp_path / "subs.srt"), "-map", "0", "-map", "1", "-c", "copy",
+           "-c:s", "srt", str(source))
+    import av
+
+    upscale_video(NearestBackend(2), source, tmp_path / "out.mkv", progress=False)
+    with av.open(str(tmp_path / "out.mkv")) as container:
+        assert [s.codec_context.codec.canonical_name for s in container.streams.subtitles] in (["subrip"], ["srt"])
+        texts = [bytes(p).decode() for p in container.demux(container.streams.subtitles[0]) if p.size]
+        assert texts == ["Hello", "World"]
+    messages: list[str] = []
+    result = upscale_video(NearestBackend(2), source, tmp_path / "out.mp4", progress=False, log=messages.append)
+    with av.open(str(tmp_path / "out.mp4")) as container:
+        assert not container.streams.subtitles and result.audio == "copied"
+    assert any("mp4 does not take" in m and "subtitles; that stream is dropped" in m for m in messages)
 
 
 def _limit_file_size(limit: int):
