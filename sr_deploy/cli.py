@@ -13,7 +13,8 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .errors import InputError, SRDeployError
+from .backends.table import BACKEND_NAMES, bench_names
+from .errors import InputError, SRDeployError, first_line
 
 
 class _Group(click.Group):
@@ -37,7 +38,7 @@ class _Group(click.Group):
         except Exception as exc:  # unexpected: still one line unless --debug
             if debug:
                 traceback.print_exc()
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            first = first_line(exc, limit=10_000) if str(exc).strip() else ""
             click.echo(f"error: {type(exc).__name__}: {first} (run with --debug for the traceback)", err=True)
             ctx.exit(1)
 
@@ -113,7 +114,7 @@ def sample(output: str) -> None:
               help="Folder of HR images (Set5, Set14...); repeat for several.")
 @click.option("--scale", default=4, show_default=True, type=int, help="Upscaling factor; must match the model.")
 @click.option("--backend", default="auto", show_default=True,
-              type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]), help="Inference runtime.")
+              type=click.Choice(BACKEND_NAMES), help="Inference runtime.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", default="auto", show_default=True,
               type=click.Choice(["auto", "fp32", "fp16", "bf16"]), help="Inference precision.")
@@ -144,7 +145,8 @@ def eval_(model: str, datasets: tuple[str, ...], scale: int, backend: str, devic
 
 @cli.command()
 @click.argument("model")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .onnx file to write.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="The .onnx file to write (required unless --triton-repo).")
 @click.option("--static", "static", metavar="NxHxW", default=None, help="Fix batch, height and width (default: dynamic).")
 @click.option("--opset", default=18, show_default=True, type=int, help="ONNX opset.")
 @click.option("--exporter", type=click.Choice(["dynamo", "legacy"]), default="dynamo", show_default=True,
@@ -152,19 +154,51 @@ def eval_(model: str, datasets: tuple[str, ...], scale: int, backend: str, devic
 @click.option("--fp16", is_flag=True, help="An fp16 graph with float32 inputs/outputs (for GPU runtimes).")
 @click.option("--simplify", is_flag=True, help="Simplify the graph with onnxslim (keeps the dynamic dims).")
 @click.option("--no-verify", is_flag=True, help="Skip the parity check against the torch float32 model.")
-def export(model: str, output: str, static: str | None, opset: int, exporter: str, fp16: bool, simplify: bool,
-           no_verify: bool) -> None:
+@click.option("--triton-repo", type=click.Path(file_okay=False), default=None,
+              help="Write a Triton Inference Server model repository here (config.pbtxt, model, README).")
+@click.option("--name", "triton_name", default="sr_deploy", show_default=True, help="Triton model name.")
+@click.option("--triton-flavour", type=click.Choice(["onnx", "python"]), default="onnx", show_default=True,
+              help="onnx: onnxruntime_onnx (+ tensorrt_plan with --engine); python: a Python-backend model "
+                   "running MODEL (.pt, .onnx or .engine) through sr-deploy.")
+@click.option("--engine", type=click.Path(dir_okay=False), default=None,
+              help="A TensorRT engine of MODEL (with its sidecar JSON) to add as NAME_trt.")
+@click.option("--triton-kind", type=click.Choice(["gpu", "cpu", "auto"]), default="gpu", show_default=True,
+              help="Instance group kind.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Triton max_batch_size (a plan's comes from its profile).")
+@click.option("--backend", "triton_backend", type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]),
+              default="auto", show_default=True, help="Python flavour: the sr-deploy backend the server runs.")
+def export(model: str, output: str | None, static: str | None, opset: int, exporter: str, fp16: bool,
+           simplify: bool, no_verify: bool, triton_repo: str | None, triton_name: str, triton_flavour: str,
+           engine: str | None, triton_kind: str, max_batch: int, triton_backend: str) -> None:
     """Export MODEL (a .pt/.pth/.ckpt/.safetensors checkpoint or `default`) to one self-contained ONNX file.
 
     Dynamic batch/height/width where the architecture allows (else a static graph, said why),
     metadata, onnx.checker, then a parity check on Set5 crops
     against the torch float32 model (fp32: max abs <= 1e-4, fp16: PSNR >= 50 dB; exit 1 if not).
+    With --triton-repo DIR, also (or only) a Triton model repository in DIR.
     """
     from .errors import SRDeployError as _Failure
     from .export import export_onnx
 
     def log(message: str) -> None:
         click.echo(message, err=True)
+
+    if output is None and triton_repo is None:
+        raise InputError("give -o MODEL.onnx, --triton-repo DIR, or both")
+    if triton_repo is not None and (output is None or triton_flavour == "python"):
+        from .triton import write_triton_repository
+
+        if static or fp16 or simplify or exporter != "dynamo":
+            raise InputError("--static/--fp16/--simplify/--exporter apply to -o: export with -o first, then "
+                             "pass that .onnx as MODEL with --triton-repo")
+        repo = write_triton_repository(model, triton_repo, name=triton_name, flavour=triton_flavour, engine=engine,
+                                       kind=triton_kind, max_batch=max_batch, backend=triton_backend,
+                                       opset=opset, verify=not no_verify, log=log)
+        click.echo(f"wrote Triton repository {repo.path} ({', '.join(m.name for m in repo.models)}; "
+                   f"{repo.readme.name})")
+        if output is None:
+            return
 
     try:
         result = export_onnx(model, output, opset=opset, static_shape=static, exporter=exporter, fp16=fp16,
@@ -182,6 +216,13 @@ def export(model: str, output: str, static: str | None, opset: int, exporter: st
         click.echo(f"kept in fp32: {', '.join(result.fp16_block_list)}")
     if result.parity is not None:
         click.echo(result.parity.table())
+    if triton_repo is not None and triton_flavour == "onnx":
+        from .triton import write_triton_repository
+
+        repo = write_triton_repository(model, triton_repo, name=triton_name, engine=engine, onnx_file=result.path,
+                                       kind=triton_kind, max_batch=max_batch, log=log)
+        click.echo(f"wrote Triton repository {repo.path} ({', '.join(m.name for m in repo.models)}; "
+                   f"{repo.readme.name})")
 
 
 @cli.command(name="build-engine")
@@ -212,7 +253,8 @@ def build_engine(model: str, output: str | None, precision: str, min_shape: str 
                  timing_cache: str | None, fallback_static: bool, strongly_typed: bool, no_parity: bool,
                  verbose: bool) -> None:
     """Build a TensorRT engine from MODEL.onnx (fp16, profiles, timing cache), checked for parity."""
-    from .engine import build_engine as build, resolve_profile
+    from .backends.trt_build import build_engine as build
+    from .engine import resolve_profile
 
     profile = resolve_profile(min_shape, opt_shape, max_shape, static_shape)
     result = build(model, output, precision=precision, profile=profile, workspace_gib=workspace,
@@ -227,7 +269,7 @@ def build_engine(model: str, output: str | None, precision: str, min_shape: str 
               help="Output folder (created), or the output file for a single input (by its extension).")
 @click.option("--model", default="default", show_default=True,
               help="Model file: .pt checkpoint, .onnx or .engine (or a bundled model name).")
-@click.option("--backend", "backend_name", type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]),
+@click.option("--backend", "backend_name", type=click.Choice(BACKEND_NAMES),
               default="auto", show_default=True, help="Runtime; auto: TensorRT for an engine, else the fastest.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto",
@@ -245,14 +287,29 @@ def build_engine(model: str, output: str | None, precision: str, min_shape: str 
 @click.option("--overwrite", is_flag=True, help="Redo outputs that already exist (default: skip them).")
 @click.option("--quality", type=click.IntRange(1, 101), default=None,
               help="JPEG/WebP quality (default 95; WebP 101 = lossless).")
-@click.option("--codec", default=None, help="ffmpeg video encoder (default libx264; libvpx-vp9 for .webm).")
-@click.option("--crf", type=int, default=18, show_default=True, help="Video quality (lower is better).")
-@click.option("--preset", default="medium", show_default=True, help="x264/x265 speed preset.")
+@click.option("--codec", default=None, help="FFmpeg video encoder (default libx264; libvpx-vp9 for .webm; "
+              "h264_nvenc / hevc_nvenc where the build and GPU have them).")
+@click.option("--crf", type=int, default=18, show_default=True, help="Video quality, lower is better (NVENC: -cq).")
+@click.option("--preset", default="medium", show_default=True, help="Encoder speed preset (x264/x265/SVT-AV1/NVENC).")
+@click.option("--pix-fmt", default=None, help="Encoder pixel format, e.g. yuv420p10le [default: yuv420p, 10-bit for "
+              "a > 8-bit input].")
+@click.option("--hwaccel", default=None, help="Hardware video decoding: an FFmpeg device type, e.g. cuda (NVDEC).")
+@click.option("--allow-partial", is_flag=True, help="Keep what decodes of a damaged video, as NAME.partial.EXT "
+              "(default: a damaged video is an error).")
+@click.option("--segment-seconds", type=float, default=2.0, show_default=True,
+              help="Videos are encoded in resumable segments of about this length (0: one segment).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+              help="Run on a Ray cluster (needs sr-deploy[ray]): the one at ADDRESS (auto, HOST:6379, "
+                   "ray://HOST:10001) or RAY_ADDRESS, else a new local one for this run; each video segment is "
+                   "a task. Write --ray=ADDRESS or put --ray after the inputs.")
+@click.option("--ray-actors", type=click.IntRange(min=1), default=None,
+              help="With --ray: actors (backend copies) [default: one per GPU of the cluster, else one per CPU].")
 def upscale(inputs: tuple[str, ...], output: str, model: str, backend_name: str, device: str, precision: str,
             tile: int | None, tile_overlap: int, batch_size: int | None, outscale: float | None, ext: str,
-            overwrite: bool, quality: int | None, codec: str | None, crf: int, preset: str,
-            no_progress: bool) -> None:
+            overwrite: bool, quality: int | None, codec: str | None, crf: int, preset: str, pix_fmt: str | None,
+            hwaccel: str | None, allow_partial: bool, segment_seconds: float, no_progress: bool,
+            ray_address: str | None, ray_actors: int | None) -> None:
     """Upscale images, folders and videos with any backend, tiled, nothing lost.
 
     INPUT may be image files (png, jpg, webp, bmp, tiff), video files (mp4, mkv, mov, avi, webm)
@@ -267,14 +324,24 @@ def upscale(inputs: tuple[str, ...], output: str, model: str, backend_name: str,
     options = UpscaleOptions(model=model, backend=backend_name, device=device, precision=precision, tile=tile,
                              tile_overlap=tile_overlap, batch_size=batch_size, outscale=outscale, ext=ext,
                              overwrite=overwrite, quality=quality, codec=codec, crf=crf, preset=preset,
-                             progress=not no_progress)
+                             pix_fmt=pix_fmt, hwaccel=hwaccel, allow_partial=allow_partial,
+                             segment_seconds=segment_seconds, progress=not no_progress)
 
     def terminate(signum: int, frame: object) -> None:  # `kill`: clean up like Ctrl-C
         raise KeyboardInterrupt
 
+    if ray_address and Path(ray_address).exists():
+        raise InputError(f"--ray took {ray_address!r} (an input) as the cluster address: write --ray=ADDRESS "
+                         "or put --ray after the inputs")
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
-        summary = run_upscale(inputs, output, options)
+        if ray_address is not None:
+            from .cluster import RayOptions, upscale_on_ray
+
+            summary = upscale_on_ray(inputs, output, options, RayOptions(address=ray_address or None,
+                                                                         actors=ray_actors))
+        else:
+            summary = run_upscale(inputs, output, options)
     finally:
         signal.signal(signal.SIGTERM, previous)
     click.echo(summary.line(), err=True)
@@ -283,13 +350,15 @@ def upscale(inputs: tuple[str, ...], output: str, model: str, backend_name: str,
         click.echo(f"result: {summary.done[0]}")
     elif summary.done:
         click.echo(f"results: {len(summary.done)} files under {output}")
+    if summary.partial:
+        click.echo(f"partial: {', '.join(str(p) for p in summary.partial)}")
     if summary.failed:
-        raise click.exceptions.Exit(1)
+        raise click.exceptions.Exit(summary.exit_code())
 
 
 @cli.command()
 @click.argument("model")
-@click.option("--backends", default="torch,torch-nchw,onnxruntime,tensorrt", show_default=True,
+@click.option("--backends", default=",".join(bench_names()), show_default=True,
               help="Comma list of torch (channels_last), torch-nchw, onnxruntime, tensorrt; "
                    "NAME@DEVICE pins one to a device (onnxruntime@cpu).")
 @click.option("--precisions", default=None,
