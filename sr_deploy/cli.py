@@ -13,7 +13,8 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .errors import InputError, SRDeployError
+from .backends.table import BACKEND_NAMES, bench_names
+from .errors import InputError, SRDeployError, first_line
 
 
 class _Group(click.Group):
@@ -37,7 +38,7 @@ class _Group(click.Group):
         except Exception as exc:  # unexpected: still one line unless --debug
             if debug:
                 traceback.print_exc()
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            first = first_line(exc, limit=10_000) if str(exc).strip() else ""
             click.echo(f"error: {type(exc).__name__}: {first} (run with --debug for the traceback)", err=True)
             ctx.exit(1)
 
@@ -113,7 +114,7 @@ def sample(output: str) -> None:
               help="Folder of HR images (Set5, Set14...); repeat for several.")
 @click.option("--scale", default=4, show_default=True, type=int, help="Upscaling factor; must match the model.")
 @click.option("--backend", default="auto", show_default=True,
-              type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]), help="Inference runtime.")
+              type=click.Choice(BACKEND_NAMES), help="Inference runtime.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", default="auto", show_default=True,
               type=click.Choice(["auto", "fp32", "fp16", "bf16"]), help="Inference precision.")
@@ -170,9 +171,10 @@ def eval_(model: str, datasets: tuple[str, ...], scale: int, backend: str, devic
 def export(model: str, output: str | None, static: str | None, opset: int, exporter: str, fp16: bool,
            simplify: bool, no_verify: bool, triton_repo: str | None, triton_name: str, triton_flavour: str,
            engine: str | None, triton_kind: str, max_batch: int, triton_backend: str) -> None:
-    """Export MODEL (a .pt/.pth checkpoint or `default`) to one self-contained ONNX file.
+    """Export MODEL (a .pt/.pth/.ckpt/.safetensors checkpoint or `default`) to one self-contained ONNX file.
 
-    Dynamic batch/height/width, metadata, onnx.checker, then a parity check on Set5 crops
+    Dynamic batch/height/width where the architecture allows (else a static graph, said why),
+    metadata, onnx.checker, then a parity check on Set5 crops
     against the torch float32 model (fp32: max abs <= 1e-4, fp16: PSNR >= 50 dB; exit 1 if not).
     With --triton-repo DIR, also (or only) a Triton model repository in DIR.
     """
@@ -267,7 +269,7 @@ def build_engine(model: str, output: str | None, precision: str, min_shape: str 
               help="Output folder (created), or the output file for a single input (by its extension).")
 @click.option("--model", default="default", show_default=True,
               help="Model file: .pt checkpoint, .onnx or .engine (or a bundled model name).")
-@click.option("--backend", "backend_name", type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]),
+@click.option("--backend", "backend_name", type=click.Choice(BACKEND_NAMES),
               default="auto", show_default=True, help="Runtime; auto: TensorRT for an engine, else the fastest.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto",
@@ -356,7 +358,7 @@ def upscale(inputs: tuple[str, ...], output: str, model: str, backend_name: str,
 
 @cli.command()
 @click.argument("model")
-@click.option("--backends", default="torch,torch-nchw,onnxruntime,tensorrt", show_default=True,
+@click.option("--backends", default=",".join(bench_names()), show_default=True,
               help="Comma list of torch (channels_last), torch-nchw, onnxruntime, tensorrt; "
                    "NAME@DEVICE pins one to a device (onnxruntime@cpu).")
 @click.option("--precisions", default=None,

@@ -34,6 +34,8 @@ import cv2
 import numpy as np
 
 from .errors import InputError, SRDeployError
+from .util.files import atomic_write_bytes as _atomic_write_bytes
+from .util.files import partial_path as partial_path  # re-exported: video.py and tests import it from here
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
 # Formats that store 16-bit samples (others are 8-bit only) and formats that store alpha.
@@ -51,26 +53,9 @@ def is_image_path(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def partial_path(target: Path) -> Path:
-    """The temporary name a file is written under before it is renamed to `target`: hidden,
-    beside the target (same filesystem, so the rename is atomic), same extension (ffmpeg picks
-    the container from it)."""
-    return target.with_name(f".{target.stem}.partial{target.suffix}")
-
-
 def atomic_write_bytes(target: Path, data: bytes) -> None:
-    """Write `data` to `target` through `partial_path(target)` and an atomic rename."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = partial_path(target)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write `data` to `target` through `partial_path(target)` and an atomic rename (folders made)."""
+    _atomic_write_bytes(target, data, make_parents=True)
 
 
 def read_image(path: str | Path) -> np.ndarray:
