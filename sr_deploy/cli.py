@@ -171,9 +171,10 @@ def eval_(model: str, datasets: tuple[str, ...], scale: int, backend: str, devic
 def export(model: str, output: str | None, static: str | None, opset: int, exporter: str, fp16: bool,
            simplify: bool, no_verify: bool, triton_repo: str | None, triton_name: str, triton_flavour: str,
            engine: str | None, triton_kind: str, max_batch: int, triton_backend: str) -> None:
-    """Export MODEL (a .pt/.pth checkpoint or `default`) to one self-contained ONNX file.
+    """Export MODEL (a .pt/.pth/.ckpt/.safetensors checkpoint or `default`) to one self-contained ONNX file.
 
-    Dynamic batch/height/width, metadata, onnx.checker, then a parity check on Set5 crops
+    Dynamic batch/height/width where the architecture allows (else a static graph, said why),
+    metadata, onnx.checker, then a parity check on Set5 crops
     against the torch float32 model (fp32: max abs <= 1e-4, fp16: PSNR >= 50 dB; exit 1 if not).
     With --triton-repo DIR, also (or only) a Triton model repository in DIR.
     """

@@ -25,6 +25,7 @@ from torch import nn
 
 from . import __version__
 from .errors import InputError, SRDeployError
+from .export_shapes import export_with_shapes
 from .parity import ParityReport, check_thresholds, parity, parity_inputs
 from .onnx_graph import (  # noqa: F401 - FP16_* and count_fp16_tensors re-exported: callers import them from here
     FP16_MAX_RELATIVE_ERROR,
@@ -131,6 +132,7 @@ def _state_sha256(model: nn.Module) -> str:
 def _load_source(model: str | Path | nn.Module) -> tuple[nn.Module, str, int, str, Path | None]:
     """(folded float32 CPU eval model, arch, scale, source sha256, source path or None)."""
     from .models import fold_batch_norm, load_checkpoint, resolve_model_path
+    from .models.checkpoint import CHECKPOINT_SUFFIXES
 
     if isinstance(model, nn.Module):
         scale = getattr(model, "scale", None)
@@ -139,9 +141,9 @@ def _load_source(model: str | Path | nn.Module) -> tuple[nn.Module, str, int, st
         net, arch, sha, path = model, type(model).__name__, _state_sha256(model), None
     else:
         path = resolve_model_path(model)
-        if path.suffix.lower() not in (".pt", ".pth"):
+        if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
             raise InputError(f"{path}: unsupported model file type {path.suffix or '(no suffix)'!r}; "
-                             "export takes a PyTorch checkpoint (.pt / .pth)")
+                             "export takes a PyTorch checkpoint (.pt / .pth / .ckpt / .safetensors)")
         ckpt = load_checkpoint(path)  # InputError for missing / unreadable files
         net, arch, scale, sha = ckpt.model, ckpt.arch, ckpt.scale, ckpt.sha256
     folded = fold_batch_norm(net).float().cpu().eval()
@@ -256,8 +258,6 @@ def _export_graph(net: nn.Module, output: Path, opset: int, static: tuple[int, i
                   say: Progress) -> tuple[Any, str, str | None]:
     """(ONNX ModelProto with local functions inlined and every node named, the exporter used, why the
     dynamo exporter was abandoned or None). SRDeployError when no exporter succeeds."""
-    import onnx
-
     example = torch.rand((static[0], 3, static[1], static[2]) if static else EXAMPLE_SHAPE,
                          generator=torch.Generator().manual_seed(0))
     used, fallback_reason = exporter, None
@@ -275,10 +275,38 @@ def _export_graph(net: nn.Module, output: Path, opset: int, static: tuple[int, i
             reasons = f"; dynamo: {fallback_reason}" if fallback_reason else ""
             raise SRDeployError(f"{output}: ONNX export failed (legacy: {first_line(exc)}{reasons}); "
                                 "nothing written") from exc
+    return _inlined(proto), used, fallback_reason
+
+
+def _export_any_shape(net: nn.Module, output: Path, opset: int, static: tuple[int, int, int] | None,
+                      exporter: str, say: Progress) -> tuple[Any, str, str | None, tuple[int, int, int] | None,
+                                                             dict[str, str]]:
+    """(graph, exporter used, fallback note, static shape or None, shape metadata). Asked for
+    dynamic: dynamic only when the graph really is, else static with the reason (export_shapes.py).
+    The metadata records the static fallback's reason and the model's `size_multiple` (the graph
+    pads to it inside; inputs of that multiple need no padding)."""
+    meta: dict[str, str] = {}
+    if static is None:
+        plan = export_with_shapes(net, opset, exporter, {"dynamo": _export_dynamo, "legacy": _export_legacy},
+                                  EXAMPLE_SHAPE, say, str(output))
+        proto, used, static, note = _inlined(plan.proto), plan.exporter, plan.static, plan.note
+        if static is not None:
+            meta["sr_deploy.static_reason"] = note or ""
+    else:
+        proto, used, note = _export_graph(net, output, opset, static, exporter, say)
+    if getattr(net, "size_multiple", 1) > 1:
+        meta["sr_deploy.size_multiple"] = str(net.size_multiple)
+    return proto, used, note, static, meta
+
+
+def _inlined(proto: Any) -> Any:
+    """`proto` with local functions inlined and every node named (fp16 block lists name nodes)."""
+    import onnx
+
     if proto.functions:
         proto = onnx.inliner.inline_local_functions(proto)
     name_nodes(proto)
-    return proto, used, fallback_reason
+    return proto
 
 
 def _to_fp16(proto: Any, static: tuple[int, int, int] | None, fp16_block_list: Sequence[str] | None,
@@ -335,7 +363,7 @@ def export_onnx(
     """Export a generator to one self-contained ONNX file.
 
     Args:
-        model: a checkpoint path (.pt/.pth, any layout `load_checkpoint` reads), a bundled name
+        model: a checkpoint path (.pt/.pth/.ckpt/.safetensors, any layout `load_checkpoint` reads), a bundled name
             (``default``) or an `nn.Module` with a `scale` attribute.
         output: the `.onnx` file to write, in an existing writable folder.
         opset: ONNX opset (default 18).
@@ -366,7 +394,7 @@ def export_onnx(
     _check_output(output, source_path)
 
     start = time.perf_counter()
-    proto, used, fallback_reason = _export_graph(net, output, opset, static, exporter, say)
+    proto, used, fallback_reason, static, shape_meta = _export_any_shape(net, output, opset, static, exporter, say)
     if simplify:
         proto = _simplify(proto)
         name_nodes(proto)
@@ -376,6 +404,7 @@ def export_onnx(
         proto, block_list = _to_fp16(proto, static, fp16_block_list, say)
     precision = "fp16" if fp16 else "fp32"
     meta = _metadata(scale, arch, source_sha, precision, used, source_path, block_list)
+    meta.update(shape_meta)
     _set_metadata(proto, meta)
     _check_and_save(proto, output)
     seconds = time.perf_counter() - start

@@ -7,7 +7,7 @@ which picks a backend by file type.
 
 | file                 | backend                                               |
 |----------------------|-------------------------------------------------------|
-| .pt / .pth / default | TorchBackend (any checkpoint `load_checkpoint` reads) |
+| .pt .pth .ckpt .safetensors / default | TorchBackend (any checkpoint `load_checkpoint` reads) |
 | .onnx                | OnnxRuntimeBackend (backend="tensorrt": trt_build)    |
 | .engine / .plan      | TensorRTBackend (needs `tensorrt`, imported lazily)   |
 
@@ -41,7 +41,7 @@ def load(
     """A ready backend for `model`.
 
     Args:
-        model: an `nn.Module`, a bundled model name (``default``), or a file: .pt/.pth
+        model: an `nn.Module`, a bundled model name (``default``), or a file: .pt/.pth/.ckpt/.safetensors
             checkpoint, .onnx, .engine/.plan.
         device: ``auto`` (cuda when PyTorch sees a GPU, else cpu), ``cpu``, ``cuda``, ``cuda:N``.
         precision: ``auto`` = fp16 on cuda, fp32 on cpu, except for ONNX Runtime where it means

@@ -32,12 +32,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol
 
-import numpy as np
-
 from .. import _tensorrt
 from ..engine import check_sidecar_matches, gpu_identity, read_sidecar
 from ..errors import InputError, SRDeployError
-from .base import Backend
+from .base import TORCH, Backend
 
 DEFAULT_GRAPH_CACHE_SIZE = 4
 
@@ -305,41 +303,22 @@ class TensorRTBackend(Backend):
         caller's current stream."""
         return self._ops.ordered(x, self.runner.run)
 
-    # ----------------------------------------------------------------- contract
+    # ----------------------------------------------------------------- the template's hooks
 
-    def __call__(self, x: np.ndarray | Any) -> np.ndarray | Any:
-        """(N, 3, H, W) float32 RGB [0, 1] -> (N, 3, sH, sW) float32, same kind as `x`
-        (numpy -> numpy; a torch tensor -> a torch tensor on x's device)."""
-        import torch
+    def input_kinds(self, kind: str) -> tuple[str, ...]:
+        """torch tensors only: uploaded to the GPU here (a CUDA tensor stays where it is)."""
+        return (TORCH,)
 
-        is_numpy = isinstance(x, np.ndarray)
-        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)) if is_numpy else x
-        if t.dim() != 4 or t.shape[1] != 3:
-            raise InputError(f"expected a batch of shape (N, 3, H, W), got {tuple(t.shape)}")
-        n, _, h, w = (int(d) for d in t.shape)
-        max_n, max_h, max_w = self.max_shape  # type: ignore[misc]
-        min_n, min_h, min_w = self.min_shape
-        if h > max_h or w > max_w:
-            raise InputError(f"input {h}x{w} is larger than the engine's profile max {max_h}x{max_w}; "
-                             "tile it (sr_deploy.tiling) or rebuild the engine with a larger --max")
-        src_device = t.device
-        t = self._ops.upload(t, self._in_dtype)
-        ph, pw = max(min_h, h), max(min_w, w)
-        if (ph, pw) != (h, w):  # below the profile min: edge-pad, crop the output back
-            t = torch.nn.functional.pad(t.float(), (0, pw - w, 0, ph - h), mode="replicate").to(self._in_dtype)
-        outs = []
-        for start in range(0, n, max_n):
-            chunk = t[start:start + max_n]
-            if chunk.shape[0] < min_n:
-                chunk = torch.cat([chunk, chunk[-1:].expand(min_n - chunk.shape[0], -1, -1, -1)])
-            y = self._run_chunk(chunk.contiguous())
-            outs.append(y[: min(max_n, n - start)])
-        y = torch.cat(outs) if len(outs) > 1 else outs[0]
-        s = self.scale
-        y = y[:, :, : h * s, : w * s].float()
-        if is_numpy:
-            return y.cpu().numpy()
-        return y.to(src_device)
+    def too_large_message(self, h: int, w: int) -> str:
+        _, max_h, max_w = self.max_shape  # type: ignore[misc]
+        return (f"input {h}x{w} is larger than the engine's profile max {max_h}x{max_w}; tile it (sr_deploy.tiling) "
+                "or rebuild the engine with a larger --max")
+
+    def infer(self, x: Any) -> Any:
+        """One batch already fitted to the engine's profile by the template (split, padded):
+        (n, 3, h, w) torch tensor -> (n, 3, s*h, s*w) CUDA tensor in the engine's output dtype,
+        ready on the caller's current stream."""
+        return self._run_chunk(self._ops.upload(x, self._in_dtype))
 
     def close(self) -> None:
         runner = getattr(self, "runner", None)

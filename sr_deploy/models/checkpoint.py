@@ -145,6 +145,8 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     except ValueError as exc:
         raise InputError(f"{path}: {exc}") from exc
     source = _describe_source(container, detection.source)
+    if path.suffix.lower() == ".safetensors":
+        source = f"safetensors / {source}"
     return LoadedCheckpoint(
         model, detection.arch, detection.config, detection.scale, path, source, sha, file_metadata,
         detection.size_multiple, detection.live_values_per_hr_pixel, detection.notes,
