@@ -118,16 +118,19 @@ def export_with_shapes(net: nn.Module, opset: int, requested: str, exporters: Ma
     order = exporter_order(net, requested, list(exporters))
     failures: list[str] = []
     example = torch.rand(example_shape, generator=torch.Generator().manual_seed(0))
-    for name in order:
+    for i, name in enumerate(order):
+        following = f"falling back to the {order[i + 1]} exporter" if i + 1 < len(order) else "no exporter left"
         try:
             proto = exporters[name](net, example, opset, False)
         except Exception as exc:
             failures.append(f"{name}: {_root_cause(exc)}")
+            say(f"{name} exporter failed ({failures[-1].split(': ', 1)[1]}); {following}")
             continue
         problem = dynamic_problem(net, proto)
         if problem is None:
             return ShapePlan(proto, name, None, failures)
         failures.append(f"{name}: {problem}")
+        say(f"{name} exporter gave no working dynamic graph ({problem}); {following}")
     static = static_fallback_shape(net)
     say(f"no dynamic graph ({'; '.join(failures)}); exporting a static {'x'.join(map(str, static))} graph: "
         "smaller inputs are padded to it, larger ones tiled")
