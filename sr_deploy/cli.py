@@ -53,6 +53,22 @@ def _not_implemented(command: str) -> None:
     raise InputError(f"sr-deploy {command}: not implemented yet")
 
 
+def _realism_options(func):
+    """`--realism A` and `--gan-model PATH`: ESRGAN network interpolation at use time
+    (`sr_deploy.realism.resolve_realism`)."""
+    func = click.option("--gan-model", default=None, metavar="PATH",
+                        help="The GAN end for --realism (default: default-gan when the model is default).")(func)
+    return click.option("--realism", type=float, default=None, metavar="A",
+                        help="Blend the model with its GAN partner: 0 = the model (PSNR-oriented), 1 = the GAN "
+                             "model, between = network interpolation (ESRGAN).")(func)
+
+
+def _with_realism(model: str, gan_model: str | None, realism: float | None) -> str:
+    from .realism import resolve_realism
+
+    return resolve_realism(model, gan_model, realism)
+
+
 @cli.command()
 @click.argument("model")
 @click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
@@ -115,15 +131,25 @@ def sample(output: str) -> None:
               help="Write the scored SR images to DIR/<dataset>/.")
 @click.option("--lr-dir", "lr_dirs", multiple=True, type=click.Path(path_type=str),
               help="Ready-made LR images (one folder per --dataset, same order) instead of bicubic.")
+@click.option("--metrics", default="psnr,ssim", show_default=True,
+              help="Comma list of psnr, ssim, lpips (LPIPS-Alex), lpips-vgg.")
+@click.option("--perceptual-weights", default=None, metavar="PATH",
+              help="LPIPS weights: lpips_alexnet_imagenet.npz / lpips_vgg16_imagenet.npz or their folder "
+                   "[default: $SR_DEPLOY_PERCEPTUAL_WEIGHTS, the torch hub cache, ~/.cache/sr_deploy/perceptual].")
+@_realism_options
 @click.option("--quiet", is_flag=True, help="Only the one-line summaries, no per-image table or progress.")
 def eval_(model: str, datasets: tuple[str, ...], scale: int, backend: str, device: str, precision: str,
-          json_path: str | None, save_dir: str | None, lr_dirs: tuple[str, ...], quiet: bool) -> None:
+          json_path: str | None, save_dir: str | None, lr_dirs: tuple[str, ...], metrics: str,
+          perceptual_weights: str | None, realism: float | None, gan_model: str | None, quiet: bool) -> None:
     """Score MODEL (a model file, `default`, or `bicubic`) on benchmark sets: PSNR / SSIM on Y,
-    `scale` px borders cropped, LR by MATLAB bicubic, as the papers' tables."""
-    from .evaluation import run_eval, write_json
+    `scale` px borders cropped, LR by MATLAB bicubic, as the papers' tables; LPIPS on request."""
+    from .evaluation import parse_metrics, run_eval, write_json
 
+    metric_names = parse_metrics(metrics)
+    model = _with_realism(model, gan_model, realism)
     upscaler, results = run_eval(model, datasets, scale, backend=backend, device=device, precision=precision,
-                                 lr_dirs=lr_dirs or None, save_dir=save_dir, progress=not quiet)
+                                 lr_dirs=lr_dirs or None, save_dir=save_dir, progress=not quiet,
+                                 metrics=metric_names, perceptual_weights=perceptual_weights)
     if not quiet:
         for result in results:
             click.echo(result.table() + "\n")
@@ -144,8 +170,9 @@ def eval_(model: str, datasets: tuple[str, ...], scale: int, backend: str, devic
 @click.option("--fp16", is_flag=True, help="An fp16 graph with float32 inputs/outputs (for GPU runtimes).")
 @click.option("--simplify", is_flag=True, help="Simplify the graph with onnxslim (keeps the dynamic dims).")
 @click.option("--no-verify", is_flag=True, help="Skip the parity check against the torch float32 model.")
+@_realism_options
 def export(model: str, output: str, static: str | None, opset: int, exporter: str, fp16: bool, simplify: bool,
-           no_verify: bool) -> None:
+           no_verify: bool, realism: float | None, gan_model: str | None) -> None:
     """Export MODEL (a .pt/.pth checkpoint or `default`) to one self-contained ONNX file.
 
     Dynamic batch/height/width, metadata, onnx.checker, then a parity check on Set5 crops
@@ -157,6 +184,7 @@ def export(model: str, output: str, static: str | None, opset: int, exporter: st
     def log(message: str) -> None:
         click.echo(message, err=True)
 
+    model = _with_realism(model, gan_model, realism)
     try:
         result = export_onnx(model, output, opset=opset, static_shape=static, exporter=exporter, fp16=fp16,
                              simplify=simplify, verify=not no_verify, log=log)
@@ -239,11 +267,12 @@ def build_engine(model: str, output: str | None, precision: str, min_shape: str 
 @click.option("--codec", default=None, help="ffmpeg video encoder (default libx264; libvpx-vp9 for .webm).")
 @click.option("--crf", type=int, default=18, show_default=True, help="Video quality (lower is better).")
 @click.option("--preset", default="medium", show_default=True, help="x264/x265 speed preset.")
+@_realism_options
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
 def upscale(inputs: tuple[str, ...], output: str, model: str, backend_name: str, device: str, precision: str,
             tile: int | None, tile_overlap: int, batch_size: int | None, outscale: float | None, ext: str,
             overwrite: bool, quality: int | None, codec: str | None, crf: int, preset: str,
-            no_progress: bool) -> None:
+            realism: float | None, gan_model: str | None, no_progress: bool) -> None:
     """Upscale images, folders and videos with any backend, tiled, nothing lost.
 
     INPUT may be image files (png, jpg, webp, bmp, tiff), video files (mp4, mkv, mov, avi, webm)
@@ -255,6 +284,7 @@ def upscale(inputs: tuple[str, ...], output: str, model: str, backend_name: str,
     from .upscale import UpscaleOptions
     from .upscale import upscale as run_upscale
 
+    model = _with_realism(model, gan_model, realism)
     options = UpscaleOptions(model=model, backend=backend_name, device=device, precision=precision, tile=tile,
                              tile_overlap=tile_overlap, batch_size=batch_size, outscale=outscale, ext=ext,
                              overwrite=overwrite, quality=quality, codec=codec, crf=crf, preset=preset,
@@ -307,11 +337,13 @@ def upscale(inputs: tuple[str, ...], output: str, model: str, backend_name: str,
               help="A real clip for the end-to-end row: the upscale pipeline vs the backend alone.")
 @click.option("--video-frames", type=int, default=8, show_default=True, help="Frames of --video to use.")
 @click.option("--video-width", type=int, default=None, help="Scale the --video clip to this width first.")
+@_realism_options
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 def benchmark(model: str, backends: str, precisions: str | None, sizes: str, batch_sizes: str, device: str,
               warmup: int, iters: int | None, seconds: float, no_peak: bool, json_path: str | None,
               markdown_path: str | None, plot_path: str | None, onnx_models: tuple[str, ...], video: str | None,
-              video_frames: int, video_width: int | None, quiet: bool) -> None:
+              video_frames: int, video_width: int | None, realism: float | None, gan_model: str | None,
+              quiet: bool) -> None:
     """Time PyTorch, ONNX Runtime and TensorRT side by side and check that they agree.
 
     MODEL is a checkpoint, `default`, an .onnx file or an .engine. Prints a table: median ms per
@@ -322,6 +354,7 @@ def benchmark(model: str, backends: str, precisions: str | None, sizes: str, bat
     from .bench import (check_output_path, command_line, format_table, parse_list, parse_size, run_benchmark,
                         write_json, write_markdown, write_plot)
 
+    model = _with_realism(model, gan_model, realism)
     size_list = [parse_size(s) for s in parse_list(sizes, what="size")]
     try:
         batch_list = [int(b) for b in parse_list(batch_sizes, what="batch size")]

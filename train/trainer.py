@@ -25,6 +25,7 @@ import random
 import signal
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ from tqdm import tqdm
 from sr_deploy.errors import InputError
 from sr_deploy.metrics import imresize, psnr, ssim, to_uint8
 from sr_deploy.models import ARCHITECTURES, load_checkpoint, save_checkpoint
+from sr_deploy.perceptual import LPIPS, lpips_uint8
 
 from .data import (
     DegradationSpec,
@@ -52,6 +54,7 @@ from .losses import (
     PerceptualLoss,
     discriminator_loss,
     generator_adversarial_loss,
+    perceptual_layers,
     pixel_criterion,
 )
 
@@ -198,12 +201,15 @@ def make_scheduler(optimizer: torch.optim.Optimizer, train_cfg: dict[str, Any], 
     raise InputError(f"train.schedule {kind!r}: expected none, multistep or cosine")
 
 
-def validate(model: nn.Module, valset: ValidationSet, scale: int, device: torch.device) -> dict[str, float]:
-    """Mean Y-channel PSNR / SSIM (``scale`` px border cropped) of `model` on `valset`: the
-    output is clamped to [0, 1] and rounded to 8 bits first, as a saved image would be."""
+def validate(
+    model: nn.Module, valset: ValidationSet, scale: int, device: torch.device, lpips: LPIPS | None = None
+) -> dict[str, float]:
+    """Mean Y-channel PSNR / SSIM (``scale`` px border cropped) of `model` on `valset`, and the
+    mean LPIPS (RGB, full image) when `lpips` is given: the output is clamped to [0, 1] and
+    rounded to 8 bits first, as a saved image would be."""
     was_training = model.training
     model.eval()
-    scores_p, scores_s = [], []
+    scores_p, scores_s, scores_l = [], [], []
     try:
         with torch.inference_mode():
             for lr, hr in zip(valset.lr, valset.hr):
@@ -212,19 +218,29 @@ def validate(model: nn.Module, valset: ValidationSet, scale: int, device: torch.
                 sr_img = sr[0].permute(1, 2, 0).cpu().numpy()
                 scores_p.append(float(psnr(sr_img, hr, crop_border=scale, y_channel=True)))
                 scores_s.append(float(ssim(sr_img, hr, crop_border=scale, y_channel=True)))
+                if lpips is not None:
+                    scores_l.append(lpips_uint8(lpips, sr_img, hr))
     finally:
         model.train(was_training)
-    return {"psnr": float(np.mean(scores_p)), "ssim": float(np.mean(scores_s))}
+    scores = {"psnr": float(np.mean(scores_p)), "ssim": float(np.mean(scores_s))}
+    if lpips is not None:
+        scores["lpips"] = float(np.mean(scores_l))
+    return scores
 
 
-def bicubic_baseline(valset: ValidationSet, scale: int) -> dict[str, float]:
+def bicubic_baseline(valset: ValidationSet, scale: int, lpips: LPIPS | None = None) -> dict[str, float]:
     """The same scores for MATLAB bicubic upscaling of the LR inputs (the curve's reference line)."""
-    scores_p, scores_s = [], []
+    scores_p, scores_s, scores_l = [], [], []
     for lr, hr in zip(valset.lr, valset.hr):
         up = to_uint8(imresize(lr, scale=scale))
         scores_p.append(float(psnr(up, hr, crop_border=scale, y_channel=True)))
         scores_s.append(float(ssim(up, hr, crop_border=scale, y_channel=True)))
-    return {"psnr": float(np.mean(scores_p)), "ssim": float(np.mean(scores_s))}
+        if lpips is not None:
+            scores_l.append(lpips_uint8(lpips, up, hr))
+    scores = {"psnr": float(np.mean(scores_p)), "ssim": float(np.mean(scores_s))}
+    if lpips is not None:
+        scores["lpips"] = float(np.mean(scores_l))
+    return scores
 
 
 def plot_curve(run_dir: Path, history: list[dict[str, float]], bicubic: dict[str, float] | None, title: str) -> Path | None:
@@ -237,8 +253,10 @@ def plot_curve(run_dir: Path, history: list[dict[str, float]], bicubic: dict[str
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    with_lpips = any("lpips" in h for h in history)
+    fig, axes = plt.subplots(1, 2 if with_lpips else 1, figsize=(11 if with_lpips else 6, 4), dpi=100, squeeze=False)
     its = [h["iteration"] for h in history]
+    ax = axes[0][0]
     ax.plot(its, [h["psnr"] for h in history], "o-", label="model (Y-PSNR)")
     if bicubic:
         ax.axhline(bicubic["psnr"], color="gray", linestyle="--", label=f"bicubic {bicubic['psnr']:.2f} dB")
@@ -247,6 +265,16 @@ def plot_curve(run_dir: Path, history: list[dict[str, float]], bicubic: dict[str
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend()
+    if with_lpips:
+        ax = axes[0][1]
+        rows = [h for h in history if "lpips" in h]
+        ax.plot([h["iteration"] for h in rows], [h["lpips"] for h in rows], "o-", color="C1", label="model")
+        if bicubic and "lpips" in bicubic:
+            ax.axhline(bicubic["lpips"], color="gray", linestyle="--", label=f"bicubic {bicubic['lpips']:.3f}")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("LPIPS-Alex (lower is better)")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
     fig.tight_layout()
     path = run_dir / "val.png"
     tmp = run_dir / ".val.png.tmp"
@@ -294,9 +322,13 @@ class Trainer:
         run_dir: str | Path,
         device: str | None = None,
         resume: bool = False,
-        vgg_weights: str | Path | None = None,
+        perceptual_weights: str | Path | None = None,
+        allow_unknown_weights: bool = False,
+        from_scratch: bool = False,
         progress: bool = True,
+        vgg_weights: str | Path | None = None,
     ) -> None:
+        perceptual_weights = perceptual_weights if perceptual_weights is not None else vgg_weights
         self.config = config
         self.data_dir = Path(data_dir)
         self.val_dir = Path(val_dir) if val_dir is not None else None
@@ -328,6 +360,10 @@ class Trainer:
         init = c.get("init")
         self.init_note = ""
         init_model = None
+        gan = bool((c.get("losses") or {}).get("adversarial"))
+        if gan and not init and not resume and not from_scratch:
+            raise InputError(f"{self.recipe}: a GAN recipe starts from a trained PSNR-oriented generator; set "
+                             "--set init=PATH (or init=default), or pass --from-scratch to start from random weights")
         if init and not resume:
             loaded = load_checkpoint(init)
             c["model"] = {"arch": loaded.arch, **loaded.config}
@@ -346,12 +382,20 @@ class Trainer:
         self.pixel_fn = pixel_criterion(self.pixel["type"]) if self.pixel else None
         self.percep_cfg = losses.get("perceptual")
         self.perceptual = None
+        self.feature_network = None
         if self.percep_cfg:
             p = self.percep_cfg
             self.perceptual = PerceptualLoss(
-                layer=p.get("layer", "conv5_4"), before_activation=bool(p.get("before_activation", False)),
-                criterion=p.get("criterion", "mse"), rescale=float(p.get("rescale", 1.0)), weights=vgg_weights,
+                perceptual_layers(p), network=str(p.get("network", "vgg19")), criterion=p.get("criterion", "mse"),
+                rescale=float(p.get("rescale", 1.0)), weights=perceptual_weights, allow_unknown=allow_unknown_weights,
             ).to(self.device)
+            self.feature_network = self.perceptual.source
+        # GAN runs are judged (and their best checkpoint chosen) by LPIPS-Alex on the validation set.
+        self.lpips = None
+        if val_dir is not None and (c.get("val") or {}).get("lpips"):
+            # A folder given for the perceptual weights holds the LPIPS ones too; a single file does not.
+            lpips_dir = perceptual_weights if perceptual_weights and Path(perceptual_weights).is_dir() else None
+            self.lpips = LPIPS("alex", lpips_dir).to(self.device)
         self.adv_cfg = losses.get("adversarial")
         disc_cfg = c.get("discriminator")
         if bool(self.adv_cfg) != bool(disc_cfg):
@@ -395,7 +439,11 @@ class Trainer:
                 betas=tuple(disc_cfg.get("betas", train_cfg["betas"])),
             )
             self.sched_d = make_scheduler(self.opt_d, train_cfg, self.iterations)
-        self.amp = bool(train_cfg.get("amp", True)) and self.device.type == "cuda"
+        # train.amp: true = fp16 autocast on CUDA (with loss scaling), nothing on the CPU;
+        # "bf16" = bf16 autocast on either device (CPUs with AVX512-BF16 / AMX run it faster).
+        amp = train_cfg.get("amp", True)
+        self.amp_dtype = torch.bfloat16 if amp == "bf16" else (torch.float16 if amp and self.device.type == "cuda" else None)
+        self.amp = self.amp_dtype is torch.float16
         self.scaler_g = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.scaler_d = torch.amp.GradScaler("cuda", enabled=self.amp)
         decay = train_cfg.get("ema_decay")
@@ -414,6 +462,7 @@ class Trainer:
     def _state(self) -> dict[str, Any]:
         return {
             "iteration": self.iteration,
+            "planned_iterations": self.iterations,
             "config": self.config,
             "generator": self.generator.state_dict(),
             "ema": self.ema.model.state_dict() if self.ema else None,
@@ -451,10 +500,31 @@ class Trainer:
         self.scaler_d.load_state_dict(state["scaler_d"])
         _set_rng_state(state["rng"])
         self.iteration = int(state["iteration"])
+        planned = int(state.get("planned_iterations", self.iterations))
+        if planned != self.iterations:
+            self._replan_schedules(planned)
         self.best = state.get("best")
         self.bicubic = state.get("bicubic")
         self.wall_time = float(state.get("wall_time", 0.0))
         self.history = _read_val_history(self.run_dir / "val.csv", self.iteration)
+
+    def _replan_schedules(self, planned: int) -> None:
+        """`--resume --iters N` with N other than the saved run's plan: rebuild the learning-rate
+        schedules for N (cosine period, fractional milestones) and advance them to the current
+        iteration, so the run ends its schedule at N instead of where the old plan ended."""
+        train_cfg = self.config["train"]
+        pairs = [(self.opt_g, "sched_g")] + ([(self.opt_d, "sched_d")] if self.opt_d is not None else [])
+        for opt, attr in pairs:
+            for group in opt.param_groups:
+                group["lr"] = group["initial_lr"]
+            sched = make_scheduler(opt, train_cfg, self.iterations)
+            with warnings.catch_warnings():  # stepping a fresh schedule forward, no optimizer step is due
+                warnings.simplefilter("ignore", UserWarning)
+                for _ in range(self.iteration):
+                    sched.step()
+            setattr(self, attr, sched)
+        self.replan_note = (f"; learning-rate schedule re-planned from {planned} to {self.iterations} iterations "
+                            f"(lr now {self.opt_g.param_groups[0]['lr']:.3g})")
 
     def save_state(self) -> Path:
         path = self.run_dir / STATE_FILE
@@ -481,6 +551,7 @@ class Trainer:
             "bicubic_val": self.bicubic,
             "wall_time_s": round(self.wall_time, 1),
             "hardware": hardware_description(self.device),
+            "feature_network": self.feature_network,
             "train_config": self.config,
         }
         model = copy.deepcopy(self.eval_model()).cpu().eval()
@@ -488,7 +559,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- loop
     def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None else nullcontext()
 
     def _generator_step(self, lr: torch.Tensor, hr: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         parts: dict[str, torch.Tensor] = {}
@@ -545,18 +616,24 @@ class Trainer:
         if self.valset is None:
             return None
         t0 = time.perf_counter()
-        scores = validate(self.eval_model(), self.valset, self.scale, self.device)
-        row = {"iteration": self.iteration, "psnr": scores["psnr"], "ssim": scores["ssim"],
+        scores = validate(self.eval_model(), self.valset, self.scale, self.device, self.lpips)
+        row = {"iteration": self.iteration, **scores,
                "lr": self.opt_g.param_groups[0]["lr"], "wall_time_s": round(self.wall_time, 1)}
         self.history = [h for h in self.history if h["iteration"] < self.iteration] + [row]
-        _write_csv(self.run_dir / "val.csv", self.history, ["iteration", "psnr", "ssim", "lr", "wall_time_s"])
+        columns = ["iteration", "psnr", "ssim", *(["lpips"] if self.lpips is not None else []), "lr", "wall_time_s"]
+        _write_csv(self.run_dir / "val.csv", self.history, columns)
         plot_curve(self.run_dir, self.history, self.bicubic,
                    f"{self.recipe} x{self.scale} on {self.val_dir.name}" if self.val_dir else self.recipe)
-        improved = self.best is None or scores["psnr"] > self.best["psnr"]
+        # The best checkpoint: lowest LPIPS for perceptual (GAN) runs, highest PSNR otherwise.
+        if "lpips" in scores:
+            improved = self.best is None or scores["lpips"] < self.best.get("lpips", math.inf)
+        else:
+            improved = self.best is None or scores["psnr"] > self.best["psnr"]
         if improved:
             self.best = {"iteration": self.iteration, **scores}
             self.save_model("model_best.pt")
-        log(f"val it {self.iteration}: PSNR {scores['psnr']:.3f} dB  SSIM {scores['ssim']:.4f}"
+        lpips_text = f"  LPIPS {scores['lpips']:.4f}" if "lpips" in scores else ""
+        log(f"val it {self.iteration}: PSNR {scores['psnr']:.3f} dB  SSIM {scores['ssim']:.4f}{lpips_text}"
             f"{'  (best)' if improved else ''}  [{time.perf_counter() - t0:.1f} s]")
         return scores
 
@@ -581,10 +658,14 @@ class Trainer:
         log(f"{'resume' if start else 'start'} {self.recipe}: {type(self.generator).__name__}({self.model_kwargs}) "
             f"on {hardware_description(self.device)}; {len(self.train_images)} training images from {self.data_dir}; "
             f"crop {self.crop_size}, batch {self.batch_size}, iterations {start}->{self.iterations}"
-            f"{', AMP fp16' if self.amp else ''}{self.init_note}")
+            f"{f', autocast {self.amp_dtype}' if self.amp_dtype is not None else ''}{self.init_note}"
+            f"{getattr(self, 'replan_note', '')}"
+            + (f"; perceptual features: {self.feature_network['release']} (sha256 {self.feature_network['sha256'][:12]})"
+               if self.feature_network else ""))
         if self.valset is not None and self.bicubic is None:
-            self.bicubic = bicubic_baseline(self.valset, self.scale)
-            log(f"val bicubic: PSNR {self.bicubic['psnr']:.3f} dB  SSIM {self.bicubic['ssim']:.4f} "
+            self.bicubic = bicubic_baseline(self.valset, self.scale, self.lpips)
+            lpips_text = f"  LPIPS {self.bicubic['lpips']:.4f}" if "lpips" in self.bicubic else ""
+            log(f"val bicubic: PSNR {self.bicubic['psnr']:.3f} dB  SSIM {self.bicubic['ssim']:.4f}{lpips_text} "
                 f"on {len(self.valset.hr)} images of {self.val_dir}")
 
         workers = int(c["data"].get("workers") or 0)
@@ -662,8 +743,9 @@ class Trainer:
                         f"{self.run_dir / STATE_FILE}; continue with --resume")
                 else:
                     log(f"done: {self.iteration} iterations, {self.wall_time:.0f} s"
-                        + (f"; best val PSNR {self.best['psnr']:.3f} dB at it {int(self.best['iteration'])}"
-                           if self.best else ""))
+                        + (f"; best val PSNR {self.best['psnr']:.3f} dB"
+                           + (f", LPIPS {self.best['lpips']:.4f}" if "lpips" in self.best else "")
+                           + f" at it {int(self.best['iteration'])}" if self.best else ""))
         finally:
             bar.close()
             loss_file.close()
@@ -679,5 +761,5 @@ def train(
     config: dict[str, Any], data_dir: str | Path, val_dir: str | Path | None, run_dir: str | Path, **options: Any
 ) -> TrainResult:
     """Check every input, then train; see `Trainer` for the options (device, resume,
-    vgg_weights, progress)."""
+    perceptual_weights, allow_unknown_weights, from_scratch, progress)."""
     return Trainer(config, data_dir, val_dir, run_dir, **options).run()
