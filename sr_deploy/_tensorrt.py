@@ -26,18 +26,26 @@ and 11 differ the call site cites the page. The sources:
 
 Everything version-dependent is decided by `plan_precision` (pure Python, unit-tested) and only
 executed here, so the branching can be tested with a stand-in module without pretending to run
-TensorRT.
+TensorRT. Every call below is checked against the real 10.13 and 11.4 bindings by the `trt_api`
+tests (tests/test_trt_api.py: a strict stand-in derived from the real module).
+
+Layers (imports flow down only): backends/trt_build.py (build + parity) -> backends/trt_backend.py
+(deserialize and run) -> engine.py (artifacts: profile, sidecar, cache key, GPU identity) ->
+this module, which imports nothing of sr-deploy but `errors`.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
-from .errors import InputError, NotInstalledError, SRDeployError, TENSORRT_NOT_INSTALLED
+from .errors import TENSORRT_NOT_INSTALLED, InputError, NotInstalledError, SRDeployError
 
 CUDA_NOT_AVAILABLE = (
     "CUDA is not available (torch.cuda.is_available() is False): TensorRT needs an NVIDIA GPU "
@@ -80,6 +88,14 @@ def parse_version(text: str) -> tuple[int, int, int]:
 def tensorrt_version(trt: ModuleType) -> str:
     """`tensorrt.__version__` (documented module attribute; Polygraphy compares it the same way)."""
     return str(trt.__version__)
+
+
+def installed_version() -> str | None:
+    """The importable TensorRT's version, or None (for reports; never raises)."""
+    try:
+        return tensorrt_version(import_tensorrt())
+    except Exception:  # not installed, or a broken install
+        return None
 
 
 # --------------------------------------------------------------------------- precision plan
@@ -218,17 +234,15 @@ class ParserFailure:
 
 def _parser_failures(parser: Any, onnx_nodes: list[tuple[str, str]]) -> list[ParserFailure]:
     """Read parser.num_errors / parser.get_error(i) [ONNXP] and name each failing ONNX node.
-    ParserError.node() is the node's index in the graph (all 10.x/11.x); node_name() and
-    node_operator() exist from 10.x on and are preferred when present."""
+    ParserError.node() is the node's index in the graph; node_name() / node_operator() (both
+    releases) name it directly and win when not empty."""
     failures = []
     for i in range(int(parser.num_errors)):
         err = parser.get_error(i)
         index = int(err.node())
         name, op = (onnx_nodes[index] if 0 <= index < len(onnx_nodes) else ("", ""))
-        if callable(getattr(err, "node_name", None)) and err.node_name():
-            name = str(err.node_name())
-        if callable(getattr(err, "node_operator", None)) and err.node_operator():
-            op = str(err.node_operator())
+        name = str(err.node_name() or name)
+        op = str(err.node_operator() or op)
         failures.append(ParserFailure(index, name, op, str(err.code()), str(err.desc())))
     return failures
 
@@ -291,47 +305,83 @@ def build_serialized_engine(trt: ModuleType, req: BuildRequest, echo: Callable[[
             config.builder_optimization_level = int(req.opt_level)
         for name in plan.builder_flags:
             # BuilderFlag.FP16 / BF16 exist on 10.x only; removed in 11 [MIG11] -- plan_precision never
-            # asks for them there. getattr keeps a wrong plan from becoming an AttributeError.
-            flag = getattr(trt.BuilderFlag, name, None)
-            if flag is None:
-                raise SRDeployError(f"BuilderFlag.{name} does not exist in TensorRT {tensorrt_version(trt)}")
-            config.set_flag(flag)
+            # asks for them there.
+            config.set_flag(_builder_flag(trt, name))
         for name in plan.clear_flags:
-            flag = getattr(trt.BuilderFlag, name, None)  # TF32: present in 10.x and 11.x
-            if flag is not None:
-                config.clear_flag(flag)
+            config.clear_flag(_builder_flag(trt, name))  # TF32: present in 10.x and 11.x
 
         input_name = network.get_input(0).name
         profile = builder.create_optimization_profile()
         profile.set_shape(input_name, req.min_shape, req.opt_shape, req.max_shape)
         config.add_optimization_profile(profile)
 
-        cache_bytes = b""
-        if req.timing_cache is not None and req.timing_cache.is_file():
-            cache_bytes = req.timing_cache.read_bytes()
-            echo(f"timing cache: loaded {req.timing_cache} ({len(cache_bytes):,} bytes)")
-        cache = config.create_timing_cache(cache_bytes)
-        config.set_timing_cache(cache, ignore_mismatch=False)
+        _load_timing_cache(config, req.timing_cache, echo)
 
         serialized = builder.build_serialized_network(network, config)
         if serialized is None:
             last = logger.errors[-1] if logger.errors else "no error message; see the build log"
             raise BuildFailed(f"{req.onnx_path}: TensorRT build failed: {last}")
-
+        engine = bytes(memoryview(serialized))
         if req.timing_cache is not None:
-            data = bytes(memoryview(config.get_timing_cache().serialize()))
-            _atomic_write(req.timing_cache, data)
-            echo(f"timing cache: saved {req.timing_cache} ({len(data):,} bytes)")
-        return bytes(memoryview(serialized))
+            _save_timing_cache(config, req.timing_cache, echo)  # never loses the engine just built
+        return engine
     finally:
         logger.close()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _builder_flag(trt: ModuleType, name: str) -> Any:
+    """trt.BuilderFlag.<name>, or SRDeployError naming the release that lacks it (a wrong plan)."""
+    flag = getattr(trt.BuilderFlag, name, None)
+    if flag is None:
+        raise SRDeployError(f"BuilderFlag.{name} does not exist in TensorRT {tensorrt_version(trt)}")
+    return flag
+
+
+def _load_timing_cache(config: Any, path: Path | None, echo: Callable[[str], None]) -> None:
+    """create_timing_cache(bytes) + set_timing_cache(cache, ignore_mismatch=False) [PYAPI]. The
+    call returns False when the file was written by another TensorRT version or for another GPU
+    (or is damaged): then the build starts from an empty cache instead of silently using none."""
+    data = b""
+    if path is not None and path.is_file():
+        data = path.read_bytes()
+    if config.set_timing_cache(config.create_timing_cache(data), ignore_mismatch=False):
+        if data:
+            echo(f"timing cache: loaded {path} ({len(data):,} bytes)")
+        return
+    echo(f"timing cache: {path} does not match this TensorRT version or GPU (or is damaged); ignoring it, "
+         "a new one is saved after the build")
+    if not config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False):
+        echo("timing cache: TensorRT refused an empty timing cache; building without one")
+
+
+def _save_timing_cache(config: Any, path: Path, echo: Callable[[str], None]) -> None:
+    """get_timing_cache().serialize() written back atomically; get_timing_cache() may return None
+    (no cache attached), and a failure here is reported, not raised: the engine is built."""
+    cache = config.get_timing_cache()
+    if cache is None:
+        echo(f"timing cache: TensorRT returned no timing cache; {path} not updated")
+        return
+    try:
+        data = bytes(memoryview(cache.serialize()))
+        atomic_write_bytes(path, data)
+    except (OSError, TypeError, ValueError) as exc:
+        echo(f"timing cache: could not save {path} ({exc}); the engine is not affected")
+        return
+    echo(f"timing cache: saved {path} ({len(data):,} bytes)")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to a unique temporary file beside `path`, then rename it over `path`: two
+    processes writing the same file never share a temporary, and a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 # --------------------------------------------------------------------------- runtime
@@ -393,13 +443,30 @@ def torch_dtype(trt: ModuleType, dtype: Any) -> Any:
     return table[dtype]
 
 
-def create_context(engine: Any) -> Any:
-    """engine.create_execution_context() [PYAPI]; one per CUDA stream (contexts are not
-    thread/stream safe)."""
-    context = engine.create_execution_context()
+def create_context(trt: ModuleType, engine: Any, user_managed_memory: bool = False) -> Any:
+    """engine.create_execution_context(strategy) [PYAPI]; one per CUDA stream (contexts are not
+    thread/stream safe). With `user_managed_memory` the context gets no activation memory of its
+    own (ExecutionContextAllocationStrategy.USER_MANAGED): the caller sizes it for the shapes it
+    sets (`context_memory_size`) and attaches it (`set_context_memory`) -- instead of each
+    context holding the max-profile size (STATIC, the default)."""
+    strategies = trt.ExecutionContextAllocationStrategy
+    strategy = strategies.USER_MANAGED if user_managed_memory else strategies.STATIC
+    context = engine.create_execution_context(strategy)
     if context is None:
         raise SRDeployError("TensorRT could not create an execution context (out of GPU memory?)")
     return context
+
+
+def context_memory_size(context: Any) -> int:
+    """Activation memory (bytes) the context needs for the input shapes set on it:
+    update_device_memory_size_for_shapes() [PYAPI IExecutionContext], after set_input_shape."""
+    return int(context.update_device_memory_size_for_shapes())
+
+
+def set_context_memory(context: Any, pointer: int, size: int) -> None:
+    """Attach `size` bytes of device memory at `pointer` to a USER_MANAGED context:
+    set_device_memory(memory, size) [PYAPI IExecutionContext]. The memory must outlive the context's use."""
+    context.set_device_memory(int(pointer), int(size))
 
 
 def enqueue(context: Any, io: EngineIO, x_ptr: int, y_ptr: int, stream_handle: int) -> None:

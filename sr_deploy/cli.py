@@ -73,7 +73,8 @@ def _with_realism(model: str, gan_model: str | None, realism: float | None) -> s
 @click.argument("model")
 @click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
 def info(model: str, as_json: bool) -> None:
-    """Describe MODEL: a checkpoint path (ours, BasicSR, ESRGAN, leftthomas/SRGAN) or `default`."""
+    """Describe MODEL: a checkpoint (.pt/.pth/.ckpt/.safetensors: ours, BasicSR, ESRGAN,
+    leftthomas/SRGAN, or any architecture spandrel knows) or `default`."""
     from .models import count_flops_per_lr_pixel, count_parameters, load_checkpoint
 
     ckpt = load_checkpoint(model)
@@ -86,6 +87,8 @@ def info(model: str, as_json: bool) -> None:
         "parameters": count_parameters(ckpt.model),
         "mflops_per_lr_pixel": round(count_flops_per_lr_pixel(ckpt.model) / 1e6, 3),
         "sha256": ckpt.sha256,
+        "size_multiple": ckpt.size_multiple,
+        "notes": ckpt.notes,
         "metadata": ckpt.metadata,
     }
     if as_json:
@@ -96,9 +99,14 @@ def info(model: str, as_json: bool) -> None:
     click.echo(f"arch:        {desc['arch']} x{desc['scale']}")
     click.echo(f"config:      {', '.join(f'{k}={v}' for k, v in desc['config'].items())}")
     click.echo(f"parameters:  {desc['parameters']:,}")
+    lr_pixels = 1920 * 1080 / max(1, desc["scale"]) ** 2
     click.echo(f"FLOPs:       {desc['mflops_per_lr_pixel']:.2f} MFLOP per low-resolution pixel "
-               f"({desc['mflops_per_lr_pixel'] * 1920 * 1080 / 16 / 1e3:.1f} GFLOP for a 1080p output at x4)")
+               f"({desc['mflops_per_lr_pixel'] * lr_pixels / 1e3:.1f} GFLOP for a 1080p output at x{desc['scale']})")
     click.echo(f"sha256:      {desc['sha256']}")
+    if ckpt.size_multiple > 1:
+        click.echo(f"input size:  padded inside to a multiple of {ckpt.size_multiple} (any size works)")
+    for note in ckpt.notes:
+        click.echo(f"note:        {note}")
     for key, value in desc["metadata"].items():
         click.echo(f"{key + ':':<12} {value}")
 
@@ -231,7 +239,8 @@ def build_engine(model: str, output: str | None, precision: str, min_shape: str 
                  timing_cache: str | None, fallback_static: bool, strongly_typed: bool, no_parity: bool,
                  verbose: bool) -> None:
     """Build a TensorRT engine from MODEL.onnx (fp16, profiles, timing cache), checked for parity."""
-    from .engine import build_engine as build, resolve_profile
+    from .backends.trt_build import build_engine as build
+    from .engine import resolve_profile
 
     profile = resolve_profile(min_shape, opt_shape, max_shape, static_shape)
     result = build(model, output, precision=precision, profile=profile, workspace_gib=workspace,
@@ -264,15 +273,24 @@ def build_engine(model: str, output: str | None, precision: str, min_shape: str 
 @click.option("--overwrite", is_flag=True, help="Redo outputs that already exist (default: skip them).")
 @click.option("--quality", type=click.IntRange(1, 101), default=None,
               help="JPEG/WebP quality (default 95; WebP 101 = lossless).")
-@click.option("--codec", default=None, help="ffmpeg video encoder (default libx264; libvpx-vp9 for .webm).")
-@click.option("--crf", type=int, default=18, show_default=True, help="Video quality (lower is better).")
-@click.option("--preset", default="medium", show_default=True, help="x264/x265 speed preset.")
+@click.option("--codec", default=None, help="FFmpeg video encoder (default libx264; libvpx-vp9 for .webm; "
+              "h264_nvenc / hevc_nvenc where the build and GPU have them).")
+@click.option("--crf", type=int, default=18, show_default=True, help="Video quality, lower is better (NVENC: -cq).")
+@click.option("--preset", default="medium", show_default=True, help="Encoder speed preset (x264/x265/SVT-AV1/NVENC).")
+@click.option("--pix-fmt", default=None, help="Encoder pixel format, e.g. yuv420p10le [default: yuv420p, 10-bit for "
+              "a > 8-bit input].")
+@click.option("--hwaccel", default=None, help="Hardware video decoding: an FFmpeg device type, e.g. cuda (NVDEC).")
+@click.option("--allow-partial", is_flag=True, help="Keep what decodes of a damaged video, as NAME.partial.EXT "
+              "(default: a damaged video is an error).")
+@click.option("--segment-seconds", type=float, default=2.0, show_default=True,
+              help="Videos are encoded in resumable segments of about this length (0: one segment).")
 @_realism_options
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
 def upscale(inputs: tuple[str, ...], output: str, model: str, backend_name: str, device: str, precision: str,
             tile: int | None, tile_overlap: int, batch_size: int | None, outscale: float | None, ext: str,
-            overwrite: bool, quality: int | None, codec: str | None, crf: int, preset: str,
-            realism: float | None, gan_model: str | None, no_progress: bool) -> None:
+            overwrite: bool, quality: int | None, codec: str | None, crf: int, preset: str, pix_fmt: str | None,
+            hwaccel: str | None, allow_partial: bool, segment_seconds: float, realism: float | None,
+            gan_model: str | None, no_progress: bool) -> None:
     """Upscale images, folders and videos with any backend, tiled, nothing lost.
 
     INPUT may be image files (png, jpg, webp, bmp, tiff), video files (mp4, mkv, mov, avi, webm)
@@ -288,7 +306,8 @@ def upscale(inputs: tuple[str, ...], output: str, model: str, backend_name: str,
     options = UpscaleOptions(model=model, backend=backend_name, device=device, precision=precision, tile=tile,
                              tile_overlap=tile_overlap, batch_size=batch_size, outscale=outscale, ext=ext,
                              overwrite=overwrite, quality=quality, codec=codec, crf=crf, preset=preset,
-                             progress=not no_progress)
+                             pix_fmt=pix_fmt, hwaccel=hwaccel, allow_partial=allow_partial,
+                             segment_seconds=segment_seconds, progress=not no_progress)
 
     def terminate(signum: int, frame: object) -> None:  # `kill`: clean up like Ctrl-C
         raise KeyboardInterrupt
@@ -304,8 +323,10 @@ def upscale(inputs: tuple[str, ...], output: str, model: str, backend_name: str,
         click.echo(f"result: {summary.done[0]}")
     elif summary.done:
         click.echo(f"results: {len(summary.done)} files under {output}")
+    if summary.partial:
+        click.echo(f"partial: {', '.join(str(p) for p in summary.partial)}")
     if summary.failed:
-        raise click.exceptions.Exit(1)
+        raise click.exceptions.Exit(summary.exit_code())
 
 
 @cli.command()

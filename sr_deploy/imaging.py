@@ -90,6 +90,10 @@ def read_image(path: str | Path) -> np.ndarray:
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if data.size == 0:
         raise InputError(f"{path}: empty file, not an image")
+    frames = webp_animation_frames(data[:1 << 20].tobytes() if data.size > 1 << 20 else data.tobytes())
+    if frames:
+        raise InputError(f"{path}: animated WebP ({frames} frames); OpenCV would read only the first: "
+                         "convert it to a video (e.g. .webm / .mp4) and upscale that")
     # IMREAD_UNCHANGED keeps alpha and 16 bits but ignores EXIF orientation. JPEG has no alpha,
     # so for JPEG, ANYCOLOR | ANYDEPTH keeps grey as grey and lets OpenCV apply the orientation.
     if path.suffix.lower() in _JPEG_EXTENSIONS:
@@ -103,6 +107,21 @@ def read_image(path: str | Path) -> np.ndarray:
     if image is None:
         raise InputError(f"{path}: not a readable image (corrupt or unsupported format)")
     return _from_opencv(image, path)
+
+
+def webp_animation_frames(data: bytes) -> int:
+    """Frames of an animated WebP (its ANMF chunks; 0 for a still WebP or any other format).
+    `data`: the file's bytes (the first megabyte is enough to see that it is animated)."""
+    if len(data) < 21 or data[:4] != b"RIFF" or data[8:12] != b"WEBP" or data[12:16] != b"VP8X":
+        return 0
+    if not data[20] & 0x02:  # VP8X flags: bit 1 = animation
+        return 0
+    frames, offset = 0, 12
+    while offset + 8 <= len(data):
+        size = int.from_bytes(data[offset + 4:offset + 8], "little")
+        frames += data[offset:offset + 4] == b"ANMF"
+        offset += 8 + size + (size & 1)
+    return max(frames, 2)
 
 
 def _first_line(text: str) -> str:
@@ -268,6 +287,44 @@ def write_image(path: str | Path, image: np.ndarray, quality: int | None = None)
     and write it atomically (temporary name beside it, then rename). Parent folders are created."""
     path = Path(path)
     atomic_write_bytes(path, encode_image(image, path.suffix, quality))
+
+
+def write_image_consuming(path: str | Path, image: np.ndarray, quality: int | None = None) -> None:
+    """`write_image` for very large images: no full-size copy is made. The RGB(A) channels of
+    `image` are swapped to OpenCV's BGR(A) in place (the array is left in that order: do not use
+    it afterwards) and OpenCV writes the file itself (PNG rows stream to disk) under the temporary
+    name, then it is renamed."""
+    path = Path(path)
+    ext = path.suffix.lower()
+    expected = output_dtype_for(ext, image.dtype)
+    if image.dtype != expected:
+        raise ValueError(f"{image.dtype} samples cannot be stored in {ext}; quantize to {expected} first")
+    if image.ndim == 3 and image.shape[2] == 4 and ext not in _ALPHA_EXTENSIONS:
+        image = image[:, :, :3]
+    if image.ndim == 3:
+        band = max(1, (64 << 20) // max(1, image.shape[1] * image.shape[2] * image.itemsize))
+        for top in range(0, image.shape[0], band):  # in row bands: a few MB of temporaries at most
+            rows = image[top:top + band]
+            rows[:, :, [0, 2]] = rows[:, :, [2, 0]]
+    params: list[int] = []
+    if ext in _JPEG_EXTENSIONS:
+        params = [cv2.IMWRITE_JPEG_QUALITY, int(quality if quality is not None else DEFAULT_JPEG_QUALITY)]
+    elif ext == ".webp":
+        params = [cv2.IMWRITE_WEBP_QUALITY, int(quality if quality is not None else DEFAULT_WEBP_QUALITY)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial_path(path)
+    try:
+        if not cv2.imwrite(str(tmp), image, params):
+            raise SRDeployError(f"{path}: OpenCV could not write a {image.shape} {image.dtype} image as {ext}")
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except cv2.error as exc:
+        tmp.unlink(missing_ok=True)
+        raise SRDeployError(f"{path}: writing failed ({_first_line(str(exc))})") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def upscaled_size(height: int, width: int, outscale: float) -> tuple[int, int]:

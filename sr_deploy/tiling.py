@@ -15,8 +15,9 @@ full tile and a sliver.
 Arrays: images are (3, H, W) float32 RGB in [0, 1]; results are (3, s*H, s*W) float32,
 unclamped (clamping happens in post-processing, `sr_deploy.imaging`).
 
-Memory: the backend sees at most `batch_size` windows at a time; besides that, only the float32
-output array (3, s*H, s*W) is held.
+Memory: the backend sees at most `batch_size` windows at a time. `upscale_tiled` keeps a float32
+output array (3, s*H, s*W); `upscale_tiled_into` hands each finished core to a callback instead
+(images are written that way, quantized to 8/16 bits as tiles finish).
 """
 
 from __future__ import annotations
@@ -30,13 +31,14 @@ import numpy as np
 
 from .backends.base import Backend
 from .errors import SRDeployError
+from .models.registry import live_values_per_hr_pixel
 
 DEFAULT_TILE_OVERLAP = 16
 # Smallest core edge the out-of-memory retry goes down to before giving up.
 MIN_TILE = 8
-# Memory model for the automatic tile size: per LR pixel, a generator of this family holds about
-# 2 feature maps of 64 channels at the output resolution (scale^2 pixels), plus the float32 output.
-_LIVE_CHANNELS_AT_HR = 128
+# Memory model for the automatic tile size: per output pixel, a generator holds about
+# `live_values_per_hr_pixel` activation values (each architecture declares its own in the model
+# registry; the SRResNet / ESRGAN family: 2 feature maps of 64 channels), plus the float32 output.
 # Fraction of free memory the automatic tile size may plan to use (CUDA: free device memory; CPU:
 # available RAM, capped, since the output array and the decoder need room too).
 _CUDA_MEMORY_FRACTION = 0.5
@@ -134,11 +136,12 @@ def auto_tile_size(backend: Backend, height: int, width: int, overlap: int = DEF
 
     Memory budget: half the free CUDA memory on a CUDA backend, else a quarter of the available
     RAM (at most 8 GiB), shared by `batch_size` windows; a window costs about
-    (128 * bytes-per-value + 12) * scale^2 bytes per LR pixel (two 64-channel feature maps at the
-    output resolution plus the float32 output).
+    (live values * bytes-per-value + 12) * scale^2 bytes per LR pixel (the architecture's live
+    activations per output pixel, `backend_arch`, plus the float32 output).
     """
     value_bytes = 2 if backend.precision in ("fp16", "bf16") else 4
-    per_pixel = (_LIVE_CHANNELS_AT_HR * value_bytes + 3 * 4) * backend.scale ** 2
+    live = live_values_per_hr_pixel(backend_arch(backend))
+    per_pixel = (live * value_bytes + 3 * 4) * backend.scale ** 2
     free = _free_memory_bytes(backend.device)
     budget = free * _CUDA_MEMORY_FRACTION if free is not None else _cpu_budget_bytes()
     window_pixels = budget / max(1, batch_size) / per_pixel
@@ -155,6 +158,19 @@ def auto_tile_size(backend: Backend, height: int, width: int, overlap: int = DEF
     return tile
 
 
+def backend_arch(backend: Backend) -> str | None:
+    """The architecture a backend runs, when it can tell: the ONNX / engine metadata's
+    `sr_deploy.arch`, or the torch model's `arch` attribute or class name."""
+    meta = getattr(backend, "metadata", None)
+    if isinstance(meta, dict) and meta.get("sr_deploy.arch"):
+        return str(meta["sr_deploy.arch"])
+    model = getattr(backend, "model", None)
+    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
+    if model is None:
+        return None
+    return getattr(model, "arch", None) or type(model).__name__
+
+
 def _max_batch(backend: Backend, batch_size: int) -> int:
     if backend.max_shape is not None:
         return max(1, min(batch_size, backend.max_shape[0]))
@@ -165,11 +181,16 @@ def _fits_max_shape(backend: Backend, height: int, width: int) -> bool:
     return backend.max_shape is None or (height <= backend.max_shape[1] and width <= backend.max_shape[2])
 
 
-def _run_tiles(backend: Backend, image: np.ndarray, tile: int, overlap: int, batch_size: int) -> np.ndarray:
+# Where a finished tile core goes: (y0, y1, x0, x1) in output pixels and the core (3, y1-y0, x1-x0)
+# float32 RGB, unclamped. Writing the same region twice (after an out-of-memory restart) is fine.
+CoreSink = Callable[[int, int, int, int, np.ndarray], None]
+
+
+def _run_tiles(backend: Backend, image: np.ndarray, tile: int, overlap: int, batch_size: int,
+               sink: CoreSink) -> None:
     _, height, width = image.shape
     scale = backend.scale
     tiles, (window_h, window_w) = plan_tiles(height, width, tile, overlap)
-    out = np.empty((3, height * scale, width * scale), dtype=np.float32)
     per_call = _max_batch(backend, batch_size)
     for first in range(0, len(tiles), per_call):
         group = tiles[first:first + per_call]
@@ -181,9 +202,8 @@ def _run_tiles(backend: Backend, image: np.ndarray, tile: int, overlap: int, bat
                                 f"expected {expected} (scale {scale})")
         for t, sr in zip(group, result):
             oy, ox = (t.y0 - t.wy) * scale, (t.x0 - t.wx) * scale
-            out[:, t.y0 * scale:t.y1 * scale, t.x0 * scale:t.x1 * scale] = \
-                sr[:, oy:oy + (t.y1 - t.y0) * scale, ox:ox + (t.x1 - t.x0) * scale]
-    return out
+            sink(t.y0 * scale, t.y1 * scale, t.x0 * scale, t.x1 * scale,
+                 sr[:, oy:oy + (t.y1 - t.y0) * scale, ox:ox + (t.x1 - t.x0) * scale])
 
 
 def upscale_tiled(
@@ -211,6 +231,30 @@ def upscale_tiled(
     An out-of-memory error from the backend halves the tile and starts again (down to
     `MIN_TILE`, then it is raised as SRDeployError).
     """
+    _, height, width = image.shape
+    out = np.empty((3, height * backend.scale, width * backend.scale), dtype=np.float32)
+
+    def keep(y0: int, y1: int, x0: int, x1: int, core: np.ndarray) -> None:
+        out[:, y0:y1, x0:x1] = core
+
+    upscale_tiled_into(backend, image, keep, tile, overlap, batch_size, on_retry)
+    return out
+
+
+def upscale_tiled_into(
+    backend: Backend,
+    image: np.ndarray,
+    sink: CoreSink,
+    tile: int | None = None,
+    overlap: int = DEFAULT_TILE_OVERLAP,
+    batch_size: int = 1,
+    on_retry: Callable[[int], None] | None = None,
+) -> None:
+    """`upscale_tiled`, but each finished tile core is handed to `sink(y0, y1, x0, x1, core)`
+    (output pixel box, (3, y1-y0, x1-x0) float32 RGB unclamped) instead of being kept in a float32
+    copy of the whole output: the caller quantizes it straight into its 8/16-bit image, so memory
+    follows the tile and the final image, not 4 bytes per output sample. After an out-of-memory
+    restart the sink sees regions again (same values, smaller tiles)."""
     if image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"expected a (3, H, W) image, got shape {image.shape}")
     image = np.ascontiguousarray(image, dtype=np.float32)
@@ -221,7 +265,7 @@ def upscale_tiled(
         tile = auto_tile_size(backend, height, width, overlap, batch_size)
     while True:
         try:
-            return _run_tiles(backend, image, tile, overlap, batch_size)
+            return _run_tiles(backend, image, tile, overlap, batch_size, sink)
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise

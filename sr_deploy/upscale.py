@@ -16,11 +16,13 @@ and re-runs that batch with a float32 twin of the backend, with a warning naming
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
+import cv2
 import numpy as np
 
 from .backends.base import Backend
@@ -29,18 +31,29 @@ from .imaging import (
     IMAGE_EXTENSIONS,
     image_to_model_input,
     is_image_path,
-    model_output_to_image,
     output_dtype_for,
+    quantize,
     read_image,
     upscaled_size,
-    write_image,
+    write_image_consuming,
 )
-from .tiling import DEFAULT_TILE_OVERLAP, upscale_tiled
-from .video import DEFAULT_CRF, DEFAULT_PRESET, DEFAULT_VIDEO_BATCH, VIDEO_EXTENSIONS, is_video_path, upscale_video
+from .tiling import DEFAULT_TILE_OVERLAP, upscale_tiled_into
+from .video import (
+    DEFAULT_CRF,
+    DEFAULT_PRESET,
+    DEFAULT_SEGMENT_SECONDS,
+    DEFAULT_VIDEO_BATCH,
+    VIDEO_EXTENSIONS,
+    NonFiniteOutput,
+    is_video_path,
+    upscale_video,
+)
 
 Kind = Literal["image", "video"]
 Log = Callable[[str], None]
 OUTPUT_IMAGE_FORMATS = ("png", "jpg", "webp", "same")
+# Largest --outscale: beyond it an output size is a typo, not a request (64 x 64 = 4096 times the pixels).
+MAX_OUTSCALE = 64.0
 
 
 def _stderr(message: str) -> None:
@@ -72,6 +85,10 @@ class UpscaleOptions:
     codec: str | None = None
     crf: int = DEFAULT_CRF
     preset: str = DEFAULT_PRESET
+    pix_fmt: str | None = None
+    hwaccel: str | None = None
+    allow_partial: bool = False
+    segment_seconds: float = DEFAULT_SEGMENT_SECONDS
     progress: bool = True
 
 
@@ -86,16 +103,25 @@ class Job:
 
 @dataclass
 class UpscaleSummary:
-    """Outcome of `run_jobs`: targets written, targets skipped (already there), and failures as
-    (source, one-line message)."""
+    """Outcome of `run_jobs`: targets written, targets skipped (already there), damaged videos
+    kept in part (`--allow-partial`: the NAME.partial.EXT files), and failures as (source,
+    one-line message, exit code: 2 bad input, 1 failure at run time)."""
 
     done: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
-    failed: list[tuple[Path, str]] = field(default_factory=list)
+    partial: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str, int]] = field(default_factory=list)
 
     def line(self) -> str:
-        return (f"upscale: {len(self.done)} done, {len(self.skipped)} skipped (already there), "
+        kept = f"{len(self.partial)} partial, " if self.partial else ""
+        return (f"upscale: {len(self.done)} done, {len(self.skipped)} skipped (already there), {kept}"
                 f"{len(self.failed)} failed")
+
+    def exit_code(self) -> int:
+        """0 when nothing failed; 1 when anything failed at run time; else 2 (only bad inputs)."""
+        if not self.failed:
+            return 0
+        return 1 if any(code == 1 for _s, _m, code in self.failed) else 2
 
 
 def _kind_of(path: Path) -> Kind | None:
@@ -146,7 +172,12 @@ def plan_jobs(inputs: Sequence[str | Path], output: str | Path, ext: str = "png"
             raise InputError(f"{source}: not an image or video file (known extensions: {known})")
 
     jobs: list[Job] = []
-    if len(sources) == 1 and sources[0].is_file() and _kind_of(output) is not None:
+    single_file = len(sources) == 1 and sources[0].is_file()
+    if not single_file and _kind_of(output) is not None and not output.is_dir():
+        what = f"{len(sources)} inputs" if len(sources) > 1 else f"the folder {sources[0]}"
+        raise InputError(f"{output}: names a file, but {what} need an output folder: give -o a folder "
+                         "(or one input file)")
+    if single_file and _kind_of(output) is not None and not output.is_dir():
         source = sources[0]
         kind, out_kind = _kind_of(source), _kind_of(output)
         if kind != out_kind:
@@ -190,13 +221,15 @@ def plan_jobs(inputs: Sequence[str | Path], output: str | Path, ext: str = "png"
 
 
 class Fp32Fallback(Backend):
-    """A reduced-precision backend whose batches with NaN/Inf output are re-run in float32.
+    """A backend whose output is checked for NaN/Inf on every call (one reduction per batch).
 
-    `make_fp32` builds the float32 twin the first time it is needed. `source` names the file
-    being processed, for the warning (one per file).
+    With a reduced-precision backend, a batch with NaN/Inf is re-run with the float32 twin that
+    `make_fp32` builds the first time it is needed (warning once per file). Output that is still
+    not finite (fp32 backend, or the fp32 re-run) raises `NonFiniteOutput`: a checkpoint with
+    NaN weights must fail, never write black pictures. `source` names the file being processed.
     """
 
-    def __init__(self, primary: Backend, make_fp32: Callable[[], Backend], log: Log = _stderr):
+    def __init__(self, primary: Backend, make_fp32: Callable[[], Backend] | None, log: Log = _stderr):
         super().__init__(primary.scale, primary.precision, primary.device, primary.max_shape)
         self.name = primary.name
         self.primary = primary
@@ -207,10 +240,16 @@ class Fp32Fallback(Backend):
         self.reruns = 0
         self._warned: set[str] = set()
 
+    def _non_finite(self, what: str) -> NonFiniteOutput:
+        return NonFiniteOutput(f"{self.source}: the model's output has NaN/Inf values{what} (a checkpoint with "
+                               "non-finite weights, or values beyond float range)")
+
     def __call__(self, x: Any) -> Any:
         y = self.primary(x)
         if np.isfinite(float(y.sum())):  # one reduction: any NaN/Inf makes the sum non-finite
             return y
+        if self.make_fp32 is None:
+            raise self._non_finite("")
         if self.fp32 is None:
             try:
                 self.fp32 = self.make_fp32()
@@ -222,7 +261,10 @@ class Fp32Fallback(Backend):
             self.log(f"warning: {self.source}: {self.precision} output had NaN/Inf values; "
                      "re-ran those batches in fp32")
         self.reruns += 1
-        return self.fp32(x)
+        y = self.fp32(x)
+        if not np.isfinite(float(y.sum())):
+            raise self._non_finite(" even after the fp32 re-run")
+        return y
 
     def close(self) -> None:
         self.primary.close()
@@ -232,7 +274,7 @@ class Fp32Fallback(Backend):
 
 def load_backend(options: UpscaleOptions, log: Log = _stderr) -> Backend:
     """The backend for `options` (model, backend, device, precision), wrapped in `Fp32Fallback`
-    when its precision is below fp32. Raises InputError for the not-yet-bundled default model."""
+    (NaN/Inf check; fp32 re-run below fp32). Raises InputError for a model that is not there."""
     from .models import resolve_model_path
 
     path = resolve_model_path(options.model)  # the clear message for a bundled model not yet shipped
@@ -242,7 +284,7 @@ def load_backend(options: UpscaleOptions, log: Log = _stderr) -> Backend:
 
     backend = load(path, options.device, options.precision, backend=options.backend)
     if backend.precision == "fp32":
-        return backend
+        return Fp32Fallback(backend, None, log)
     return Fp32Fallback(backend, lambda: load(path, options.device, "fp32", backend=backend.name), log)
 
 
@@ -250,18 +292,44 @@ def upscale_image_file(backend: Backend, source: Path, target: Path, options: Up
     """Read `source`, upscale it (tiled), write `target` atomically (format from its extension).
 
     Keeps greyscale as one channel, alpha (bicubic), 16-bit depth where the format holds it.
+    Memory: each tile is clamped and rounded into the 8/16-bit output as it finishes, so the peak
+    is the input (as float32), the tiles in flight and the output image, not a float32 output.
+    With `--outscale` the tiles go into a 16-bit image at the model's scale, which is resized and
+    then rounded to the output depth once.
     """
     image = read_image(source)
-    rgb, alpha = image_to_model_input(image)
-    batch_size = options.batch_size or (4 if str(backend.device).startswith("cuda") else 1)
-    result = upscale_tiled(backend, rgb, options.tile, options.tile_overlap, batch_size)
     height, width = image.shape[:2]
+    grey, input_dtype = image.ndim == 2, image.dtype
+    dtype = output_dtype_for(target.suffix, input_dtype)
+    rgb, alpha = image_to_model_input(image)
+    del image
     size = None
     if options.outscale is not None and options.outscale != backend.scale:
         size = upscaled_size(height, width, options.outscale)
-    dtype = output_dtype_for(target.suffix, image.dtype)
-    out = model_output_to_image(result, alpha, dtype, grey=image.ndim == 2, size_hw=size)
-    write_image(target, out, options.quality)
+    staging = np.dtype(np.uint16) if size is not None and dtype == np.uint8 else dtype
+    scale = backend.scale
+    shape: tuple[int, ...] = (height * scale, width * scale)
+    channels = 1 if grey else (4 if alpha is not None else 3)
+    out = np.empty(shape if channels == 1 else shape + (channels,), dtype=staging)
+
+    def put(y0: int, y1: int, x0: int, x1: int, core: np.ndarray) -> None:
+        hwc = np.ascontiguousarray(core.transpose(1, 2, 0), dtype=np.float32)
+        if grey:
+            out[y0:y1, x0:x1] = quantize(cv2.cvtColor(hwc, cv2.COLOR_RGB2GRAY), staging)
+        else:
+            out[y0:y1, x0:x1, :3] = quantize(hwc, staging)
+
+    batch_size = options.batch_size or (4 if str(backend.device).startswith("cuda") else 1)
+    upscale_tiled_into(backend, rgb, put, options.tile, options.tile_overlap, batch_size)
+    del rgb
+    if alpha is not None:
+        out[:, :, 3] = quantize(cv2.resize(alpha, (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC), staging)
+    if size is not None:
+        shrinking = size[0] * size[1] < shape[0] * shape[1]
+        out = cv2.resize(out, (size[1], size[0]), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LANCZOS4)
+        if staging != dtype:  # 16-bit staging -> 8-bit, rounded and saturated
+            out = cv2.multiply(out, 1 / 257, dtype=cv2.CV_8U)
+    write_image_consuming(target, out, options.quality)
 
 
 def _one_line(source: Path, exc: BaseException) -> str:
@@ -271,17 +339,45 @@ def _one_line(source: Path, exc: BaseException) -> str:
     return text if str(source) in text else f"{source}: {text}"
 
 
+def _model_identity(model: str) -> str:
+    """The model file, its size and modification time: enough for a resumed video to know that
+    its finished segments came from the same model."""
+    try:
+        from .models import resolve_model_path
+
+        path = resolve_model_path(model)
+        stat = path.stat()
+        return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    except Exception:  # a stand-in backend in tests, an unresolvable name: the name is all there is
+        return str(model)
+
+
+def _status(target: Path) -> Literal["done", "todo", "folder"]:
+    """An output counts as done only when it is a non-empty file (writes are atomic, so a final
+    name is only ever a complete file; a 0-byte one was made by someone else, e.g. `touch`)."""
+    if target.is_dir():
+        return "folder"
+    if target.is_file() and target.stat().st_size > 0:
+        return "done"
+    return "todo"
+
+
 def run_jobs(jobs: Sequence[Job], backend: Backend, options: UpscaleOptions, log: Log = _stderr) -> UpscaleSummary:
     """Run every job; one failing job is logged (`error: FILE: cause`) and the others go on.
 
-    KeyboardInterrupt stops everything (the current output's temporary file is removed).
+    KeyboardInterrupt stops everything (the current output's temporary file is removed; a video's
+    finished segments are kept for the re-run to resume from).
     """
     from tqdm import tqdm
 
     summary = UpscaleSummary()
     todo = []
     for job in jobs:
-        if job.target.exists() and not options.overwrite:
+        status = _status(job.target)
+        if status == "folder":
+            summary.failed.append((job.source, f"{job.target}: a folder has the output's name; move it away", 2))
+            log(f"error: {summary.failed[-1][1]}")
+        elif status == "done" and not options.overwrite:
             summary.skipped.append(job.target)
         else:
             todo.append(job)
@@ -299,6 +395,7 @@ def run_jobs(jobs: Sequence[Job], backend: Backend, options: UpscaleOptions, log
 
     if isinstance(backend, Fp32Fallback):
         backend.log = report
+    model_id = _model_identity(options.model)
     try:
         for job in todo:
             if isinstance(backend, Fp32Fallback):
@@ -307,46 +404,61 @@ def run_jobs(jobs: Sequence[Job], backend: Backend, options: UpscaleOptions, log
                 if job.kind == "image":
                     upscale_image_file(backend, job.source, job.target, options)
                     bar.update(1)
+                    summary.done.append(job.target)
+                    continue
+                result = upscale_video(
+                    backend, job.source, job.target, tile=options.tile, overlap=options.tile_overlap,
+                    batch_size=options.batch_size or DEFAULT_VIDEO_BATCH, outscale=options.outscale,
+                    codec=options.codec, crf=options.crf, preset=options.preset, pix_fmt=options.pix_fmt,
+                    hwaccel=options.hwaccel, allow_partial=options.allow_partial,
+                    segment_seconds=options.segment_seconds, model_id=model_id, progress=options.progress,
+                    log=report)
+                resumed = f", resumed after frame {result.resumed_from}" if result.resumed_from else ""
+                report(f"{result.path}: {result.frames} frames ({result.frames_inferred} inferred{resumed}), "
+                       f"{result.size[0]}x{result.size[1]}, audio {result.audio}, "
+                       f"{result.frames_inferred / max(result.seconds, 1e-9):.2f} frames/s")
+                if result.partial:
+                    summary.partial.append(result.path)
                 else:
-                    result = upscale_video(
-                        backend, job.source, job.target, tile=options.tile, overlap=options.tile_overlap,
-                        batch_size=options.batch_size or DEFAULT_VIDEO_BATCH, outscale=options.outscale,
-                        codec=options.codec, crf=options.crf, preset=options.preset,
-                        progress=options.progress, log=report)
-                    report(f"{job.target}: {result.frames} frames at {result.fps:g} fps, "
-                           f"{result.size[0]}x{result.size[1]}, audio {result.audio}, "
-                           f"{result.frames / max(result.seconds, 1e-9):.2f} frames/s")
-                summary.done.append(job.target)
+                    summary.done.append(job.target)
             except (KeyboardInterrupt, SystemExit):
                 raise
             except Exception as exc:  # one bad file must not stop the others
-                summary.failed.append((job.source, _one_line(job.source, exc)))
+                code = 2 if isinstance(exc, InputError) else 1
+                summary.failed.append((job.source, _one_line(job.source, exc), code))
                 report(f"error: {summary.failed[-1][1]}")
     finally:
         bar.close()
     return summary
 
 
-def upscale(inputs: Sequence[str | Path], output: str | Path, options: UpscaleOptions,
-            log: Log = _stderr, backend: Backend | None = None) -> UpscaleSummary:
-    """Plan, load the backend (unless given, or unless every output already exists), run.
-
-    Returns the summary; the caller decides the exit code (non-zero when anything failed).
-    """
+def validate_options(options: UpscaleOptions) -> None:
+    """Everything about the options that can be checked before a model is loaded (InputError)."""
     if options.tile is not None and options.tile < 0:
         raise InputError(f"--tile must be >= 0 (0 turns tiling off), got {options.tile}")
     if options.tile_overlap < 0:
         raise InputError(f"--tile-overlap must be >= 0, got {options.tile_overlap}")
     if options.batch_size is not None and options.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {options.batch_size}")
-    if options.outscale is not None and not options.outscale > 0:
-        raise InputError(f"--outscale must be > 0, got {options.outscale}")
+    if options.outscale is not None and not (math.isfinite(options.outscale) and 0 < options.outscale <= MAX_OUTSCALE):
+        raise InputError(f"--outscale must be a number > 0 and <= {MAX_OUTSCALE:g}, got {options.outscale}")
+    if not (math.isfinite(options.segment_seconds) and options.segment_seconds >= 0):
+        raise InputError(f"--segment-seconds must be >= 0, got {options.segment_seconds}")
+
+
+def upscale(inputs: Sequence[str | Path], output: str | Path, options: UpscaleOptions,
+            log: Log = _stderr, backend: Backend | None = None) -> UpscaleSummary:
+    """Plan, load the backend (unless given, or unless every output already exists), run.
+
+    Returns the summary; `summary.exit_code()` is the command's exit code.
+    """
+    validate_options(options)
     jobs = plan_jobs(inputs, output, options.ext)
     if not jobs:
         raise InputError(f"no image or video files found in {', '.join(str(p) for p in inputs)}")
     if _kind_of(Path(output)) is None:
         Path(output).mkdir(parents=True, exist_ok=True)
-    pending = [job for job in jobs if options.overwrite or not job.target.exists()]
+    pending = [job for job in jobs if options.overwrite or _status(job.target) == "todo"]
     if backend is None and pending:
         backend = load_backend(options, log)
         try:

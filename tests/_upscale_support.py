@@ -26,14 +26,17 @@ def save_tiny_srresnet(path: Path, seed: int = 0) -> Path:
     return save_checkpoint(path, SRResNet(**TINY_SRRESNET).eval(), TINY_SRRESNET)
 
 
-def save_tiny_srvgg(path: Path, seed: int = 0, output_gain: float = 1.0) -> Path:
+def save_tiny_srvgg(path: Path, seed: int = 0, output_gain: float = 1.0, nan_weight: bool = False) -> Path:
     """A 2-conv, 8-feature SRVGGNetCompact x4. `output_gain` scales the last conv: 1e6 makes
-    fp16 overflow to Inf/NaN while fp32 stays finite."""
+    fp16 overflow to Inf/NaN while fp32 stays finite. `nan_weight` puts one NaN in the first conv
+    (a checkpoint damaged in training), so every output is NaN."""
     torch.manual_seed(seed)
     model = SRVGGNetCompact(**TINY_SRVGG).eval()
     with torch.no_grad():
         model.body[-1].weight.mul_(output_gain)
         model.body[-1].bias.mul_(output_gain)
+        if nan_weight:
+            model.body[0].weight.view(-1)[0] = float("nan")
     return save_checkpoint(path, model, TINY_SRVGG)
 
 
@@ -118,3 +121,31 @@ def audio_seconds(path: Path) -> float | None:
         return None
     h, m, s = times[-1]
     return int(h) * 3600 + int(m) * 60 + float(s)
+
+
+def ffmpeg(*args: str) -> None:
+    """Run the bundled ffmpeg (quiet, overwrite): for making test clips."""
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y", *args], check=True)
+
+
+def frame_times(path: Path) -> list[float]:
+    """Presentation time (s) of every decoded frame of the first video stream, read with PyAV."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return [float(frame.pts * stream.time_base) for frame in container.decode(stream)]
+
+
+def video_stream_facts(path: Path) -> dict:
+    """Size, SAR, pixel format, colour tags and rotation of the first video stream (PyAV)."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frame = next(container.decode(stream))
+        ctx = stream.codec_context
+        return {"size": (frame.width, frame.height), "sar": ctx.sample_aspect_ratio, "pix_fmt": frame.format.name,
+                "colorspace": int(frame.colorspace), "color_primaries": int(frame.color_primaries),
+                "color_trc": int(frame.color_trc), "color_range": int(frame.color_range),
+                "rotation": frame.rotation, "audio": [s.codec_context.name for s in container.streams.audio]}

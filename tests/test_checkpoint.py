@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from sr_deploy.cli import cli
 from sr_deploy.errors import InputError
 from sr_deploy.models import RRDBNet, SRResNet, load_checkpoint, save_checkpoint
-from sr_deploy.models.checkpoint import _convert_esrgan_old
+from sr_deploy.models.rrdbnet import convert_esrgan_old as _convert_esrgan_old
 
 
 def test_roundtrip_our_format(tmp_path) -> None:

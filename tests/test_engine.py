@@ -29,8 +29,8 @@ from sr_deploy.engine import (
     DEFAULT_MAX,
     MAX_TENSOR_ELEMENTS,
     EngineSidecar,
+    BuildOptions,
     ShapeProfile,
-    _build_with_fallback,
     cached_engine_path,
     check_sidecar_matches,
     check_tensor_limits,
@@ -42,6 +42,7 @@ from sr_deploy.engine import (
     sidecar_path,
     write_sidecar,
 )
+from sr_deploy.backends.trt_build import _build_with_fallback
 from sr_deploy.errors import TENSORRT_NOT_INSTALLED, InputError, NotInstalledError, SRDeployError
 
 
@@ -206,8 +207,13 @@ def test_engine_cache_key_covers_every_field(tmp_path, monkeypatch):
     changes = {"onnx_sha256": "cd" * 32, "tensorrt_version": "11.0.0", "gpu_name": "L4",
                "compute_capability": "8.9", "profile": resolve_profile(max="1x3x540x960"), "precision": "fp32",
                "route": "strongly_typed"}
-    keys = {engine_cache_key(**{**base, k: v}) for k, v in changes.items()}
+    # Build options change the engine too (issue 15 bug 7): workspace, optimisation level, sr-deploy version.
+    changes.update(options_workspace=BuildOptions(workspace_bytes=1 << 30), options_level=BuildOptions(opt_level=5),
+                   options_version=BuildOptions(sr_deploy_version="0.0.1"))
+    keys = {engine_cache_key(**{**base, k.split("_")[0] if k.startswith("options_") else k: v})
+            for k, v in changes.items()}
     assert key not in keys and len(keys) == len(changes)
+    assert key == engine_cache_key(**base, options=BuildOptions())  # the defaults are the default options
     assert _sidecar().cache_key() == engine_cache_key(
         "ab" * 32, "10.13.0.35", "NVIDIA H100 80GB HBM3", "9.0", resolve_profile(), "fp16", "flag")
     monkeypatch.setenv("SR_DEPLOY_ENGINE_CACHE", str(tmp_path / "cache"))
@@ -329,6 +335,8 @@ class FakeTRT:
         self.__version__ = version
         major = int(version.split(".")[0])
         self.calls: list[tuple] = []
+        self.timing_cache_accepted: list[bool] = []  # set_timing_cache's answers (then True)
+        self.has_timing_cache = True  # get_timing_cache() returns a cache (else None)
         fake = self
 
         class Sev:
@@ -359,6 +367,12 @@ class FakeTRT:
 
             def code(self):
                 return "UNSUPPORTED_NODE"
+
+            def node_name(self):  # empty: the name then comes from the ONNX graph by node index
+                return ""
+
+            def node_operator(self):
+                return ""
 
             def desc(self):
                 return "fake description"
@@ -397,9 +411,10 @@ class FakeTRT:
 
             def set_timing_cache(self, cache, ignore_mismatch):
                 fake.calls.append(("set_timing_cache", ignore_mismatch))
+                return fake.timing_cache_accepted.pop(0) if fake.timing_cache_accepted else True
 
             def get_timing_cache(self):
-                return Cache()
+                return Cache() if fake.has_timing_cache else None
 
             def __setattr__(self, name, value):
                 fake.calls.append(("config." + name, value))
@@ -498,7 +513,7 @@ def test_dynamic_build_failure_retried_once_static(tiny_onnx, tmp_path):
     trt = FakeTRT("10.13.0", build_results=(None, b"STATIC-ENGINE"))
     plan = _tensorrt.plan_precision((10, 13, 0), "fp16")
     said: list[str] = []
-    data, used, fell_back = _build_with_fallback(trt, tiny_onnx, plan, resolve_profile(), 1.0, None,
+    data, used, fell_back = _build_with_fallback(trt, tiny_onnx, plan, resolve_profile(), BuildOptions(1 << 30),
                                                  tmp_path / "t.cache", tmp_path / "log", False, True, said.append)
     assert data == b"STATIC-ENGINE" and fell_back and used == ShapeProfile.static((1, 3, 270, 480))
     assert any("retrying once with a static shape 1x3x270x480" in m for m in said)
@@ -506,7 +521,7 @@ def test_dynamic_build_failure_retried_once_static(tiny_onnx, tmp_path):
     assert shapes[1][2:] == ((1, 3, 270, 480),) * 3
     trt = FakeTRT("10.13.0", build_results=(None, b"x"))
     with pytest.raises(_tensorrt.BuildFailed):  # --no-fallback-static
-        _build_with_fallback(trt, tiny_onnx, plan, resolve_profile(), 1.0, None, tmp_path / "t.cache",
+        _build_with_fallback(trt, tiny_onnx, plan, resolve_profile(), BuildOptions(1 << 30), tmp_path / "t.cache",
                              tmp_path / "log", False, False, said.append)
 
 
@@ -524,7 +539,7 @@ def test_fp16_onnx_for_tensorrt_matches_torch_fp32_on_set5(tiny_model, tiny_onnx
     import onnx
 
     from sr_deploy.backends.ort_backend import OnnxRuntimeBackend
-    from sr_deploy.engine import prepare_fp16_onnx
+    from sr_deploy.backends.trt_build import prepare_fp16_onnx
     from sr_deploy.export import count_fp16_tensors
     from sr_deploy.parity import parity_inputs
 
@@ -560,7 +575,7 @@ def test_fp16_onnx_refuses_a_graph_without_fp16(tiny_onnx, tmp_path, monkeypatch
 
     monkeypatch.setattr(export, "convert_to_fp16", lambda src, output=None, block_list=None:
                         Path(output).write_bytes(Path(src).read_bytes()))  # a "conversion" that changes nothing
-    from sr_deploy.engine import prepare_fp16_onnx
+    from sr_deploy.backends.trt_build import prepare_fp16_onnx
 
     x = np.random.default_rng(0).random((1, 3, 16, 16), dtype=np.float32)
     with pytest.raises(SRDeployError, match="produced no fp16 tensors; TensorRT 11 would build a float32 engine"):
@@ -574,7 +589,7 @@ def test_fp16_onnx_refuses_a_graph_without_fp16(tiny_onnx, tmp_path, monkeypatch
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_build_engine_and_parity(tiny_onnx, tmp_path, precision, set5_dir):
     from sr_deploy.backends.trt_backend import TensorRTBackend
-    from sr_deploy.engine import build_engine
+    from sr_deploy.backends.trt_build import build_engine
     from sr_deploy.parity import parity_inputs
 
     crops = parity_inputs(sizes=((64, 64), (72, 96)), batch=2, data_dir=set5_dir.parent.parent)
@@ -600,11 +615,295 @@ def test_build_engine_and_parity(tiny_onnx, tmp_path, precision, set5_dir):
 
 @pytest.mark.tensorrt
 def test_engine_cache_builds_once(tiny_onnx, tmp_path, monkeypatch):
-    from sr_deploy.engine import ensure_engine
+    from sr_deploy.backends.trt_build import ensure_engine
 
     monkeypatch.setenv("SR_DEPLOY_ENGINE_CACHE", str(tmp_path))
     profile = resolve_profile(min="1x3x32x32", opt="1x3x64x64", max="1x3x96x96")
     said: list[str] = []
     first = ensure_engine(tiny_onnx, "fp16", profile=profile, echo=said.append, workspace_gib=1)
-    second = ensure_engine(tiny_onnx, "fp16", profile=profile, echo=said.append)
+    second = ensure_engine(tiny_onnx, "fp16", profile=profile, echo=said.append, workspace_gib=1)
     assert first == second and any("reusing" in m for m in said)
+
+
+# --------------------------------------------------------------------------- issue 15 section 2: review bugs
+
+
+@pytest.fixture
+def fake_build_env(monkeypatch, tmp_path):
+    """build_engine / ensure_engine on a FakeTRT 10.13 (records calls, its engine is fixed bytes) and
+    a pretend GPU; `parity` decides the parity check's verdict. Nothing here claims an engine ran."""
+    from sr_deploy.backends import trt_build
+    from sr_deploy.parity import ParityReport
+
+    state = {"trt": FakeTRT("10.13.3.9", build_results=(b"ENGINE",) * 8), "passed": True, "parity_calls": 0}
+    monkeypatch.setattr(_tensorrt, "import_tensorrt", lambda: state["trt"])
+    monkeypatch.setattr(_tensorrt, "require_cuda", lambda device="cuda": None)
+    monkeypatch.setattr(trt_build, "gpu_identity", lambda device="cuda": ("Pretend GPU", "9.0"))
+
+    def parity(onnx_path, engine_path, precision, inputs=None, device="cuda"):
+        state["parity_calls"] += 1
+        assert Path(engine_path).read_bytes() == b"ENGINE"  # the check sees the engine just built
+        psnr = 60.0 if state["passed"] else 20.0
+        return ParityReport(0.01, 0.001, psnr, 0, [(1, 3, 8, 8)], passed=state["passed"], criterion="stand-in")
+
+    monkeypatch.setattr(trt_build, "engine_parity", parity)
+    monkeypatch.setenv("SR_DEPLOY_ENGINE_CACHE", str(tmp_path / "cache"))
+    return state
+
+
+def test_failed_parity_leaves_no_engine_and_the_cache_rebuilds(tiny_onnx, tmp_path, fake_build_env):
+    """Bug 1: an engine whose parity failed was written (with its sidecar) before the check, and
+    the engine cache then reused it. Now it is built under a temporary name, promoted only after
+    the check passed, and the sidecar records the verdict."""
+    from sr_deploy.backends.trt_build import build_engine, ensure_engine
+
+    fake_build_env["passed"] = False
+    out = tmp_path / "out" / "m.engine"
+    with pytest.raises(SRDeployError, match="parity with ONNX Runtime float32 failed .*no engine written"):
+        build_engine(tiny_onnx, out, precision="fp16", profile=resolve_profile(), echo=lambda m: None)
+    assert not out.exists() and not sidecar_path(out).exists()
+    assert not [p for p in out.parent.iterdir() if p.suffix in (".engine", ".json", ".tmp")]  # no temporaries
+    profile = resolve_profile()
+    with pytest.raises(SRDeployError):
+        ensure_engine(tiny_onnx, "fp16", profile=profile, echo=lambda m: None)
+    fake_build_env["passed"] = True
+    said: list[str] = []
+    path = ensure_engine(tiny_onnx, "fp16", profile=profile, echo=said.append)  # built again, not reused
+    assert any("building" in m for m in said) and read_sidecar(path).parity == "passed"
+    assert ensure_engine(tiny_onnx, "fp16", profile=profile, echo=said.append) == path
+    assert said[-1] == f"engine cache: reusing {path}" and fake_build_env["parity_calls"] == 3
+
+
+def test_unchecked_engine_is_not_reused_by_a_checking_cache(tiny_onnx, fake_build_env):
+    from sr_deploy.backends.trt_build import ensure_engine
+
+    said: list[str] = []
+    path = ensure_engine(tiny_onnx, "fp16", check_parity=False, echo=said.append)
+    assert read_sidecar(path).parity == "skipped" and fake_build_env["parity_calls"] == 0
+    ensure_engine(tiny_onnx, "fp16", echo=said.append)
+    assert fake_build_env["parity_calls"] == 1 and not any("reusing" in m for m in said)
+
+
+def test_foreign_timing_cache_is_replaced_not_silently_ignored(tmp_path):
+    """Bug 2: set_timing_cache(..., ignore_mismatch=False) returning False was ignored."""
+    trt = FakeTRT("10.13.3.9")
+    trt.timing_cache_accepted = [False]
+    (tmp_path / "t.cache").write_bytes(b"FROM-ANOTHER-GPU")
+    said: list[str] = []
+    plan = _tensorrt.plan_precision((10, 13, 3), "fp32")
+    assert _tensorrt.build_serialized_engine(trt, _request(tmp_path / "m.onnx", plan, tmp_path), said.append) == \
+        b"ENGINE"
+    assert [c for c in trt.calls if c[0] == "create_timing_cache"] == [
+        ("create_timing_cache", b"FROM-ANOTHER-GPU"), ("create_timing_cache", b"")]
+    assert any("does not match this TensorRT version or GPU" in m for m in said)
+    assert (tmp_path / "t.cache").read_bytes() == b"CACHE-OUT"  # replaced by this build's cache
+
+
+def test_missing_timing_cache_after_build_keeps_the_engine(tmp_path):
+    """Bug 2: get_timing_cache() may return None; `.serialize()` then raised and lost the engine."""
+    trt = FakeTRT("11.4.0.106")
+    trt.has_timing_cache = False
+    said: list[str] = []
+    plan = _tensorrt.plan_precision((11, 4, 0), "fp32")
+    assert _tensorrt.build_serialized_engine(trt, _request(tmp_path / "m.onnx", plan, tmp_path), said.append) == \
+        b"ENGINE"
+    assert any("returned no timing cache" in m for m in said) and not (tmp_path / "t.cache").exists()
+
+
+def test_default_timing_cache_is_keyed_by_tensorrt_version_and_gpu(tiny_onnx, tmp_path, fake_build_env):
+    """Bug 2: the default timing-cache path was one file for every TensorRT version and GPU."""
+    from sr_deploy.backends.trt_build import build_engine
+    from sr_deploy.engine import timing_cache_path
+
+    res = build_engine(tiny_onnx, tmp_path / "m.engine", precision="fp32", echo=lambda m: None)
+    expected = tmp_path / "timing-10.13.3.9-pretend-gpu-sm90.cache"
+    assert Path(res.sidecar.timing_cache) == expected and expected.read_bytes() == b"CACHE-OUT"
+    names = {timing_cache_path(tmp_path, v, g, c).name for v, g, c in [
+        ("10.13.3.9", "NVIDIA H100", "9.0"), ("11.4.0.106", "NVIDIA H100", "9.0"), ("10.13.3.9", "NVIDIA L4", "8.9")]}
+    assert len(names) == 3
+
+
+def test_stale_fixed_temporaries_do_not_break_writes(tmp_path):
+    """Bug 8: fixed `.tmp` names raced between two processes writing the same entry (and a stale
+    one broke the write); temporaries are now unique per writer."""
+    engine = tmp_path / "m.engine"
+    for stale in (tmp_path / "m.engine.json.tmp", tmp_path / "t.cache.tmp"):
+        stale.mkdir()  # what a fixed temporary name would collide with
+    write_sidecar(engine, _sidecar())
+    _tensorrt.atomic_write_bytes(tmp_path / "t.cache", b"data")
+    assert read_sidecar(engine) == _sidecar() and (tmp_path / "t.cache").read_bytes() == b"data"
+
+
+def test_concurrent_cache_requests_build_once(tiny_onnx, fake_build_env, monkeypatch):
+    """Bug 8: two processes asking for the same cache entry both built it. The entry's lock
+    (fcntl.flock: two open() calls conflict even within one process) serialises them and the
+    second finds the engine built."""
+    import threading
+    import time as _time
+
+    from sr_deploy.backends import trt_build
+
+    real_build = trt_build._build_with_fallback
+    builds: list[int] = []
+
+    def slow_build(*args, **kwargs):
+        builds.append(1)
+        _time.sleep(0.5)  # long enough for the other thread to arrive while this one builds
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(trt_build, "_build_with_fallback", slow_build)
+    said: list[str] = []
+    paths: list[Path] = []
+    threads = [threading.Thread(target=lambda: paths.append(trt_build.ensure_engine(tiny_onnx, "fp16",
+                                                                                    echo=said.append)))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(builds) == 1 and len(paths) == 2 and paths[0] == paths[1]
+    assert any("built by another process meanwhile" in m for m in said)
+
+
+def test_bf16_parity_failure_does_not_suggest_strongly_typed(tiny_onnx, tmp_path, fake_build_env):
+    """Bug 9: a bf16 parity failure suggested --strongly-typed, which is refused for bf16."""
+    from sr_deploy.backends.trt_build import build_engine, parity_failure_message
+
+    fake_build_env["passed"] = False
+    with pytest.raises(SRDeployError) as info:
+        build_engine(tiny_onnx, tmp_path / "m.engine", precision="bf16", echo=lambda m: None)
+    assert "--strongly-typed" not in str(info.value) and "Try: --fp16 or --fp32" in str(info.value)
+    fp16 = parity_failure_message(Path("m.engine"), "fp16", "flag", "PSNR 20 dB")
+    assert "--strongly-typed" in fp16  # still offered where it exists
+
+
+class _RecordingEngine:
+    """Stands in for an ICudaEngine in the runner's bookkeeping test: it records which context
+    kind was asked for and whether the backend's device was current then. Nothing runs."""
+
+    def __init__(self, ops):
+        self.ops, self.created = ops, []
+
+    def create_execution_context(self, strategy):
+        self.created.append((str(strategy), self.ops.depth > 0))
+        engine = self
+
+        class Context:
+            shape = None
+
+            def set_input_shape(self, name, shape):
+                self.shape = tuple(shape)
+                return True
+
+            def get_tensor_shape(self, name):
+                n, c, h, w = self.shape
+                return (n, c, 4 * h, 4 * w)
+
+            def update_device_memory_size_for_shapes(self):
+                return 100 * self.shape[2]
+
+            def set_device_memory(self, memory, size):
+                engine.created.append(("memory", size))
+
+            def set_tensor_address(self, name, ptr):
+                return True
+
+            def execute_async_v3(self, stream):
+                return True
+
+        return Context()
+
+
+def test_graph_runner_bounds_memory_scopes_the_device_and_falls_back(tmp_path):
+    """Bugs 5 and 6: contexts and graphs are created inside the backend's device scope
+    (torch.cuda.device(N) on a GPU); each captured shape gets a USER_MANAGED context with memory
+    sized for that shape, the graph cache is bounded, and a failed capture runs without a graph."""
+    import contextlib
+
+    from sr_deploy.backends.trt_backend import EngineRunner
+
+    class Ops:
+        depth = 0
+        captured = 0
+
+        @contextlib.contextmanager
+        def scope(self):
+            self.depth += 1
+            yield
+            self.depth -= 1
+
+        def empty(self, shape, dtype):
+            return torch.zeros(shape, dtype=dtype)
+
+        def scratch(self, nbytes):
+            return torch.zeros(nbytes, dtype=torch.uint8)
+
+        def stream_handle(self):
+            return 7
+
+        def synchronize(self):
+            pass
+
+        def capture(self, enqueue):
+            if self.fail_next:
+                self.fail_next = False
+                raise RuntimeError("capture failed")
+            enqueue(8)
+            self.captured += 1
+            return types.SimpleNamespace(replay=lambda: None)
+
+    ops = Ops()
+    ops.fail_next = False
+    trt = types.SimpleNamespace(ExecutionContextAllocationStrategy=types.SimpleNamespace(
+        STATIC="STATIC", USER_MANAGED="USER_MANAGED"))
+    engine = _RecordingEngine(ops)
+    io = _tensorrt.EngineIO("input", "output", None, None, (1, 3, 8, 8), (1, 3, 16, 16), (1, 3, 64, 64))
+    runner = EngineRunner(trt, engine, io, ops, torch.float32, torch.float32, cuda_graph=True, graph_cache_size=2)
+    for h in (8, 16, 32):
+        assert runner.run(torch.zeros(1, 3, h, h)).shape == (1, 3, 4 * h, 4 * h)
+    assert list(runner.graphs) == [(1, 3, 16, 16), (1, 3, 32, 32)]  # bounded: the oldest dropped
+    assert [e.memory_bytes for e in runner.graphs.values()] == [1600, 3200]  # sized per shape
+    ops.fail_next = True
+    with pytest.warns(RuntimeWarning, match="CUDA graph capture failed"):
+        assert runner.run(torch.zeros(1, 3, 40, 40)).shape == (1, 3, 160, 160)  # plain run instead
+    assert runner.no_graph == {(1, 3, 40, 40)}
+    kinds = [c for c in engine.created if c[0] != "memory"]
+    assert kinds == [("USER_MANAGED", True)] * 4 + [("STATIC", True)]  # every context inside the device scope
+    assert [c[1] for c in engine.created if c[0] == "memory"] == [800, 1600, 3200, 4000]
+
+
+def _doc_commands(path: Path) -> list[list[str]]:
+    """Every `sr-deploy ...` command in the fenced blocks of a markdown file (comments, prompts
+    and line continuations handled), split like a shell would."""
+    import shlex
+
+    text = path.read_text(encoding="utf-8")
+    commands = []
+    for block in text.split("```")[1::2]:
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.strip().removeprefix("$ ")
+            for part in line.split("&&"):
+                part = part.split(" #")[0].strip()
+                if part.startswith("sr-deploy "):
+                    commands.append(shlex.split(part)[1:])
+    return commands
+
+
+def test_tensorrt_doc_commands_parse():
+    """Bug 3: docs/tensorrt.md showed commands that fail (the model as a positional input of
+    upscale, a missing -o). Each command must parse with the real CLI, and upscale's inputs must
+    be images or videos, never the model."""
+    import click
+
+    commands = _doc_commands(Path(__file__).resolve().parent.parent / "docs" / "tensorrt.md")
+    assert len(commands) >= 5
+    for args in commands:
+        name, rest = args[0], args[1:]
+        command = cli.get_command(click.Context(cli), name)
+        assert command is not None, f"unknown command in docs: {args}"
+        try:
+            ctx = command.make_context(name, list(rest))
+        except click.UsageError as exc:
+            raise AssertionError(f"sr-deploy {' '.join(args)}: {exc}") from None
+        if name == "upscale":
+            assert not [i for i in ctx.params["inputs"] if Path(i).suffix in (".engine", ".onnx", ".pt", ".plan")], args

@@ -42,7 +42,7 @@ def test_folder_with_a_corrupt_image_reports_it_processes_the_rest_and_resumes(s
     (source / "notes.txt").write_text("not an image")
 
     result = run(str(source), "-o", str(out), "--model", str(model))
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 2, result.output  # a corrupt input is bad input (README: exit codes)
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == ["a.png", "sub/b.png"]
     errors = _error_lines(result)
     assert len(errors) == 1 and "c.png" in errors[0] and "not a readable image" in errors[0]
@@ -52,7 +52,7 @@ def test_folder_with_a_corrupt_image_reports_it_processes_the_rest_and_resumes(s
 
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
     again = run(str(source), "-o", str(out), "--model", str(model))
-    assert again.exit_code == 1
+    assert again.exit_code == 2
     assert "0 done, 2 skipped" in again.stderr and len(_error_lines(again)) == 1
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == stamps  # untouched
 
@@ -183,3 +183,80 @@ def test_onnxruntime_static_shape_backend_is_tiled_to_its_max_shape(set5_dir, mo
     # the default overlap (16) leaves no room in a 16-pixel window: one clear line, exit 1
     result = run(str(source), "-o", str(tmp_path / "ort2.png"), "--model", str(onnx_path), "--backend", "onnxruntime")
     assert result.exit_code == 1 and "--tile-overlap" in _error_lines(result)[0]
+
+
+def test_empty_file_or_folder_under_the_output_name_is_not_taken_for_done(set5_dir, model, tmp_path):
+    source, out = tmp_path / "in", tmp_path / "out"
+    write_image(source / "a.png", _rgb(set5_dir / "bird.png"))
+    write_image(source / "b.png", _rgb(set5_dir / "head.png"))
+    out.mkdir()
+    (out / "a.png").write_bytes(b"")  # e.g. `touch`, or a copy that failed
+    (out / "b.png").mkdir()
+    result = run(str(source), "-o", str(out), "--model", str(model))
+    assert result.exit_code == 2, result.output
+    assert "1 done, 0 skipped" in result.stderr and "1 failed" in result.stderr
+    assert read_image(out / "a.png").shape == (96, 128, 3)
+    errors = _error_lines(result)
+    assert len(errors) == 1 and "b.png" in errors[0] and "a folder has the output's name" in errors[0]
+
+
+def test_a_file_name_as_output_for_several_inputs_is_refused(set5_dir, model, tmp_path):
+    write_image(tmp_path / "a.png", _rgb(set5_dir / "bird.png"))
+    write_image(tmp_path / "b.png", _rgb(set5_dir / "head.png"))
+    result = run(str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(tmp_path / "r.png"), "--model", str(model))
+    assert result.exit_code == 2 and "r.png: names a file, but 2 inputs need an output folder" in result.stderr
+    assert not (tmp_path / "r.png").exists() and len(_error_lines(result)) == 1
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "0", "-2", "1000"])
+def test_outscale_is_validated_before_the_model_runs(set5_dir, tmp_path, value):
+    write_image(tmp_path / "a.png", _rgb(set5_dir / "bird.png"))
+    # A model path that does not exist: the option must be refused before any model is looked at.
+    result = run(str(tmp_path / "a.png"), "-o", str(tmp_path / "b.png"), "--model", str(tmp_path / "none.pt"),
+                 "--outscale", value)
+    assert result.exit_code == 2, result.output
+    assert "--outscale must be a number > 0 and <= 64" in result.stderr and "Traceback" not in result.output
+    assert "OverflowError" not in result.output and not (tmp_path / "b.png").exists()
+
+
+def test_animated_webp_is_refused_in_one_line(set5_dir, model, tmp_path):
+    from PIL import Image
+
+    frames = [Image.fromarray(_rgb(set5_dir / name)) for name in ("bird.png", "head.png", "baby.png")]
+    frames[0].save(tmp_path / "anim.webp", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    frames[0].save(tmp_path / "still.webp")
+    result = run(str(tmp_path / "anim.webp"), str(tmp_path / "still.webp"), "-o", str(tmp_path / "out"),
+                 "--model", str(model))
+    assert result.exit_code == 2, result.output
+    errors = _error_lines(result)
+    assert len(errors) == 1 and "anim.webp: animated WebP (3 frames)" in errors[0]
+    assert read_image(tmp_path / "out" / "still.png").shape == (96, 128, 3)
+    assert not (tmp_path / "out" / "anim.png").exists()
+
+
+def test_nan_weights_fail_the_file_instead_of_writing_black(set5_dir, tmp_path):
+    nan_model = save_tiny_srvgg(tmp_path / "nan.pt", nan_weight=True)
+    write_image(tmp_path / "a.png", _rgb(set5_dir / "bird.png"))
+    result = run(str(tmp_path / "a.png"), "-o", str(tmp_path / "b.png"), "--model", str(nan_model))
+    assert result.exit_code == 1, result.output
+    errors = _error_lines(result)
+    assert len(errors) == 1 and "a.png: the model's output has NaN/Inf values" in errors[0]
+    assert not (tmp_path / "b.png").exists()
+
+
+def test_tiles_are_quantized_into_the_output_as_they_finish(set5_dir, model, tmp_path):
+    """The streaming writer gives the same pixels as the float32 path (untiled vs --tile 10)."""
+    rgb = _rgb(set5_dir / "baby.png", size=40)
+    write_image(tmp_path / "a.png", rgb)
+    write_image(tmp_path / "g.png", np.ascontiguousarray(rgb[:, :, 1]))
+    for name in ("a", "g"):
+        whole = run(str(tmp_path / f"{name}.png"), "-o", str(tmp_path / f"{name}_whole.png"), "--model", str(model),
+                    "--tile", "0")
+        tiled = run(str(tmp_path / f"{name}.png"), "-o", str(tmp_path / f"{name}_tiled.png"), "--model", str(model),
+                    "--tile", "10", "--tile-overlap", "8")
+        assert whole.exit_code == tiled.exit_code == 0
+        a, b = read_image(tmp_path / f"{name}_whole.png"), read_image(tmp_path / f"{name}_tiled.png")
+        assert a.shape == b.shape and np.abs(a.astype(int) - b.astype(int)).max() <= 1
+    x = rgb.transpose(2, 0, 1)[None].astype(np.float32) / 255
+    expected = np.rint(np.clip(cpu_backend(model)(x)[0], 0, 1) * 255).astype(np.uint8).transpose(1, 2, 0)
+    np.testing.assert_array_equal(read_image(tmp_path / "a_whole.png"), expected)

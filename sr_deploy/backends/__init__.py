@@ -7,7 +7,7 @@
 | file                 | backend                                               |
 |----------------------|-------------------------------------------------------|
 | .pt / .pth / default | TorchBackend (any checkpoint `load_checkpoint` reads) |
-| .onnx                | OnnxRuntimeBackend (backend="tensorrt": TensorRT)     |
+| .onnx                | OnnxRuntimeBackend (backend="tensorrt": trt_build)    |
 | .engine / .plan      | TensorRTBackend (needs `tensorrt`, imported lazily)   |
 """
 
@@ -100,9 +100,11 @@ def load(
     if suffix in ONNX_SUFFIXES:
         if backend == "torch":
             raise InputError(f"{path}: an ONNX file cannot run on the torch backend; use onnxruntime or tensorrt")
-        if backend == "tensorrt":
+        if backend == "tensorrt":  # build on first use (engine cache), then run the engine
+            from .trt_build import load_tensorrt_from_onnx
+
             dev = "cuda" if device == "auto" else device
-            return _tensorrt_backend_class()(path, device=dev, precision=_trt_precision(precision), **options)
+            return load_tensorrt_from_onnx(path, device=dev, precision=_trt_precision(precision), **options)
         from .ort_backend import OnnxRuntimeBackend
 
         if device == "auto":

@@ -77,6 +77,40 @@ def fp16_rounding_graph(model: Any) -> Any:
     return model
 
 
+# min / opt / max (N, C, H, W) of the TensorRT execution provider's profile for a dynamic graph:
+# without explicit profile shapes the provider rebuilds its engine whenever a new input shape
+# arrives, inside timing loops. The max matches `sr-deploy build-engine`'s default profile.
+TRT_EP_PROFILE = ((1, 3, 16, 16), (1, 3, 270, 480), (4, 3, 540, 960))
+
+
+def trt_ep_profile_options(input_name: str, dims: list[int | None]) -> dict[str, str]:
+    """`trt_profile_min_shapes/opt_shapes/max_shapes` for a graph whose input has dynamic dims
+    ("input:1x3x16x16" strings, as the TensorRT provider reads them); {} for a static graph."""
+    if len(dims) == 4 and None not in dims:
+        return {}
+    keys = ("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes")
+    return {k: f"{input_name}:{'x'.join(str(d) for d in shape)}" for k, shape in zip(keys, TRT_EP_PROFILE)}
+
+
+def check_session_providers(path: Path, device: str, precision: str, graph_precision: str, asked: list[Any],
+                            got: list[str]) -> None:
+    """Refuse a session whose providers silently fell back (ONNX Runtime drops a provider that fails
+    to load and goes on): fp16 asked of an fp32 graph without the TensorRT provider would run fp32
+    while reporting fp16, and a cuda session without any GPU provider would run on the CPU."""
+    names = [p[0] if isinstance(p, tuple) else p for p in asked]
+    dropped = [n for n in names if n not in got]
+    if device == "cpu" or not dropped:
+        return
+    if precision == "fp16" and graph_precision == "fp32" and "TensorrtExecutionProvider" not in got:
+        raise NotInstalledError(
+            f"{path}: ONNX Runtime did not load the TensorRT execution provider (session providers: "
+            f"{', '.join(got)}), so this fp32 graph would run in fp32, not fp16; install TensorRT for "
+            "onnxruntime-gpu, export an fp16 file with `sr-deploy export --fp16`, or use precision fp32")
+    if not {"TensorrtExecutionProvider", "CUDAExecutionProvider"} & set(got):
+        raise NotInstalledError(f"{path}: ONNX Runtime loaded no GPU provider for {device} (session providers: "
+                                f"{', '.join(got)}); {ORT_GPU_NOT_INSTALLED}")
+
+
 class OnnxRuntimeBackend(Backend):
     """Runs an ONNX super-resolution graph with ONNX Runtime.
 
@@ -150,6 +184,7 @@ class OnnxRuntimeBackend(Backend):
                     "trt_engine_cache_path": str(cache),
                     "trt_timing_cache_enable": True,
                     "trt_timing_cache_path": str(cache),
+                    **trt_ep_profile_options(self.input_name, _static_dims(model)),
                 }
                 options.update(trt_ep_options or {})
                 providers.append(("TensorrtExecutionProvider", options))
@@ -180,10 +215,14 @@ class OnnxRuntimeBackend(Backend):
         except Exception as exc:
             raise InputError(f"{path}: ONNX Runtime cannot load it ({first_line(exc)})") from exc
         self.providers = self.session.get_providers()
+        check_session_providers(path, device, precision, graph_precision, providers, self.providers)
         self.on_cuda = device != "cpu" and "CUDAExecutionProvider" in self.providers
 
         dims = _static_dims(model)
         max_shape = (dims[0], dims[2], dims[3]) if len(dims) == 4 and None not in (dims[0], dims[2], dims[3]) else None
+        if max_shape is None and "TensorrtExecutionProvider" in self.providers:
+            # Inputs beyond the provider's profile would make it rebuild its engine mid-run: the caller tiles.
+            max_shape = (TRT_EP_PROFILE[2][0], TRT_EP_PROFILE[2][2], TRT_EP_PROFILE[2][3])
         self.static_shape = max_shape
         meta = {p.key: p.value for p in model.metadata_props}
         scale = int(meta["sr_deploy.scale"]) if "sr_deploy.scale" in meta else None

@@ -1,4 +1,4 @@
-"""Generator architectures and checkpoint I/O."""
+"""Generator architectures, the model registry (`registry.py`) and checkpoint I/O."""
 
 from .checkpoint import (
     ARCHITECTURES,
@@ -11,12 +11,13 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .common import count_flops_per_lr_pixel
+from .registry import ArchSpec, Detection, Layout, live_values_per_hr_pixel, native_specs
 from .rrdbnet import RRDBNet
 from .srresnet import MSRResNet, SRResNet
 from .srvgg import SRVGGNetCompact
 
 __all__ = [
-    "ARCHITECTURES", "LoadedCheckpoint", "MSRResNet", "RRDBNet", "SRResNet", "SRVGGNetCompact",
+    "ARCHITECTURES", "ArchSpec", "Detection", "Layout", "LoadedCheckpoint", "MSRResNet", "RRDBNet", "SRResNet", "SRVGGNetCompact",
     "count_flops_per_lr_pixel", "count_parameters", "fold_batch_norm", "load_checkpoint",
-    "load_model", "resolve_model_path", "save_checkpoint",
+    "live_values_per_hr_pixel", "load_model", "native_specs", "resolve_model_path", "save_checkpoint",
 ]

@@ -1,25 +1,25 @@
-"""Checkpoints: our own format, foreign state dicts, and deployment BN folding.
+"""Checkpoint files: our own format, the containers others wrap weights in, and BN folding.
 
 Our format is one `torch.save` file holding a plain dict::
 
     {"format": "sr-deploy/1", "arch": "SRResNet", "config": {...constructor kwargs...},
      "scale": 4, "state_dict": {...}, "metadata": {...free-form, JSON-like...}}
 
-so `load_model(path)` needs no other argument. Foreign layouts are recognised by their keys:
-BasicSR / Real-ESRGAN (`params_ema` / `params`: MSRResNet, RRDBNet, SRVGGNetCompact), the
-original ESRGAN "old architecture" (`model.0.weight`, `model.1.sub.N.RDBk...`) and the
-leftthomas/SRGAN generator (`block1.0.weight` ... `block8.N`).
+so `load_model(path)` needs no other argument. Other files are unwrapped here (`params_ema`,
+`params`, `state_dict`, `model`, `net`, a `module.` / `netG.` prefix, or a plain state dict) and the
+state dict is handed to the model registry (`registry.py`), which knows the architectures and
+their layouts: our own first, then spandrel's when it is installed.
 
-Every file is read with `torch.load(weights_only=True)`: tensors and plain containers only, never
-arbitrary pickled code. That holds for the legacy (pre-1.6) pickle files too, with
-`map_location="cpu"` (the leftthomas file was saved from CUDA tensors).
+Files: `.pt` / `.pth` / `.ckpt` (and any other name) are read with `torch.load(weights_only=True)`:
+tensors and plain containers only, never arbitrary pickled code. That holds for the legacy
+(pre-1.6) pickle files too, with `map_location="cpu"`. `.safetensors` files are read with the
+`safetensors` package (a flat dict of tensors; its string metadata is kept as `metadata`).
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -28,19 +28,20 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from .rrdbnet import RRDBNet
-from .srresnet import MSRResNet, SRResNet
-from .srvgg import SRVGGNetCompact
+from . import registry
+from .registry import Detection, StateDict
 
 FORMAT = "sr-deploy/1"
 
-# The architectures a checkpoint may name, by class name. A plain dict, no registry magic.
-ARCHITECTURES: dict[str, type[nn.Module]] = {
-    "SRResNet": SRResNet,
-    "MSRResNet": MSRResNet,
-    "RRDBNet": RRDBNet,
-    "SRVGGNetCompact": SRVGGNetCompact,
-}
+# The architectures our checkpoints may name, by class name (from the registry).
+ARCHITECTURES: dict[str, type[nn.Module]] = registry.architectures()
+
+# Files `load_checkpoint` reads; other suffixes are tried as torch files too.
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors")
+# Keys that wrap a state dict, in the order they are preferred (EMA weights first).
+WRAPPER_KEYS = ("params_ema", "params-ema", "params", "state_dict", "model_state_dict", "model", "net", "netG")
+# Prefixes left by DataParallel / DistributedDataParallel and GAN training scripts.
+STRIPPED_PREFIXES = ("module.", "netG.", "model.")
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 # Names that stand for a model shipped inside the package.
@@ -49,16 +50,22 @@ BUNDLED_MODELS = {"default": "default.pt", "default-gan": "default-gan.pt"}
 
 @dataclass
 class LoadedCheckpoint:
-    """A model ready for inference (eval mode, float32, CPU) and what is known about it."""
+    """A model ready for inference (eval mode, float32, CPU) and what is known about it.
+
+    `size_multiple`: input sizes that need no padding inside the model (1: any); `notes`: what
+    `info` should tell about it (a x1 restoration model, not fp16-safe...)."""
 
     model: nn.Module
     arch: str
     config: dict[str, Any]
     scale: int
     path: Path
-    source_format: str  # e.g. "sr-deploy/1", "BasicSR params_ema", "ESRGAN old architecture"
+    source_format: str  # e.g. "sr-deploy/1", "BasicSR/Real-ESRGAN params_ema", "spandrel 0.4.2 (SwinIR)"
     sha256: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    size_multiple: int = 1
+    live_values_per_hr_pixel: int = registry.DEFAULT_LIVE_VALUES_PER_HR_PIXEL
+    notes: list[str] = field(default_factory=list)
 
 
 def resolve_model_path(name_or_path: str | Path) -> Path:
@@ -125,158 +132,168 @@ def load_model(path: str | Path) -> nn.Module:
 
 
 def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
-    """Read a checkpoint of any supported layout and build its model.
+    """Read a checkpoint of any supported container and layout and build its model.
 
     Raises `InputError` with one line naming the file for a missing, empty, truncated or
-    non-torch file, an unrecognised key layout, or weights that do not fit the architecture.
+    unreadable file, an unrecognised key layout, or weights that do not fit the architecture.
     """
     path = resolve_model_path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such model file")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: empty file, not a PyTorch checkpoint")
+    obj, file_metadata = read_weights_file(path)
+    sha = file_sha256(path)
+    if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
+        return _load_ours(path, obj, sha)
+    state, container = unwrap_state_dict(path, obj)
+    detection = detect(path, state)
+    try:
+        model = detection.build()
+    except ValueError as exc:
+        raise InputError(f"{path}: {exc}") from exc
+    source = _describe_source(container, detection.source)
+    return LoadedCheckpoint(
+        model, detection.arch, detection.config, detection.scale, path, source, sha, file_metadata,
+        detection.size_multiple, detection.live_values_per_hr_pixel, detection.notes,
+    )
+
+
+def _describe_source(container: str, layout: str) -> str:
+    """ "BasicSR/Real-ESRGAN params_ema", "ESRGAN old architecture", "'model' entry / spandrel ..."."""
+    if container == "plain state dict" or (container.startswith("BasicSR") and layout.startswith("BasicSR")):
+        return layout if container == "plain state dict" else container
+    return f"{container} / {layout}"
+
+
+def read_weights_file(path: Path) -> tuple[Any, dict[str, Any]]:
+    """The object stored in `path` and the file's own metadata (safetensors' header strings).
+
+    `.safetensors` -> (flat dict of CPU tensors, metadata); anything else -> (`torch.load` result
+    with weights_only=True, {}). InputError naming the file when it is neither."""
     with open(path, "rb") as f:
-        magic = f.read(4)
+        magic = f.read(16)
+    if path.suffix.lower() == ".safetensors" or _looks_like_safetensors(magic):
+        return _read_safetensors(path)
     # torch.save writes a zip archive (PK..); pre-1.6 torch wrote a pickle (protocol 2+: 0x80).
     if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):
-        raise InputError(f"{path}: not a PyTorch checkpoint (neither a torch zip archive nor a pickle)")
+        raise InputError(f"{path}: not a PyTorch checkpoint (neither a torch zip archive, a pickle nor safetensors)")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True), {}
     except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError... here
-        cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{path}: not a readable PyTorch checkpoint ({_shorten(cause)})") from exc
-    arch, config, state, source, metadata = _interpret(path, obj)
-    model = _build(path, arch, config, state)
+        raise InputError(f"{path}: not a readable PyTorch checkpoint ({_shorten(_first_line(exc))})") from exc
+
+
+def _looks_like_safetensors(magic: bytes) -> bool:
+    """safetensors files start with an 8-byte little-endian header length, then '{"'."""
+    return len(magic) >= 10 and magic[8:10] == b'{"'
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    try:
+        from safetensors import safe_open
+    except ImportError as exc:
+        raise InputError(f"{path}: reading .safetensors needs the safetensors package: pip install safetensors") from exc
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # SafetensorError for a bad header, OSError for a short file...
+        raise InputError(f"{path}: not a readable safetensors file ({_shorten(_first_line(exc))})") from exc
+    return tensors, metadata
+
+
+def unwrap_state_dict(path: Path, obj: Any) -> tuple[StateDict, str]:
+    """The state dict inside `obj` and how it was wrapped ("BasicSR/Real-ESRGAN params_ema",
+    "'state_dict' entry", "plain state dict"...). Prefixes `module.` / `netG.` are removed when every
+    key has them (`model.` only when that leaves a layout the registry knows)."""
+    if not isinstance(obj, Mapping):
+        raise InputError(f"{path}: holds a {type(obj).__name__}, expected a dict of weights")
+    container = "plain state dict"
+    for _ in range(3):  # nested wrappers: {"model": {"state_dict": ...}}
+        key = next((k for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if key is None:
+            break
+        obj = obj[key]
+        container = (f"BasicSR/Real-ESRGAN {key}" if key in ("params", "params_ema", "params-ema")
+                     else f"'{key}' entry")
+    state = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not state:
+        kinds = ", ".join(sorted({type(v).__name__ for v in obj.values()})[:3]) or "nothing"
+        raise InputError(f"{path}: no tensors in the checkpoint (it holds {kinds}); expected a dict of weights")
+    for prefix in STRIPPED_PREFIXES:
+        if all(k.startswith(prefix) for k in state):
+            stripped = {k[len(prefix):]: v for k, v in state.items()}
+            if prefix != "model." or registry.detect_native(stripped) is not None:
+                state = stripped
+    return state, container
+
+
+def detect(path: Path, state: StateDict) -> Detection:
+    """Ask the registry what `state` is: the native layouts first, then external sources.
+
+    A native layout whose weights do not fit (e.g. a variant we do not implement) is passed on
+    to the external sources; when none of them takes it, the native error is raised."""
+    native_error: InputError | None = None
+    found = registry.detect_native(state)
+    if found is not None:
+        spec, layout = found
+        try:
+            config = layout.infer_config(state)
+            converted = layout.convert(state)
+            model = _build(path, spec.name, spec.module, config, converted)
+            return Detection(spec.name, config, int(getattr(model, "scale", config.get("scale", 0))), layout.source,
+                             lambda: model, spec.live_values_per_hr_pixel, int(getattr(model, "size_multiple", 1)))
+        except (InputError, ValueError, KeyError) as exc:
+            native_error = exc if isinstance(exc, InputError) else InputError(f"{path}: {layout.source} "
+                                                                             f"for {spec.name}: {_first_line(exc)}")
+    unavailable = []
+    for source in registry.external_sources():
+        why = source.available()
+        if why is not None:
+            unavailable.append(why)
+            continue
+        try:
+            detection = source.detect(state)
+        except ValueError as exc:
+            if native_error is not None:
+                raise native_error from exc
+            raise InputError(f"{path}: {exc}") from exc
+        if detection is not None:
+            return detection
+    if native_error is not None:
+        raise native_error
+    hint = f" ({'; '.join(unavailable)})" if unavailable else ""
+    raise InputError(
+        f"{path}: unrecognised weights layout; no known super-resolution architecture matches{hint}; "
+        f"first keys: {', '.join(list(state)[:4])}"
+    )
+
+
+def _load_ours(path: Path, obj: Mapping[str, Any], sha: str) -> LoadedCheckpoint:
+    arch = obj.get("arch")
+    spec = registry.spec_by_name(str(arch))
+    if spec is None:
+        raise InputError(f"{path}: unknown architecture {arch!r}; expected one of {sorted(ARCHITECTURES)}")
+    config = dict(obj.get("config") or {})
+    model = _build(path, spec.name, spec.module, config, dict(obj["state_dict"]))
     scale = int(getattr(model, "scale", config.get("scale", 0)))
-    return LoadedCheckpoint(model, arch, config, scale, path, source, file_sha256(path), metadata)
+    return LoadedCheckpoint(model, spec.name, config, scale, path, FORMAT, sha, dict(obj.get("metadata") or {}),
+                            int(getattr(model, "size_multiple", 1)), spec.live_values_per_hr_pixel)
 
 
 def _shorten(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _interpret(path: Path, obj: Any) -> tuple[str, dict, dict, str, dict]:
-    if not isinstance(obj, Mapping):
-        raise InputError(f"{path}: holds a {type(obj).__name__}, expected a dict of weights")
-    if obj.get("format") == FORMAT:
-        arch = obj.get("arch")
-        if arch not in ARCHITECTURES:
-            raise InputError(f"{path}: unknown architecture {arch!r}; expected one of {sorted(ARCHITECTURES)}")
-        return arch, dict(obj["config"]), dict(obj["state_dict"]), FORMAT, dict(obj.get("metadata") or {})
-    for key in ("params_ema", "params"):
-        if key in obj and isinstance(obj[key], Mapping):
-            state = dict(obj[key])
-            arch, config = _detect_basicsr(path, state)
-            return arch, config, state, f"BasicSR/Real-ESRGAN {key}", {}
-    state = dict(obj)
-    if "model.0.weight" in state and any(k.startswith("model.1.sub.") for k in state):
-        state = _convert_esrgan_old(state)
-        arch, config = _detect_basicsr(path, state)
-        return arch, config, state, "ESRGAN old architecture", {}
-    if "block1.0.weight" in state:
-        return "SRResNet", _detect_leftthomas(state), _convert_leftthomas(state), "leftthomas/SRGAN generator", {}
-    if "conv_first.weight" in state or "body.0.weight" in state:
-        arch, config = _detect_basicsr(path, state)
-        return arch, config, state, "BasicSR state dict", {}
-    raise InputError(
-        f"{path}: unrecognised weights layout; expected an sr-deploy checkpoint, BasicSR/Real-ESRGAN "
-        f"'params'/'params_ema', ESRGAN 'model.0.weight...' or leftthomas/SRGAN 'block1.0.weight...'; "
-        f"first keys: {', '.join(list(map(str, state))[:4])}"
-    )
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _detect_basicsr(path: Path, state: dict) -> tuple[str, dict]:
-    if "body.0.rdb1.conv1.weight" in state:
-        f = state["conv_first.weight"].shape[0]
-        if state["conv_first.weight"].shape[1] != 3:
-            raise InputError(f"{path}: RRDBNet with pixel-unshuffled input (BasicSR x1/x2) is not supported")
-        num_blocks = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"body\.(\d+)\.rdb1", k)))
-        ups = sum(1 for k in state if re.fullmatch(r"conv_up\d+\.weight", k))
-        return "RRDBNet", {
-            "scale": 2**ups, "num_blocks": num_blocks, "num_features": f,
-            "growth_channels": state["body.0.rdb1.conv1.weight"].shape[0],
-        }
-    if "upconv1.weight" in state and "body.0.conv1.weight" in state:
-        f = state["conv_first.weight"].shape[0]
-        num_blocks = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"body\.(\d+)\.conv1", k)))
-        r2 = state["upconv1.weight"].shape[0] // f
-        scale = 4 if "upconv2.weight" in state else int(round(r2**0.5))
-        return "MSRResNet", {"scale": scale, "num_blocks": num_blocks, "num_features": f}
-    if "body.0.weight" in state and "conv_first.weight" not in state:
-        convs = sorted(
-            (int(m.group(1)) for k in state if (m := re.fullmatch(r"body\.(\d+)\.weight", k)) and state[k].dim() == 4)
-        )
-        num_feat = state["body.0.weight"].shape[0]
-        last = state[f"body.{convs[-1]}.weight"].shape[0]
-        scale = int(round((last / 3) ** 0.5))
-        act = "prelu" if "body.1.weight" in state else "leakyrelu"
-        return "SRVGGNetCompact", {"scale": scale, "num_feat": num_feat, "num_conv": len(convs) - 2, "act_type": act}
-    raise InputError(
-        f"{path}: BasicSR-style keys but no known architecture (expected RRDBNet 'body.0.rdb1...', "
-        f"MSRResNet 'upconv1...' or SRVGGNetCompact 'body.N...'); first keys: {', '.join(list(state)[:4])}"
-    )
-
-
-def _convert_esrgan_old(state: dict) -> dict:
-    """Rename the original ESRGAN repository's keys to BasicSR's RRDBNet names."""
-    out = {}
-    for k, v in state.items():
-        if m := re.fullmatch(r"model\.1\.sub\.(\d+)\.RDB(\d)\.conv(\d)\.0\.(weight|bias)", k):
-            out[f"body.{m.group(1)}.rdb{m.group(2)}.conv{m.group(3)}.{m.group(4)}"] = v
-            continue
-        fixed = {
-            "model.0": "conv_first", "model.3": "conv_up1", "model.6": "conv_up2",
-            "model.8": "conv_hr", "model.10": "conv_last",
-        }
-        prefix, _, leaf = k.rpartition(".")
-        if prefix in fixed:
-            out[f"{fixed[prefix]}.{leaf}"] = v
-        elif re.fullmatch(r"model\.1\.sub\.\d+", prefix):
-            out[f"conv_body.{leaf}"] = v  # the trunk's last conv, model.1.sub.<num_blocks>
-        else:
-            out[k] = v  # left as is: the strict load below names it as unexpected
-    return out
-
-
-def _detect_leftthomas(state: dict) -> dict:
-    blocks = sorted(int(m.group(1)) for k in state if (m := re.match(r"block(\d+)\.conv1\.weight", k)))
-    ups = sum(1 for k in state if re.fullmatch(r"block\d+\.\d+\.conv\.weight", k))
-    return {
-        "scale": 2**ups, "num_blocks": len(blocks), "num_features": state["block1.0.weight"].shape[0],
-        "batch_norm": True, "output_activation": "tanh01",
-        "body_end_prelu": f"block{blocks[-1] + 1}.1.running_mean" not in state,
-    }
-
-
-def _convert_leftthomas(state: dict) -> dict:
-    """leftthomas/SRGAN: block1 = head, block2..blockB+1 = residual blocks, block(B+2) =
-    conv+BN after the trunk, block(B+3) = [UpsampleBLock x n, final conv]."""
-    res_ids = sorted({int(m.group(1)) for k in state if (m := re.match(r"block(\d+)\.conv1\.", k))})
-    end_id, up_id = res_ids[-1] + 1, res_ids[-1] + 2
-    ups = sorted({int(m.group(1)) for k in state if (m := re.match(rf"block{up_id}\.(\d+)\.conv\.", k))})
-    out = {}
-    for k, v in state.items():
-        name = k
-        if m := re.fullmatch(r"block1\.(\d)\.(\w+)", k):
-            name = f"head.{m.group(1)}.{m.group(2)}"
-        elif (m := re.fullmatch(r"block(\d+)\.(conv1|bn1|conv2|bn2|prelu)\.(\w+)", k)) and int(m.group(1)) in res_ids:
-            i = res_ids.index(int(m.group(1)))
-            part = {"conv1": "conv1.0", "bn1": "conv1.1", "conv2": "conv2.0", "bn2": "conv2.1", "prelu": "act"}
-            name = f"body.{i}.{part[m.group(2)]}.{m.group(3)}"
-        elif m := re.fullmatch(rf"block{end_id}\.(\d)\.(\w+)", k):
-            name = f"body_end.{m.group(1)}.{m.group(2)}"
-        elif m := re.fullmatch(rf"block{up_id}\.(\d+)\.(conv|prelu)\.(\w+)", k):
-            j = ups.index(int(m.group(1)))
-            name = f"upsample.{3 * j + (0 if m.group(2) == 'conv' else 2)}.{m.group(3)}"
-        elif m := re.fullmatch(rf"block{up_id}\.(\d+)\.(weight|bias)", k):
-            name = f"tail.{m.group(2)}"
-        out[name] = v
-    return out
-
-
-def _build(path: Path, arch: str, config: dict, state: dict) -> nn.Module:
+def _build(path: Path, arch: str, module: type[nn.Module], config: dict, state: dict) -> nn.Module:
     try:
-        model = ARCHITECTURES[arch](**config)
+        model = module(**config)
     except (TypeError, ValueError) as exc:
         raise InputError(f"{path}: bad {arch} configuration {config}: {exc}") from exc
     # Old checkpoints lack BN's num_batches_tracked counters, which inference never reads.

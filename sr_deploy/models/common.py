@@ -13,9 +13,19 @@ def upsampling_factors(scale: int) -> list[int]:
     """Split `scale` into the x2 / x3 stages the papers stack: 4 -> [2, 2], 8 -> [2, 2, 2], 3 -> [3]."""
     if scale == 3:
         return [3]
-    if scale in (2, 4, 8):
-        return [2] * {2: 1, 4: 2, 8: 3}[scale]
+    if scale in (2, 4, 8, 16):
+        return [2] * {2: 1, 4: 2, 8: 3, 16: 4}[scale]
     raise ValueError(f"scale must be one of {SUPPORTED_SCALES}, got {scale}")
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C, H', W') with H', W' the next multiples of `multiple`, the last row and
+    column repeated (replicate padding: no reflection artefacts at 1-pixel-wide inputs). The
+    amounts are computed from the traced shape, so an ONNX export keeps H and W dynamic."""
+    height, width = x.shape[-2:]
+    pad_h = (multiple - height % multiple) % multiple
+    pad_w = (multiple - width % multiple) % multiple
+    return F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
 
 
 def apply_output_activation(x: torch.Tensor, output_activation: str) -> torch.Tensor:

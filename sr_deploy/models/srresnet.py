@@ -5,10 +5,14 @@ Both map RGB float in [0, 1], NCHW, to RGB float of `scale` x the height and wid
 
 from __future__ import annotations
 
+import re
+from typing import Mapping
+
 import torch
 from torch import nn
 
 from .common import apply_output_activation, image_upsample, upsampling_factors
+from .registry import ArchSpec, Layout, StateDict
 
 
 class ResidualBlock(nn.Module):
@@ -147,3 +151,74 @@ class _BasicSRResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv2(self.relu(self.conv1(x)))
+
+
+def _is_leftthomas(state: Mapping[str, torch.Tensor]) -> bool:
+    return "block1.0.weight" in state and any(re.match(r"block\d+\.conv1\.weight", k) for k in state)
+
+
+def _infer_leftthomas(state: Mapping[str, torch.Tensor]) -> dict:
+    blocks = sorted(int(m.group(1)) for k in state if (m := re.match(r"block(\d+)\.conv1\.weight", k)))
+    ups = sum(1 for k in state if re.fullmatch(r"block\d+\.\d+\.conv\.weight", k))
+    return {
+        "scale": 2**ups, "num_blocks": len(blocks), "num_features": state["block1.0.weight"].shape[0],
+        "batch_norm": True, "output_activation": "tanh01",
+        "body_end_prelu": f"block{blocks[-1] + 1}.1.running_mean" not in state,
+    }
+
+
+def convert_leftthomas(state: Mapping[str, torch.Tensor]) -> StateDict:
+    """leftthomas/SRGAN: block1 = head, block2..blockB+1 = residual blocks, block(B+2) =
+    conv+BN after the trunk, block(B+3) = [UpsampleBLock x n, final conv]."""
+    res_ids = sorted({int(m.group(1)) for k in state if (m := re.match(r"block(\d+)\.conv1\.", k))})
+    end_id, up_id = res_ids[-1] + 1, res_ids[-1] + 2
+    ups = sorted({int(m.group(1)) for k in state if (m := re.match(rf"block{up_id}\.(\d+)\.conv\.", k))})
+    out: StateDict = {}
+    for k, v in state.items():
+        name = k
+        if m := re.fullmatch(r"block1\.(\d)\.(\w+)", k):
+            name = f"head.{m.group(1)}.{m.group(2)}"
+        elif (m := re.fullmatch(r"block(\d+)\.(conv1|bn1|conv2|bn2|prelu)\.(\w+)", k)) and int(m.group(1)) in res_ids:
+            i = res_ids.index(int(m.group(1)))
+            part = {"conv1": "conv1.0", "bn1": "conv1.1", "conv2": "conv2.0", "bn2": "conv2.1", "prelu": "act"}
+            name = f"body.{i}.{part[m.group(2)]}.{m.group(3)}"
+        elif m := re.fullmatch(rf"block{end_id}\.(\d)\.(\w+)", k):
+            name = f"body_end.{m.group(1)}.{m.group(2)}"
+        elif m := re.fullmatch(rf"block{up_id}\.(\d+)\.(conv|prelu)\.(\w+)", k):
+            j = ups.index(int(m.group(1)))
+            name = f"upsample.{3 * j + (0 if m.group(2) == 'conv' else 2)}.{m.group(3)}"
+        elif m := re.fullmatch(rf"block{up_id}\.(\d+)\.(weight|bias)", k):
+            name = f"tail.{m.group(2)}"
+        out[name] = v
+    return out
+
+
+_MSRRESNET_KEY = re.compile(r"(conv_first|upconv1|upconv2|conv_hr|conv_last|body\.\d+\.conv[12])\.(weight|bias)")
+
+
+def _is_basicsr_msrresnet(state: Mapping[str, torch.Tensor]) -> bool:
+    return "upconv1.weight" in state and "body.0.conv1.weight" in state and all(
+        _MSRRESNET_KEY.fullmatch(k) for k in state)
+
+
+def _infer_msrresnet(state: Mapping[str, torch.Tensor]) -> dict:
+    f = state["conv_first.weight"].shape[0]
+    num_blocks = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"body\.(\d+)\.conv1", k)))
+    r2 = state["upconv1.weight"].shape[0] // f
+    scale = 4 if "upconv2.weight" in state else int(round(r2**0.5))
+    return {"scale": scale, "num_blocks": num_blocks, "num_features": f}
+
+
+# SRResNet is read from our own checkpoints and from the leftthomas/SRGAN generator.
+SRRESNET_SPEC = ArchSpec(
+    name="SRResNet",
+    module=SRResNet,
+    layouts=(Layout("leftthomas/SRGAN generator", _is_leftthomas, _infer_leftthomas, convert_leftthomas),),
+    live_values_per_hr_pixel=128,
+)
+MSRRESNET_SPEC = ArchSpec(
+    name="MSRResNet",
+    module=MSRResNet,
+    layouts=(Layout("BasicSR state dict", _is_basicsr_msrresnet, _infer_msrresnet),),
+    live_values_per_hr_pixel=128,
+)

@@ -7,9 +7,14 @@ its released state dicts (e.g. realesr-animevideov3.pth) load unchanged.
 
 from __future__ import annotations
 
+import re
+from typing import Mapping
+
 import torch
 from torch import nn
 import torch.nn.functional as F
+
+from .registry import ArchSpec, Layout
 
 
 class SRVGGNetCompact(nn.Module):
@@ -45,3 +50,29 @@ class SRVGGNetCompact(nn.Module):
         for layer in self.body:
             out = layer(out)
         return self.upsampler(out) + F.interpolate(x, scale_factor=self.scale, mode="nearest")
+
+
+_BODY_KEY = re.compile(r"body\.(\d+)\.(weight|bias)")
+
+
+def _is_real_esrgan_compact(state: Mapping[str, torch.Tensor]) -> bool:
+    return "body.0.weight" in state and all(_BODY_KEY.fullmatch(k) for k in state)
+
+
+def _infer_config(state: Mapping[str, torch.Tensor]) -> dict:
+    convs = sorted(int(m.group(1)) for k in state if (m := _BODY_KEY.fullmatch(k)) and state[k].dim() == 4)
+    num_feat = state["body.0.weight"].shape[0]
+    last = state[f"body.{convs[-1]}.weight"].shape[0]
+    scale = int(round((last / 3) ** 0.5))
+    act = "prelu" if "body.1.weight" in state else "leakyrelu"
+    return {"scale": scale, "num_feat": num_feat, "num_conv": len(convs) - 2, "act_type": act}
+
+
+SRVGG_SPEC = ArchSpec(
+    name="SRVGGNetCompact",
+    module=SRVGGNetCompact,
+    layouts=(Layout("BasicSR state dict", _is_real_esrgan_compact, _infer_config),),
+    # Its convs all run at the input resolution: 2 x 64 channels per LR pixel is 128 / scale^2 per
+    # output pixel, plus the pixel-shuffled output; 64 is a safe round figure for x2 to x4.
+    live_values_per_hr_pixel=64,
+)
