@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 import torch  # noqa: E402
 
 from sr_deploy.bench import BenchReport, format_markdown, format_table, run_benchmark  # noqa: E402
-from sr_deploy.bench import _atomic_write_text  # noqa: E402
+from sr_deploy.util import atomic_write_text, check_output_path  # noqa: E402
 from sr_deploy.errors import InputError  # noqa: E402
 from sr_deploy.models import RRDBNet, SRResNet, resolve_model_path, save_checkpoint  # noqa: E402
 from sr_deploy.parity import find_shared_data  # noqa: E402
@@ -154,12 +154,13 @@ def main(argv: list[str] | None = None) -> int:
             reports.append((key, report))
     payload = {"command": command, "date": reports[0][1].date, "quick": args.quick,
                "reports": {key: r.to_dict() for key, r in reports}}
-    json_path = _atomic_write_text(args.output_dir / f"{stem}.json", json.dumps(payload, indent=2, allow_nan=False) + "\n")
+    json_path = atomic_write_text(check_output_path(args.output_dir / f"{stem}.json"),
+                                  json.dumps(payload, indent=2, allow_nan=False) + "\n")
     md = [f"# Standard benchmark: {socket.gethostname()} ({device}), {reports[0][1].date}", "",
           f"Command: `{command}`" + (" (quick: smoke-test settings, not results)" if args.quick else ""), ""]
     for _key, r in reports:
         md.append(format_markdown(r).replace("# sr-deploy benchmark:", "## Model:", 1))
-    md_path = _atomic_write_text(args.output_dir / f"{stem}.md", "\n".join(md))
+    md_path = atomic_write_text(check_output_path(args.output_dir / f"{stem}.md"), "\n".join(md))
     say(f"wrote {json_path} and {md_path}")
     return 0
 

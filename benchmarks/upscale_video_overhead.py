@@ -7,6 +7,9 @@ Times, on the same decoded frames of a short clip:
                decoding, conversions and encoding alone (the floor on a fast GPU).
 Overhead = end-to-end time / model-only time - 1 (the issue asks for < 10%).
 
+The measurement is `sr_deploy.bench.measure_video_overhead`, the same one as the video row of
+`sr-deploy benchmark --video`.
+
     python benchmarks/upscale_video_overhead.py --model ../shared/data/weights/realesr-animevideov3.pth \
         --video ../shared/data/video/mov_bbb.mp4 --seconds 2
 """
@@ -17,29 +20,14 @@ import argparse
 import json
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-import cv2
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sr_deploy.backends import load  # noqa: E402
-from sr_deploy.backends.base import Backend  # noqa: E402
-from sr_deploy.video import find_ffmpeg, frames_to_model_input, upscale_video  # noqa: E402
-
-
-class Nearest(Backend):
-    """A free x`scale` 'model' (nearest neighbour), to time the pipeline without a network."""
-
-    name = "nearest"
-
-    def __call__(self, x):
-        return np.ascontiguousarray(x.repeat(self.scale, axis=2).repeat(self.scale, axis=3))
+from sr_deploy.bench import measure_video_overhead, trim_clip  # noqa: E402
 
 
 def main() -> None:
@@ -63,46 +51,21 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace, work: Path) -> None:
-    clip = work / f"clip{Path(args.video).suffix}"
-    subprocess.run([find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-y", "-i", args.video, "-t",
-                    str(args.seconds), "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", str(clip)],
-                   check=True)
-    capture = cv2.VideoCapture(str(clip))
-    frames = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(frame)
-    capture.release()
-    batches = [frames_to_model_input(frames[i:i + args.batch_size]) for i in range(0, len(frames), args.batch_size)]
-
+    clip = trim_clip(args.video, work / f"clip{Path(args.video).suffix}", seconds=args.seconds, preset="ultrafast",
+                     crf=None)
     backend = load(args.model, args.device, args.precision)
-    backend(batches[0])  # warm-up (allocations, cudnn autotuning)
-    # Alternate model-only and end-to-end runs and keep the best of each: on a shared machine the
-    # minimum is the figure least disturbed by other jobs.
-    model_s, result = float("inf"), None
-    for _ in range(args.repeat):
-        start = time.perf_counter()
-        for batch in batches:
-            backend(batch)
-        model_s = min(model_s, time.perf_counter() - start)
-        run_result = upscale_video(backend, clip, work / f"out{clip.suffix}", batch_size=args.batch_size,
-                                   preset=args.preset, progress=False)
-        if result is None or run_result.seconds < result.seconds:
-            result = run_result
-    pipeline = upscale_video(Nearest(backend.scale, "fp32", "cpu"), clip, work / f"pipe{clip.suffix}",
-                             batch_size=args.batch_size, preset=args.preset, progress=False)
-    height, width = frames[0].shape[:2]
+    m = measure_video_overhead(backend, clip, work, batch_size=args.batch_size, repeat=args.repeat,
+                               preset=args.preset, free_model=True)
+    result, pipeline = m.end_to_end, m.pipeline_only
     figures = {
         "model": str(args.model), "backend": repr(backend), "clip": f"{args.video} first {args.seconds:g} s",
-        "frames": len(frames), "input": f"{width}x{height}", "output": f"{result.size[0]}x{result.size[1]}",
+        "frames": m.frames, "input": f"{m.width}x{m.height}", "output": f"{result.size[0]}x{result.size[1]}",
         "batch_size": args.batch_size, "preset": args.preset, "repeat": args.repeat, "machine": platform.node(),
-        "model_only_s": round(model_s, 3), "end_to_end_s": round(result.seconds, 3),
+        "model_only_s": round(m.model_only_s, 3), "end_to_end_s": round(result.seconds, 3),
         "model_inside_pipeline_s": round(result.model_seconds, 3), "pipeline_only_s": round(pipeline.seconds, 3),
-        "model_only_fps": round(len(frames) / model_s, 3), "end_to_end_fps": round(result.frames / result.seconds, 3),
+        "model_only_fps": round(m.frames / m.model_only_s, 3), "end_to_end_fps": round(result.frames / result.seconds, 3),
         "pipeline_only_fps": round(pipeline.frames / pipeline.seconds, 3),
-        "overhead_percent": round(100 * (result.seconds / model_s - 1), 1), "audio": result.audio,
+        "overhead_percent": round(100 * (result.seconds / m.model_only_s - 1), 1), "audio": result.audio,
     }
     backend.close()
     print(f"{'clip':<26}{figures['clip']} ({figures['frames']} frames, {figures['input']} -> {figures['output']})")

@@ -13,7 +13,8 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .errors import InputError, SRDeployError
+from .backends.table import BACKEND_NAMES, bench_names
+from .errors import InputError, SRDeployError, first_line
 
 
 class _Group(click.Group):
@@ -37,7 +38,7 @@ class _Group(click.Group):
         except Exception as exc:  # unexpected: still one line unless --debug
             if debug:
                 traceback.print_exc()
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            first = first_line(exc, limit=10_000) if str(exc).strip() else ""
             click.echo(f"error: {type(exc).__name__}: {first} (run with --debug for the traceback)", err=True)
             ctx.exit(1)
 
@@ -129,7 +130,7 @@ def sample(output: str) -> None:
               help="Folder of HR images (Set5, Set14...); repeat for several.")
 @click.option("--scale", default=4, show_default=True, type=int, help="Upscaling factor; must match the model.")
 @click.option("--backend", default="auto", show_default=True,
-              type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]), help="Inference runtime.")
+              type=click.Choice(BACKEND_NAMES), help="Inference runtime.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", default="auto", show_default=True,
               type=click.Choice(["auto", "fp32", "fp16", "bf16"]), help="Inference precision.")
@@ -170,7 +171,8 @@ def eval_(model: str, datasets: tuple[str, ...], scale: int, backend: str, devic
 
 @cli.command()
 @click.argument("model")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .onnx file to write.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="The .onnx file to write (required unless --triton-repo).")
 @click.option("--static", "static", metavar="NxHxW", default=None, help="Fix batch, height and width (default: dynamic).")
 @click.option("--opset", default=18, show_default=True, type=int, help="ONNX opset.")
 @click.option("--exporter", type=click.Choice(["dynamo", "legacy"]), default="dynamo", show_default=True,
@@ -178,13 +180,31 @@ def eval_(model: str, datasets: tuple[str, ...], scale: int, backend: str, devic
 @click.option("--fp16", is_flag=True, help="An fp16 graph with float32 inputs/outputs (for GPU runtimes).")
 @click.option("--simplify", is_flag=True, help="Simplify the graph with onnxslim (keeps the dynamic dims).")
 @click.option("--no-verify", is_flag=True, help="Skip the parity check against the torch float32 model.")
+@click.option("--triton-repo", type=click.Path(file_okay=False), default=None,
+              help="Write a Triton Inference Server model repository here (config.pbtxt, model, README).")
+@click.option("--name", "triton_name", default="sr_deploy", show_default=True, help="Triton model name.")
+@click.option("--triton-flavour", type=click.Choice(["onnx", "python"]), default="onnx", show_default=True,
+              help="onnx: onnxruntime_onnx (+ tensorrt_plan with --engine); python: a Python-backend model "
+                   "running MODEL (.pt, .onnx or .engine) through sr-deploy.")
+@click.option("--engine", type=click.Path(dir_okay=False), default=None,
+              help="A TensorRT engine of MODEL (with its sidecar JSON) to add as NAME_trt.")
+@click.option("--triton-kind", type=click.Choice(["gpu", "cpu", "auto"]), default="gpu", show_default=True,
+              help="Instance group kind.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Triton max_batch_size (a plan's comes from its profile).")
 @_realism_options
-def export(model: str, output: str, static: str | None, opset: int, exporter: str, fp16: bool, simplify: bool,
-           no_verify: bool, realism: float | None, gan_model: str | None) -> None:
-    """Export MODEL (a .pt/.pth checkpoint or `default`) to one self-contained ONNX file.
+@click.option("--backend", "triton_backend", type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]),
+              default="auto", show_default=True, help="Python flavour: the sr-deploy backend the server runs.")
+def export(model: str, output: str | None, static: str | None, opset: int, exporter: str, fp16: bool,
+           simplify: bool, no_verify: bool, triton_repo: str | None, triton_name: str, triton_flavour: str,
+           engine: str | None, triton_kind: str, max_batch: int, realism: float | None, gan_model: str | None,
+           triton_backend: str) -> None:
+    """Export MODEL (a .pt/.pth/.ckpt/.safetensors checkpoint or `default`) to one self-contained ONNX file.
 
-    Dynamic batch/height/width, metadata, onnx.checker, then a parity check on Set5 crops
+    Dynamic batch/height/width where the architecture allows (else a static graph, said why),
+    metadata, onnx.checker, then a parity check on Set5 crops
     against the torch float32 model (fp32: max abs <= 1e-4, fp16: PSNR >= 50 dB; exit 1 if not).
+    With --triton-repo DIR, also (or only) a Triton model repository in DIR.
     """
     from .errors import SRDeployError as _Failure
     from .export import export_onnx
@@ -193,6 +213,22 @@ def export(model: str, output: str, static: str | None, opset: int, exporter: st
         click.echo(message, err=True)
 
     model = _with_realism(model, gan_model, realism)
+    if output is None and triton_repo is None:
+        raise InputError("give -o MODEL.onnx, --triton-repo DIR, or both")
+    if triton_repo is not None and (output is None or triton_flavour == "python"):
+        from .triton import write_triton_repository
+
+        if static or fp16 or simplify or exporter != "dynamo":
+            raise InputError("--static/--fp16/--simplify/--exporter apply to -o: export with -o first, then "
+                             "pass that .onnx as MODEL with --triton-repo")
+        repo = write_triton_repository(model, triton_repo, name=triton_name, flavour=triton_flavour, engine=engine,
+                                       kind=triton_kind, max_batch=max_batch, backend=triton_backend,
+                                       opset=opset, verify=not no_verify, log=log)
+        click.echo(f"wrote Triton repository {repo.path} ({', '.join(m.name for m in repo.models)}; "
+                   f"{repo.readme.name})")
+        if output is None:
+            return
+
     try:
         result = export_onnx(model, output, opset=opset, static_shape=static, exporter=exporter, fp16=fp16,
                              simplify=simplify, verify=not no_verify, log=log)
@@ -209,6 +245,13 @@ def export(model: str, output: str, static: str | None, opset: int, exporter: st
         click.echo(f"kept in fp32: {', '.join(result.fp16_block_list)}")
     if result.parity is not None:
         click.echo(result.parity.table())
+    if triton_repo is not None and triton_flavour == "onnx":
+        from .triton import write_triton_repository
+
+        repo = write_triton_repository(model, triton_repo, name=triton_name, engine=engine, onnx_file=result.path,
+                                       kind=triton_kind, max_batch=max_batch, log=log)
+        click.echo(f"wrote Triton repository {repo.path} ({', '.join(m.name for m in repo.models)}; "
+                   f"{repo.readme.name})")
 
 
 @cli.command(name="build-engine")
@@ -255,7 +298,7 @@ def build_engine(model: str, output: str | None, precision: str, min_shape: str 
               help="Output folder (created), or the output file for a single input (by its extension).")
 @click.option("--model", default="default", show_default=True,
               help="Model file: .pt checkpoint, .onnx or .engine (or a bundled model name).")
-@click.option("--backend", "backend_name", type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]),
+@click.option("--backend", "backend_name", type=click.Choice(BACKEND_NAMES),
               default="auto", show_default=True, help="Runtime; auto: TensorRT for an engine, else the fastest.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto",
@@ -286,11 +329,17 @@ def build_engine(model: str, output: str | None, precision: str, min_shape: str 
               help="Videos are encoded in resumable segments of about this length (0: one segment).")
 @_realism_options
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+              help="Run on a Ray cluster (needs sr-deploy[ray]): the one at ADDRESS (auto, HOST:6379, "
+                   "ray://HOST:10001) or RAY_ADDRESS, else a new local one for this run; each video segment is "
+                   "a task. Write --ray=ADDRESS or put --ray after the inputs.")
+@click.option("--ray-actors", type=click.IntRange(min=1), default=None,
+              help="With --ray: actors (backend copies) [default: one per GPU of the cluster, else one per CPU].")
 def upscale(inputs: tuple[str, ...], output: str, model: str, backend_name: str, device: str, precision: str,
             tile: int | None, tile_overlap: int, batch_size: int | None, outscale: float | None, ext: str,
             overwrite: bool, quality: int | None, codec: str | None, crf: int, preset: str, pix_fmt: str | None,
             hwaccel: str | None, allow_partial: bool, segment_seconds: float, realism: float | None,
-            gan_model: str | None, no_progress: bool) -> None:
+            gan_model: str | None, no_progress: bool, ray_address: str | None, ray_actors: int | None) -> None:
     """Upscale images, folders and videos with any backend, tiled, nothing lost.
 
     INPUT may be image files (png, jpg, webp, bmp, tiff), video files (mp4, mkv, mov, avi, webm)
@@ -312,9 +361,18 @@ def upscale(inputs: tuple[str, ...], output: str, model: str, backend_name: str,
     def terminate(signum: int, frame: object) -> None:  # `kill`: clean up like Ctrl-C
         raise KeyboardInterrupt
 
+    if ray_address and Path(ray_address).exists():
+        raise InputError(f"--ray took {ray_address!r} (an input) as the cluster address: write --ray=ADDRESS "
+                         "or put --ray after the inputs")
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
-        summary = run_upscale(inputs, output, options)
+        if ray_address is not None:
+            from .cluster import RayOptions, upscale_on_ray
+
+            summary = upscale_on_ray(inputs, output, options, RayOptions(address=ray_address or None,
+                                                                         actors=ray_actors))
+        else:
+            summary = run_upscale(inputs, output, options)
     finally:
         signal.signal(signal.SIGTERM, previous)
     click.echo(summary.line(), err=True)
@@ -331,7 +389,7 @@ def upscale(inputs: tuple[str, ...], output: str, model: str, backend_name: str,
 
 @cli.command()
 @click.argument("model")
-@click.option("--backends", default="torch,torch-nchw,onnxruntime,tensorrt", show_default=True,
+@click.option("--backends", default=",".join(bench_names()), show_default=True,
               help="Comma list of torch (channels_last), torch-nchw, onnxruntime, tensorrt; "
                    "NAME@DEVICE pins one to a device (onnxruntime@cpu).")
 @click.option("--precisions", default=None,

@@ -25,16 +25,12 @@ class NotInstalledError(InputError):
     """An optional dependency (TensorRT, CUDA, onnxruntime-gpu...) is not available; exit code 2."""
 
 
-def first_line(exc: BaseException | str, limit: int = 240) -> str:
-    """The first line of an exception's message (ANSI colours removed, cut to `limit`), or the
-    exception's type name when it has no message: what a one-line error shows of a cause."""
-    import re
-
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
-    line = text.splitlines()[0] if text else (type(exc).__name__ if isinstance(exc, BaseException) else "")
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
 TENSORRT_NOT_INSTALLED = (
     "TensorRT is not installed: pip install 'sr-deploy[tensorrt]' on a machine with an NVIDIA GPU"
 )
+
+# The one first-line helper lives in the helpers layer; imported here (after the classes, which
+# `sr_deploy.util` itself imports) so that `from sr_deploy.errors import first_line` keeps working.
+from .util.text import first_line  # noqa: E402
+
+__all__ = ["TENSORRT_NOT_INSTALLED", "InputError", "NotInstalledError", "SRDeployError", "first_line"]

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -37,6 +36,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import InputError
+from .util.files import atomic_write_text
 from .imaging import read_image, write_image
 from .metrics import bicubic_degrade, imresize, modcrop, psnr, ssim, to_uint8
 
@@ -415,8 +415,4 @@ def write_json(path: str | Path, model: str, description: str, results: Sequence
     """Write the results as JSON through a temporary name beside `path`, then rename."""
     path = Path(path)
     payload = {"model": model, "upscaler": description, "datasets": [r.to_dict() for r in results]}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(payload, indent=2) + "\n", make_parents=True)

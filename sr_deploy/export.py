@@ -12,27 +12,32 @@ The graph takes one input `input`: (N, 3, H, W) float32 RGB in [0, 1] and return
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
-import logging
-import os
-import sys
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
 from . import __version__
-from .backends.ort_backend import load_onnx_file
-from .errors import InputError, SRDeployError, first_line
+from .errors import InputError, SRDeployError
+from .export_shapes import export_with_shapes
 from .parity import ParityReport, check_thresholds, parity, parity_inputs
+from .onnx_graph import (  # noqa: F401 - FP16_* and count_fp16_tensors re-exported: callers import them from here
+    FP16_MAX_RELATIVE_ERROR,
+    FP16_SAFE_MAX,
+    calibrate_fp16_block_list,
+    convert_to_fp16,
+    count_fp16_tensors,
+    name_nodes,
+    save_onnx,
+)
+from .util import Progress, first_line, parse_dims, progress_to, quiet, to_stderr
+from .util.onnx_facts import read_onnx_metadata  # noqa: F401 - re-exported: callers import it from here
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
@@ -40,20 +45,6 @@ INPUT_CONVENTION = "rgb_float01_nchw"
 EXPORTERS = ("dynamo", "legacy")
 # The example input the graph is traced with; its values do not matter, the dims are made dynamic.
 EXAMPLE_SHAPE = (2, 3, 32, 32)
-# An activation above this magnitude is kept in fp32: fp16 tops out at 65504 and other
-# images than the calibration crops may go higher, so leave a 4x margin.
-FP16_SAFE_MAX = 16384.0
-# fp16 keeps ~11 significant bits: its rounding alone gives an RMS relative error near 3e-4.
-# Several times that means values fall into fp16's subnormal range and lose precision.
-FP16_MAX_RELATIVE_ERROR = 2e-3
-
-Log = Callable[[str], None]
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 @dataclass
 class ExportResult:
     """What `export_onnx` wrote and how it checked it."""
@@ -91,11 +82,7 @@ def parse_static_shape(text: str | Sequence[int] | None) -> tuple[int, int, int]
     if text is None:
         return None
     if isinstance(text, str):
-        parts = [p for p in text.lower().replace(",", "x").split("x") if p.strip()]
-        try:
-            values = [int(p) for p in parts]
-        except ValueError:
-            raise InputError(f"--static {text!r}: expected NxHxW, e.g. 1x256x256") from None
+        values = list(parse_dims(text, what="--static", expected="NxHxW, e.g. 1x256x256", counts=(3, 4)))
     else:
         values = [int(v) for v in text]
     if len(values) == 4 and values[1] == 3:
@@ -145,6 +132,7 @@ def _state_sha256(model: nn.Module) -> str:
 def _load_source(model: str | Path | nn.Module) -> tuple[nn.Module, str, int, str, Path | None]:
     """(folded float32 CPU eval model, arch, scale, source sha256, source path or None)."""
     from .models import fold_batch_norm, load_checkpoint, resolve_model_path
+    from .models.checkpoint import CHECKPOINT_SUFFIXES
 
     if isinstance(model, nn.Module):
         scale = getattr(model, "scale", None)
@@ -153,32 +141,15 @@ def _load_source(model: str | Path | nn.Module) -> tuple[nn.Module, str, int, st
         net, arch, sha, path = model, type(model).__name__, _state_sha256(model), None
     else:
         path = resolve_model_path(model)
-        if path.suffix.lower() not in (".pt", ".pth"):
+        if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
             raise InputError(f"{path}: unsupported model file type {path.suffix or '(no suffix)'!r}; "
-                             "export takes a PyTorch checkpoint (.pt / .pth)")
+                             "export takes a PyTorch checkpoint (.pt / .pth / .ckpt / .safetensors)")
         ckpt = load_checkpoint(path)  # InputError for missing / unreadable files
         net, arch, scale, sha = ckpt.model, ckpt.arch, ckpt.scale, ckpt.sha256
     folded = fold_batch_norm(net).float().cpu().eval()
     for p in folded.parameters():
         p.requires_grad_(False)
     return folded, arch, int(scale), sha, path
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Silence the exporters' progress prints and warnings; keep the text for error messages."""
-    buffer = io.StringIO()
-    # torch logs "torchvision is not installed. Skipping ...", and whole graphs when torch.export
-    # fails: the one-line reason we report says enough.
-    torch_logger = logging.getLogger("torch")
-    level = torch_logger.level
-    torch_logger.setLevel(logging.CRITICAL)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
-            warnings.simplefilter("ignore")
-            yield buffer
-    finally:
-        torch_logger.setLevel(level)
 
 
 def _export_dynamo(model: nn.Module, example: torch.Tensor, opset: int, static: bool) -> Any:
@@ -190,7 +161,7 @@ def _export_dynamo(model: nn.Module, example: torch.Tensor, opset: int, static: 
             2: torch.export.Dim("height", min=8, max=16384),
             3: torch.export.Dim("width", min=8, max=16384),
         },)
-    with _quiet():
+    with quiet():
         program = torch.onnx.export(
             model, (example,), None, dynamo=True, opset_version=opset,
             input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes=dynamic_shapes,
@@ -209,20 +180,11 @@ def _export_legacy(model: nn.Module, example: torch.Tensor, opset: int, static: 
         dynamic_axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
                         OUTPUT_NAME: {0: "batch", 2: "out_height", 3: "out_width"}}
     buffer = io.BytesIO()
-    with _quiet():
+    with quiet():
         torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=opset,
                           input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=dynamic_axes,
                           do_constant_folding=True)
     return onnx.load_from_string(buffer.getvalue())
-
-
-def _name_nodes(model: Any) -> None:
-    """Give every node a unique name, so that fp16 block lists can name nodes."""
-    seen: set[str] = set()
-    for i, node in enumerate(model.graph.node):
-        if not node.name or node.name in seen:
-            node.name = f"{node.op_type}_{i}"
-        seen.add(node.name)
 
 
 def _input_dims(model: Any) -> list[str | int]:
@@ -236,162 +198,30 @@ def _simplify(model: Any) -> Any:
     except ImportError:
         raise InputError("--simplify needs onnxslim: pip install 'sr-deploy[simplify]'") from None
     before = _input_dims(model)
-    with _quiet():
+    with quiet():
         slim = onnxslim.slim(model)
     if _input_dims(slim) != before:
         raise SRDeployError(f"onnxslim changed the input dims {before} -> {_input_dims(slim)}")
     return slim
 
 
-def _as_model(model_or_path: Any, load_weights: bool = True) -> Any:
-
-    if isinstance(model_or_path, (str, Path)):
-        return load_onnx_file(model_or_path, load_weights)
-    return model_or_path
-
-
-def _split_block_list(model: Any, block_list: Sequence[str] | None) -> tuple[list[str], list[str]]:
-    """Entries naming an op type present in the graph block that op type; others name nodes."""
-    op_types = {n.op_type for n in model.graph.node}
-    ops = [b for b in block_list or [] if b in op_types]
-    nodes = [b for b in block_list or [] if b not in op_types]
-    return ops, nodes
-
-
-def convert_to_fp16(onnx_model_or_path: Any, output: str | Path | None = None,
-                    block_list: Sequence[str] | None = None) -> Any:
-    """An fp16 copy of an fp32 ONNX graph with float32 inputs and outputs (Cast nodes at the edges).
-
-    Args:
-        onnx_model_or_path: an `onnx.ModelProto` or a path to one.
-        output: where to write the result (temporary name + rename); None: only return it.
-        block_list: node names (e.g. from `calibrate_fp16_block_list`) and/or op types to keep
-            in fp32, on top of onnxconverter-common's default op block list (Resize, ...).
-
-    Returns the converted `onnx.ModelProto`.
-    """
-    from onnxconverter_common import float16
-
-    model = _as_model(onnx_model_or_path)
-    ops, nodes = _split_block_list(model, block_list)
-    op_block_list = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(ops))
-    with _quiet():
-        converted = float16.convert_float_to_float16(
-            model, keep_io_types=True, op_block_list=op_block_list, node_block_list=nodes or None,
-            # weights are small; clamping tiny ones to 1e-7 flushes nothing that matters
-            min_positive_val=1e-7, max_finite_val=65504.0,
-        )
-    if output is not None:
-        _atomic_save(converted, Path(output))
-    return converted
-
-
-def count_fp16_tensors(model: Any) -> int:
-    """How many float16 tensors a graph holds: initializers, Constant values, typed values
-    (inputs, outputs, value_info). 0 means the graph computes nothing in fp16."""
-    from onnx import TensorProto
-
-    model = _as_model(model, load_weights=False)
-    fp16 = TensorProto.FLOAT16
-    count = sum(1 for t in model.graph.initializer if t.data_type == fp16)
-    for node in model.graph.node:
-        if node.op_type == "Constant":
-            count += sum(1 for a in node.attribute if a.HasField("t") and a.t.data_type == fp16)
-        if node.op_type == "Cast":
-            count += sum(1 for a in node.attribute if a.name == "to" and a.i == fp16)
-    values = list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)
-    count += sum(1 for v in values if v.type.tensor_type.elem_type == fp16)
-    return count
-
-
-def read_onnx_metadata(path: str | Path) -> dict[str, str]:
-    """The file's `metadata_props` as a dict (weights are not read)."""
-    model = _as_model(Path(path), load_weights=False)
-    return {p.key: p.value for p in model.metadata_props}
-
-
-def calibrate_fp16_block_list(
-    onnx_model_or_path: Any,
-    inputs: Sequence[np.ndarray],
-    safe_max: float = FP16_SAFE_MAX,
-    max_relative_error: float = FP16_MAX_RELATIVE_ERROR,
-    chunk: int = 192,
-) -> list[str]:
-    """Names of the nodes whose tensors would not survive fp16, in graph order.
-
-    Runs the fp32 graph on `inputs` (float32 (N, 3, H, W) batches, real images) on ONNX Runtime
-    CPU with every intermediate tensor exposed (in chunks, to bound memory). A tensor is unsafe
-    when it exceeds `safe_max` in magnitude (fp16 overflows at 65504) or loses more than
-    `max_relative_error` (RMS, relative) when rounded to fp16 (values in the subnormal range).
-    Flagged: the producer and every consumer of an unsafe activation (a consumer would read
-    it through a cast to fp16), and every node with an unsafe float weight. The result feeds
-    `convert_to_fp16(block_list=...)`.
-    """
-    import onnx
-    import onnxruntime as ort
-    from onnx import TensorProto
-
-    model = _as_model(onnx_model_or_path)
-    model = onnx.ModelProto.FromString(model.SerializeToString())  # work on a copy
-    _name_nodes(model)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:
-        inferred = model
-    float_values = {v.name for v in inferred.graph.value_info if v.type.tensor_type.elem_type == TensorProto.FLOAT}
-    graph_outputs = {o.name for o in model.graph.output}
-    producer = {}
-    for node in model.graph.node:
-        for out in node.output:
-            if out and (out in float_values or out in graph_outputs):
-                producer[out] = node.name
-    names = [n for n in producer if n not in graph_outputs]
-    input_name = model.graph.input[0].name
-    opts = ort.SessionOptions()
-    # The graph as written: fusions would hide the tensors asked for.
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    consumers: dict[str, list[str]] = {}
-    for node in model.graph.node:
-        for inp in node.input:
-            consumers.setdefault(inp, []).append(node.name)
-    flagged: set[str] = set()
-    for init in model.graph.initializer:
-        if init.data_type == TensorProto.FLOAT and init.name in consumers:
-            if _fp16_unsafe(onnx.numpy_helper.to_array(init), safe_max, max_relative_error):
-                flagged.update(consumers[init.name])
-    unsafe: set[str] = set()
-    for start in range(0, len(names), chunk):
-        part = names[start:start + chunk]
-        probe = onnx.ModelProto.FromString(model.SerializeToString())
-        probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in part)
-        session = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        for x in inputs:
-            for j in range(x.shape[0]):  # one image at a time bounds the memory
-                values = session.run(part, {input_name: np.ascontiguousarray(x[j:j + 1], dtype=np.float32)})
-                for name, value in zip(part, values):
-                    if name in unsafe or value.dtype != np.float32 or value.size == 0:
-                        continue
-                    if _fp16_unsafe(value, safe_max, max_relative_error):
-                        unsafe.add(name)
-                        flagged.add(producer[name])
-                        flagged.update(consumers.get(name, []))
-        del session
-    order = {n.name: i for i, n in enumerate(model.graph.node)}
-    return sorted(flagged, key=lambda n: order.get(n, 0))
-
-
-def _fp16_unsafe(value: np.ndarray, safe_max: float, max_relative_error: float) -> bool:
-    finite = value[np.isfinite(value)]
-    if finite.size == 0:
-        return False
-    if float(np.abs(finite).max()) > safe_max:
-        return True
-    rms = float(np.sqrt(np.mean(np.square(finite, dtype=np.float64))))
-    if rms == 0.0:
-        return False
-    err = finite - finite.astype(np.float16).astype(np.float32)
-    return float(np.sqrt(np.mean(np.square(err, dtype=np.float64)))) / rms > max_relative_error
+def _metadata(scale: int, arch: str, source_sha: str, precision: str, exporter: str, source_path: Path | None,
+              block_list: Sequence[str]) -> dict[str, str]:
+    """The `metadata_props` an exported file carries (see the module docstring)."""
+    meta = {
+        "sr_deploy.scale": str(scale),
+        "sr_deploy.arch": arch,
+        "sr_deploy.input": INPUT_CONVENTION,
+        "sr_deploy.version": __version__,
+        "sr_deploy.source_sha256": source_sha,
+        "sr_deploy.precision": precision,
+        "sr_deploy.exporter": exporter,
+    }
+    if source_path is not None:
+        meta["sr_deploy.source"] = source_path.name
+    if block_list:
+        meta["sr_deploy.fp16_block_list"] = ",".join(block_list)
+    return meta
 
 
 def _set_metadata(model: Any, meta: dict[str, str]) -> None:
@@ -403,19 +233,16 @@ def _set_metadata(model: Any, meta: dict[str, str]) -> None:
         entry.key, entry.value = key, str(value)
 
 
-def _atomic_save(model: Any, output: Path) -> None:
-    """Write one self-contained file beside `output` under a temporary name, then rename."""
+def _check_and_save(proto: Any, output: Path) -> None:
+    """`onnx.checker` (full check), then the atomic write; SRDeployError naming `output` on failure."""
     import onnx
 
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
     try:
-        onnx.save_model(model, str(tmp), save_as_external_data=False)
-        os.replace(tmp, output)
-    except OSError as exc:
-        raise SRDeployError(f"{output}: could not write it ({exc.strerror or exc}); nothing written") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:
+        raise SRDeployError(f"{output}: the exported graph fails onnx.checker ({first_line(exc)}); "
+                            "nothing written") from exc
+    save_onnx(proto, output)
 
 
 def _root_cause(exc: BaseException) -> str:
@@ -425,6 +252,74 @@ def _root_cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first_line(exc)}"
 
 
+
+
+def _export_graph(net: nn.Module, output: Path, opset: int, static: tuple[int, int, int] | None, exporter: str,
+                  say: Progress) -> tuple[Any, str, str | None]:
+    """(ONNX ModelProto with local functions inlined and every node named, the exporter used, why the
+    dynamo exporter was abandoned or None). SRDeployError when no exporter succeeds."""
+    example = torch.rand((static[0], 3, static[1], static[2]) if static else EXAMPLE_SHAPE,
+                         generator=torch.Generator().manual_seed(0))
+    used, fallback_reason = exporter, None
+    if exporter == "dynamo":
+        try:
+            proto = _export_dynamo(net, example, opset, static is not None)
+        except Exception as exc:
+            fallback_reason = _root_cause(exc)
+            say(f"dynamo exporter failed ({fallback_reason}); falling back to the legacy exporter")
+            used = "legacy"
+    if used == "legacy":
+        try:
+            proto = _export_legacy(net, example, opset, static is not None)
+        except Exception as exc:
+            reasons = f"; dynamo: {fallback_reason}" if fallback_reason else ""
+            raise SRDeployError(f"{output}: ONNX export failed (legacy: {first_line(exc)}{reasons}); "
+                                "nothing written") from exc
+    return _inlined(proto), used, fallback_reason
+
+
+def _export_any_shape(net: nn.Module, output: Path, opset: int, static: tuple[int, int, int] | None,
+                      exporter: str, say: Progress) -> tuple[Any, str, str | None, tuple[int, int, int] | None,
+                                                             dict[str, str]]:
+    """(graph, exporter used, fallback note, static shape or None, shape metadata). Asked for
+    dynamic: dynamic only when the graph really is, else static with the reason (export_shapes.py).
+    The metadata records the static fallback's reason and the model's `size_multiple` (the graph
+    pads to it inside; inputs of that multiple need no padding)."""
+    meta: dict[str, str] = {}
+    if static is None:
+        plan = export_with_shapes(net, opset, exporter, {"dynamo": _export_dynamo, "legacy": _export_legacy},
+                                  EXAMPLE_SHAPE, say, str(output))
+        proto, used, static, note = _inlined(plan.proto), plan.exporter, plan.static, plan.note
+        if static is not None:
+            meta["sr_deploy.static_reason"] = note or ""
+    else:
+        proto, used, note = _export_graph(net, output, opset, static, exporter, say)
+    if getattr(net, "size_multiple", 1) > 1:
+        meta["sr_deploy.size_multiple"] = str(net.size_multiple)
+    return proto, used, note, static, meta
+
+
+def _inlined(proto: Any) -> Any:
+    """`proto` with local functions inlined and every node named (fp16 block lists name nodes)."""
+    import onnx
+
+    if proto.functions:
+        proto = onnx.inliner.inline_local_functions(proto)
+    name_nodes(proto)
+    return proto
+
+
+def _to_fp16(proto: Any, static: tuple[int, int, int] | None, fp16_block_list: Sequence[str] | None,
+             say: Progress) -> tuple[Any, list[str]]:
+    """(the fp16 graph, the nodes kept in fp32): `fp16_block_list` as given, or calibrated on Set5
+    crops at the static shape (64x64, batch 2 when dynamic) when None."""
+    if fp16_block_list is not None:
+        block_list = list(fp16_block_list)
+    else:
+        say("calibrating the fp16 block list on Set5 crops")
+        sizes = ((static[1], static[2]),) if static else ((64, 64),)
+        block_list = calibrate_fp16_block_list(proto, parity_inputs(sizes, static[0] if static else 2))
+    return convert_to_fp16(proto, block_list=block_list), block_list
 
 
 def verify_onnx(
@@ -463,12 +358,12 @@ def export_onnx(
     fp16_block_list: Sequence[str] | None = None,
     simplify: bool = False,
     verify: bool = True,
-    log: Log | None = _stderr,
+    log: Progress | None = to_stderr,
 ) -> ExportResult:
     """Export a generator to one self-contained ONNX file.
 
     Args:
-        model: a checkpoint path (.pt/.pth, any layout `load_checkpoint` reads), a bundled name
+        model: a checkpoint path (.pt/.pth/.ckpt/.safetensors, any layout `load_checkpoint` reads), a bundled name
             (``default``) or an `nn.Module` with a `scale` attribute.
         output: the `.onnx` file to write, in an existing writable folder.
         opset: ONNX opset (default 18).
@@ -489,74 +384,29 @@ def export_onnx(
         SRDeployError (exit 1): export or checker failure (nothing written), or a failed
             parity check (the file is kept, and named in the message).
     """
-    import onnx
-
-    say = log or (lambda _message: None)
+    say = progress_to(log)
     output = Path(output)
     if exporter not in EXPORTERS:
         raise InputError(f"unknown exporter {exporter!r}: expected dynamo or legacy")
     check_opset(opset)
     static = parse_static_shape(static_shape)
-    source_path = None if isinstance(model, nn.Module) else Path(str(model))
     net, arch, scale, source_sha, source_path = _load_source(model)
     _check_output(output, source_path)
 
     start = time.perf_counter()
-    example = torch.rand((static[0], 3, static[1], static[2]) if static else EXAMPLE_SHAPE,
-                         generator=torch.Generator().manual_seed(0))
-    used, fallback_reason = exporter, None
-    if exporter == "dynamo":
-        try:
-            proto = _export_dynamo(net, example, opset, static is not None)
-        except Exception as exc:
-            fallback_reason = _root_cause(exc)
-            say(f"dynamo exporter failed ({fallback_reason}); falling back to the legacy exporter")
-            used = "legacy"
-    if used == "legacy":
-        try:
-            proto = _export_legacy(net, example, opset, static is not None)
-        except Exception as exc:
-            reasons = f"; dynamo: {fallback_reason}" if fallback_reason else ""
-            raise SRDeployError(f"{output}: ONNX export failed (legacy: {first_line(exc)}{reasons}); "
-                                "nothing written") from exc
-    if proto.functions:
-        proto = onnx.inliner.inline_local_functions(proto)
-    _name_nodes(proto)
+    proto, used, fallback_reason, static, shape_meta = _export_any_shape(net, output, opset, static, exporter, say)
     if simplify:
         proto = _simplify(proto)
-        _name_nodes(proto)
+        name_nodes(proto)
 
     block_list: list[str] = []
     if fp16:
-        if fp16_block_list is None:
-            say("calibrating the fp16 block list on Set5 crops")
-            sizes = ((static[1], static[2]),) if static else ((64, 64),)
-            block_list = calibrate_fp16_block_list(proto, parity_inputs(sizes, static[0] if static else 2))
-        else:
-            block_list = list(fp16_block_list)
-        proto = convert_to_fp16(proto, block_list=block_list)
-
+        proto, block_list = _to_fp16(proto, static, fp16_block_list, say)
     precision = "fp16" if fp16 else "fp32"
-    meta = {
-        "sr_deploy.scale": str(scale),
-        "sr_deploy.arch": arch,
-        "sr_deploy.input": INPUT_CONVENTION,
-        "sr_deploy.version": __version__,
-        "sr_deploy.source_sha256": source_sha,
-        "sr_deploy.precision": precision,
-        "sr_deploy.exporter": used,
-    }
-    if source_path is not None:
-        meta["sr_deploy.source"] = source_path.name
-    if block_list:
-        meta["sr_deploy.fp16_block_list"] = ",".join(block_list)
+    meta = _metadata(scale, arch, source_sha, precision, used, source_path, block_list)
+    meta.update(shape_meta)
     _set_metadata(proto, meta)
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-    except Exception as exc:
-        raise SRDeployError(f"{output}: the exported graph fails onnx.checker ({first_line(exc)}); "
-                            "nothing written") from exc
-    _atomic_save(proto, output)
+    _check_and_save(proto, output)
     seconds = time.perf_counter() - start
 
     result = ExportResult(

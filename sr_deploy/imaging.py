@@ -34,6 +34,8 @@ import cv2
 import numpy as np
 
 from .errors import InputError, SRDeployError
+from .util.files import atomic_write_bytes as _atomic_write_bytes
+from .util.files import partial_path as partial_path  # re-exported: video.py and tests import it from here
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
 # Formats that store 16-bit samples (others are 8-bit only) and formats that store alpha.
@@ -51,26 +53,9 @@ def is_image_path(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def partial_path(target: Path) -> Path:
-    """The temporary name a file is written under before it is renamed to `target`: hidden,
-    beside the target (same filesystem, so the rename is atomic), same extension (ffmpeg picks
-    the container from it)."""
-    return target.with_name(f".{target.stem}.partial{target.suffix}")
-
-
 def atomic_write_bytes(target: Path, data: bytes) -> None:
-    """Write `data` to `target` through `partial_path(target)` and an atomic rename."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = partial_path(target)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write `data` to `target` through `partial_path(target)` and an atomic rename (folders made)."""
+    _atomic_write_bytes(target, data, make_parents=True)
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -302,7 +287,7 @@ def write_image_consuming(path: str | Path, image: np.ndarray, quality: int | No
     if image.ndim == 3 and image.shape[2] == 4 and ext not in _ALPHA_EXTENSIONS:
         image = image[:, :, :3]
     if image.ndim == 3:
-        band = max(1, (64 << 20) // max(1, image.shape[1] * image.shape[2] * image.itemsize))
+        band = max(1, (16 << 20) // max(1, image.shape[1] * image.shape[2] * image.itemsize))
         for top in range(0, image.shape[0], band):  # in row bands: a few MB of temporaries at most
             rows = image[top:top + band]
             rows[:, :, [0, 2]] = rows[:, :, [2, 0]]

@@ -18,15 +18,16 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 import cv2
 import numpy as np
 
 from .backends.base import Backend
-from .errors import InputError, SRDeployError
+from .errors import InputError, SRDeployError, first_line
 from .imaging import (
     IMAGE_EXTENSIONS,
     image_to_model_input,
@@ -333,7 +334,7 @@ def upscale_image_file(backend: Backend, source: Path, target: Path, options: Up
 
 
 def _one_line(source: Path, exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = first_line(exc, limit=10_000) if str(exc).strip() else ""
     if not isinstance(exc, SRDeployError):
         text = f"{type(exc).__name__}: {text}"
     return text if str(source) in text else f"{source}: {text}"

@@ -25,7 +25,8 @@ What a user can rely on (docs/upscale.md states it for users):
   else audio is re-encoded (Opus for WebM / MKV, AAC otherwise) and a subtitle stream is dropped
   with a warning. A write error (ENOSPC, EIO, EFBIG) anywhere is a failure, never a fallback.
 - **Resume**: the video is encoded in independently decodable segments (each a new encoder
-  session, so each starts on a keyframe) of about `segment_seconds`, kept in a hidden folder
+  session, so each starts on a keyframe; MP4 files, which keep the B-frame decode times that NUT
+  loses) of about `segment_seconds`, kept in a hidden folder
   beside the target (`.NAME.segments/`) with a manifest. A re-run with the same input, model and
   settings seeks to the last finished segment and goes on from there; the final mux copies the
   segments' packets and the input's audio into one file, so every frame is there once and the
@@ -55,10 +56,11 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import cv2
 import numpy as np
@@ -88,6 +90,7 @@ _AUDIO_FALLBACK = {".webm": "libopus", ".mkv": "libopus", ".avi": "libmp3lame"}
 # needs the packets' frame size, which PyAV's stream template does not carry (the audio came
 # out 0.75 s long for 4 s). Re-encoded (MP3, AVI's own) instead.
 _COPY_MISTIMED = {".avi": frozenset({"aac", "opus", "vorbis"})}
+_ANNEX_B_FILTERS = {"h264": "h264_mp4toannexb", "hevc": "hevc_mp4toannexb"}
 _MANIFEST = "manifest.json"
 _MANIFEST_VERSION = 1
 
@@ -229,10 +232,17 @@ def _open_input(source: Path, hwaccel: str | None = None) -> Any:
         kwargs["hwaccel"] = HWAccel(device_type=hwaccel, allow_software_fallback=True)
     try:
         return av.open(str(source), "r", **kwargs)
-    except FileNotFoundError:
-        raise InputError(f"{source}: no such file") from None
     except (av.FFmpegError, OSError, ValueError) as exc:
-        raise InputError(f"{source}: cannot open as a video ({_cause(exc)})") from None
+        if not kwargs:
+            raise _open_error(source, exc) from None
+        raise InputError(f"--hwaccel {hwaccel}: {source} does not open with it ({_cause(exc)}); without "
+                         "--hwaccel it is decoded in software") from None
+
+
+def _open_error(source: Path, exc: BaseException) -> InputError:
+    if isinstance(exc, FileNotFoundError):
+        return InputError(f"{source}: no such file")
+    return InputError(f"{source}: cannot open as a video ({_cause(exc)})")
 
 
 def probe_video(source: str | Path) -> VideoInfo:
@@ -270,13 +280,13 @@ def probe_video(source: str | Path) -> VideoInfo:
         pix_fmt = first.format.name
         bit_depth = max((c.bits for c in first.format.components), default=8)
         sar = Fraction(ctx.sample_aspect_ratio) if ctx.sample_aspect_ratio else Fraction(0)
-        estimate = stream.frames or (int(round((end - start) * rate)) if end else 0)
+        estimate = stream.frames or (round((end - start) * rate) if end else 0)
         return VideoInfo(
             width=first.width, height=first.height, time_base=time_base, rate=rate, start=start, end=end,
             frames_estimate=estimate, sar=sar, pix_fmt=pix_fmt, bit_depth=bit_depth,
             color_primaries=int(first.color_primaries), color_trc=int(first.color_trc),
             colorspace=int(first.colorspace), color_range=int(first.color_range),
-            rotation=int(round((first.rotation or 0) / 90)) * 90 % 360,
+            rotation=round((first.rotation or 0) / 90) * 90 % 360,
             audio=tuple(s.codec_context.name for s in container.streams.audio),
             subtitles=tuple(s.codec_context.name for s in container.streams.subtitles))
     finally:
@@ -322,7 +332,8 @@ def _decoded_frames(container: Any, stream: Any, source: Path, state: _DecodeSta
         if not allow_partial:
             raise VideoDamaged(message) from None
         state.damage.append(message)
-        log(f"warning: {message}; --allow-partial: going on with the next packet")
+        if len(state.damage) == 1:  # one line per file; the count is in the final warning
+            log(f"warning: {message}; --allow-partial: going on with the next packet")
 
     packets = container.demux(stream)
     while True:
@@ -441,9 +452,9 @@ class _SegmentWriter:
         import av
 
         s = self.settings
-        name = f"seg_{len(self.segments):05d}.nut"
+        name = f"seg_{len(self.segments):05d}.mp4"
         self.current = _Segment(name, 0, pts, pts)
-        self.container = av.open(str(self.folder / (name + ".partial")), "w", format="nut")
+        self.container = av.open(str(self.folder / (name + ".partial")), "w", format="mp4")
         stream = self.container.add_stream(s.codec, rate=s.rate)
         stream.width, stream.height, stream.pix_fmt = s.width, s.height, s.pix_fmt
         stream.time_base = s.time_base
@@ -460,8 +471,8 @@ class _SegmentWriter:
                 options["b"] = "0"
         elif s.crf is not None and s.codec in _CQ_CODECS:
             options["cq"] = str(s.crf)
-        if s.preset and s.codec in _PRESET_CODECS:
-            options["preset"] = s.preset
+        if s.preset and s.codec in _PRESET_CODECS and (s.codec != "libsvtav1" or s.preset.isdigit()):
+            options["preset"] = s.preset  # SVT-AV1 takes only numbers (0-13): x264 names are left out
         stream.options = options
         self.stream = stream
 
@@ -519,6 +530,39 @@ def _packets_in_time(packet_sources: list[Iterator[Any]]) -> Iterator[Any]:
     for _t, _i, packet in heapq.merge(*(keyed(i, p) for i, p in enumerate(packet_sources)),
                                       key=lambda item: (item[0], item[1])):
         yield packet
+
+
+def _monotonic_dts(packets: Iterator[Any]) -> Iterator[Any]:
+    """Segments are separate encoder sessions: each starts with decode times a little before its
+    first presentation time (B-frame delay). Where one would not come after the previous
+    segment's last decode time, it is moved just after it (never past its presentation time), as
+    muxers need strictly increasing decode times."""
+    last: Fraction | None = None
+    for packet in packets:
+        if packet.dts is not None:
+            dts = packet.dts * packet.time_base
+            if last is not None and dts <= last:
+                fixed = int(last / packet.time_base) + 1
+                if packet.pts is not None:
+                    fixed = min(fixed, packet.pts)
+                packet.dts = fixed
+                dts = fixed * packet.time_base
+            last = dts
+        yield packet
+
+
+def _annex_b(packets: Iterator[Any], name: str, template: Any, out_stream: Any) -> Iterator[Any]:
+    """H.264 / HEVC packets from the MP4 segments are length-prefixed; AVI stores start codes."""
+    from av.bitstream import BitStreamFilterContext
+
+    bsf = BitStreamFilterContext(name, template, out_stream)
+    for packet in packets:
+        for filtered in bsf.filter(packet):
+            filtered.stream = out_stream
+            yield filtered
+    for filtered in bsf.filter(None):
+        filtered.stream = out_stream
+        yield filtered
 
 
 def _copy_packets(container: Any, stream: Any, out_stream: Any) -> Iterator[Any]:
@@ -625,8 +669,11 @@ def _mux(source: Path, folder: Path, segments: list[_Segment], tmp: Path, target
                 copies[stream.index] = out.add_stream_from_template(stream)
             else:
                 warn(f"warning: {source}: {target_suffix} does not take {name} subtitles; that stream is dropped")
-        video = (packet for container in inputs
-                 for packet in _copy_packets(container, container.streams.video[0], video_out))
+        video = _monotonic_dts(packet for container in inputs
+                               for packet in _copy_packets(container, container.streams.video[0], video_out))
+        video_codec = inputs[0].streams.video[0].codec_context.codec.canonical_name
+        if target_suffix.lower() == ".avi" and video_codec in _ANNEX_B_FILTERS:
+            video = _annex_b(video, _ANNEX_B_FILTERS[video_codec], inputs[0].streams.video[0], video_out)
         for packet in _packets_in_time([video, _source_packets(src, copies, transcoders)]):
             out.mux(packet)
         out.close()
@@ -754,6 +801,8 @@ def upscale_video(
     if batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {batch_size}")
     info = probe_video(source)
+    if hwaccel and hwaccel != "none":
+        _open_input(source, hwaccel).close()  # a device that does not open is said before any work
     warnings: list[str] = []
 
     def warn(message: str) -> None:
@@ -767,6 +816,9 @@ def upscale_video(
         raise InputError(f"--codec {codec}: no such encoder in this FFmpeg build") from None
     if encoder.type != "video":
         raise InputError(f"--codec {codec}: not a video encoder")
+    if encoder.canonical_name == "av1":  # PyAV reopens an AV1 segment with the libdav1d decoder's name,
+        # which its stream template then looks up as an encoder: the segments could not be muxed.
+        raise InputError(f"--codec {codec}: AV1 output is not supported yet (use libx264, libx265 or libvpx-vp9)")
     with av.open(os.devnull, "w", format=_container_format(target.suffix)) as probe_out:
         if encoder.canonical_name not in probe_out.supported_codecs:
             raise InputError(f"{target}: the {target.suffix} container does not take {encoder.canonical_name} "
@@ -886,6 +938,9 @@ def upscale_video(
                 bar.update(len(frames))
         except _Stop:
             return
+        except (av.FFmpegError, OSError) as exc:  # encoder or disk: a run-time failure, never bad input
+            errors.append(SRDeployError(f"{target}: encoding or writing a segment in {folder} failed: {_cause(exc)}"))
+            stop.set()
         except BaseException as exc:
             errors.append(exc)
             stop.set()
@@ -932,6 +987,8 @@ def upscale_video(
         if not segments:
             raise VideoDamaged(f"{source}: no decodable video frames")
         partial = bool(state.damage)
+        if len(state.damage) > 1:
+            warn(f"warning: {source}: {len(state.damage)} places did not decode; the partial output skips them")
         final = partial_output_path(target) if partial else target
         final_tmp = partial_path(final)
         try:

@@ -64,6 +64,7 @@ def main(folder: Path, onnx_path: Path, work: Path, out: Path) -> None:
         st, onnx_path, work / "foreign.engine", ["--fp32", *profile, "--timing-cache", str(work / "shared.timing-cache")])
     del st.answers[("IBuilderConfig", "set_timing_cache")]
     results["scenarios"]["runtime"] = _scenario(st, lambda: _runtime(st, real, work))
+    results["scenarios"]["backend"] = _scenario(st, lambda: _backend(st, real, work))
     results["scenarios"]["self_test"] = _scenario(st, lambda: _self_test(st, real))
     out.write_text(json.dumps(results, indent=1))
 
@@ -106,6 +107,7 @@ class CpuStandInOps:
         self.fail_capture = fail_capture
         self.allocated: list[tuple[int, ...]] = []  # buffer shapes since the last capture
         self.captures = 0
+        self.ordered_calls = 0
 
     @contextmanager
     def scope(self) -> Iterator[None]:
@@ -132,6 +134,13 @@ class CpuStandInOps:
     def synchronize(self) -> None:
         pass
 
+    def upload(self, x: Any, dtype: Any) -> Any:
+        return x.to(dtype=dtype).contiguous()
+
+    def ordered(self, x: Any, work: Callable[[Any], Any]) -> Any:
+        self.ordered_calls += 1
+        return work(x)
+
     def capture(self, enqueue: Callable[[int], None]) -> Any:
         shapes, self.allocated = self.allocated, []
         if self.fail_capture & set(shapes):
@@ -146,15 +155,12 @@ class CpuStandInOps:
         return Graph()
 
 
-def _runtime(st: _strict_trt.StrictTensorRT, real: Any, work: Path) -> dict[str, Any]:
-    import torch
-
-    from sr_deploy import _tensorrt
-    from sr_deploy.backends.trt_backend import EngineRunner
-
+def _runtime_answers(st: _strict_trt.StrictTensorRT, real: Any, ops: CpuStandInOps) -> list[bool]:
+    """What the stand-in engine says about itself (names, modes, dtypes, profile, shapes): objects
+    of the documented types, so the runtime code has something to read. Returns the list that
+    records, per execution context created, whether the device scope was entered then."""
     io_names = ["input", "output"]
     shapes: dict[int, tuple[int, ...]] = {}
-    ops = CpuStandInOps(fail_capture={(1, 3, 48, 48)})
     created_in_scope: list[bool] = []
 
     def set_input_shape(ctx: Any, name: str, shape: Any) -> bool:
@@ -182,6 +188,23 @@ def _runtime(st: _strict_trt.StrictTensorRT, real: Any, work: Path) -> dict[str,
         ("IExecutionContext", "get_tensor_shape"): output_shape,
         ("IExecutionContext", "update_device_memory_size_for_shapes"): lambda ctx: 1000 + shapes[id(ctx)][2],
     })
+    return created_in_scope
+
+
+def _forget_runtime_answers(st: _strict_trt.StrictTensorRT) -> None:
+    for key in list(st.answers):
+        if key[0] in ("ICudaEngine", "IExecutionContext"):
+            del st.answers[key]
+
+
+def _runtime(st: _strict_trt.StrictTensorRT, real: Any, work: Path) -> dict[str, Any]:
+    import torch
+
+    from sr_deploy import _tensorrt
+    from sr_deploy.backends.trt_backend import EngineRunner
+
+    ops = CpuStandInOps(fail_capture={(1, 3, 48, 48)})
+    created_in_scope = _runtime_answers(st, real, ops)
     trt = _tensorrt.import_tensorrt()
     engine_file = work / "fp32.engine"
     _runtime, engine = _tensorrt.deserialize_engine(trt, engine_file.read_bytes(), engine_file)
@@ -203,9 +226,37 @@ def _runtime(st: _strict_trt.StrictTensorRT, real: Any, work: Path) -> dict[str,
         "captures": ops.captures,
         "contexts_created_in_device_scope": created_in_scope,
     }
-    for key in list(st.answers):
-        if key[0] in ("ICudaEngine", "IExecutionContext"):
-            del st.answers[key]
+    _forget_runtime_answers(st)
+    return result
+
+
+def _backend(st: _strict_trt.StrictTensorRT, real: Any, work: Path) -> dict[str, Any]:
+    """TensorRTBackend itself on an engine file written by the fp32 build scenario: sidecar
+    check, deserialize, the template's fitting (batch split, padding under the profile min) and
+    the runner, with the CPU stand-in device. Output values are zeros: nothing ran."""
+    import numpy as np
+
+    from sr_deploy.backends.trt_backend import TensorRTBackend
+
+    made: list[CpuStandInOps] = []
+
+    def device_ops(device: Any) -> CpuStandInOps:
+        made.append(CpuStandInOps(fail_capture=set()))
+        made[-1].device = str(device)
+        return made[-1]
+
+    result: dict[str, Any] = {}
+    for graphs in (False, True):
+        created = _runtime_answers(st, real, CpuStandInOps(set()))
+        with TensorRTBackend(work / "fp32.engine", device="cuda:1", cuda_graph=graphs, device_ops=device_ops) as b:
+            y = b(np.zeros((3, 3, 10, 12), np.float32))  # batch 3 > profile max 2, 10x12 < profile min 16x16
+            result[f"graphs={graphs}"] = {
+                "facts": [b.scale, b.precision, b.device, list(b.max_shape)],
+                "output": [type(y).__name__, list(y.shape), str(y.dtype)],
+                "ordered_calls": made[-1].ordered_calls, "ops_device": made[-1].device,
+                "contexts": len(created),
+            }
+        _forget_runtime_answers(st)
     return result
 
 

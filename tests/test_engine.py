@@ -571,9 +571,9 @@ def test_fp16_onnx_for_tensorrt_matches_torch_fp32_on_set5(tiny_model, tiny_onnx
 
 
 def test_fp16_onnx_refuses_a_graph_without_fp16(tiny_onnx, tmp_path, monkeypatch):
-    import sr_deploy.export as export
+    import sr_deploy.onnx_graph as onnx_graph
 
-    monkeypatch.setattr(export, "convert_to_fp16", lambda src, output=None, block_list=None:
+    monkeypatch.setattr(onnx_graph, "convert_to_fp16", lambda src, output=None, block_list=None:
                         Path(output).write_bytes(Path(src).read_bytes()))  # a "conversion" that changes nothing
     from sr_deploy.backends.trt_build import prepare_fp16_onnx
 

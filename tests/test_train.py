@@ -105,7 +105,9 @@ def test_srresnet_trains_validates_and_resumes_identically(sun_hays, set5_dir, t
 
     val = read_csv(full / "val.csv")
     assert [row["iteration"] for row in val] == [5, 10]
-    scores = lambda rows: [(r["iteration"], r["psnr"], r["ssim"]) for r in rows]
+    def scores(rows):
+        return [(r["iteration"], r["psnr"], r["ssim"]) for r in rows]
+
     assert scores(read_csv(split / "val.csv")) == scores(val)  # the same scores, no duplicated rows
     assert (full / "val.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "it 10/10" in (full / "train.log").read_text()

@@ -170,3 +170,17 @@ def test_the_stand_in_refuses_what_the_release_lacks(release):
     assert "is not a tensorrt.tensorrt.MemoryPoolType" in refused[3]
     assert "read-only" in refused[4] and "has no attribute 'NoSuchClass'" in refused[5]
     assert "BuilderFlag has no member 'NO_SUCH_FLAG'" in refused[6]
+
+
+def test_tensorrt_backend_on_the_stand_in(release):
+    """TensorRTBackend itself (sidecar check, deserialize, batch split, padding under the profile
+    min, the runner) on the engine file of the fp32 build, with a CPU stand-in device."""
+    scenario = release["scenarios"]["backend"]
+    _check_clean(scenario, "backend")
+    for graphs, contexts in (("False", 1), ("True", 2)):
+        run = scenario[f"graphs={graphs}"]
+        assert run["facts"] == [4, "fp32", "cuda:1", [2, 64, 64]]  # from the sidecar and the profile
+        assert run["output"] == ["ndarray", [3, 3, 40, 48], "float32"]  # padded to 16x16, cropped back
+        assert run["ordered_calls"] == 2 and run["ops_device"] == "cuda:1"  # batch 3 > max 2: two chunks
+        assert run["contexts"] == contexts  # plain: one; graphs: one per chunk shape (2x16x16, 1x16x16)
+    assert _calls(scenario, "deserialize_cuda_engine") and _calls(scenario, "execute_async_v3")

@@ -7,12 +7,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from click.testing import CliRunner
-
 from _upscale_support import cpu_backend, decoded_video, make_clip, save_tiny_srvgg
+from click.testing import CliRunner
+from test_imaging import jpeg_with_orientation
+
 from sr_deploy.cli import cli
 from sr_deploy.imaging import read_image, write_image
-from test_imaging import jpeg_with_orientation
 
 
 @pytest.fixture(scope="module")
@@ -260,3 +260,25 @@ def test_tiles_are_quantized_into_the_output_as_they_finish(set5_dir, model, tmp
     x = rgb.transpose(2, 0, 1)[None].astype(np.float32) / 255
     expected = np.rint(np.clip(cpu_backend(model)(x)[0], 0, 1) * 255).astype(np.uint8).transpose(1, 2, 0)
     np.testing.assert_array_equal(read_image(tmp_path / "a_whole.png"), expected)
+
+
+def test_image_memory_follows_the_8bit_output_not_a_float32_copy(shared_data, tmp_path):
+    """numpy's allocations (tracemalloc sees them) for a 1000x750 -> 4000x3000 upscale with 64-pixel
+    tiles: the 8-bit output is 36 MB, a float32 copy of it would be 144 MB on its own."""
+    import tracemalloc
+
+    from _upscale_support import NearestBackend
+    from sr_deploy.upscale import UpscaleOptions, upscale_image_file
+
+    photo = cv2.resize(cv2.imread(str(min((shared_data / "train" / "Sun_Hays80").glob("*.jpg")))), (1000, 750))
+    cv2.imwrite(str(tmp_path / "in.png"), photo)
+    tracemalloc.start()
+    try:
+        upscale_image_file(NearestBackend(4), tmp_path / "in.png", tmp_path / "out.png", UpscaleOptions(tile=64))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    out = read_image(tmp_path / "out.png")
+    assert out.shape == (3000, 4000, 3)
+    np.testing.assert_array_equal(out[::4, ::4], cv2.cvtColor(photo, cv2.COLOR_BGR2RGB))  # nearest x4: exact
+    assert peak < 80e6, f"peak {peak / 1e6:.0f} MB"

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from _upscale_support import (
     NearestBackend,
     audio_seconds,
@@ -31,6 +30,7 @@ from _upscale_support import (
     save_tiny_srvgg,
     video_stream_facts,
 )
+
 from sr_deploy.errors import InputError
 from sr_deploy.video import (
     VideoDamaged,
@@ -105,7 +105,7 @@ def _leftovers(folder: Path) -> list[str]:
 
 def _cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sr_deploy", "upscale", *args, "--device", "cpu", "--no-progress",
-                           "--preset", "ultrafast"], cwd=ROOT, capture_output=True, text=True, **kwargs)
+                           "--preset", "ultrafast"], check=False, cwd=ROOT, capture_output=True, text=True, **kwargs)
 
 
 def _errors(stderr: str) -> list[str]:
@@ -137,7 +137,9 @@ def test_video_keeps_frames_times_and_audio(clips, tiny_vgg, tmp_path):
     source = clips["bbb"]
     frames_in, _, (w, h) = decoded_video(source)
     target = tmp_path / "bbb_x4.mp4"
-    result = upscale_video(cpu_backend(tiny_vgg), source, target, batch_size=4, preset="ultrafast", progress=False)
+    # The default preset (B-frames: decode times before presentation times) and four segments,
+    # whose packets the final mux joins with strictly increasing decode times.
+    result = upscale_video(cpu_backend(tiny_vgg), source, target, batch_size=4, segment_seconds=0.5, progress=False)
     assert frames_in == 50 and result.frames == result.frames_inferred == 50
     assert decoded_video(target)[2] == (4 * w, 4 * h) == result.size
     _assert_same_times(source, target)
@@ -159,7 +161,7 @@ def test_wrong_header_rate_cannot_change_the_duration(clips, tmp_path):
     """q.avi: timestamps at 25 fps, header 50 fps. Before: 4.11 s in, 2.00 s out."""
     for suffix in (".avi", ".mp4"):
         target = tmp_path / f"q{suffix}"
-        result = upscale_video(NearestBackend(2), clips["avi"], target, preset="ultrafast", progress=False)
+        result = upscale_video(NearestBackend(2), clips["avi"], target, segment_seconds=1, progress=False)
         times = frame_times(target)
         assert result.frames == len(times) == 100
         assert times[-1] == pytest.approx(frame_times(clips["avi"])[-1], abs=1 / 25)
@@ -170,7 +172,7 @@ def test_wrong_header_rate_cannot_change_the_duration(clips, tmp_path):
 def test_variable_frame_rate_stays_variable(clips, tmp_path):
     """Before: forced to constant rate, frames drifted up to 0.77 s from the audio."""
     source, target = clips["vfr"], tmp_path / "vfr.mp4"
-    upscale_video(NearestBackend(2), source, target, preset="ultrafast", progress=False)
+    upscale_video(NearestBackend(2), source, target, segment_seconds=0.5, progress=False)
     before, after = frame_times(source), frame_times(target)
     assert len(after) == len(before) == 40
     assert after == pytest.approx(before, abs=1e-3)  # exactly the input's times, gaps included
@@ -269,6 +271,26 @@ def test_webm_output_reencodes_aac_to_opus(clips, tmp_path):
     assert abs(audio_seconds(target) - audio_seconds(clips["bbb"])) <= 0.1
     assert any("re-encoded to opus" in m for m in messages)
     _assert_same_times(clips["bbb"], target)
+
+
+def test_subtitles_are_copied_where_the_container_takes_them_else_dropped_with_a_warning(clips, tmp_path):
+    (tmp_path / "subs.srt").write_text("1\n00:00:00,000 --> 00:00:01,000\nHello\n\n2\n00:00:01,000 --> "
+                                       "00:00:02,000\nWorld\n")
+    source = tmp_path / "subbed.mkv"
+    ffmpeg("-i", str(clips["bbb"]), "-i", str(tmp_path / "subs.srt"), "-map", "0", "-map", "1", "-c", "copy",
+           "-c:s", "srt", str(source))
+    import av
+
+    upscale_video(NearestBackend(2), source, tmp_path / "out.mkv", progress=False)
+    with av.open(str(tmp_path / "out.mkv")) as container:
+        assert [s.codec_context.codec.canonical_name for s in container.streams.subtitles] in (["subrip"], ["srt"])
+        texts = [bytes(p).decode() for p in container.demux(container.streams.subtitles[0]) if p.size]
+        assert texts == ["Hello", "World"]
+    messages: list[str] = []
+    result = upscale_video(NearestBackend(2), source, tmp_path / "out.mp4", progress=False, log=messages.append)
+    with av.open(str(tmp_path / "out.mp4")) as container:
+        assert not container.streams.subtitles and result.audio == "copied"
+    assert any("mp4 does not take" in m and "subtitles; that stream is dropped" in m for m in messages)
 
 
 def _limit_file_size(limit: int):

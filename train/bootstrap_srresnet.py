@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sr_deploy.models import SRResNet, load_checkpoint, save_checkpoint
+from sr_deploy.models import SRResNet, save_checkpoint
 
 CONFIG = {"scale": 4, "num_blocks": 8, "num_features": 64, "batch_norm": False, "image_residual": "bicubic"}
 

@@ -16,26 +16,16 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, NotInstalledError, first_line
-from .base import Backend
-from .torch_backend import check_batch_shape
+from ..util.onnx_facts import graph_precision as _graph_precision
+from ..util.onnx_facts import load_onnx_file as load_onnx_file  # re-exported for older callers
+from ..util.onnx_facts import metadata
+from ..util.onnx_facts import static_input_dims as _static_dims
+from .base import NUMPY, TORCH, Backend
 
 ORT_GPU_NOT_INSTALLED = (
     "onnxruntime-gpu with the CUDA execution provider is not installed: "
     "pip uninstall onnxruntime && pip install 'sr-deploy[gpu]' on a machine with an NVIDIA GPU"
 )
-
-
-def _graph_precision(model: Any) -> str:
-    """fp16 when the graph carries float16 weights, else fp32."""
-    from onnx import TensorProto
-
-    return "fp16" if any(t.data_type == TensorProto.FLOAT16 for t in model.graph.initializer) else "fp32"
-
-
-def _static_dims(model: Any) -> list[int | None]:
-    """The first input's dims: an int where fixed, None where symbolic or unknown."""
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims]
 
 
 def fp16_rounding_graph(model: Any) -> Any:
@@ -165,32 +155,9 @@ class OnnxRuntimeBackend(Backend):
         self.path = path
         self.input_name = model.graph.input[0].name
         self.output_name = model.graph.output[0].name
-        self.device_id = 0
-        providers: list[Any]
-        if device == "cpu":
-            providers = ["CPUExecutionProvider"]
-        elif device == "cuda" or re.fullmatch(r"cuda:\d+", device):
-            self.device_id = int(device.split(":")[1]) if ":" in device else 0
-            available = ort.get_available_providers()
-            if "CUDAExecutionProvider" not in available:
-                raise NotInstalledError(f"{path}: {ORT_GPU_NOT_INSTALLED}")
-            providers = []
-            if "TensorrtExecutionProvider" in available:
-                cache = path.parent / f"{path.stem}.ort-trt-cache"
-                options = {
-                    "device_id": self.device_id,
-                    "trt_fp16_enable": precision == "fp16",
-                    "trt_engine_cache_enable": True,
-                    "trt_engine_cache_path": str(cache),
-                    "trt_timing_cache_enable": True,
-                    "trt_timing_cache_path": str(cache),
-                    **trt_ep_profile_options(self.input_name, _static_dims(model)),
-                }
-                options.update(trt_ep_options or {})
-                providers.append(("TensorrtExecutionProvider", options))
-            providers += [("CUDAExecutionProvider", {"device_id": self.device_id}), "CPUExecutionProvider"]
-        else:
-            raise InputError(f"unknown device {device!r}: expected cpu, cuda or cuda:N")
+        dims = _static_dims(model)
+        self.device_id, providers = _providers(path, device, precision, trt_ep_options,
+                                               trt_ep_profile_options(self.input_name, dims))
         if precision == "fp16" and graph_precision == "fp32" and not any(
             isinstance(p, tuple) and p[0] == "TensorrtExecutionProvider" for p in providers
         ):
@@ -218,16 +185,18 @@ class OnnxRuntimeBackend(Backend):
         check_session_providers(path, device, precision, graph_precision, providers, self.providers)
         self.on_cuda = device != "cpu" and "CUDAExecutionProvider" in self.providers
 
-        dims = _static_dims(model)
-        max_shape = (dims[0], dims[2], dims[3]) if len(dims) == 4 and None not in (dims[0], dims[2], dims[3]) else None
-        if max_shape is None and "TensorrtExecutionProvider" in self.providers:
-            # Inputs beyond the provider's profile would make it rebuild its engine mid-run: the caller tiles.
-            max_shape = (TRT_EP_PROFILE[2][0], TRT_EP_PROFILE[2][2], TRT_EP_PROFILE[2][3])
-        self.static_shape = max_shape
-        meta = {p.key: p.value for p in model.metadata_props}
+        static = (dims[0], dims[2], dims[3]) if len(dims) == 4 and None not in (dims[0], dims[2], dims[3]) else None
+        self.static_shape = static
+        min_shape, max_shape = static, static
+        if static is None and "TensorrtExecutionProvider" in self.providers:
+            # Inputs beyond the provider's profile would make it rebuild its engine mid-run: the caller
+            # tiles larger ones, smaller ones are padded up to the profile's min.
+            (pmin_n, _, pmin_h, pmin_w), _, (pmax_n, _, pmax_h, pmax_w) = TRT_EP_PROFILE
+            min_shape, max_shape = (pmin_n, pmin_h, pmin_w), (pmax_n, pmax_h, pmax_w)
+        meta = metadata(model)
         scale = int(meta["sr_deploy.scale"]) if "sr_deploy.scale" in meta else None
         self.metadata = meta
-        super().__init__(scale or 1, precision, device, max_shape)
+        super().__init__(scale or 1, precision, device, max_shape=max_shape, min_shape=min_shape)
         if scale is None:
             self.scale = self._probe_scale()
 
@@ -261,63 +230,57 @@ class OnnxRuntimeBackend(Backend):
         self.session.run_with_iobinding(binding)
         return y
 
-    def _run_fitted(self, x: np.ndarray, run: Any) -> Any:
-        """Apply the static input shape: split larger batches, edge-pad smaller inputs, crop back."""
-        if self.static_shape is None:
-            return run(x)
-        sn, sh, sw = self.static_shape
-        n, _, h, w = x.shape
-        if h > sh or w > sw:
-            raise InputError(
-                f"{self.path}: input {h}x{w} exceeds this file's static shape {sh}x{sw}; tile it (sr_deploy.tiling)"
-            )
-        outs = []
-        for start in range(0, n, sn):
-            part = x[start:start + sn]
-            k = part.shape[0]
-            padded = _pad_to(part, sn, sh, sw)
-            outs.append(run(padded)[:k, :, : h * self.scale, : w * self.scale])
-        return outs
+    def input_kinds(self, kind: str) -> tuple[str, ...]:
+        # torch tensors go straight from GPU memory through IO binding when the graph's shape is
+        # free; everything else runs from host memory.
+        if kind == TORCH and self.on_cuda and self.static_shape is None:
+            return (TORCH,)
+        return (NUMPY,)
 
-    def __call__(self, x: np.ndarray | Any) -> np.ndarray | Any:
-        if isinstance(x, np.ndarray):
-            check_batch_shape(x.shape)
-            x = np.ascontiguousarray(x, dtype=np.float32)
-            out = self._run_fitted(x, self._run_numpy)
-            return out if isinstance(out, np.ndarray) else np.ascontiguousarray(np.concatenate(out))
-        try:
-            import torch
-        except ImportError:  # pragma: no cover - torch is a core dependency
-            torch = None
-        if torch is not None and isinstance(x, torch.Tensor):
-            check_batch_shape(tuple(x.shape))
-            if self.on_cuda and self.static_shape is None:
-                return self._run_cuda_tensor(x).to(x.device)
-            y = self(x.detach().float().cpu().numpy())
-            return torch.from_numpy(y).to(x.device)
-        raise InputError(f"expected a numpy array or a torch tensor, got {type(x).__name__}")
+    def infer(self, x: Any) -> Any:
+        return self._run_numpy(x) if isinstance(x, np.ndarray) else self._run_cuda_tensor(x)
+
+    def too_large_message(self, h: int, w: int) -> str:
+        _, max_h, max_w = self.max_shape  # type: ignore[misc]
+        if self.static_shape is None:
+            return (f"{self.path}: input {h}x{w} exceeds the TensorRT execution provider's profile max "
+                    f"{max_h}x{max_w}; tile it (sr_deploy.tiling)")
+        return f"{self.path}: input {h}x{w} exceeds this file's static shape {max_h}x{max_w}; tile it (sr_deploy.tiling)"
 
     def close(self) -> None:
         self.session = None
 
 
-def _pad_to(x: np.ndarray, n: int, h: int, w: int) -> np.ndarray:
-    """Edge-replicate `x` (k, 3, hh, ww) to (n, 3, h, w); k <= n, hh <= h, ww <= w."""
-    k, _, hh, ww = x.shape
-    if (k, hh, ww) == (n, h, w):
-        return x
-    return np.ascontiguousarray(np.pad(x, ((0, n - k), (0, 0), (0, h - hh), (0, w - ww)), mode="edge"))
+def _providers(path: Path, device: str, precision: str, trt_ep_options: dict[str, Any] | None,
+               profile_options: dict[str, str]) -> tuple[int, list[Any]]:
+    """(CUDA device id, execution providers in order of preference) for `device`.
 
+    cpu: the CPU provider. cuda / cuda:N: TensorRT (when onnxruntime-gpu has it; engine and
+    timing caches beside the ONNX file, fp16 as asked, `profile_options` for a dynamic graph,
+    `trt_ep_options` merged over), then CUDA, then CPU. NotInstalledError without the CUDA
+    provider; InputError for an unknown device."""
+    import onnxruntime as ort
 
-def load_onnx_file(path: str | Path, load_weights: bool = True) -> Any:
-    """`onnx.load` of `path` (graph and metadata only when `load_weights` is False); InputError
-    naming the file when it is missing or not a readable ONNX file."""
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such ONNX file")
-    try:
-        return onnx.load(str(path), load_external_data=load_weights)
-    except Exception as exc:
-        raise InputError(f"{path}: not a readable ONNX file ({first_line(exc)})") from exc
+    if device == "cpu":
+        return 0, ["CPUExecutionProvider"]
+    if not (device == "cuda" or re.fullmatch(r"cuda:\d+", device)):
+        raise InputError(f"unknown device {device!r}: expected cpu, cuda or cuda:N")
+    device_id = int(device.split(":")[1]) if ":" in device else 0
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in available:
+        raise NotInstalledError(f"{path}: {ORT_GPU_NOT_INSTALLED}")
+    providers: list[Any] = []
+    if "TensorrtExecutionProvider" in available:
+        cache = path.parent / f"{path.stem}.ort-trt-cache"
+        options = {
+            "device_id": device_id,
+            "trt_fp16_enable": precision == "fp16",
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(cache),
+            "trt_timing_cache_enable": True,
+            "trt_timing_cache_path": str(cache),
+            **profile_options,
+        }
+        options.update(trt_ep_options or {})
+        providers.append(("TensorrtExecutionProvider", options))
+    return device_id, providers + [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from ..errors import InputError, NotInstalledError
 from ..models import fold_batch_norm
-from .base import Backend
+from .base import TORCH, Backend, check_batch_shape
 
 TORCH_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -45,12 +44,6 @@ def resolve_precision(precision: str | None, device: str) -> str:
     if precision not in TORCH_DTYPES:
         raise InputError(f"unknown precision {precision!r}: expected auto, fp32, fp16 or bf16")
     return precision
-
-
-def check_batch_shape(shape: tuple[int, ...]) -> None:
-    """Raise InputError unless `shape` is (N, 3, H, W) with N, H, W >= 1."""
-    if len(shape) != 4 or shape[1] != 3 or min(shape) < 1:
-        raise InputError(f"expected a batch of shape (N, 3, H, W) with RGB channels, got {tuple(shape)}")
 
 
 class TorchBackend(Backend):
@@ -95,21 +88,20 @@ class TorchBackend(Backend):
             p.requires_grad_(False)
         self.model: nn.Module | Any = torch.compile(net) if compile else net
 
-    def run_tensor(self, x: torch.Tensor) -> torch.Tensor:
+    def input_kinds(self, kind: str) -> tuple[str, ...]:
+        return (TORCH,)
+
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) float tensor on any device -> (N, 3, sH, sW) float32 on this backend's device."""
-        check_batch_shape(tuple(x.shape))
         x = x.to(device=self.device, dtype=self.dtype).contiguous(memory_format=self.memory_format)
         with torch.inference_mode():
             y = self.model(x)
         return y.float().contiguous()
 
-    def __call__(self, x: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
-        if isinstance(x, torch.Tensor):
-            return self.run_tensor(x).to(x.device)
-        if isinstance(x, np.ndarray):
-            y = self.run_tensor(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
-            return y.cpu().numpy()
-        raise InputError(f"expected a numpy array or a torch tensor, got {type(x).__name__}")
+    def run_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """`infer` with the shape check: a tensor in, a float32 tensor on this backend's device out."""
+        check_batch_shape(tuple(x.shape))
+        return self.infer(x)
 
     def close(self) -> None:
         self.model = None

@@ -26,17 +26,16 @@ from __future__ import annotations
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, ContextManager, Protocol
-
-import numpy as np
+from typing import Any, Protocol
 
 from .. import _tensorrt
 from ..engine import check_sidecar_matches, gpu_identity, read_sidecar
 from ..errors import InputError, SRDeployError
-from .base import Backend
+from .base import TORCH, Backend
 
 DEFAULT_GRAPH_CACHE_SIZE = 4
 
@@ -60,7 +59,7 @@ class CapturedGraph(Protocol):
 class DeviceOps(Protocol):
     """What `EngineRunner` needs from the device; `TorchCudaOps` on a GPU."""
 
-    def scope(self) -> ContextManager[Any]:
+    def scope(self) -> AbstractContextManager[Any]:
         """Make the backend's GPU current (contexts, memory and graphs are created there)."""
 
     def empty(self, shape: tuple[int, ...], dtype: Any) -> DeviceBuffer: ...
@@ -75,6 +74,13 @@ class DeviceOps(Protocol):
 
     def capture(self, enqueue: Callable[[int], None]) -> CapturedGraph:
         """Capture what `enqueue(stream_handle)` launches into a graph; raises when capture fails."""
+
+    def upload(self, x: Any, dtype: Any) -> DeviceBuffer:
+        """`x` (a torch tensor anywhere) on this device as `dtype`, contiguous."""
+
+    def ordered(self, x: DeviceBuffer, work: Callable[[DeviceBuffer], DeviceBuffer]) -> DeviceBuffer:
+        """Run `work(x)` on the runner's stream, ordered after the caller's stream (which produced
+        `x`), and make the caller's stream wait for the result."""
 
 
 @dataclass
@@ -187,7 +193,7 @@ class TorchCudaOps:
         with torch.cuda.device(device):
             self.stream = torch.cuda.Stream(device=device)
 
-    def scope(self) -> ContextManager[Any]:
+    def scope(self) -> AbstractContextManager[Any]:
         return self.torch.cuda.device(self.device)
 
     def empty(self, shape: tuple[int, ...], dtype: Any) -> Any:
@@ -208,6 +214,21 @@ class TorchCudaOps:
             enqueue(int(self.torch.cuda.current_stream(self.device).cuda_stream))
         return graph
 
+    def upload(self, x: Any, dtype: Any) -> Any:
+        return x.to(self.device, dtype=dtype, non_blocking=True).contiguous()
+
+    def ordered(self, x: Any, work: Callable[[Any], Any]) -> Any:
+        cuda = self.torch.cuda
+        with cuda.device(self.device):
+            caller = cuda.current_stream(self.device)
+            self.stream.wait_stream(caller)  # x was produced on the caller's stream
+            with cuda.stream(self.stream):
+                y = work(x)
+            x.record_stream(self.stream)
+            y.record_stream(caller)
+            caller.wait_stream(self.stream)
+        return y
+
 
 class TensorRTBackend(Backend):
     """Runs a TensorRT engine on a CUDA GPU.
@@ -220,13 +241,14 @@ class TensorRTBackend(Backend):
         cuda_graph: capture and replay a CUDA graph per input shape.
         graph_cache_size: at most this many captured graphs (least recently used dropped).
         check_sidecar: refuse an engine whose sidecar names another TensorRT version or GPU.
+        device_ops: makes the DeviceOps for the device (buffers, streams, graphs); torch CUDA.
     """
 
     name = "tensorrt"
 
     def __init__(self, engine_path: str | Path, device: str = "cuda", precision: str | None = None,
                  cuda_graph: bool = False, graph_cache_size: int = DEFAULT_GRAPH_CACHE_SIZE,
-                 check_sidecar: bool = True) -> None:
+                 check_sidecar: bool = True, device_ops: Callable[[Any], DeviceOps] = TorchCudaOps) -> None:
         path = Path(engine_path)
         device = "cuda" if device in (None, "auto") else device
         if path.suffix.lower() == ".onnx":
@@ -246,7 +268,7 @@ class TensorRTBackend(Backend):
             check_sidecar_matches(sidecar, path, _tensorrt.tensorrt_version(trt), gpu_name, cc)
         self.sidecar = sidecar
 
-        self._ops = TorchCudaOps(self.torch_device)
+        self._ops = device_ops(self.torch_device)
         with self._ops.scope():
             self._runtime, self._engine = _tensorrt.deserialize_engine(trt, path.read_bytes(), path)
             self.io = _tensorrt.engine_io(trt, self._engine, path)
@@ -264,7 +286,7 @@ class TensorRTBackend(Backend):
         # An engine's precision is fixed at build time: the sidecar's word wins over the request.
         reported = sidecar.precision if sidecar is not None else (precision or "unknown")
         super().__init__(scale=scale, precision=reported, device=str(self.torch_device),
-                         max_shape=(pmax[0], pmax[2], pmax[3]))
+                         max_shape=(pmax[0], pmax[2], pmax[3]), min_shape=self.min_shape)
 
     # ----------------------------------------------------------------- internals
 
@@ -276,57 +298,27 @@ class TensorRTBackend(Backend):
         return out[2] // opt[2]
 
     def _run_chunk(self, x: Any) -> Any:
-        """x: contiguous CUDA tensor of the engine's input dtype, shape within the profile.
-        Returns a new CUDA tensor (N, 3, sH, sW) in the engine's output dtype, ready on the
+        """x: contiguous device tensor of the engine's input dtype, shape within the profile.
+        Returns a new device tensor (N, 3, sH, sW) in the engine's output dtype, ready on the
         caller's current stream."""
-        import torch
+        return self._ops.ordered(x, self.runner.run)
 
-        with torch.cuda.device(self.torch_device):
-            caller = torch.cuda.current_stream(self.torch_device)
-            stream = self._ops.stream
-            stream.wait_stream(caller)  # x was produced on the caller's stream
-            with torch.cuda.stream(stream):
-                y = self.runner.run(x)
-            x.record_stream(stream)
-            y.record_stream(caller)
-            caller.wait_stream(stream)
-        return y
+    # ----------------------------------------------------------------- the template's hooks
 
-    # ----------------------------------------------------------------- contract
+    def input_kinds(self, kind: str) -> tuple[str, ...]:
+        """torch tensors only: uploaded to the GPU here (a CUDA tensor stays where it is)."""
+        return (TORCH,)
 
-    def __call__(self, x: np.ndarray | Any) -> np.ndarray | Any:
-        """(N, 3, H, W) float32 RGB [0, 1] -> (N, 3, sH, sW) float32, same kind as `x`
-        (numpy -> numpy; a torch tensor -> a torch tensor on x's device)."""
-        import torch
+    def too_large_message(self, h: int, w: int) -> str:
+        _, max_h, max_w = self.max_shape  # type: ignore[misc]
+        return (f"input {h}x{w} is larger than the engine's profile max {max_h}x{max_w}; tile it (sr_deploy.tiling) "
+                "or rebuild the engine with a larger --max")
 
-        is_numpy = isinstance(x, np.ndarray)
-        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)) if is_numpy else x
-        if t.dim() != 4 or t.shape[1] != 3:
-            raise InputError(f"expected a batch of shape (N, 3, H, W), got {tuple(t.shape)}")
-        n, _, h, w = (int(d) for d in t.shape)
-        max_n, max_h, max_w = self.max_shape  # type: ignore[misc]
-        min_n, min_h, min_w = self.min_shape
-        if h > max_h or w > max_w:
-            raise InputError(f"input {h}x{w} is larger than the engine's profile max {max_h}x{max_w}; "
-                             "tile it (sr_deploy.tiling) or rebuild the engine with a larger --max")
-        src_device = t.device
-        t = t.to(self.torch_device, dtype=self._in_dtype, non_blocking=True)
-        ph, pw = max(min_h, h), max(min_w, w)
-        if (ph, pw) != (h, w):  # below the profile min: edge-pad, crop the output back
-            t = torch.nn.functional.pad(t.float(), (0, pw - w, 0, ph - h), mode="replicate").to(self._in_dtype)
-        outs = []
-        for start in range(0, n, max_n):
-            chunk = t[start:start + max_n]
-            if chunk.shape[0] < min_n:
-                chunk = torch.cat([chunk, chunk[-1:].expand(min_n - chunk.shape[0], -1, -1, -1)])
-            y = self._run_chunk(chunk.contiguous())
-            outs.append(y[: min(max_n, n - start)])
-        y = torch.cat(outs) if len(outs) > 1 else outs[0]
-        s = self.scale
-        y = y[:, :, : h * s, : w * s].float()
-        if is_numpy:
-            return y.cpu().numpy()
-        return y.to(src_device)
+    def infer(self, x: Any) -> Any:
+        """One batch already fitted to the engine's profile by the template (split, padded):
+        (n, 3, h, w) torch tensor -> (n, 3, s*h, s*w) CUDA tensor in the engine's output dtype,
+        ready on the caller's current stream."""
+        return self._run_chunk(self._ops.upload(x, self._in_dtype))
 
     def close(self) -> None:
         runner = getattr(self, "runner", None)

@@ -87,7 +87,7 @@ def prepare_fp16_onnx(onnx_path: str | Path, output: str | Path, calibration: Se
     """Write the fp16 ONNX that the strongly typed route builds from, and check it really is fp16.
 
     A graph that already holds fp16 tensors is used as is. Otherwise it is converted with
-    `sr_deploy.export.convert_to_fp16` (onnxconverter-common, float32 inputs/outputs kept),
+    `sr_deploy.onnx_graph.convert_to_fp16` (onnxconverter-common, float32 inputs/outputs kept),
     keeping in fp32 the nodes whose activations exceed the fp16 range on `calibration`
     (float32 RGB [0, 1] batches, default: `parity_inputs()`, real Set5 crops when present)
     plus `extra_block_list`.
@@ -97,7 +97,7 @@ def prepare_fp16_onnx(onnx_path: str | Path, output: str | Path, calibration: Se
     """
     import onnx
 
-    from ..export import calibrate_fp16_block_list, convert_to_fp16, count_fp16_tensors
+    from ..onnx_graph import calibrate_fp16_block_list, convert_to_fp16, count_fp16_tensors
     from ..parity import parity_inputs
 
     src, dst = Path(onnx_path), Path(output)
@@ -156,7 +156,7 @@ def _target(precision: str, strongly_typed: bool, device: str) -> _Target:
 
 
 def _onnx_scale(onnx_path: Path) -> int:
-    from ..export import read_onnx_metadata
+    from ..util.onnx_facts import read_onnx_metadata
 
     meta = read_onnx_metadata(onnx_path) or {}
     for key in ("scale", "sr_deploy.scale"):
@@ -241,7 +241,7 @@ def build_engine(
     if engine_path.resolve() == src.resolve():
         raise InputError(f"{engine_path}: the engine would overwrite the ONNX input")
 
-    from ..export import count_fp16_tensors
+    from ..onnx_graph import count_fp16_tensors
 
     source_fp16 = count_fp16_tensors(src)
     if precision == "fp32" and source_fp16:
@@ -353,7 +353,7 @@ class _BuildJob:
         return self.engine_path
 
     def _stricter_block_list(self, fp16: Fp16Onnx | None) -> list[str]:
-        from ..export import FP16_MAX_RELATIVE_ERROR, FP16_SAFE_MAX, calibrate_fp16_block_list
+        from ..onnx_graph import FP16_MAX_RELATIVE_ERROR, FP16_SAFE_MAX, calibrate_fp16_block_list
         from ..parity import parity_inputs
 
         # Stricter than the first calibration: TensorRT's fp16 kernels accumulate in fp16 too,

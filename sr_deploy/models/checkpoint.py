@@ -19,7 +19,6 @@ tensors and plain containers only, never arbitrary pickled code. That holds for 
 from __future__ import annotations
 
 import copy
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -27,7 +26,9 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ..errors import InputError
+from ..errors import InputError, first_line
+from ..util.files import atomic_write
+from ..util.files import file_sha256 as file_sha256  # re-exported: callers import it from here
 from . import registry
 from .registry import Detection, StateDict
 
@@ -87,14 +88,6 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
     return Path(name_or_path)
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save_checkpoint(
     path: str | Path,
     model: nn.Module,
@@ -120,9 +113,8 @@ def save_checkpoint(
         "metadata": dict(metadata or {}),
     }
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    with atomic_write(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 
@@ -153,6 +145,8 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     except ValueError as exc:
         raise InputError(f"{path}: {exc}") from exc
     source = _describe_source(container, detection.source)
+    if path.suffix.lower() == ".safetensors":
+        source = f"safetensors / {source}"
     return LoadedCheckpoint(
         model, detection.arch, detection.config, detection.scale, path, source, sha, file_metadata,
         detection.size_multiple, detection.live_values_per_hr_pixel, detection.notes,
@@ -287,8 +281,7 @@ def _shorten(text: str, limit: int = 160) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return first_line(exc, limit=10_000)
 
 
 def _build(path: Path, arch: str, module: type[nn.Module], config: dict, state: dict) -> nn.Module:

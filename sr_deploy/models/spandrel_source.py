@@ -66,6 +66,9 @@ class SpandrelModule(nn.Module):
         self.scale = scale
         self.size_multiple = max(1, size_multiple)
         self.minimum = minimum
+        # TorchScript tracing exports more of these architectures, and a failure there is an
+        # exception, where the dynamo exporter can crash the process (`sr_deploy.export_shapes`).
+        self.preferred_exporter = "legacy"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
@@ -81,6 +84,8 @@ class SpandrelModule(nn.Module):
             if pad_h or pad_w:
                 x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
                 padded = True
+        if not padded:
+            x = x.clone()  # some architectures scale their input in place (RCAN: x *= 255): not the caller's
         out = self._call(self.model, x)
         if padded:
             out = out[..., : height * self.scale, : width * self.scale]

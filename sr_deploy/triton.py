@@ -1,0 +1,366 @@
+"""`sr-deploy export MODEL --triton-repo DIR`: a Triton Inference Server model repository.
+
+    DIR/
+      README.md                 how to start Triton on DIR and call it
+      NAME/config.pbtxt         platform onnxruntime_onnx, dynamic N/H/W, dynamic batching, warm-up
+      NAME/1/model.onnx         (sr-deploy export: float32 RGB [0, 1] NCHW in, x scale out)
+      NAME_trt/config.pbtxt     with --engine: platform tensorrt_plan, bounds from the engine profile
+      NAME_trt/1/model.plan
+
+or, with `flavour="python"`, a Python-backend model that runs any sr-deploy backend (.pt, .onnx,
+.engine) through the same tiling as `sr-deploy upscale`, so its output equals a local run's:
+
+      NAME/config.pbtxt         backend python, parameters naming the model file and backend
+      NAME/1/model.py           a copy of `sr_deploy/triton_model.py`
+      NAME/1/<model file>
+
+Every model takes `input` (N, 3, H, W) TYPE_FP32 RGB in [0, 1] and returns `output`
+(N, 3, sH, sW) TYPE_FP32, unclamped: the ONNX file's own contract, so one client
+(`sr_deploy.serving`) talks to every flavour. In the config, `max_batch_size` is N's bound and
+the dims leave N out ([3, -1, -1]); H and W are -1 (any size). The height/width bounds of a
+TensorRT engine are its optimization profile's, which Triton reads from the plan itself; they are
+recorded in a comment in config.pbtxt and in the README, and for the ONNX model they are given to
+ONNX Runtime's TensorRT execution provider (`trt_profile_min/opt/max_shapes`) when Triton runs
+it with that accelerator.
+
+The configs are written as text (no Triton package is needed to export); the tests parse them
+with Triton's own protobuf schema. Each model folder is written beside its final place and renamed
+into it when complete, replacing an older export of the same name.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .errors import InputError
+
+FLAVOURS = ("onnx", "python")
+INSTANCE_KINDS = {"gpu": "KIND_GPU", "cpu": "KIND_CPU", "auto": "KIND_AUTO"}
+DEFAULT_NAME = "sr_deploy"
+DEFAULT_MAX_BATCH = 4
+# The ONNX model's TensorRT-accelerator profile when no engine gives one (the build-engine defaults).
+DEFAULT_PROFILE = {"min": [1, 3, 64, 64], "opt": [1, 3, 270, 480], "max": [4, 3, 540, 960]}
+MAX_QUEUE_DELAY_US = 2000
+VERSION = "1"
+
+Log = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class TritonModel:
+    """One model folder written into the repository."""
+
+    name: str
+    platform: str  # onnxruntime_onnx, tensorrt_plan, or python (backend)
+    folder: Path
+    files: list[Path] = field(default_factory=list)
+    profile: dict[str, list[int]] | None = None
+
+
+@dataclass
+class TritonRepository:
+    """What `write_triton_repository` wrote."""
+
+    path: Path
+    models: list[TritonModel]
+    readme: Path
+    scale: int
+
+
+def _shape(dims: list[int]) -> str:
+    return "x".join(str(d) for d in dims)
+
+
+def _io_block(max_batch: int) -> str:
+    return (f"max_batch_size: {max_batch}\n"
+            "input [\n"
+            "  {\n    name: \"input\"\n    data_type: TYPE_FP32\n    dims: [ 3, -1, -1 ]\n  }\n"
+            "]\n"
+            "output [\n"
+            "  {\n    name: \"output\"\n    data_type: TYPE_FP32\n    dims: [ 3, -1, -1 ]\n  }\n"
+            "]\n")
+
+
+def _batching_block() -> str:
+    # Requests of the same height and width are batched; others run on their own.
+    return f"dynamic_batching {{\n  max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US}\n}}\n"
+
+
+def _instance_block(kind: str, count: int = 1) -> str:
+    return f"instance_group [\n  {{\n    count: {count}\n    kind: {kind}\n  }}\n]\n"
+
+
+def _warmup_block(height: int, width: int) -> str:
+    return ("model_warmup [\n"
+            "  {\n"
+            f"    name: \"warmup_{height}x{width}\"\n"
+            "    batch_size: 1\n"
+            "    inputs {\n"
+            "      key: \"input\"\n"
+            "      value {\n"
+            "        data_type: TYPE_FP32\n"
+            f"        dims: [ 3, {height}, {width} ]\n"
+            "        random_data: true\n"
+            "      }\n"
+            "    }\n"
+            "  }\n"
+            "]\n")
+
+
+def _parameters_block(values: dict[str, str]) -> str:
+    return "".join(f"parameters {{\n  key: \"{key}\"\n  value {{ string_value: \"{value}\" }}\n}}\n"
+                   for key, value in values.items())
+
+
+def _profile_comment(profile: dict[str, list[int]]) -> str:
+    return (f"# input profile (N x 3 x H x W): min {_shape(profile['min'])}, opt {_shape(profile['opt'])}, "
+            f"max {_shape(profile['max'])}\n")
+
+
+def onnx_config(name: str, max_batch: int, profile: dict[str, list[int]], kind: str, scale: int,
+                fp16_accelerator: bool = True) -> str:
+    """config.pbtxt of the ONNX model: platform onnxruntime_onnx, the profile as ONNX Runtime
+    TensorRT-accelerator bounds (used when Triton runs on a GPU), warm-up at the opt size."""
+    spec = lambda key: f"input:{_shape(profile[key])}"  # noqa: E731
+    accelerator = ""
+    if kind != "KIND_CPU":
+        accelerator = ("optimization {\n  execution_accelerators {\n    gpu_execution_accelerator: [\n"
+                       "      {\n        name: \"tensorrt\"\n"
+                       + ("        parameters { key: \"precision_mode\" value: \"FP16\" }\n"
+                          if fp16_accelerator else "")
+                       + f"        parameters {{ key: \"trt_profile_min_shapes\" value: \"{spec('min')}\" }}\n"
+                       f"        parameters {{ key: \"trt_profile_opt_shapes\" value: \"{spec('opt')}\" }}\n"
+                       f"        parameters {{ key: \"trt_profile_max_shapes\" value: \"{spec('max')}\" }}\n"
+                       "      }\n    ]\n  }\n}\n")
+    return (f"# written by sr-deploy: x{scale} super-resolution, float32 RGB [0, 1] NCHW in and out\n"
+            + _profile_comment(profile)
+            + f"name: \"{name}\"\nplatform: \"onnxruntime_onnx\"\n" + _io_block(max_batch) + _batching_block()
+            + _instance_block(kind) + _warmup_block(profile["opt"][2], profile["opt"][3]) + accelerator
+            + _parameters_block({"sr_deploy.scale": str(scale)}))
+
+
+def plan_config(name: str, profile: dict[str, list[int]], scale: int) -> str:
+    """config.pbtxt of a TensorRT plan: max_batch_size and the warm-up from the engine's profile."""
+    return (f"# written by sr-deploy: x{scale} super-resolution TensorRT engine, float32 RGB [0, 1] NCHW\n"
+            + _profile_comment(profile)
+            + "# inputs outside the profile's H/W bounds are refused by TensorRT: tile them on the client\n"
+            + f"name: \"{name}\"\nplatform: \"tensorrt_plan\"\n" + _io_block(profile["max"][0]) + _batching_block()
+            + _instance_block("KIND_GPU") + _warmup_block(profile["opt"][2], profile["opt"][3])
+            + _parameters_block({"sr_deploy.scale": str(scale)}))
+
+
+def python_config(name: str, max_batch: int, kind: str, scale: int, model_file: str, backend: str,
+                  precision: str) -> str:
+    """config.pbtxt of the Python-backend model running `model_file` through sr-deploy."""
+    return (f"# written by sr-deploy: x{scale} super-resolution through sr-deploy's {backend} backend\n"
+            f"name: \"{name}\"\nbackend: \"python\"\n" + _io_block(max_batch) + _batching_block()
+            + _instance_block(kind) + _warmup_block(64, 64)
+            + _parameters_block({"sr_deploy.model": model_file, "sr_deploy.backend": backend,
+                                 "sr_deploy.precision": precision, "sr_deploy.scale": str(scale)}))
+
+
+def _check_name(name: str) -> str:
+    if not name or name.startswith(".") or any(c in name for c in "/\\ \"") or name in (".", ".."):
+        raise InputError(f"--name {name!r}: a Triton model name must be a plain folder name (no /, spaces, quotes)")
+    return name
+
+
+def _place(staging: Path, final: Path) -> None:
+    """Swap the finished `staging` folder into `final` (replacing an older export)."""
+    old = final.with_name(f".{final.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    staging.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _staging(repo: Path, name: str) -> Path:
+    folder = repo / f".{name}.partial"
+    shutil.rmtree(folder, ignore_errors=True)
+    (folder / VERSION).mkdir(parents=True)
+    return folder
+
+
+def write_triton_repository(
+    model: str,
+    repo: str | Path,
+    *,
+    name: str = DEFAULT_NAME,
+    flavour: str = "onnx",
+    engine: str | Path | None = None,
+    onnx_file: str | Path | None = None,
+    kind: str = "gpu",
+    max_batch: int = DEFAULT_MAX_BATCH,
+    backend: str = "auto",
+    precision: str = "fp32",
+    opset: int = 18,
+    verify: bool = True,
+    log: Log | None = _stderr,
+) -> TritonRepository:
+    """Write (or add to) the Triton model repository `repo`.
+
+    Args:
+        model: a checkpoint / bundled name (exported to ONNX here), or an .onnx file (copied).
+            For the python flavour any model file sr-deploy loads (.pt, .onnx, .engine).
+        name: the Triton model name (folder); the TensorRT plan is `NAME_trt`.
+        flavour: ``onnx`` (onnxruntime_onnx, + tensorrt_plan with `engine`) or ``python``.
+        engine: a TensorRT engine built from this model (with its sidecar JSON) to add as a plan.
+        onnx_file: an ONNX export already made from `model` (copied instead of exporting again).
+        kind: instance group kind: ``gpu``, ``cpu`` or ``auto``.
+        max_batch: `max_batch_size` (for a plan: the engine profile's max N).
+        backend, precision: the sr-deploy backend the python flavour runs.
+        opset, verify: passed to `sr_deploy.export.export_onnx` when exporting.
+    Raises InputError for bad arguments or files (nothing written).
+    """
+    say = log or (lambda _m: None)
+    if flavour not in FLAVOURS:
+        raise InputError(f"--triton-flavour {flavour!r}: expected one of {', '.join(FLAVOURS)}")
+    if kind not in INSTANCE_KINDS:
+        raise InputError(f"--triton-kind {kind!r}: expected one of {', '.join(INSTANCE_KINDS)}")
+    if max_batch < 1:
+        raise InputError(f"--max-batch must be >= 1, got {max_batch}")
+    name = _check_name(name)
+    repo = Path(repo)
+    if repo.exists() and not repo.is_dir():
+        raise InputError(f"{repo}: exists and is not a folder (the Triton repository must be a folder)")
+    engine_path = Path(engine) if engine is not None else None
+    sidecar = None
+    if engine_path is not None:
+        if flavour != "onnx":
+            raise InputError("--engine goes with the onnx flavour (the python flavour takes the engine as MODEL)")
+        from .engine import read_sidecar
+
+        if not engine_path.is_file():
+            raise InputError(f"{engine_path}: no such engine file")
+        sidecar = read_sidecar(engine_path)
+        if sidecar is None or not sidecar.profile:
+            raise InputError(f"{engine_path}: no sidecar JSON with the engine's profile ({engine_path.name}.json); "
+                             "build it with sr-deploy build-engine")
+    repo.mkdir(parents=True, exist_ok=True)
+    models: list[TritonModel] = []
+    kind_text = INSTANCE_KINDS[kind]
+
+    if flavour == "python":
+        from .model_file import model_file_scale
+
+        source, scale = model_file_scale(model)
+        staging = _staging(repo, name)
+        try:
+            shutil.copyfile(source, staging / VERSION / source.name)
+            extra = source.with_name(source.name + ".json")
+            if source.suffix.lower() in (".engine", ".plan") and extra.is_file():
+                shutil.copyfile(extra, staging / VERSION / extra.name)
+            shutil.copyfile(Path(__file__).with_name("triton_model.py"), staging / VERSION / "model.py")
+            (staging / "config.pbtxt").write_text(
+                python_config(name, max_batch, kind_text, scale, source.name, backend, precision))
+            _place(staging, repo / name)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        folder = repo / name
+        models.append(TritonModel(name, "python", folder, [folder / "config.pbtxt", folder / VERSION / "model.py",
+                                                           folder / VERSION / source.name]))
+    else:
+        from .models import resolve_model_path
+
+        source = resolve_model_path(model)
+        staging = _staging(repo, name)
+        try:
+            onnx_target = staging / VERSION / "model.onnx"
+            given = Path(onnx_file) if onnx_file is not None else (source if source.suffix.lower() == ".onnx"
+                                                                   else None)
+            if given is not None:
+                if not given.is_file():
+                    raise InputError(f"{given}: no such ONNX file")
+                shutil.copyfile(given, onnx_target)
+            else:
+                from .export import export_onnx
+
+                export_onnx(model, onnx_target, opset=opset, verify=verify, log=log)
+            from .model_file import onnx_file_scale
+
+            scale = onnx_file_scale(onnx_target)
+            profile = sidecar.profile if sidecar is not None else DEFAULT_PROFILE
+            (staging / "config.pbtxt").write_text(onnx_config(name, max_batch, profile, kind_text, scale))
+            _place(staging, repo / name)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        folder = repo / name
+        models.append(TritonModel(name, "onnxruntime_onnx", folder,
+                                  [folder / "config.pbtxt", folder / VERSION / "model.onnx"], profile))
+        if engine_path is not None and sidecar is not None:
+            plan_name = f"{name}_trt"
+            staging = _staging(repo, plan_name)
+            try:
+                shutil.copyfile(engine_path, staging / VERSION / "model.plan")
+                (staging / "config.pbtxt").write_text(plan_config(plan_name, sidecar.profile, scale))
+                _place(staging, repo / plan_name)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            folder = repo / plan_name
+            models.append(TritonModel(plan_name, "tensorrt_plan", folder,
+                                      [folder / "config.pbtxt", folder / VERSION / "model.plan"], sidecar.profile))
+    readme = write_readme(repo, models, scale)
+    for item in models:
+        say(f"wrote {item.folder}/ ({item.platform})")
+    return TritonRepository(repo, models, readme, scale)
+
+
+def write_readme(repo: Path, models: list[TritonModel], scale: int) -> Path:
+    """README.md of the repository: what is in it, how to start Triton and how to call it."""
+    from .imaging import atomic_write_bytes
+
+    present = sorted(p.parent.name for p in repo.glob("*/config.pbtxt"))
+    lines = [
+        "# Triton model repository (written by sr-deploy)",
+        "",
+        f"Models here: {', '.join(f'`{n}`' for n in present)}. Each takes `input`, (N, 3, H, W) TYPE_FP32 RGB in "
+        f"[0, 1], and returns `output`, (N, 3, {scale}H, {scale}W) TYPE_FP32, unclamped (clamp and round to "
+        "8 bits yourself, or use `sr_deploy.serving`). N is at most `max_batch_size`; requests of the same "
+        "size are batched by Triton's dynamic batcher.",
+        "",
+    ]
+    for item in models:
+        lines.append(f"- `{item.name}`: {item.platform}"
+                     + (f", input profile min {_shape(item.profile['min'])}, opt {_shape(item.profile['opt'])}, "
+                        f"max {_shape(item.profile['max'])} (N x 3 x H x W)" if item.profile else ""))
+    lines += [
+        "",
+        "## Start Triton on it",
+        "",
+        "```bash",
+        f"docker run --gpus all --rm -p 8000:8000 -p 8001:8001 -v $PWD/{repo.name}:/models \\",
+        "    nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models",
+        "```",
+        "",
+        "A TensorRT plan only runs on the GPU model and TensorRT version it was built with: use the Triton",
+        "container whose TensorRT matches the engine's sidecar JSON. The ONNX model runs anywhere ONNX Runtime",
+        "does; for CPU serving set `kind: KIND_CPU` in its `instance_group`.",
+        "The python-backend flavour needs `pip install sr-deploy` in the server's Python environment (the",
+        "`nvcr.io/nvidia/tritonserver:<yy.mm>-py3` image has one); `nvidia-pytriton`'s bundled",
+        "`tritonserver` serves it too (see docs/scale-out.md).",
+        "",
+        "## Call it",
+        "",
+        "```python",
+        "from sr_deploy.serving import upscale_file",
+        f"upscale_file(\"http://127.0.0.1:8000\", \"{models[0].name}\", \"photo.png\", \"photo_x{scale}.png\")",
+        "```",
+        "",
+        "or with `tritonclient` directly: send `input` as FP32 (1, 3, H, W) RGB in [0, 1] and read `output`.",
+        "",
+    ]
+    readme = repo / "README.md"
+    atomic_write_bytes(readme, "\n".join(lines).encode())
+    return readme

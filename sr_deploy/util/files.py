@@ -1,0 +1,97 @@
+"""Files: write atomically, hash, check an output path.
+
+Every file sr-deploy writes goes through `atomic_write` (or its text / bytes shortcuts): the data is
+written under a hidden temporary name beside the target (same folder, so same filesystem and the
+rename is atomic), then renamed over the target. A crash, Ctrl-C or full disk leaves the target
+as it was, never half-written, and the temporary file is removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..errors import InputError
+
+__all__ = [
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "check_output_path",
+    "file_sha256",
+    "partial_path",
+]
+
+
+def partial_path(target: str | Path) -> Path:
+    """The temporary name `target` is written under before the rename: hidden, beside it, same
+    extension (writers such as ffmpeg and matplotlib pick the format from it).
+    ``out/w.png`` -> ``out/.w.partial.png``."""
+    target = Path(target)
+    return target.with_name(f".{target.stem}.partial{target.suffix}")
+
+
+@contextlib.contextmanager
+def atomic_write(target: str | Path, *, make_parents: bool = False) -> Iterator[Path]:
+    """Yield the temporary path to write `target` under; on a clean exit rename it over `target`.
+
+    On any exception (including KeyboardInterrupt) the temporary file is removed and `target` is
+    left untouched. The caller writes the yielded path with whatever writer it has
+    (`torch.save`, `onnx.save_model`, `fig.savefig`, `Path.write_text`...)::
+
+        with atomic_write(path) as tmp:
+            torch.save(payload, tmp)
+
+    Args:
+        target: the final file.
+        make_parents: create the target's folder first (otherwise a missing folder is an OSError).
+    """
+    target = Path(target)
+    if make_parents:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial_path(target)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(target: str | Path, data: bytes, *, make_parents: bool = False) -> Path:
+    """Write `data` to `target` atomically (flushed to disk before the rename); returns `target`."""
+    target = Path(target)
+    with atomic_write(target, make_parents=make_parents) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    return target
+
+
+def atomic_write_text(target: str | Path, text: str, *, make_parents: bool = False) -> Path:
+    """Write `text` (UTF-8) to `target` atomically; returns `target`."""
+    return atomic_write_bytes(target, text.encode("utf-8"), make_parents=make_parents)
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """The sha256 hex digest of a file's bytes, read in `chunk`-sized blocks (constant memory)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_output_path(path: str | Path) -> Path:
+    """`path` as a Path; InputError unless it can be written: its folder exists and it is not a folder.
+    Meant to run before long work, not after minutes of it."""
+    path = Path(path)
+    if not path.parent.exists():
+        raise InputError(f"{path}: the folder {path.parent} does not exist")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, expected a file name")
+    return path

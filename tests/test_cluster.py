@@ -1,0 +1,244 @@
+"""`sr-deploy upscale --ray` on a real local Ray cluster (2 CPUs, two actors, a tiny x4 model).
+
+Checked against a local run of the same jobs: images byte for byte, a video frame by frame
+(lossless x264, so decoded frames must be identical) with the same timestamps and the audio; a
+bad input fails only itself; existing outputs are skipped; killing one actor mid-job still ends
+with every output complete. The cluster listens on 127.0.0.1 only and is shut down at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from _upscale_support import save_tiny_srvgg
+
+from sr_deploy.upscale import UpscaleOptions, upscale
+from sr_deploy.video import find_ffmpeg
+
+ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'sr-deploy[ray]')")
+
+ROOT = Path(__file__).resolve().parent.parent
+ACTOR_TITLE = b"ray::MapWorker(MapBatches(_Upscaler))"
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local cluster with 2 CPUs on the loopback interface; its GCS address."""
+    from sr_deploy.cluster import import_ray
+
+    import_ray()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024 * 1024,
+             logging_level="warning", _node_ip_address="127.0.0.1")
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return save_tiny_srvgg(tmp_path_factory.mktemp("model") / "tiny.pt")
+
+
+def _options(model: Path, **kw) -> UpscaleOptions:
+    return UpscaleOptions(model=str(model), device="cpu", precision="fp32", progress=False, **kw)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_images_on_ray_are_byte_identical_to_a_local_run(ray_cluster, tiny_model, set5_dir, tmp_path):
+    from sr_deploy.cluster import RayOptions, upscale_on_ray
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for path in sorted(set5_dir.glob("*.png"))[:4]:
+        (inputs / path.name).write_bytes(path.read_bytes())
+    (inputs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    logs: list[str] = []
+
+    local = upscale([inputs], tmp_path / "local", _options(tiny_model), log=logs.append)
+    on_ray = upscale_on_ray([inputs], tmp_path / "ray", _options(tiny_model), RayOptions(actors=2), logs.append)
+
+    assert len(on_ray.done) == 4 and len(local.done) == 4
+    # the bad input fails only itself, with one line naming it
+    assert [(source.name, code) for source, _, code in on_ray.failed] == [("broken.png", 2)]
+    assert on_ray.failed[0][1] == local.failed[0][1]  # the same one line as a local run
+    assert "broken.png" in on_ray.failed[0][1] and "\n" not in on_ray.failed[0][1]
+    assert _files(tmp_path / "ray") == _files(tmp_path / "local")  # byte for byte, no partial files left
+
+    # resume: outputs that exist are skipped; a missing one is redone
+    (tmp_path / "ray" / "bird.png").unlink()
+    again = upscale_on_ray([inputs], tmp_path / "ray", _options(tiny_model), RayOptions(actors=2), logs.append)
+    assert [p.name for p in again.done] == ["bird.png"] and len(again.skipped) == 3
+    assert _files(tmp_path / "ray") == _files(tmp_path / "local")
+
+
+def _small_clip(video_dir: Path, target: Path) -> Path:
+    """Real footage (mov_bbb.mp4, with its audio), 2 s at 160x88 with a keyframe every 12 frames."""
+    subprocess.run([find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-i",
+                    str(video_dir / "mov_bbb.mp4"), "-t", "2", "-vf", "scale=160:88", "-c:v", "libx264",
+                    "-g", "12", "-keyint_min", "12", "-sc_threshold", "0", "-bf", "2", "-c:a", "aac", str(target)],
+                   check=True)
+    return target
+
+
+def _frame_md5s(path: Path) -> list[tuple[str, ...]]:
+    """(pts, duration, md5 of the decoded frame) of every video frame."""
+    out = subprocess.run([find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-nostdin", "-i", str(path),
+                          "-map", "0:v:0", "-f", "framemd5", "-"], capture_output=True, text=True, check=True).stdout
+    rows = [line.split(",") for line in out.splitlines() if line and not line.startswith("#")]
+    return [(r[2].strip(), r[3].strip(), r[5].strip()) for r in rows]
+
+
+def test_video_on_ray_is_frame_exact(ray_cluster, tiny_model, video_dir, tmp_path):
+    from sr_deploy.cluster import RayOptions, split_video, upscale_on_ray
+    from sr_deploy.video import probe_video
+
+    clip = _small_clip(video_dir, tmp_path / "clip.mp4")
+    # the clip really is cut into several independently decodable pieces, every packet in one
+    pieces = split_video(clip, tmp_path / "parts", 0.5)
+    assert len(pieces) >= 3 and sum(packets for _, packets in pieces) == 50
+    lossless = {"codec": "libx264", "crf": 0, "preset": "ultrafast", "segment_seconds": 0.5}
+    local = upscale([clip], tmp_path / "local.mp4", _options(tiny_model, **lossless), log=lambda m: None)
+    on_ray = upscale_on_ray([clip], tmp_path / "ray.mp4", _options(tiny_model, **lossless), RayOptions(actors=2),
+                            lambda m: None)
+    assert local.done and on_ray.done and not on_ray.failed
+    expected = _frame_md5s(tmp_path / "local.mp4")
+    assert len(expected) == 50
+    assert _frame_md5s(tmp_path / "ray.mp4") == expected  # same frames, same order, same timestamps
+    assert probe_video(tmp_path / "ray.mp4").audio == ("aac",)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "local.mp4", "parts", "ray.mp4"]
+
+
+def test_an_interrupted_video_resumes_with_its_missing_pieces(ray_cluster, tiny_model, video_dir, tmp_path):
+    """Pieces left by an interrupted run (made here by the same functions the actors run) are not
+    sent again: only the missing one goes to the cluster, and the output equals a full run's."""
+    from sr_deploy.backends import load
+    from sr_deploy.cluster import (
+        RayOptions,
+        _model_files,
+        _model_id,
+        _Resume,
+        split_video,
+        upscale_on_ray,
+        upscale_piece,
+    )
+    from sr_deploy.upscale import Job
+
+    clip = _small_clip(video_dir, tmp_path / "clip.mp4")
+    options = _options(tiny_model, codec="libx264", crf=0, preset="ultrafast", segment_seconds=0.5)
+    full = upscale([clip], tmp_path / "full.mp4", options, log=lambda m: None)
+    assert full.done
+
+    target = tmp_path / "out" / "clip.mp4"
+    target.parent.mkdir()
+    resume = _Resume.open(Job(clip, target, "video"), options, _model_id(*_model_files(str(tiny_model))))
+    pieces = split_video(clip, tmp_path / "pieces", 0.5)
+    backend = load(tiny_model, "cpu", "fp32")
+    for part, (piece, _) in enumerate(pieces[:-1]):  # the run "died" before the last piece
+        output, frames = upscale_piece(backend, piece, ".mp4", options, lambda m: None)
+        resume.add(part, output.read_bytes(), frames)
+    logs: list[str] = []
+    result = upscale_on_ray([clip], target.parent, options, RayOptions(actors=2), logs.append)
+    assert result.done == [target] and not result.failed
+    assert f"{clip}: resuming: {len(pieces) - 1} of {len(pieces)} pieces already done" in logs
+    assert any(line.startswith("ray: 1 item(s) (0 image(s), 1 video piece(s))") for line in logs)
+    assert _frame_md5s(target) == _frame_md5s(tmp_path / "full.mp4")
+    assert sorted(p.name for p in target.parent.iterdir()) == ["clip.mp4"]  # the pieces folder is gone
+
+
+def _actor_pids() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "cmdline").read_bytes().startswith(ACTOR_TITLE):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the actor processes in /proc")
+def test_killing_an_actor_mid_job_still_completes(ray_cluster, tiny_model, set5_dir, set14_dir, tmp_path):
+    """The CLI, connected to the running cluster: one of its two actors is SIGKILLed once the first
+    output is written; Ray restarts it, re-runs its block, and every output is complete and equal
+    to a local run's."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for path in sorted(set5_dir.glob("*.png")) + sorted(set14_dir.glob("*.png"))[:9]:
+        (inputs / path.name).write_bytes(path.read_bytes())
+    local = upscale([inputs], tmp_path / "local", _options(tiny_model), log=lambda m: None)
+    assert len(local.done) == 14
+
+    out = tmp_path / "ray"
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    command = [sys.executable, "-m", "sr_deploy", "upscale", str(inputs), "-o", str(out), "--model",
+               str(tiny_model), "--device", "cpu", "--precision", "fp32", "--no-progress", "--ray-actors", "2",
+               f"--ray={ray_cluster}"]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed: list[tuple[int, int]] = []  # (pid, outputs present when it was killed)
+
+    def kill_one_actor() -> None:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and proc.poll() is None:
+            pids = _actor_pids()
+            done = [p for p in out.glob("*.png")] if out.exists() else []
+            if done and pids:
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append((pids[0], len(done)))
+                return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_one_actor)
+    killer.start()
+    try:
+        _, stderr = proc.communicate(timeout=150)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        killer.join()
+    assert killed, f"no actor was found to kill; stderr: {stderr[-2000:]}"
+    pid, present = killed[0]
+    assert present < 14, "the job had already finished when the actor was killed"
+    assert not Path(f"/proc/{pid}").exists() or b"zombie" in Path(f"/proc/{pid}/status").read_bytes().lower()
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "upscale: 14 done, 0 skipped (already there), 0 failed" in stderr
+    assert _files(out) == _files(tmp_path / "local")
+
+
+def test_ray_flag_without_ray_installed_names_the_extra(tmp_path, set5_dir):
+    """`--ray` where `import ray` fails: one line naming the extra, exit code 2, no traceback."""
+    blocker = tmp_path / "block"
+    blocker.mkdir()
+    (blocker / "ray").mkdir()
+    (blocker / "ray" / "__init__.py").write_text("raise ImportError('No module named ray')\n")
+    env = dict(os.environ, PYTHONPATH=f"{blocker}{os.pathsep}{ROOT}")
+    proc = subprocess.run([sys.executable, "-m", "sr_deploy", "upscale", str(set5_dir / "bird.png"), "-o",
+                           str(tmp_path / "out.png"), "--ray"], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("error: Ray is not installed: pip install 'sr-deploy[ray]' "
+                                   "(on the driver and every node)")
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_a_bad_model_is_refused_on_the_driver_before_any_actor_starts(tmp_path, set5_dir):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    proc = subprocess.run([sys.executable, "-m", "sr_deploy", "upscale", str(set5_dir / "bird.png"), "-o",
+                           str(tmp_path / "out.png"), "--model", str(bad), "--ray"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith(f"error: {bad}: not a PyTorch checkpoint")
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "out.png").exists()
