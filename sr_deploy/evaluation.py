@@ -42,6 +42,9 @@ from .metrics import bicubic_degrade, imresize, modcrop, psnr, ssim, to_uint8
 
 METRICS = ("psnr", "ssim", "lpips", "lpips-vgg")
 LPIPS_NETS = {"lpips": "alex", "lpips-vgg": "vgg"}
+# metric -> (name in tables and summaries, column width, number format)
+_COLUMNS = {"psnr": ("PSNR", 10, "{:.3f}"), "ssim": ("SSIM", 7, "{:.4f}"), "lpips": ("LPIPS", 9, "{:.4f}"),
+            "lpips-vgg": ("LPIPS-VGG", 9, "{:.4f}")}
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -83,42 +86,32 @@ class DatasetResult:
                     item[key] = "inf"
         return data
 
-    def _cells(self, psnr_value: float, ssim_value: float, lpips: dict[str, float]) -> list[str]:
-        """The requested metrics of one row, formatted, in `self.metrics` order."""
-        cells = []
-        for metric in self.metrics:
-            if metric == "psnr":
-                cells.append(f"{psnr_value:>10.3f}")
-            elif metric == "ssim":
-                cells.append(f"{ssim_value:>7.4f}")
-            else:
-                cells.append(f"{lpips[metric]:>9.4f}")
-        return cells
+    def _values(self, psnr_value: float, ssim_value: float, lpips: dict[str, float]) -> list[float]:
+        """The requested metrics of one row (or of the means), in `self.metrics` order."""
+        values = {"psnr": psnr_value, "ssim": ssim_value, **lpips}
+        return [values[metric] for metric in self.metrics]
 
     def summary(self, model: str = "") -> str:
         """One line: `Set5 x4 bicubic: PSNR 28.419 dB, SSIM 0.8102, LPIPS 0.3407 (5 images)`."""
         who = f" {model}" if model else ""
-        parts = []
-        for metric in self.metrics:
-            if metric == "psnr":
-                parts.append(f"PSNR {self.mean_psnr:.3f} dB")
-            elif metric == "ssim":
-                parts.append(f"SSIM {self.mean_ssim:.4f}")
-            else:
-                parts.append(f"{metric.upper()} {self.mean_lpips[metric]:.4f}")
+        means = self._values(self.mean_psnr, self.mean_ssim, self.mean_lpips)
+        parts = [f"{_COLUMNS[m][0]} {_COLUMNS[m][2].format(v)}{' dB' if m == 'psnr' else ''}"
+                 for m, v in zip(self.metrics, means)]
         return f"{self.name} x{self.scale}{who}: {', '.join(parts)} ({len(self.images)} images)"
 
     def table(self) -> str:
         """Per-image rows and the mean, fixed-width text."""
         width = max([len("image"), len("mean"), *(len(r.name) for r in self.images)])
-        titles = {"psnr": f"{'PSNR (dB)':>10}", "ssim": f"{'SSIM':>7}", "lpips": f"{'LPIPS':>9}",
-                  "lpips-vgg": f"{'LPIPS-VGG':>9}"}
-        lines = [f"{self.name} (x{self.scale})", f"{'image':<{width}}  " + "  ".join(titles[m] for m in self.metrics)]
-        lines.append("-" * len(lines[-1]))
-        for r in self.images:
-            lines.append(f"{r.name:<{width}}  " + "  ".join(self._cells(r.psnr, r.ssim, r.lpips)))
-        lines.append("-" * len(lines[1]))
-        lines.append(f"{'mean':<{width}}  " + "  ".join(self._cells(self.mean_psnr, self.mean_ssim, self.mean_lpips)))
+
+        def row(label: str, values: list[float]) -> str:
+            cells = [_COLUMNS[m][2].format(v).rjust(_COLUMNS[m][1]) for m, v in zip(self.metrics, values)]
+            return f"{label:<{width}}  " + "  ".join(cells)
+
+        header = f"{'image':<{width}}  " + "  ".join(
+            (f"{_COLUMNS[m][0]} (dB)" if m == "psnr" else _COLUMNS[m][0]).rjust(_COLUMNS[m][1]) for m in self.metrics)
+        lines = [f"{self.name} (x{self.scale})", header, "-" * len(header)]
+        lines += [row(r.name, self._values(r.psnr, r.ssim, r.lpips)) for r in self.images]
+        lines += ["-" * len(header), row("mean", self._values(self.mean_psnr, self.mean_ssim, self.mean_lpips))]
         return "\n".join(lines)
 
 
