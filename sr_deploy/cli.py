@@ -76,6 +76,8 @@ def _with_realism(model: str, gan_model: str | None, realism: float | None) -> s
 def info(model: str, as_json: bool) -> None:
     """Describe MODEL: a checkpoint (.pt/.pth/.ckpt/.safetensors: ours, BasicSR, ESRGAN,
     leftthomas/SRGAN, or any architecture spandrel knows) or `default`."""
+    from .backends.cpu_precision import auto_precision
+    from .backends.torch_backend import resolve_device
     from .models import count_flops_per_lr_pixel, count_parameters, load_checkpoint
 
     ckpt = load_checkpoint(model)
@@ -92,6 +94,8 @@ def info(model: str, as_json: bool) -> None:
         "notes": ckpt.notes,
         "metadata": ckpt.metadata,
     }
+    choice = auto_precision(ckpt.model, ckpt.sha256, ckpt.scale, resolve_device("auto"))
+    desc["auto_precision"] = {"precision": choice.precision, "reason": choice.reason}
     if as_json:
         click.echo(json.dumps(desc, indent=2, default=str))
         return
@@ -104,6 +108,7 @@ def info(model: str, as_json: bool) -> None:
     click.echo(f"FLOPs:       {desc['mflops_per_lr_pixel']:.2f} MFLOP per low-resolution pixel "
                f"({desc['mflops_per_lr_pixel'] * lr_pixels / 1e3:.1f} GFLOP for a 1080p output at x{desc['scale']})")
     click.echo(f"sha256:      {desc['sha256']}")
+    click.echo(f"precision:   auto here = {desc['auto_precision']['reason']}")
     if ckpt.size_multiple > 1:
         click.echo(f"input size:  padded inside to a multiple of {ckpt.size_multiple} (any size works)")
     for note in ckpt.notes:
@@ -302,7 +307,9 @@ def build_engine(model: str, output: str | None, precision: str, min_shape: str 
               default="auto", show_default=True, help="Runtime; auto: TensorRT for an engine, else the fastest.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto",
-              show_default=True, help="Compute precision; auto: fp16 on CUDA, fp32 on the CPU.")
+              show_default=True,
+              help="Compute precision; auto: fp16 on CUDA; on the CPU bf16 where the CPU has AMX and the model's "
+                   "bf16 parity is >= 50 dB, else fp32.")
 @click.option("--tile", type=int, default=None,
               help="Tile edge in input pixels; 0 turns tiling off; default: automatic from memory.")
 @click.option("--tile-overlap", type=int, default=16, show_default=True,

@@ -389,9 +389,11 @@ class _Segment:
     last_pts: int
 
 
-def _read_manifest(folder: Path, key: dict) -> list[_Segment]:
-    """The finished segments recorded in `folder` for this `key`; [] (and the folder emptied) when
-    there is none, it is unreadable, or it was made for another input / model / setting."""
+def _read_manifest(folder: Path, key: dict) -> tuple[list[_Segment], list[str]]:
+    """The finished segments recorded in `folder` for this `key`, and the damage seen while
+    decoding them (so a resumed run still knows its input was damaged before the resume point);
+    ([], []) and the folder emptied when there is none, it is unreadable, or it was made for
+    another input / model / setting."""
     try:
         data = json.loads((folder / _MANIFEST).read_text())
         if data.get("key") != key:
@@ -399,15 +401,15 @@ def _read_manifest(folder: Path, key: dict) -> list[_Segment]:
         segments = [_Segment(**s) for s in data["segments"]]
         if not all((folder / s.file).is_file() for s in segments):
             raise ValueError("a segment is missing")
-        return segments
+        return segments, [str(m) for m in data.get("damage", [])]
     except (OSError, ValueError, KeyError, TypeError):
         shutil.rmtree(folder, ignore_errors=True)
-        return []
+        return [], []
 
 
-def _write_manifest(folder: Path, key: dict, segments: list[_Segment]) -> None:
+def _write_manifest(folder: Path, key: dict, segments: list[_Segment], damage: list[str]) -> None:
     tmp = folder / (_MANIFEST + ".tmp")
-    tmp.write_text(json.dumps({"key": key, "segments": [s.__dict__ for s in segments]}, indent=1))
+    tmp.write_text(json.dumps({"key": key, "segments": [s.__dict__ for s in segments], "damage": damage}, indent=1))
     os.replace(tmp, folder / _MANIFEST)
 
 
@@ -441,8 +443,10 @@ class _SegmentWriter:
     session (so it starts with a keyframe and decodes on its own). A segment is renamed into
     place and recorded in the manifest only once it is complete."""
 
-    def __init__(self, folder: Path, key: dict, done: list[_Segment], settings: _EncodeSettings, seconds: float):
+    def __init__(self, folder: Path, key: dict, done: list[_Segment], settings: _EncodeSettings, seconds: float,
+                 damage: list[str]):
         self.folder, self.key, self.segments, self.settings = folder, key, done, settings
+        self.damage = damage  # shared with the reader: recorded with every finished segment
         self.span = max(1, int(seconds / settings.time_base)) if seconds > 0 else None
         self.container: Any = None
         self.stream: Any = None
@@ -498,7 +502,7 @@ class _SegmentWriter:
         self.container = None
         os.replace(self.folder / (self.current.file + ".partial"), self.folder / self.current.file)
         self.segments.append(self.current)
-        _write_manifest(self.folder, self.key, self.segments)
+        _write_manifest(self.folder, self.key, self.segments, self.damage)
         self.current = None
 
     def abort(self) -> None:
@@ -858,9 +862,12 @@ def upscale_video(
                                "overlap": overlap, "segment_seconds": segment_seconds, "deep": deep})
     target.parent.mkdir(parents=True, exist_ok=True)
     folder = segments_dir(target)
-    done: list[_Segment] = _read_manifest(folder, key) if resume and folder.is_dir() else []
+    done, damage = _read_manifest(folder, key) if resume and folder.is_dir() else ([], [])
     if not resume:
         shutil.rmtree(folder, ignore_errors=True)
+    if damage and not allow_partial:  # seen by an earlier --allow-partial run, before the resume point
+        shutil.rmtree(folder, ignore_errors=True)
+        raise VideoDamaged(damage[0])
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob("*.partial"):  # a segment cut short by a kill
         stale.unlink()
@@ -870,8 +877,8 @@ def upscale_video(
         log(f"{source}: resuming after frame {resumed_from} ({len(done)} finished segments in {folder.name})")
 
     step = max(1, round(1 / (info.rate * info.time_base)))
-    writer = _SegmentWriter(folder, key, done, settings, segment_seconds)
-    state = _DecodeState(frames=resumed_from)
+    state = _DecodeState(frames=resumed_from, damage=damage)
+    writer = _SegmentWriter(folder, key, done, settings, segment_seconds, state.damage)
     stop = threading.Event()
     decoded: queue.Queue = queue.Queue(maxsize=_QUEUE_DEPTH)
     upscaled: queue.Queue = queue.Queue(maxsize=_QUEUE_DEPTH)
