@@ -32,10 +32,6 @@ MAX_FUNCTION_LINES = 80
 PENDING = {
     "sr_deploy/cluster.py:run_jobs_on_ray": "the scaleout engineer (issue 19)",
     "sr_deploy/triton.py:write_triton_repository": "the scaleout engineer (issue 19)",
-    "train/trainer.py": "module: the training package (issue 14)",
-    "train/trainer.py:Trainer.__init__": "the training package (issue 14)",
-    "train/trainer.py:Trainer.run": "the training package (issue 14)",
-    "train/bootstrap_srresnet.py:main": "the training package (issue 14)",
 }
 
 
