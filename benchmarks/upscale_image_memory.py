@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from _upscale_support import save_tiny_srvgg
+from _upscale_support import save_tiny_srvgg  # noqa: E402 - after the sys.path lines above
 
 
 def png_size(path: Path) -> tuple[int, int]:

@@ -54,12 +54,30 @@ def _not_implemented(command: str) -> None:
     raise InputError(f"sr-deploy {command}: not implemented yet")
 
 
+def _realism_options(func):
+    """`--realism A` and `--gan-model PATH`: ESRGAN network interpolation at use time
+    (`sr_deploy.realism.resolve_realism`)."""
+    func = click.option("--gan-model", default=None, metavar="PATH",
+                        help="The GAN end for --realism (default: default-gan when the model is default).")(func)
+    return click.option("--realism", type=float, default=None, metavar="A",
+                        help="Blend the model with its GAN partner: 0 = the model (PSNR-oriented), 1 = the GAN "
+                             "model, between = network interpolation (ESRGAN).")(func)
+
+
+def _with_realism(model: str, gan_model: str | None, realism: float | None) -> str:
+    from .realism import resolve_realism
+
+    return resolve_realism(model, gan_model, realism)
+
+
 @cli.command()
 @click.argument("model")
 @click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
 def info(model: str, as_json: bool) -> None:
     """Describe MODEL: a checkpoint (.pt/.pth/.ckpt/.safetensors: ours, BasicSR, ESRGAN,
     leftthomas/SRGAN, or any architecture spandrel knows) or `default`."""
+    from .backends.cpu_precision import auto_precision
+    from .backends.torch_backend import resolve_device
     from .models import count_flops_per_lr_pixel, count_parameters, load_checkpoint
 
     ckpt = load_checkpoint(model)
@@ -76,6 +94,8 @@ def info(model: str, as_json: bool) -> None:
         "notes": ckpt.notes,
         "metadata": ckpt.metadata,
     }
+    choice = auto_precision(ckpt.model, ckpt.sha256, ckpt.scale, resolve_device("auto"))
+    desc["auto_precision"] = {"precision": choice.precision, "reason": choice.reason}
     if as_json:
         click.echo(json.dumps(desc, indent=2, default=str))
         return
@@ -88,6 +108,7 @@ def info(model: str, as_json: bool) -> None:
     click.echo(f"FLOPs:       {desc['mflops_per_lr_pixel']:.2f} MFLOP per low-resolution pixel "
                f"({desc['mflops_per_lr_pixel'] * lr_pixels / 1e3:.1f} GFLOP for a 1080p output at x{desc['scale']})")
     click.echo(f"sha256:      {desc['sha256']}")
+    click.echo(f"precision:   auto here = {desc['auto_precision']['reason']}")
     if ckpt.size_multiple > 1:
         click.echo(f"input size:  padded inside to a multiple of {ckpt.size_multiple} (any size works)")
     for note in ckpt.notes:
@@ -124,15 +145,25 @@ def sample(output: str) -> None:
               help="Write the scored SR images to DIR/<dataset>/.")
 @click.option("--lr-dir", "lr_dirs", multiple=True, type=click.Path(path_type=str),
               help="Ready-made LR images (one folder per --dataset, same order) instead of bicubic.")
+@click.option("--metrics", default="psnr,ssim", show_default=True,
+              help="Comma list of psnr, ssim, lpips (LPIPS-Alex), lpips-vgg.")
+@click.option("--perceptual-weights", default=None, metavar="PATH",
+              help="LPIPS weights: lpips_alexnet_imagenet.npz / lpips_vgg16_imagenet.npz or their folder "
+                   "[default: $SR_DEPLOY_PERCEPTUAL_WEIGHTS, the torch hub cache, ~/.cache/sr_deploy/perceptual].")
+@_realism_options
 @click.option("--quiet", is_flag=True, help="Only the one-line summaries, no per-image table or progress.")
 def eval_(model: str, datasets: tuple[str, ...], scale: int, backend: str, device: str, precision: str,
-          json_path: str | None, save_dir: str | None, lr_dirs: tuple[str, ...], quiet: bool) -> None:
+          json_path: str | None, save_dir: str | None, lr_dirs: tuple[str, ...], metrics: str,
+          perceptual_weights: str | None, realism: float | None, gan_model: str | None, quiet: bool) -> None:
     """Score MODEL (a model file, `default`, or `bicubic`) on benchmark sets: PSNR / SSIM on Y,
-    `scale` px borders cropped, LR by MATLAB bicubic, as the papers' tables."""
-    from .evaluation import run_eval, write_json
+    `scale` px borders cropped, LR by MATLAB bicubic, as the papers' tables; LPIPS on request."""
+    from .evaluation import parse_metrics, run_eval, write_json
 
+    metric_names = parse_metrics(metrics)
+    model = _with_realism(model, gan_model, realism)
     upscaler, results = run_eval(model, datasets, scale, backend=backend, device=device, precision=precision,
-                                 lr_dirs=lr_dirs or None, save_dir=save_dir, progress=not quiet)
+                                 lr_dirs=lr_dirs or None, save_dir=save_dir, progress=not quiet,
+                                 metrics=metric_names, perceptual_weights=perceptual_weights)
     if not quiet:
         for result in results:
             click.echo(result.table() + "\n")
@@ -166,11 +197,13 @@ def eval_(model: str, datasets: tuple[str, ...], scale: int, backend: str, devic
               help="Instance group kind.")
 @click.option("--max-batch", type=click.IntRange(min=1), default=4, show_default=True,
               help="Triton max_batch_size (a plan's comes from its profile).")
+@_realism_options
 @click.option("--backend", "triton_backend", type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]),
               default="auto", show_default=True, help="Python flavour: the sr-deploy backend the server runs.")
 def export(model: str, output: str | None, static: str | None, opset: int, exporter: str, fp16: bool,
            simplify: bool, no_verify: bool, triton_repo: str | None, triton_name: str, triton_flavour: str,
-           engine: str | None, triton_kind: str, max_batch: int, triton_backend: str) -> None:
+           engine: str | None, triton_kind: str, max_batch: int, realism: float | None, gan_model: str | None,
+           triton_backend: str) -> None:
     """Export MODEL (a .pt/.pth/.ckpt/.safetensors checkpoint or `default`) to one self-contained ONNX file.
 
     Dynamic batch/height/width where the architecture allows (else a static graph, said why),
@@ -184,6 +217,7 @@ def export(model: str, output: str | None, static: str | None, opset: int, expor
     def log(message: str) -> None:
         click.echo(message, err=True)
 
+    model = _with_realism(model, gan_model, realism)
     if output is None and triton_repo is None:
         raise InputError("give -o MODEL.onnx, --triton-repo DIR, or both")
     if triton_repo is not None and (output is None or triton_flavour == "python"):
@@ -273,7 +307,9 @@ def build_engine(model: str, output: str | None, precision: str, min_shape: str 
               default="auto", show_default=True, help="Runtime; auto: TensorRT for an engine, else the fastest.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto",
-              show_default=True, help="Compute precision; auto: fp16 on CUDA, fp32 on the CPU.")
+              show_default=True,
+              help="Compute precision; auto: fp16 on CUDA; on the CPU bf16 where the CPU has AMX and the model's "
+                   "bf16 parity is >= 50 dB, else fp32.")
 @click.option("--tile", type=int, default=None,
               help="Tile edge in input pixels; 0 turns tiling off; default: automatic from memory.")
 @click.option("--tile-overlap", type=int, default=16, show_default=True,
@@ -298,6 +334,7 @@ def build_engine(model: str, output: str | None, precision: str, min_shape: str 
               "(default: a damaged video is an error).")
 @click.option("--segment-seconds", type=float, default=2.0, show_default=True,
               help="Videos are encoded in resumable segments of about this length (0: one segment).")
+@_realism_options
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
               help="Run on a Ray cluster (needs sr-deploy[ray]): the one at ADDRESS (auto, HOST:6379, "
@@ -308,8 +345,8 @@ def build_engine(model: str, output: str | None, precision: str, min_shape: str 
 def upscale(inputs: tuple[str, ...], output: str, model: str, backend_name: str, device: str, precision: str,
             tile: int | None, tile_overlap: int, batch_size: int | None, outscale: float | None, ext: str,
             overwrite: bool, quality: int | None, codec: str | None, crf: int, preset: str, pix_fmt: str | None,
-            hwaccel: str | None, allow_partial: bool, segment_seconds: float, no_progress: bool,
-            ray_address: str | None, ray_actors: int | None) -> None:
+            hwaccel: str | None, allow_partial: bool, segment_seconds: float, realism: float | None,
+            gan_model: str | None, no_progress: bool, ray_address: str | None, ray_actors: int | None) -> None:
     """Upscale images, folders and videos with any backend, tiled, nothing lost.
 
     INPUT may be image files (png, jpg, webp, bmp, tiff), video files (mp4, mkv, mov, avi, webm)
@@ -321,6 +358,7 @@ def upscale(inputs: tuple[str, ...], output: str, model: str, backend_name: str,
     from .upscale import UpscaleOptions
     from .upscale import upscale as run_upscale
 
+    model = _with_realism(model, gan_model, realism)
     options = UpscaleOptions(model=model, backend=backend_name, device=device, precision=precision, tile=tile,
                              tile_overlap=tile_overlap, batch_size=batch_size, outscale=outscale, ext=ext,
                              overwrite=overwrite, quality=quality, codec=codec, crf=crf, preset=preset,
@@ -385,11 +423,13 @@ def upscale(inputs: tuple[str, ...], output: str, model: str, backend_name: str,
               help="A real clip for the end-to-end row: the upscale pipeline vs the backend alone.")
 @click.option("--video-frames", type=int, default=8, show_default=True, help="Frames of --video to use.")
 @click.option("--video-width", type=int, default=None, help="Scale the --video clip to this width first.")
+@_realism_options
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 def benchmark(model: str, backends: str, precisions: str | None, sizes: str, batch_sizes: str, device: str,
               warmup: int, iters: int | None, seconds: float, no_peak: bool, json_path: str | None,
               markdown_path: str | None, plot_path: str | None, onnx_models: tuple[str, ...], video: str | None,
-              video_frames: int, video_width: int | None, quiet: bool) -> None:
+              video_frames: int, video_width: int | None, realism: float | None, gan_model: str | None,
+              quiet: bool) -> None:
     """Time PyTorch, ONNX Runtime and TensorRT side by side and check that they agree.
 
     MODEL is a checkpoint, `default`, an .onnx file or an .engine. Prints a table: median ms per
@@ -400,6 +440,7 @@ def benchmark(model: str, backends: str, precisions: str | None, sizes: str, bat
     from .bench import (check_output_path, command_line, format_table, parse_list, parse_size, run_benchmark,
                         write_json, write_markdown, write_plot)
 
+    model = _with_realism(model, gan_model, realism)
     size_list = [parse_size(s) for s in parse_list(sizes, what="size")]
     try:
         batch_list = [int(b) for b in parse_list(batch_sizes, what="batch size")]

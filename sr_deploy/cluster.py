@@ -73,8 +73,19 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def import_ray() -> Any:
-    """The `ray` module with Ray Data, or NotInstalledError (exit 2) naming the extra."""
+# Ray's own switch for a single-machine cluster on the loopback interface (the default on Windows and
+# macOS): without it, Ray replaces 127.0.0.1 by the machine's network address and listens there.
+LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def import_ray(local: bool = False) -> Any:
+    """The `ray` module with Ray Data, or NotInstalledError (exit 2) naming the extra.
+
+    `local`: this process will start a cluster of its own; when Ray is not imported yet, make it
+    listen on 127.0.0.1 only (read by Ray at import, and by the processes it starts).
+    """
+    if local and "ray" not in sys.modules:
+        os.environ.setdefault(LOOPBACK_ONLY_ENV, "0")
     try:
         import ray
         import ray.data  # noqa: F401
@@ -340,7 +351,7 @@ def _connect(ray: Any, address: str | None) -> bool:
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
-    local = {} if address else {"_node_ip_address": "127.0.0.1", "include_dashboard": False}
+    local = {} if address else {"include_dashboard": False}  # loopback: see `import_ray(local=True)`
     try:
         ray.init(address=address, logging_level="warning", log_to_driver=True, configure_logging=True, **local)
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -550,7 +561,7 @@ def _finish_video(state: _VideoState, summary: UpscaleSummary, fail: Callable[[J
 def upscale_on_ray(inputs: Sequence[str | Path], output: str | Path, options: UpscaleOptions,
                    ray_options: RayOptions, log: Log = _stderr) -> UpscaleSummary:
     """`sr_deploy.upscale.upscale` on a Ray cluster: the same checks and plan, then `run_jobs_on_ray`."""
-    import_ray()  # the one-line 'not installed' message before any work
+    import_ray(local=not (ray_options.address or os.environ.get("RAY_ADDRESS")))  # 'not installed' first
     validate_options(options)
     jobs = plan_jobs(inputs, output, options.ext)
     if not jobs:

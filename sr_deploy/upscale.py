@@ -234,6 +234,7 @@ class Fp32Fallback(Backend):
         super().__init__(primary.scale, primary.precision, primary.device, primary.max_shape)
         self.name = primary.name
         self.primary = primary
+        self.precision_reason = primary.precision_reason
         self.make_fp32 = make_fp32
         self.log = log
         self.source: str = ""
@@ -284,6 +285,8 @@ def load_backend(options: UpscaleOptions, log: Log = _stderr) -> Backend:
     from .backends import load
 
     backend = load(path, options.device, options.precision, backend=options.backend)
+    if backend.precision_reason:
+        log(f"precision: {backend.precision_reason}")
     if backend.precision == "fp32":
         return Fp32Fallback(backend, None, log)
     return Fp32Fallback(backend, lambda: load(path, options.device, "fp32", backend=backend.name), log)

@@ -19,6 +19,18 @@ def _need(path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cpu_without_amx(tmp_path_factory) -> None:
+    """`--precision auto` picks bf16 on CPUs with AMX (sr_deploy.backends.cpu_precision): the suite
+    runs as on a CPU without it (fp32, as its references expect), on any CI machine, and keeps its
+    precision cache out of ~/.cache. Subprocesses inherit both. test_cpu_precision.py tests AMX."""
+    folder = tmp_path_factory.mktemp("cpu")
+    cpuinfo = folder / "cpuinfo"
+    cpuinfo.write_text("model name\t: Stand-in CPU without AMX\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n")
+    os.environ.setdefault("SR_DEPLOY_CPUINFO", str(cpuinfo))
+    os.environ.setdefault("SR_DEPLOY_CACHE", str(folder / "cache"))
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     return _need(SHARED_DATA)

@@ -3,9 +3,10 @@ training and Set5 for validation. Every run uses a tiny generator, tiny crops an
 iterations, in-process (no subprocess start-up) and without DataLoader workers, to stay fast on
 two CPU cores.
 
-The real VGG19 ImageNet weights cannot be downloaded here. The GAN recipes and the VGG tests use
-a RANDOMLY INITIALISED VGG19 saved in torchvision's state-dict layout: it checks that the file
-loads, the shapes and that gradients flow, NOT that the perceptual loss means anything.
+Most GAN-recipe tests here use a RANDOMLY INITIALISED VGG16 saved in torchvision's state-dict
+layout (accepted only with --allow-unknown-weights): they check that the file loads, the shapes and
+that gradients flow, NOT that the perceptual loss means anything. tests/test_perceptual.py runs a
+short GAN training on the real ImageNet VGG16 from ../shared/data.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from train.cli import main as train_main
 from train.data import DegradationSpec, RandomPatches, augment, degrade
 from train.discriminators import SRGANDiscriminator, VGGStyleDiscriminator
 from train.interpolate import main as interpolate_main
+from sr_deploy.perceptual import FeatureExtractor, _build_features
 from train.losses import PerceptualLoss, discriminator_loss, generator_adversarial_loss
-from train.vgg import VGG19_FILE, VGG19Features
 
 TINY = ["--max-images", "3", "--workers", "0", "--no-progress", "--set", "data.batch_size=4", "--set", "log.every=1"]
 TINY_SRRESNET = TINY + ["--set", "model.num_blocks=2", "--set", "model.num_features=16", "--set", "data.crop_size=24"]
@@ -39,16 +40,27 @@ def sun_hays(shared_data: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def random_vgg_file(tmp_path_factory) -> Path:
-    """A RANDOMLY INITIALISED VGG19 (Kaiming init, so activations keep their scale through 16
+    """A RANDOMLY INITIALISED VGG16 (Kaiming init, so activations keep their scale through 13
     convs) in torchvision's `features.N.weight` layout: for shape / gradient-flow checks only."""
     torch.manual_seed(0)
-    vgg = VGG19Features("relu5_4")
-    for m in vgg.modules():
+    features, _ = _build_features("vgg16")
+    for m in features.modules():
         if isinstance(m, torch.nn.Conv2d):
             torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
             torch.nn.init.zeros_(m.bias)
-    path = tmp_path_factory.mktemp("vgg") / VGG19_FILE
-    torch.save({f"features.{k}": v for k, v in vgg.features.state_dict().items()}, path)
+    path = tmp_path_factory.mktemp("vgg") / "random_vgg16.pth"
+    torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, path)
+    return path
+
+
+@pytest.fixture
+def lpips_weights(shared_data: Path, monkeypatch) -> Path:
+    """The real LPIPS weights folder, made the default through $SR_DEPLOY_PERCEPTUAL_WEIGHTS (GAN
+    runs with a validation set score LPIPS-Alex)."""
+    path = shared_data / "weights" / "perceptual"
+    if not (path / "lpips_alexnet_imagenet.npz").is_file():
+        pytest.skip(f"LPIPS weights not found at {path}")
+    monkeypatch.setenv("SR_DEPLOY_PERCEPTUAL_WEIGHTS", str(path))
     return path
 
 
@@ -151,15 +163,16 @@ def test_stopping_by_signal_saves_a_resumable_state(sun_hays, tmp_path, monkeypa
 
 
 # ------------------------------------------------------------------------------ GAN recipes
-def test_srgan_from_srresnet_init(sun_hays, set5_dir, tmp_path, random_vgg_file):
-    """SRGAN (RANDOM VGG19, see the module docstring): starts from an SRResNet checkpoint,
-    trains generator and discriminator, the discriminator loss falls, the result loads."""
+def test_srgan_from_srresnet_init(sun_hays, set5_dir, tmp_path, random_vgg_file, lpips_weights):
+    """SRGAN (RANDOM VGG16, see the module docstring): starts from an SRResNet checkpoint,
+    trains generator and discriminator, the discriminator loss falls, the result loads; the
+    validation scores LPIPS and the best checkpoint is the lowest LPIPS."""
     torch.manual_seed(1)
     init = save_checkpoint(tmp_path / "init.pt", SRResNet(num_blocks=1, num_features=8), {"num_blocks": 1, "num_features": 8})
     out = tmp_path / "srgan"
     assert run("srgan", *TINY, "--data", sun_hays, "--val", set5_dir, "--set", "val.max_images=1",
                "--out", out, "--iters", 6, "--set", f"init={init}", "--set", "data.crop_size=32",
-               "--vgg-weights", random_vgg_file) == 0
+               "--set", "val.every=3", "--perceptual-weights", random_vgg_file, "--allow-unknown-weights") == 0
     rows = read_csv(out / "loss.csv")
     assert all(np.isfinite(r["percep"]) and r["percep"] > 0 and np.isfinite(r["adv"]) for r in rows)
     assert np.mean([r["d_loss"] for r in rows[-2:]]) < np.mean([r["d_loss"] for r in rows[:2]])
@@ -169,6 +182,11 @@ def test_srgan_from_srresnet_init(sun_hays, set5_dir, tmp_path, random_vgg_file)
     assert not torch.equal(trained.model.tail.weight, start.model.tail.weight)
     state = torch.load(out / "state_latest.pt", weights_only=True)
     assert "classifier.3.weight" in state["discriminator"] and state["opt_d"]["state"]
+    val = read_csv(out / "val.csv")
+    assert [r["iteration"] for r in val] == [3, 6] and all(0 < r["lpips"] < 1 for r in val)
+    best = min(val, key=lambda r: r["lpips"])
+    assert load_checkpoint(out / "model_best.pt").metadata["best_val"]["iteration"] == best["iteration"]
+    assert trained.metadata["feature_network"]["release"] == "unknown"
 
 
 def test_esrgan_psnr_then_gan_then_interpolation(sun_hays, tmp_path, random_vgg_file):
@@ -182,7 +200,8 @@ def test_esrgan_psnr_then_gan_then_interpolation(sun_hays, tmp_path, random_vgg_
     assert np.mean(losses[-3:]) < np.mean(losses[:3])
     psnr_model = psnr_dir / "model_latest.pt"
     assert run("esrgan", *TINY, "--data", sun_hays, "--out", gan_dir, "--iters", 3, "--set", "data.batch_size=2",
-               "--set", "data.crop_size=32", "--set", f"init={psnr_model}", "--vgg-weights", random_vgg_file) == 0
+               "--set", "data.crop_size=32", "--set", f"init={psnr_model}", "--perceptual-weights", random_vgg_file,
+               "--allow-unknown-weights") == 0
     rows = read_csv(gan_dir / "loss.csv")
     assert {"pixel", "percep", "adv", "d_loss", "d_real", "d_fake"} <= set(rows[0])
     assert all(np.isfinite(list(r.values())).all() for r in rows)
@@ -210,7 +229,7 @@ def test_interpolation_refuses_different_architectures(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------ errors
-@pytest.mark.parametrize("case", ["missing", "empty", "too_small", "no_vgg"])
+@pytest.mark.parametrize("case", ["missing", "empty", "too_small", "no_vgg", "gan_without_init"])
 def test_input_errors_are_one_line_exit_2_before_training(case, sun_hays, tmp_path, capsys, monkeypatch):
     data, recipe, extra = sun_hays, "srresnet", []
     if case == "missing":
@@ -222,9 +241,14 @@ def test_input_errors_are_one_line_exit_2_before_training(case, sun_hays, tmp_pa
         expected = "no images in the data folder"
     elif case == "too_small":
         extra, expected = ["--set", "data.crop_size=2000"], "is smaller than the 2000x2000 crop"
-    else:
+    elif case == "no_vgg":
         monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-        recipe, expected = "srgan", VGG19_FILE
+        monkeypatch.setenv("HOME", str(tmp_path / "home"))
+        monkeypatch.delenv("SR_DEPLOY_PERCEPTUAL_WEIGHTS", raising=False)
+        monkeypatch.chdir(tmp_path)  # no ../shared/data beside it
+        recipe, expected = "srgan", "vgg16 ImageNet weights not found"
+    else:
+        recipe, extra, expected = "srgan", ["--set", "init=null"], "a GAN recipe starts from a trained PSNR-oriented"
     out = tmp_path / "run"
     code = run(recipe, *TINY_SRRESNET, "--data", data, "--out", out, "--iters", 2, *extra)
     err = capsys.readouterr().err.strip().splitlines()
@@ -232,7 +256,9 @@ def test_input_errors_are_one_line_exit_2_before_training(case, sun_hays, tmp_pa
     assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
     assert not out.exists()  # nothing was started
     if case == "no_vgg":
-        assert str(tmp_path / "torch_home" / "hub" / "checkpoints") in err[0] and "--vgg-weights" in err[0]
+        assert str(tmp_path / "torch_home" / "hub" / "checkpoints") in err[0] and "SR_DEPLOY_PERCEPTUAL_WEIGHTS" in err[0]
+    if case == "gan_without_init":
+        assert "--from-scratch" in err[0]
     if case == "too_small":
         assert "Sun_Hays80" in err[0]
 
@@ -296,25 +322,25 @@ def test_adversarial_losses_match_their_formulas():
 
 
 def test_vgg_features_layers_and_gradient_flow(random_vgg_file):
-    """RANDOM VGG19 weights: checks the layer cut, the file loading and gradient flow only."""
-    before = VGG19Features("conv5_4").load_torchvision_weights(random_vgg_file)
-    after = VGG19Features("relu5_4").load_torchvision_weights(random_vgg_file)
+    """RANDOM VGG16 weights: checks the layer cut, the file loading and gradient flow only."""
+    state = {k[len("features."):]: v for k, v in torch.load(random_vgg_file, weights_only=True).items()}
+    net = FeatureExtractor("vgg16", ["conv5_3", "relu5_3"]).load_features(state, str(random_vgg_file))
     x = torch.rand(1, 3, 32, 32, requires_grad=True)
-    f_before, f_after = before(x), after(x)
+    f_before, f_after = net(x)
     assert f_before.shape == f_after.shape == (1, 512, 2, 2)
-    assert float(f_before.detach().min()) < 0 and torch.equal(f_after, f_before.clamp(min=0))  # relu5_4 = ReLU(conv5_4)
-    assert len(before.features) == 35 and not any(p.requires_grad for p in before.parameters())
-    loss_fn = PerceptualLoss("conv5_4", before_activation=False, rescale=1 / 12.75, vgg=after)
+    assert float(f_before.detach().min()) < 0 and torch.equal(f_after, f_before.clamp(min=0))  # relu5_3 = ReLU(conv5_3)
+    assert len(net.features) == 30 and not any(p.requires_grad for p in net.parameters())
+    one = FeatureExtractor("vgg16", ["relu5_3"]).load_features(state, "random")
+    loss_fn = PerceptualLoss({"relu5_3": 1.0}, network="vgg16", criterion="mse", rescale=1 / 12.75, extractor=one)
     loss = loss_fn(x, torch.rand(1, 3, 32, 32))
     loss.backward()
     assert loss > 0 and x.grad is not None and float(x.grad.abs().sum()) > 0
 
 
 def test_vgg_weights_of_the_wrong_network_are_refused(tmp_path):
-    bad = tmp_path / "not_vgg.pth"
-    torch.save({"features.0.weight": torch.zeros(8, 3, 3, 3)}, bad)
-    with pytest.raises(Exception, match="not torchvision's VGG19 weights"):
-        VGG19Features("relu1_1").load_torchvision_weights(bad)
+    bad = {"0.weight": torch.zeros(8, 3, 3, 3)}
+    with pytest.raises(Exception, match="not vgg16 weights"):
+        FeatureExtractor("vgg16", ["relu1_1"]).load_features(bad, "not_vgg.pth")
 
 
 def test_sigterm_to_the_process_group_with_workers_saves_state(sun_hays, tmp_path):

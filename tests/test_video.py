@@ -261,6 +261,38 @@ def test_truncated_file_is_an_error_and_partial_on_request(clips, tmp_path):
     assert any("damaged video" in m for m in messages)
 
 
+class _Interrupt(NearestBackend):
+    """Nearest x2 that raises KeyboardInterrupt (as Ctrl-C would) on call number `calls` + 1."""
+
+    def __init__(self, calls: int):
+        super().__init__(2)
+        self.left = calls
+
+    def __call__(self, x):
+        if self.left == 0:
+            raise KeyboardInterrupt
+        self.left -= 1
+        return super().__call__(x)
+
+
+def test_damage_before_the_resume_point_still_labels_the_result_partial(clips, tmp_path):
+    target = tmp_path / "c.mp4"
+    with pytest.raises(KeyboardInterrupt):  # damage at ~2.2 s, interrupted at ~6 s
+        upscale_video(_Interrupt(38), clips["corrupt"], target, allow_partial=True, segment_seconds=1,
+                      preset="ultrafast", progress=False, log=lambda _m: None)
+    assert segments_dir(target).is_dir() and not target.exists()
+    with pytest.raises(VideoDamaged, match="damaged video: decoding stopped after 0:00:02"):
+        upscale_video(NearestBackend(2), clips["corrupt"], target, segment_seconds=1, preset="ultrafast",
+                      progress=False)  # without --allow-partial, the recorded damage is an error
+    with pytest.raises(KeyboardInterrupt):
+        upscale_video(_Interrupt(38), clips["corrupt"], target, allow_partial=True, segment_seconds=1,
+                      preset="ultrafast", progress=False, log=lambda _m: None)
+    result = upscale_video(NearestBackend(2), clips["corrupt"], target, allow_partial=True, segment_seconds=1,
+                           preset="ultrafast", progress=False, log=lambda _m: None)
+    assert result.resumed_from > 100 and result.partial and result.path == partial_output_path(target)
+    assert not target.exists() and len(frame_times(result.path)) == result.frames >= 240
+
+
 def test_webm_output_reencodes_aac_to_opus(clips, tmp_path):
     """Before: mp4 -> .webm dropped the AAC audio (WebM refuses AAC, the only fallback tried)."""
     target = tmp_path / "b.webm"

@@ -37,8 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="DataLoader worker processes (data.workers)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: cores - 1, leaving one to the data worker)")
-    p.add_argument("--vgg-weights", default=None,
-                   help="torchvision's vgg19-dcbb9e9d.pth (default: $TORCH_HOME/hub/checkpoints/)")
+    p.add_argument("--perceptual-weights", "--vgg-weights", dest="perceptual_weights", default=None,
+                   help="ImageNet weights of the perceptual loss's network and of LPIPS: a file (lpips_vgg16_imagenet.npz, "
+                        "torchvision's vgg16-397923af.pth / vgg19-dcbb9e9d.pth) or a folder holding them (default: "
+                        "$SR_DEPLOY_PERCEPTUAL_WEIGHTS, then $TORCH_HOME/hub/checkpoints/)")
+    p.add_argument("--allow-unknown-weights", action="store_true",
+                   help="accept perceptual weights that are not a known ImageNet file (tests with random weights only)")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="let a GAN recipe start from a random generator instead of a trained PSNR checkpoint (init)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
@@ -79,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
 
         result = train(
             config, args.data, args.val, args.out, device=args.device, resume=args.resume,
-            vgg_weights=args.vgg_weights, progress=not args.no_progress,
+            perceptual_weights=args.perceptual_weights, allow_unknown_weights=args.allow_unknown_weights,
+            from_scratch=args.from_scratch, progress=not args.no_progress,
         )
     except SRDeployError as exc:
         if args.debug:

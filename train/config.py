@@ -11,8 +11,6 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from sr_deploy.errors import InputError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -26,8 +24,19 @@ def recipe_path(recipe: str) -> Path:
     return CONFIG_DIR / f"{recipe}.yaml"
 
 
+def _yaml():
+    """PyYAML, imported on first use so that ``python -m train --help`` works without the
+    `train` extra; InputError naming the extra when it is missing."""
+    try:
+        import yaml
+    except ModuleNotFoundError:
+        raise InputError("PyYAML is not installed: pip install 'sr-deploy[train]' to train") from None
+    return yaml
+
+
 def load_config(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file into a nested dict; InputError names the file on failure."""
+    yaml = _yaml()
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such config file")
@@ -49,6 +58,7 @@ def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, A
     ``modle.num_blocks``); a new leaf inside an existing section is allowed, because model
     constructor arguments are open-ended.
     """
+    yaml = _yaml()
     out = copy.deepcopy(config)
     for item in overrides:
         key, sep, raw = item.partition("=")

@@ -1,5 +1,5 @@
-"""Losses of the three recipes: pixel (MSE / L1), VGG19 perceptual, and adversarial (standard GAN
-and relativistic average GAN). Images are RGB float in [0, 1], NCHW; discriminator outputs are
+"""Losses of the three recipes: pixel (MSE / L1), perceptual (VGG16 / VGG19 ImageNet features),
+and adversarial (standard GAN and relativistic average GAN). Images are RGB float in [0, 1], NCHW; discriminator outputs are
 logits (the sigmoid lives inside `binary_cross_entropy_with_logits`, which is stable in fp16)."""
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sr_deploy.errors import InputError
-
-from .vgg import load_vgg19
+from sr_deploy.perceptual import feature_extractor
 
 
 def pixel_criterion(kind: str):
@@ -24,35 +23,67 @@ def pixel_criterion(kind: str):
     raise InputError(f"loss type {kind!r}: expected mse or l1")
 
 
-class PerceptualLoss(nn.Module):
-    """Distance between VGG19 feature maps of SR and HR at one layer.
+def perceptual_layers(spec: dict) -> dict[str, float]:
+    """Layer name -> weight of a ``losses.perceptual`` config section.
 
-    SRGAN's VGG54: ``layer="conv5_4", before_activation=False`` (i.e. relu5_4), MSE, features
-    rescaled by 1/12.75 (the paper's factor "to obtain VGG losses of a scale comparable to the
-    MSE loss"). ESRGAN: ``before_activation=True`` (conv5_4 itself), L1, rescale 1.
+    Either ``layers: {conv5_3: 1.0, ...}`` (names as `sr_deploy.perceptual.FeatureExtractor`:
+    ``convB_C`` = before activation, ``reluB_C`` = after), or the one-layer form of the original
+    recipes: ``layer: conv5_4`` with ``before_activation: true|false``.
+    """
+    layers = spec.get("layers")
+    if layers:
+        if not isinstance(layers, dict):
+            raise InputError(f"losses.perceptual.layers {layers!r}: expected a mapping of layer name to weight")
+        return {str(k): float(v) for k, v in layers.items()}
+    layer = str(spec.get("layer", "conv5_4"))
+    if not layer.startswith("conv"):
+        raise InputError(f"losses.perceptual.layer {layer!r}: name the conv (e.g. conv5_4) and set before_activation")
+    return {layer if spec.get("before_activation") else layer.replace("conv", "relu", 1): 1.0}
+
+
+class PerceptualLoss(nn.Module):
+    """Weighted sum over layers of the distance between ImageNet-network features of SR and HR.
+
+    SRGAN's VGG54 content loss: one layer after activation (``relu5_4`` of VGG19, ``relu5_3`` of
+    VGG16), MSE, features rescaled by 1/12.75 (the paper's factor "to obtain VGG losses of a scale
+    comparable to the MSE loss"). ESRGAN: the same layer BEFORE activation (``conv5_4`` /
+    ``conv5_3``), L1, rescale 1. Real-ESRGAN: several pre-activation layers with weights.
+
+    `extractor` (a `FeatureExtractor` returning the maps of `layers`' keys in order) replaces the
+    weight loading in tests; otherwise the ImageNet weights of `network` are found by
+    `sr_deploy.perceptual.load_weights` (unknown files refused unless `allow_unknown`), and
+    `self.source` describes them (recorded in every checkpoint of the run).
     """
 
     def __init__(
         self,
-        layer: str = "conv5_4",
-        before_activation: bool = False,
-        criterion: str = "mse",
+        layers: dict[str, float],
+        network: str = "vgg16",
+        criterion: str = "l1",
         rescale: float = 1.0,
         weights: str | Path | None = None,
-        vgg: nn.Module | None = None,
+        allow_unknown: bool = False,
+        extractor: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        if not layer.startswith("conv"):
-            raise InputError(f"losses.perceptual.layer {layer!r}: name the conv (e.g. conv5_4) and set before_activation")
-        name = layer if before_activation else layer.replace("conv", "relu", 1)
-        self.vgg = vgg if vgg is not None else load_vgg19(name, weights)
+        self.layer_weights = list(layers.values())
+        if extractor is None:
+            extractor, loaded = feature_extractor(network, list(layers), weights, allow_unknown=allow_unknown)
+            self.source = loaded.describe()
+        else:
+            self.source = {"arch": network, "file": "(given module)", "sha256": "", "release": "unknown"}
+        self.extractor = extractor
         self.criterion = pixel_criterion(criterion)
         self.rescale = float(rescale)
 
     def forward(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            target = self.vgg(hr) * self.rescale
-        return self.criterion(self.vgg(sr) * self.rescale, target)
+            targets = self.extractor(hr)
+        outputs = self.extractor(sr)
+        total = sr.new_zeros((), dtype=torch.float32)
+        for weight, out, target in zip(self.layer_weights, outputs, targets):
+            total = total + weight * self.criterion(out.float() * self.rescale, target.float() * self.rescale)
+        return total
 
 
 def _bce(logits: torch.Tensor, real: bool) -> torch.Tensor:

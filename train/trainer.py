@@ -12,23 +12,25 @@ A run directory holds: config.yaml (the resolved config), train.log (log lines),
 val.csv and val.png (the validation curve), model_latest.pt / model_best.pt (generator checkpoints
 in sr-deploy format, loadable by `sr_deploy.models.load_model`) and state_latest.pt (everything
 `--resume` needs). Every file is written to a temporary name and renamed.
+
+Validation and its records live in `train.validation`; RNG state, EMA, the stop-on-signal flag
+and atomic saving in `train.state`.
 """
 
 from __future__ import annotations
 
 import copy
-import csv
 import math
-import os
 import platform
 import random
-import signal
 import sys
 import time
+import warnings
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -36,13 +38,12 @@ from torch import nn
 from tqdm import tqdm
 
 from sr_deploy.errors import InputError
-from sr_deploy.metrics import imresize, psnr, ssim, to_uint8
 from sr_deploy.models import ARCHITECTURES, load_checkpoint, save_checkpoint
+from sr_deploy.perceptual import LPIPS
 
 from .data import (
     DegradationSpec,
     RandomPatches,
-    ValidationSet,
     load_image_cache,
     load_validation_set,
     make_loader,
@@ -52,11 +53,16 @@ from .losses import (
     PerceptualLoss,
     discriminator_loss,
     generator_adversarial_loss,
+    perceptual_layers,
     pixel_criterion,
 )
+from .state import EMA, StopOnSignal, atomic_torch_save, rng_state, set_rng_state, write_text_atomically
+from .validation import LossLog, bicubic_baseline, plot_curve, read_val_history, validate, write_csv
 
 STATE_FILE = "state_latest.pt"
 CONFIG_FILE = "config.yaml"
+
+Log = Callable[[str], None]
 
 
 @dataclass
@@ -72,42 +78,6 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _rng_state() -> dict[str, Any]:
-    """Python, NumPy and torch global RNG states as tensors and plain values (loadable with
-    ``torch.load(weights_only=True)``)."""
-    name, key, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": [name, torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    name, key, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, key.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def hardware_description(device: torch.device) -> str:
     """One line naming the device the run used (GPU name, or CPU model and threads)."""
     if device.type == "cuda":
@@ -121,48 +91,6 @@ def hardware_description(device: torch.device) -> str:
     except OSError:
         pass
     return f"CPU {model}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
-
-
-class EMA:
-    """Exponential moving average of a model's parameters (buffers copied): the averaged copy
-    is what validation and the saved checkpoints use when `train.ema_decay` is set."""
-
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        self.decay = float(decay)
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        ema_params = list(self.model.parameters())
-        torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], 1.0 - self.decay)
-        for e, b in zip(self.model.buffers(), model.buffers()):
-            e.copy_(b)
-
-
-class StopOnSignal:
-    """Turns SIGINT / SIGTERM into a flag checked between iterations, so the loop saves its
-    state and returns instead of dying mid-write. Handlers are restored on exit."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopOnSignal:
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, _frame: Any) -> None:
-        if self.signum is not None:  # a second Ctrl-C: give up on saving
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def build_generator(model_cfg: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
@@ -198,90 +126,6 @@ def make_scheduler(optimizer: torch.optim.Optimizer, train_cfg: dict[str, Any], 
     raise InputError(f"train.schedule {kind!r}: expected none, multistep or cosine")
 
 
-def validate(model: nn.Module, valset: ValidationSet, scale: int, device: torch.device) -> dict[str, float]:
-    """Mean Y-channel PSNR / SSIM (``scale`` px border cropped) of `model` on `valset`: the
-    output is clamped to [0, 1] and rounded to 8 bits first, as a saved image would be."""
-    was_training = model.training
-    model.eval()
-    scores_p, scores_s = [], []
-    try:
-        with torch.inference_mode():
-            for lr, hr in zip(valset.lr, valset.hr):
-                x = torch.from_numpy(lr.transpose(2, 0, 1).copy())[None].to(device)
-                sr = model(x).float().clamp_(0, 1).mul_(255).round_().to(torch.uint8)
-                sr_img = sr[0].permute(1, 2, 0).cpu().numpy()
-                scores_p.append(float(psnr(sr_img, hr, crop_border=scale, y_channel=True)))
-                scores_s.append(float(ssim(sr_img, hr, crop_border=scale, y_channel=True)))
-    finally:
-        model.train(was_training)
-    return {"psnr": float(np.mean(scores_p)), "ssim": float(np.mean(scores_s))}
-
-
-def bicubic_baseline(valset: ValidationSet, scale: int) -> dict[str, float]:
-    """The same scores for MATLAB bicubic upscaling of the LR inputs (the curve's reference line)."""
-    scores_p, scores_s = [], []
-    for lr, hr in zip(valset.lr, valset.hr):
-        up = to_uint8(imresize(lr, scale=scale))
-        scores_p.append(float(psnr(up, hr, crop_border=scale, y_channel=True)))
-        scores_s.append(float(ssim(up, hr, crop_border=scale, y_channel=True)))
-    return {"psnr": float(np.mean(scores_p)), "ssim": float(np.mean(scores_s))}
-
-
-def plot_curve(run_dir: Path, history: list[dict[str, float]], bicubic: dict[str, float] | None, title: str) -> Path | None:
-    """val.png: validation PSNR against iterations, with bicubic as a dashed line. Skipped
-    (None) when matplotlib is not installed; it is an optional dependency."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    its = [h["iteration"] for h in history]
-    ax.plot(its, [h["psnr"] for h in history], "o-", label="model (Y-PSNR)")
-    if bicubic:
-        ax.axhline(bicubic["psnr"], color="gray", linestyle="--", label=f"bicubic {bicubic['psnr']:.2f} dB")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("PSNR (dB), Y channel")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path = run_dir / "val.png"
-    tmp = run_dir / ".val.png.tmp"
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
-
-
-def _read_val_history(path: Path, up_to: int) -> list[dict[str, float]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        rows = [{k: int(float(v)) if k == "iteration" else float(v) for k, v in r.items()} for r in csv.DictReader(f)]
-    return [r for r in rows if r["iteration"] <= up_to]
-
-
-def _write_csv(path: Path, rows: list[dict[str, float]], columns: list[str]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
-
-
-def _format_eta(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
-
-
 class Trainer:
     """Builds everything a recipe needs from its config, checking the inputs first (every
     InputError happens before the first iteration), then runs the loop."""
@@ -294,9 +138,13 @@ class Trainer:
         run_dir: str | Path,
         device: str | None = None,
         resume: bool = False,
-        vgg_weights: str | Path | None = None,
+        perceptual_weights: str | Path | None = None,
+        allow_unknown_weights: bool = False,
+        from_scratch: bool = False,
         progress: bool = True,
+        vgg_weights: str | Path | None = None,
     ) -> None:
+        perceptual_weights = perceptual_weights if perceptual_weights is not None else vgg_weights
         self.config = config
         self.data_dir = Path(data_dir)
         self.val_dir = Path(val_dir) if val_dir is not None else None
@@ -314,20 +162,39 @@ class Trainer:
         c = config
         self.recipe = str(c.get("recipe", "custom"))
         self.seed = int(c.get("seed") or 0)
-        train_cfg, data_cfg = c["train"], c["data"]
-        self.iterations = int(train_cfg["iterations"])
-        self.batch_size = int(data_cfg["batch_size"])
-        self.crop_size = int(data_cfg["crop_size"])
+        self.iterations = int(c["train"]["iterations"])
+        self.batch_size = int(c["data"]["batch_size"])
+        self.crop_size = int(c["data"]["crop_size"])
 
         # Seed first: the initial weights of generator and discriminator come from torch's RNG.
         torch.manual_seed(self.seed)
         random.seed(self.seed)
         np.random.seed(self.seed % (2**32))
 
-        # Generator (from the init checkpoint's architecture when one is given).
+        self._build_generator(resume, from_scratch)
+        self._build_losses_and_discriminator(perceptual_weights, allow_unknown_weights)
+        self._load_data()
+        self._build_optimisers()
+
+        self.iteration = 0
+        self.wall_time = 0.0
+        self.best: dict[str, float] | None = None
+        self.bicubic: dict[str, float] | None = None
+        self.history: list[dict[str, float]] = []
+        if resume:
+            self._load_state(state_path)
+
+    # ---------------------------------------------------------------- building
+    def _build_generator(self, resume: bool, from_scratch: bool) -> None:
+        """The generator, from the init checkpoint's architecture and weights when one is given."""
+        c = self.config
         init = c.get("init")
         self.init_note = ""
         init_model = None
+        gan = bool((c.get("losses") or {}).get("adversarial"))
+        if gan and not init and not resume and not from_scratch:
+            raise InputError(f"{self.recipe}: a GAN recipe starts from a trained PSNR-oriented generator; set "
+                             "--set init=PATH (or init=default), or pass --from-scratch to start from random weights")
         if init and not resume:
             loaded = load_checkpoint(init)
             c["model"] = {"arch": loaded.arch, **loaded.config}
@@ -340,18 +207,31 @@ class Trainer:
         if self.crop_size % self.scale:
             raise InputError(f"data.crop_size {self.crop_size} is not a multiple of the scale {self.scale}")
 
-        # Losses and discriminator: VGG weights are found (or refused) here, before any data work.
+    def _build_losses_and_discriminator(
+        self, perceptual_weights: str | Path | None, allow_unknown_weights: bool
+    ) -> None:
+        """Losses, LPIPS for validation and the discriminator: the VGG / LPIPS weights are found
+        (or refused) here, before any data work."""
+        c = self.config
         losses = c.get("losses") or {}
         self.pixel = losses.get("pixel")
         self.pixel_fn = pixel_criterion(self.pixel["type"]) if self.pixel else None
         self.percep_cfg = losses.get("perceptual")
         self.perceptual = None
+        self.feature_network = None
         if self.percep_cfg:
             p = self.percep_cfg
             self.perceptual = PerceptualLoss(
-                layer=p.get("layer", "conv5_4"), before_activation=bool(p.get("before_activation", False)),
-                criterion=p.get("criterion", "mse"), rescale=float(p.get("rescale", 1.0)), weights=vgg_weights,
+                perceptual_layers(p), network=str(p.get("network", "vgg19")), criterion=p.get("criterion", "mse"),
+                rescale=float(p.get("rescale", 1.0)), weights=perceptual_weights, allow_unknown=allow_unknown_weights,
             ).to(self.device)
+            self.feature_network = self.perceptual.source
+        # GAN runs are judged (and their best checkpoint chosen) by LPIPS-Alex on the validation set.
+        self.lpips = None
+        if self.val_dir is not None and (c.get("val") or {}).get("lpips"):
+            # A folder given for the perceptual weights holds the LPIPS ones too; a single file does not.
+            lpips_dir = perceptual_weights if perceptual_weights and Path(perceptual_weights).is_dir() else None
+            self.lpips = LPIPS("alex", lpips_dir).to(self.device)
         self.adv_cfg = losses.get("adversarial")
         disc_cfg = c.get("discriminator")
         if bool(self.adv_cfg) != bool(disc_cfg):
@@ -364,14 +244,17 @@ class Trainer:
         if not (self.pixel or self.perceptual or self.adv_cfg):
             raise InputError("config: no loss is enabled (losses.pixel / perceptual / adversarial are all null)")
 
-        # Data: every image decoded once, sizes checked against the crop.
+    def _load_data(self) -> None:
+        """Training images (every one decoded once, sizes checked against the crop), the
+        validation set and the random-patch dataset."""
+        c, data_cfg = self.config, self.config["data"]
         self.train_files, self.train_images = load_image_cache(
             self.data_dir, min_size=self.crop_size, max_images=data_cfg.get("max_images"), what="data",
-            progress=progress,
+            progress=self.progress,
         )
         self.valset = None
         if self.val_dir is not None:
-            self.valset = load_validation_set(self.val_dir, self.scale, c["val"].get("max_images"), progress)
+            self.valset = load_validation_set(self.val_dir, self.scale, c["val"].get("max_images"), self.progress)
         self.dataset = RandomPatches(
             self.train_images, self.crop_size,
             DegradationSpec(self.scale, data_cfg["degradation"], float(data_cfg.get("blur_sigma", 1.5)),
@@ -381,7 +264,9 @@ class Trainer:
         if data_cfg["degradation"] not in ("bicubic", "gaussian"):
             raise InputError(f"data.degradation {data_cfg['degradation']!r}: expected bicubic or gaussian")
 
-        # Optimisers, schedulers, AMP, EMA.
+    def _build_optimisers(self) -> None:
+        """Optimisers, schedulers, AMP (autocast dtype and loss scalers) and the EMA."""
+        train_cfg, disc_cfg = self.config["train"], self.config.get("discriminator")
         self.generator.to(self.device).train()
         self.opt_g = torch.optim.Adam(
             self.generator.parameters(), lr=float(train_cfg["lr"]), betas=tuple(train_cfg["betas"]),
@@ -395,25 +280,22 @@ class Trainer:
                 betas=tuple(disc_cfg.get("betas", train_cfg["betas"])),
             )
             self.sched_d = make_scheduler(self.opt_d, train_cfg, self.iterations)
-        self.amp = bool(train_cfg.get("amp", True)) and self.device.type == "cuda"
+        # train.amp: true = fp16 autocast on CUDA (with loss scaling), nothing on the CPU;
+        # "bf16" = bf16 autocast on either device (CPUs with AVX512-BF16 / AMX run it faster).
+        amp = train_cfg.get("amp", True)
+        self.amp_dtype = torch.bfloat16 if amp == "bf16" else (torch.float16 if amp and self.device.type == "cuda" else None)
+        self.amp = self.amp_dtype is torch.float16
         self.scaler_g = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.scaler_d = torch.amp.GradScaler("cuda", enabled=self.amp)
         decay = train_cfg.get("ema_decay")
         self.ema = EMA(self.generator, float(decay)) if decay else None
         self.grad_clip = train_cfg.get("grad_clip")
 
-        self.iteration = 0
-        self.wall_time = 0.0
-        self.best: dict[str, float] | None = None
-        self.bicubic: dict[str, float] | None = None
-        self.history: list[dict[str, float]] = []
-        if resume:
-            self._load_state(state_path)
-
     # ---------------------------------------------------------------- state
     def _state(self) -> dict[str, Any]:
         return {
             "iteration": self.iteration,
+            "planned_iterations": self.iterations,
             "config": self.config,
             "generator": self.generator.state_dict(),
             "ema": self.ema.model.state_dict() if self.ema else None,
@@ -424,7 +306,7 @@ class Trainer:
             "sched_d": self.sched_d.state_dict() if self.sched_d else None,
             "scaler_g": self.scaler_g.state_dict(),
             "scaler_d": self.scaler_d.state_dict(),
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "best": self.best,
             "bicubic": self.bicubic,
             "wall_time": self.wall_time,
@@ -449,16 +331,37 @@ class Trainer:
             raise InputError(f"{path}: does not fit this run's config ({str(exc).splitlines()[0][:160]})") from exc
         self.scaler_g.load_state_dict(state["scaler_g"])
         self.scaler_d.load_state_dict(state["scaler_d"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         self.iteration = int(state["iteration"])
+        planned = int(state.get("planned_iterations", self.iterations))
+        if planned != self.iterations:
+            self._replan_schedules(planned)
         self.best = state.get("best")
         self.bicubic = state.get("bicubic")
         self.wall_time = float(state.get("wall_time", 0.0))
-        self.history = _read_val_history(self.run_dir / "val.csv", self.iteration)
+        self.history = read_val_history(self.run_dir / "val.csv", self.iteration)
+
+    def _replan_schedules(self, planned: int) -> None:
+        """`--resume --iters N` with N other than the saved run's plan: rebuild the learning-rate
+        schedules for N (cosine period, fractional milestones) and advance them to the current
+        iteration, so the run ends its schedule at N instead of where the old plan ended."""
+        train_cfg = self.config["train"]
+        pairs = [(self.opt_g, "sched_g")] + ([(self.opt_d, "sched_d")] if self.opt_d is not None else [])
+        for opt, attr in pairs:
+            for group in opt.param_groups:
+                group["lr"] = group["initial_lr"]
+            sched = make_scheduler(opt, train_cfg, self.iterations)
+            with warnings.catch_warnings():  # stepping a fresh schedule forward, no optimizer step is due
+                warnings.simplefilter("ignore", UserWarning)
+                for _ in range(self.iteration):
+                    sched.step()
+            setattr(self, attr, sched)
+        self.replan_note = (f"; learning-rate schedule re-planned from {planned} to {self.iterations} iterations "
+                            f"(lr now {self.opt_g.param_groups[0]['lr']:.3g})")
 
     def save_state(self) -> Path:
         path = self.run_dir / STATE_FILE
-        _atomic_torch_save(self._state(), path)
+        atomic_torch_save(self._state(), path)
         return path
 
     def eval_model(self) -> nn.Module:
@@ -481,6 +384,7 @@ class Trainer:
             "bicubic_val": self.bicubic,
             "wall_time_s": round(self.wall_time, 1),
             "hardware": hardware_description(self.device),
+            "feature_network": self.feature_network,
             "train_config": self.config,
         }
         model = copy.deepcopy(self.eval_model()).cpu().eval()
@@ -488,7 +392,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- loop
     def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None else nullcontext()
 
     def _generator_step(self, lr: torch.Tensor, hr: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         parts: dict[str, torch.Tensor] = {}
@@ -545,28 +449,34 @@ class Trainer:
         if self.valset is None:
             return None
         t0 = time.perf_counter()
-        scores = validate(self.eval_model(), self.valset, self.scale, self.device)
-        row = {"iteration": self.iteration, "psnr": scores["psnr"], "ssim": scores["ssim"],
+        scores = validate(self.eval_model(), self.valset, self.scale, self.device, self.lpips)
+        row = {"iteration": self.iteration, **scores,
                "lr": self.opt_g.param_groups[0]["lr"], "wall_time_s": round(self.wall_time, 1)}
         self.history = [h for h in self.history if h["iteration"] < self.iteration] + [row]
-        _write_csv(self.run_dir / "val.csv", self.history, ["iteration", "psnr", "ssim", "lr", "wall_time_s"])
+        columns = ["iteration", "psnr", "ssim", *(["lpips"] if self.lpips is not None else []), "lr", "wall_time_s"]
+        write_csv(self.run_dir / "val.csv", self.history, columns)
         plot_curve(self.run_dir, self.history, self.bicubic,
                    f"{self.recipe} x{self.scale} on {self.val_dir.name}" if self.val_dir else self.recipe)
-        improved = self.best is None or scores["psnr"] > self.best["psnr"]
+        # The best checkpoint: lowest LPIPS for perceptual (GAN) runs, highest PSNR otherwise.
+        if "lpips" in scores:
+            improved = self.best is None or scores["lpips"] < self.best.get("lpips", math.inf)
+        else:
+            improved = self.best is None or scores["psnr"] > self.best["psnr"]
         if improved:
             self.best = {"iteration": self.iteration, **scores}
             self.save_model("model_best.pt")
-        log(f"val it {self.iteration}: PSNR {scores['psnr']:.3f} dB  SSIM {scores['ssim']:.4f}"
+        lpips_text = f"  LPIPS {scores['lpips']:.4f}" if "lpips" in scores else ""
+        log(f"val it {self.iteration}: PSNR {scores['psnr']:.3f} dB  SSIM {scores['ssim']:.4f}{lpips_text}"
             f"{'  (best)' if improved else ''}  [{time.perf_counter() - t0:.1f} s]")
         return scores
 
-    def run(self) -> TrainResult:
-        """Train from `self.iteration` to `train.iterations`; on SIGINT / SIGTERM save the state
-        and return early (`interrupted_by` set)."""
+    def _open_log(self) -> tuple[Log, IO[str]]:
+        """Write config.yaml, open train.log; the returned `log` writes a line to the file
+        (time-stamped) and to stdout."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         import yaml
 
-        _atomic_write_text(self.run_dir / CONFIG_FILE, yaml.safe_dump(self.config, sort_keys=False))
+        write_text_atomically(self.run_dir / CONFIG_FILE, yaml.safe_dump(self.config, sort_keys=False))
         log_file = open(self.run_dir / "train.log", "a")
 
         def log(line: str) -> None:
@@ -576,35 +486,54 @@ class Trainer:
             tqdm.write(line, file=sys.stdout)
             sys.stdout.flush()  # visible at once when stdout is a file (background runs)
 
-        c = self.config
-        start = self.iteration
+        return log, log_file
+
+    def _log_start(self, log: Log, start: int) -> None:
+        """The run's first log line, and the bicubic reference scores (computed once per run)."""
         log(f"{'resume' if start else 'start'} {self.recipe}: {type(self.generator).__name__}({self.model_kwargs}) "
             f"on {hardware_description(self.device)}; {len(self.train_images)} training images from {self.data_dir}; "
             f"crop {self.crop_size}, batch {self.batch_size}, iterations {start}->{self.iterations}"
-            f"{', AMP fp16' if self.amp else ''}{self.init_note}")
+            f"{f', autocast {self.amp_dtype}' if self.amp_dtype is not None else ''}{self.init_note}"
+            f"{getattr(self, 'replan_note', '')}"
+            + (f"; perceptual features: {self.feature_network['release']} (sha256 {self.feature_network['sha256'][:12]})"
+               if self.feature_network else ""))
         if self.valset is not None and self.bicubic is None:
-            self.bicubic = bicubic_baseline(self.valset, self.scale)
-            log(f"val bicubic: PSNR {self.bicubic['psnr']:.3f} dB  SSIM {self.bicubic['ssim']:.4f} "
+            self.bicubic = bicubic_baseline(self.valset, self.scale, self.lpips)
+            lpips_text = f"  LPIPS {self.bicubic['lpips']:.4f}" if "lpips" in self.bicubic else ""
+            log(f"val bicubic: PSNR {self.bicubic['psnr']:.3f} dB  SSIM {self.bicubic['ssim']:.4f}{lpips_text} "
                 f"on {len(self.valset.hr)} images of {self.val_dir}")
 
+    def _finish(self, signum: int | None, result: TrainResult, log: Log, val_every: int, ckpt_every: int) -> None:
+        """End of the loop: a last validation and save when the run is complete (or the state
+        when a signal stopped it between checkpoints), and the closing log line."""
+        result.interrupted_by = signum
+        if signum is None and self.valset is not None and self.iteration % val_every:
+            result.last_val = self._validate_and_record(log)
+        if signum is None or self.iteration % ckpt_every:
+            self.save_model("model_latest.pt")
+            self.save_state()
+        if signum is not None:
+            log(f"stopped by signal {signum} at iteration {self.iteration}; state saved to "
+                f"{self.run_dir / STATE_FILE}; continue with --resume")
+        else:
+            log(f"done: {self.iteration} iterations, {self.wall_time:.0f} s"
+                + (f"; best val PSNR {self.best['psnr']:.3f} dB"
+                   + (f", LPIPS {self.best['lpips']:.4f}" if "lpips" in self.best else "")
+                   + f" at it {int(self.best['iteration'])}" if self.best else ""))
+
+    def run(self) -> TrainResult:
+        """Train from `self.iteration` to `train.iterations`; on SIGINT / SIGTERM save the state
+        and return early (`interrupted_by` set)."""
+        log, log_file = self._open_log()
+        c = self.config
+        start = self.iteration
+        self._log_start(log, start)
         workers = int(c["data"].get("workers") or 0)
-        loader = make_loader(self.dataset, self.batch_size, start, workers, self.device.type == "cuda")
-        batches = iter(loader)
+        batches = iter(make_loader(self.dataset, self.batch_size, start, workers, self.device.type == "cuda"))
         log_every = max(1, int(c["log"]["every"]))
         val_every = max(1, int(c["val"]["every"]))
         ckpt_every = max(1, int(c["checkpoint"]["every"]))
-        loss_rows_path = self.run_dir / "loss.csv"
-        new_loss_file = not loss_rows_path.is_file() or start == 0
-        if not new_loss_file:  # drop rows logged after the saved state (a run killed with -9)
-            with open(loss_rows_path, newline="") as f:
-                reader = csv.DictReader(f)
-                kept, columns = [r for r in reader if float(r["iteration"]) <= start], reader.fieldnames or []
-            _write_csv(loss_rows_path, kept, list(columns))
-        loss_file = open(loss_rows_path, "w" if new_loss_file else "a", newline="")
-        loss_writer = None
-        sums: dict[str, torch.Tensor] = {}
-        count = 0
-        t_window = time.perf_counter()
+        window = LossLog(self.run_dir / "loss.csv", start)
         t_last = time.perf_counter()
         result = TrainResult(self.run_dir, start)
         bar = tqdm(total=self.iterations, initial=start, desc=self.recipe, unit="it", file=sys.stderr,
@@ -623,50 +552,21 @@ class Trainer:
                     self.wall_time += now - t_last
                     t_last = now
                     bar.update(1)
-                    for k, v in parts.items():
-                        sums[k] = sums.get(k, 0.0) + v.detach().float()
-                    count += 1
+                    window.add(parts)
                     it = self.iteration
                     if it % log_every == 0 or it == self.iterations:
-                        elapsed = time.perf_counter() - t_window
-                        means = {k: float(v) / count for k, v in sums.items()}
-                        speed = count / elapsed if elapsed > 0 else float("nan")
-                        lr_now = self.lr_used
-                        row = {"iteration": it, **{k: round(v, 6) for k, v in means.items()},
-                               "lr": lr_now, "it_per_s": round(speed, 3)}
-                        if loss_writer is None:
-                            loss_writer = csv.DictWriter(loss_file, fieldnames=list(row))
-                            if new_loss_file:
-                                loss_writer.writeheader()
-                        loss_writer.writerow(row)
-                        loss_file.flush()
-                        eta = (self.iterations - it) / speed if speed > 0 else float("nan")
-                        log(f"it {it}/{self.iterations}  " + "  ".join(f"{k} {v:.5g}" for k, v in means.items())
-                            + f"  lr {lr_now:.2e}  {speed:.2f} it/s  eta {_format_eta(eta)}")
-                        sums, count, t_window = {}, 0, time.perf_counter()
+                        window.flush(it, self.iterations, self.lr_used, log)
                     if it % val_every == 0:
                         result.last_val = self._validate_and_record(log)
-                        t_last = t_window = time.perf_counter()  # validation time is not training speed
+                        t_last = window.t_window = time.perf_counter()  # validation time is not training speed
                     if it % ckpt_every == 0:
                         self.save_model("model_latest.pt")
                         self.save_state()
                         t_last = time.perf_counter()
-                result.interrupted_by = stop.signum
-                if stop.signum is None and self.valset is not None and self.iteration % val_every:
-                    result.last_val = self._validate_and_record(log)
-                if stop.signum is None or self.iteration % ckpt_every:
-                    self.save_model("model_latest.pt")
-                    self.save_state()
-                if stop.signum is not None:
-                    log(f"stopped by signal {stop.signum} at iteration {self.iteration}; state saved to "
-                        f"{self.run_dir / STATE_FILE}; continue with --resume")
-                else:
-                    log(f"done: {self.iteration} iterations, {self.wall_time:.0f} s"
-                        + (f"; best val PSNR {self.best['psnr']:.3f} dB at it {int(self.best['iteration'])}"
-                           if self.best else ""))
+                self._finish(stop.signum, result, log, val_every, ckpt_every)
         finally:
             bar.close()
-            loss_file.close()
+            window.close()
             log_file.close()
             del batches  # shuts the DataLoader workers down
         result.iteration = self.iteration
@@ -679,5 +579,5 @@ def train(
     config: dict[str, Any], data_dir: str | Path, val_dir: str | Path | None, run_dir: str | Path, **options: Any
 ) -> TrainResult:
     """Check every input, then train; see `Trainer` for the options (device, resume,
-    vgg_weights, progress)."""
+    perceptual_weights, allow_unknown_weights, from_scratch, progress)."""
     return Trainer(config, data_dir, val_dir, run_dir, **options).run()

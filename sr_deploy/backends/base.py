@@ -115,6 +115,7 @@ class Backend:
     ) -> None:
         self.scale = scale
         self.precision = precision
+        self.precision_reason = ""  # one line: why this precision (``auto`` resolved by the opener)
         self.device = device
         self.max_shape = max_shape
         self.min_shape = min_shape

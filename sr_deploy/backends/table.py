@@ -108,17 +108,29 @@ def _tensorrt_available(device: str) -> str | None:
 
 
 def _open_torch(model: Any, device: str, precision: str, **options: Any) -> Backend:
+    """``auto`` precision: fp16 on CUDA; on the CPU bf16 where it is faster and passes parity, else
+    fp32 (`cpu_precision`). The backend's `precision_reason` says which and why."""
     from torch import nn
 
     from .torch_backend import TorchBackend, resolve_device, resolve_precision
 
     dev = resolve_device(device)
     if isinstance(model, nn.Module):
-        return TorchBackend(model, getattr(model, "scale", None), dev, resolve_precision(precision, dev), **options)
-    from ..models import load_checkpoint
+        net, scale, sha256 = model, getattr(model, "scale", None), None
+    else:
+        from ..models import load_checkpoint
 
-    ckpt = load_checkpoint(model)
-    return TorchBackend(ckpt.model, ckpt.scale, dev, resolve_precision(precision, dev), **options)
+        ckpt = load_checkpoint(model)
+        net, scale, sha256 = ckpt.model, ckpt.scale, ckpt.sha256
+    reason = ""
+    if (precision or AUTO).lower() == AUTO:
+        from .cpu_precision import auto_precision
+
+        choice = auto_precision(net, sha256, scale, dev)
+        precision, reason = choice.precision, choice.reason
+    backend = TorchBackend(net, scale, dev, resolve_precision(precision, dev), **options)
+    backend.precision_reason = reason or f"{backend.precision}: asked for with --precision"
+    return backend
 
 
 def _open_onnxruntime(path: Path, device: str, precision: str, **options: Any) -> Backend:

@@ -1,0 +1,124 @@
+"""Realism control at use time: ESRGAN's network interpolation (Wang et al. 2018, Sec. 3.4).
+
+theta = (1 - A) * theta_PSNR + A * theta_GAN, parameter by parameter, between two generators of
+the same architecture: A = 0 is the PSNR-oriented model (smooth, faithful), A = 1 the GAN model
+(sharp, hallucinated texture), anything in between trades one for the other without retraining.
+
+`resolve_realism` turns ``--model M [--gan-model G] --realism A`` into one checkpoint path that
+every backend, export and eval reads as usual: A = 0 and A = 1 return the endpoint files
+themselves (bit for bit), other values an interpolated checkpoint written once to a cache
+folder (``$SR_DEPLOY_CACHE/realism``, default ``~/.cache/sr_deploy/realism``) under a name
+derived from both files' sha256 and A, so repeated runs reuse it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from .errors import InputError
+from .models import load_checkpoint, save_checkpoint
+
+# The bundled pair: `--realism A` with the default model blends it with the perceptual default.
+BUNDLED_PAIR = {"default": "default-gan"}
+
+
+def interpolate_state_dicts(
+    first: dict[str, torch.Tensor], second: dict[str, torch.Tensor], alpha: float
+) -> dict[str, torch.Tensor]:
+    """(1 - alpha) * first + alpha * second for floating tensors; integer buffers (BN's
+    num_batches_tracked) come from `first`. alpha 0 and 1 return exact copies of an endpoint
+    (no arithmetic, so no rounding); other values are computed in float64 and cast back.
+    Raises ValueError when the keys or shapes differ."""
+    if first.keys() != second.keys():
+        only = sorted(set(first) ^ set(second))[:3]
+        raise ValueError(f"the state dicts differ in keys, e.g. {only}")
+    out = {}
+    for key, a in first.items():
+        b = second[key]
+        if a.shape != b.shape:
+            raise ValueError(f"{key}: shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}")
+        if not a.is_floating_point() or alpha == 0.0:
+            out[key] = a.clone()
+        elif alpha == 1.0:
+            out[key] = b.clone()
+        else:
+            mixed = (1.0 - alpha) * a.double() + alpha * b.double()
+            out[key] = mixed.to(a.dtype)
+    return out
+
+
+def check_alpha(alpha: float, option: str = "--realism") -> float:
+    """`alpha` as a float in [0, 1]; InputError otherwise (NaN and inf included)."""
+    alpha = float(alpha)
+    if not math.isfinite(alpha) or not 0.0 <= alpha <= 1.0:
+        raise InputError(f"{option} {alpha}: must be between 0 and 1")
+    return alpha
+
+
+def interpolate_checkpoints(psnr_model: str | Path, gan_model: str | Path, alpha: float, output: str | Path) -> Path:
+    """Blend two generator files (any layout `load_checkpoint` reads, or bundled names) and write
+    `output` in sr-deploy format, atomically. InputError for different architectures, an alpha
+    outside [0, 1] or an output that is one of the inputs."""
+    alpha = check_alpha(alpha, "--alpha")
+    output = Path(output)
+    a, b = load_checkpoint(psnr_model), load_checkpoint(gan_model)
+    for src in (a.path, b.path):
+        if output.exists() and output.resolve() == Path(src).resolve():
+            raise InputError(f"{output}: refusing to overwrite an input model; choose another output")
+    if a.arch != b.arch or a.config != b.config:
+        raise InputError(
+            f"{gan_model}: a different architecture ({b.arch} {b.config}) from {psnr_model} ({a.arch} {a.config}); "
+            "interpolation needs two models of the same architecture")
+    try:
+        state = interpolate_state_dicts(a.model.state_dict(), b.model.state_dict(), alpha)
+    except ValueError as exc:
+        raise InputError(f"{gan_model}: cannot interpolate with {psnr_model}: {exc}") from exc
+    model = a.model
+    model.load_state_dict(state)
+    meta = {
+        "interpolated": {"alpha": alpha, "psnr_model": str(psnr_model), "gan_model": str(gan_model),
+                         "psnr_sha256": a.sha256, "gan_sha256": b.sha256},
+        "recipe": "network interpolation",
+    }
+    return save_checkpoint(output, model, a.config, meta)
+
+
+def cache_dir() -> Path:
+    """Where interpolated checkpoints are kept: ``$SR_DEPLOY_CACHE/realism`` or
+    ``~/.cache/sr_deploy/realism``."""
+    root = os.environ.get("SR_DEPLOY_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "sr_deploy") / "realism"
+
+
+def resolve_realism(model: str, gan_model: str | None, realism: float | None) -> str:
+    """The model to load for ``--model MODEL [--gan-model GAN] --realism A``.
+
+    Without `realism`, `model` itself (and `gan_model` must not be given). With it, the GAN end
+    is `gan_model`, or `default-gan` when `model` is `default`; A = 0 returns `model`, A = 1 the
+    GAN model, anything between the path of the interpolated checkpoint (made once, cached).
+    """
+    if realism is None:
+        if gan_model is not None:
+            raise InputError(f"--gan-model {gan_model}: give --realism A too (0 = {model}, 1 = {gan_model})")
+        return model
+    alpha = check_alpha(realism)
+    if gan_model is None:
+        if model not in BUNDLED_PAIR:
+            raise InputError(f"--realism needs --gan-model PATH for {model} (only default has a bundled GAN partner)")
+        gan_model = BUNDLED_PAIR[model]
+    if alpha == 0.0:
+        return model
+    if alpha == 1.0:
+        return gan_model
+    psnr_ckpt, gan_ckpt = load_checkpoint(model), load_checkpoint(gan_model)
+    key = hashlib.sha256(f"{psnr_ckpt.sha256}:{gan_ckpt.sha256}:{alpha!r}".encode()).hexdigest()[:20]
+    target = cache_dir() / f"realism-{alpha:.3f}-{key}.pt"
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        interpolate_checkpoints(model, gan_model, alpha, target)
+    return str(target)

@@ -1,0 +1,158 @@
+"""`--precision auto` on the CPU: bf16 only with AMX and only when bf16 passes the 50 dB parity threshold.
+
+The CPU-capability probe is replaced by stand-in cpuinfo files (both ways); the parity figures
+are measured for real (Set5 crops when ../shared/data is there)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sr_deploy.backends import load
+from sr_deploy.backends import cpu_precision as cp
+from sr_deploy.models import save_checkpoint
+from sr_deploy.parity import REDUCED_MIN_PSNR_DB
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cpuinfo(tmp_path: Path, name: str, flags: str) -> Path:
+    path = tmp_path / f"cpuinfo-{name.replace(' ', '_')}"
+    path.write_text(f"processor\t: 0\nmodel name\t: {name}\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+    return path
+
+
+@pytest.fixture()
+def amx_cpu(tmp_path, monkeypatch) -> Path:
+    """A stand-in Xeon with AMX, and an empty precision cache of its own."""
+    monkeypatch.setenv("SR_DEPLOY_CPUINFO", str(_cpuinfo(tmp_path, "Stand-in Xeon", "fpu avx512f amx_tile amx_bf16")))
+    monkeypatch.setenv("SR_DEPLOY_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / cp.CACHE_FILE
+
+
+@pytest.fixture()
+def epyc_cpu(tmp_path, monkeypatch) -> Path:
+    """A stand-in EPYC: bf16 vector instructions (avx512_bf16) but no matrix units."""
+    monkeypatch.setenv("SR_DEPLOY_CPUINFO", str(_cpuinfo(tmp_path, "Stand-in EPYC", "fpu avx512f avx512_bf16")))
+    monkeypatch.setenv("SR_DEPLOY_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / cp.CACHE_FILE
+
+
+class Cancelling(nn.Module):
+    """x4 nearest upscaling through (x + 300) - 300: exact in fp32, but bf16 (8 significant bits)
+    rounds x + 300 to a multiple of 2, so the bf16 output is all 0 or 2: parity far below 50 dB."""
+
+    scale = 4
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.offset = nn.Parameter(torch.tensor(300.0), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate((x + self.offset) - self.offset, scale_factor=4, mode="nearest")
+
+
+def _no_measuring(model, scale):
+    raise AssertionError("parity was measured where it should not have been")
+
+
+def test_probe_reads_the_amx_flag_from_cpuinfo(amx_cpu, tmp_path, monkeypatch):
+    assert cp.cpu_has_bf16_matrix_units() and cp.cpu_model_name() == "Stand-in Xeon"
+    monkeypatch.setenv("SR_DEPLOY_CPUINFO", str(_cpuinfo(tmp_path, "Stand-in EPYC", "avx512_bf16 amx_tilex")))
+    assert not cp.cpu_has_bf16_matrix_units()
+    monkeypatch.setenv("SR_DEPLOY_CPUINFO", str(tmp_path / "absent"))
+    assert not cp.cpu_has_bf16_matrix_units()  # no /proc/cpuinfo (macOS, Windows): fp32
+
+
+def test_without_amx_auto_is_fp32_without_measuring(tiny_srresnet, epyc_cpu):
+    choice = cp.choose_cpu_precision(tiny_srresnet, "abc", measure=_no_measuring)
+    assert choice.precision == "fp32"
+    assert "Stand-in EPYC has no bf16 matrix units (amx_bf16)" in choice.reason
+    assert not epyc_cpu.exists()  # nothing measured, nothing cached
+
+
+def test_with_amx_a_model_that_passes_parity_runs_bf16_and_the_verdict_is_cached(tiny_srresnet, amx_cpu, set5_dir):
+    choice = cp.choose_cpu_precision(tiny_srresnet, "sha-tiny")
+    assert choice.precision == "bf16", choice.reason
+    entry = json.loads(amx_cpu.read_text())["Stand-in Xeon|sha-tiny"]
+    assert entry["psnr_db"] >= REDUCED_MIN_PSNR_DB and entry["images"] == "Set5 crops"
+    assert f"parity {entry['psnr_db']:.1f} dB >= 50 dB on Set5 crops" in choice.reason
+
+    again = cp.choose_cpu_precision(tiny_srresnet, "sha-tiny", measure=_no_measuring)
+    assert (again.precision, again.reason) == ("bf16", choice.reason + " (cached)")
+    # Another model (hash) or another CPU model is measured afresh.
+    with pytest.raises(AssertionError, match="measured"):
+        cp.choose_cpu_precision(tiny_srresnet, "sha-other", measure=_no_measuring)
+
+
+def test_with_amx_a_model_that_fails_bf16_parity_stays_fp32(amx_cpu):
+    model = Cancelling()
+    psnr, _images = cp.measure_bf16_psnr(model, 4)
+    assert psnr < REDUCED_MIN_PSNR_DB
+    choice = cp.choose_cpu_precision(model, "sha-cancelling")
+    assert choice.precision == "fp32"
+    assert f"but bf16 vs fp32 parity {psnr:.1f} dB < 50 dB" in choice.reason
+    # The failing verdict is cached too, and still says fp32.
+    assert cp.choose_cpu_precision(model, "sha-cancelling", measure=_no_measuring).precision == "fp32"
+
+
+def test_a_damaged_cache_is_measured_again(tiny_srresnet, amx_cpu):
+    amx_cpu.parent.mkdir(parents=True)
+    amx_cpu.write_text("{not json")
+    choice = cp.choose_cpu_precision(tiny_srresnet, "sha", measure=lambda m, s: (40.0, "stand-in crops"))
+    assert choice.precision == "fp32" and "40.0 dB < 50 dB on stand-in crops" in choice.reason
+    assert json.loads(amx_cpu.read_text())["Stand-in Xeon|sha"]["psnr_db"] == 40.0
+
+
+def test_load_with_auto_precision_follows_the_cpu(tiny_srresnet, tmp_path, amx_cpu, monkeypatch):
+    ckpt = save_checkpoint(tmp_path / "tiny.pt", tiny_srresnet, {"scale": 4, "num_blocks": 2, "num_features": 16})
+    x = np.random.default_rng(0).random((1, 3, 8, 8), dtype=np.float32)
+    with load(ckpt, device="cpu") as backend:
+        assert backend.precision == "bf16" and next(backend.model.parameters()).dtype == torch.bfloat16
+        assert backend.precision_reason.startswith("bf16: Stand-in Xeon has bf16 matrix units")
+        y_auto = backend(x)
+    with load(ckpt, device="cpu", precision="fp32") as backend:
+        assert backend.precision_reason == "fp32: asked for with --precision"
+        assert 0 < np.abs(backend(x) - y_auto).max() < 0.05
+    # An in-memory module is measured (no file hash to cache under) and fails here: fp32.
+    with load(copy.deepcopy(Cancelling()), device="cpu") as backend:
+        assert backend.precision == "fp32" and "< 50 dB" in backend.precision_reason
+    monkeypatch.setenv("SR_DEPLOY_CPUINFO", str(_cpuinfo(tmp_path, "Stand-in EPYC", "avx512_bf16")))
+    with load(ckpt, device="cpu") as backend:
+        assert backend.precision == "fp32" and "no bf16 matrix units" in backend.precision_reason
+
+
+def _cli(*args: str, cpuinfo: Path, cache: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SR_DEPLOY_CPUINFO": str(cpuinfo), "SR_DEPLOY_CACHE": str(cache)}
+    return subprocess.run([sys.executable, "-m", "sr_deploy", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def test_info_and_upscale_say_which_precision_and_why(tmp_path, tiny_srresnet):
+    ckpt = save_checkpoint(tmp_path / "tiny.pt", tiny_srresnet, {"scale": 4, "num_blocks": 2, "num_features": 16})
+    epyc = _cpuinfo(tmp_path, "Stand-in EPYC", "avx512_bf16")
+    info = _cli("info", str(ckpt), cpuinfo=epyc, cache=tmp_path / "cache")
+    assert info.returncode == 0, info.stderr
+    assert ("precision:   auto here = fp32: Stand-in EPYC has no bf16 matrix units (amx_bf16), "
+            "bf16 would not be faster") in info.stdout.splitlines()
+
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "in.png"), np.full((12, 16, 3), 128, np.uint8))
+    xeon = _cpuinfo(tmp_path, "Stand-in Xeon", "amx_bf16")
+    up = _cli("upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), "--model", str(ckpt),
+              "--device", "cpu", cpuinfo=xeon, cache=tmp_path / "cache")
+    assert up.returncode == 0, up.stderr
+    lines = [line for line in up.stderr.splitlines() if line.startswith("precision: ")]
+    assert len(lines) == 1 and lines[0].startswith("precision: bf16: Stand-in Xeon has bf16 matrix units"), up.stderr
+    assert cv2.imread(str(tmp_path / "out.png")).shape == (48, 64, 3)

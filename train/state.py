@@ -1,0 +1,97 @@
+"""The plumbing that makes a run stoppable and resumable: global RNG state as saveable values,
+the EMA copy of the generator, a SIGINT / SIGTERM flag checked between iterations, and atomic
+writes of the run's files (through `sr_deploy.util.files`, so a killed run never leaves a
+half-written state or config behind).
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import signal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from sr_deploy.util.files import atomic_write, atomic_write_text
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """`torch.save(obj)` to `path` under a temporary name, renamed over `path` when complete."""
+    with atomic_write(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """`text` (UTF-8) to `path`, atomically."""
+    atomic_write_text(path, text)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch global RNG states as tensors and plain values (loadable with
+    ``torch.load(weights_only=True)``)."""
+    name, key, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [name, torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` returned (after a ``torch.load`` round trip)."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    name, key, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, key.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class EMA:
+    """Exponential moving average of a model's parameters (buffers copied): the averaged copy
+    is what validation and the saved checkpoints use when `train.ema_decay` is set."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = float(decay)
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        ema_params = list(self.model.parameters())
+        torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], 1.0 - self.decay)
+        for e, b in zip(self.model.buffers(), model.buffers()):
+            e.copy_(b)
+
+
+class StopOnSignal:
+    """Turns SIGINT / SIGTERM into a flag checked between iterations, so the loop saves its
+    state and returns instead of dying mid-write. Handlers are restored on exit."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopOnSignal:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.signum is not None:  # a second Ctrl-C: give up on saving
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
