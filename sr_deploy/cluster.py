@@ -195,13 +195,14 @@ def join_pieces(pieces: Sequence[Path], source: Path, target: Path, log: Log) ->
     happened to the audio."""
     import av
 
-    from .video import _mux, _Segment
+    from .video.mux import mux
+    from .video.segments import Segment
 
     folder = pieces[0].parent
-    segments = [_Segment(p.name, 0, 0, 0) for p in pieces]
+    segments = [Segment(p.name, 0, 0, 0) for p in pieces]
     tmp = partial_path(target)
     try:
-        audio = _mux(source, folder, segments, tmp, target.suffix, probe_video(source), log)
+        audio = mux(source, folder, segments, tmp, target.suffix, probe_video(source), log)
         os.replace(tmp, target)
     except (av.FFmpegError, OSError) as exc:
         raise SRDeployError(f"{target}: writing the output failed: {first_line(exc)}") from None
@@ -221,12 +222,12 @@ class _Resume:
 
     @classmethod
     def open(cls, job: Job, options: UpscaleOptions, model_id: str) -> _Resume:
-        from .video import _resume_key
+        from .video.segments import resume_key
 
         settings = {"options": dataclasses.asdict(options) | {"progress": None, "overwrite": None},
                     "model": model_id, "ray_pieces": 1}
         folder = segments_dir(job.target) / "ray"
-        resume = cls(folder, _resume_key(job.source, settings))
+        resume = cls(folder, resume_key(job.source, settings))
         try:
             data = json.loads((folder / "manifest.json").read_text())
             if data["key"] == resume.key:
