@@ -212,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", help="comma-separated row names (printed, nothing written)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per architecture")
+    parser.add_argument("--jsonl", help="also append each row to this file as it finishes")
+    parser.add_argument("--from-jsonl", nargs="+", metavar="FILE",
+                        help="write docs/models.md and the JSON from rows collected earlier (no run)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--json", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -222,21 +225,38 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.spandrel_zoo import RESTORATION_ENTRIES, SR_ENTRIES
 
     names = [e.name for e in SR_ENTRIES + RESTORATION_ENTRIES]
-    if args.only:
-        wanted = {n.strip() for n in args.only.split(",")}
-        names = [n for n in names if n in wanted or n.split(" ")[0] in wanted]
+    if args.from_jsonl:
+        collected = {}
+        for file in args.from_jsonl:
+            for line in Path(file).read_text().splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    collected[row["name"]] = row
+        rows = [collected[n] for n in names if n in collected]
+        _write_results(rows, f"nice -n 10 python benchmarks/model_matrix.py (rows in {len(args.from_jsonl)} runs)")
+        return 0
+    if args.only:  # in the order given
+        wanted = [n.strip() for n in args.only.split(",")]
+        names = [n for w in wanted for n in names if n == w or (n.split(" ")[0] == w and w not in names)]
     rows = []
     for name in names:
         row = run_isolated(name, args.timeout)
         rows.append(row)
+        if args.jsonl:
+            with open(args.jsonl, "a") as f:
+                f.write(json.dumps(row, default=float) + "\n")
         print(f"{name:48s} {row['status']:4s} {row.get('seconds', 0):6.1f}s "
               f"{row.get('exporter', '')} {row.get('reason', '')}"[:220], flush=True)
     if not args.only:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(rows, indent=1, default=float) + "\n")
-        write_doc(rows, "nice -n 10 python benchmarks/model_matrix.py")
-        print(f"wrote {DOC} and {RESULTS}")
+        _write_results(rows, "nice -n 10 python benchmarks/model_matrix.py")
     return 0
+
+
+def _write_results(rows: list[dict[str, Any]], command: str) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(rows, indent=1, default=float) + "\n")
+    write_doc(rows, command)
+    print(f"wrote {DOC} and {RESULTS}")
 
 
 if __name__ == "__main__":

@@ -36,9 +36,7 @@ this module, which imports nothing of sr-deploy but `errors`.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +44,7 @@ from types import ModuleType
 from typing import Any
 
 from .errors import TENSORRT_NOT_INSTALLED, InputError, NotInstalledError, SRDeployError
+from .util.files import atomic_write_bytes
 
 CUDA_NOT_AVAILABLE = (
     "CUDA is not available (torch.cuda.is_available() is False): TensorRT needs an NVIDIA GPU "
@@ -363,25 +362,11 @@ def _save_timing_cache(config: Any, path: Path, echo: Callable[[str], None]) -> 
         return
     try:
         data = bytes(memoryview(cache.serialize()))
-        atomic_write_bytes(path, data)
+        atomic_write_bytes(path, data, make_parents=True, unique=True)  # concurrent builds share it
     except (OSError, TypeError, ValueError) as exc:
         echo(f"timing cache: could not save {path} ({exc}); the engine is not affected")
         return
     echo(f"timing cache: saved {path} ({len(data):,} bytes)")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to a unique temporary file beside `path`, then rename it over `path`: two
-    processes writing the same file never share a temporary, and a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------- runtime

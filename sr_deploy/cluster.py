@@ -73,8 +73,19 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def import_ray() -> Any:
-    """The `ray` module with Ray Data, or NotInstalledError (exit 2) naming the extra."""
+# Ray's own switch for a single-machine cluster on the loopback interface (the default on Windows and
+# macOS): without it, Ray replaces 127.0.0.1 by the machine's network address and listens there.
+LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def import_ray(local: bool = False) -> Any:
+    """The `ray` module with Ray Data, or NotInstalledError (exit 2) naming the extra.
+
+    `local`: this process will start a cluster of its own; when Ray is not imported yet, make it
+    listen on 127.0.0.1 only (read by Ray at import, and by the processes it starts).
+    """
+    if local and "ray" not in sys.modules:
+        os.environ.setdefault(LOOPBACK_ONLY_ENV, "0")
     try:
         import ray
         import ray.data  # noqa: F401
@@ -184,13 +195,14 @@ def join_pieces(pieces: Sequence[Path], source: Path, target: Path, log: Log) ->
     happened to the audio."""
     import av
 
-    from .video import _mux, _Segment
+    from .video.mux import mux
+    from .video.segments import Segment
 
     folder = pieces[0].parent
-    segments = [_Segment(p.name, 0, 0, 0) for p in pieces]
+    segments = [Segment(p.name, 0, 0, 0) for p in pieces]
     tmp = partial_path(target)
     try:
-        audio = _mux(source, folder, segments, tmp, target.suffix, probe_video(source), log)
+        audio = mux(source, folder, segments, tmp, target.suffix, probe_video(source), log)
         os.replace(tmp, target)
     except (av.FFmpegError, OSError) as exc:
         raise SRDeployError(f"{target}: writing the output failed: {first_line(exc)}") from None
@@ -210,12 +222,12 @@ class _Resume:
 
     @classmethod
     def open(cls, job: Job, options: UpscaleOptions, model_id: str) -> _Resume:
-        from .video import _resume_key
+        from .video.segments import resume_key
 
         settings = {"options": dataclasses.asdict(options) | {"progress": None, "overwrite": None},
                     "model": model_id, "ray_pieces": 1}
         folder = segments_dir(job.target) / "ray"
-        resume = cls(folder, _resume_key(job.source, settings))
+        resume = cls(folder, resume_key(job.source, settings))
         try:
             data = json.loads((folder / "manifest.json").read_text())
             if data["key"] == resume.key:
@@ -340,7 +352,7 @@ def _connect(ray: Any, address: str | None) -> bool:
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
-    local = {} if address else {"_node_ip_address": "127.0.0.1", "include_dashboard": False}
+    local = {} if address else {"include_dashboard": False}  # loopback: see `import_ray(local=True)`
     try:
         ray.init(address=address, logging_level="warning", log_to_driver=True, configure_logging=True, **local)
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -550,7 +562,7 @@ def _finish_video(state: _VideoState, summary: UpscaleSummary, fail: Callable[[J
 def upscale_on_ray(inputs: Sequence[str | Path], output: str | Path, options: UpscaleOptions,
                    ray_options: RayOptions, log: Log = _stderr) -> UpscaleSummary:
     """`sr_deploy.upscale.upscale` on a Ray cluster: the same checks and plan, then `run_jobs_on_ray`."""
-    import_ray()  # the one-line 'not installed' message before any work
+    import_ray(local=not (ray_options.address or os.environ.get("RAY_ADDRESS")))  # 'not installed' first
     validate_options(options)
     jobs = plan_jobs(inputs, output, options.ext)
     if not jobs:

@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 
 from . import __version__
 from .errors import InputError
+from .util.files import atomic_write_text, unique_partial_path
 
 MAX_TENSOR_ELEMENTS = 2**31 - 1
 """TensorRT tensors must stay under 2^31 elements (int32 volumes)."""
@@ -197,14 +197,6 @@ def check_tensor_limits(profile: ShapeProfile, scale: int, onnx_path: str | Path
 # --------------------------------------------------------------------------- hashing, sidecar, cache
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 @dataclass
 class BuildOptions:
     """The build options beside the ONNX, TensorRT, GPU, profile and precision that change the
@@ -269,27 +261,15 @@ def sidecar_path(engine_path: str | Path) -> Path:
 def write_sidecar(engine_path: str | Path, sidecar: EngineSidecar) -> Path:
     """Write `<engine>.json` atomically (a unique temporary file beside it, then rename)."""
     path = sidecar_path(engine_path)
-    atomic_write_text(path, json.dumps(asdict(sidecar), indent=2) + "\n")
+    atomic_write_text(path, json.dumps(asdict(sidecar), indent=2) + "\n", make_parents=True, unique=True)
     return path
 
 
 def unique_temp_path(path: Path, suffix: str = ".tmp") -> Path:
-    """A new, empty, uniquely named file beside `path` (`.name.XXXX.tmp`): concurrent writers of
-    the same target never share a temporary name."""
+    """A new, empty, uniquely named file beside `path` (`.name.partial-XXXX<suffix>`): concurrent
+    writers of the same target never share a temporary name."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    return Path(tmp)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = unique_temp_path(path)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    return unique_partial_path(path.with_suffix(suffix) if suffix else path)
 
 
 @contextlib.contextmanager

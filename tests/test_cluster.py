@@ -22,6 +22,9 @@ from _upscale_support import save_tiny_srvgg
 from sr_deploy.upscale import UpscaleOptions, upscale
 from sr_deploy.video import find_ffmpeg
 
+# Before Ray is imported: the test cluster listens on 127.0.0.1 only (see sr_deploy.cluster.LOOPBACK_ONLY_ENV).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'sr-deploy[ray]')")
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,11 +37,11 @@ def ray_cluster():
     from sr_deploy.cluster import import_ray
 
     import_ray()
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024 * 1024,
-             logging_level="warning", _node_ip_address="127.0.0.1")
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024 * 1024, logging_level="warning")
     try:
-        yield ray.get_runtime_context().gcs_address
+        address = ray.get_runtime_context().gcs_address
+        assert address.startswith("127.0.0.1:"), address  # nothing listens beyond this machine
+        yield address
     finally:
         ray.shutdown()
 

@@ -727,10 +727,13 @@ def test_stale_fixed_temporaries_do_not_break_writes(tmp_path):
     """Bug 8: fixed `.tmp` names raced between two processes writing the same entry (and a stale
     one broke the write); temporaries are now unique per writer."""
     engine = tmp_path / "m.engine"
-    for stale in (tmp_path / "m.engine.json.tmp", tmp_path / "t.cache.tmp"):
-        stale.mkdir()  # what a fixed temporary name would collide with
+    for stale in (tmp_path / "m.engine.json.tmp", tmp_path / "t.cache.tmp", tmp_path / ".m.engine.partial.json",
+                  tmp_path / ".t.partial.cache"):
+        stale.mkdir()  # what a fixed temporary name (before: `.tmp`; util's shared `.partial`) would collide with
     write_sidecar(engine, _sidecar())
-    _tensorrt.atomic_write_bytes(tmp_path / "t.cache", b"data")
+    from sr_deploy.util.files import atomic_write_bytes
+
+    atomic_write_bytes(tmp_path / "t.cache", b"data", unique=True)  # what _tensorrt saves the timing cache with
     assert read_sidecar(engine) == _sidecar() and (tmp_path / "t.cache").read_bytes() == b"data"
 
 

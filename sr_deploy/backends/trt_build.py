@@ -51,7 +51,6 @@ from ..engine import (
     gpu_identity,
     read_sidecar,
     resolve_profile,
-    sha256_file,
     sidecar_path,
     timing_cache_path,
     unique_temp_path,
@@ -59,6 +58,7 @@ from ..engine import (
 )
 from ..errors import InputError, SRDeployError
 from ..parity import ParityReport
+from ..util.files import file_sha256
 from .ort_backend import OnnxRuntimeBackend
 from .trt_backend import TensorRTBackend
 
@@ -328,10 +328,10 @@ class _BuildJob:
             self.log_path, self.verbose, self.fallback_static, self.echo)
         seconds = time.perf_counter() - started
         sidecar = EngineSidecar(
-            onnx_sha256=sha256_file(self.src), tensorrt_version=self.target.version, gpu_name=self.target.gpu_name,
+            onnx_sha256=file_sha256(self.src), tensorrt_version=self.target.version, gpu_name=self.target.gpu_name,
             compute_capability=self.target.compute_capability, profile=used_profile.as_dict(),
             precision=self.precision, route=self.target.plan.route, scale=self.scale, onnx_path=str(self.src),
-            built_onnx_sha256=sha256_file(build_src), fp16_tensors=fp16.fp16_tensors if fp16 else 0,
+            built_onnx_sha256=file_sha256(build_src), fp16_tensors=fp16.fp16_tensors if fp16 else 0,
             fp32_block_list=fp16.block_list if fp16 else [], build_seconds=round(seconds, 3),
             built_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), build_log=str(self.log_path),
             timing_cache=str(self.cache_path), static_fallback=fell_back,
@@ -463,7 +463,7 @@ def ensure_engine(
     options = _check_options(precision, workspace_gib, opt_level)
     target = _target(precision, strongly_typed, device)
     profile = profile or resolve_profile()
-    key = engine_cache_key(sha256_file(src), target.version, target.gpu_name, target.compute_capability, profile,
+    key = engine_cache_key(file_sha256(src), target.version, target.gpu_name, target.compute_capability, profile,
                            precision, target.plan.route, options)
     path = cached_engine_path(src, key, precision, cache_dir)
     if _reusable(path, key, profile, check_parity):

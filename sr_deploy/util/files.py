@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,7 @@ __all__ = [
     "check_output_path",
     "file_sha256",
     "partial_path",
+    "unique_partial_path",
 ]
 
 
@@ -34,8 +36,18 @@ def partial_path(target: str | Path) -> Path:
     return target.with_name(f".{target.stem}.partial{target.suffix}")
 
 
+def unique_partial_path(target: str | Path) -> Path:
+    """A new, empty, uniquely named temporary file beside `target` (``out/.w.partial-k3j9.png``):
+    for files that several processes may write at once (engine caches, timing caches), where one
+    shared temporary name would let two writers mix their bytes."""
+    target = Path(target)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.partial-", suffix=target.suffix)
+    os.close(fd)
+    return Path(tmp)
+
+
 @contextlib.contextmanager
-def atomic_write(target: str | Path, *, make_parents: bool = False) -> Iterator[Path]:
+def atomic_write(target: str | Path, *, make_parents: bool = False, unique: bool = False) -> Iterator[Path]:
     """Yield the temporary path to write `target` under; on a clean exit rename it over `target`.
 
     On any exception (including KeyboardInterrupt) the temporary file is removed and `target` is
@@ -48,11 +60,13 @@ def atomic_write(target: str | Path, *, make_parents: bool = False) -> Iterator[
     Args:
         target: the final file.
         make_parents: create the target's folder first (otherwise a missing folder is an OSError).
+        unique: a temporary name of this writer's own (`unique_partial_path`) instead of the fixed
+            `partial_path`, for targets that concurrent processes may write.
     """
     target = Path(target)
     if make_parents:
         target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = partial_path(target)
+    tmp = unique_partial_path(target) if unique else partial_path(target)
     try:
         yield tmp
         os.replace(tmp, target)
@@ -61,10 +75,10 @@ def atomic_write(target: str | Path, *, make_parents: bool = False) -> Iterator[
             tmp.unlink(missing_ok=True)
 
 
-def atomic_write_bytes(target: str | Path, data: bytes, *, make_parents: bool = False) -> Path:
+def atomic_write_bytes(target: str | Path, data: bytes, *, make_parents: bool = False, unique: bool = False) -> Path:
     """Write `data` to `target` atomically (flushed to disk before the rename); returns `target`."""
     target = Path(target)
-    with atomic_write(target, make_parents=make_parents) as tmp:
+    with atomic_write(target, make_parents=make_parents, unique=unique) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
@@ -72,9 +86,9 @@ def atomic_write_bytes(target: str | Path, data: bytes, *, make_parents: bool = 
     return target
 
 
-def atomic_write_text(target: str | Path, text: str, *, make_parents: bool = False) -> Path:
+def atomic_write_text(target: str | Path, text: str, *, make_parents: bool = False, unique: bool = False) -> Path:
     """Write `text` (UTF-8) to `target` atomically; returns `target`."""
-    return atomic_write_bytes(target, text.encode("utf-8"), make_parents=make_parents)
+    return atomic_write_bytes(target, text.encode("utf-8"), make_parents=make_parents, unique=unique)
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -1,0 +1,87 @@
+"""Decoding with damage reported and presentation times made strictly increasing."""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .common import Log, VideoDamaged, cause, clock
+
+# Frames over which out-of-order container timestamps are sorted (more than any B-frame delay).
+_REORDER_DEPTH = 16
+
+
+@dataclass
+class DecodeState:
+    """What the reader learned: frames handed on, the end of the last one (s), damage seen."""
+
+    frames: int = 0
+    last_end: float | None = None
+    damage: list[str] = field(default_factory=list)
+
+
+def decoded_frames(container: Any, stream: Any, source: Path, state: DecodeState, allow_partial: bool,
+                    log: Log) -> Iterator[Any]:
+    """Every frame the decoder gives, in presentation order. A decoder or demuxer error raises
+    VideoDamaged (time and frame of the last good frame), or with `allow_partial` is recorded in
+    `state.damage`, warned about, and decoding goes on with the next packet."""
+    import av
+
+    codec = stream.codec_context
+
+    def damaged(exc: BaseException) -> None:
+        where = (f"after {clock(state.last_end)} (frame {state.frames})" if state.last_end is not None
+                 else "before the first frame")
+        message = f"{source}: damaged video: decoding stopped {where}: {cause(exc)}"
+        if not allow_partial:
+            raise VideoDamaged(message) from None
+        state.damage.append(message)
+        if len(state.damage) == 1:  # one line per file; the count is in the final warning
+            log(f"warning: {message}; --allow-partial: going on with the next packet")
+
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except (av.FFmpegError, OSError) as exc:  # the demuxer cannot go on: the file ends here
+            damaged(exc)
+            return
+        try:
+            frames = codec.decode(packet)
+        except (av.FFmpegError, OSError) as exc:
+            damaged(exc)
+            continue
+        yield from frames
+
+
+def timed(frames: Iterator[Any], step: int) -> Iterator[tuple[int, Any]]:
+    """(pts, frame) in presentation order with strictly increasing pts. Containers without
+    presentation times (AVI) give pts out of order around B-frames: the values of a window of
+    `_REORDER_DEPTH` frames are handed out sorted. A frame without pts gets the previous + `step`."""
+    pending: deque = deque()
+    values: list[int] = []
+    last: int | None = None
+
+    def take() -> tuple[int, Any]:
+        nonlocal last
+        frame = pending.popleft()
+        pts = heapq.heappop(values) if values else None
+        if pts is None or (last is not None and pts <= last):
+            pts = last + step if last is not None else (pts if pts is not None else 0)
+        last = pts
+        return pts, frame
+
+    for frame in frames:
+        pending.append(frame)
+        if frame.pts is not None:
+            heapq.heappush(values, frame.pts)
+        if len(pending) > _REORDER_DEPTH:
+            yield take()
+    while pending:
+        yield take()

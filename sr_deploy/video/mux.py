@@ -1,0 +1,200 @@
+"""The final mux: the segments' video and the input's audio / subtitles, per container."""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from .common import Log
+from .probe import VideoInfo
+from .segments import Segment
+
+# Audio encoder for a container that refuses the input's audio codec.
+_AUDIO_FALLBACK = {".webm": "libopus", ".mkv": "libopus", ".avi": "libmp3lame"}
+# Audio that a container lists as accepted but that a stream copy through PyAV mistimes: AVI
+# needs the packets' frame size, which PyAV's stream template does not carry (the audio came
+# out 0.75 s long for 4 s). Re-encoded (MP3, AVI's own) instead.
+_COPY_MISTIMED = {".avi": frozenset({"aac", "opus", "vorbis"})}
+_ANNEX_B_FILTERS = {"h264": "h264_mp4toannexb", "hevc": "hevc_mp4toannexb"}
+
+
+def _audio_encoder_for(extension: str) -> str:
+    return _AUDIO_FALLBACK.get(extension.lower(), "aac")
+
+
+def _packets_in_time(packet_sources: list[Iterator[Any]]) -> Iterator[Any]:
+    """Merge packet iterators by decode time (dts, else pts, in seconds), so the muxer gets them
+    interleaved without buffering whole streams."""
+    def keyed(index: int, packets: Iterator[Any]) -> Iterator[tuple[float, int, Any]]:
+        for packet in packets:
+            stamp = packet.dts if packet.dts is not None else packet.pts
+            yield (float(stamp * packet.time_base) if stamp is not None else -math.inf, index, packet)
+
+    for _t, _i, packet in heapq.merge(*(keyed(i, p) for i, p in enumerate(packet_sources)),
+                                      key=lambda item: (item[0], item[1])):
+        yield packet
+
+
+def _monotonic_dts(packets: Iterator[Any]) -> Iterator[Any]:
+    """Segments are separate encoder sessions: each starts with decode times a little before its
+    first presentation time (B-frame delay). Where one would not come after the previous
+    segment's last decode time, it is moved just after it (never past its presentation time), as
+    muxers need strictly increasing decode times."""
+    last: Fraction | None = None
+    for packet in packets:
+        if packet.dts is not None:
+            dts = packet.dts * packet.time_base
+            if last is not None and dts <= last:
+                fixed = int(last / packet.time_base) + 1
+                if packet.pts is not None:
+                    fixed = min(fixed, packet.pts)
+                packet.dts = fixed
+                dts = fixed * packet.time_base
+            last = dts
+        yield packet
+
+
+def _annex_b(packets: Iterator[Any], name: str, template: Any, out_stream: Any) -> Iterator[Any]:
+    """H.264 / HEVC packets from the MP4 segments are length-prefixed; AVI stores start codes."""
+    from av.bitstream import BitStreamFilterContext
+
+    bsf = BitStreamFilterContext(name, template, out_stream)
+    for packet in packets:
+        for filtered in bsf.filter(packet):
+            filtered.stream = out_stream
+            yield filtered
+    for filtered in bsf.filter(None):
+        filtered.stream = out_stream
+        yield filtered
+
+
+def _copy_packets(container: Any, stream: Any, out_stream: Any) -> Iterator[Any]:
+    for packet in container.demux(stream):
+        if packet.size == 0 or packet.dts is None and packet.pts is None:
+            continue
+        packet.stream = out_stream
+        yield packet
+
+
+class _AudioTranscoder:
+    """Decode one input audio stream, resample to what the encoder takes, encode."""
+
+    def __init__(self, stream: Any, out_stream: Any):
+        import av
+
+        ctx = out_stream.codec_context
+        self.stream, self.out_stream = stream, out_stream
+        self.resampler = av.AudioResampler(format=ctx.format.name, layout=ctx.layout.name, rate=ctx.sample_rate)
+
+    def feed(self, packet: Any) -> list[Any]:
+        import av
+
+        try:
+            frames = self.stream.codec_context.decode(packet)
+        except av.FFmpegError:
+            return []  # a damaged audio packet: a gap, as a player would play it
+        return [p for frame in frames for r in self.resampler.resample(frame) for p in self.out_stream.encode(r)]
+
+    def flush(self) -> list[Any]:
+        packets = [p for r in self.resampler.resample(None) for p in self.out_stream.encode(r)]
+        return packets + list(self.out_stream.encode(None))
+
+
+def _source_packets(src: Any, copies: dict[int, Any], transcoders: dict[int, _AudioTranscoder]) -> Iterator[Any]:
+    """One pass over `src`'s audio / subtitle streams: copied packets re-targeted to their output
+    stream, transcoded ones encoded."""
+    streams = [s for s in src.streams if s.index in copies or s.index in transcoders]
+    if not streams:
+        return
+    for packet in src.demux(streams):
+        index = packet.stream.index
+        if index in transcoders:
+            yield from transcoders[index].feed(packet)
+        elif packet.size and not (packet.dts is None and packet.pts is None):
+            packet.stream = copies[index]
+            yield packet
+    for transcoder in transcoders.values():
+        yield from transcoder.flush()
+
+
+def container_format(suffix: str) -> str:
+    return {".mkv": "matroska", ".m4v": "mp4", ".mov": "mov"}.get(suffix.lower(), suffix.lower().lstrip("."))
+
+
+def mux(source: Path, folder: Path, segments: list[Segment], tmp: Path, target_suffix: str, info: VideoInfo,
+         warn: Log) -> str:
+    """Write `tmp` (container from `target_suffix`) = the segments' video + `source`'s audio and
+    subtitles. Returns what happened to the audio. Any error raises (the caller reports it as a
+    failure): a full disk is never taken for a container that refuses a codec, because what the
+    container takes is asked up front (`supported_codecs`), not learnt from a failed write."""
+    import av
+
+    options = {"movflags": "+faststart"} if target_suffix.lower() in (".mp4", ".m4v", ".mov") else {}
+    out = av.open(str(tmp), "w", format=container_format(target_suffix), options=options)
+    inputs: list[Any] = []
+    src = None
+    outcomes: list[str] = []
+    try:
+        inputs = [av.open(str(folder / s.file)) for s in segments]
+        src = av.open(str(source))
+        accepted = out.supported_codecs
+        video_out = out.add_stream_from_template(inputs[0].streams.video[0])
+        copies: dict[int, Any] = {}
+        transcoders: dict[int, _AudioTranscoder] = {}
+        for stream in src.streams.audio:
+            name = stream.codec_context.name
+            if name in accepted and name not in _COPY_MISTIMED.get(target_suffix.lower(), ()):
+                copies[stream.index] = out.add_stream_from_template(stream)
+                outcomes.append("copied")
+                continue
+            encoder = av.codec.Codec(_audio_encoder_for(target_suffix), "w")
+            if encoder.canonical_name not in accepted:
+                warn(f"warning: {source}: {target_suffix} takes neither {name} nor {encoder.canonical_name} "
+                     "audio; that audio stream is dropped")
+                outcomes.append("dropped")
+                continue
+            rates = encoder.audio_rates
+            rate = stream.codec_context.sample_rate
+            if rates and rate not in rates:
+                rate = 48000 if 48000 in rates else max(rates)
+            audio_out = out.add_stream(encoder.name, rate=rate)
+            audio_out.layout = "stereo" if stream.codec_context.layout.nb_channels >= 2 else "mono"
+            audio_out.format = encoder.audio_formats[0].name if encoder.audio_formats else "fltp"
+            audio_out.bit_rate = 192000
+            audio_out.time_base = Fraction(1, rate)
+            transcoders[stream.index] = _AudioTranscoder(stream, audio_out)
+            outcomes.append(f"re-encoded to {encoder.canonical_name}")
+            warn(f"warning: {source}: {name} audio cannot be copied into {target_suffix}; re-encoded to "
+                 f"{encoder.canonical_name}")
+        for stream in src.streams.subtitles:
+            name = stream.codec_context.name
+            if name in accepted:
+                copies[stream.index] = out.add_stream_from_template(stream)
+            else:
+                warn(f"warning: {source}: {target_suffix} does not take {name} subtitles; that stream is dropped")
+        video = _monotonic_dts(packet for container in inputs
+                               for packet in _copy_packets(container, container.streams.video[0], video_out))
+        video_codec = inputs[0].streams.video[0].codec_context.codec.canonical_name
+        if target_suffix.lower() == ".avi" and video_codec in _ANNEX_B_FILTERS:
+            video = _annex_b(video, _ANNEX_B_FILTERS[video_codec], inputs[0].streams.video[0], video_out)
+        for packet in _packets_in_time([video, _source_packets(src, copies, transcoders)]):
+            out.mux(packet)
+        out.close()
+    except BaseException:
+        try:
+            out.close()
+        except Exception:  # the write error that brought us here is the one reported
+            pass
+        raise
+    finally:
+        for container in inputs:
+            container.close()
+        if src is not None:
+            src.close()
+    if not info.audio:
+        return "none in input"
+    return ", ".join(sorted(set(outcomes)))

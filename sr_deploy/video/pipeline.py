@@ -1,0 +1,439 @@
+"""The video pipeline: decode -> batch -> backend -> encode in segments -> mux."""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..backends.base import Backend
+from ..errors import InputError, SRDeployError
+from ..imaging import partial_path
+from ..tiling import DEFAULT_TILE_OVERLAP, auto_tile_size, upscale_batch
+from .common import (
+    DEFAULT_CRF,
+    DEFAULT_PRESET,
+    DEFAULT_SEGMENT_SECONDS,
+    DEFAULT_VIDEO_BATCH,
+    Log,
+    NonFiniteOutput,
+    VideoDamaged,
+    _stderr,
+    cause,
+    clock,
+    default_codec,
+    partial_output_path,
+    segments_dir,
+)
+from .decode import DecodeState, decoded_frames, timed
+from .frames import even_size, frames_to_model_input, model_output_to_frames
+from .mux import container_format, mux
+from .probe import VideoInfo, open_input, probe_video, sws_colorspace, sws_range
+from .segments import EncodeSettings, SegmentWriter, read_manifest, resume_key
+
+# Batches waiting between stages; each holds batch_size frames.
+_QUEUE_DEPTH = 2
+
+
+@dataclass
+class VideoResult:
+    """What `upscale_video` did: frames in the output, nominal frame rate, output size (w, h),
+    wall seconds, model seconds (time spent inside the backend), what happened to the audio
+    (`copied`, `re-encoded to aac`, `re-encoded to opus`, `none in input`, `dropped`), frames
+    run through the model by this call (fewer than `frames` after a resume), the frame it resumed
+    after (0 = from the start), where the file was written, and whether it is partial."""
+
+    frames: int
+    fps: float
+    size: tuple[int, int]
+    seconds: float
+    model_seconds: float
+    audio: str
+    warnings: list[str] = field(default_factory=list)
+    frames_inferred: int = 0
+    resumed_from: int = 0
+    path: Path | None = None
+    partial: bool = False
+
+
+class _Stop(Exception):
+    """Raised inside a stage when another stage asked everything to stop."""
+
+
+def _put(q: queue.Queue, item: Any, stop: threading.Event) -> None:
+    while True:
+        if stop.is_set():
+            raise _Stop
+        try:
+            q.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
+
+
+def _get(q: queue.Queue, stop: threading.Event) -> Any:
+    while True:
+        if stop.is_set():
+            raise _Stop
+        try:
+            return q.get(timeout=0.1)
+        except queue.Empty:
+            continue
+
+
+def _check_finite(batch: np.ndarray, source: Path, first_frame: int) -> None:
+    if not np.isfinite(float(batch.sum())):  # one reduction: any NaN/Inf makes the sum non-finite
+        bad = [i for i in range(len(batch)) if not np.isfinite(batch[i]).all()]
+        raise NonFiniteOutput(f"{source}: the model's output has NaN/Inf values at frame {first_frame + bad[0]} "
+                              "(a checkpoint with non-finite weights, or fp16 overflow that fp32 did not cure)")
+
+
+
+def upscale_video(
+    backend: Backend,
+    source: str | Path,
+    target: str | Path,
+    *,
+    tile: int | None = None,
+    overlap: int = DEFAULT_TILE_OVERLAP,
+    batch_size: int = DEFAULT_VIDEO_BATCH,
+    outscale: float | None = None,
+    codec: str | None = None,
+    crf: int | None = DEFAULT_CRF,
+    preset: str | None = DEFAULT_PRESET,
+    pix_fmt: str | None = None,
+    hwaccel: str | None = None,
+    allow_partial: bool = False,
+    segment_seconds: float = DEFAULT_SEGMENT_SECONDS,
+    resume: bool = True,
+    model_id: str = "",
+    progress: bool = True,
+    log: Log = _stderr,
+) -> VideoResult:
+    """Upscale the video file `source` into `target` (container from its extension).
+
+    Args:
+        backend: any `sr_deploy.backends.base.Backend`.
+        tile, overlap: as in `sr_deploy.tiling.upscale_tiled` (None: automatic; frames that fit are
+            not tiled).
+        batch_size: frames per backend call.
+        outscale: final size factor when it differs from the model's scale (None: the model's).
+            Sizes are rounded to even numbers for 4:2:0 chroma.
+        codec, crf, preset: encoder (codec None: libx264, libvpx-vp9 for .webm; NVENC encoders
+            take crf as -cq), constant quality, preset.
+        pix_fmt: encoder pixel format (None: yuv420p, or yuv420p10le for a > 8-bit input when the
+            encoder takes it).
+        hwaccel: FFmpeg hardware decoder device type (`cuda` for NVDEC), None / "none": software.
+        allow_partial: keep what decodes of a damaged input, as `NAME.partial.EXT`.
+        segment_seconds: length of the resumable segments (0: one segment).
+        resume: continue from finished segments of an interrupted run (False: start over).
+        model_id: names the model in the resume key (a changed model never resumes old segments).
+        progress: show a tqdm bar (frames, fps, ETA) on stderr.
+        log: where warnings go (one line each).
+    Returns:
+        A `VideoResult`. Raises InputError (VideoDamaged) for an input that does not open or
+        decode completely, NonFiniteOutput for NaN/Inf output, SRDeployError when encoding or
+        writing fails; the final name is then absent.
+    """
+    import av
+
+    source, target = Path(source), Path(target)
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {batch_size}")
+    info = probe_video(source)
+    if hwaccel and hwaccel != "none":
+        open_input(source, hwaccel).close()  # a device that does not open is said before any work
+    plan = plan_output(info, backend, target, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, outscale=outscale)
+    if tile is None:  # decided once, so every frame of the video is processed the same way
+        tile = auto_tile_size(backend, info.height, info.width, overlap, batch_size)
+    key = resume_key(source, {"encode": plan.settings.__dict__, "model": model_id, "backend": backend.name,
+                              "scale": backend.scale, "precision": backend.precision, "tile": tile,
+                              "overlap": overlap, "segment_seconds": segment_seconds})
+    job = _VideoJob(backend, source, target, info, plan, key, tile=tile, overlap=overlap, batch_size=batch_size,
+                    hwaccel=hwaccel, allow_partial=allow_partial, segment_seconds=segment_seconds, resume=resume,
+                    progress=progress, log=log)
+    del av
+    return job.run()
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    """How the output is encoded: the encoder settings, the size the model's output is resized to
+    (None: the model's own), and the sample formats on either side of the model."""
+
+    settings: EncodeSettings
+    size_hw: tuple[int, int] | None
+    decode_format: str  # rgb24 or rgb48le: what the decoder hands to the model
+    out_dtype: type  # np.uint8 or np.uint16: what the model's output is rounded to
+    rgb_out_format: str  # rgb24 or rgb48le, matching out_dtype
+
+
+def _choose_encoder(target: Path, codec: str | None, pix_fmt: str | None, bit_depth: int) -> tuple[str, str]:
+    """(encoder name, pixel format), checked against FFmpeg: InputError for an unknown encoder, one
+    the container refuses, AV1, or a pixel format the encoder does not take."""
+    import av
+
+    codec = codec or default_codec(target.suffix)
+    try:
+        encoder = av.codec.Codec(codec, "w")
+    except Exception:  # UnknownCodecError, or a decoder-only name
+        raise InputError(f"--codec {codec}: no such encoder in this FFmpeg build") from None
+    if encoder.type != "video":
+        raise InputError(f"--codec {codec}: not a video encoder")
+    if encoder.canonical_name == "av1":  # PyAV reopens an AV1 segment with the libdav1d decoder's name,
+        # which its stream template then looks up as an encoder: the segments could not be muxed.
+        raise InputError(f"--codec {codec}: AV1 output is not supported yet (use libx264, libx265 or libvpx-vp9)")
+    with av.open(os.devnull, "w", format=container_format(target.suffix)) as probe_out:
+        if encoder.canonical_name not in probe_out.supported_codecs:
+            raise InputError(f"{target}: the {target.suffix} container does not take {encoder.canonical_name} "
+                             f"video (--codec {codec})")
+    formats = [f.name for f in encoder.video_formats or []]
+    if pix_fmt is None:
+        pix_fmt = "yuv420p10le" if bit_depth > 8 and "yuv420p10le" in formats else "yuv420p"
+        if formats and pix_fmt not in formats:
+            pix_fmt = formats[0]
+    elif formats and pix_fmt not in formats:
+        raise InputError(f"--pix-fmt {pix_fmt}: {codec} takes {', '.join(formats)}")
+    return codec, pix_fmt
+
+
+def plan_output(info: VideoInfo, backend: Backend, target: Path, *, codec: str | None, crf: int | None,
+                preset: str | None, pix_fmt: str | None, outscale: float | None) -> OutputPlan:
+    """The output's encoder, pixel format, size (even for subsampled chroma), sample aspect ratio
+    (turned with a 90-degree rotation, adjusted so the display aspect survives rounding) and colour
+    tags (the input's)."""
+    import av
+
+    codec, pix_fmt = _choose_encoder(target, codec, pix_fmt, info.bit_depth)
+    deep_out = av.VideoFormat(pix_fmt).components[0].bits > 8
+    quarter = info.rotation in (90, 270)
+    height, width = (info.width, info.height) if quarter else (info.height, info.width)
+    factor = outscale if outscale is not None else backend.scale
+    if any(key in pix_fmt for key in ("420", "422", "nv12")):
+        out_h, out_w = even_size(round(height * factor), round(width * factor))
+    else:
+        out_h, out_w = max(1, round(height * factor)), max(1, round(width * factor))
+    model_size = (height * backend.scale, width * backend.scale)
+    sar = info.sar
+    if sar and quarter:
+        sar = 1 / sar
+    if sar:  # keep the display aspect when the two sides were rounded differently
+        sar = (sar * Fraction(width * out_h, height * out_w)).limit_denominator(65535)
+    settings = EncodeSettings(codec, out_w, out_h, pix_fmt, info.time_base, info.rate, sar, info.color_primaries,
+                              info.color_trc, info.colorspace, info.color_range, crf, preset)
+    return OutputPlan(settings, None if (out_h, out_w) == model_size else (out_h, out_w),
+                      "rgb48le" if info.bit_depth > 8 else "rgb24", np.uint16 if deep_out else np.uint8,
+                      "rgb48le" if deep_out else "rgb24")
+
+
+class _VideoJob:
+    """One `upscale_video` call: the three stages, the segment writer, the checks, the mux."""
+
+    def __init__(self, backend: Backend, source: Path, target: Path, info: VideoInfo, plan: OutputPlan, key: dict,
+                 *, tile: int, overlap: int, batch_size: int, hwaccel: str | None, allow_partial: bool,
+                 segment_seconds: float, resume: bool, progress: bool, log: Log):
+        from tqdm import tqdm
+
+        self.backend, self.source, self.target, self.info, self.plan = backend, source, target, info, plan
+        self.tile, self.overlap, self.batch_size, self.hwaccel = tile, overlap, batch_size, hwaccel
+        self.allow_partial, self.log = allow_partial, log
+        self.warnings: list[str] = []
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self.folder = segments_dir(target)
+        if not resume:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        done, damage = read_manifest(self.folder, key) if self.folder.is_dir() else ([], [])
+        if damage and not allow_partial:  # seen by an earlier --allow-partial run, before the resume point
+            shutil.rmtree(self.folder, ignore_errors=True)
+            raise VideoDamaged(damage[0])
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for stale in self.folder.glob("*.partial"):  # a segment cut short by a kill
+            stale.unlink()
+        self.resumed_from = sum(s.frames for s in done)
+        self.resume_pts = done[-1].last_pts if done else None
+        if done:
+            log(f"{source}: resuming after frame {self.resumed_from} ({len(done)} finished segments in "
+                f"{self.folder.name})")
+        self.step = max(1, round(1 / (info.rate * info.time_base)))  # one nominal frame, in time-base units
+        self.state = DecodeState(frames=self.resumed_from, damage=damage)
+        self.writer = SegmentWriter(self.folder, key, done, plan.settings, segment_seconds, self.state.damage)
+        self.stop = threading.Event()
+        self.decoded: queue.Queue = queue.Queue(maxsize=_QUEUE_DEPTH)
+        self.upscaled: queue.Queue = queue.Queue(maxsize=_QUEUE_DEPTH)
+        self.errors: list[BaseException] = []
+        self.colorspace, self.color_range = sws_colorspace(info.colorspace), sws_range(info.color_range)
+        self.model_seconds = 0.0
+        self.inferred = 0
+        self.bar = tqdm(total=info.frames_estimate or None, initial=self.resumed_from, unit="frame",
+                        desc=source.name, file=sys.stderr, disable=not progress, dynamic_ncols=True, leave=False)
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+        self.log(message)
+
+    def _decode(self) -> None:
+        """Reader thread: frames after the resume point -> batches of (timestamps, model input)."""
+        info, state = self.info, self.state
+        container = open_input(self.source, self.hwaccel)
+        try:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            if self.resume_pts is not None:
+                try:  # to the keyframe at or before the last finished frame
+                    container.seek(self.resume_pts, stream=stream, backward=True)
+                except Exception:  # av.FFmpegError: decode from the start, skipping by timestamp
+                    container.seek(0)
+            batch, stamps = [], []
+            frames = decoded_frames(container, stream, self.source, state, self.allow_partial, self.warn)
+            for pts, frame in timed(frames, self.step):
+                if self.resume_pts is not None and pts <= self.resume_pts:
+                    continue
+                rgb = frame.to_ndarray(format=self.plan.decode_format, width=info.width, height=info.height,
+                                       src_colorspace=self.colorspace, src_color_range=self.color_range)
+                batch.append(np.rot90(rgb, info.rotation // 90) if info.rotation else rgb)
+                stamps.append(pts)
+                state.frames += 1
+                state.last_end = float((pts + (frame.duration or self.step)) * info.time_base)
+                if len(batch) == self.batch_size:
+                    _put(self.decoded, ("batch", (stamps, frames_to_model_input(batch))), self.stop)
+                    batch, stamps = [], []
+            if batch:
+                _put(self.decoded, ("batch", (stamps, frames_to_model_input(batch))), self.stop)
+            _put(self.decoded, ("end", None), self.stop)
+        finally:
+            container.close()
+
+    def _encode(self) -> None:
+        """Encoder thread: model output -> rounded RGB -> the input's YUV -> segment files."""
+        import av
+
+        info, plan = self.info, self.plan
+        while True:
+            kind, payload = _get(self.upscaled, self.stop)
+            if kind == "end":
+                self.writer.close_segment()
+                return
+            stamps, batch = payload
+            frames = model_output_to_frames(batch, plan.size_hw, plan.out_dtype)
+            for pts, rgb in zip(stamps, frames):
+                frame = av.VideoFrame.from_ndarray(rgb, format=plan.rgb_out_format)
+                frame = frame.reformat(format=plan.settings.pix_fmt, dst_colorspace=self.colorspace,
+                                       dst_color_range=self.color_range)
+                frame.color_range, frame.colorspace = info.color_range, info.colorspace
+                frame.color_primaries, frame.color_trc = info.color_primaries, info.color_trc
+                self.writer.write(pts, frame)
+            self.bar.update(len(frames))
+
+    def _stage(self, work: Callable[[], None]) -> None:
+        """Run a thread's work; its exception goes to the calling thread, which raises it."""
+        import av
+
+        try:
+            work()
+        except _Stop:
+            return
+        except (av.FFmpegError, OSError) as exc:
+            if work == self._encode:  # encoder or disk: a run-time failure, never bad input
+                exc = SRDeployError(f"{self.target}: encoding or writing a segment in {self.folder} failed: "
+                                    f"{cause(exc)}")
+            self.errors.append(exc)
+            self.stop.set()
+        except BaseException as exc:  # handed over, not swallowed
+            self.errors.append(exc)
+            self.stop.set()
+
+    def _infer(self) -> None:
+        """Calling thread: batches through the backend, checked for NaN/Inf."""
+        try:
+            while True:
+                kind, payload = _get(self.decoded, self.stop)
+                if kind == "end":
+                    _put(self.upscaled, ("end", None), self.stop)
+                    return
+                stamps, batch = payload
+                begin = time.perf_counter()
+                result = upscale_batch(self.backend, batch, self.tile, self.overlap)
+                self.model_seconds += time.perf_counter() - begin
+                _check_finite(result, self.source, self.resumed_from + self.inferred)
+                self.inferred += len(stamps)
+                _put(self.upscaled, ("batch", (stamps, result)), self.stop)
+        except _Stop:
+            return  # another stage failed: its error is raised by `run`
+
+    def _check_duration(self) -> None:
+        """A decoded duration short of the stream's (by more than two frames) is damage."""
+        state, info = self.state, self.info
+        if state.last_end is None or info.end is None or info.end - state.last_end <= 2 / info.rate + 0.05:
+            return
+        message = (f"{self.source}: damaged video: decoding stopped after {clock(state.last_end)} "
+                   f"(frame {state.frames}) of {clock(info.end)}")
+        if not self.allow_partial:
+            raise VideoDamaged(message)
+        state.damage.append(message)
+        self.warn(f"warning: {message}")
+
+    def _finish(self) -> tuple[Path, str]:
+        """Mux the segments and the input's other streams into the final file: (its path, audio)."""
+        import av
+
+        if not self.writer.segments:
+            raise VideoDamaged(f"{self.source}: no decodable video frames")
+        damage = self.state.damage
+        if len(damage) > 1:
+            self.warn(f"warning: {self.source}: {len(damage)} places did not decode; the partial output skips them")
+        final = partial_output_path(self.target) if damage else self.target
+        tmp = partial_path(final)
+        try:
+            audio = mux(self.source, self.folder, self.writer.segments, tmp, self.target.suffix, self.info,
+                        self.warn)
+            os.replace(tmp, final)
+        except (av.FFmpegError, OSError) as exc:
+            raise SRDeployError(f"{final}: writing the output failed: {cause(exc)}") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        return final, audio
+
+    def run(self) -> VideoResult:
+        """The stages, then the checks and the mux. The segments are kept for a re-run after an
+        interruption or a run-time failure, and removed after success, bad input or NaN output."""
+        started = time.perf_counter()
+        threads = [threading.Thread(target=self._stage, args=(self._decode,), daemon=True, name="sr-deploy-decode"),
+                   threading.Thread(target=self._stage, args=(self._encode,), daemon=True, name="sr-deploy-encode")]
+        keep_segments = True
+        try:
+            for thread in threads:
+                thread.start()
+            self._infer()
+            for thread in reversed(threads):
+                thread.join()
+            if self.errors:
+                raise self.errors[0]
+            self._check_duration()
+            final, audio = self._finish()
+            keep_segments = False
+        except (InputError, NonFiniteOutput):
+            keep_segments = False  # the input will not get better / another model is needed: nothing to resume
+            raise
+        finally:
+            self.stop.set()
+            for thread in threads:
+                thread.join(timeout=10)
+            self.writer.abort()
+            self.bar.close()
+            if not keep_segments:
+                shutil.rmtree(self.folder, ignore_errors=True)
+        size = (self.plan.settings.width, self.plan.settings.height)
+        return VideoResult(sum(s.frames for s in self.writer.segments), float(self.info.rate), size,
+                           time.perf_counter() - started, self.model_seconds, audio, self.warnings,
+                           frames_inferred=self.inferred, resumed_from=self.resumed_from, path=final,
+                           partial=bool(self.state.damage))

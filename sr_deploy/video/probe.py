@@ -1,0 +1,128 @@
+"""What an input video is: its first video stream's geometry, timing, colour, rotation, streams."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from .common import VideoDamaged, cause
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the pipeline needs to know about an input's first video stream.
+
+    width, height: coded size (before rotation). time_base: of the stream's timestamps. rate:
+    nominal (average) frame rate, for the encoder's rate control only. start / end: seconds of the
+    stream per the container (end None when unknown). sar: sample aspect ratio (0 = unknown).
+    bit_depth: bits per luma sample. colour fields: FFmpeg's enum values (AVCOL_*). rotation:
+    degrees counter-clockwise the player rotates by (a multiple of 90). audio / subtitles:
+    codec names of those streams.
+    """
+
+    width: int
+    height: int
+    time_base: Fraction
+    rate: Fraction
+    start: float
+    end: float | None
+    frames_estimate: int
+    sar: Fraction
+    pix_fmt: str
+    bit_depth: int
+    color_primaries: int
+    color_trc: int
+    colorspace: int
+    color_range: int
+    rotation: int
+    audio: tuple[str, ...]
+    subtitles: tuple[str, ...]
+
+
+def open_input(source: Path, hwaccel: str | None = None) -> Any:
+    import av
+
+    kwargs: dict[str, Any] = {}
+    if hwaccel and hwaccel != "none":
+        from av.codec.hwaccel import HWAccel, hwdevices_available
+
+        if hwaccel not in hwdevices_available():
+            raise InputError(f"--hwaccel {hwaccel}: not in this FFmpeg build (it has: "
+                             f"{', '.join(hwdevices_available()) or 'none'})")
+        kwargs["hwaccel"] = HWAccel(device_type=hwaccel, allow_software_fallback=True)
+    try:
+        return av.open(str(source), "r", **kwargs)
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        if not kwargs:
+            raise _open_error(source, exc) from None
+        raise InputError(f"--hwaccel {hwaccel}: {source} does not open with it ({cause(exc)}); without "
+                         "--hwaccel it is decoded in software") from None
+
+
+def _open_error(source: Path, exc: BaseException) -> InputError:
+    if isinstance(exc, FileNotFoundError):
+        return InputError(f"{source}: no such file")
+    return InputError(f"{source}: cannot open as a video ({cause(exc)})")
+
+
+def probe_video(source: str | Path) -> VideoInfo:
+    """Read `source`'s header and its first frame. Raises InputError when it has no video stream
+    or its first frame does not decode."""
+    import av
+
+    source = Path(source)
+    container = open_input(source)
+    try:
+        if not container.streams.video:
+            raise InputError(f"{source}: no video stream")
+        stream = container.streams.video[0]
+        ctx = stream.codec_context
+        time_base = Fraction(stream.time_base) if stream.time_base else Fraction(1, 90000)
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate or Fraction(25)
+        rate = Fraction(rate)
+        if not (0 < rate < 1000):
+            rate = Fraction(25)
+        start = float(stream.start_time * time_base) if stream.start_time is not None else 0.0
+        end = None
+        if stream.duration:
+            end = start + float(stream.duration * time_base)
+        elif container.duration:
+            end = container.duration / 1e6
+        first = None
+        try:
+            for frame in container.decode(stream):
+                first = frame
+                break
+        except (av.FFmpegError, OSError) as exc:
+            raise VideoDamaged(f"{source}: the first video frame does not decode ({cause(exc)})") from None
+        if first is None:
+            raise VideoDamaged(f"{source}: no decodable video frames")
+        pix_fmt = first.format.name
+        bit_depth = max((c.bits for c in first.format.components), default=8)
+        sar = Fraction(ctx.sample_aspect_ratio) if ctx.sample_aspect_ratio else Fraction(0)
+        estimate = stream.frames or (round((end - start) * rate) if end else 0)
+        return VideoInfo(
+            width=first.width, height=first.height, time_base=time_base, rate=rate, start=start, end=end,
+            frames_estimate=estimate, sar=sar, pix_fmt=pix_fmt, bit_depth=bit_depth,
+            color_primaries=int(first.color_primaries), color_trc=int(first.color_trc),
+            colorspace=int(first.colorspace), color_range=int(first.color_range),
+            rotation=round((first.rotation or 0) / 90) * 90 % 360,
+            audio=tuple(s.codec_context.name for s in container.streams.audio),
+            subtitles=tuple(s.codec_context.name for s in container.streams.subtitles))
+    finally:
+        container.close()
+
+
+def sws_colorspace(colorspace: int) -> str:
+    """FFmpeg's AVCOL_SPC_* -> the swscale matrix name PyAV's reformatter takes. Unspecified maps
+    to swscale's default (BT.601) on both the decode and the encode side, so they match."""
+    return {1: "itu709", 4: "fcc", 5: "itu601", 6: "smpte170m", 7: "smpte240m", 9: "bt2020", 10: "bt2020"}.get(
+        colorspace, "default")
+
+
+def sws_range(color_range: int) -> str:
+    """AVCOL_RANGE_JPEG (2) is full range; anything else is limited ("MPEG") range."""
+    return "JPEG" if color_range == 2 else "MPEG"

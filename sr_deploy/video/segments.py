@@ -1,0 +1,156 @@
+"""Resumable work: independently decodable segment files and the manifest that records them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+# Codecs that take a constant-quality option (crf; NVENC calls it cq) and a preset.
+_CRF_CODECS = frozenset({"libx264", "libx264rgb", "libx265", "libvpx-vp9", "libsvtav1", "libaom-av1"})
+_CQ_CODECS = frozenset({"h264_nvenc", "hevc_nvenc", "av1_nvenc"})
+_PRESET_CODECS = frozenset({"libx264", "libx264rgb", "libx265", "libsvtav1"}) | _CQ_CODECS
+_MANIFEST = "manifest.json"
+_MANIFEST_VERSION = 1
+
+
+
+@dataclass
+class Segment:
+    file: str
+    frames: int
+    first_pts: int
+    last_pts: int
+
+
+def read_manifest(folder: Path, key: dict) -> tuple[list[Segment], list[str]]:
+    """The finished segments recorded in `folder` for this `key`, and the damage seen while
+    decoding them (so a resumed run still knows its input was damaged before the resume point);
+    ([], []) and the folder emptied when there is none, it is unreadable, or it was made for
+    another input / model / setting."""
+    try:
+        data = json.loads((folder / _MANIFEST).read_text())
+        if data.get("key") != key:
+            raise ValueError("made for other settings")
+        segments = [Segment(**s) for s in data["segments"]]
+        if not all((folder / s.file).is_file() for s in segments):
+            raise ValueError("a segment is missing")
+        return segments, [str(m) for m in data.get("damage", [])]
+    except (OSError, ValueError, KeyError, TypeError):
+        shutil.rmtree(folder, ignore_errors=True)
+        return [], []
+
+
+def _write_manifest(folder: Path, key: dict, segments: list[Segment], damage: list[str]) -> None:
+    tmp = folder / (_MANIFEST + ".tmp")
+    tmp.write_text(json.dumps({"key": key, "segments": [s.__dict__ for s in segments], "damage": damage}, indent=1))
+    os.replace(tmp, folder / _MANIFEST)
+
+
+def resume_key(source: Path, settings: dict) -> dict:
+    """What must not change between an interrupted run and its resumption."""
+    stat = source.stat()
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return {"version": _MANIFEST_VERSION, "source": str(source.resolve()), "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns, "settings": digest}
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    codec: str
+    width: int
+    height: int
+    pix_fmt: str
+    time_base: Fraction
+    rate: Fraction
+    sar: Fraction
+    color_primaries: int
+    color_trc: int
+    colorspace: int
+    color_range: int
+    crf: int | None
+    preset: str | None
+
+
+class SegmentWriter:
+    """Encodes frames into segment files of about `seconds` each, every one a fresh encoder
+    session (so it starts with a keyframe and decodes on its own). A segment is renamed into
+    place and recorded in the manifest only once it is complete."""
+
+    def __init__(self, folder: Path, key: dict, done: list[Segment], settings: EncodeSettings, seconds: float,
+                 damage: list[str]):
+        self.folder, self.key, self.segments, self.settings = folder, key, done, settings
+        self.damage = damage  # shared with the reader: recorded with every finished segment
+        self.span = max(1, int(seconds / settings.time_base)) if seconds > 0 else None
+        self.container: Any = None
+        self.stream: Any = None
+        self.current: Segment | None = None
+
+    def _open(self, pts: int) -> None:
+        import av
+
+        s = self.settings
+        name = f"seg_{len(self.segments):05d}.mp4"
+        self.current = Segment(name, 0, pts, pts)
+        self.container = av.open(str(self.folder / (name + ".partial")), "w", format="mp4")
+        stream = self.container.add_stream(s.codec, rate=s.rate)
+        stream.width, stream.height, stream.pix_fmt = s.width, s.height, s.pix_fmt
+        stream.time_base = s.time_base
+        ctx = stream.codec_context
+        ctx.time_base = s.time_base
+        if s.sar:
+            ctx.sample_aspect_ratio = s.sar
+        ctx.color_primaries, ctx.color_trc = s.color_primaries, s.color_trc
+        ctx.colorspace, ctx.color_range = s.colorspace, s.color_range
+        options: dict[str, str] = {}
+        if s.crf is not None and s.codec in _CRF_CODECS:
+            options["crf"] = str(s.crf)
+            if s.codec == "libvpx-vp9":
+                options["b"] = "0"
+        elif s.crf is not None and s.codec in _CQ_CODECS:
+            options["cq"] = str(s.crf)
+        if s.preset and s.codec in _PRESET_CODECS and (s.codec != "libsvtav1" or s.preset.isdigit()):
+            options["preset"] = s.preset  # SVT-AV1 takes only numbers (0-13): x264 names are left out
+        stream.options = options
+        self.stream = stream
+
+    def write(self, pts: int, frame: Any) -> None:
+        """`frame`: an av.VideoFrame in the encoder's pixel format."""
+        if self.current is not None and self.span is not None and pts - self.current.first_pts >= self.span:
+            self.close_segment()
+        if self.current is None:
+            self._open(pts)
+        frame.pts = pts
+        frame.time_base = self.settings.time_base
+        for packet in self.stream.encode(frame):
+            self.container.mux(packet)
+        self.current.frames += 1
+        self.current.last_pts = pts
+
+    def close_segment(self) -> None:
+        if self.current is None:
+            return
+        for packet in self.stream.encode(None):
+            self.container.mux(packet)
+        self.container.close()
+        self.container = None
+        os.replace(self.folder / (self.current.file + ".partial"), self.folder / self.current.file)
+        self.segments.append(self.current)
+        _write_manifest(self.folder, self.key, self.segments, self.damage)
+        self.current = None
+
+    def abort(self) -> None:
+        if self.container is not None:
+            try:
+                self.container.close()
+            except Exception:  # already failing: the partial segment is removed below
+                pass
+            self.container = None
+        if self.current is not None:
+            (self.folder / (self.current.file + ".partial")).unlink(missing_ok=True)
+            self.current = None
