@@ -270,7 +270,12 @@ class _Upscaler:
     """
 
     def __init__(self, options: UpscaleOptions, model_name: str, model_files: dict[str, bytes]):
+        import weakref
+
         self.workdir = Path(tempfile.mkdtemp(prefix="sr-deploy-actor-"))
+        # removed when the actor is collected or its process exits (Ray ends the pool's actors so);
+        # a SIGKILLed actor leaves it behind, like any killed process's temporary files
+        weakref.finalize(self, shutil.rmtree, self.workdir, True)
         model = options.model
         if model_files:  # the model travelled through the object store: write it where it is loaded
             for name, data in model_files.items():
