@@ -116,7 +116,10 @@ class RayOptions:
 # ---------------------------------------------------------------------------------------------
 # Video pieces (driver side: cut and join; actor side: `upscale_video` on one piece)
 
-PIECE_SUFFIX = ".nut"  # NUT keeps any codec and the stream's own time base: timestamps survive exactly
+PIECE_SUFFIX = ".mp4"
+# Upscaled pieces as MP4, like a local run's segments: MP4 stores B-frame decode times (NUT does not,
+# and the final mux needs them).
+UPSCALED_PIECE_SUFFIX = ".mp4"
 
 
 def split_video(source: Path, folder: Path, seconds: float) -> list[tuple[Path, int]]:
@@ -126,6 +129,7 @@ def split_video(source: Path, folder: Path, seconds: float) -> list[tuple[Path, 
     start (`seconds` 0: one piece). Packets keep their timestamps and time base, so the frames of
     the pieces, in order, are the source's frames with their own presentation times. No audio.
     Returns [(piece file, packets in it)] in order. InputError when `source` does not demux.
+    MP4 pieces: they keep the stream's time base and B-frame decode times (NUT re-times both).
     """
     import av
 
@@ -152,7 +156,7 @@ def split_video(source: Path, folder: Path, seconds: float) -> list[tuple[Path, 
                 path = folder / f"piece-{len(pieces):05d}{PIECE_SUFFIX}"
                 # keep every timestamp as it is: by default a muxer shifts a piece whose first dts is
                 # negative (B-frames at the very start), which would move that piece against the others
-                out = av.open(str(path), "w", format="nut", options={"avoid_negative_ts": "disabled"})
+                out = av.open(str(path), "w", format="mp4", options={"avoid_negative_ts": "disabled"})
                 out_stream = out.add_stream_from_template(stream)
                 out_stream.time_base = stream.time_base
                 pieces.append((path, 0))
@@ -179,7 +183,7 @@ def split_video(source: Path, folder: Path, seconds: float) -> list[tuple[Path, 
 def upscale_piece(backend: Any, piece: Path, target_suffix: str, options: UpscaleOptions, log: Log) -> tuple[Path, int]:
     """Upscale one piece with `sr_deploy.video.upscale_video` (one encoder session, no resume),
     encoded as the whole video would be for `target_suffix`. Returns (output piece, frames)."""
-    output = piece.with_name(piece.stem + "-x" + PIECE_SUFFIX)
+    output = piece.with_name(piece.stem + "-x" + UPSCALED_PIECE_SUFFIX)
     result = upscale_video(
         backend, piece, output, tile=options.tile, overlap=options.tile_overlap,
         batch_size=options.batch_size or DEFAULT_VIDEO_BATCH, outscale=options.outscale,
@@ -195,13 +199,14 @@ def join_pieces(pieces: Sequence[Path], source: Path, target: Path, log: Log) ->
     happened to the audio."""
     import av
 
-    from .video import _mux, _Segment
+    from .video.mux import mux
+    from .video.segments import Segment
 
     folder = pieces[0].parent
-    segments = [_Segment(p.name, 0, 0, 0) for p in pieces]
+    segments = [Segment(p.name, 0, 0, 0) for p in pieces]
     tmp = partial_path(target)
     try:
-        audio = _mux(source, folder, segments, tmp, target.suffix, probe_video(source), log)
+        audio = mux(source, folder, segments, tmp, target.suffix, probe_video(source), log)
         os.replace(tmp, target)
     except (av.FFmpegError, OSError) as exc:
         raise SRDeployError(f"{target}: writing the output failed: {first_line(exc)}") from None
@@ -221,12 +226,12 @@ class _Resume:
 
     @classmethod
     def open(cls, job: Job, options: UpscaleOptions, model_id: str) -> _Resume:
-        from .video import _resume_key
+        from .video.segments import resume_key
 
         settings = {"options": dataclasses.asdict(options) | {"progress": None, "overwrite": None},
-                    "model": model_id, "ray_pieces": 1}
+                    "model": model_id, "ray_pieces": 2}
         folder = segments_dir(job.target) / "ray"
-        resume = cls(folder, _resume_key(job.source, settings))
+        resume = cls(folder, resume_key(job.source, settings))
         try:
             data = json.loads((folder / "manifest.json").read_text())
             if data["key"] == resume.key:
@@ -241,7 +246,7 @@ class _Resume:
 
     @staticmethod
     def name(part: int) -> str:
-        return f"piece-{part:05d}{PIECE_SUFFIX}"
+        return f"piece-{part:05d}{UPSCALED_PIECE_SUFFIX}"
 
     def add(self, part: int, data: bytes, frames: int) -> None:
         atomic_write_bytes(self.folder / self.name(part), data)
@@ -265,7 +270,12 @@ class _Upscaler:
     """
 
     def __init__(self, options: UpscaleOptions, model_name: str, model_files: dict[str, bytes]):
+        import weakref
+
         self.workdir = Path(tempfile.mkdtemp(prefix="sr-deploy-actor-"))
+        # removed when the actor is collected or its process exits (Ray ends the pool's actors so);
+        # a SIGKILLed actor leaves it behind, like any killed process's temporary files
+        weakref.finalize(self, shutil.rmtree, self.workdir, True)
         model = options.model
         if model_files:  # the model travelled through the object store: write it where it is loaded
             for name, data in model_files.items():

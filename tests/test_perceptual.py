@@ -122,7 +122,7 @@ def test_short_gan_run_on_real_vgg16_completes_and_resumes(perceptual_dir, share
               "--perceptual-weights", str(perceptual_dir), "--max-images", "2", "--workers", "0", "--no-progress"]
     sets = ["--set", f"init={init}", "--set", "data.crop_size=32", "--set", "data.batch_size=2",
             "--set", "val.max_images=1", "--set", "val.every=2", "--set", "log.every=1",
-            "--set", "train.milestones=[0.5]"]
+            "--set", "train.milestones=[0.75]"]
     assert train_main(["esrgan", *common, *sets, "--iters", "2"]) == 0
     meta = load_checkpoint(out / "model_latest.pt").metadata
     assert meta["feature_network"]["arch"] == "vgg16"
@@ -130,8 +130,9 @@ def test_short_gan_run_on_real_vgg16_completes_and_resumes(perceptual_dir, share
     assert train_main(["esrgan", *common, "--resume", "--iters", "4"]) == 0
     rows = read_csv(out / "loss.csv")
     assert [r["iteration"] for r in rows] == [1, 2, 3, 4]
-    # Planned for 2 iterations the lr would already be halved at 1; re-planned for 4 it halves at 2.
-    assert [r["lr"] for r in rows] == pytest.approx([1e-4, 1e-4, 5e-5, 5e-5])
+    # The milestone at 3/4 of the run: planned for 2 iterations the lr halves after step 2 (step 3
+    # would run at 5e-5); re-planned for 4 it halves after step 3.
+    assert [r["lr"] for r in rows] == pytest.approx([1e-4, 1e-4, 1e-4, 5e-5])
     assert "re-planned from 2 to 4 iterations" in (out / "train.log").read_text()
     val = read_csv(out / "val.csv")
     assert [r["iteration"] for r in val] == [2, 4] and all(0 < r["lpips"] < 1 for r in val)
