@@ -133,7 +133,8 @@ def sample(output: str) -> None:
 @click.argument("model")
 @click.option("--dataset", "datasets", multiple=True, required=True, type=click.Path(path_type=str),
               help="Folder of HR images (Set5, Set14...); repeat for several.")
-@click.option("--scale", default=4, show_default=True, type=int, help="Upscaling factor; must match the model.")
+@click.option("--scale", default=None, type=int,
+              help="Upscaling factor [default: the model's own; 4 for bicubic]; must match the model.")
 @click.option("--backend", default="auto", show_default=True,
               type=click.Choice(BACKEND_NAMES), help="Inference runtime.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
@@ -152,7 +153,7 @@ def sample(output: str) -> None:
                    "[default: $SR_DEPLOY_PERCEPTUAL_WEIGHTS, the torch hub cache, ~/.cache/sr_deploy/perceptual].")
 @_realism_options
 @click.option("--quiet", is_flag=True, help="Only the one-line summaries, no per-image table or progress.")
-def eval_(model: str, datasets: tuple[str, ...], scale: int, backend: str, device: str, precision: str,
+def eval_(model: str, datasets: tuple[str, ...], scale: int | None, backend: str, device: str, precision: str,
           json_path: str | None, save_dir: str | None, lr_dirs: tuple[str, ...], metrics: str,
           perceptual_weights: str | None, realism: float | None, gan_model: str | None, quiet: bool) -> None:
     """Score MODEL (a model file, `default`, or `bicubic`) on benchmark sets: PSNR / SSIM on Y,

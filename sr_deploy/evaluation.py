@@ -366,7 +366,7 @@ def lpips_metrics(metrics: Sequence[str], weights: str | Path | None = None) -> 
 def run_eval(
     model: str,
     dataset_dirs: Sequence[str | Path],
-    scale: int = 4,
+    scale: int | None = None,
     *,
     backend: str = "auto",
     device: str = "auto",
@@ -382,14 +382,16 @@ def run_eval(
     lr_dirs: none, or one per dataset (same order). save_dir: SR images go to
     save_dir/<dataset name>/. Returns the upscaler (for its description) and the results.
     """
-    if scale < 1:
+    if scale is not None and scale < 1:
         raise InputError(f"--scale must be a positive integer, got {scale}")
     if lr_dirs and len(lr_dirs) != len(dataset_dirs):
         raise InputError(f"give one --lr-dir per --dataset ({len(dataset_dirs)} datasets, {len(lr_dirs)} LR folders)")
     for d in dataset_dirs:  # fail before loading a model when a folder is wrong
         list_images(d)
     lpips = lpips_metrics(metrics, perceptual_weights)  # likewise for missing LPIPS weights
-    upscaler = upscaler_for(model, backend, device, precision, scale=scale)
+    # scale None: the model's own (bicubic, which has none, is x4 unless asked otherwise).
+    upscaler = upscaler_for(model, backend, device, precision, scale=scale or 4)
+    scale = scale or upscaler.scale or 4
     try:
         if upscaler.scale is not None and upscaler.scale != scale:
             raise InputError(f"{model}: an x{upscaler.scale} model, but --scale is {scale}; "

@@ -204,3 +204,18 @@ def test_checkpoint_through_the_cli_with_save_dir(tmp_path, small_set, tiny_chec
     assert sorted(p.name for p in (save / "small").iterdir()) == ["baby.png", "bird.png", "butterfly.png"]
     assert "tiny.pt" in data["upscaler"] and len(data["datasets"][0]["images"]) == 3
     assert upscaler_for(str(tiny_checkpoint), device="cpu").scale == 4
+
+
+def test_scale_defaults_to_the_models_own(set5_dir, tmp_path):
+    """An x2 model is scored at x2 without --scale (it used to need --scale 2); bicubic stays x4."""
+    from sr_deploy.models import SRResNet, save_checkpoint
+
+    cfg = {"scale": 2, "num_blocks": 1, "num_features": 8}
+    model = save_checkpoint(tmp_path / "x2.pt", SRResNet(**cfg), cfg)
+    result = CliRunner().invoke(cli, ["eval", str(model), "--dataset", str(set5_dir), "--quiet", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1].startswith("Set5 x2 x2.pt")
+    bicubic = CliRunner().invoke(cli, ["eval", "bicubic", "--dataset", str(set5_dir), "--quiet"])
+    assert bicubic.output.strip().startswith("Set5 x4 bicubic: PSNR 28.419 dB")
+    wrong = CliRunner().invoke(cli, ["eval", str(model), "--dataset", str(set5_dir), "--scale", "4"])
+    assert wrong.exit_code == 2 and "an x2 model, but --scale is 4; use --scale 2" in wrong.output
