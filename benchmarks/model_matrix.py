@@ -92,13 +92,18 @@ def run_one(name: str) -> dict[str, Any]:
         row["torch_ms"] = round((time.perf_counter() - start) * 1e3, 1)
         expected = (1, 3, TORCH_SHAPE[2] * ckpt.scale, TORCH_SHAPE[3] * ckpt.scale)
         if tuple(y.shape) != expected or not torch.isfinite(y).all():
-            raise RuntimeError(f"output {tuple(y.shape)} (finite: {bool(torch.isfinite(y).all())}), expected {expected}")
+            raise RuntimeError(
+                f"output {tuple(y.shape)} (finite: {bool(torch.isfinite(y).all())}), expected {expected}"
+            )
 
         step = "export"
         onnx_path = tmp / "model.onnx"
         result = export_onnx(path, onnx_path, verify=False, log=None)
-        row.update(exporter=result.exporter, static=list(result.static_shape) if result.static_shape else None,
-                   export_note=result.fallback_reason)
+        row.update(
+            exporter=result.exporter,
+            static=list(result.static_shape) if result.static_shape else None,
+            export_note=result.fallback_reason,
+        )
 
         step = "parity fp32"
         report = verify_onnx(ckpt.model, onnx_path, "fp32", result.static_shape)
@@ -120,8 +125,7 @@ def run_one(name: str) -> dict[str, Any]:
 
         step = "fp16"
         fp16_path = tmp / "model-fp16.onnx"
-        fp16 = export_onnx(path, fp16_path, fp16=True, verify=False, log=None,
-                           static_shape=result.static_shape)
+        fp16 = export_onnx(path, fp16_path, fp16=True, verify=False, log=None, static_shape=result.static_shape)
         report16 = verify_onnx(ckpt.model, fp16_path, "fp16", fp16.static_shape)
         row["fp16_db"] = report16.psnr_db if math.isfinite(report16.psnr_db) else 999.0
         row["fp16_nonfinite"] = int(report16.nonfinite)
@@ -140,14 +144,23 @@ def run_isolated(name: str, timeout: float) -> dict[str, Any]:
         out = Path(f.name)
     start = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, __file__, "--one", name, "--json", str(out)],
-                              capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
+        proc = subprocess.run(
+            [sys.executable, __file__, "--one", name, "--json", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=os.environ.copy(),
+        )
         if out.stat().st_size:
             row = json.loads(out.read_text())
         else:
             tail = (proc.stderr or "").strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
-            row = {"name": name, "status": "fail", "failed_step": "process",
-                   "reason": f"the process died (exit {proc.returncode}): {tail[0][:160]}"}
+            row = {
+                "name": name,
+                "status": "fail",
+                "failed_step": "process",
+                "reason": f"the process died (exit {proc.returncode}): {tail[0][:160]}",
+            }
     except subprocess.TimeoutExpired:
         row = {"name": name, "status": "fail", "failed_step": "process", "reason": f"over the {timeout:.0f} s limit"}
     finally:
@@ -161,13 +174,17 @@ def _cell(value: Any, fmt: str) -> str:
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    head = ("| architecture | detected as | x | params | size multiple | export | fp32 max abs | fp16 dB "
-            "| tiled max abs | result |\n|---|---|---|---|---|---|---|---|---|---|")
+    head = (
+        "| architecture | detected as | x | params | size multiple | export | fp32 max abs | fp16 dB "
+        "| tiled max abs | result |\n|---|---|---|---|---|---|---|---|---|---|"
+    )
     lines = [head]
     for r in rows:
         export = ""
         if r.get("exporter"):
-            export = f"{r['exporter']}, " + ("static " + "x".join(map(str, r["static"])) if r.get("static") else "dynamic")
+            export = f"{r['exporter']}, " + (
+                "static " + "x".join(map(str, r["static"])) if r.get("static") else "dynamic"
+            )
         fp16 = _cell(r.get("fp16_db"), ".1f")
         if r.get("fp16_db") is not None and r["fp16_db"] < FP16_MIN_DB:
             fp16 += " (< 50)"
@@ -178,7 +195,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['name']} | {r.get('detected', '')} | {r.get('scale', '')} | {_cell(r.get('parameters'), ',')} "
             f"| {r.get('size_multiple', '')} | {export} | {_cell(r.get('fp32_max_abs'), '.1e')} | {fp16} "
-            f"| {_cell(r.get('tiled_max_abs'), '.1e')} | {result} |")
+            f"| {_cell(r.get('tiled_max_abs'), '.1e')} | {result} |"
+        )
     return "\n".join(lines)
 
 
@@ -187,8 +205,10 @@ def _versions() -> str:
     import spandrel
     import torch
 
-    return (f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, spandrel {spandrel.__version__}, "
-            f"Python {platform.python_version()}")
+    return (
+        f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, spandrel {spandrel.__version__}, "
+        f"Python {platform.python_version()}"
+    )
 
 
 def write_doc(rows: list[dict[str, Any]], command: str) -> None:
@@ -196,9 +216,11 @@ def write_doc(rows: list[dict[str, Any]], command: str) -> None:
     passed = sum(1 for r in sr if r["status"] == "pass")
     arches = {r.get("spandrel_arch") for r in sr}
     passed_arches = {r.get("spandrel_arch") for r in sr if r["status"] == "pass"}
-    summary = (f"{len(sr)} super-resolution rows ({len(arches)} architectures): {passed} rows pass export + fp32 "
-               f"parity ({len(passed_arches)} architectures). Generated {dt.date.today().isoformat()} by "
-               f"`{command}` ({_versions()}).")
+    summary = (
+        f"{len(sr)} super-resolution rows ({len(arches)} architectures): {passed} rows pass export + fp32 "
+        f"parity ({len(passed_arches)} architectures). Generated {dt.date.today().isoformat()} by "
+        f"`{command}` ({_versions()})."
+    )
     block = f"{BEGIN}\n{summary}\n\n{markdown_table(rows)}\n{END}"
     text = DOC.read_text() if DOC.is_file() else f"# Models\n\n{BEGIN}\n{END}\n"
     head, _, rest = text.partition(BEGIN)
@@ -213,8 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help="comma-separated row names (printed, nothing written)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per architecture")
     parser.add_argument("--jsonl", help="also append each row to this file as it finishes")
-    parser.add_argument("--from-jsonl", nargs="+", metavar="FILE",
-                        help="write docs/models.md and the JSON from rows collected earlier (no run)")
+    parser.add_argument(
+        "--from-jsonl",
+        nargs="+",
+        metavar="FILE",
+        help="write docs/models.md and the JSON from rows collected earlier (no run)",
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--json", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -245,8 +271,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.jsonl:
             with open(args.jsonl, "a") as f:
                 f.write(json.dumps(row, default=float) + "\n")
-        print(f"{name:48s} {row['status']:4s} {row.get('seconds', 0):6.1f}s "
-              f"{row.get('exporter', '')} {row.get('reason', '')}"[:220], flush=True)
+        print(
+            f"{name:48s} {row['status']:4s} {row.get('seconds', 0):6.1f}s "
+            f"{row.get('exporter', '')} {row.get('reason', '')}"[:220],
+            flush=True,
+        )
     if not args.only:
         _write_results(rows, "nice -n 10 python benchmarks/model_matrix.py")
     return 0

@@ -50,9 +50,16 @@ from sr_deploy.parity import find_shared_data  # noqa: E402
 
 # Element-wise arithmetic per output element (estimates): PReLU = compare + multiply; bicubic =
 # 5 one-dimensional 4-tap cubic interpolations (4 multiplies + 3 adds each) = 35.
-ELEMENTWISE_FLOPS = {"PReLU": 2.0, "ReLU": 1.0, "LeakyReLU": 2.0, "PixelShuffle": 0.0, "aten::add": 1.0,
-                     "aten::upsample_bicubic2d": 35.0, "aten::upsample_bilinear2d": 11.0,
-                     "aten::upsample_nearest2d": 0.0}
+ELEMENTWISE_FLOPS = {
+    "PReLU": 2.0,
+    "ReLU": 1.0,
+    "LeakyReLU": 2.0,
+    "PixelShuffle": 0.0,
+    "aten::add": 1.0,
+    "aten::upsample_bicubic2d": 35.0,
+    "aten::upsample_bilinear2d": 11.0,
+    "aten::upsample_nearest2d": 0.0,
+}
 
 
 @dataclass
@@ -139,8 +146,14 @@ def _module_row(module: nn.Module, name: str, kind: str, ms: float, in_shape, ou
         kh, kw = module.kernel_size
         flops = 2.0 * (module.in_channels // module.groups) * kh * kw * n_out
         weights = sum(p.numel() for p in module.parameters())
-        return Row(name, f"Conv2d {kh}x{kw} {module.in_channels}->{module.out_channels}", str(list(out_shape)), ms,
-                   flops, 4.0 * (n_in + n_out + weights))
+        return Row(
+            name,
+            f"Conv2d {kh}x{kw} {module.in_channels}->{module.out_channels}",
+            str(list(out_shape)),
+            ms,
+            flops,
+            4.0 * (n_in + n_out + weights),
+        )
     return Row(name, kind, str(list(out_shape)), ms, ELEMENTWISE_FLOPS.get(kind, 1.0) * n_out, 4.0 * (n_in + n_out))
 
 
@@ -165,18 +178,21 @@ def profile_once(model: nn.Module, x: torch.Tensor) -> tuple[list[Row], float]:
     spent: dict[str, float] = {}
     shapes: dict[str, tuple] = {}
     modules = {name or "model": m for name, m in model.named_modules()}
-    children_of = {name: [f"{name}.{c}" if name != "model" else c for c, _ in m.named_children()]
-                   for name, m in modules.items()}
+    children_of = {
+        name: [f"{name}.{c}" if name != "model" else c for c, _ in m.named_children()] for name, m in modules.items()
+    }
 
     def pre(name: str):
         def hook(_module, _inputs):
             starts[name] = time.thread_time_ns()
+
         return hook
 
     def post(name: str):
         def hook(_module, inputs, output):
             spent[name] = spent.get(name, 0.0) + (time.thread_time_ns() - starts[name]) / 1e6
             shapes[name] = (tuple(inputs[0].shape), tuple(output.shape))
+
         return hook
 
     handles = []
@@ -198,8 +214,9 @@ def profile_once(model: nn.Module, x: torch.Tensor) -> tuple[list[Row], float]:
         own = spent[name] - sum(spent.get(c, 0.0) for c in children_of[name])
         out_numel = _numel(shapes[name][1])
         if name != "model" and kind.endswith("ResidualBlock"):  # x + conv2(act(conv1(x)))
-            rows.append(Row(f"{name} add (residual)", "aten::add", str(list(shapes[name][1])), own,
-                            out_numel, 12.0 * out_numel))
+            rows.append(
+                Row(f"{name} add (residual)", "aten::add", str(list(shapes[name][1])), own, out_numel, 12.0 * out_numel)
+            )
     return rows, spent["model"]
 
 
@@ -217,8 +234,16 @@ def top_level_rows(model: nn.Module, x: torch.Tensor, total_ms: float, rows: lis
             up = image_upsample(x, scale, mode)
             bicubic_ms = _cpu_ms(lambda: image_upsample(x, scale, mode))
         n_out, n_in = up.numel(), x.numel()
-        out.append(Row("model image residual", f"{mode} x{scale}", str(list(up.shape)), bicubic_ms,
-                       ELEMENTWISE_FLOPS.get(f"aten::upsample_{mode}2d", 1.0) * n_out, 4.0 * (n_in + n_out)))
+        out.append(
+            Row(
+                "model image residual",
+                f"{mode} x{scale}",
+                str(list(up.shape)),
+                bicubic_ms,
+                ELEMENTWISE_FLOPS.get(f"aten::upsample_{mode}2d", 1.0) * n_out,
+                4.0 * (n_in + n_out),
+            )
+        )
         out.append(Row("model add (image residual)", "aten::add", str(list(up.shape)), 0.0, n_out, 12.0 * n_out))
         with torch.inference_mode():
             y = up.clone()
@@ -243,20 +268,22 @@ def merge_blocks(rows: list[Row]) -> list[Row]:
 
 def markdown(rows: list[Row], total_ms: float, facts: dict) -> str:
     balance = facts["peak_gflops"] / facts["bandwidth_gbs"]
-    out = [f"Model `{facts['model']}` ({facts['arch']}), input 1x3x{facts['height']}x{facts['width']}, "
-           f"{facts['precision']}, channels_last, {facts['threads']} thread(s), fastest of {facts['repeats']} "
-           f"profiled passes: **{total_ms:.0f} ms** per forward = {facts['model_gflops'] / total_ms * 1e3:.1f} GFLOP/s "
-           f"= {facts['model_gflops'] / total_ms * 1e3 / facts['peak_gflops']:.0%} of the measured GEMM peak "
-           f"({facts['peak_gflops']:.1f} GFLOP/s, {facts['threads']} thread(s)); copy bandwidth "
-           f"{facts['bandwidth_gbs']:.1f} GB/s, so the machine balance is {balance:.1f} FLOP/B. "
-           f"The model's own 3x3 64->64 convolution reaches {facts['conv3x3_gflops']:.1f} GFLOP/s in cache, so the "
-           f"whole model runs at {facts['model_gflops'] / total_ms * 1e3 / facts['conv3x3_gflops']:.0%} of that ceiling. "
-           f"CPU: {facts['cpu']}; load average {facts['load_before']} before, {facts['load_after']} after; "
-           f"torch {facts['torch']}, THP_MEM_ALLOC_ENABLE={facts['thp_mem_alloc'] or 'unset'}. Times are thread CPU "
-           "times (see the script's docstring).",
-           "",
-           "| layer | kind | calls | ms | share | GFLOP | MB | FLOP/B | GFLOP/s | % peak | GB/s | bound |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    out = [
+        f"Model `{facts['model']}` ({facts['arch']}), input 1x3x{facts['height']}x{facts['width']}, "
+        f"{facts['precision']}, channels_last, {facts['threads']} thread(s), fastest of {facts['repeats']} "
+        f"profiled passes: **{total_ms:.0f} ms** per forward = {facts['model_gflops'] / total_ms * 1e3:.1f} GFLOP/s "
+        f"= {facts['model_gflops'] / total_ms * 1e3 / facts['peak_gflops']:.0%} of the measured GEMM peak "
+        f"({facts['peak_gflops']:.1f} GFLOP/s, {facts['threads']} thread(s)); copy bandwidth "
+        f"{facts['bandwidth_gbs']:.1f} GB/s, so the machine balance is {balance:.1f} FLOP/B. "
+        f"The model's own 3x3 64->64 convolution reaches {facts['conv3x3_gflops']:.1f} GFLOP/s in cache, so the "
+        f"whole model runs at {facts['model_gflops'] / total_ms * 1e3 / facts['conv3x3_gflops']:.0%} of that ceiling. "
+        f"CPU: {facts['cpu']}; load average {facts['load_before']} before, {facts['load_after']} after; "
+        f"torch {facts['torch']}, THP_MEM_ALLOC_ENABLE={facts['thp_mem_alloc'] or 'unset'}. Times are thread CPU "
+        "times (see the script's docstring).",
+        "",
+        "| layer | kind | calls | ms | share | GFLOP | MB | FLOP/B | GFLOP/s | % peak | GB/s | bound |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for r in sorted(rows, key=lambda r: -r.ms):
         if not r.bytes:
             out.append(f"| {r.name} | | | {r.ms:.1f} | {r.ms / total_ms:.1%} | | | | | | | |")
@@ -265,14 +292,20 @@ def markdown(rows: list[Row], total_ms: float, facts: dict) -> str:
         gflops = r.flops / r.ms / 1e6 if r.ms else 0.0
         gbs = r.bytes / r.ms / 1e6 if r.ms else 0.0
         bound = "memory" if ai < balance else "compute"
-        out.append(f"| {r.name} | {r.kind} | {r.calls} | {r.ms:.1f} | {r.ms / total_ms:.1%} | {r.flops / 1e9:.2f} | "
-                   f"{r.bytes / 1e6:.0f} | {ai:.1f} | {gflops:.1f} | {gflops / facts['peak_gflops']:.0%} | "
-                   f"{gbs:.1f} | {bound} |")
+        out.append(
+            f"| {r.name} | {r.kind} | {r.calls} | {r.ms:.1f} | {r.ms / total_ms:.1%} | {r.flops / 1e9:.2f} | "
+            f"{r.bytes / 1e6:.0f} | {ai:.1f} | {gflops:.1f} | {gflops / facts['peak_gflops']:.0%} | "
+            f"{gbs:.1f} | {bound} |"
+        )
     what_if = facts.get("tail_what_if")
     if what_if:
         cout = [k for k in what_if if k.startswith("cout")]
-        out += ["", f"Tail what-if (same input {what_if['input']}, a 9x9 conv with other output-channel counts): "
-                + ", ".join(f"{k[4:-3]} outputs {what_if[k]:.0f} ms" for k in cout) + "."]
+        out += [
+            "",
+            f"Tail what-if (same input {what_if['input']}, a 9x9 conv with other output-channel counts): "
+            + ", ".join(f"{k[4:-3]} outputs {what_if[k]:.0f} ms" for k in cout)
+            + ".",
+        ]
     return "\n".join(out) + "\n"
 
 
@@ -320,20 +353,34 @@ def main() -> None:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    facts = {"model": args.model, "arch": ckpt.arch, "height": height, "width": width, "precision": args.precision,
-             "threads": args.threads, "repeats": args.repeats, "peak_gflops": peak, "bandwidth_gbs": bandwidth,
-             "model_gflops": sum(r.flops for r in best_rows if r.kind.startswith("Conv2d")) / 1e9,
-             "cpu": f"{cpu}, {os.cpu_count()} logical CPUs visible", "load_before": load_before,
-             "load_after": " ".join(f"{v:.1f}" for v in os.getloadavg()), "torch": torch.__version__,
-             "conv3x3_gflops": conv3x3, "tail_what_if": what_if,
-             "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE", "")}
+    facts = {
+        "model": args.model,
+        "arch": ckpt.arch,
+        "height": height,
+        "width": width,
+        "precision": args.precision,
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "peak_gflops": peak,
+        "bandwidth_gbs": bandwidth,
+        "model_gflops": sum(r.flops for r in best_rows if r.kind.startswith("Conv2d")) / 1e9,
+        "cpu": f"{cpu}, {os.cpu_count()} logical CPUs visible",
+        "load_before": load_before,
+        "load_after": " ".join(f"{v:.1f}" for v in os.getloadavg()),
+        "torch": torch.__version__,
+        "conv3x3_gflops": conv3x3,
+        "tail_what_if": what_if,
+        "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE", ""),
+    }
     text = markdown(rows, best_total, facts)
     print(text)
     if args.markdown:
         args.markdown.write_text(text)
     if args.json:
-        args.json.write_text(json.dumps({"facts": facts, "total_ms": best_total,
-                                         "rows": [asdict(r) for r in best_rows]}, indent=1) + "\n")
+        args.json.write_text(
+            json.dumps({"facts": facts, "total_ms": best_total, "rows": [asdict(r) for r in best_rows]}, indent=1)
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

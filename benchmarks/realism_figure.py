@@ -50,8 +50,13 @@ def main(argv: list[str] | None = None) -> None:
     import matplotlib.pyplot as plt
 
     lpips = LPIPS("alex", args.perceptual_weights)
-    columns = [("bicubic", None), ("default (realism 0)", 0.0), ("realism 0.5", 0.5),
-               ("default-gan (realism 1)", 1.0), ("HR", None)]
+    columns = [
+        ("bicubic", None),
+        ("default (realism 0)", 0.0),
+        ("realism 0.5", 0.5),
+        ("default-gan (realism 1)", 1.0),
+        ("HR", None),
+    ]
     models = {alpha: resolve_realism(args.model, args.gan_model, alpha) for _, alpha in columns if alpha is not None}
     fig, axes = plt.subplots(len(CROPS), len(columns), figsize=(3.2 * len(columns), 3.5 * len(CROPS)), dpi=110)
     for row, (name, top, left, size) in enumerate(CROPS):
@@ -65,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 sr = super_resolve(models[alpha], lr)
             scores = "" if sr is hr else f"LPIPS {lpips_uint8(lpips, sr, hr):.3f}, {psnr(hr, sr, 4):.2f} dB"
-            images.append((title, sr[top:top + size, left:left + size], scores))
+            images.append((title, sr[top : top + size, left : left + size], scores))
         for col, (title, crop, scores) in enumerate(images):
             ax = axes[row][col]
             ax.imshow(crop, interpolation="nearest")

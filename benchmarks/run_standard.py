@@ -36,10 +36,10 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 import torch  # noqa: E402
 
 from sr_deploy.bench import BenchReport, format_markdown, format_table, run_benchmark  # noqa: E402
-from sr_deploy.util import atomic_write_text, check_output_path  # noqa: E402
 from sr_deploy.errors import InputError  # noqa: E402
 from sr_deploy.models import RRDBNet, SRResNet, resolve_model_path, save_checkpoint  # noqa: E402
 from sr_deploy.parity import find_shared_data  # noqa: E402
+from sr_deploy.util import atomic_write_text, check_output_path  # noqa: E402
 
 FALLBACK_CONFIG = {"scale": 4, "num_blocks": 8, "num_features": 64, "batch_norm": False}
 RRDB_CONFIG = {"scale": 4, "num_blocks": 23, "num_features": 64, "growth_channels": 32}
@@ -55,10 +55,16 @@ def bundled_model(folder: Path, say) -> tuple[str, str | None]:
     except InputError:
         torch.manual_seed(0)
         path = folder / "srresnet-x4-8x64-fresh.pt"
-        save_checkpoint(path, SRResNet(**FALLBACK_CONFIG), FALLBACK_CONFIG,
-                        metadata={"note": "freshly initialised, untrained: for timing only"})
-        note = ("the bundled model `default` is not in this installation: the 'bundled' rows use a freshly "
-                "initialised SRResNet x4 (8 blocks x 64 features, no BN) instead")
+        save_checkpoint(
+            path,
+            SRResNet(**FALLBACK_CONFIG),
+            FALLBACK_CONFIG,
+            metadata={"note": "freshly initialised, untrained: for timing only"},
+        )
+        note = (
+            "the bundled model `default` is not in this installation: the 'bundled' rows use a freshly "
+            "initialised SRResNet x4 (8 blocks x 64 features, no BN) instead"
+        )
         say(f"NOTE: {note}")
         return str(path), note
 
@@ -67,7 +73,8 @@ def matrix(device: str, quick: bool) -> dict[str, dict]:
     """The run_benchmark arguments per model for `device` ("cpu" or "cuda")."""
     cuda = device == "cuda"
     common = {
-        "backends": ["torch", "torch-nchw", "onnxruntime@cpu", "tensorrt@cuda"] if cuda
+        "backends": ["torch", "torch-nchw", "onnxruntime@cpu", "tensorrt@cuda"]
+        if cuda
         else ["torch", "torch-nchw", "onnxruntime", "tensorrt"],
         "precisions": ["fp32", "fp16"] if cuda else ["fp32"],
         "device": device,
@@ -80,19 +87,40 @@ def matrix(device: str, quick: bool) -> dict[str, dict]:
         }
     timing = {"warmup": 3, "iters": None, "seconds": 3.0 if cuda else 5.0}
     return {
-        "bundled": {**common, **timing, "sizes": [(270, 480), (540, 960)] if cuda else [(128, 128), (270, 480)],
-                    "batch_sizes": [1, 4] if cuda else [1]},
-        "rrdbnet": {**common, **timing, "sizes": [(270, 480), (540, 960)] if cuda else [(32, 32), (64, 64)],
-                    "batch_sizes": [1]},
+        "bundled": {
+            **common,
+            **timing,
+            "sizes": [(270, 480), (540, 960)] if cuda else [(128, 128), (270, 480)],
+            "batch_sizes": [1, 4] if cuda else [1],
+        },
+        "rrdbnet": {
+            **common,
+            **timing,
+            "sizes": [(270, 480), (540, 960)] if cuda else [(32, 32), (64, 64)],
+            "batch_sizes": [1],
+        },
     }
 
 
 def equivalent_command(model: str, args: dict) -> str:
     """The `sr-deploy benchmark` line that runs the same rows."""
-    parts = ["sr-deploy", "benchmark", shlex.quote(model), "--backends", ",".join(args["backends"]),
-             "--precisions", ",".join(args["precisions"]), "--sizes", ",".join(f"{h}x{w}" for h, w in args["sizes"]),
-             "--batch-sizes", ",".join(map(str, args["batch_sizes"])), "--device", args["device"],
-             "--warmup", str(args["warmup"])]
+    parts = [
+        "sr-deploy",
+        "benchmark",
+        shlex.quote(model),
+        "--backends",
+        ",".join(args["backends"]),
+        "--precisions",
+        ",".join(args["precisions"]),
+        "--sizes",
+        ",".join(f"{h}x{w}" for h, w in args["sizes"]),
+        "--batch-sizes",
+        ",".join(map(str, args["batch_sizes"])),
+        "--device",
+        args["device"],
+        "--warmup",
+        str(args["warmup"]),
+    ]
     parts += ["--iters", str(args["iters"])] if args.get("iters") else ["--seconds", str(args["seconds"])]
     return " ".join(parts)
 
@@ -129,9 +157,14 @@ def main(argv: list[str] | None = None) -> int:
             torch.manual_seed(0)
             path = Path(tmp) / "rrdbnet-x4-fresh.pt"
             save_checkpoint(path, RRDBNet(**config), config, metadata={"note": "fresh weights: timing only"})
-            models.append(("rrdbnet", str(path),
-                           f"RRDBNet x4 {config['num_blocks']} blocks x {config['num_features']} features, growth "
-                           f"{config['growth_channels']}, fresh weights (speed and parity only)"))
+            models.append(
+                (
+                    "rrdbnet",
+                    str(path),
+                    f"RRDBNet x4 {config['num_blocks']} blocks x {config['num_features']} features, growth "
+                    f"{config['growth_channels']}, fresh weights (speed and parity only)",
+                )
+            )
         data = find_shared_data()
         clip = data / "video" / "mov_bbb.mp4" if data is not None else None
         for key, model, model_note in models:
@@ -139,25 +172,43 @@ def main(argv: list[str] | None = None) -> int:
             video = {}
             if key == "bundled" and not args.no_video and clip is not None and clip.is_file():
                 # x4 of 320x176 is heavy on a CPU: fewer, smaller frames there.
-                video = {"video": clip, "video_frames": 4 if args.quick else (100 if device == "cuda" else 8),
-                         "video_width": 160 if args.quick or device == "cpu" else None}
+                video = {
+                    "video": clip,
+                    "video_frames": 4 if args.quick else (100 if device == "cuda" else 8),
+                    "video_width": 160 if args.quick or device == "cpu" else None,
+                }
             say(f"== {key}: {model}")
-            report = run_benchmark(model, **run_args, **video,
-                                   command=equivalent_command(model if key == "bundled" and note is None
-                                                              else f"<{key}>", run_args))
+            report = run_benchmark(
+                model,
+                **run_args,
+                **video,
+                command=equivalent_command(model if key == "bundled" and note is None else f"<{key}>", run_args),
+            )
             if model_note:
                 report.notes.insert(0, model_note)
-            report.model = "default" if model == "default" else (
-                "fresh SRResNet x4 8x64 (bundled model absent)" if key == "bundled" else "fresh RRDBNet x4")
+            report.model = (
+                "default"
+                if model == "default"
+                else ("fresh SRResNet x4 8x64 (bundled model absent)" if key == "bundled" else "fresh RRDBNet x4")
+            )
             print(format_table(report), flush=True)
             print(flush=True)
             reports.append((key, report))
-    payload = {"command": command, "date": reports[0][1].date, "quick": args.quick,
-               "reports": {key: r.to_dict() for key, r in reports}}
-    json_path = atomic_write_text(check_output_path(args.output_dir / f"{stem}.json"),
-                                  json.dumps(payload, indent=2, allow_nan=False) + "\n")
-    md = [f"# Standard benchmark: {socket.gethostname()} ({device}), {reports[0][1].date}", "",
-          f"Command: `{command}`" + (" (quick: smoke-test settings, not results)" if args.quick else ""), ""]
+    payload = {
+        "command": command,
+        "date": reports[0][1].date,
+        "quick": args.quick,
+        "reports": {key: r.to_dict() for key, r in reports},
+    }
+    json_path = atomic_write_text(
+        check_output_path(args.output_dir / f"{stem}.json"), json.dumps(payload, indent=2, allow_nan=False) + "\n"
+    )
+    md = [
+        f"# Standard benchmark: {socket.gethostname()} ({device}), {reports[0][1].date}",
+        "",
+        f"Command: `{command}`" + (" (quick: smoke-test settings, not results)" if args.quick else ""),
+        "",
+    ]
     for _key, r in reports:
         md.append(format_markdown(r).replace("# sr-deploy benchmark:", "## Model:", 1))
     md_path = atomic_write_text(check_output_path(args.output_dir / f"{stem}.md"), "\n".join(md))

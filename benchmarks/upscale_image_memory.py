@@ -60,11 +60,31 @@ def main() -> None:
         cv2.imwrite(str(work / "in.png"), image)
         del image
         model = save_tiny_srvgg(work / "tiny.pt")
-        command = [sys.executable, "-m", "sr_deploy", "upscale", str(work / "in.png"), "-o", str(work / "out.png"),
-                   "--model", str(model), "--tile", str(args.tile), "--device", "cpu", "--no-progress"]
+        command = [
+            sys.executable,
+            "-m",
+            "sr_deploy",
+            "upscale",
+            str(work / "in.png"),
+            "-o",
+            str(work / "out.png"),
+            "--model",
+            str(model),
+            "--tile",
+            str(args.tile),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
         started = time.perf_counter()
-        proc = subprocess.run(["/usr/bin/time", "-v", *command], check=False, cwd=ROOT, capture_output=True, text=True,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+        proc = subprocess.run(
+            ["/usr/bin/time", "-v", *command],
+            check=False,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
         seconds = time.perf_counter() - started
         if proc.returncode != 0:
             sys.exit(f"upscale failed ({proc.returncode}): {proc.stderr[-2000:]}")
@@ -80,8 +100,12 @@ def main() -> None:
             "output_png_mb": round((work / "out.png").stat().st_size / 1e6, 1),
             "wall_seconds": round(seconds, 1),
             "note": "wall time on a shared 2-core machine (other jobs running): indicative only",
-            "command": " ".join(["/usr/bin/time -v sr-deploy upscale in.png -o out.png --model tiny.pt",
-                                 f"--tile {args.tile} --device cpu"]),
+            "command": " ".join(
+                [
+                    "/usr/bin/time -v sr-deploy upscale in.png -o out.png --model tiny.pt",
+                    f"--tile {args.tile} --device cpu",
+                ]
+            ),
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")

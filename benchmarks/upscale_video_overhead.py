@@ -51,29 +51,44 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace, work: Path) -> None:
-    clip = trim_clip(args.video, work / f"clip{Path(args.video).suffix}", seconds=args.seconds, preset="ultrafast",
-                     crf=None)
+    clip = trim_clip(
+        args.video, work / f"clip{Path(args.video).suffix}", seconds=args.seconds, preset="ultrafast", crf=None
+    )
     backend = load(args.model, args.device, args.precision)
-    m = measure_video_overhead(backend, clip, work, batch_size=args.batch_size, repeat=args.repeat,
-                               preset=args.preset, free_model=True)
+    m = measure_video_overhead(
+        backend, clip, work, batch_size=args.batch_size, repeat=args.repeat, preset=args.preset, free_model=True
+    )
     result, pipeline = m.end_to_end, m.pipeline_only
     figures = {
-        "model": str(args.model), "backend": repr(backend), "clip": f"{args.video} first {args.seconds:g} s",
-        "frames": m.frames, "input": f"{m.width}x{m.height}", "output": f"{result.size[0]}x{result.size[1]}",
-        "batch_size": args.batch_size, "preset": args.preset, "repeat": args.repeat, "machine": platform.node(),
-        "model_only_s": round(m.model_only_s, 3), "end_to_end_s": round(result.seconds, 3),
-        "model_inside_pipeline_s": round(result.model_seconds, 3), "pipeline_only_s": round(pipeline.seconds, 3),
-        "model_only_fps": round(m.frames / m.model_only_s, 3), "end_to_end_fps": round(result.frames / result.seconds, 3),
+        "model": str(args.model),
+        "backend": repr(backend),
+        "clip": f"{args.video} first {args.seconds:g} s",
+        "frames": m.frames,
+        "input": f"{m.width}x{m.height}",
+        "output": f"{result.size[0]}x{result.size[1]}",
+        "batch_size": args.batch_size,
+        "preset": args.preset,
+        "repeat": args.repeat,
+        "machine": platform.node(),
+        "model_only_s": round(m.model_only_s, 3),
+        "end_to_end_s": round(result.seconds, 3),
+        "model_inside_pipeline_s": round(result.model_seconds, 3),
+        "pipeline_only_s": round(pipeline.seconds, 3),
+        "model_only_fps": round(m.frames / m.model_only_s, 3),
+        "end_to_end_fps": round(result.frames / result.seconds, 3),
         "pipeline_only_fps": round(pipeline.frames / pipeline.seconds, 3),
-        "overhead_percent": round(100 * (result.seconds / m.model_only_s - 1), 1), "audio": result.audio,
+        "overhead_percent": round(100 * (result.seconds / m.model_only_s - 1), 1),
+        "audio": result.audio,
     }
     backend.close()
     print(f"{'clip':<26}{figures['clip']} ({figures['frames']} frames, {figures['input']} -> {figures['output']})")
     print(f"{'backend':<26}{figures['backend']}, batch {args.batch_size}")
     print(f"{'model only':<26}{figures['model_only_s']:>8.2f} s  {figures['model_only_fps']:>8.2f} frames/s")
     print(f"{'end to end (upscale)':<26}{figures['end_to_end_s']:>8.2f} s  {figures['end_to_end_fps']:>8.2f} frames/s")
-    print(f"{'pipeline, free model':<26}{figures['pipeline_only_s']:>8.2f} s  "
-          f"{figures['pipeline_only_fps']:>8.2f} frames/s")
+    print(
+        f"{'pipeline, free model':<26}{figures['pipeline_only_s']:>8.2f} s  "
+        f"{figures['pipeline_only_fps']:>8.2f} frames/s"
+    )
     print(f"{'overhead on the model':<26}{figures['overhead_percent']:>8.1f} %   (audio {figures['audio']})")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -143,16 +143,22 @@ def plan_precision(version: tuple[int, int, int], precision: str, strongly_typed
             "(the name-based I/O API)"
         )
     if precision == "fp32":
-        return PrecisionPlan(major, "fp32", precision, clear_flags=("TF32",),
-                             notes=("TF32 cleared: a float32 reference engine",))
+        return PrecisionPlan(
+            major, "fp32", precision, clear_flags=("TF32",), notes=("TF32 cleared: a float32 reference engine",)
+        )
     if major >= 11:
         if precision == "bf16":
             raise InputError(
                 "--bf16 on TensorRT 11: BuilderFlag.BF16 was removed (strong typing only) and sr-deploy "
                 "produces fp16 ONNX graphs, not bf16 ones; use --fp16 or --fp32"
             )
-        return PrecisionPlan(major, "strongly_typed", precision, needs_fp16_onnx=True,
-                             notes=("TensorRT 11: strongly typed network, fp16 comes from the ONNX graph",))
+        return PrecisionPlan(
+            major,
+            "strongly_typed",
+            precision,
+            needs_fp16_onnx=True,
+            notes=("TensorRT 11: strongly typed network, fp16 comes from the ONNX graph",),
+        )
     # TensorRT 10.x
     if strongly_typed:
         if (major, minor) < STRONGLY_TYPED_MIN_10:
@@ -162,11 +168,22 @@ def plan_precision(version: tuple[int, int, int], precision: str, strongly_typed
             )
         if precision == "bf16":
             raise InputError("--strongly-typed with --bf16: sr-deploy produces fp16 ONNX graphs only; use --fp16")
-        return PrecisionPlan(major, "strongly_typed", precision, strongly_typed_flag=True, needs_fp16_onnx=True,
-                             notes=("TensorRT 10.12+: STRONGLY_TYPED network from an fp16 ONNX (no FP16 flag)",))
+        return PrecisionPlan(
+            major,
+            "strongly_typed",
+            precision,
+            strongly_typed_flag=True,
+            needs_fp16_onnx=True,
+            notes=("TensorRT 10.12+: STRONGLY_TYPED network from an fp16 ONNX (no FP16 flag)",),
+        )
     flag = "FP16" if precision == "fp16" else "BF16"
-    return PrecisionPlan(major, "flag", precision, builder_flags=(flag,),
-                         notes=(f"TensorRT 10: BuilderFlag.{flag} on a weakly typed float32 network",))
+    return PrecisionPlan(
+        major,
+        "flag",
+        precision,
+        builder_flags=(flag,),
+        notes=(f"TensorRT 10: BuilderFlag.{flag} on a weakly typed float32 network",),
+    )
 
 
 # --------------------------------------------------------------------------- build
@@ -181,8 +198,7 @@ class _FileLogger:
     def create(trt: ModuleType, log_path: Path | None, verbose: bool, echo: Callable[[str], None]) -> Any:
         min_severity = trt.Logger.VERBOSE if verbose else trt.Logger.INFO
         errors = {trt.Logger.INTERNAL_ERROR, trt.Logger.ERROR}
-        order = [trt.Logger.INTERNAL_ERROR, trt.Logger.ERROR, trt.Logger.WARNING, trt.Logger.INFO,
-                 trt.Logger.VERBOSE]
+        order = [trt.Logger.INTERNAL_ERROR, trt.Logger.ERROR, trt.Logger.WARNING, trt.Logger.INFO, trt.Logger.VERBOSE]
         handle = open(log_path, "a", encoding="utf-8") if log_path else None
 
         class Logger(trt.ILogger):  # type: ignore[misc, name-defined]
@@ -239,7 +255,7 @@ def _parser_failures(parser: Any, onnx_nodes: list[tuple[str, str]]) -> list[Par
     for i in range(int(parser.num_errors)):
         err = parser.get_error(i)
         index = int(err.node())
-        name, op = (onnx_nodes[index] if 0 <= index < len(onnx_nodes) else ("", ""))
+        name, op = onnx_nodes[index] if 0 <= index < len(onnx_nodes) else ("", "")
         name = str(err.node_name() or name)
         op = str(err.node_operator() or op)
         failures.append(ParserFailure(index, name, op, str(err.code()), str(err.desc())))
@@ -347,8 +363,10 @@ def _load_timing_cache(config: Any, path: Path | None, echo: Callable[[str], Non
         if data:
             echo(f"timing cache: loaded {path} ({len(data):,} bytes)")
         return
-    echo(f"timing cache: {path} does not match this TensorRT version or GPU (or is damaged); ignoring it, "
-         "a new one is saved after the build")
+    echo(
+        f"timing cache: {path} does not match this TensorRT version or GPU (or is damaged); ignoring it, "
+        "a new one is saved after the build"
+    )
     if not config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False):
         echo("timing cache: TensorRT refused an empty timing cache; building without one")
 
@@ -408,11 +426,19 @@ def engine_io(trt: ModuleType, engine: Any, path: Path) -> EngineIO:
         name = engine.get_tensor_name(i)
         (inputs if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else outputs).append(name)
     if len(inputs) != 1 or len(outputs) != 1:
-        raise InputError(f"{path}: expected an engine with one input and one output, found inputs {inputs} "
-                         f"and outputs {outputs}")
+        raise InputError(
+            f"{path}: expected an engine with one input and one output, found inputs {inputs} and outputs {outputs}"
+        )
     pmin, popt, pmax = engine.get_tensor_profile_shape(inputs[0], 0)
-    return EngineIO(inputs[0], outputs[0], engine.get_tensor_dtype(inputs[0]), engine.get_tensor_dtype(outputs[0]),
-                    tuple(int(d) for d in pmin), tuple(int(d) for d in popt), tuple(int(d) for d in pmax))
+    return EngineIO(
+        inputs[0],
+        outputs[0],
+        engine.get_tensor_dtype(inputs[0]),
+        engine.get_tensor_dtype(outputs[0]),
+        tuple(int(d) for d in pmin),
+        tuple(int(d) for d in popt),
+        tuple(int(d) for d in pmax),
+    )
 
 
 def torch_dtype(trt: ModuleType, dtype: Any) -> Any:
@@ -467,6 +493,7 @@ def set_shape(context: Any, io: EngineIO, shape: tuple[int, int, int, int]) -> t
     """context.set_input_shape(name, shape), then the output shape from
     context.get_tensor_shape(output_name) (known once every input shape is set) [PYAPI]."""
     if not context.set_input_shape(io.input_name, tuple(int(d) for d in shape)):
-        raise InputError(f"input shape {tuple(shape)} is outside the engine's profile "
-                         f"(min {io.profile_min}, max {io.profile_max})")
+        raise InputError(
+            f"input shape {tuple(shape)} is outside the engine's profile (min {io.profile_min}, max {io.profile_max})"
+        )
     return tuple(int(d) for d in context.get_tensor_shape(io.output_name))

@@ -185,11 +185,24 @@ def upscale_piece(backend: Any, piece: Path, target_suffix: str, options: Upscal
     encoded as the whole video would be for `target_suffix`. Returns (output piece, frames)."""
     output = piece.with_name(piece.stem + "-x" + UPSCALED_PIECE_SUFFIX)
     result = upscale_video(
-        backend, piece, output, tile=options.tile, overlap=options.tile_overlap,
-        batch_size=options.batch_size or DEFAULT_VIDEO_BATCH, outscale=options.outscale,
-        codec=options.codec or default_codec(target_suffix), crf=options.crf, preset=options.preset,
-        pix_fmt=options.pix_fmt, hwaccel=options.hwaccel, allow_partial=False, segment_seconds=0, resume=False,
-        progress=False, log=log)
+        backend,
+        piece,
+        output,
+        tile=options.tile,
+        overlap=options.tile_overlap,
+        batch_size=options.batch_size or DEFAULT_VIDEO_BATCH,
+        outscale=options.outscale,
+        codec=options.codec or default_codec(target_suffix),
+        crf=options.crf,
+        preset=options.preset,
+        pix_fmt=options.pix_fmt,
+        hwaccel=options.hwaccel,
+        allow_partial=False,
+        segment_seconds=0,
+        resume=False,
+        progress=False,
+        log=log,
+    )
     return output, result.frames
 
 
@@ -228,15 +241,19 @@ class _Resume:
     def open(cls, job: Job, options: UpscaleOptions, model_id: str) -> _Resume:
         from .video.segments import resume_key
 
-        settings = {"options": dataclasses.asdict(options) | {"progress": None, "overwrite": None},
-                    "model": model_id, "ray_pieces": 2}
+        settings = {
+            "options": dataclasses.asdict(options) | {"progress": None, "overwrite": None},
+            "model": model_id,
+            "ray_pieces": 2,
+        }
         folder = segments_dir(job.target) / "ray"
         resume = cls(folder, resume_key(job.source, settings))
         try:
             data = json.loads((folder / "manifest.json").read_text())
             if data["key"] == resume.key:
-                resume.frames = {int(k): int(v) for k, v in data["frames"].items()
-                                 if (folder / resume.name(int(k))).is_file()}
+                resume.frames = {
+                    int(k): int(v) for k, v in data["frames"].items() if (folder / resume.name(int(k))).is_file()
+                }
         except (OSError, ValueError, KeyError, TypeError):
             pass
         if not resume.frames:
@@ -297,8 +314,10 @@ class _Upscaler:
             piece.write_bytes(row["data"])
             output, frames = upscale_piece(self.backend, piece, row["suffix"], self.options, _stderr)
             if frames != int(row["packets"]):
-                raise SRDeployError(f"{frames} of its {int(row['packets'])} frames decoded on their own "
-                                    "(an open-GOP stream?): run this video without --ray")
+                raise SRDeployError(
+                    f"{frames} of its {int(row['packets'])} frames decoded on their own "
+                    "(an open-GOP stream?): run this video without --ray"
+                )
             return output.read_bytes(), frames
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -317,8 +336,15 @@ class _Upscaler:
                 message = _one_line(Path(row["source"]), exc)
                 if row["kind"] == "piece":
                     message = f"{message} (piece {int(row['part'])})"
-            for key, value in (("job", int(row["job"])), ("part", int(row["part"])), ("ok", ok),
-                               ("message", message), ("code", code), ("data", data), ("frames", frames)):
+            for key, value in (
+                ("job", int(row["job"])),
+                ("part", int(row["part"])),
+                ("ok", ok),
+                ("message", message),
+                ("code", code),
+                ("data", data),
+                ("frames", frames),
+            ):
                 out[key].append(value)
         return out
 
@@ -403,8 +429,9 @@ def _restart_policy() -> dict[str, int]:
     return {"max_restarts": MAX_ACTOR_RESTARTS, "max_task_retries": MAX_TASK_RETRIES}
 
 
-def run_jobs_on_ray(jobs: Sequence[Job], options: UpscaleOptions, ray_options: RayOptions,
-                    log: Log = _stderr) -> UpscaleSummary:
+def run_jobs_on_ray(
+    jobs: Sequence[Job], options: UpscaleOptions, ray_options: RayOptions, log: Log = _stderr
+) -> UpscaleSummary:
     """Run `jobs` on the cluster; same summary, outputs and rules as `sr_deploy.upscale.run_jobs`.
 
     Outputs that are done are skipped unless `options.overwrite`; every other job ends either in
@@ -445,14 +472,24 @@ def run_jobs_on_ray(jobs: Sequence[Job], options: UpscaleOptions, ray_options: R
         empty = {"data": b"", "packets": 0}
         for index, job in enumerate(todo):
             if job.kind == "image":
-                rows.append({"job": index, "part": 0, "kind": "image", "source": str(job.source.resolve()),
-                             "suffix": job.target.suffix, **empty})
+                rows.append(
+                    {
+                        "job": index,
+                        "part": 0,
+                        "kind": "image",
+                        "source": str(job.source.resolve()),
+                        "suffix": job.target.suffix,
+                        **empty,
+                    }
+                )
                 continue
             try:
                 info = probe_video(job.source)
                 if info.rotation:
-                    raise InputError(f"{job.source}: a rotated video ({info.rotation} degrees) is not cut into "
-                                     "pieces yet: run it without --ray")
+                    raise InputError(
+                        f"{job.source}: a rotated video ({info.rotation} degrees) is not cut into "
+                        "pieces yet: run it without --ray"
+                    )
                 pieces = split_video(job.source, scratch / f"video-{index}", options.segment_seconds)
                 resume = _Resume.open(job, options, model_id)
             except SRDeployError as exc:
@@ -463,8 +500,17 @@ def run_jobs_on_ray(jobs: Sequence[Job], options: UpscaleOptions, ray_options: R
                 log(f"{job.source}: resuming: {len(resume.frames)} of {len(pieces)} pieces already done")
             for part, (path, packets) in enumerate(pieces):
                 if part not in resume.frames:
-                    rows.append({"job": index, "part": part, "kind": "piece", "source": str(job.source),
-                                 "suffix": job.target.suffix, "data": path.read_bytes(), "packets": packets})
+                    rows.append(
+                        {
+                            "job": index,
+                            "part": part,
+                            "kind": "piece",
+                            "source": str(job.source),
+                            "suffix": job.target.suffix,
+                            "data": path.read_bytes(),
+                            "packets": packets,
+                        }
+                    )
                 path.unlink()
         for state in videos.values():
             if state.answered == state.parts:  # every piece was done by an earlier run
@@ -484,15 +530,28 @@ def run_jobs_on_ray(jobs: Sequence[Job], options: UpscaleOptions, ray_options: R
             # it Ray Data restarts a dying actor forever, and an input that crashes its actor would hang.
             warnings.simplefilter("ignore", DeprecationWarning)
             dataset = dataset.map_batches(
-                _Upscaler, fn_constructor_kwargs={"options": options, "model_name": model_name,
-                                                  "model_files": model_files},
-                batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=ray_options.cpus_per_actor,
-                num_gpus=gpus_per_actor, ray_remote_args_fn=_restart_policy)
+                _Upscaler,
+                fn_constructor_kwargs={"options": options, "model_name": model_name, "model_files": model_files},
+                batch_size=1,
+                compute=ray.data.ActorPoolStrategy(size=actors),
+                num_cpus=ray_options.cpus_per_actor,
+                num_gpus=gpus_per_actor,
+                ray_remote_args_fn=_restart_policy,
+            )
         pieces_total = sum(row["kind"] == "piece" for row in rows)
-        log(f"ray: {len(rows)} item(s) ({len(rows) - pieces_total} image(s), {pieces_total} video piece(s)) on "
-            f"{actors} actor(s)" + (f", {gpus_per_actor:g} GPU each" if gpus_per_actor else ", CPU"))
-        bar = tqdm(total=len(rows), unit="item", file=sys.stderr, disable=not options.progress, dynamic_ncols=True,
-                   leave=False, desc="ray")
+        log(
+            f"ray: {len(rows)} item(s) ({len(rows) - pieces_total} image(s), {pieces_total} video piece(s)) on "
+            f"{actors} actor(s)" + (f", {gpus_per_actor:g} GPU each" if gpus_per_actor else ", CPU")
+        )
+        bar = tqdm(
+            total=len(rows),
+            unit="item",
+            file=sys.stderr,
+            disable=not options.progress,
+            dynamic_ncols=True,
+            leave=False,
+            desc="ray",
+        )
 
         def report(message: str) -> None:
             if bar.disable:
@@ -549,8 +608,9 @@ def run_jobs_on_ray(jobs: Sequence[Job], options: UpscaleOptions, ray_options: R
     return summary
 
 
-def _finish_video(state: _VideoState, summary: UpscaleSummary, fail: Callable[[Job, str, int], None],
-                  report: Log) -> None:
+def _finish_video(
+    state: _VideoState, summary: UpscaleSummary, fail: Callable[[Job, str, int], None], report: Log
+) -> None:
     """Every piece of a video has answered: join them into the output, or report its first failure
     (the finished pieces stay for a re-run to resume from)."""
     job = state.job
@@ -568,8 +628,13 @@ def _finish_video(state: _VideoState, summary: UpscaleSummary, fail: Callable[[J
     fail(job, *state.error)
 
 
-def upscale_on_ray(inputs: Sequence[str | Path], output: str | Path, options: UpscaleOptions,
-                   ray_options: RayOptions, log: Log = _stderr) -> UpscaleSummary:
+def upscale_on_ray(
+    inputs: Sequence[str | Path],
+    output: str | Path,
+    options: UpscaleOptions,
+    ray_options: RayOptions,
+    log: Log = _stderr,
+) -> UpscaleSummary:
     """`sr_deploy.upscale.upscale` on a Ray cluster: the same checks and plan, then `run_jobs_on_ray`."""
     import_ray(local=not (ray_options.address or os.environ.get("RAY_ADDRESS")))  # 'not installed' first
     validate_options(options)

@@ -117,8 +117,9 @@ def resolve_profile(
     for name, a, b in (("--min", lo, mid), ("--opt", mid, hi)):
         if any(x > y for x, y in zip(a, b)):
             nxt = "--opt" if name == "--min" else "--max"
-            raise InputError(f"{name} {format_shape(a)} must not exceed {nxt} {format_shape(b)} in any dimension "
-                             "(min <= opt <= max)")
+            raise InputError(
+                f"{name} {format_shape(a)} must not exceed {nxt} {format_shape(b)} in any dimension (min <= opt <= max)"
+            )
     return ShapeProfile(lo, mid, hi)
 
 
@@ -186,7 +187,7 @@ def check_tensor_limits(profile: ShapeProfile, scale: int, onnx_path: str | Path
     else:
         suggestion = hi
     if ratio < 1.0:
-        f = (ratio ** 0.5) * 0.999
+        f = (ratio**0.5) * 0.999
         suggestion = (suggestion[0], 3, max(1, int(hi[2] * f)), max(1, int(hi[3] * f)))
     raise InputError(
         f"--max {format_shape(hi)} at x{scale}: tensor {name!r} would have {worst:,} elements, over TensorRT's "
@@ -248,8 +249,16 @@ class EngineSidecar:
     def cache_key(self, profile: dict[str, list[int]] | None = None) -> str:
         """The key this engine answers to. `profile`: the profile it was asked for, when a
         static fallback build answers a dynamic request (the sidecar keeps the profile used)."""
-        return engine_cache_key(self.onnx_sha256, self.tensorrt_version, self.gpu_name, self.compute_capability,
-                                profile or self.profile, self.precision, self.route, self.options())
+        return engine_cache_key(
+            self.onnx_sha256,
+            self.tensorrt_version,
+            self.gpu_name,
+            self.compute_capability,
+            profile or self.profile,
+            self.precision,
+            self.route,
+            self.options(),
+        )
 
 
 def sidecar_path(engine_path: str | Path) -> Path:
@@ -297,7 +306,7 @@ def read_sidecar(engine_path: str | Path) -> EngineSidecar | None:
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: unreadable engine sidecar ({exc})") from None
     if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
-        raise InputError(f"{path}: not an sr-deploy engine sidecar (no \"format\": \"{SIDECAR_FORMAT}\")")
+        raise InputError(f'{path}: not an sr-deploy engine sidecar (no "format": "{SIDECAR_FORMAT}")')
     known = set(EngineSidecar.__dataclass_fields__)
     try:
         return EngineSidecar(**{k: v for k, v in data.items() if k in known})
@@ -305,35 +314,51 @@ def read_sidecar(engine_path: str | Path) -> EngineSidecar | None:
         raise InputError(f"{path}: incomplete engine sidecar ({exc})") from None
 
 
-def check_sidecar_matches(sidecar: EngineSidecar, engine_path: str | Path, tensorrt_version: str, gpu_name: str,
-                          compute_capability: str) -> None:
+def check_sidecar_matches(
+    sidecar: EngineSidecar, engine_path: str | Path, tensorrt_version: str, gpu_name: str, compute_capability: str
+) -> None:
     """Refuse (InputError) an engine built by another TensorRT version or for another GPU:
     TensorRT engines are tied to both, and a mismatch fails late or silently runs slow."""
     problems = []
     if sidecar.tensorrt_version != tensorrt_version:
         problems.append(f"built with TensorRT {sidecar.tensorrt_version}, this is TensorRT {tensorrt_version}")
     if sidecar.compute_capability != compute_capability or sidecar.gpu_name != gpu_name:
-        problems.append(f"built for {sidecar.gpu_name} (compute capability {sidecar.compute_capability}), "
-                        f"this GPU is {gpu_name} ({compute_capability})")
+        problems.append(
+            f"built for {sidecar.gpu_name} (compute capability {sidecar.compute_capability}), "
+            f"this GPU is {gpu_name} ({compute_capability})"
+        )
     if problems:
         onnx_hint = sidecar.onnx_path or "model.onnx"
-        raise InputError(f"{engine_path}: {'; '.join(problems)}; rebuild it here: "
-                         f"sr-deploy build-engine {onnx_hint} -o {engine_path}")
+        raise InputError(
+            f"{engine_path}: {'; '.join(problems)}; rebuild it here: "
+            f"sr-deploy build-engine {onnx_hint} -o {engine_path}"
+        )
 
 
-def engine_cache_key(onnx_sha256: str, tensorrt_version: str, gpu_name: str, compute_capability: str,
-                     profile: dict[str, list[int]] | ShapeProfile, precision: str, route: str = "",
-                     options: BuildOptions | None = None) -> str:
+def engine_cache_key(
+    onnx_sha256: str,
+    tensorrt_version: str,
+    gpu_name: str,
+    compute_capability: str,
+    profile: dict[str, list[int]] | ShapeProfile,
+    precision: str,
+    route: str = "",
+    options: BuildOptions | None = None,
+) -> str:
     """A short stable hash of everything that makes an engine reusable: the ONNX bytes, the
     TensorRT version, the GPU, the profile, the precision and its route, and the build options
     (workspace, optimisation level, sr-deploy version)."""
     if isinstance(profile, ShapeProfile):
         profile = profile.as_dict()
     fields = {
-        "onnx_sha256": onnx_sha256, "tensorrt_version": tensorrt_version, "gpu_name": gpu_name,
+        "onnx_sha256": onnx_sha256,
+        "tensorrt_version": tensorrt_version,
+        "gpu_name": gpu_name,
         "compute_capability": compute_capability,
         "profile": {k: [int(d) for d in profile[k]] for k in ("min", "opt", "max")},
-        "precision": precision, "route": route, "options": (options or BuildOptions()).as_dict(),
+        "precision": precision,
+        "route": route,
+        "options": (options or BuildOptions()).as_dict(),
     }
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -366,5 +391,3 @@ def gpu_identity(device: str = "cuda") -> tuple[str, str]:
     index = (torch.device(device).index or 0) if device.startswith("cuda") else 0
     major, minor = torch.cuda.get_device_capability(index)
     return torch.cuda.get_device_name(index), f"{major}.{minor}"
-
-

@@ -25,9 +25,7 @@ class NotInstalledError(InputError):
     """An optional dependency (TensorRT, CUDA, onnxruntime-gpu...) is not available; exit code 2."""
 
 
-TENSORRT_NOT_INSTALLED = (
-    "TensorRT is not installed: pip install 'sr-deploy[tensorrt]' on a machine with an NVIDIA GPU"
-)
+TENSORRT_NOT_INSTALLED = "TensorRT is not installed: pip install 'sr-deploy[tensorrt]' on a machine with an NVIDIA GPU"
 
 # The one first-line helper lives in the helpers layer; imported here (after the classes, which
 # `sr_deploy.util` itself imports) so that `from sr_deploy.errors import first_line` keeps working.

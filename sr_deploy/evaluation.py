@@ -36,15 +36,19 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import InputError
-from .util.files import atomic_write_text
 from .imaging import read_image, write_image
 from .metrics import bicubic_degrade, imresize, modcrop, psnr, ssim, to_uint8
+from .util.files import atomic_write_text
 
 METRICS = ("psnr", "ssim", "lpips", "lpips-vgg")
 LPIPS_NETS = {"lpips": "alex", "lpips-vgg": "vgg"}
 # metric -> (name in tables and summaries, column width, number format)
-_COLUMNS = {"psnr": ("PSNR", 10, "{:.3f}"), "ssim": ("SSIM", 7, "{:.4f}"), "lpips": ("LPIPS", 9, "{:.4f}"),
-            "lpips-vgg": ("LPIPS-VGG", 9, "{:.4f}")}
+_COLUMNS = {
+    "psnr": ("PSNR", 10, "{:.3f}"),
+    "ssim": ("SSIM", 7, "{:.4f}"),
+    "lpips": ("LPIPS", 9, "{:.4f}"),
+    "lpips-vgg": ("LPIPS-VGG", 9, "{:.4f}"),
+}
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -95,8 +99,10 @@ class DatasetResult:
         """One line: `Set5 x4 bicubic: PSNR 28.419 dB, SSIM 0.8102, LPIPS 0.3407 (5 images)`."""
         who = f" {model}" if model else ""
         means = self._values(self.mean_psnr, self.mean_ssim, self.mean_lpips)
-        parts = [f"{_COLUMNS[m][0]} {_COLUMNS[m][2].format(v)}{' dB' if m == 'psnr' else ''}"
-                 for m, v in zip(self.metrics, means)]
+        parts = [
+            f"{_COLUMNS[m][0]} {_COLUMNS[m][2].format(v)}{' dB' if m == 'psnr' else ''}"
+            for m, v in zip(self.metrics, means)
+        ]
         return f"{self.name} x{self.scale}{who}: {', '.join(parts)} ({len(self.images)} images)"
 
     def table(self) -> str:
@@ -108,7 +114,8 @@ class DatasetResult:
             return f"{label:<{width}}  " + "  ".join(cells)
 
         header = f"{'image':<{width}}  " + "  ".join(
-            (f"{_COLUMNS[m][0]} (dB)" if m == "psnr" else _COLUMNS[m][0]).rjust(_COLUMNS[m][1]) for m in self.metrics)
+            (f"{_COLUMNS[m][0]} (dB)" if m == "psnr" else _COLUMNS[m][0]).rjust(_COLUMNS[m][1]) for m in self.metrics
+        )
         lines = [f"{self.name} (x{self.scale})", header, "-" * len(header)]
         lines += [row(r.name, self._values(r.psnr, r.ssim, r.lpips)) for r in self.images]
         lines += ["-" * len(header), row("mean", self._values(self.mean_psnr, self.mean_ssim, self.mean_lpips))]
@@ -220,8 +227,10 @@ def _find_lr(lr_dir: Path, hr_path: Path, scale: int) -> Path:
             candidate = lr_dir / f"{stem}{suffix}"
             if candidate.is_file():
                 return candidate
-    raise InputError(f"{lr_dir}: no LR image for {hr_path.name} (looked for {hr_path.stem}, "
-                     f"{hr_path.stem}x{scale}, {hr_path.stem}_x{scale} with an image suffix)")
+    raise InputError(
+        f"{lr_dir}: no LR image for {hr_path.name} (looked for {hr_path.stem}, "
+        f"{hr_path.stem}x{scale}, {hr_path.stem}_x{scale} with an image suffix)"
+    )
 
 
 def _to_grey(rgb: np.ndarray) -> np.ndarray:
@@ -257,13 +266,17 @@ def evaluate_image(
     else:
         hr = modcrop(hr, scale)
         if lr.ndim != hr.ndim or lr.shape[:2] != (hr.shape[0] // scale, hr.shape[1] // scale):
-            raise InputError(f"{name}: LR image is {lr.shape}, expected {(hr.shape[0] // scale, hr.shape[1] // scale)}"
-                             f"{'' if hr.ndim == 2 else ' x 3'} for x{scale} of the HR image {hr.shape}")
+            raise InputError(
+                f"{name}: LR image is {lr.shape}, expected {(hr.shape[0] // scale, hr.shape[1] // scale)}"
+                f"{'' if hr.ndim == 2 else ' x 3'} for x{scale} of the HR image {hr.shape}"
+            )
         lr_float = lr.astype(np.float32) / 255.0
     grey = hr.ndim == 2
     if min(hr.shape[:2]) - 2 * scale < 11:
-        raise InputError(f"{name}: image {hr.shape[1]}x{hr.shape[0]} is too small to score at x{scale} "
-                         f"(SSIM needs 11x11 pixels after cropping {scale} px borders)")
+        raise InputError(
+            f"{name}: image {hr.shape[1]}x{hr.shape[0]} is too small to score at x{scale} "
+            f"(SSIM needs 11x11 pixels after cropping {scale} px borders)"
+        )
     rgb = np.repeat(lr_float[..., None], 3, axis=2) if grey else lr_float
     x = np.ascontiguousarray(np.transpose(rgb, (2, 0, 1))[None], dtype=np.float32)
     out = upscale_fn(x)
@@ -272,8 +285,10 @@ def evaluate_image(
     out = np.asarray(out)
     expected = (1, 3, hr.shape[0], hr.shape[1])
     if out.shape != expected:
-        raise InputError(f"{name}: the model returned {tuple(out.shape)} for input {tuple(x.shape)}, "
-                         f"expected {expected}: is it an x{scale} model?")
+        raise InputError(
+            f"{name}: the model returned {tuple(out.shape)} for input {tuple(x.shape)}, "
+            f"expected {expected}: is it an x{scale} model?"
+        )
     sr = to_uint8(np.transpose(out[0], (1, 2, 0)))
     if grey:
         sr = _to_grey(sr)
@@ -314,8 +329,11 @@ def evaluate_dataset(
     if lr_folder is not None and not lr_folder.is_dir():
         raise InputError(f"{lr_folder}: no such LR folder")
     out_folder = Path(save_dir) if save_dir is not None else None
-    if out_folder is not None and out_folder.exists() and out_folder.resolve() in (
-            folder.resolve(), lr_folder.resolve() if lr_folder else None):
+    if (
+        out_folder is not None
+        and out_folder.exists()
+        and out_folder.resolve() in (folder.resolve(), lr_folder.resolve() if lr_folder else None)
+    ):
         raise InputError(f"{out_folder}: --save-dir must not be an input folder (it would overwrite images)")
     results: list[ImageResult] = []
     for path in tqdm(files, desc=f"eval {folder.name} x{scale}", unit="img", disable=not progress, leave=False):
@@ -325,8 +343,10 @@ def evaluate_dataset(
             lr_path = _find_lr(lr_folder, path, scale)
             lr = _read_image(lr_path)
             if lr.ndim != hr.ndim:
-                raise InputError(f"{lr_path}: {'grey' if lr.ndim == 2 else 'colour'} LR image for a "
-                                 f"{'grey' if hr.ndim == 2 else 'colour'} HR image {path.name}")
+                raise InputError(
+                    f"{lr_path}: {'grey' if lr.ndim == 2 else 'colour'} LR image for a "
+                    f"{'grey' if hr.ndim == 2 else 'colour'} HR image {path.name}"
+                )
         result, sr = evaluate_image(upscale_fn, hr, scale, lr=lr, name=path.name, lpips=lpips)
         results.append(result)
         if out_folder is not None:
@@ -394,13 +414,24 @@ def run_eval(
     scale = scale or upscaler.scale or 4
     try:
         if upscaler.scale is not None and upscaler.scale != scale:
-            raise InputError(f"{model}: an x{upscaler.scale} model, but --scale is {scale}; "
-                             f"use --scale {upscaler.scale}")
+            raise InputError(
+                f"{model}: an x{upscaler.scale} model, but --scale is {scale}; use --scale {upscaler.scale}"
+            )
         results = []
         for i, d in enumerate(dataset_dirs):
             target = Path(save_dir) / Path(d).name if save_dir is not None else None
-            results.append(evaluate_dataset(upscaler, d, scale, lr_dir=lr_dirs[i] if lr_dirs else None,
-                                            save_dir=target, progress=progress, lpips=lpips, metrics=metrics))
+            results.append(
+                evaluate_dataset(
+                    upscaler,
+                    d,
+                    scale,
+                    lr_dir=lr_dirs[i] if lr_dirs else None,
+                    save_dir=target,
+                    progress=progress,
+                    lpips=lpips,
+                    metrics=metrics,
+                )
+            )
     finally:
         upscaler.close()
     return upscaler, results

@@ -26,7 +26,6 @@ from torch import nn
 from . import __version__
 from .errors import InputError, SRDeployError
 from .export_shapes import export_with_shapes
-from .parity import ParityReport, check_thresholds, parity, parity_inputs
 from .onnx_graph import (  # noqa: F401 - FP16_* and count_fp16_tensors re-exported: callers import them from here
     FP16_MAX_RELATIVE_ERROR,
     FP16_SAFE_MAX,
@@ -36,6 +35,7 @@ from .onnx_graph import (  # noqa: F401 - FP16_* and count_fp16_tensors re-expor
     name_nodes,
     save_onnx,
 )
+from .parity import ParityReport, check_thresholds, parity, parity_inputs
 from .util import Progress, first_line, parse_dims, progress_to, quiet, to_stderr
 from .util.onnx_facts import read_onnx_metadata  # noqa: F401 - re-exported: callers import it from here
 
@@ -45,6 +45,8 @@ INPUT_CONVENTION = "rgb_float01_nchw"
 EXPORTERS = ("dynamo", "legacy")
 # The example input the graph is traced with; its values do not matter, the dims are made dynamic.
 EXAMPLE_SHAPE = (2, 3, 32, 32)
+
+
 @dataclass
 class ExportResult:
     """What `export_onnx` wrote and how it checked it."""
@@ -142,8 +144,10 @@ def _load_source(model: str | Path | nn.Module) -> tuple[nn.Module, str, int, st
     else:
         path = resolve_model_path(model)
         if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
-            raise InputError(f"{path}: unsupported model file type {path.suffix or '(no suffix)'!r}; "
-                             "export takes a PyTorch checkpoint (.pt / .pth / .ckpt / .safetensors)")
+            raise InputError(
+                f"{path}: unsupported model file type {path.suffix or '(no suffix)'!r}; "
+                "export takes a PyTorch checkpoint (.pt / .pth / .ckpt / .safetensors)"
+            )
         ckpt = load_checkpoint(path)  # InputError for missing / unreadable files
         net, arch, scale, sha = ckpt.model, ckpt.arch, ckpt.scale, ckpt.sha256
     folded = fold_batch_norm(net).float().cpu().eval()
@@ -156,16 +160,28 @@ def _export_dynamo(model: nn.Module, example: torch.Tensor, opset: int, static: 
     dynamic_shapes = None
     if not static:
         # By position: the forward's argument need not be called `x`.
-        dynamic_shapes = ({
-            0: torch.export.Dim("batch", min=1, max=4096),
-            2: torch.export.Dim("height", min=8, max=16384),
-            3: torch.export.Dim("width", min=8, max=16384),
-        },)
+        dynamic_shapes = (
+            {
+                0: torch.export.Dim("batch", min=1, max=4096),
+                2: torch.export.Dim("height", min=8, max=16384),
+                3: torch.export.Dim("width", min=8, max=16384),
+            },
+        )
     with quiet():
         program = torch.onnx.export(
-            model, (example,), None, dynamo=True, opset_version=opset,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes=dynamic_shapes,
-            external_data=False, optimize=True, verify=False, verbose=False, report=False,
+            model,
+            (example,),
+            None,
+            dynamo=True,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=dynamic_shapes,
+            external_data=False,
+            optimize=True,
+            verify=False,
+            verbose=False,
+            report=False,
         )
     if program is None:
         raise RuntimeError("the dynamo exporter returned no program")
@@ -177,13 +193,23 @@ def _export_legacy(model: nn.Module, example: torch.Tensor, opset: int, static: 
 
     dynamic_axes = None
     if not static:
-        dynamic_axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
-                        OUTPUT_NAME: {0: "batch", 2: "out_height", 3: "out_width"}}
+        dynamic_axes = {
+            INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
+            OUTPUT_NAME: {0: "batch", 2: "out_height", 3: "out_width"},
+        }
     buffer = io.BytesIO()
     with quiet():
-        torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=opset,
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=dynamic_axes,
-                          do_constant_folding=True)
+        torch.onnx.export(
+            model,
+            (example,),
+            buffer,
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes=dynamic_axes,
+            do_constant_folding=True,
+        )
     return onnx.load_from_string(buffer.getvalue())
 
 
@@ -205,8 +231,15 @@ def _simplify(model: Any) -> Any:
     return slim
 
 
-def _metadata(scale: int, arch: str, source_sha: str, precision: str, exporter: str, source_path: Path | None,
-              block_list: Sequence[str]) -> dict[str, str]:
+def _metadata(
+    scale: int,
+    arch: str,
+    source_sha: str,
+    precision: str,
+    exporter: str,
+    source_path: Path | None,
+    block_list: Sequence[str],
+) -> dict[str, str]:
     """The `metadata_props` an exported file carries (see the module docstring)."""
     meta = {
         "sr_deploy.scale": str(scale),
@@ -240,8 +273,9 @@ def _check_and_save(proto: Any, output: Path) -> None:
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:
-        raise SRDeployError(f"{output}: the exported graph fails onnx.checker ({first_line(exc)}); "
-                            "nothing written") from exc
+        raise SRDeployError(
+            f"{output}: the exported graph fails onnx.checker ({first_line(exc)}); nothing written"
+        ) from exc
     save_onnx(proto, output)
 
 
@@ -252,14 +286,14 @@ def _root_cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first_line(exc)}"
 
 
-
-
-def _export_graph(net: nn.Module, output: Path, opset: int, static: tuple[int, int, int] | None, exporter: str,
-                  say: Progress) -> tuple[Any, str, str | None]:
+def _export_graph(
+    net: nn.Module, output: Path, opset: int, static: tuple[int, int, int] | None, exporter: str, say: Progress
+) -> tuple[Any, str, str | None]:
     """(ONNX ModelProto with local functions inlined and every node named, the exporter used, why the
     dynamo exporter was abandoned or None). SRDeployError when no exporter succeeds."""
-    example = torch.rand((static[0], 3, static[1], static[2]) if static else EXAMPLE_SHAPE,
-                         generator=torch.Generator().manual_seed(0))
+    example = torch.rand(
+        (static[0], 3, static[1], static[2]) if static else EXAMPLE_SHAPE, generator=torch.Generator().manual_seed(0)
+    )
     used, fallback_reason = exporter, None
     if exporter == "dynamo":
         try:
@@ -273,22 +307,24 @@ def _export_graph(net: nn.Module, output: Path, opset: int, static: tuple[int, i
             proto = _export_legacy(net, example, opset, static is not None)
         except Exception as exc:
             reasons = f"; dynamo: {fallback_reason}" if fallback_reason else ""
-            raise SRDeployError(f"{output}: ONNX export failed (legacy: {first_line(exc)}{reasons}); "
-                                "nothing written") from exc
+            raise SRDeployError(
+                f"{output}: ONNX export failed (legacy: {first_line(exc)}{reasons}); nothing written"
+            ) from exc
     return _inlined(proto), used, fallback_reason
 
 
-def _export_any_shape(net: nn.Module, output: Path, opset: int, static: tuple[int, int, int] | None,
-                      exporter: str, say: Progress) -> tuple[Any, str, str | None, tuple[int, int, int] | None,
-                                                             dict[str, str]]:
+def _export_any_shape(
+    net: nn.Module, output: Path, opset: int, static: tuple[int, int, int] | None, exporter: str, say: Progress
+) -> tuple[Any, str, str | None, tuple[int, int, int] | None, dict[str, str]]:
     """(graph, exporter used, fallback note, static shape or None, shape metadata). Asked for
     dynamic: dynamic only when the graph really is, else static with the reason (export_shapes.py).
     The metadata records the static fallback's reason and the model's `size_multiple` (the graph
     pads to it inside; inputs of that multiple need no padding)."""
     meta: dict[str, str] = {}
     if static is None:
-        plan = export_with_shapes(net, opset, exporter, {"dynamo": _export_dynamo, "legacy": _export_legacy},
-                                  EXAMPLE_SHAPE, say, str(output))
+        plan = export_with_shapes(
+            net, opset, exporter, {"dynamo": _export_dynamo, "legacy": _export_legacy}, EXAMPLE_SHAPE, say, str(output)
+        )
         proto, used, static, note = _inlined(plan.proto), plan.exporter, plan.static, plan.note
         if static is not None:
             meta["sr_deploy.static_reason"] = note or ""
@@ -309,8 +345,9 @@ def _inlined(proto: Any) -> Any:
     return proto
 
 
-def _to_fp16(proto: Any, static: tuple[int, int, int] | None, fp16_block_list: Sequence[str] | None,
-             say: Progress) -> tuple[Any, list[str]]:
+def _to_fp16(
+    proto: Any, static: tuple[int, int, int] | None, fp16_block_list: Sequence[str] | None, say: Progress
+) -> tuple[Any, list[str]]:
     """(the fp16 graph, the nodes kept in fp32): `fp16_block_list` as given, or calibrated on Set5
     crops at the static shape (64x64, batch 2 when dynamic) when None."""
     if fp16_block_list is not None:
@@ -410,14 +447,24 @@ def export_onnx(
     seconds = time.perf_counter() - start
 
     result = ExportResult(
-        path=output, arch=arch, scale=scale, opset=opset, exporter=used, fallback_reason=fallback_reason,
-        static_shape=static, precision=precision, fp16_block_list=block_list, simplified=simplify,
-        seconds=seconds, metadata=meta,
+        path=output,
+        arch=arch,
+        scale=scale,
+        opset=opset,
+        exporter=used,
+        fallback_reason=fallback_reason,
+        static_shape=static,
+        precision=precision,
+        fp16_block_list=block_list,
+        simplified=simplify,
+        seconds=seconds,
+        metadata=meta,
     )
     if verify:
         say("checking parity with the torch float32 model on ONNX Runtime CPU")
         result.parity = verify_onnx(net, output, precision, static)
         if not result.parity.passed:
-            raise ParityError(f"{output}: parity check failed ({result.parity.criterion}); "
-                              "the file is kept for inspection", result)
+            raise ParityError(
+                f"{output}: parity check failed ({result.parity.criterion}); the file is kept for inspection", result
+            )
     return result

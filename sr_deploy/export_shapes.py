@@ -110,9 +110,15 @@ def static_fallback_shape(net: nn.Module, size: int | None = None) -> tuple[int,
     return 1, side, side
 
 
-def export_with_shapes(net: nn.Module, opset: int, requested: str, exporters: Mapping[str, Exporter],
-                       example_shape: tuple[int, int, int, int], say: Callable[[str], None],
-                       output_name: str) -> ShapePlan:
+def export_with_shapes(
+    net: nn.Module,
+    opset: int,
+    requested: str,
+    exporters: Mapping[str, Exporter],
+    example_shape: tuple[int, int, int, int],
+    say: Callable[[str], None],
+    output_name: str,
+) -> ShapePlan:
     """A dynamic graph when one of `exporters` gives a working one, else a static graph (see the
     module docstring). SRDeployError naming `output_name` when no exporter gives any graph."""
     order = exporter_order(net, requested, list(exporters))
@@ -132,8 +138,10 @@ def export_with_shapes(net: nn.Module, opset: int, requested: str, exporters: Ma
         failures.append(f"{name}: {problem}")
         say(f"{name} exporter gave no working dynamic graph ({problem}); {following}")
     static = static_fallback_shape(net)
-    say(f"no dynamic graph ({'; '.join(failures)}); exporting a static {'x'.join(map(str, static))} graph: "
-        "smaller inputs are padded to it, larger ones tiled")
+    say(
+        f"no dynamic graph ({'; '.join(failures)}); exporting a static {'x'.join(map(str, static))} graph: "
+        "smaller inputs are padded to it, larger ones tiled"
+    )
     example = torch.rand((static[0], 3, static[1], static[2]), generator=torch.Generator().manual_seed(0))
     static_failures = []
     for name in order:
@@ -141,5 +149,7 @@ def export_with_shapes(net: nn.Module, opset: int, requested: str, exporters: Ma
             return ShapePlan(exporters[name](net, example, opset, True), name, static, failures)
         except Exception as exc:
             static_failures.append(f"{name}: {_root_cause(exc)}")
-    raise SRDeployError(f"{output_name}: ONNX export failed (dynamic: {'; '.join(failures)}; static: "
-                        f"{'; '.join(static_failures)}); nothing written")
+    raise SRDeployError(
+        f"{output_name}: ONNX export failed (dynamic: {'; '.join(failures)}; static: "
+        f"{'; '.join(static_failures)}); nothing written"
+    )

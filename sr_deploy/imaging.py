@@ -75,10 +75,12 @@ def read_image(path: str | Path) -> np.ndarray:
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if data.size == 0:
         raise InputError(f"{path}: empty file, not an image")
-    frames = webp_animation_frames(data[:1 << 20].tobytes() if data.size > 1 << 20 else data.tobytes())
+    frames = webp_animation_frames(data[: 1 << 20].tobytes() if data.size > 1 << 20 else data.tobytes())
     if frames:
-        raise InputError(f"{path}: animated WebP ({frames} frames); OpenCV would read only the first: "
-                         "convert it to a video (e.g. .webm / .mp4) and upscale that")
+        raise InputError(
+            f"{path}: animated WebP ({frames} frames); OpenCV would read only the first: "
+            "convert it to a video (e.g. .webm / .mp4) and upscale that"
+        )
     # IMREAD_UNCHANGED keeps alpha and 16 bits but ignores EXIF orientation. JPEG has no alpha,
     # so for JPEG, ANYCOLOR | ANYDEPTH keeps grey as grey and lets OpenCV apply the orientation.
     if path.suffix.lower() in _JPEG_EXTENSIONS:
@@ -103,8 +105,8 @@ def webp_animation_frames(data: bytes) -> int:
         return 0
     frames, offset = 0, 12
     while offset + 8 <= len(data):
-        size = int.from_bytes(data[offset + 4:offset + 8], "little")
-        frames += data[offset:offset + 4] == b"ANMF"
+        size = int.from_bytes(data[offset + 4 : offset + 8], "little")
+        frames += data[offset : offset + 4] == b"ANMF"
         offset += 8 + size + (size & 1)
     return max(frames, 2)
 
@@ -289,7 +291,7 @@ def write_image_consuming(path: str | Path, image: np.ndarray, quality: int | No
     if image.ndim == 3:
         band = max(1, (16 << 20) // max(1, image.shape[1] * image.shape[2] * image.itemsize))
         for top in range(0, image.shape[0], band):  # in row bands: a few MB of temporaries at most
-            rows = image[top:top + band]
+            rows = image[top : top + band]
             rows[:, :, [0, 2]] = rows[:, :, [2, 0]]
     params: list[int] = []
     if ext in _JPEG_EXTENSIONS:

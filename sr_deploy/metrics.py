@@ -30,13 +30,14 @@ def _cubic(x: np.ndarray) -> np.ndarray:
     absx = np.abs(x)
     absx2 = absx * absx
     absx3 = absx2 * absx
-    return (1.5 * absx3 - 2.5 * absx2 + 1.0) * (absx <= 1) + (
-        -0.5 * absx3 + 2.5 * absx2 - 4.0 * absx + 2.0
-    ) * ((absx > 1) & (absx <= 2))
+    return (1.5 * absx3 - 2.5 * absx2 + 1.0) * (absx <= 1) + (-0.5 * absx3 + 2.5 * absx2 - 4.0 * absx + 2.0) * (
+        (absx > 1) & (absx <= 2)
+    )
 
 
-def _contributions(in_length: int, out_length: int, scale: float, antialias: bool = True
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def _contributions(
+    in_length: int, out_length: int, scale: float, antialias: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """Weights and source indices for one axis, as MATLAB's `contributions()`.
 
     Returns `weights` float64 (out_length, taps) whose rows sum to 1, and `indices` int64
@@ -90,7 +91,7 @@ def _period(first: np.ndarray, limit: int = 64) -> tuple[int, int] | None:
 def _resize_axis(img: np.ndarray, axis: int, out_length: int, scale: float, antialias: bool) -> np.ndarray:
     weights, indices = _contributions(img.shape[axis], out_length, scale, antialias)
     n_taps = weights.shape[1]
-    out = np.zeros(img.shape[:axis] + (out_length,) + img.shape[axis + 1:], dtype=np.float64)
+    out = np.zeros(img.shape[:axis] + (out_length,) + img.shape[axis + 1 :], dtype=np.float64)
     src = np.moveaxis(img, axis, 0)
     dst = np.moveaxis(out, axis, 0)  # a view: writing to it fills `out`
     bshape = (-1,) + (1,) * (img.ndim - 1)
@@ -111,7 +112,7 @@ def _resize_axis(img: np.ndarray, axis: int, out_length: int, scale: float, anti
         count = len(range(r, out_length, p))
         start = int(first[r]) - lo
         for t in range(n_taps):
-            view = padded[start + t: start + t + (count - 1) * d + 1: d] if d else padded[start + t: start + t + 1]
+            view = padded[start + t : start + t + (count - 1) * d + 1 : d] if d else padded[start + t : start + t + 1]
             dst[rows] += weights[rows, t].reshape(bshape) * view
     return out
 
@@ -271,10 +272,10 @@ def _filter_valid(img: np.ndarray, g: np.ndarray) -> np.ndarray:
     h, w = img.shape
     rows = np.zeros((h - k + 1, w), dtype=np.float64)
     for i in range(k):
-        rows += g[i] * img[i: i + h - k + 1, :]
+        rows += g[i] * img[i : i + h - k + 1, :]
     out = np.zeros((h - k + 1, w - k + 1), dtype=np.float64)
     for j in range(k):
-        out += g[j] * rows[:, j: j + w - k + 1]
+        out += g[j] * rows[:, j : j + w - k + 1]
     return out
 
 

@@ -51,20 +51,37 @@ class ParityReport:
 
     def summary(self) -> str:
         verdict = "" if self.passed is None else (" PASS" if self.passed else " FAIL") + f" ({self.criterion})"
-        return (f"max abs {self.max_abs:.3g}, mean abs {self.mean_abs:.3g}, PSNR {format_psnr(self.psnr_db)}, "
-                f"NaN/Inf {self.nonfinite}{verdict}")
+        return (
+            f"max abs {self.max_abs:.3g}, mean abs {self.mean_abs:.3g}, PSNR {format_psnr(self.psnr_db)}, "
+            f"NaN/Inf {self.nonfinite}{verdict}"
+        )
 
     def table(self) -> str:
         """One row per input shape, then the total."""
         rows = [("input", "max abs", "mean abs", "PSNR dB", "NaN/Inf")]
         for s in self.per_shape:
-            rows.append(("x".join(map(str, s.shape)), f"{s.max_abs:.3g}", f"{s.mean_abs:.3g}",
-                         format_psnr(s.psnr_db, unit=False), str(s.nonfinite)))
-        rows.append(("all", f"{self.max_abs:.3g}", f"{self.mean_abs:.3g}", format_psnr(self.psnr_db, unit=False),
-                     str(self.nonfinite)))
+            rows.append(
+                (
+                    "x".join(map(str, s.shape)),
+                    f"{s.max_abs:.3g}",
+                    f"{s.mean_abs:.3g}",
+                    format_psnr(s.psnr_db, unit=False),
+                    str(s.nonfinite),
+                )
+            )
+        rows.append(
+            (
+                "all",
+                f"{self.max_abs:.3g}",
+                f"{self.mean_abs:.3g}",
+                format_psnr(self.psnr_db, unit=False),
+                str(self.nonfinite),
+            )
+        )
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-                 for r in rows]
+        lines = [
+            "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows
+        ]
         if self.passed is not None:
             lines.append(("PASS" if self.passed else "FAIL") + f": {self.criterion}")
         return "\n".join(lines)
@@ -200,7 +217,7 @@ def _crop(image: np.ndarray, h: int, w: int) -> np.ndarray:
         image = np.pad(image, ((0, max(0, h - ih)), (0, max(0, w - iw)), (0, 0)), mode="edge")
         ih, iw = image.shape[:2]
     top, left = (ih - h) // 2, (iw - w) // 2
-    return np.ascontiguousarray(image[top:top + h, left:left + w].transpose(2, 0, 1))
+    return np.ascontiguousarray(image[top : top + h, left : left + w].transpose(2, 0, 1))
 
 
 def parity_inputs(

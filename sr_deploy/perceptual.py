@@ -76,9 +76,11 @@ class KnownWeights:
 # first 8 hex digits of their sha256 in their names; the full digests are matched by prefix.
 KNOWN_SHA256 = {
     "bdaa2d38b2a24dcc182158c21c7759529b387322c2bfbc7ae66a1ad75a4ce01f": KnownWeights(
-        "vgg16", "npz", True, "lpips_vgg16_imagenet.npz (torchvision vgg16-397923af + LPIPS v0.1 vgg heads)"),
+        "vgg16", "npz", True, "lpips_vgg16_imagenet.npz (torchvision vgg16-397923af + LPIPS v0.1 vgg heads)"
+    ),
     "6faf059eae0b7101c34eef0b4866518550ae74bc1d9743d4f75653d04f262716": KnownWeights(
-        "alexnet", "npz", True, "lpips_alexnet_imagenet.npz (torchvision alexnet-owt-7be5be79 + LPIPS v0.1 alex heads)"),
+        "alexnet", "npz", True, "lpips_alexnet_imagenet.npz (torchvision alexnet-owt-7be5be79 + LPIPS v0.1 alex heads)"
+    ),
 }
 KNOWN_SHA256_PREFIXES = {
     "397923af": KnownWeights("vgg16", "torchvision", False, "torchvision vgg16-397923af.pth"),
@@ -144,7 +146,8 @@ def find_weights(arch: str, path: str | Path | None = None) -> Path:
                 return folder / name
     raise InputError(
         f"{arch} ImageNet weights not found (looked for {', '.join(names)} in {', '.join(map(str, folders))}); "
-        f"pass the file's path or set ${ENV_VAR} to its folder")
+        f"pass the file's path or set ${ENV_VAR} to its folder"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,7 +201,7 @@ def _read_torchvision(path: Path, arch: str) -> dict[str, torch.Tensor]:
         raise InputError(f"{path}: not a readable {arch} state-dict file ({first[:120]})") from exc
     if not isinstance(obj, dict):
         raise InputError(f"{path}: expected a {arch} state dict, found a {type(obj).__name__}")
-    return {k[len("features."):]: v.float() for k, v in obj.items() if k.startswith("features.")}
+    return {k[len("features.") :]: v.float() for k, v in obj.items() if k.startswith("features.")}
 
 
 def _lpips_package_heads(arch: str) -> list[torch.Tensor]:
@@ -230,8 +233,12 @@ class LoadedWeights:
 
     def describe(self) -> dict[str, str]:
         """What a checkpoint records about its feature network."""
-        return {"arch": self.arch, "file": self.path.name, "sha256": self.sha256,
-                "release": self.known.origin if self.known else "unknown"}
+        return {
+            "arch": self.arch,
+            "file": self.path.name,
+            "sha256": self.sha256,
+            "release": self.known.origin if self.known else "unknown",
+        }
 
 
 def load_weights(arch: str, path: str | Path | None = None, *, allow_unknown: bool = False) -> LoadedWeights:
@@ -241,8 +248,10 @@ def load_weights(arch: str, path: str | Path | None = None, *, allow_unknown: bo
     sha = file_sha256(file)
     known = identify_weights(sha)
     if known is None and not allow_unknown:
-        raise InputError(f"{file}: not a known ImageNet {arch} weights file (sha256 {sha[:16]}...); a perceptual "
-                         "loss on unknown (e.g. random) weights is refused; pass the allow-unknown option only for tests")
+        raise InputError(
+            f"{file}: not a known ImageNet {arch} weights file (sha256 {sha[:16]}...); a perceptual "
+            "loss on unknown (e.g. random) weights is refused; pass the allow-unknown option only for tests"
+        )
     if known is not None and known.arch != arch:
         raise InputError(f"{file}: holds {known.arch} weights, not {arch}")
     if file.suffix == ".npz":
@@ -299,8 +308,10 @@ class FeatureExtractor(nn.Module):
         features, names = _build_features(arch)
         unknown = [name for name in layers if name not in names]
         if unknown:
-            raise InputError(f"{arch} layer(s) {', '.join(unknown)}: expected names like "
-                             f"{'conv5_3 or relu5_3' if arch != 'alexnet' else 'conv5 or relu5'}")
+            raise InputError(
+                f"{arch} layer(s) {', '.join(unknown)}: expected names like "
+                f"{'conv5_3 or relu5_3' if arch != 'alexnet' else 'conv5 or relu5'}"
+            )
         self.arch = arch
         self.layers = list(layers)
         self._indices = [names[name] for name in layers]
@@ -322,8 +333,9 @@ class FeatureExtractor(nn.Module):
             value = state.get(key)
             if value is None or tuple(value.shape) != tuple(ref.shape):
                 got = None if value is None else tuple(value.shape)
-                raise InputError(f"{source}: not {self.arch} weights (features.{key}: expected {tuple(ref.shape)}, "
-                                 f"found {got})")
+                raise InputError(
+                    f"{source}: not {self.arch} weights (features.{key}: expected {tuple(ref.shape)}, found {got})"
+                )
             mine[key] = value.float()
         self.features.load_state_dict(mine)
         return self
@@ -362,8 +374,10 @@ class LPIPS(nn.Module):
             raise InputError(f"LPIPS network {net!r}: expected alex or vgg")
         loaded = load_weights(arch, weights)
         if len(loaded.lpips_heads) != 5:
-            raise InputError(f"{loaded.path}: no LPIPS v0.1 heads for {arch} (use lpips_{arch}_imagenet.npz, or install "
-                             "the lpips package beside torchvision's file)")
+            raise InputError(
+                f"{loaded.path}: no LPIPS v0.1 heads for {arch} (use lpips_{arch}_imagenet.npz, or install "
+                "the lpips package beside torchvision's file)"
+            )
         self.source = loaded
         self.net = FeatureExtractor(arch, LPIPS_LAYERS[arch], imagenet_input=False)
         self.net.load_features(loaded.features, str(loaded.path))
@@ -386,6 +400,7 @@ class LPIPS(nn.Module):
 
 def lpips_uint8(metric: LPIPS, a: np.ndarray, b: np.ndarray) -> float:
     """LPIPS between two uint8 (H, W, 3) RGB images (or (H, W) grey, replicated to RGB)."""
+
     def to_tensor(img: np.ndarray) -> torch.Tensor:
         img = np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img
         return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float().div_(255.0)[None]

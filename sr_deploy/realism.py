@@ -73,7 +73,8 @@ def interpolate_checkpoints(psnr_model: str | Path, gan_model: str | Path, alpha
     if a.arch != b.arch or a.config != b.config:
         raise InputError(
             f"{gan_model}: a different architecture ({b.arch} {b.config}) from {psnr_model} ({a.arch} {a.config}); "
-            "interpolation needs two models of the same architecture")
+            "interpolation needs two models of the same architecture"
+        )
     try:
         state = interpolate_state_dicts(a.model.state_dict(), b.model.state_dict(), alpha)
     except ValueError as exc:
@@ -81,8 +82,13 @@ def interpolate_checkpoints(psnr_model: str | Path, gan_model: str | Path, alpha
     model = a.model
     model.load_state_dict(state)
     meta = {
-        "interpolated": {"alpha": alpha, "psnr_model": str(psnr_model), "gan_model": str(gan_model),
-                         "psnr_sha256": a.sha256, "gan_sha256": b.sha256},
+        "interpolated": {
+            "alpha": alpha,
+            "psnr_model": str(psnr_model),
+            "gan_model": str(gan_model),
+            "psnr_sha256": a.sha256,
+            "gan_sha256": b.sha256,
+        },
         "recipe": "network interpolation",
     }
     return save_checkpoint(output, model, a.config, meta)

@@ -30,10 +30,19 @@ def make_sample_image(height: int = 160, width: int = 240) -> np.ndarray:
     img[inside] = ring[inside, None]
     img = (img * 255).astype(np.uint8)
     # Text, lines and shapes on the left (drawn in RGB order).
-    cv2.putText(img, "sr-deploy", (int(w * 0.04), int(h * 0.22)), cv2.FONT_HERSHEY_DUPLEX, 3.2,
-                (20, 20, 30), 7, cv2.LINE_AA)
-    cv2.putText(img, "x4 super-resolution 0123456789", (int(w * 0.04), int(h * 0.34)),
-                cv2.FONT_HERSHEY_SIMPLEX, 1.05, (250, 250, 250), 3, cv2.LINE_AA)
+    cv2.putText(
+        img, "sr-deploy", (int(w * 0.04), int(h * 0.22)), cv2.FONT_HERSHEY_DUPLEX, 3.2, (20, 20, 30), 7, cv2.LINE_AA
+    )
+    cv2.putText(
+        img,
+        "x4 super-resolution 0123456789",
+        (int(w * 0.04), int(h * 0.34)),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        1.05,
+        (250, 250, 250),
+        3,
+        cv2.LINE_AA,
+    )
     for i, angle in enumerate(range(0, 90, 10)):
         a = np.deg2rad(angle)
         x0, y0 = int(w * 0.05), int(h * 0.95)

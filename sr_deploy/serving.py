@@ -40,8 +40,9 @@ from .imaging import (
 )
 
 TRITONCLIENT_NOT_INSTALLED = "tritonclient is not installed: pip install 'sr-deploy[triton]'"
-PYTRITON_NOT_INSTALLED = ("the bundled tritonserver comes with nvidia-pytriton: "
-                          "pip install --no-deps nvidia-pytriton==0.7.0")
+PYTRITON_NOT_INSTALLED = (
+    "the bundled tritonserver comes with nvidia-pytriton: pip install --no-deps nvidia-pytriton==0.7.0"
+)
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 
@@ -146,8 +147,9 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def bundled_tritonserver(repository: str | Path, *, startup_timeout: float = 120.0,
-                         log_path: str | Path | None = None) -> Iterator[str]:
+def bundled_tritonserver(
+    repository: str | Path, *, startup_timeout: float = 120.0, log_path: str | Path | None = None
+) -> Iterator[str]:
     """Run nvidia-pytriton's `tritonserver` on `repository`, HTTP on 127.0.0.1 (gRPC and metrics
     off), until the block ends; yields the URL. The server is stopped (and killed if it does not
     stop) on exit, also after an error. The Python backend runs this interpreter's environment
@@ -176,10 +178,18 @@ def bundled_tritonserver(repository: str | Path, *, startup_timeout: float = 120
         paths += [p for p in sys.path if p and Path(p).is_dir() and p not in paths]
         env["PYTHONPATH"] = os.pathsep.join(paths)
         port = _free_port()
-        command = [str(dist / "bin" / "tritonserver"), f"--model-repository={Path(repository).resolve()}",
-                   f"--backend-directory={backends}", f"--cache-directory={dist / 'caches'}",
-                   "--http-address=127.0.0.1", f"--http-port={port}", "--allow-grpc=false",
-                   "--allow-metrics=false", "--strict-readiness=true", "--exit-on-error=true"]
+        command = [
+            str(dist / "bin" / "tritonserver"),
+            f"--model-repository={Path(repository).resolve()}",
+            f"--backend-directory={backends}",
+            f"--cache-directory={dist / 'caches'}",
+            "--http-address=127.0.0.1",
+            f"--http-port={port}",
+            "--allow-grpc=false",
+            "--allow-metrics=false",
+            "--strict-readiness=true",
+            "--exit-on-error=true",
+        ]
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         url = f"http://127.0.0.1:{port}"
         _wait_ready(process, url, startup_timeout, Path(log.name))

@@ -97,8 +97,16 @@ def is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, MemoryError):
         return True
     text = str(exc).lower()
-    return any(key in text for key in ("out of memory", "failed to allocate", "cudaerrormemoryallocation",
-                                       "cuda_error_out_of_memory", "bad_alloc"))
+    return any(
+        key in text
+        for key in (
+            "out of memory",
+            "failed to allocate",
+            "cudaerrormemoryallocation",
+            "cuda_error_out_of_memory",
+            "bad_alloc",
+        )
+    )
 
 
 def _free_memory_bytes(device: str) -> int | None:
@@ -129,8 +137,9 @@ def _cpu_budget_bytes() -> float:
     return min(CPU_MEMORY_CAP_BYTES, available * _CPU_MEMORY_FRACTION)
 
 
-def auto_tile_size(backend: Backend, height: int, width: int, overlap: int = DEFAULT_TILE_OVERLAP,
-                   batch_size: int = 1) -> int:
+def auto_tile_size(
+    backend: Backend, height: int, width: int, overlap: int = DEFAULT_TILE_OVERLAP, batch_size: int = 1
+) -> int:
     """The largest tile core edge that fits the backend's `max_shape` and memory, or 0 when the
     whole (height, width) image fits in one call.
 
@@ -141,7 +150,7 @@ def auto_tile_size(backend: Backend, height: int, width: int, overlap: int = DEF
     """
     value_bytes = 2 if backend.precision in ("fp16", "bf16") else 4
     live = live_values_per_hr_pixel(backend_arch(backend))
-    per_pixel = (live * value_bytes + 3 * 4) * backend.scale ** 2
+    per_pixel = (live * value_bytes + 3 * 4) * backend.scale**2
     free = _free_memory_bytes(backend.device)
     budget = free * _CUDA_MEMORY_FRACTION if free is not None else _cpu_budget_bytes()
     window_pixels = budget / max(1, batch_size) / per_pixel
@@ -154,7 +163,8 @@ def auto_tile_size(backend: Backend, height: int, width: int, overlap: int = DEF
     if tile < MIN_TILE:
         raise SRDeployError(
             f"tile overlap {overlap} leaves no room in a {limit}-pixel window "
-            f"(backend max shape {backend.max_shape}): use a smaller --tile-overlap")
+            f"(backend max shape {backend.max_shape}): use a smaller --tile-overlap"
+        )
     return tile
 
 
@@ -186,24 +196,30 @@ def _fits_max_shape(backend: Backend, height: int, width: int) -> bool:
 CoreSink = Callable[[int, int, int, int, np.ndarray], None]
 
 
-def _run_tiles(backend: Backend, image: np.ndarray, tile: int, overlap: int, batch_size: int,
-               sink: CoreSink) -> None:
+def _run_tiles(backend: Backend, image: np.ndarray, tile: int, overlap: int, batch_size: int, sink: CoreSink) -> None:
     _, height, width = image.shape
     scale = backend.scale
     tiles, (window_h, window_w) = plan_tiles(height, width, tile, overlap)
     per_call = _max_batch(backend, batch_size)
     for first in range(0, len(tiles), per_call):
-        group = tiles[first:first + per_call]
-        batch = np.stack([image[:, t.wy:t.wy + window_h, t.wx:t.wx + window_w] for t in group])
+        group = tiles[first : first + per_call]
+        batch = np.stack([image[:, t.wy : t.wy + window_h, t.wx : t.wx + window_w] for t in group])
         result = backend(batch)
         expected = (len(group), 3, window_h * scale, window_w * scale)
         if tuple(result.shape) != expected:
-            raise SRDeployError(f"backend returned {tuple(result.shape)} for a {tuple(batch.shape)} batch; "
-                                f"expected {expected} (scale {scale})")
+            raise SRDeployError(
+                f"backend returned {tuple(result.shape)} for a {tuple(batch.shape)} batch; "
+                f"expected {expected} (scale {scale})"
+            )
         for t, sr in zip(group, result):
             oy, ox = (t.y0 - t.wy) * scale, (t.x0 - t.wx) * scale
-            sink(t.y0 * scale, t.y1 * scale, t.x0 * scale, t.x1 * scale,
-                 sr[:, oy:oy + (t.y1 - t.y0) * scale, ox:ox + (t.x1 - t.x0) * scale])
+            sink(
+                t.y0 * scale,
+                t.y1 * scale,
+                t.x0 * scale,
+                t.x1 * scale,
+                sr[:, oy : oy + (t.y1 - t.y0) * scale, ox : ox + (t.x1 - t.x0) * scale],
+            )
 
 
 def upscale_tiled(
@@ -300,7 +316,7 @@ def upscale_batch(
     if tile <= 0 and _fits_max_shape(backend, height, width):
         try:
             per_call = _max_batch(backend, count)
-            parts = [backend(np.ascontiguousarray(frames[i:i + per_call])) for i in range(0, count, per_call)]
+            parts = [backend(np.ascontiguousarray(frames[i : i + per_call])) for i in range(0, count, per_call)]
             return parts[0] if len(parts) == 1 else np.concatenate(parts)
         except Exception as exc:
             if not is_out_of_memory(exc):

@@ -80,13 +80,15 @@ def _shape(dims: list[int]) -> str:
 
 
 def _io_block(max_batch: int) -> str:
-    return (f"max_batch_size: {max_batch}\n"
-            "input [\n"
-            "  {\n    name: \"input\"\n    data_type: TYPE_FP32\n    dims: [ 3, -1, -1 ]\n  }\n"
-            "]\n"
-            "output [\n"
-            "  {\n    name: \"output\"\n    data_type: TYPE_FP32\n    dims: [ 3, -1, -1 ]\n  }\n"
-            "]\n")
+    return (
+        f"max_batch_size: {max_batch}\n"
+        "input [\n"
+        '  {\n    name: "input"\n    data_type: TYPE_FP32\n    dims: [ 3, -1, -1 ]\n  }\n'
+        "]\n"
+        "output [\n"
+        '  {\n    name: "output"\n    data_type: TYPE_FP32\n    dims: [ 3, -1, -1 ]\n  }\n'
+        "]\n"
+    )
 
 
 def _batching_block() -> str:
@@ -99,76 +101,106 @@ def _instance_block(kind: str, count: int = 1) -> str:
 
 
 def _warmup_block(height: int, width: int) -> str:
-    return ("model_warmup [\n"
-            "  {\n"
-            f"    name: \"warmup_{height}x{width}\"\n"
-            "    batch_size: 1\n"
-            "    inputs {\n"
-            "      key: \"input\"\n"
-            "      value {\n"
-            "        data_type: TYPE_FP32\n"
-            f"        dims: [ 3, {height}, {width} ]\n"
-            "        random_data: true\n"
-            "      }\n"
-            "    }\n"
-            "  }\n"
-            "]\n")
+    return (
+        "model_warmup [\n"
+        "  {\n"
+        f'    name: "warmup_{height}x{width}"\n'
+        "    batch_size: 1\n"
+        "    inputs {\n"
+        '      key: "input"\n'
+        "      value {\n"
+        "        data_type: TYPE_FP32\n"
+        f"        dims: [ 3, {height}, {width} ]\n"
+        "        random_data: true\n"
+        "      }\n"
+        "    }\n"
+        "  }\n"
+        "]\n"
+    )
 
 
 def _parameters_block(values: dict[str, str]) -> str:
-    return "".join(f"parameters {{\n  key: \"{key}\"\n  value {{ string_value: \"{value}\" }}\n}}\n"
-                   for key, value in values.items())
+    return "".join(
+        f'parameters {{\n  key: "{key}"\n  value {{ string_value: "{value}" }}\n}}\n' for key, value in values.items()
+    )
 
 
 def _profile_comment(profile: dict[str, list[int]]) -> str:
-    return (f"# input profile (N x 3 x H x W): min {_shape(profile['min'])}, opt {_shape(profile['opt'])}, "
-            f"max {_shape(profile['max'])}\n")
+    return (
+        f"# input profile (N x 3 x H x W): min {_shape(profile['min'])}, opt {_shape(profile['opt'])}, "
+        f"max {_shape(profile['max'])}\n"
+    )
 
 
-def onnx_config(name: str, max_batch: int, profile: dict[str, list[int]], kind: str, scale: int,
-                fp16_accelerator: bool = True) -> str:
+def onnx_config(
+    name: str, max_batch: int, profile: dict[str, list[int]], kind: str, scale: int, fp16_accelerator: bool = True
+) -> str:
     """config.pbtxt of the ONNX model: platform onnxruntime_onnx, the profile as ONNX Runtime
     TensorRT-accelerator bounds (used when Triton runs on a GPU), warm-up at the opt size."""
     spec = lambda key: f"input:{_shape(profile[key])}"  # noqa: E731
     accelerator = ""
     if kind != "KIND_CPU":
-        accelerator = ("optimization {\n  execution_accelerators {\n    gpu_execution_accelerator: [\n"
-                       "      {\n        name: \"tensorrt\"\n"
-                       + ("        parameters { key: \"precision_mode\" value: \"FP16\" }\n"
-                          if fp16_accelerator else "")
-                       + f"        parameters {{ key: \"trt_profile_min_shapes\" value: \"{spec('min')}\" }}\n"
-                       f"        parameters {{ key: \"trt_profile_opt_shapes\" value: \"{spec('opt')}\" }}\n"
-                       f"        parameters {{ key: \"trt_profile_max_shapes\" value: \"{spec('max')}\" }}\n"
-                       "      }\n    ]\n  }\n}\n")
-    return (f"# written by sr-deploy: x{scale} super-resolution, float32 RGB [0, 1] NCHW in and out\n"
-            + _profile_comment(profile)
-            + f"name: \"{name}\"\nplatform: \"onnxruntime_onnx\"\n" + _io_block(max_batch) + _batching_block()
-            + _instance_block(kind) + _warmup_block(profile["opt"][2], profile["opt"][3]) + accelerator
-            + _parameters_block({"sr_deploy.scale": str(scale)}))
+        accelerator = (
+            "optimization {\n  execution_accelerators {\n    gpu_execution_accelerator: [\n"
+            '      {\n        name: "tensorrt"\n'
+            + ('        parameters { key: "precision_mode" value: "FP16" }\n' if fp16_accelerator else "")
+            + f'        parameters {{ key: "trt_profile_min_shapes" value: "{spec("min")}" }}\n'
+            f'        parameters {{ key: "trt_profile_opt_shapes" value: "{spec("opt")}" }}\n'
+            f'        parameters {{ key: "trt_profile_max_shapes" value: "{spec("max")}" }}\n'
+            "      }\n    ]\n  }\n}\n"
+        )
+    return (
+        f"# written by sr-deploy: x{scale} super-resolution, float32 RGB [0, 1] NCHW in and out\n"
+        + _profile_comment(profile)
+        + f'name: "{name}"\nplatform: "onnxruntime_onnx"\n'
+        + _io_block(max_batch)
+        + _batching_block()
+        + _instance_block(kind)
+        + _warmup_block(profile["opt"][2], profile["opt"][3])
+        + accelerator
+        + _parameters_block({"sr_deploy.scale": str(scale)})
+    )
 
 
 def plan_config(name: str, profile: dict[str, list[int]], scale: int) -> str:
     """config.pbtxt of a TensorRT plan: max_batch_size and the warm-up from the engine's profile."""
-    return (f"# written by sr-deploy: x{scale} super-resolution TensorRT engine, float32 RGB [0, 1] NCHW\n"
-            + _profile_comment(profile)
-            + "# inputs outside the profile's H/W bounds are refused by TensorRT: tile them on the client\n"
-            + f"name: \"{name}\"\nplatform: \"tensorrt_plan\"\n" + _io_block(profile["max"][0]) + _batching_block()
-            + _instance_block("KIND_GPU") + _warmup_block(profile["opt"][2], profile["opt"][3])
-            + _parameters_block({"sr_deploy.scale": str(scale)}))
+    return (
+        f"# written by sr-deploy: x{scale} super-resolution TensorRT engine, float32 RGB [0, 1] NCHW\n"
+        + _profile_comment(profile)
+        + "# inputs outside the profile's H/W bounds are refused by TensorRT: tile them on the client\n"
+        + f'name: "{name}"\nplatform: "tensorrt_plan"\n'
+        + _io_block(profile["max"][0])
+        + _batching_block()
+        + _instance_block("KIND_GPU")
+        + _warmup_block(profile["opt"][2], profile["opt"][3])
+        + _parameters_block({"sr_deploy.scale": str(scale)})
+    )
 
 
-def python_config(name: str, max_batch: int, kind: str, scale: int, model_file: str, backend: str,
-                  precision: str) -> str:
+def python_config(
+    name: str, max_batch: int, kind: str, scale: int, model_file: str, backend: str, precision: str
+) -> str:
     """config.pbtxt of the Python-backend model running `model_file` through sr-deploy."""
-    return (f"# written by sr-deploy: x{scale} super-resolution through sr-deploy's {backend} backend\n"
-            f"name: \"{name}\"\nbackend: \"python\"\n" + _io_block(max_batch) + _batching_block()
-            + _instance_block(kind) + _warmup_block(64, 64)
-            + _parameters_block({"sr_deploy.model": model_file, "sr_deploy.backend": backend,
-                                 "sr_deploy.precision": precision, "sr_deploy.scale": str(scale)}))
+    return (
+        f"# written by sr-deploy: x{scale} super-resolution through sr-deploy's {backend} backend\n"
+        f'name: "{name}"\nbackend: "python"\n'
+        + _io_block(max_batch)
+        + _batching_block()
+        + _instance_block(kind)
+        + _warmup_block(64, 64)
+        + _parameters_block(
+            {
+                "sr_deploy.model": model_file,
+                "sr_deploy.backend": backend,
+                "sr_deploy.precision": precision,
+                "sr_deploy.scale": str(scale),
+            }
+        )
+    )
 
 
 def _check_name(name: str) -> str:
-    if not name or name.startswith(".") or any(c in name for c in "/\\ \"") or name in (".", ".."):
+    if not name or name.startswith(".") or any(c in name for c in '/\\ "') or name in (".", ".."):
         raise InputError(f"--name {name!r}: a Triton model name must be a plain folder name (no /, spaces, quotes)")
     return name
 
@@ -243,8 +275,10 @@ def write_triton_repository(
             raise InputError(f"{engine_path}: no such engine file")
         sidecar = read_sidecar(engine_path)
         if sidecar is None or not sidecar.profile:
-            raise InputError(f"{engine_path}: no sidecar JSON with the engine's profile ({engine_path.name}.json); "
-                             "build it with sr-deploy build-engine")
+            raise InputError(
+                f"{engine_path}: no sidecar JSON with the engine's profile ({engine_path.name}.json); "
+                "build it with sr-deploy build-engine"
+            )
     repo.mkdir(parents=True, exist_ok=True)
     models: list[TritonModel] = []
     kind_text = INSTANCE_KINDS[kind]
@@ -261,14 +295,21 @@ def write_triton_repository(
                 shutil.copyfile(extra, staging / VERSION / extra.name)
             shutil.copyfile(Path(__file__).with_name("triton_model.py"), staging / VERSION / "model.py")
             (staging / "config.pbtxt").write_text(
-                python_config(name, max_batch, kind_text, scale, source.name, backend, precision))
+                python_config(name, max_batch, kind_text, scale, source.name, backend, precision)
+            )
             _place(staging, repo / name)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         folder = repo / name
-        models.append(TritonModel(name, "python", folder, [folder / "config.pbtxt", folder / VERSION / "model.py",
-                                                           folder / VERSION / source.name]))
+        models.append(
+            TritonModel(
+                name,
+                "python",
+                folder,
+                [folder / "config.pbtxt", folder / VERSION / "model.py", folder / VERSION / source.name],
+            )
+        )
     else:
         from .models import resolve_model_path
 
@@ -276,8 +317,7 @@ def write_triton_repository(
         staging = _staging(repo, name)
         try:
             onnx_target = staging / VERSION / "model.onnx"
-            given = Path(onnx_file) if onnx_file is not None else (source if source.suffix.lower() == ".onnx"
-                                                                   else None)
+            given = Path(onnx_file) if onnx_file is not None else (source if source.suffix.lower() == ".onnx" else None)
             if given is not None:
                 if not given.is_file():
                     raise InputError(f"{given}: no such ONNX file")
@@ -296,8 +336,11 @@ def write_triton_repository(
             shutil.rmtree(staging, ignore_errors=True)
             raise
         folder = repo / name
-        models.append(TritonModel(name, "onnxruntime_onnx", folder,
-                                  [folder / "config.pbtxt", folder / VERSION / "model.onnx"], profile))
+        models.append(
+            TritonModel(
+                name, "onnxruntime_onnx", folder, [folder / "config.pbtxt", folder / VERSION / "model.onnx"], profile
+            )
+        )
         if engine_path is not None and sidecar is not None:
             plan_name = f"{name}_trt"
             staging = _staging(repo, plan_name)
@@ -309,8 +352,15 @@ def write_triton_repository(
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
             folder = repo / plan_name
-            models.append(TritonModel(plan_name, "tensorrt_plan", folder,
-                                      [folder / "config.pbtxt", folder / VERSION / "model.plan"], sidecar.profile))
+            models.append(
+                TritonModel(
+                    plan_name,
+                    "tensorrt_plan",
+                    folder,
+                    [folder / "config.pbtxt", folder / VERSION / "model.plan"],
+                    sidecar.profile,
+                )
+            )
     readme = write_readme(repo, models, scale)
     for item in models:
         say(f"wrote {item.folder}/ ({item.platform})")
@@ -332,9 +382,15 @@ def write_readme(repo: Path, models: list[TritonModel], scale: int) -> Path:
         "",
     ]
     for item in models:
-        lines.append(f"- `{item.name}`: {item.platform}"
-                     + (f", input profile min {_shape(item.profile['min'])}, opt {_shape(item.profile['opt'])}, "
-                        f"max {_shape(item.profile['max'])} (N x 3 x H x W)" if item.profile else ""))
+        lines.append(
+            f"- `{item.name}`: {item.platform}"
+            + (
+                f", input profile min {_shape(item.profile['min'])}, opt {_shape(item.profile['opt'])}, "
+                f"max {_shape(item.profile['max'])} (N x 3 x H x W)"
+                if item.profile
+                else ""
+            )
+        )
     lines += [
         "",
         "## Start Triton on it",
@@ -355,7 +411,7 @@ def write_readme(repo: Path, models: list[TritonModel], scale: int) -> Path:
         "",
         "```python",
         "from sr_deploy.serving import upscale_file",
-        f"upscale_file(\"http://127.0.0.1:8000\", \"{models[0].name}\", \"photo.png\", \"photo_x{scale}.png\")",
+        f'upscale_file("http://127.0.0.1:8000", "{models[0].name}", "photo.png", "photo_x{scale}.png")',
         "```",
         "",
         "or with `tritonclient` directly: send `input` as FP32 (1, 3, H, W) RGB in [0, 1] and read `output`.",

@@ -44,8 +44,12 @@ class TritonPythonModel:
         device = "cpu"
         if args.get("model_instance_kind") == "GPU":
             device = f"cuda:{args.get('model_instance_device_id', 0)}"
-        self.backend = load(folder / params["sr_deploy.model"], device, params.get("sr_deploy.precision", "fp32"),
-                            backend=params.get("sr_deploy.backend", "auto"))
+        self.backend = load(
+            folder / params["sr_deploy.model"],
+            device,
+            params.get("sr_deploy.precision", "fp32"),
+            backend=params.get("sr_deploy.backend", "auto"),
+        )
         self.overlap = DEFAULT_TILE_OVERLAP
         self.batch_size = 4 if device.startswith("cuda") else 1
 
@@ -61,8 +65,9 @@ class TritonPythonModel:
                 if batch.ndim != 4 or batch.shape[1] != 3:
                     raise ValueError(f"input must be (N, 3, H, W), got {tuple(batch.shape)}")
                 images = np.ascontiguousarray(batch, dtype=np.float32)
-                result = np.stack([upscale_tiled(self.backend, image, None, self.overlap, self.batch_size)
-                                   for image in images])
+                result = np.stack(
+                    [upscale_tiled(self.backend, image, None, self.overlap, self.batch_size) for image in images]
+                )
                 tensor = pb_utils.Tensor.from_dlpack("output", np.ascontiguousarray(result, dtype=np.float32))
                 responses.append(pb_utils.InferenceResponse(output_tensors=[tensor]))
             except Exception as exc:  # answer this request with its error, keep serving the others

@@ -115,8 +115,10 @@ class UpscaleSummary:
 
     def line(self) -> str:
         kept = f"{len(self.partial)} partial, " if self.partial else ""
-        return (f"upscale: {len(self.done)} done, {len(self.skipped)} skipped (already there), {kept}"
-                f"{len(self.failed)} failed")
+        return (
+            f"upscale: {len(self.done)} done, {len(self.skipped)} skipped (already there), {kept}"
+            f"{len(self.failed)} failed"
+        )
 
     def exit_code(self) -> int:
         """0 when nothing failed; 1 when anything failed at run time; else 2 (only bad inputs)."""
@@ -176,8 +178,9 @@ def plan_jobs(inputs: Sequence[str | Path], output: str | Path, ext: str = "png"
     single_file = len(sources) == 1 and sources[0].is_file()
     if not single_file and _kind_of(output) is not None and not output.is_dir():
         what = f"{len(sources)} inputs" if len(sources) > 1 else f"the folder {sources[0]}"
-        raise InputError(f"{output}: names a file, but {what} need an output folder: give -o a folder "
-                         "(or one input file)")
+        raise InputError(
+            f"{output}: names a file, but {what} need an output folder: give -o a folder (or one input file)"
+        )
     if single_file and _kind_of(output) is not None and not output.is_dir():
         source = sources[0]
         kind, out_kind = _kind_of(source), _kind_of(output)
@@ -195,8 +198,10 @@ def plan_jobs(inputs: Sequence[str | Path], output: str | Path, ext: str = "png"
                 jobs.append(Job(source, output / name, kind))
                 continue
             if source.resolve() == output_resolved:
-                raise InputError(f"{output}: the output folder is the input folder; outputs would mix with "
-                                 "(and could overwrite) the inputs: choose another -o")
+                raise InputError(
+                    f"{output}: the output folder is the input folder; outputs would mix with "
+                    "(and could overwrite) the inputs: choose another -o"
+                )
             for path in sorted(source.rglob("*")):
                 relative = path.relative_to(source)
                 kind = _kind_of(path)
@@ -213,8 +218,10 @@ def plan_jobs(inputs: Sequence[str | Path], output: str | Path, ext: str = "png"
     for job in jobs:
         target = job.target.resolve()
         if target in resolved_sources:
-            raise InputError(f"{job.target}: the output would overwrite the input {resolved_sources[target]}; "
-                             "choose another OUT (or another --ext)")
+            raise InputError(
+                f"{job.target}: the output would overwrite the input {resolved_sources[target]}; "
+                "choose another OUT (or another --ext)"
+            )
         if target in seen:
             raise InputError(f"{job.target}: both {seen[target]} and {job.source} would be written there")
         seen[target] = job.source
@@ -243,8 +250,10 @@ class Fp32Fallback(Backend):
         self._warned: set[str] = set()
 
     def _non_finite(self, what: str) -> NonFiniteOutput:
-        return NonFiniteOutput(f"{self.source}: the model's output has NaN/Inf values{what} (a checkpoint with "
-                               "non-finite weights, or values beyond float range)")
+        return NonFiniteOutput(
+            f"{self.source}: the model's output has NaN/Inf values{what} (a checkpoint with "
+            "non-finite weights, or values beyond float range)"
+        )
 
     def __call__(self, x: Any) -> Any:
         y = self.primary(x)
@@ -256,12 +265,15 @@ class Fp32Fallback(Backend):
             try:
                 self.fp32 = self.make_fp32()
             except SRDeployError as exc:
-                raise SRDeployError(f"{self.source}: {self.precision} output has NaN/Inf and no fp32 "
-                                    f"backend could be loaded to redo it ({exc})") from exc
+                raise SRDeployError(
+                    f"{self.source}: {self.precision} output has NaN/Inf and no fp32 "
+                    f"backend could be loaded to redo it ({exc})"
+                ) from exc
         if self.source not in self._warned:
             self._warned.add(self.source)
-            self.log(f"warning: {self.source}: {self.precision} output had NaN/Inf values; "
-                     "re-ran those batches in fp32")
+            self.log(
+                f"warning: {self.source}: {self.precision} output had NaN/Inf values; re-ran those batches in fp32"
+            )
         self.reruns += 1
         y = self.fp32(x)
         if not np.isfinite(float(y.sum())):
@@ -388,8 +400,14 @@ def run_jobs(jobs: Sequence[Job], backend: Backend, options: UpscaleOptions, log
     if summary.skipped:
         log(f"skipping {len(summary.skipped)} output(s) that already exist (--overwrite redoes them)")
     images = sum(job.kind == "image" for job in todo)
-    bar = tqdm(total=images, unit="image", file=sys.stderr, disable=not options.progress or images < 2,
-               dynamic_ncols=True, leave=False)
+    bar = tqdm(
+        total=images,
+        unit="image",
+        file=sys.stderr,
+        disable=not options.progress or images < 2,
+        dynamic_ncols=True,
+        leave=False,
+    )
 
     def report(message: str) -> None:
         if bar.disable:
@@ -411,16 +429,30 @@ def run_jobs(jobs: Sequence[Job], backend: Backend, options: UpscaleOptions, log
                     summary.done.append(job.target)
                     continue
                 result = upscale_video(
-                    backend, job.source, job.target, tile=options.tile, overlap=options.tile_overlap,
-                    batch_size=options.batch_size or DEFAULT_VIDEO_BATCH, outscale=options.outscale,
-                    codec=options.codec, crf=options.crf, preset=options.preset, pix_fmt=options.pix_fmt,
-                    hwaccel=options.hwaccel, allow_partial=options.allow_partial,
-                    segment_seconds=options.segment_seconds, model_id=model_id, progress=options.progress,
-                    log=report)
+                    backend,
+                    job.source,
+                    job.target,
+                    tile=options.tile,
+                    overlap=options.tile_overlap,
+                    batch_size=options.batch_size or DEFAULT_VIDEO_BATCH,
+                    outscale=options.outscale,
+                    codec=options.codec,
+                    crf=options.crf,
+                    preset=options.preset,
+                    pix_fmt=options.pix_fmt,
+                    hwaccel=options.hwaccel,
+                    allow_partial=options.allow_partial,
+                    segment_seconds=options.segment_seconds,
+                    model_id=model_id,
+                    progress=options.progress,
+                    log=report,
+                )
                 resumed = f", resumed after frame {result.resumed_from}" if result.resumed_from else ""
-                report(f"{result.path}: {result.frames} frames ({result.frames_inferred} inferred{resumed}), "
-                       f"{result.size[0]}x{result.size[1]}, audio {result.audio}, "
-                       f"{result.frames_inferred / max(result.seconds, 1e-9):.2f} frames/s")
+                report(
+                    f"{result.path}: {result.frames} frames ({result.frames_inferred} inferred{resumed}), "
+                    f"{result.size[0]}x{result.size[1]}, audio {result.audio}, "
+                    f"{result.frames_inferred / max(result.seconds, 1e-9):.2f} frames/s"
+                )
                 if result.partial:
                     summary.partial.append(result.path)
                 else:
@@ -450,8 +482,13 @@ def validate_options(options: UpscaleOptions) -> None:
         raise InputError(f"--segment-seconds must be >= 0, got {options.segment_seconds}")
 
 
-def upscale(inputs: Sequence[str | Path], output: str | Path, options: UpscaleOptions,
-            log: Log = _stderr, backend: Backend | None = None) -> UpscaleSummary:
+def upscale(
+    inputs: Sequence[str | Path],
+    output: str | Path,
+    options: UpscaleOptions,
+    log: Log = _stderr,
+    backend: Backend | None = None,
+) -> UpscaleSummary:
     """Plan, load the backend (unless given, or unless every output already exists), run.
 
     Returns the summary; `summary.exit_code()` is the command's exit code.

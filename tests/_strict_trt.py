@@ -311,8 +311,11 @@ class Proxy:
                 reasons = [_bind(module, s, args, kwargs) for s in sigs]
                 if all(r is not None for r in reasons):
                     detail = "; ".join(f"{s.text} -> {r}" for s, r in zip(sigs, reasons))
-                    module._violate(BadCall, f"tensorrt {module.__version__}: {cls_name}.{name} called with "
-                                             f"({_show_args(args, kwargs)}) matches no signature: {detail}")
+                    module._violate(
+                        BadCall,
+                        f"tensorrt {module.__version__}: {cls_name}.{name} called with "
+                        f"({_show_args(args, kwargs)}) matches no signature: {detail}",
+                    )
             answer = answers.get((cls_name, name))
             if answer is not None:
                 return answer(self, *args, **kwargs) if callable(answer) else answer
@@ -330,8 +333,10 @@ class Proxy:
             module._violate(MissingAttribute, f"tensorrt {module.__version__}: {cls_name}.{name} is read-only")
         sig = signatures_of(attr.fset)
         if sig and len(sig[0].params) >= 1 and not _matches(module, sig[0].params[-1].type, value):
-            module._violate(BadCall, f"tensorrt {module.__version__}: {cls_name}.{name} = {_show(value)}: "
-                                     f"expected {sig[0].params[-1].type}")
+            module._violate(
+                BadCall,
+                f"tensorrt {module.__version__}: {cls_name}.{name} = {_show(value)}: expected {sig[0].params[-1].type}",
+            )
         module._record(cls_name, f"set:{name}", (value,), {})
         object.__getattribute__(self, "_state")[name] = value
 
@@ -368,8 +373,11 @@ def _stand_in_class(module: StrictTensorRT, name: str, real_cls: type) -> Any:
             module._record(name, "__init__", args, kwargs)
             sigs = signatures_of(real_cls.__init__)
             if sigs and all(_bind(module, s, args, kwargs) is not None for s in sigs):
-                module._violate(BadCall, f"tensorrt {module.__version__}: {name}({_show_args(args, kwargs)}) "
-                                         f"matches no constructor: {'; '.join(s.text for s in sigs)}")
+                module._violate(
+                    BadCall,
+                    f"tensorrt {module.__version__}: {name}({_show_args(args, kwargs)}) "
+                    f"matches no constructor: {'; '.join(s.text for s in sigs)}",
+                )
             return _new_proxy(module, name, real_cls)
 
         def __new_proxy__(self) -> Proxy:
@@ -396,8 +404,9 @@ class _EnumView:
     def __getattr__(self, member: str) -> Any:
         if member.startswith("__") or hasattr(self._real, member):
             return getattr(self._real, member)
-        self._module._violate(MissingAttribute, f"tensorrt {self._module.__version__}: {self._name} has no member "
-                                                f"{member!r}")
+        self._module._violate(
+            MissingAttribute, f"tensorrt {self._module.__version__}: {self._name} has no member {member!r}"
+        )
         return None
 
     def __call__(self, *args: Any) -> Any:
@@ -415,8 +424,9 @@ def _host_memory(module: StrictTensorRT, data: bytes) -> Any:
     class HostMemory(bytes):
         def __getattribute__(self, name: str) -> Any:
             if not name.startswith("__") and _lookup(real_cls, name) is None:
-                module._violate(MissingAttribute, f"tensorrt {module.__version__}: IHostMemory has no attribute "
-                                                  f"{name!r}")
+                module._violate(
+                    MissingAttribute, f"tensorrt {module.__version__}: IHostMemory has no attribute {name!r}"
+                )
             if name == "nbytes":
                 return len(self)
             return bytes.__getattribute__(self, name)

@@ -61,7 +61,11 @@ def main(folder: Path, onnx_path: Path, work: Path, out: Path) -> None:
         results["scenarios"][name] = _cli_build(st, onnx_path, work / f"{name}.engine", args)
     st.answers[("IBuilderConfig", "set_timing_cache")] = _strict_trt.answer_sequence([False, True])
     results["scenarios"]["timing_cache_foreign"] = _cli_build(
-        st, onnx_path, work / "foreign.engine", ["--fp32", *profile, "--timing-cache", str(work / "shared.timing-cache")])
+        st,
+        onnx_path,
+        work / "foreign.engine",
+        ["--fp32", *profile, "--timing-cache", str(work / "shared.timing-cache")],
+    )
     del st.answers[("IBuilderConfig", "set_timing_cache")]
     results["scenarios"]["runtime"] = _scenario(st, lambda: _runtime(st, real, work))
     results["scenarios"]["backend"] = _scenario(st, lambda: _backend(st, real, work))
@@ -90,9 +94,12 @@ def _cli_build(st: _strict_trt.StrictTensorRT, onnx_path: Path, engine: Path, ar
     def body() -> dict[str, Any]:
         run = CliRunner().invoke(cli, ["build-engine", str(onnx_path), "-o", str(engine), "--no-parity", *args])
         written = engine.read_bytes() if engine.is_file() else b""
-        return {"exit_code": run.exit_code, "output": run.output + (run.stderr if run.stderr_bytes else ""),
-                "exception": repr(run.exception) if run.exception and run.exit_code not in (0, 1, 2) else "",
-                "engine_is_stand_in_bytes": written == _strict_trt.NOT_AN_ENGINE}
+        return {
+            "exit_code": run.exit_code,
+            "output": run.output + (run.stderr if run.stderr_bytes else ""),
+            "exception": repr(run.exception) if run.exception and run.exit_code not in (0, 1, 2) else "",
+            "engine_is_stand_in_bytes": written == _strict_trt.NOT_AN_ENGINE,
+        }
 
     return _scenario(st, body)
 
@@ -175,19 +182,25 @@ def _runtime_answers(st: _strict_trt.StrictTensorRT, real: Any, ops: CpuStandInO
         created_in_scope.append(ops.depth > 0)
         return st.default_for("tensorrt.tensorrt.IExecutionContext")
 
-    st.answers.update({
-        ("ICudaEngine", "num_io_tensors"): 2,
-        ("ICudaEngine", "get_tensor_name"): lambda engine, i: io_names[i],
-        ("ICudaEngine", "get_tensor_mode"): lambda engine, name: (
-            real.TensorIOMode.INPUT if name == "input" else real.TensorIOMode.OUTPUT),
-        ("ICudaEngine", "get_tensor_dtype"): lambda engine, name: real.DataType.FLOAT,
-        ("ICudaEngine", "get_tensor_profile_shape"): lambda engine, name, index: [
-            real.Dims((1, 3, 16, 16)), real.Dims((1, 3, 32, 32)), real.Dims((2, 3, 64, 64))],
-        ("ICudaEngine", "create_execution_context"): create_context,
-        ("IExecutionContext", "set_input_shape"): set_input_shape,
-        ("IExecutionContext", "get_tensor_shape"): output_shape,
-        ("IExecutionContext", "update_device_memory_size_for_shapes"): lambda ctx: 1000 + shapes[id(ctx)][2],
-    })
+    st.answers.update(
+        {
+            ("ICudaEngine", "num_io_tensors"): 2,
+            ("ICudaEngine", "get_tensor_name"): lambda engine, i: io_names[i],
+            ("ICudaEngine", "get_tensor_mode"): lambda engine, name: (
+                real.TensorIOMode.INPUT if name == "input" else real.TensorIOMode.OUTPUT
+            ),
+            ("ICudaEngine", "get_tensor_dtype"): lambda engine, name: real.DataType.FLOAT,
+            ("ICudaEngine", "get_tensor_profile_shape"): lambda engine, name, index: [
+                real.Dims((1, 3, 16, 16)),
+                real.Dims((1, 3, 32, 32)),
+                real.Dims((2, 3, 64, 64)),
+            ],
+            ("ICudaEngine", "create_execution_context"): create_context,
+            ("IExecutionContext", "set_input_shape"): set_input_shape,
+            ("IExecutionContext", "get_tensor_shape"): output_shape,
+            ("IExecutionContext", "update_device_memory_size_for_shapes"): lambda ctx: 1000 + shapes[id(ctx)][2],
+        }
+    )
     return created_in_scope
 
 
@@ -210,8 +223,9 @@ def _runtime(st: _strict_trt.StrictTensorRT, real: Any, work: Path) -> dict[str,
     _runtime, engine = _tensorrt.deserialize_engine(trt, engine_file.read_bytes(), engine_file)
     io = _tensorrt.engine_io(trt, engine, engine_file)
     dtype = _tensorrt.torch_dtype(trt, io.input_dtype)
-    runner = EngineRunner(trt, engine, io, ops, dtype, _tensorrt.torch_dtype(trt, io.output_dtype),
-                          cuda_graph=True, graph_cache_size=2)
+    runner = EngineRunner(
+        trt, engine, io, ops, dtype, _tensorrt.torch_dtype(trt, io.output_dtype), cuda_graph=True, graph_cache_size=2
+    )
     plain = EngineRunner(trt, engine, io, ops, dtype, _tensorrt.torch_dtype(trt, io.output_dtype))
     out_shapes = [list(plain.run(torch.zeros((2, 3, 20, 24), dtype=dtype)).shape)]
     for h in (16, 32, 16, 48, 64, 32):  # 48: capture fails -> plain run; 64 evicts the least recent
@@ -253,7 +267,8 @@ def _backend(st: _strict_trt.StrictTensorRT, real: Any, work: Path) -> dict[str,
             result[f"graphs={graphs}"] = {
                 "facts": [b.scale, b.precision, b.device, list(b.max_shape)],
                 "output": [type(y).__name__, list(y.shape), str(y.dtype)],
-                "ordered_calls": made[-1].ordered_calls, "ops_device": made[-1].device,
+                "ordered_calls": made[-1].ordered_calls,
+                "ops_device": made[-1].device,
                 "contexts": len(created),
             }
         _forget_runtime_answers(st)

@@ -29,9 +29,17 @@ from types import ModuleType
 RELEASES = ("10.13.3.9", "11.4.0.106")
 LIBRARIES = ("nvinfer", "nvinfer_plugin", "nvonnxparser")
 SYMBOLS = (
-    "createInferBuilder_INTERNAL", "createInferRefitter_INTERNAL", "createInferRuntime_INTERNAL",
-    "createNvOnnxParser_INTERNAL", "createNvOnnxParserRefitter_INTERNAL", "getNvOnnxParserVersion",
-    "getBuilderPluginRegistry", "getPluginRegistry", "initLibNvInferPlugins", "getInferLibVersion", "getLogger",
+    "createInferBuilder_INTERNAL",
+    "createInferRefitter_INTERNAL",
+    "createInferRuntime_INTERNAL",
+    "createNvOnnxParser_INTERNAL",
+    "createNvOnnxParserRefitter_INTERNAL",
+    "getNvOnnxParserVersion",
+    "getBuilderPluginRegistry",
+    "getPluginRegistry",
+    "initLibNvInferPlugins",
+    "getInferLibVersion",
+    "getLogger",
 )
 
 
@@ -55,8 +63,18 @@ def prepare(version: str, root: Path | None = None) -> Path | str:
     folder.mkdir(parents=True, exist_ok=True)
     wheels = folder / "wheel"
     if not list(wheels.glob("*.whl")):
-        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-               f"tensorrt-cu12-bindings=={version}", "-d", str(wheels)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            "--only-binary=:all:",
+            f"tensorrt-cu12-bindings=={version}",
+            "-d",
+            str(wheels),
+        ]
         try:
             run = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300)
         except (OSError, subprocess.TimeoutExpired) as exc:
@@ -78,8 +96,12 @@ def prepare(version: str, root: Path | None = None) -> Path | str:
     source.write_text(_stub_source())
     for name in LIBRARIES:
         soname = f"lib{name}.so.{major}"
-        run = subprocess.run(["gcc", "-shared", "-fPIC", f"-Wl,-soname,{soname}", "-o", str(lib / soname),
-                              str(source)], check=False, capture_output=True, text=True)
+        run = subprocess.run(
+            ["gcc", "-shared", "-fPIC", f"-Wl,-soname,{soname}", "-o", str(lib / soname), str(source)],
+            check=False,
+            capture_output=True,
+            text=True,
+        )
         if run.returncode != 0:
             return f"gcc could not build {soname}: {(run.stderr.strip().splitlines() or ['?'])[-1]}"
     done.write_text(version + "\n")

@@ -85,8 +85,9 @@ def ffmpeg_exe() -> str:
     return exe
 
 
-def make_clip(source: Path, target: Path, seconds: float, size: tuple[int, int] | None = None,
-              audio: bool = True) -> Path:
+def make_clip(
+    source: Path, target: Path, seconds: float, size: tuple[int, int] | None = None, audio: bool = True
+) -> Path:
     """Cut the first `seconds` of `source` (re-encoded: exact cut), optionally resized (w, h)."""
     command = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-i", str(source), "-t", str(seconds)]
     if size:
@@ -112,8 +113,11 @@ def decoded_video(path: Path) -> tuple[int, float, tuple[int, int]]:
 
 def audio_seconds(path: Path) -> float | None:
     """Duration of the first audio stream, by decoding it with ffmpeg; None without audio."""
-    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path), "-map", "0:a:0",
-                           "-f", "null", "-"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path), "-map", "0:a:0", "-f", "null", "-"],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         return None
     times = re.findall(r"time=(\d+):(\d+):(\d+(?:\.\d+)?)", proc.stderr)
@@ -145,7 +149,14 @@ def video_stream_facts(path: Path) -> dict:
         stream = container.streams.video[0]
         frame = next(container.decode(stream))
         ctx = stream.codec_context
-        return {"size": (frame.width, frame.height), "sar": ctx.sample_aspect_ratio, "pix_fmt": frame.format.name,
-                "colorspace": int(frame.colorspace), "color_primaries": int(frame.color_primaries),
-                "color_trc": int(frame.color_trc), "color_range": int(frame.color_range),
-                "rotation": frame.rotation, "audio": [s.codec_context.name for s in container.streams.audio]}
+        return {
+            "size": (frame.width, frame.height),
+            "sar": ctx.sample_aspect_ratio,
+            "pix_fmt": frame.format.name,
+            "colorspace": int(frame.colorspace),
+            "color_primaries": int(frame.color_primaries),
+            "color_trc": int(frame.color_trc),
+            "color_range": int(frame.color_range),
+            "rotation": frame.rotation,
+            "audio": [s.codec_context.name for s in container.streams.audio],
+        }

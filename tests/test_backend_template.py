@@ -3,11 +3,11 @@ free, checked with a runtime whose output is known exactly (nearest-neighbour up
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
-
-from pathlib import Path
 
 from sr_deploy.backends.base import Backend
 from sr_deploy.backends.table import BACKEND_NAMES, BACKENDS, bench_names, spec_for_suffix, spec_named

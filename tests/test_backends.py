@@ -10,7 +10,7 @@ import torch
 from sr_deploy.backends import load
 from sr_deploy.backends.ort_backend import OnnxRuntimeBackend
 from sr_deploy.backends.torch_backend import TorchBackend
-from sr_deploy.errors import InputError, NotInstalledError, TENSORRT_NOT_INSTALLED
+from sr_deploy.errors import TENSORRT_NOT_INSTALLED, InputError, NotInstalledError
 from sr_deploy.export import export_onnx
 from sr_deploy.models import save_checkpoint
 from sr_deploy.parity import check_thresholds, parity, parity_inputs
@@ -35,7 +35,12 @@ def test_torch_backend_numpy_in_numpy_out(tiny_srresnet, set5_dir):
     assert isinstance(y, np.ndarray) and y.dtype == np.float32 and y.shape == (2, 3, 68, 92)
     np.testing.assert_allclose(y, _reference(tiny_srresnet, x), atol=1e-5)  # BN folded, same result
     assert (backend.name, backend.scale, backend.precision, backend.device, backend.max_shape) == (
-        "torch", 4, "fp32", "cpu", None)
+        "torch",
+        4,
+        "fp32",
+        "cpu",
+        None,
+    )
 
 
 def test_torch_backend_tensor_in_tensor_out(tiny_srresnet):

@@ -67,14 +67,24 @@ def tiny_report(shared_data):
     """One run shared by the checks below: two torch layouts, two batch sizes, plus rows that
     cannot run here (TensorRT, CUDA when absent)."""
     return run_benchmark(
-        _tiny(), backends=["torch", "torch-nchw", "tensorrt"], precisions=["fp32", "bf16"],
-        sizes=[(16, 24)], batch_sizes=[1, 2], device="cpu,cuda", warmup=1, iters=6,
-        measure_peak=True, data_dir=shared_data, progress=False,
+        _tiny(),
+        backends=["torch", "torch-nchw", "tensorrt"],
+        precisions=["fp32", "bf16"],
+        sizes=[(16, 24)],
+        batch_sizes=[1, 2],
+        device="cpu,cuda",
+        warmup=1,
+        iters=6,
+        measure_peak=True,
+        data_dir=shared_data,
+        progress=False,
     )
 
 
 def _row(report, backend, precision, batch=1, device="cpu") -> BenchRow:
-    (row,) = [r for r in report.rows if (r.backend, r.precision, r.batch, r.device) == (backend, precision, batch, device)]
+    (row,) = [
+        r for r in report.rows if (r.backend, r.precision, r.batch, r.device) == (backend, precision, batch, device)
+    ]
     return row
 
 
@@ -120,8 +130,16 @@ def test_unavailable_backends_are_skipped_with_a_reason(tiny_report):
 
 def test_parity_flags_a_perturbed_model(tiny_checkpoint, perturbed_onnx, shared_data):
     report = run_benchmark(
-        tiny_checkpoint, backends=["torch", "onnxruntime"], precisions=["fp32", "bf16"], sizes=[(20, 28)],
-        device="cpu", warmup=1, iters=3, measure_peak=False, data_dir=shared_data, progress=False,
+        tiny_checkpoint,
+        backends=["torch", "onnxruntime"],
+        precisions=["fp32", "bf16"],
+        sizes=[(20, 28)],
+        device="cpu",
+        warmup=1,
+        iters=3,
+        measure_peak=False,
+        data_dir=shared_data,
+        progress=False,
         onnx_models=[perturbed_onnx],
     )
     good, bad = _row(report, "torch", "fp32"), _row(report, "onnxruntime", "fp32")
@@ -138,8 +156,16 @@ def test_parity_flags_a_perturbed_model(tiny_checkpoint, perturbed_onnx, shared_
 def test_onnxruntime_fp16_on_the_cpu_is_labelled_as_float32_arithmetic(tiny_checkpoint, shared_data):
     """ORT's CPU provider computes an fp16 graph in float32: the report must not pass that off as fp16."""
     report = run_benchmark(
-        tiny_checkpoint, backends=["onnxruntime"], precisions=["fp16"], sizes=[(20, 28)],
-        device="cpu", warmup=1, iters=3, measure_peak=False, data_dir=shared_data, progress=False,
+        tiny_checkpoint,
+        backends=["onnxruntime"],
+        precisions=["fp16"],
+        sizes=[(20, 28)],
+        device="cpu",
+        warmup=1,
+        iters=3,
+        measure_peak=False,
+        data_dir=shared_data,
+        progress=False,
     )
     row = _row(report, "onnxruntime", "fp16")
     assert row.status == "ok", row.reason
@@ -158,8 +184,11 @@ def test_reports_read_back(tiny_report, tmp_path):
         if row.status == "ok":
             assert saved["median_ms"] == pytest.approx(row.median_ms)
             # inf PSNR (identical outputs) is stored as a string, valid JSON either way
-            assert saved["parity_psnr_db"] == "inf" if math.isinf(row.parity_psnr_db) else \
-                saved["parity_psnr_db"] == pytest.approx(row.parity_psnr_db)
+            assert (
+                saved["parity_psnr_db"] == "inf"
+                if math.isinf(row.parity_psnr_db)
+                else saved["parity_psnr_db"] == pytest.approx(row.parity_psnr_db)
+            )
     md = (write_markdown(report, tmp_path / "r.md")).read_text()
     assert md == format_markdown(report)
     assert "`sr-deploy benchmark tiny.pt --iters 6`" in md
@@ -205,9 +234,27 @@ def test_frames_are_different_real_crops(shared_data):
 
 def test_cli_prints_table_and_writes_json(tiny_checkpoint, tmp_path):
     out = tmp_path / "b.json"
-    result = CliRunner().invoke(cli, ["benchmark", str(tiny_checkpoint), "--backends", "torch-nchw,tensorrt",
-                                      "--sizes", "16x16", "--iters", "3", "--warmup", "1", "--no-peak",
-                                      "--device", "cpu", "--quiet", "--json", str(out)])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "benchmark",
+            str(tiny_checkpoint),
+            "--backends",
+            "torch-nchw,tensorrt",
+            "--sizes",
+            "16x16",
+            "--iters",
+            "3",
+            "--warmup",
+            "1",
+            "--no-peak",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--json",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "torch-nchw  cpu     fp32" in result.output and "16x16" in result.output
     if not HAS_TRT:
@@ -218,13 +265,16 @@ def test_cli_prints_table_and_writes_json(tiny_checkpoint, tmp_path):
     assert data["rows"][0]["status"] == "ok" and data["rows"][0]["iters"] == 3
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--sizes", "16by16"], "bad input size '16by16'"),
-    (["--backends", "torch,tflite"], "unknown backend 'tflite'"),
-    (["--precisions", "int8"], "unknown precision 'int8'"),
-    (["--json", "/nonexistent-dir/x.json"], "/nonexistent-dir/x.json: the folder /nonexistent-dir does not exist"),
-    (["--iters", "0"], "--iters must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--sizes", "16by16"], "bad input size '16by16'"),
+        (["--backends", "torch,tflite"], "unknown backend 'tflite'"),
+        (["--precisions", "int8"], "unknown precision 'int8'"),
+        (["--json", "/nonexistent-dir/x.json"], "/nonexistent-dir/x.json: the folder /nonexistent-dir does not exist"),
+        (["--iters", "0"], "--iters must be >= 1"),
+    ],
+)
 def test_cli_bad_arguments_are_one_line_errors(tiny_checkpoint, args, message):
     result = CliRunner().invoke(cli, ["benchmark", str(tiny_checkpoint), "--quiet", "--no-peak", *args])
     assert result.exit_code == 2
@@ -239,8 +289,17 @@ def test_cli_missing_model(tmp_path):
 
 @pytest.mark.gpu
 def test_gpu_rows_run_with_fp16(shared_data):
-    report = run_benchmark(_tiny(), backends=["torch"], precisions=["fp32", "fp16"], sizes=[(64, 64)],
-                           device="cuda", warmup=2, iters=10, data_dir=shared_data, progress=False)
+    report = run_benchmark(
+        _tiny(),
+        backends=["torch"],
+        precisions=["fp32", "fp16"],
+        sizes=[(64, 64)],
+        device="cuda",
+        warmup=2,
+        iters=10,
+        data_dir=shared_data,
+        progress=False,
+    )
     fp32, fp16 = _row(report, "torch", "fp32", device="cuda"), _row(report, "torch", "fp16", device="cuda")
     assert fp32.status == fp16.status == "ok"
     assert fp32.parity_max_abs <= 1e-4  # TF32 off for fp32 rows

@@ -46,8 +46,14 @@ def test_esrgan_old_layout_is_converted(tmp_path) -> None:
             old[f"model.1.sub.{i}.{rdb.upper()}.{conv}.0.{leaf}"] = v
         else:
             name, leaf = k.split(".")
-            idx = {"conv_first": "model.0", "conv_body": "model.1.sub.2", "conv_up1": "model.3",
-                   "conv_up2": "model.6", "conv_hr": "model.8", "conv_last": "model.10"}[name]
+            idx = {
+                "conv_first": "model.0",
+                "conv_body": "model.1.sub.2",
+                "conv_up1": "model.3",
+                "conv_up2": "model.6",
+                "conv_hr": "model.8",
+                "conv_last": "model.10",
+            }[name]
             old[f"{idx}.{leaf}"] = v
     assert _convert_esrgan_old(old).keys() == new.keys()
     torch.save(old, tmp_path / "old.pth")
@@ -60,7 +66,10 @@ def test_esrgan_old_layout_is_converted(tmp_path) -> None:
 
 
 def test_basicsr_params_ema_preferred(tmp_path) -> None:
-    a, b = RRDBNet(num_blocks=1, num_features=8, growth_channels=4), RRDBNet(num_blocks=1, num_features=8, growth_channels=4)
+    a, b = (
+        RRDBNet(num_blocks=1, num_features=8, growth_channels=4),
+        RRDBNet(num_blocks=1, num_features=8, growth_channels=4),
+    )
     torch.save({"params": a.state_dict(), "params_ema": b.state_dict()}, tmp_path / "bsr.pth")
     ckpt = load_checkpoint(tmp_path / "bsr.pth")
     assert ckpt.source_format == "BasicSR/Real-ESRGAN params_ema"
@@ -118,8 +127,14 @@ def test_truncated_checkpoint(tmp_path) -> None:
 
 def test_wrong_architecture_checkpoint(tmp_path) -> None:
     # An RRDBNet state dict saved under an SRResNet header.
-    payload = {"format": "sr-deploy/1", "arch": "SRResNet", "config": {"scale": 4}, "scale": 4,
-               "state_dict": RRDBNet(num_blocks=1, num_features=8, growth_channels=4).state_dict(), "metadata": {}}
+    payload = {
+        "format": "sr-deploy/1",
+        "arch": "SRResNet",
+        "config": {"scale": 4},
+        "scale": 4,
+        "state_dict": RRDBNet(num_blocks=1, num_features=8, growth_channels=4).state_dict(),
+        "metadata": {},
+    }
     torch.save(payload, tmp_path / "wrong.pt")
     code, output = _info(tmp_path / "wrong.pt")
     assert code == 2
@@ -144,9 +159,11 @@ def test_debug_shows_traceback(tmp_path) -> None:
     import sys
 
     (tmp_path / "t.pth").write_text("text")
-    run = subprocess.run([sys.executable, "-m", "sr_deploy", "--debug", "info", str(tmp_path / "t.pth")],
-                         capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "sr_deploy", "--debug", "info", str(tmp_path / "t.pth")], capture_output=True, text=True
+    )
     assert run.returncode == 2 and "Traceback" in run.stderr
-    run = subprocess.run([sys.executable, "-m", "sr_deploy", "info", str(tmp_path / "t.pth")],
-                         capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "sr_deploy", "info", str(tmp_path / "t.pth")], capture_output=True, text=True
+    )
     assert run.returncode == 2 and "Traceback" not in run.stderr and run.stderr.count("\n") == 1

@@ -88,17 +88,60 @@ def test_images_on_ray_are_byte_identical_to_a_local_run(ray_cluster, tiny_model
 
 def _small_clip(video_dir: Path, target: Path) -> Path:
     """Real footage (mov_bbb.mp4, with its audio), 2 s at 160x88 with a keyframe every 12 frames."""
-    subprocess.run([find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-i",
-                    str(video_dir / "mov_bbb.mp4"), "-t", "2", "-vf", "scale=160:88", "-c:v", "libx264",
-                    "-g", "12", "-keyint_min", "12", "-sc_threshold", "0", "-bf", "2", "-c:a", "aac", str(target)],
-                   check=True)
+    subprocess.run(
+        [
+            find_ffmpeg(),
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-nostdin",
+            "-y",
+            "-i",
+            str(video_dir / "mov_bbb.mp4"),
+            "-t",
+            "2",
+            "-vf",
+            "scale=160:88",
+            "-c:v",
+            "libx264",
+            "-g",
+            "12",
+            "-keyint_min",
+            "12",
+            "-sc_threshold",
+            "0",
+            "-bf",
+            "2",
+            "-c:a",
+            "aac",
+            str(target),
+        ],
+        check=True,
+    )
     return target
 
 
 def _frame_md5s(path: Path) -> list[tuple[str, ...]]:
     """(pts, duration, md5 of the decoded frame) of every video frame."""
-    out = subprocess.run([find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-nostdin", "-i", str(path),
-                          "-map", "0:v:0", "-f", "framemd5", "-"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            find_ffmpeg(),
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-nostdin",
+            "-i",
+            str(path),
+            "-map",
+            "0:v:0",
+            "-f",
+            "framemd5",
+            "-",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     rows = [line.split(",") for line in out.splitlines() if line and not line.startswith("#")]
     return [(r[2].strip(), r[3].strip(), r[5].strip()) for r in rows]
 
@@ -113,8 +156,9 @@ def test_video_on_ray_is_frame_exact(ray_cluster, tiny_model, video_dir, tmp_pat
     assert len(pieces) >= 3 and sum(packets for _, packets in pieces) == 50
     lossless = {"codec": "libx264", "crf": 0, "preset": "ultrafast", "segment_seconds": 0.5}
     local = upscale([clip], tmp_path / "local.mp4", _options(tiny_model, **lossless), log=lambda m: None)
-    on_ray = upscale_on_ray([clip], tmp_path / "ray.mp4", _options(tiny_model, **lossless), RayOptions(actors=2),
-                            lambda m: None)
+    on_ray = upscale_on_ray(
+        [clip], tmp_path / "ray.mp4", _options(tiny_model, **lossless), RayOptions(actors=2), lambda m: None
+    )
     assert local.done and on_ray.done and not on_ray.failed
     expected = _frame_md5s(tmp_path / "local.mp4")
     assert len(expected) == 50
@@ -125,8 +169,13 @@ def test_video_on_ray_is_frame_exact(ray_cluster, tiny_model, video_dir, tmp_pat
     default = _options(tiny_model, segment_seconds=0.5)
     assert upscale_on_ray([clip], tmp_path / "ray-bframes.mp4", default, RayOptions(actors=2), lambda m: None).done
     assert [row[0] for row in _frame_md5s(tmp_path / "ray-bframes.mp4")] == [row[0] for row in expected]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "local.mp4", "parts", "ray-bframes.mp4",
-                                                          "ray.mp4"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "clip.mp4",
+        "local.mp4",
+        "parts",
+        "ray-bframes.mp4",
+        "ray.mp4",
+    ]
 
 
 def test_an_interrupted_video_resumes_with_its_missing_pieces(ray_cluster, tiny_model, video_dir, tmp_path):
@@ -192,9 +241,25 @@ def test_killing_an_actor_mid_job_still_completes(ray_cluster, tiny_model, set5_
 
     out = tmp_path / "ray"
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    command = [sys.executable, "-m", "sr_deploy", "upscale", str(inputs), "-o", str(out), "--model",
-               str(tiny_model), "--device", "cpu", "--precision", "fp32", "--no-progress", "--ray-actors", "2",
-               f"--ray={ray_cluster}"]
+    command = [
+        sys.executable,
+        "-m",
+        "sr_deploy",
+        "upscale",
+        str(inputs),
+        "-o",
+        str(out),
+        "--model",
+        str(tiny_model),
+        "--device",
+        "cpu",
+        "--precision",
+        "fp32",
+        "--no-progress",
+        "--ray-actors",
+        "2",
+        f"--ray={ray_cluster}",
+    ]
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     killed: list[tuple[int, int]] = []  # (pid, outputs present when it was killed)
 
@@ -233,11 +298,26 @@ def test_ray_flag_without_ray_installed_names_the_extra(tmp_path, set5_dir):
     (blocker / "ray").mkdir()
     (blocker / "ray" / "__init__.py").write_text("raise ImportError('No module named ray')\n")
     env = dict(os.environ, PYTHONPATH=f"{blocker}{os.pathsep}{ROOT}")
-    proc = subprocess.run([sys.executable, "-m", "sr_deploy", "upscale", str(set5_dir / "bird.png"), "-o",
-                           str(tmp_path / "out.png"), "--ray"], env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sr_deploy",
+            "upscale",
+            str(set5_dir / "bird.png"),
+            "-o",
+            str(tmp_path / "out.png"),
+            "--ray",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
-    assert proc.stderr.strip() == ("error: Ray is not installed: pip install 'sr-deploy[ray]' "
-                                   "(on the driver and every node)")
+    assert proc.stderr.strip() == (
+        "error: Ray is not installed: pip install 'sr-deploy[ray]' (on the driver and every node)"
+    )
     assert not (tmp_path / "out.png").exists()
 
 
@@ -245,9 +325,24 @@ def test_a_bad_model_is_refused_on_the_driver_before_any_actor_starts(tmp_path, 
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    proc = subprocess.run([sys.executable, "-m", "sr_deploy", "upscale", str(set5_dir / "bird.png"), "-o",
-                           str(tmp_path / "out.png"), "--model", str(bad), "--ray"], env=env, capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sr_deploy",
+            "upscale",
+            str(set5_dir / "bird.png"),
+            "-o",
+            str(tmp_path / "out.png"),
+            "--model",
+            str(bad),
+            "--ray",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith(f"error: {bad}: not a PyTorch checkpoint")
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "out.png").exists()

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sr_deploy.backends import load
 from sr_deploy.backends import cpu_precision as cp
+from sr_deploy.backends import load
 from sr_deploy.models import save_checkpoint
 from sr_deploy.parity import REDUCED_MIN_PSNR_DB
 
@@ -134,8 +134,9 @@ def test_load_with_auto_precision_follows_the_cpu(tiny_srresnet, tmp_path, amx_c
 
 def _cli(*args: str, cpuinfo: Path, cache: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SR_DEPLOY_CPUINFO": str(cpuinfo), "SR_DEPLOY_CACHE": str(cache)}
-    return subprocess.run([sys.executable, "-m", "sr_deploy", *args], capture_output=True, text=True, env=env,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "sr_deploy", *args], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 def test_info_and_upscale_say_which_precision_and_why(tmp_path, tiny_srresnet):
@@ -143,15 +144,26 @@ def test_info_and_upscale_say_which_precision_and_why(tmp_path, tiny_srresnet):
     epyc = _cpuinfo(tmp_path, "Stand-in EPYC", "avx512_bf16")
     info = _cli("info", str(ckpt), cpuinfo=epyc, cache=tmp_path / "cache")
     assert info.returncode == 0, info.stderr
-    assert ("precision:   auto here = fp32: Stand-in EPYC has no bf16 matrix units (amx_bf16), "
-            "bf16 would not be faster") in info.stdout.splitlines()
+    assert (
+        "precision:   auto here = fp32: Stand-in EPYC has no bf16 matrix units (amx_bf16), bf16 would not be faster"
+    ) in info.stdout.splitlines()
 
     import cv2
 
     cv2.imwrite(str(tmp_path / "in.png"), np.full((12, 16, 3), 128, np.uint8))
     xeon = _cpuinfo(tmp_path, "Stand-in Xeon", "amx_bf16")
-    up = _cli("upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), "--model", str(ckpt),
-              "--device", "cpu", cpuinfo=xeon, cache=tmp_path / "cache")
+    up = _cli(
+        "upscale",
+        str(tmp_path / "in.png"),
+        "-o",
+        str(tmp_path / "out.png"),
+        "--model",
+        str(ckpt),
+        "--device",
+        "cpu",
+        cpuinfo=xeon,
+        cache=tmp_path / "cache",
+    )
     assert up.returncode == 0, up.stderr
     lines = [line for line in up.stderr.splitlines() if line.startswith("precision: ")]
     assert len(lines) == 1 and lines[0].startswith("precision: bf16: Stand-in Xeon has bf16 matrix units"), up.stderr

@@ -24,12 +24,13 @@ import torch
 from click.testing import CliRunner
 
 from sr_deploy import _tensorrt
+from sr_deploy.backends.trt_build import _build_with_fallback
 from sr_deploy.cli import cli
 from sr_deploy.engine import (
     DEFAULT_MAX,
     MAX_TENSOR_ELEMENTS,
-    EngineSidecar,
     BuildOptions,
+    EngineSidecar,
     ShapeProfile,
     cached_engine_path,
     check_sidecar_matches,
@@ -42,9 +43,7 @@ from sr_deploy.engine import (
     sidecar_path,
     write_sidecar,
 )
-from sr_deploy.backends.trt_build import _build_with_fallback
 from sr_deploy.errors import TENSORRT_NOT_INSTALLED, InputError, NotInstalledError, SRDeployError
-
 
 # --------------------------------------------------------------------------- fixtures
 
@@ -80,23 +79,29 @@ def no_tensorrt(monkeypatch):
 # --------------------------------------------------------------------------- shapes
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("1x3x64x64", (1, 3, 64, 64)),
-    ("4x3x540x960", (4, 3, 540, 960)),
-    ("2x128x96", (2, 3, 128, 96)),  # NxHxW: RGB implied
-    (" 1X3X8X8 ", (1, 3, 8, 8)),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("1x3x64x64", (1, 3, 64, 64)),
+        ("4x3x540x960", (4, 3, 540, 960)),
+        ("2x128x96", (2, 3, 128, 96)),  # NxHxW: RGB implied
+        (" 1X3X8X8 ", (1, 3, 8, 8)),
+    ],
+)
 def test_parse_shape_good(text, expected):
     assert parse_shape(text) == expected
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("abc", "expected NxCxHxW"),
-    ("1x4x64x64", "channel dimension must be 3"),
-    ("0x3x64x64", ">= 1"),
-    ("1x3x64x64x2", "expected 4 dimensions"),
-    ("1x3", "expected 4 dimensions"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("abc", "expected NxCxHxW"),
+        ("1x4x64x64", "channel dimension must be 3"),
+        ("0x3x64x64", ">= 1"),
+        ("1x3x64x64x2", "expected 4 dimensions"),
+        ("1x3", "expected 4 dimensions"),
+    ],
+)
 def test_parse_shape_bad(text, fragment):
     with pytest.raises(InputError, match=fragment) as info:
         parse_shape(text, "--max")
@@ -114,12 +119,15 @@ def test_resolve_profile_defaults_partial_and_static():
     assert str(s) == "static 1x3x256x256"
 
 
-@pytest.mark.parametrize("kwargs, fragment", [
-    ({"static": "1x64x64", "min": "1x3x64x64"}, "either --static or"),
-    ({"min": "1x3x300x300"}, "--min 1x3x300x300 must not exceed --opt"),
-    ({"opt": "1x3x600x600"}, "--opt 1x3x600x600 must not exceed --max"),
-    ({"max": "1x3x32x32"}, "must not exceed --max"),
-])
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"static": "1x64x64", "min": "1x3x64x64"}, "either --static or"),
+        ({"min": "1x3x300x300"}, "--min 1x3x300x300 must not exceed --opt"),
+        ({"opt": "1x3x600x600"}, "--opt 1x3x600x600 must not exceed --max"),
+        ({"max": "1x3x32x32"}, "must not exceed --max"),
+    ],
+)
 def test_resolve_profile_bad(kwargs, fragment):
     with pytest.raises(InputError, match=fragment):
         resolve_profile(**kwargs)
@@ -155,9 +163,17 @@ def test_tensor_limit_sees_intermediate_tensors(tiny_onnx):
 
 
 def _sidecar(**over) -> EngineSidecar:
-    fields = dict(onnx_sha256="ab" * 32, tensorrt_version="10.13.0.35", gpu_name="NVIDIA H100 80GB HBM3",
-                  compute_capability="9.0", profile=resolve_profile().as_dict(), precision="fp16", route="flag",
-                  scale=4, onnx_path="model.onnx")
+    fields = dict(
+        onnx_sha256="ab" * 32,
+        tensorrt_version="10.13.0.35",
+        gpu_name="NVIDIA H100 80GB HBM3",
+        compute_capability="9.0",
+        profile=resolve_profile().as_dict(),
+        precision="fp16",
+        route="flag",
+        scale=4,
+        onnx_path="model.onnx",
+    )
     fields.update(over)
     return EngineSidecar(**fields)
 
@@ -193,29 +209,50 @@ def test_sidecar_mismatch_refused():
         check_sidecar_matches(sc, "m.engine", "11.0.0.1", "NVIDIA H100 80GB HBM3", "9.0")
     assert "built with TensorRT 10.13.0.35, this is TensorRT 11.0.0.1" in str(info.value)
     assert "sr-deploy build-engine model.onnx -o m.engine" in str(info.value)
-    with pytest.raises(InputError, match=r"built for NVIDIA H100 80GB HBM3 \(compute capability 9.0\), "
-                                         r"this GPU is NVIDIA L4 \(8.9\)"):
+    with pytest.raises(
+        InputError,
+        match=r"built for NVIDIA H100 80GB HBM3 \(compute capability 9.0\), "
+        r"this GPU is NVIDIA L4 \(8.9\)",
+    ):
         check_sidecar_matches(sc, "m.engine", "10.13.0.35", "NVIDIA L4", "8.9")
 
 
 def test_engine_cache_key_covers_every_field(tmp_path, monkeypatch):
-    base = dict(onnx_sha256="ab" * 32, tensorrt_version="10.13.0", gpu_name="H100", compute_capability="9.0",
-                profile=resolve_profile(), precision="fp16", route="flag")
+    base = dict(
+        onnx_sha256="ab" * 32,
+        tensorrt_version="10.13.0",
+        gpu_name="H100",
+        compute_capability="9.0",
+        profile=resolve_profile(),
+        precision="fp16",
+        route="flag",
+    )
     key = engine_cache_key(**base)
     assert key == engine_cache_key(**{**base, "profile": resolve_profile().as_dict()})  # stable, dict == profile
     assert len(key) == 20 and int(key, 16) >= 0
-    changes = {"onnx_sha256": "cd" * 32, "tensorrt_version": "11.0.0", "gpu_name": "L4",
-               "compute_capability": "8.9", "profile": resolve_profile(max="1x3x540x960"), "precision": "fp32",
-               "route": "strongly_typed"}
+    changes = {
+        "onnx_sha256": "cd" * 32,
+        "tensorrt_version": "11.0.0",
+        "gpu_name": "L4",
+        "compute_capability": "8.9",
+        "profile": resolve_profile(max="1x3x540x960"),
+        "precision": "fp32",
+        "route": "strongly_typed",
+    }
     # Build options change the engine too (issue 15 bug 7): workspace, optimisation level, sr-deploy version.
-    changes.update(options_workspace=BuildOptions(workspace_bytes=1 << 30), options_level=BuildOptions(opt_level=5),
-                   options_version=BuildOptions(sr_deploy_version="0.0.1"))
-    keys = {engine_cache_key(**{**base, k.split("_")[0] if k.startswith("options_") else k: v})
-            for k, v in changes.items()}
+    changes.update(
+        options_workspace=BuildOptions(workspace_bytes=1 << 30),
+        options_level=BuildOptions(opt_level=5),
+        options_version=BuildOptions(sr_deploy_version="0.0.1"),
+    )
+    keys = {
+        engine_cache_key(**{**base, k.split("_")[0] if k.startswith("options_") else k: v}) for k, v in changes.items()
+    }
     assert key not in keys and len(keys) == len(changes)
     assert key == engine_cache_key(**base, options=BuildOptions())  # the defaults are the default options
     assert _sidecar().cache_key() == engine_cache_key(
-        "ab" * 32, "10.13.0.35", "NVIDIA H100 80GB HBM3", "9.0", resolve_profile(), "fp16", "flag")
+        "ab" * 32, "10.13.0.35", "NVIDIA H100 80GB HBM3", "9.0", resolve_profile(), "fp16", "flag"
+    )
     monkeypatch.setenv("SR_DEPLOY_ENGINE_CACHE", str(tmp_path / "cache"))
     assert cached_engine_path("dir/model.onnx", key, "fp16") == tmp_path / "cache" / f"model-fp16-{key}.engine"
 
@@ -251,12 +288,15 @@ def test_without_cuda_exits_2(tiny_onnx, tmp_path, monkeypatch):
     assert result.stderr.strip() == f"error: {_tensorrt.CUDA_NOT_AVAILABLE}"
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--min", "1x4x64x64"], "--min '1x4x64x64': the channel dimension must be 3"),
-    (["--static", "1x64x64", "--max", "1x3x64x64"], "either --static or --min/--opt/--max"),
-    (["--opt", "1x3x900x900"], "--opt 1x3x900x900 must not exceed --max"),
-    (["--max", "huge"], "--max 'huge': expected NxCxHxW"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--min", "1x4x64x64"], "--min '1x4x64x64': the channel dimension must be 3"),
+        (["--static", "1x64x64", "--max", "1x3x64x64"], "either --static or --min/--opt/--max"),
+        (["--opt", "1x3x900x900"], "--opt 1x3x900x900 must not exceed --max"),
+        (["--max", "huge"], "--max 'huge': expected NxCxHxW"),
+    ],
+)
 def test_cli_bad_shapes_exit_2_before_tensorrt(tiny_onnx, args, fragment, no_tensorrt):
     result = CliRunner().invoke(cli, ["build-engine", str(tiny_onnx), *args])
     assert result.exit_code == 2, result.output
@@ -286,36 +326,47 @@ def test_cli_missing_and_wrong_file(tmp_path, no_tensorrt):
 # --------------------------------------------------------------------------- version branching
 
 
-@pytest.mark.parametrize("version, precision, strongly, route, flags, st_flag, fp16_onnx", [
-    ((10, 9, 0), "fp16", False, "flag", ("FP16",), False, False),
-    ((10, 13, 0), "bf16", False, "flag", ("BF16",), False, False),
-    ((10, 13, 0), "fp16", True, "strongly_typed", (), True, True),
-    ((11, 0, 0), "fp16", False, "strongly_typed", (), False, True),
-    ((11, 1, 0), "fp16", True, "strongly_typed", (), False, True),  # the flag is ignored on 11: never passed
-    ((10, 9, 0), "fp32", False, "fp32", (), False, False),
-    ((11, 0, 0), "fp32", False, "fp32", (), False, False),
-])
+@pytest.mark.parametrize(
+    "version, precision, strongly, route, flags, st_flag, fp16_onnx",
+    [
+        ((10, 9, 0), "fp16", False, "flag", ("FP16",), False, False),
+        ((10, 13, 0), "bf16", False, "flag", ("BF16",), False, False),
+        ((10, 13, 0), "fp16", True, "strongly_typed", (), True, True),
+        ((11, 0, 0), "fp16", False, "strongly_typed", (), False, True),
+        ((11, 1, 0), "fp16", True, "strongly_typed", (), False, True),  # the flag is ignored on 11: never passed
+        ((10, 9, 0), "fp32", False, "fp32", (), False, False),
+        ((11, 0, 0), "fp32", False, "fp32", (), False, False),
+    ],
+)
 def test_plan_precision(version, precision, strongly, route, flags, st_flag, fp16_onnx):
     plan = _tensorrt.plan_precision(version, precision, strongly)
-    assert (plan.route, plan.builder_flags, plan.strongly_typed_flag, plan.needs_fp16_onnx) == \
-        (route, flags, st_flag, fp16_onnx)
+    assert (plan.route, plan.builder_flags, plan.strongly_typed_flag, plan.needs_fp16_onnx) == (
+        route,
+        flags,
+        st_flag,
+        fp16_onnx,
+    )
     assert not (plan.builder_flags and plan.strongly_typed_flag)  # never both on one network
     assert plan.clear_flags == (("TF32",) if precision == "fp32" else ())
 
 
-@pytest.mark.parametrize("version, precision, strongly, fragment", [
-    ((11, 0, 0), "bf16", False, "BuilderFlag.BF16 was removed"),
-    ((10, 11, 0), "fp16", True, "needs TensorRT 10.12 or newer"),
-    ((8, 6, 1), "fp16", False, "too old"),
-    ((10, 13, 0), "int8", False, "unknown precision"),
-])
+@pytest.mark.parametrize(
+    "version, precision, strongly, fragment",
+    [
+        ((11, 0, 0), "bf16", False, "BuilderFlag.BF16 was removed"),
+        ((10, 11, 0), "fp16", True, "needs TensorRT 10.12 or newer"),
+        ((8, 6, 1), "fp16", False, "too old"),
+        ((10, 13, 0), "int8", False, "unknown precision"),
+    ],
+)
 def test_plan_precision_refusals(version, precision, strongly, fragment):
     with pytest.raises(InputError, match=fragment):
         _tensorrt.plan_precision(version, precision, strongly)
 
 
-@pytest.mark.parametrize("text, expected", [("10.13.0.35", (10, 13, 0)), ("11.0", (11, 0, 0)),
-                                            ("10.9.0.34.post1", (10, 9, 0))])
+@pytest.mark.parametrize(
+    "text, expected", [("10.13.0.35", (10, 13, 0)), ("11.0", (11, 0, 0)), ("10.9.0.34.post1", (10, 9, 0))]
+)
 def test_parse_version(text, expected):
     assert _tensorrt.parse_version(text) == expected
 
@@ -330,8 +381,9 @@ class FakeTRT:
     BuilderFlag.FP16 and NetworkDefinitionCreationFlag.EXPLICIT_BATCH are absent on 11).
     """
 
-    def __init__(self, version: str, parse_ok: bool = True, build_results: tuple = (b"ENGINE",),
-                 parser_errors: tuple = ()):
+    def __init__(
+        self, version: str, parse_ok: bool = True, build_results: tuple = (b"ENGINE",), parser_errors: tuple = ()
+    ):
         self.__version__ = version
         major = int(version.split(".")[0])
         self.calls: list[tuple] = []
@@ -453,16 +505,28 @@ class FakeTRT:
 
 def _request(onnx_path: Path, plan, tmp_path: Path, profile: ShapeProfile | None = None) -> _tensorrt.BuildRequest:
     p = profile or resolve_profile()
-    return _tensorrt.BuildRequest(onnx_path=onnx_path, onnx_nodes=[], plan=plan, min_shape=p.min, opt_shape=p.opt,
-                                  max_shape=p.max, workspace_bytes=2 << 30, opt_level=3,
-                                  timing_cache=tmp_path / "t.cache", log_path=tmp_path / "build.log")
+    return _tensorrt.BuildRequest(
+        onnx_path=onnx_path,
+        onnx_nodes=[],
+        plan=plan,
+        min_shape=p.min,
+        opt_shape=p.opt,
+        max_shape=p.max,
+        workspace_bytes=2 << 30,
+        opt_level=3,
+        timing_cache=tmp_path / "t.cache",
+        log_path=tmp_path / "build.log",
+    )
 
 
-@pytest.mark.parametrize("version, strongly, expect_flags, expect_network_flags", [
-    ("10.9.0.34", False, [("set_flag", "FP16")], 0),          # weakly typed + FP16 flag
-    ("10.13.0.35", True, [], 1 << 1),                         # STRONGLY_TYPED (bit 1 on 10.x), no FP16 flag
-    ("11.0.0.5", False, [], 0),                               # no flags at all, no EXPLICIT_BATCH
-])
+@pytest.mark.parametrize(
+    "version, strongly, expect_flags, expect_network_flags",
+    [
+        ("10.9.0.34", False, [("set_flag", "FP16")], 0),  # weakly typed + FP16 flag
+        ("10.13.0.35", True, [], 1 << 1),  # STRONGLY_TYPED (bit 1 on 10.x), no FP16 flag
+        ("11.0.0.5", False, [], 0),  # no flags at all, no EXPLICIT_BATCH
+    ],
+)
 def test_fp16_branching_per_version(version, strongly, expect_flags, expect_network_flags, tmp_path):
     trt = FakeTRT(version)
     plan = _tensorrt.plan_precision(_tensorrt.parse_version(version), "fp16", strongly)
@@ -513,16 +577,36 @@ def test_dynamic_build_failure_retried_once_static(tiny_onnx, tmp_path):
     trt = FakeTRT("10.13.0", build_results=(None, b"STATIC-ENGINE"))
     plan = _tensorrt.plan_precision((10, 13, 0), "fp16")
     said: list[str] = []
-    data, used, fell_back = _build_with_fallback(trt, tiny_onnx, plan, resolve_profile(), BuildOptions(1 << 30),
-                                                 tmp_path / "t.cache", tmp_path / "log", False, True, said.append)
+    data, used, fell_back = _build_with_fallback(
+        trt,
+        tiny_onnx,
+        plan,
+        resolve_profile(),
+        BuildOptions(1 << 30),
+        tmp_path / "t.cache",
+        tmp_path / "log",
+        False,
+        True,
+        said.append,
+    )
     assert data == b"STATIC-ENGINE" and fell_back and used == ShapeProfile.static((1, 3, 270, 480))
     assert any("retrying once with a static shape 1x3x270x480" in m for m in said)
     shapes = [c for c in trt.calls if c[0] == "set_shape"]
     assert shapes[1][2:] == ((1, 3, 270, 480),) * 3
     trt = FakeTRT("10.13.0", build_results=(None, b"x"))
     with pytest.raises(_tensorrt.BuildFailed):  # --no-fallback-static
-        _build_with_fallback(trt, tiny_onnx, plan, resolve_profile(), BuildOptions(1 << 30), tmp_path / "t.cache",
-                             tmp_path / "log", False, False, said.append)
+        _build_with_fallback(
+            trt,
+            tiny_onnx,
+            plan,
+            resolve_profile(),
+            BuildOptions(1 << 30),
+            tmp_path / "t.cache",
+            tmp_path / "log",
+            False,
+            False,
+            said.append,
+        )
 
 
 # --------------------------------------------------------------------------- the fp16 ONNX fed to TensorRT
@@ -564,17 +648,22 @@ def test_fp16_onnx_for_tensorrt_matches_torch_fp32_on_set5(tiny_model, tiny_onnx
     psnr = _psnr(ref, out)
     assert np.isfinite(out).all()
     with capsys.disabled():
-        print(f"\n[fp16 ONNX for TensorRT] tiny SRResNet x4, Set5 crops: PSNR {psnr:.2f} dB vs torch fp32, "
-              f"max abs {np.abs(ref - out).max():.2e}, {result.fp16_tensors} fp16 tensors, "
-              f"{len(result.block_list)} nodes kept fp32")
+        print(
+            f"\n[fp16 ONNX for TensorRT] tiny SRResNet x4, Set5 crops: PSNR {psnr:.2f} dB vs torch fp32, "
+            f"max abs {np.abs(ref - out).max():.2e}, {result.fp16_tensors} fp16 tensors, "
+            f"{len(result.block_list)} nodes kept fp32"
+        )
     assert 50.0 <= psnr < 120.0  # above the bar, and below float32-exact: fp16 rounding happened
 
 
 def test_fp16_onnx_refuses_a_graph_without_fp16(tiny_onnx, tmp_path, monkeypatch):
     import sr_deploy.onnx_graph as onnx_graph
 
-    monkeypatch.setattr(onnx_graph, "convert_to_fp16", lambda src, output=None, block_list=None:
-                        Path(output).write_bytes(Path(src).read_bytes()))  # a "conversion" that changes nothing
+    monkeypatch.setattr(
+        onnx_graph,
+        "convert_to_fp16",
+        lambda src, output=None, block_list=None: Path(output).write_bytes(Path(src).read_bytes()),
+    )  # a "conversion" that changes nothing
     from sr_deploy.backends.trt_build import prepare_fp16_onnx
 
     x = np.random.default_rng(0).random((1, 3, 16, 16), dtype=np.float32)
@@ -594,8 +683,9 @@ def test_build_engine_and_parity(tiny_onnx, tmp_path, precision, set5_dir):
 
     crops = parity_inputs(sizes=((64, 64), (72, 96)), batch=2, data_dir=set5_dir.parent.parent)
     profile = resolve_profile(min="1x3x32x32", opt="2x3x64x64", max="2x3x128x128")
-    res = build_engine(tiny_onnx, tmp_path / "tiny.engine", precision=precision, profile=profile,
-                       workspace_gib=1, calibration=crops)
+    res = build_engine(
+        tiny_onnx, tmp_path / "tiny.engine", precision=precision, profile=profile, workspace_gib=1, calibration=crops
+    )
     assert res.parity.passed, res.parity.table()
     sc = read_sidecar(res.engine_path)
     assert sc.precision == precision and sc.scale == 4 and sc.profile == profile.as_dict()
@@ -691,10 +781,13 @@ def test_foreign_timing_cache_is_replaced_not_silently_ignored(tmp_path):
     (tmp_path / "t.cache").write_bytes(b"FROM-ANOTHER-GPU")
     said: list[str] = []
     plan = _tensorrt.plan_precision((10, 13, 3), "fp32")
-    assert _tensorrt.build_serialized_engine(trt, _request(tmp_path / "m.onnx", plan, tmp_path), said.append) == \
-        b"ENGINE"
+    assert (
+        _tensorrt.build_serialized_engine(trt, _request(tmp_path / "m.onnx", plan, tmp_path), said.append) == b"ENGINE"
+    )
     assert [c for c in trt.calls if c[0] == "create_timing_cache"] == [
-        ("create_timing_cache", b"FROM-ANOTHER-GPU"), ("create_timing_cache", b"")]
+        ("create_timing_cache", b"FROM-ANOTHER-GPU"),
+        ("create_timing_cache", b""),
+    ]
     assert any("does not match this TensorRT version or GPU" in m for m in said)
     assert (tmp_path / "t.cache").read_bytes() == b"CACHE-OUT"  # replaced by this build's cache
 
@@ -705,8 +798,9 @@ def test_missing_timing_cache_after_build_keeps_the_engine(tmp_path):
     trt.has_timing_cache = False
     said: list[str] = []
     plan = _tensorrt.plan_precision((11, 4, 0), "fp32")
-    assert _tensorrt.build_serialized_engine(trt, _request(tmp_path / "m.onnx", plan, tmp_path), said.append) == \
-        b"ENGINE"
+    assert (
+        _tensorrt.build_serialized_engine(trt, _request(tmp_path / "m.onnx", plan, tmp_path), said.append) == b"ENGINE"
+    )
     assert any("returned no timing cache" in m for m in said) and not (tmp_path / "t.cache").exists()
 
 
@@ -718,8 +812,14 @@ def test_default_timing_cache_is_keyed_by_tensorrt_version_and_gpu(tiny_onnx, tm
     res = build_engine(tiny_onnx, tmp_path / "m.engine", precision="fp32", echo=lambda m: None)
     expected = tmp_path / "timing-10.13.3.9-pretend-gpu-sm90.cache"
     assert Path(res.sidecar.timing_cache) == expected and expected.read_bytes() == b"CACHE-OUT"
-    names = {timing_cache_path(tmp_path, v, g, c).name for v, g, c in [
-        ("10.13.3.9", "NVIDIA H100", "9.0"), ("11.4.0.106", "NVIDIA H100", "9.0"), ("10.13.3.9", "NVIDIA L4", "8.9")]}
+    names = {
+        timing_cache_path(tmp_path, v, g, c).name
+        for v, g, c in [
+            ("10.13.3.9", "NVIDIA H100", "9.0"),
+            ("11.4.0.106", "NVIDIA H100", "9.0"),
+            ("10.13.3.9", "NVIDIA L4", "8.9"),
+        ]
+    }
     assert len(names) == 3
 
 
@@ -727,8 +827,12 @@ def test_stale_fixed_temporaries_do_not_break_writes(tmp_path):
     """Bug 8: fixed `.tmp` names raced between two processes writing the same entry (and a stale
     one broke the write); temporaries are now unique per writer."""
     engine = tmp_path / "m.engine"
-    for stale in (tmp_path / "m.engine.json.tmp", tmp_path / "t.cache.tmp", tmp_path / ".m.engine.partial.json",
-                  tmp_path / ".t.partial.cache"):
+    for stale in (
+        tmp_path / "m.engine.json.tmp",
+        tmp_path / "t.cache.tmp",
+        tmp_path / ".m.engine.partial.json",
+        tmp_path / ".t.partial.cache",
+    ):
         stale.mkdir()  # what a fixed temporary name (before: `.tmp`; util's shared `.partial`) would collide with
     write_sidecar(engine, _sidecar())
     from sr_deploy.util.files import atomic_write_bytes
@@ -757,9 +861,10 @@ def test_concurrent_cache_requests_build_once(tiny_onnx, fake_build_env, monkeyp
     monkeypatch.setattr(trt_build, "_build_with_fallback", slow_build)
     said: list[str] = []
     paths: list[Path] = []
-    threads = [threading.Thread(target=lambda: paths.append(trt_build.ensure_engine(tiny_onnx, "fp16",
-                                                                                    echo=said.append)))
-               for _ in range(2)]
+    threads = [
+        threading.Thread(target=lambda: paths.append(trt_build.ensure_engine(tiny_onnx, "fp16", echo=said.append)))
+        for _ in range(2)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -857,8 +962,9 @@ def test_graph_runner_bounds_memory_scopes_the_device_and_falls_back(tmp_path):
 
     ops = Ops()
     ops.fail_next = False
-    trt = types.SimpleNamespace(ExecutionContextAllocationStrategy=types.SimpleNamespace(
-        STATIC="STATIC", USER_MANAGED="USER_MANAGED"))
+    trt = types.SimpleNamespace(
+        ExecutionContextAllocationStrategy=types.SimpleNamespace(STATIC="STATIC", USER_MANAGED="USER_MANAGED")
+    )
     engine = _RecordingEngine(ops)
     io = _tensorrt.EngineIO("input", "output", None, None, (1, 3, 8, 8), (1, 3, 16, 16), (1, 3, 64, 64))
     runner = EngineRunner(trt, engine, io, ops, torch.float32, torch.float32, cuda_graph=True, graph_cache_size=2)

@@ -48,7 +48,7 @@ def small_set(tmp_path, set5_dir) -> Path:
     folder.mkdir()
     for name, (h, w) in [("baby.png", (67, 61)), ("bird.png", (48, 53)), ("butterfly.png", (45, 45))]:
         img = cv2.imread(str(set5_dir / name), cv2.IMREAD_UNCHANGED)
-        cv2.imwrite(str(folder / name), img[100:100 + h, 100:100 + w])
+        cv2.imwrite(str(folder / name), img[100 : 100 + h, 100 : 100 + w])
     return folder
 
 
@@ -66,7 +66,9 @@ def test_bicubic_reproduces_published_set5_and_set14(tmp_path, set5_dir, set14_d
     assert abs(set14["mean_psnr"] - 26.00) <= 0.01 and abs(set14["mean_ssim"] - 0.7027) <= 0.001
     # the mean is the mean of the per-image scores, and the summary line says it
     assert set5["mean_psnr"] == pytest.approx(np.mean([i["psnr"] for i in set5["images"]]))
-    assert f"Set5 x4 bicubic: PSNR {set5['mean_psnr']:.3f} dB, SSIM {set5['mean_ssim']:.4f} (5 images)" in data["stdout"]
+    assert (
+        f"Set5 x4 bicubic: PSNR {set5['mean_psnr']:.3f} dB, SSIM {set5['mean_ssim']:.4f} (5 images)" in data["stdout"]
+    )
 
 
 def test_greyscale_bridge_is_scored_on_its_own_channel(set14_dir):
@@ -87,8 +89,9 @@ def test_greyscale_bridge_is_scored_on_its_own_channel(set14_dir):
 # ---- a real pretrained model ----------------------------------------------------------------
 @pytest.mark.slow
 def test_leftthomas_srgan_beats_bicubic_on_set5(tmp_path, set5_dir, weights_dir):
-    data = _json_eval(tmp_path, str(weights_dir / "leftthomas_SRGAN_netG_epoch_4_100.pth"), set5_dir,
-                      extra=("--device", "cpu"))
+    data = _json_eval(
+        tmp_path, str(weights_dir / "leftthomas_SRGAN_netG_epoch_4_100.pth"), set5_dir, extra=("--device", "cpu")
+    )
     set5 = data["datasets"][0]
     assert set5["mean_psnr"] > 28.42 + 1.5  # measured 30.637 dB / 0.8631
     assert set5["mean_psnr"] == pytest.approx(30.64, abs=0.05)

@@ -18,7 +18,12 @@ from sr_deploy.backends.torch_backend import TorchBackend
 from sr_deploy.cli import cli
 from sr_deploy.errors import InputError, SRDeployError
 from sr_deploy.export import (
-    ParityError, calibrate_fp16_block_list, convert_to_fp16, count_fp16_tensors, export_onnx, read_onnx_metadata,
+    ParityError,
+    calibrate_fp16_block_list,
+    convert_to_fp16,
+    count_fp16_tensors,
+    export_onnx,
+    read_onnx_metadata,
     verify_onnx,
 )
 from sr_deploy.models import RRDBNet, load_checkpoint, save_checkpoint

@@ -8,8 +8,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from _upscale_support import cpu_backend, save_tiny_srresnet
+
 from sr_deploy.errors import InputError
 from sr_deploy.imaging import (
     image_to_model_input,
@@ -26,15 +26,19 @@ from sr_deploy.imaging import (
 def _crop(path: Path, size: int = 40, top: int = 0) -> np.ndarray:
     """RGB uint8 (size x size+8) crop from a real image (read with plain OpenCV, converted here)."""
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    return np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)[top:top + size, top:top + size + 8])
+    return np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)[top : top + size, top : top + size + 8])
 
 
 def jpeg_with_orientation(rgb: np.ndarray, orientation: int) -> bytes:
     """A JPEG of `rgb` carrying an EXIF APP1 segment with the given Orientation tag (0x0112)."""
     ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 98])
     assert ok
-    tiff = (b"MM\x00\x2a\x00\x00\x00\x08" + struct.pack(">H", 1)
-            + struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack(">I", 0))
+    tiff = (
+        b"MM\x00\x2a\x00\x00\x00\x08"
+        + struct.pack(">H", 1)
+        + struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0)
+        + struct.pack(">I", 0)
+    )
     app1 = b"Exif\x00\x00" + tiff
     data = encoded.tobytes()
     return data[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + data[2:]
@@ -114,8 +118,11 @@ def test_jpeg_exif_orientation_applied(set5_dir, tmp_path, orientation, turn):
 def test_corrupt_and_empty_files_raise_one_line_input_error(set5_dir, tmp_path):
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "bad.png").write_bytes((set5_dir / "bird.png").read_bytes()[:200])
-    for name, cause in [("empty.png", "empty file"), ("bad.png", "not a readable image"),
-                        ("missing.png", "no such file")]:
+    for name, cause in [
+        ("empty.png", "empty file"),
+        ("bad.png", "not a readable image"),
+        ("missing.png", "no such file"),
+    ]:
         with pytest.raises(InputError) as info:
             read_image(tmp_path / name)
         message = str(info.value)

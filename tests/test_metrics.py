@@ -119,7 +119,8 @@ def test_psnr_hand_computed():
     # on Y: G +3 moves Y by 3 * 128.553 / 255 = 1.512..., rounded for uint8 -> 1.0 (MATLAB)
     assert psnr(x, y, crop_border=0) == pytest.approx(10 * math.log10(255**2 / 1.0))
     assert psnr(x.astype(np.float64), y.astype(np.float64), crop_border=0) == pytest.approx(
-        10 * math.log10(255**2 / (3 * 128.553 / 255) ** 2))
+        10 * math.log10(255**2 / (3 * 128.553 / 255) ** 2)
+    )
 
 
 def test_ssim_hand_computed():

@@ -22,8 +22,15 @@ def _tiny(arch: str, scale: int) -> torch.nn.Module:
     if arch == "SRResNet":
         return SRResNet(scale=scale, num_blocks=1, num_features=8)
     if arch == "SRResNet-nearest-reflect":
-        return SRResNet(scale=scale, num_blocks=1, num_features=8, upsampler="nearest", padding="reflect",
-                        batch_norm=False, image_residual="bicubic")
+        return SRResNet(
+            scale=scale,
+            num_blocks=1,
+            num_features=8,
+            upsampler="nearest",
+            padding="reflect",
+            batch_norm=False,
+            image_residual="bicubic",
+        )
     if arch == "MSRResNet":
         return MSRResNet(scale=scale, num_blocks=1, num_features=8)
     if arch == "RRDBNet":

@@ -21,7 +21,7 @@ def test_parity_inputs_are_real_set5_crops(set5_dir):
     # The first crop is the centre of baby.png, in RGB order.
     bgr = cv2.imread(str(set5_dir / "baby.png"))
     top, left = (bgr.shape[0] - 64) // 2, (bgr.shape[1] - 64) // 2
-    expected = bgr[top:top + 64, left:left + 64, ::-1].transpose(2, 0, 1).astype(np.float32) / 255.0
+    expected = bgr[top : top + 64, left : left + 64, ::-1].transpose(2, 0, 1).astype(np.float32) / 255.0
     np.testing.assert_array_equal(batches[0][0], expected)
     assert not np.array_equal(batches[0][0], batches[0][1])  # different images in one batch
     np.testing.assert_array_equal(parity_inputs()[1], batches[1])  # deterministic

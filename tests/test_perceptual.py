@@ -54,8 +54,20 @@ def test_lpips_of_identical_images_is_zero_and_grows_with_damage(lpips_alex, set
 
 def test_eval_bicubic_lpips_reproduces_the_published_set5_row(perceptual_dir, set5_dir):
     """LPIPS-Alex of MATLAB-bicubic x4 on Set5: 0.3407 in the published tables."""
-    result = CliRunner().invoke(cli, ["eval", "bicubic", "--dataset", str(set5_dir), "--metrics", "psnr,lpips",
-                                      "--perceptual-weights", str(perceptual_dir), "--quiet"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "eval",
+            "bicubic",
+            "--dataset",
+            str(set5_dir),
+            "--metrics",
+            "psnr,lpips",
+            "--perceptual-weights",
+            str(perceptual_dir),
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     line = result.output.strip().splitlines()[-1]
     assert line.startswith("Set5 x4 bicubic: PSNR 28.419 dB, LPIPS ")
@@ -73,7 +85,11 @@ def test_eval_refuses_unknown_metric_and_missing_lpips_weights(set5_dir, tmp_pat
     missing = runner.invoke(cli, ["eval", "bicubic", "--dataset", str(set5_dir), "--metrics", "lpips"])
     assert missing.exit_code == 2
     lines = missing.output.strip().splitlines()
-    assert len(lines) == 1 and "alexnet ImageNet weights not found" in lines[0] and "SR_DEPLOY_PERCEPTUAL_WEIGHTS" in lines[0]
+    assert (
+        len(lines) == 1
+        and "alexnet ImageNet weights not found" in lines[0]
+        and "SR_DEPLOY_PERCEPTUAL_WEIGHTS" in lines[0]
+    )
 
 
 def test_weights_are_identified_by_sha256(perceptual_dir, tmp_path):
@@ -115,14 +131,41 @@ def test_short_gan_run_on_real_vgg16_completes_and_resumes(perceptual_dir, share
     """ESRGAN recipe on the real ImageNet VGG16 (tiny generator and crops): the checkpoint names
     the feature network and its sha256; `--resume --iters N` extends the run and re-plans the
     learning-rate schedule for N."""
-    init = save_checkpoint(tmp_path / "init.pt", SRResNet(num_blocks=1, num_features=8),
-                           {"num_blocks": 1, "num_features": 8})
+    init = save_checkpoint(
+        tmp_path / "init.pt", SRResNet(num_blocks=1, num_features=8), {"num_blocks": 1, "num_features": 8}
+    )
     out = tmp_path / "gan"
-    common = ["--data", str(shared_data / "train" / "Sun_Hays80"), "--val", str(set5_dir), "--out", str(out),
-              "--perceptual-weights", str(perceptual_dir), "--max-images", "2", "--workers", "0", "--no-progress"]
-    sets = ["--set", f"init={init}", "--set", "data.crop_size=32", "--set", "data.batch_size=2",
-            "--set", "val.max_images=1", "--set", "val.every=2", "--set", "log.every=1",
-            "--set", "train.milestones=[0.75]"]
+    common = [
+        "--data",
+        str(shared_data / "train" / "Sun_Hays80"),
+        "--val",
+        str(set5_dir),
+        "--out",
+        str(out),
+        "--perceptual-weights",
+        str(perceptual_dir),
+        "--max-images",
+        "2",
+        "--workers",
+        "0",
+        "--no-progress",
+    ]
+    sets = [
+        "--set",
+        f"init={init}",
+        "--set",
+        "data.crop_size=32",
+        "--set",
+        "data.batch_size=2",
+        "--set",
+        "val.max_images=1",
+        "--set",
+        "val.every=2",
+        "--set",
+        "log.every=1",
+        "--set",
+        "train.milestones=[0.75]",
+    ]
     assert train_main(["esrgan", *common, *sets, "--iters", "2"]) == 0
     meta = load_checkpoint(out / "model_latest.pt").metadata
     assert meta["feature_network"]["arch"] == "vgg16"
@@ -142,9 +185,26 @@ def test_training_refuses_unknown_vgg_weights_with_one_line(shared_data, tmp_pat
     fake = tmp_path / "vgg16-397923af.pth"  # the right name, the wrong bytes
     torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3)}, fake)
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "train", "esrgan", "--data", str(shared_data / "train" / "Sun_Hays80"),
-                           "--out", str(out), "--perceptual-weights", str(fake), "--iters", "1"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "train",
+            "esrgan",
+            "--data",
+            str(shared_data / "train" / "Sun_Hays80"),
+            "--out",
+            str(out),
+            "--perceptual-weights",
+            str(fake),
+            "--iters",
+            "1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {fake}: not a known ImageNet vgg16 weights file")
@@ -153,15 +213,19 @@ def test_training_refuses_unknown_vgg_weights_with_one_line(shared_data, tmp_pat
 
 def test_train_help_without_the_train_extra():
     """`python -m train --help` without PyYAML prints the help, not a ModuleNotFoundError."""
-    code = "import sys; sys.modules['yaml'] = None; sys.argv = ['train', '--help']; import runpy; " \
-           "runpy.run_module('train', run_name='__main__')"
+    code = (
+        "import sys; sys.modules['yaml'] = None; sys.argv = ['train', '--help']; import runpy; "
+        "runpy.run_module('train', run_name='__main__')"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "usage: python -m train" in proc.stdout and "Traceback" not in proc.stderr
     code = code.replace("'--help'", "'srresnet', '--data', '.', '--out', 'x'")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and proc.stderr.strip() == "error: PyYAML is not installed: pip install " \
-        "'sr-deploy[train]' to train"
+    assert (
+        proc.returncode == 2
+        and proc.stderr.strip() == "error: PyYAML is not installed: pip install 'sr-deploy[train]' to train"
+    )
 
 
 # ------------------------------------------------------------------------------ realism
@@ -200,27 +264,62 @@ def test_realism_cli_outputs_lie_between_the_endpoints(pair, tmp_path, set5_dir)
     outputs = {}
     for alpha in (0.0, 0.5, 1.0):
         target = tmp_path / f"out_{alpha}.png"
-        result = CliRunner().invoke(cli, ["upscale", str(tmp_path / "lr.png"), "-o", str(target), "--model", str(a),
-                                          "--gan-model", str(b), "--realism", str(alpha), "--no-progress",
-                                          "--device", "cpu"])
+        result = CliRunner().invoke(
+            cli,
+            [
+                "upscale",
+                str(tmp_path / "lr.png"),
+                "-o",
+                str(target),
+                "--model",
+                str(a),
+                "--gan-model",
+                str(b),
+                "--realism",
+                str(alpha),
+                "--no-progress",
+                "--device",
+                "cpu",
+            ],
+        )
         assert result.exit_code == 0, result.output
         outputs[alpha] = cv2.imread(str(target)).astype(np.float64)
     for alpha, model in ((0.0, a), (1.0, b)):
         ref = tmp_path / f"ref_{alpha}.png"
-        assert CliRunner().invoke(cli, ["upscale", str(tmp_path / "lr.png"), "-o", str(ref), "--model", str(model),
-                                        "--no-progress", "--device", "cpu"]).exit_code == 0
+        assert (
+            CliRunner()
+            .invoke(
+                cli,
+                [
+                    "upscale",
+                    str(tmp_path / "lr.png"),
+                    "-o",
+                    str(ref),
+                    "--model",
+                    str(model),
+                    "--no-progress",
+                    "--device",
+                    "cpu",
+                ],
+            )
+            .exit_code
+            == 0
+        )
         assert np.array_equal(cv2.imread(str(ref)), outputs[alpha].astype(np.uint8))
     d_ab = np.abs(outputs[0.0] - outputs[1.0]).mean()
     assert d_ab > 0 and np.abs(outputs[0.5] - outputs[0.0]).mean() < d_ab
     assert np.abs(outputs[0.5] - outputs[1.0]).mean() < d_ab
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--realism", "1.5"], "--realism 1.5: must be between 0 and 1"),
-    (["--realism", "nan"], "--realism nan: must be between 0 and 1"),
-    (["--gan-model", "x.pt"], "--gan-model x.pt: give --realism A too"),
-    (["--model", "MODEL", "--realism", "0.5"], "--realism needs --gan-model PATH for"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--realism", "1.5"], "--realism 1.5: must be between 0 and 1"),
+        (["--realism", "nan"], "--realism nan: must be between 0 and 1"),
+        (["--gan-model", "x.pt"], "--gan-model x.pt: give --realism A too"),
+        (["--model", "MODEL", "--realism", "0.5"], "--realism needs --gan-model PATH for"),
+    ],
+)
 def test_realism_usage_errors_are_one_line_exit_2(pair, tmp_path, args, message):
     a, _ = pair
     args = [str(a) if x == "MODEL" else x for x in args]

@@ -38,8 +38,13 @@ def test_realesrgan_pixel_unshuffle_layout(tmp_path, scale, unshuffle, channels_
     torch.save({"params_ema": model.state_dict()}, tmp_path / "x2plus.pth")
     ckpt = load_checkpoint(tmp_path / "x2plus.pth")
     assert (ckpt.arch, ckpt.scale, ckpt.size_multiple) == ("RRDBNet", scale, unshuffle)
-    assert ckpt.config == {"scale": scale, "num_blocks": 1, "num_features": 8, "growth_channels": 4,
-                           "pixel_unshuffle": unshuffle}
+    assert ckpt.config == {
+        "scale": scale,
+        "num_blocks": 1,
+        "num_features": 8,
+        "growth_channels": 4,
+        "pixel_unshuffle": unshuffle,
+    }
     x = torch.rand(1, 3, 13, 10)
     with torch.inference_mode():
         y = ckpt.model(x)
@@ -81,12 +86,15 @@ def test_esrgan_old_layout_any_scale(tmp_path, scale) -> None:
     _same_output(ckpt.model, model)
 
 
-@pytest.mark.parametrize("wrap, expected_source", [
-    (lambda sd: {"state_dict": sd}, "'state_dict' entry / BasicSR state dict"),
-    (lambda sd: {"model": {k: v for k, v in sd.items()}}, "'model' entry / BasicSR state dict"),
-    (lambda sd: {f"module.{k}": v for k, v in sd.items()}, "BasicSR state dict"),
-    (lambda sd: {"params": {f"module.{k}": v for k, v in sd.items()}, "iter": 5}, "BasicSR/Real-ESRGAN params"),
-])
+@pytest.mark.parametrize(
+    "wrap, expected_source",
+    [
+        (lambda sd: {"state_dict": sd}, "'state_dict' entry / BasicSR state dict"),
+        (lambda sd: {"model": {k: v for k, v in sd.items()}}, "'model' entry / BasicSR state dict"),
+        (lambda sd: {f"module.{k}": v for k, v in sd.items()}, "BasicSR state dict"),
+        (lambda sd: {"params": {f"module.{k}": v for k, v in sd.items()}, "iter": 5}, "BasicSR/Real-ESRGAN params"),
+    ],
+)
 def test_containers_are_unwrapped(tmp_path, wrap, expected_source) -> None:
     torch.manual_seed(2)
     model = SRVGGNetCompact(scale=2, num_feat=8, num_conv=2)

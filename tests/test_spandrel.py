@@ -14,13 +14,12 @@ from click.testing import CliRunner
 from safetensors.torch import save_file
 
 from benchmarks.spandrel_zoo import RESTORATION_ENTRIES, SR_ENTRIES, state_dict_of
-from sr_deploy.backends.ort_backend import OnnxRuntimeBackend
 from sr_deploy import export_shapes
+from sr_deploy.backends.ort_backend import OnnxRuntimeBackend
 from sr_deploy.cli import cli
 from sr_deploy.export import export_onnx, read_onnx_metadata
 from sr_deploy.imaging import read_image, write_image
-from sr_deploy.models import RRDBNet, load_checkpoint
-from sr_deploy.models import spandrel_source
+from sr_deploy.models import RRDBNet, load_checkpoint, spandrel_source
 from sr_deploy.tiling import upscale_tiled
 
 ENTRIES = {e.name: e for e in SR_ENTRIES + RESTORATION_ENTRIES}
@@ -78,8 +77,19 @@ def test_safetensors_copy_upscales_exports_and_evaluates_like_pth(anime_pair, se
     outputs = {}
     for model in (pth, copy):
         out = tmp_path / f"out-{model.suffix[1:]}"
-        result = _invoke("upscale", str(source), "-o", str(out), "--model", str(model), "--device", "cpu",
-                         "--no-progress", "--tile", "32")
+        result = _invoke(
+            "upscale",
+            str(source),
+            "-o",
+            str(out),
+            "--model",
+            str(model),
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--tile",
+            "32",
+        )
         assert result.exit_code == 0, result.output
         outputs[model.suffix] = read_image(next(out.rglob("bird*.png")))
     assert outputs[".pth"].shape == outputs[".safetensors"].shape
@@ -99,8 +109,9 @@ def test_safetensors_copy_upscales_exports_and_evaluates_like_pth(anime_pair, se
     scores = {}
     for model in (pth, copy):
         target = tmp_path / f"eval-{model.suffix[1:]}.json"
-        result = _invoke("eval", str(model), "--dataset", str(dataset), "--device", "cpu", "--quiet",
-                         "--json", str(target))
+        result = _invoke(
+            "eval", str(model), "--dataset", str(dataset), "--device", "cpu", "--quiet", "--json", str(target)
+        )
         assert result.exit_code == 0, result.output
         scores[model.suffix] = json.loads(target.read_text())
     a, b = scores[".pth"], scores[".safetensors"]
@@ -134,7 +145,9 @@ def test_realesrgan_x2plus_layout_exports_dynamic_and_passes_parity(tmp_path) ->
     result = export_onnx(path, tmp_path / "x2plus.onnx", log=None)
     assert result.static_shape is None and result.parity.passed
     assert result.parity.max_abs <= 1e-4 and (2, 3, 50, 70) in result.parity.shapes
-    assert _input_dims(result.path)[2:] == ["height", "width"] or all(isinstance(d, str) for d in _input_dims(result.path)[2:])
+    assert _input_dims(result.path)[2:] == ["height", "width"] or all(
+        isinstance(d, str) for d in _input_dims(result.path)[2:]
+    )
     assert result.metadata["sr_deploy.size_multiple"] == "2"
 
 
@@ -208,19 +221,27 @@ def test_greyscale_denoiser_is_refused_in_one_line(tmp_path) -> None:
 
 
 def test_missing_spandrel_names_the_extra(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(spandrel_source.SpandrelSource, "available",
-                        lambda self: "spandrel is not installed (No module named 'spandrel'); "
-                                     f"{spandrel_source.INSTALL_HINT} reads ~40 more architectures")
+    monkeypatch.setattr(
+        spandrel_source.SpandrelSource,
+        "available",
+        lambda self: (
+            "spandrel is not installed (No module named 'spandrel'); "
+            f"{spandrel_source.INSTALL_HINT} reads ~40 more architectures"
+        ),
+    )
     path = _save_entry(tmp_path, "SPAN")
     result = _invoke("info", str(path))
     assert result.exit_code == 2
     assert "unrecognised weights layout" in result.output and "sr-deploy[spandrel]" in result.output
 
 
-@pytest.mark.parametrize("content, expected", [
-    (b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": broken}", "not a readable safetensors file"),
-    (b"12345678", "not a readable safetensors file"),
-])
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (b'\x10\x00\x00\x00\x00\x00\x00\x00{"a": broken}', "not a readable safetensors file"),
+        (b"12345678", "not a readable safetensors file"),
+    ],
+)
 def test_bad_safetensors_give_one_line(tmp_path, content, expected) -> None:
     path = tmp_path / "bad.safetensors"
     path.write_bytes(content)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-
 from _upscale_support import Recording, cpu_backend, psnr, save_tiny_srresnet
+
 from sr_deploy.imaging import image_to_model_input, read_image
 from sr_deploy.tiling import DEFAULT_TILE_OVERLAP, auto_tile_size, plan_tiles, upscale_batch, upscale_tiled
 
@@ -26,13 +26,15 @@ def _lr(path, factor: int = 2) -> np.ndarray:
     return image_to_model_input(small)[0]
 
 
-@pytest.mark.parametrize("height,width,tile,overlap", [
-    (128, 128, 45, 16), (37, 23, 10, 3), (1, 1, 4, 2), (5, 97, 7, 0), (144, 114, 200, 16), (64, 64, 64, 8)])
+@pytest.mark.parametrize(
+    "height,width,tile,overlap",
+    [(128, 128, 45, 16), (37, 23, 10, 3), (1, 1, 4, 2), (5, 97, 7, 0), (144, 114, 200, 16), (64, 64, 64, 8)],
+)
 def test_plan_tiles_covers_every_pixel_once(height, width, tile, overlap):
     tiles, (window_h, window_w) = plan_tiles(height, width, tile, overlap)
     cover = np.zeros((height, width), dtype=int)
     for t in tiles:
-        cover[t.y0:t.y1, t.x0:t.x1] += 1
+        cover[t.y0 : t.y1, t.x0 : t.x1] += 1
         assert t.y1 - t.y0 <= tile and t.x1 - t.x0 <= tile
         # the window lies inside the image, contains the core, and has context where the image has it
         assert 0 <= t.wy <= t.y0 and t.y1 <= t.wy + window_h <= height

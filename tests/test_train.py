@@ -19,11 +19,11 @@ import pytest
 import torch
 
 from sr_deploy.models import SRResNet, load_checkpoint, load_model, save_checkpoint
+from sr_deploy.perceptual import FeatureExtractor, _build_features
 from train.cli import main as train_main
 from train.data import DegradationSpec, RandomPatches, augment, degrade
 from train.discriminators import SRGANDiscriminator, VGGStyleDiscriminator
 from train.interpolate import main as interpolate_main
-from sr_deploy.perceptual import FeatureExtractor, _build_features
 from train.losses import PerceptualLoss, discriminator_loss, generator_adversarial_loss
 
 TINY = ["--max-images", "3", "--workers", "0", "--no-progress", "--set", "data.batch_size=4", "--set", "log.every=1"]
@@ -78,14 +78,42 @@ def test_srresnet_trains_validates_and_resumes_identically(sun_hays, set5_dir, t
     """A 10-iteration run vs the same run stopped at 5 and resumed: the same weights, EMA,
     optimiser moments and RNG states, bit for bit. Also: loss falls, val.csv/png written, the
     checkpoints load with load_model and carry the training metadata."""
-    common = TINY_SRRESNET + ["--data", sun_hays, "--val", set5_dir, "--set", "val.max_images=2",
-                              "--set", "val.every=5", "--set", "train.ema_decay=0.9", "--set", "train.lr=1e-3"]
+    common = TINY_SRRESNET + [
+        "--data",
+        sun_hays,
+        "--val",
+        set5_dir,
+        "--set",
+        "val.max_images=2",
+        "--set",
+        "val.every=5",
+        "--set",
+        "train.ema_decay=0.9",
+        "--set",
+        "train.lr=1e-3",
+    ]
     full, split = tmp_path / "full", tmp_path / "split"
     assert run("srresnet", *common, "--out", full, "--iters", 10) == 0
     assert run("srresnet", *common, "--out", split, "--iters", 5) == 0
     assert torch.load(split / "state_latest.pt", weights_only=True)["iteration"] == 5
-    assert run("srresnet", "--data", sun_hays, "--val", set5_dir, "--out", split, "--resume", "--iters", 10,
-               "--workers", "0", "--no-progress") == 0
+    assert (
+        run(
+            "srresnet",
+            "--data",
+            sun_hays,
+            "--val",
+            set5_dir,
+            "--out",
+            split,
+            "--resume",
+            "--iters",
+            10,
+            "--workers",
+            "0",
+            "--no-progress",
+        )
+        == 0
+    )
 
     a = torch.load(full / "state_latest.pt", weights_only=True)
     b = torch.load(split / "state_latest.pt", weights_only=True)
@@ -105,6 +133,7 @@ def test_srresnet_trains_validates_and_resumes_identically(sun_hays, set5_dir, t
 
     val = read_csv(full / "val.csv")
     assert [row["iteration"] for row in val] == [5, 10]
+
     def scores(rows):
         return [(r["iteration"], r["psnr"], r["ssim"]) for r in rows]
 
@@ -128,12 +157,35 @@ def test_srresnet_trains_validates_and_resumes_identically(sun_hays, set5_dir, t
 
 def test_overrides_build_the_requested_model_and_gaussian_degradation(sun_hays, tmp_path):
     out = tmp_path / "run"
-    assert run("srresnet", *TINY_SRRESNET, "--data", sun_hays, "--out", out, "--iters", 2,
-               "--set", "model.batch_norm=false", "--set", "model.image_residual=bicubic",
-               "--degradation", "gaussian", "--set", "train.schedule=cosine") == 0
+    assert (
+        run(
+            "srresnet",
+            *TINY_SRRESNET,
+            "--data",
+            sun_hays,
+            "--out",
+            out,
+            "--iters",
+            2,
+            "--set",
+            "model.batch_norm=false",
+            "--set",
+            "model.image_residual=bicubic",
+            "--degradation",
+            "gaussian",
+            "--set",
+            "train.schedule=cosine",
+        )
+        == 0
+    )
     ckpt = load_checkpoint(out / "model_latest.pt")
-    assert ckpt.config == {"scale": 4, "num_blocks": 2, "num_features": 16, "batch_norm": False,
-                           "image_residual": "bicubic"}
+    assert ckpt.config == {
+        "scale": 4,
+        "num_blocks": 2,
+        "num_features": 16,
+        "batch_norm": False,
+        "image_residual": "bicubic",
+    }
     assert not any("running_mean" in k for k in ckpt.model.state_dict())
     assert ckpt.metadata["degradation"] == "gaussian"
 
@@ -168,11 +220,36 @@ def test_srgan_from_srresnet_init(sun_hays, set5_dir, tmp_path, random_vgg_file,
     trains generator and discriminator, the discriminator loss falls, the result loads; the
     validation scores LPIPS and the best checkpoint is the lowest LPIPS."""
     torch.manual_seed(1)
-    init = save_checkpoint(tmp_path / "init.pt", SRResNet(num_blocks=1, num_features=8), {"num_blocks": 1, "num_features": 8})
+    init = save_checkpoint(
+        tmp_path / "init.pt", SRResNet(num_blocks=1, num_features=8), {"num_blocks": 1, "num_features": 8}
+    )
     out = tmp_path / "srgan"
-    assert run("srgan", *TINY, "--data", sun_hays, "--val", set5_dir, "--set", "val.max_images=1",
-               "--out", out, "--iters", 6, "--set", f"init={init}", "--set", "data.crop_size=32",
-               "--set", "val.every=3", "--perceptual-weights", random_vgg_file, "--allow-unknown-weights") == 0
+    assert (
+        run(
+            "srgan",
+            *TINY,
+            "--data",
+            sun_hays,
+            "--val",
+            set5_dir,
+            "--set",
+            "val.max_images=1",
+            "--out",
+            out,
+            "--iters",
+            6,
+            "--set",
+            f"init={init}",
+            "--set",
+            "data.crop_size=32",
+            "--set",
+            "val.every=3",
+            "--perceptual-weights",
+            random_vgg_file,
+            "--allow-unknown-weights",
+        )
+        == 0
+    )
     rows = read_csv(out / "loss.csv")
     assert all(np.isfinite(r["percep"]) and r["percep"] > 0 and np.isfinite(r["adv"]) for r in rows)
     assert np.mean([r["d_loss"] for r in rows[-2:]]) < np.mean([r["d_loss"] for r in rows[:2]])
@@ -192,16 +269,45 @@ def test_srgan_from_srresnet_init(sun_hays, set5_dir, tmp_path, random_vgg_file,
 def test_esrgan_psnr_then_gan_then_interpolation(sun_hays, tmp_path, random_vgg_file):
     """ESRGAN pipeline with a 1-block RRDBNet: L1 pre-training (loss falls), then perceptual
     (RANDOM VGG19) + RaGAN + L1 from it, then network interpolation of the two."""
-    rrdb = ["--set", "model.num_blocks=1", "--set", "model.num_features=8", "--set", "model.growth_channels=4",
-            "--set", "data.crop_size=32", "--set", "train.lr=1e-3"]
+    rrdb = [
+        "--set",
+        "model.num_blocks=1",
+        "--set",
+        "model.num_features=8",
+        "--set",
+        "model.growth_channels=4",
+        "--set",
+        "data.crop_size=32",
+        "--set",
+        "train.lr=1e-3",
+    ]
     psnr_dir, gan_dir = tmp_path / "psnr", tmp_path / "gan"
     assert run("esrgan_psnr", *TINY, *rrdb, "--data", sun_hays, "--out", psnr_dir, "--iters", 8) == 0
     losses = [r["pixel"] for r in read_csv(psnr_dir / "loss.csv")]
     assert np.mean(losses[-3:]) < np.mean(losses[:3])
     psnr_model = psnr_dir / "model_latest.pt"
-    assert run("esrgan", *TINY, "--data", sun_hays, "--out", gan_dir, "--iters", 3, "--set", "data.batch_size=2",
-               "--set", "data.crop_size=32", "--set", f"init={psnr_model}", "--perceptual-weights", random_vgg_file,
-               "--allow-unknown-weights") == 0
+    assert (
+        run(
+            "esrgan",
+            *TINY,
+            "--data",
+            sun_hays,
+            "--out",
+            gan_dir,
+            "--iters",
+            3,
+            "--set",
+            "data.batch_size=2",
+            "--set",
+            "data.crop_size=32",
+            "--set",
+            f"init={psnr_model}",
+            "--perceptual-weights",
+            random_vgg_file,
+            "--allow-unknown-weights",
+        )
+        == 0
+    )
     rows = read_csv(gan_dir / "loss.csv")
     assert {"pixel", "percep", "adv", "d_loss", "d_real", "d_fake"} <= set(rows[0])
     assert all(np.isfinite(list(r.values())).all() for r in rows)
@@ -219,8 +325,12 @@ def test_esrgan_psnr_then_gan_then_interpolation(sun_hays, tmp_path, random_vgg_
 
 
 def test_interpolation_refuses_different_architectures(tmp_path, capsys):
-    one = save_checkpoint(tmp_path / "a.pt", SRResNet(num_blocks=1, num_features=8), {"num_blocks": 1, "num_features": 8})
-    two = save_checkpoint(tmp_path / "b.pt", SRResNet(num_blocks=2, num_features=8), {"num_blocks": 2, "num_features": 8})
+    one = save_checkpoint(
+        tmp_path / "a.pt", SRResNet(num_blocks=1, num_features=8), {"num_blocks": 1, "num_features": 8}
+    )
+    two = save_checkpoint(
+        tmp_path / "b.pt", SRResNet(num_blocks=2, num_features=8), {"num_blocks": 2, "num_features": 8}
+    )
     assert interpolate_main([str(one), str(two), "--alpha", "0.5", "-o", str(tmp_path / "c.pt")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "different architecture" in err and "b.pt" in err
@@ -256,7 +366,9 @@ def test_input_errors_are_one_line_exit_2_before_training(case, sun_hays, tmp_pa
     assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
     assert not out.exists()  # nothing was started
     if case == "no_vgg":
-        assert str(tmp_path / "torch_home" / "hub" / "checkpoints") in err[0] and "SR_DEPLOY_PERCEPTUAL_WEIGHTS" in err[0]
+        assert (
+            str(tmp_path / "torch_home" / "hub" / "checkpoints") in err[0] and "SR_DEPLOY_PERCEPTUAL_WEIGHTS" in err[0]
+        )
     if case == "gan_without_init":
         assert "--from-scratch" in err[0]
     if case == "too_small":
@@ -316,14 +428,17 @@ def test_adversarial_losses_match_their_formulas():
     assert generator_adversarial_loss("gan", None, fake) == pytest.approx(float(-log_sig(fake).mean()))
     assert discriminator_loss("gan", real, fake) == pytest.approx(float(-log_sig(real).mean() - log_sig(-fake).mean()))
     d_rf, d_fr = real - fake.mean(), fake - real.mean()  # D_Ra logits
-    assert discriminator_loss("ragan", real, fake) == pytest.approx(float(-log_sig(d_rf).mean() - log_sig(-d_fr).mean()))
+    assert discriminator_loss("ragan", real, fake) == pytest.approx(
+        float(-log_sig(d_rf).mean() - log_sig(-d_fr).mean())
+    )
     assert generator_adversarial_loss("ragan", real, fake) == pytest.approx(
-        float(-log_sig(-d_rf).mean() - log_sig(d_fr).mean()))
+        float(-log_sig(-d_rf).mean() - log_sig(d_fr).mean())
+    )
 
 
 def test_vgg_features_layers_and_gradient_flow(random_vgg_file):
     """RANDOM VGG16 weights: checks the layer cut, the file loading and gradient flow only."""
-    state = {k[len("features."):]: v for k, v in torch.load(random_vgg_file, weights_only=True).items()}
+    state = {k[len("features.") :]: v for k, v in torch.load(random_vgg_file, weights_only=True).items()}
     net = FeatureExtractor("vgg16", ["conv5_3", "relu5_3"]).load_features(state, str(random_vgg_file))
     x = torch.rand(1, 3, 32, 32, requires_grad=True)
     f_before, f_after = net(x)
@@ -355,9 +470,26 @@ def test_sigterm_to_the_process_group_with_workers_saves_state(sun_hays, tmp_pat
     out = tmp_path / "run"
     root = Path(__file__).resolve().parent.parent
     proc = subprocess.Popen(
-        [sys.executable, "-m", "train", "srresnet", *map(str, TINY_SRRESNET), "--workers", "1",
-         "--data", str(sun_hays), "--out", str(out), "--iters", "100000"],
-        cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "train",
+            "srresnet",
+            *map(str, TINY_SRRESNET),
+            "--workers",
+            "1",
+            "--data",
+            str(sun_hays),
+            "--out",
+            str(out),
+            "--iters",
+            "100000",
+        ],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     log = out / "train.log"
     deadline = time.monotonic() + 60

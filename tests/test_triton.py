@@ -20,8 +20,9 @@ from click.testing import CliRunner
 from sr_deploy.cli import cli
 
 pytest.importorskip("tritonclient.http", reason="tritonclient is not installed (pip install 'sr-deploy[triton]')")
-model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",
-                                       reason="tritonclient's model_config_pb2 needs grpcio")
+model_config_pb2 = pytest.importorskip(
+    "tritonclient.grpc.model_config_pb2", reason="tritonclient's model_config_pb2 needs grpcio"
+)
 from google.protobuf import text_format  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,21 +57,48 @@ def _stand_in_engine(folder: Path) -> Path:
 
     engine = folder / "tiny.engine"
     engine.write_bytes(b"stand-in bytes, not a TensorRT engine")
-    write_sidecar(engine, EngineSidecar(onnx_sha256="0" * 64, tensorrt_version="10.13.0", gpu_name="stand-in",
-                                        compute_capability="8.9", precision="fp16", scale=4,
-                                        profile={"min": [1, 3, 32, 32], "opt": [2, 3, 128, 160],
-                                                 "max": [8, 3, 256, 320]}))
+    write_sidecar(
+        engine,
+        EngineSidecar(
+            onnx_sha256="0" * 64,
+            tensorrt_version="10.13.0",
+            gpu_name="stand-in",
+            compute_capability="8.9",
+            precision="fp16",
+            scale=4,
+            profile={"min": [1, 3, 32, 32], "opt": [2, 3, 128, 160], "max": [8, 3, 256, 320]},
+        ),
+    )
     return engine
 
 
 def test_onnx_repository_configs_parse_with_tritons_schema(tiny_model, tmp_path):
     engine = _stand_in_engine(tmp_path)
     repo = tmp_path / "repo"
-    result = CliRunner().invoke(cli, ["export", str(tiny_model), "--triton-repo", str(repo), "--name", "sr",
-                                      "--engine", str(engine), "--no-verify", "--max-batch", "6"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "export",
+            str(tiny_model),
+            "--triton-repo",
+            str(repo),
+            "--name",
+            "sr",
+            "--engine",
+            str(engine),
+            "--no-verify",
+            "--max-batch",
+            "6",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert sorted(p.relative_to(repo).as_posix() for p in repo.rglob("*") if p.is_file()) == [
-        "README.md", "sr/1/model.onnx", "sr/config.pbtxt", "sr_trt/1/model.plan", "sr_trt/config.pbtxt"]
+        "README.md",
+        "sr/1/model.onnx",
+        "sr/config.pbtxt",
+        "sr_trt/1/model.plan",
+        "sr_trt/config.pbtxt",
+    ]
 
     onnx_io = _onnx_io(repo / "sr" / "1" / "model.onnx")
     for name in ("sr", "sr_trt"):
@@ -86,7 +114,10 @@ def test_onnx_repository_configs_parse_with_tritons_schema(tiny_model, tmp_path)
             assert list(tensor.dims) == [3, -1, -1]
         assert set(onnx_io) == {config.input[0].name, config.output[0].name}
         assert config.HasField("dynamic_batching")
-        assert len(config.instance_group) == 1 and config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+        assert (
+            len(config.instance_group) == 1
+            and config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+        )
         assert config.parameters["sr_deploy.scale"].string_value == "4"
         (warmup,) = config.model_warmup
         assert warmup.batch_size == 1 and warmup.inputs["input"].random_data
@@ -98,9 +129,12 @@ def test_onnx_repository_configs_parse_with_tritons_schema(tiny_model, tmp_path)
     assert list(plan_config.model_warmup[0].inputs["input"].dims) == [3, 128, 160]  # its opt H, W
     (accelerator,) = onnx_config.optimization.execution_accelerators.gpu_execution_accelerator
     assert accelerator.name == "tensorrt"
-    assert dict(accelerator.parameters) == {"precision_mode": "FP16", "trt_profile_min_shapes": "input:1x3x32x32",
-                                            "trt_profile_opt_shapes": "input:2x3x128x160",
-                                            "trt_profile_max_shapes": "input:8x3x256x320"}
+    assert dict(accelerator.parameters) == {
+        "precision_mode": "FP16",
+        "trt_profile_min_shapes": "input:1x3x32x32",
+        "trt_profile_opt_shapes": "input:2x3x128x160",
+        "trt_profile_max_shapes": "input:8x3x256x320",
+    }
     assert (repo / "sr_trt" / "1" / "model.plan").read_bytes() == engine.read_bytes()
     readme = (repo / "README.md").read_text()
     assert "tritonserver --model-repository" in readme and "`sr_trt`: tensorrt_plan" in readme
@@ -113,8 +147,7 @@ def test_export_needs_an_output_or_a_repository(tiny_model):
     assert result.output.strip() == "error: give -o MODEL.onnx, --triton-repo DIR, or both"
 
 
-def test_python_flavour_served_by_the_bundled_tritonserver_equals_sr_deploy_upscale(tiny_model, set5_dir,
-                                                                                     tmp_path):
+def test_python_flavour_served_by_the_bundled_tritonserver_equals_sr_deploy_upscale(tiny_model, set5_dir, tmp_path):
     from sr_deploy.serving import bundled_tritonserver, bundled_tritonserver_dir, image_to_request, infer, upscale_file
 
     try:
@@ -122,23 +155,62 @@ def test_python_flavour_served_by_the_bundled_tritonserver_equals_sr_deploy_upsc
     except Exception as exc:
         pytest.skip(f"no bundled tritonserver: {exc}")
     repo = tmp_path / "repo"
-    result = CliRunner().invoke(cli, ["export", str(tiny_model), "--triton-repo", str(repo), "--name", "tiny",
-                                      "--triton-flavour", "python", "--triton-kind", "cpu", "--backend", "torch"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "export",
+            str(tiny_model),
+            "--triton-repo",
+            str(repo),
+            "--name",
+            "tiny",
+            "--triton-flavour",
+            "python",
+            "--triton-kind",
+            "cpu",
+            "--backend",
+            "torch",
+        ],
+    )
     assert result.exit_code == 0, result.output
     config = _parse(repo / "tiny" / "config.pbtxt")
     assert config.backend == "python" and config.max_batch_size == 4
     assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
     assert {k: v.string_value for k, v in config.parameters.items()} == {
-        "sr_deploy.model": "tiny.pt", "sr_deploy.backend": "torch", "sr_deploy.precision": "fp32",
-        "sr_deploy.scale": "4"}
+        "sr_deploy.model": "tiny.pt",
+        "sr_deploy.backend": "torch",
+        "sr_deploy.precision": "fp32",
+        "sr_deploy.scale": "4",
+    }
     assert (repo / "tiny" / "1" / "tiny.pt").read_bytes() == tiny_model.read_bytes()
 
     image = set5_dir / "bird.png"
     local = tmp_path / "local.png"
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    subprocess.run([sys.executable, "-m", "sr_deploy", "upscale", str(image), "-o", str(local), "--model",
-                    str(tiny_model), "--backend", "torch", "--device", "cpu", "--precision", "fp32", "--no-progress"],
-                   env=env, check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sr_deploy",
+            "upscale",
+            str(image),
+            "-o",
+            str(local),
+            "--model",
+            str(tiny_model),
+            "--backend",
+            "torch",
+            "--device",
+            "cpu",
+            "--precision",
+            "fp32",
+            "--no-progress",
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
 
     with bundled_tritonserver(repo, startup_timeout=90) as url:
         assert url.startswith("http://127.0.0.1:")

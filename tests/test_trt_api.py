@@ -50,9 +50,15 @@ def release(request, tiny_onnx_file, tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp(f"trt{request.param}")
     out = work / "result.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
-    run = subprocess.run([sys.executable, str(HERE / "_trt_api_run.py"), str(folder), str(tiny_onnx_file), str(work),
-                          str(out)], check=False, capture_output=True, text=True, timeout=600, env=env,
-                         cwd=HERE.parent)
+    run = subprocess.run(
+        [sys.executable, str(HERE / "_trt_api_run.py"), str(folder), str(tiny_onnx_file), str(work), str(out)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=HERE.parent,
+    )
     assert run.returncode == 0 and out.is_file(), f"the {request.param} subprocess failed:\n{run.stderr[-4000:]}"
     data = json.loads(out.read_text())
     assert data["version"] == request.param  # the real module of that release was imported
@@ -70,16 +76,34 @@ def _check_clean(scenario: dict, name: str) -> None:
     assert not scenario.get("exception"), f"{name}: {scenario['exception']}\n{scenario.get('output', '')}"
 
 
-@pytest.mark.parametrize("name", ["fp16", "fp16_strongly_typed", "fp32", "fp16_static", "timing_cache_first",
-                                  "timing_cache_second", "timing_cache_foreign"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "fp16",
+        "fp16_strongly_typed",
+        "fp32",
+        "fp16_static",
+        "timing_cache_first",
+        "timing_cache_second",
+        "timing_cache_foreign",
+    ],
+)
 def test_build_path_conforms(release, name):
     scenario = release["scenarios"][name]
     _check_clean(scenario, name)
     assert scenario["exit_code"] == 0, scenario["output"]
     # The whole call sequence ran against the stand-in, whose "engine" is its fixed bytes.
     assert scenario["engine_is_stand_in_bytes"]
-    for method in ("create_network", "parse_from_file", "set_memory_pool_limit", "set_shape",
-                   "add_optimization_profile", "create_timing_cache", "set_timing_cache", "build_serialized_network"):
+    for method in (
+        "create_network",
+        "parse_from_file",
+        "set_memory_pool_limit",
+        "set_shape",
+        "add_optimization_profile",
+        "create_timing_cache",
+        "set_timing_cache",
+        "build_serialized_network",
+    ):
         assert _calls(scenario, method), f"{name}: {method} was never called"
     assert all(a.endswith("ignore_mismatch=False") for a in _calls(scenario, "set_timing_cache"))
 
@@ -149,8 +173,15 @@ def test_runtime_path_conforms(release):
     # user-managed memory sized for each shape (the stand-in answers 1000 + H), attached to its context
     assert _calls(scenario, "set_device_memory")[0].endswith(", 1016")
     assert len(_calls(scenario, "set_device_memory")) == 5
-    assert scenario["out_shapes"] == [[2, 3, 80, 96], [1, 3, 64, 64], [1, 3, 128, 128], [1, 3, 64, 64],
-                                      [1, 3, 192, 192], [1, 3, 256, 256], [1, 3, 128, 128]]
+    assert scenario["out_shapes"] == [
+        [2, 3, 80, 96],
+        [1, 3, 64, 64],
+        [1, 3, 128, 128],
+        [1, 3, 64, 64],
+        [1, 3, 192, 192],
+        [1, 3, 256, 256],
+        [1, 3, 128, 128],
+    ]
     # bounded: capacity 2, least recently used dropped
     assert scenario["graphs_cached"] == [[1, 3, 64, 64], [1, 3, 32, 32]]
     assert scenario["graph_memory"] == [1064, 1032]

@@ -22,7 +22,7 @@ def model(tmp_path_factory) -> Path:
 
 def _rgb(path: Path, top: int = 60, size: int = 24) -> np.ndarray:
     """A small real RGB uint8 crop (size x size+8)."""
-    return np.ascontiguousarray(read_image(path)[top:top + size, top:top + size + 8])
+    return np.ascontiguousarray(read_image(path)[top : top + size, top : top + size + 8])
 
 
 def run(*args: str):
@@ -88,8 +88,21 @@ def test_single_input_output_file_outscale_and_ext(set5_dir, model, tmp_path):
     result = run(str(source), "-o", str(tmp_path / "named" / "y.webp"), "--model", str(model), "--outscale", "3.5")
     assert result.exit_code == 0, result.output
     assert read_image(tmp_path / "named" / "y.webp").shape == (84, 112, 3)
-    result = run(str(source), "-o", str(tmp_path / "folder"), "--model", str(model), "--ext", "jpg",
-                 "--quality", "90", "--tile", "10", "--tile-overlap", "4")
+    result = run(
+        str(source),
+        "-o",
+        str(tmp_path / "folder"),
+        "--model",
+        str(model),
+        "--ext",
+        "jpg",
+        "--quality",
+        "90",
+        "--tile",
+        "10",
+        "--tile-overlap",
+        "4",
+    )
     assert result.exit_code == 0, result.output
     tiled = read_image(tmp_path / "folder" / "x.jpg")
     assert tiled.shape == (96, 128, 3)
@@ -131,18 +144,26 @@ def test_output_folder_inside_the_input_folder_is_not_read_back(set5_dir, model,
     assert [p.name for p in out.iterdir()] == ["a.png"]
 
 
-@pytest.mark.parametrize("args,message", [
-    (["missing.png", "-o", "out"], "missing.png: no such file or folder"),
-    # The default model is shipped (test_default_model.py); the perceptual one is not, and says so.
-    (["INPUT", "-o", "out", "--model", "default-gan"], "default-gan: the perceptual default is not shipped"),
-    (["INPUT", "-o", "out", "--model", "MODEL", "--tile", "-1"], "--tile must be >= 0"),
-    (["README", "-o", "out", "--model", "MODEL"], "not an image or video file"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["missing.png", "-o", "out"], "missing.png: no such file or folder"),
+        # The default model is shipped (test_default_model.py); the perceptual one is not, and says so.
+        (["INPUT", "-o", "out", "--model", "default-gan"], "default-gan: the perceptual default is not shipped"),
+        (["INPUT", "-o", "out", "--model", "MODEL", "--tile", "-1"], "--tile must be >= 0"),
+        (["README", "-o", "out", "--model", "MODEL"], "not an image or video file"),
+    ],
+)
 def test_bad_usage_is_one_line_exit_2(set5_dir, model, tmp_path, args, message):
     (tmp_path / "README").write_text("hello")
     write_image(tmp_path / "in.png", _rgb(set5_dir / "bird.png"))
-    subst = {"INPUT": str(tmp_path / "in.png"), "MODEL": str(model), "README": str(tmp_path / "README"),
-             "out": str(tmp_path / "out"), "missing.png": str(tmp_path / "missing.png")}
+    subst = {
+        "INPUT": str(tmp_path / "in.png"),
+        "MODEL": str(model),
+        "README": str(tmp_path / "README"),
+        "out": str(tmp_path / "out"),
+        "missing.png": str(tmp_path / "missing.png"),
+    }
     result = run(*[subst.get(a, a) for a in args])
     assert result.exit_code == 2, result.output
     assert message in result.stderr and len(_error_lines(result)) == 1 and "Traceback" not in result.output
@@ -172,8 +193,17 @@ def test_onnxruntime_static_shape_backend_is_tiled_to_its_max_shape(set5_dir, mo
     source = tmp_path / "in.png"
     rgb = _rgb(set5_dir / "butterfly.png")  # 24 x 32: larger than 16 x 16 both ways
     write_image(source, rgb)
-    result = run(str(source), "-o", str(tmp_path / "ort.png"), "--model", str(onnx_path),
-                 "--backend", "onnxruntime", "--tile-overlap", "4")
+    result = run(
+        str(source),
+        "-o",
+        str(tmp_path / "ort.png"),
+        "--model",
+        str(onnx_path),
+        "--backend",
+        "onnxruntime",
+        "--tile-overlap",
+        "4",
+    )
     assert result.exit_code == 0, result.output
     x = rgb.transpose(2, 0, 1)[None].astype(np.float32) / 255
     expected = np.rint(np.clip(cpu_backend(model)(x)[0], 0, 1) * 255).astype(np.uint8).transpose(1, 2, 0)
@@ -212,8 +242,15 @@ def test_a_file_name_as_output_for_several_inputs_is_refused(set5_dir, model, tm
 def test_outscale_is_validated_before_the_model_runs(set5_dir, tmp_path, value):
     write_image(tmp_path / "a.png", _rgb(set5_dir / "bird.png"))
     # A model path that does not exist: the option must be refused before any model is looked at.
-    result = run(str(tmp_path / "a.png"), "-o", str(tmp_path / "b.png"), "--model", str(tmp_path / "none.pt"),
-                 "--outscale", value)
+    result = run(
+        str(tmp_path / "a.png"),
+        "-o",
+        str(tmp_path / "b.png"),
+        "--model",
+        str(tmp_path / "none.pt"),
+        "--outscale",
+        value,
+    )
     assert result.exit_code == 2, result.output
     assert "--outscale must be a number > 0 and <= 64" in result.stderr and "Traceback" not in result.output
     assert "OverflowError" not in result.output and not (tmp_path / "b.png").exists()
@@ -225,8 +262,9 @@ def test_animated_webp_is_refused_in_one_line(set5_dir, model, tmp_path):
     frames = [Image.fromarray(_rgb(set5_dir / name)) for name in ("bird.png", "head.png", "baby.png")]
     frames[0].save(tmp_path / "anim.webp", save_all=True, append_images=frames[1:], duration=100, loop=0)
     frames[0].save(tmp_path / "still.webp")
-    result = run(str(tmp_path / "anim.webp"), str(tmp_path / "still.webp"), "-o", str(tmp_path / "out"),
-                 "--model", str(model))
+    result = run(
+        str(tmp_path / "anim.webp"), str(tmp_path / "still.webp"), "-o", str(tmp_path / "out"), "--model", str(model)
+    )
     assert result.exit_code == 2, result.output
     errors = _error_lines(result)
     assert len(errors) == 1 and "anim.webp: animated WebP (3 frames)" in errors[0]
@@ -250,10 +288,26 @@ def test_tiles_are_quantized_into_the_output_as_they_finish(set5_dir, model, tmp
     write_image(tmp_path / "a.png", rgb)
     write_image(tmp_path / "g.png", np.ascontiguousarray(rgb[:, :, 1]))
     for name in ("a", "g"):
-        whole = run(str(tmp_path / f"{name}.png"), "-o", str(tmp_path / f"{name}_whole.png"), "--model", str(model),
-                    "--tile", "0")
-        tiled = run(str(tmp_path / f"{name}.png"), "-o", str(tmp_path / f"{name}_tiled.png"), "--model", str(model),
-                    "--tile", "10", "--tile-overlap", "8")
+        whole = run(
+            str(tmp_path / f"{name}.png"),
+            "-o",
+            str(tmp_path / f"{name}_whole.png"),
+            "--model",
+            str(model),
+            "--tile",
+            "0",
+        )
+        tiled = run(
+            str(tmp_path / f"{name}.png"),
+            "-o",
+            str(tmp_path / f"{name}_tiled.png"),
+            "--model",
+            str(model),
+            "--tile",
+            "10",
+            "--tile-overlap",
+            "8",
+        )
         assert whole.exit_code == tiled.exit_code == 0
         a, b = read_image(tmp_path / f"{name}_whole.png"), read_image(tmp_path / f"{name}_tiled.png")
         assert a.shape == b.shape and np.abs(a.astype(int) - b.astype(int)).max() <= 1
@@ -268,6 +322,7 @@ def test_image_memory_follows_the_8bit_output_not_a_float32_copy(shared_data, tm
     import tracemalloc
 
     from _upscale_support import NearestBackend
+
     from sr_deploy.upscale import UpscaleOptions, upscale_image_file
 
     photo = cv2.resize(cv2.imread(str(min((shared_data / "train" / "Sun_Hays80").glob("*.jpg")))), (1000, 750))

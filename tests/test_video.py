@@ -55,41 +55,125 @@ def clips(video_dir, tmp_path_factory):
         "car": make_clip(video_dir / "car_traffic_small.mp4", folder / "car.mp4", 1, size=(96, 54), audio=False),
     }
     # The whole of mov_bbb (250 frames, 10 s of AAC audio), for the damage rows.
-    ffmpeg("-i", str(bbb), "-vf", SMALL, "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "copy",
-           str(folder / "full.mp4"))
+    ffmpeg(
+        "-i",
+        str(bbb),
+        "-vf",
+        SMALL,
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-c:a",
+        "copy",
+        str(folder / "full.mp4"),
+    )
     made["full"] = folder / "full.mp4"
     # Timestamps say 25 fps, the AVI header says 50.
-    ffmpeg("-i", str(bbb), "-t", "4", "-vf", SMALL, "-c:v", "libx264", "-preset", "ultrafast",
-           "-fps_mode", "passthrough", "-enc_time_base", "1/50", "-c:a", "copy", str(folder / "q.avi"))
+    ffmpeg(
+        "-i",
+        str(bbb),
+        "-t",
+        "4",
+        "-vf",
+        SMALL,
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-fps_mode",
+        "passthrough",
+        "-enc_time_base",
+        "1/50",
+        "-c:a",
+        "copy",
+        str(folder / "q.avi"),
+    )
     made["avi"] = folder / "q.avi"
     # Variable frame rate: every frame in the first second, then every fifth.
-    ffmpeg("-i", str(bbb), "-t", "4", "-vf", f"{SMALL},select='lt(t\\,1)+not(mod(n\\,5))',setpts=PTS",
-           "-fps_mode", "vfr", "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", str(folder / "vfr.mp4"))
+    ffmpeg(
+        "-i",
+        str(bbb),
+        "-t",
+        "4",
+        "-vf",
+        f"{SMALL},select='lt(t\\,1)+not(mod(n\\,5))',setpts=PTS",
+        "-fps_mode",
+        "vfr",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-c:a",
+        "aac",
+        str(folder / "vfr.mp4"),
+    )
     made["vfr"] = folder / "vfr.mp4"
     # Anamorphic (SAR 4:3), tagged BT.709 limited range.
-    ffmpeg("-i", str(bbb), "-t", "1", "-vf", "scale=72:54,setsar=4/3,setparams=color_primaries=bt709:"
-           "color_trc=bt709:colorspace=bt709:range=tv", "-c:v", "libx264", "-preset", "ultrafast",
-           "-c:a", "aac", str(folder / "sar.mp4"))
+    ffmpeg(
+        "-i",
+        str(bbb),
+        "-t",
+        "1",
+        "-vf",
+        "scale=72:54,setsar=4/3,setparams=color_primaries=bt709:color_trc=bt709:colorspace=bt709:range=tv",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-c:a",
+        "aac",
+        str(folder / "sar.mp4"),
+    )
     made["sar"] = folder / "sar.mp4"
     # Shown rotated by 90 degrees (phone video).
     ffmpeg("-display_rotation", "90", "-i", str(made["sar"]), "-c", "copy", str(folder / "rot.mp4"))
     made["rot"] = folder / "rot.mp4"
     # 10-bit.
-    ffmpeg("-i", str(bbb), "-t", "1", "-vf", SMALL, "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt",
-           "yuv420p10le", "-an", str(folder / "deep.mp4"))
+    ffmpeg(
+        "-i",
+        str(bbb),
+        "-t",
+        "1",
+        "-vf",
+        SMALL,
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-pix_fmt",
+        "yuv420p10le",
+        "-an",
+        str(folder / "deep.mp4"),
+    )
     made["deep"] = folder / "deep.mp4"
     # 3,000 random bytes at a third of the file.
     data = bytearray(made["full"].read_bytes())
     rng = random.Random(1)
     at = len(data) // 3
-    data[at:at + 3000] = bytes(rng.randrange(256) for _ in range(3000))
+    data[at : at + 3000] = bytes(rng.randrange(256) for _ in range(3000))
     (folder / "corrupt.mp4").write_bytes(bytes(data))
     made["corrupt"] = folder / "corrupt.mp4"
     # A faststart 2 s clip cut to half its bytes.
-    ffmpeg("-i", str(bbb), "-t", "2", "-vf", SMALL, "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac",
-           "-movflags", "+faststart", str(folder / "fs.mp4"))
+    ffmpeg(
+        "-i",
+        str(bbb),
+        "-t",
+        "2",
+        "-vf",
+        SMALL,
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-c:a",
+        "aac",
+        "-movflags",
+        "+faststart",
+        str(folder / "fs.mp4"),
+    )
     whole = (folder / "fs.mp4").read_bytes()
-    (folder / "truncated.mp4").write_bytes(whole[:len(whole) // 2])
+    (folder / "truncated.mp4").write_bytes(whole[: len(whole) // 2])
     made["truncated"] = folder / "truncated.mp4"
     return made
 
@@ -104,8 +188,25 @@ def _leftovers(folder: Path) -> list[str]:
 
 
 def _cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sr_deploy", "upscale", *args, "--device", "cpu", "--no-progress",
-                           "--preset", "ultrafast"], check=False, cwd=ROOT, capture_output=True, text=True, **kwargs)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sr_deploy",
+            "upscale",
+            *args,
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--preset",
+            "ultrafast",
+        ],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        **kwargs,
+    )
 
 
 def _errors(stderr: str) -> list[str]:
@@ -190,8 +291,9 @@ def test_sample_aspect_ratio_colour_and_rotation_are_carried(clips, tmp_path):
     assert [video_stream_facts(clips["sar"])[k] for k in colour] == [1, 1, 1, 1]  # BT.709, limited range
     assert [facts[k] for k in colour] == [1, 1, 1, 1]
     # --outscale rounds the sides differently: the display aspect is kept through the SAR
-    upscale_video(NearestBackend(4), clips["sar"], tmp_path / "odd.mp4", outscale=1.3, preset="ultrafast",
-                  progress=False)
+    upscale_video(
+        NearestBackend(4), clips["sar"], tmp_path / "odd.mp4", outscale=1.3, preset="ultrafast", progress=False
+    )
     odd = video_stream_facts(tmp_path / "odd.mp4")
     width, height = odd["size"]
     assert float(width * odd["sar"] / height) == pytest.approx(72 * 4 / 3 / 54, rel=1e-3)
@@ -200,8 +302,24 @@ def test_sample_aspect_ratio_colour_and_rotation_are_carried(clips, tmp_path):
     upscale_video(NearestBackend(2), clips["rot"], rotated, preset="ultrafast", progress=False)
     facts = video_stream_facts(rotated)
     assert facts["size"] == (108, 144) and facts["sar"] == Fraction(3, 4) and not facts["rotation"]
-    upright = subprocess.run([ffmpeg_path(), "-v", "error", "-i", str(clips["rot"]), "-frames:v", "1", "-f",
-                              "rawvideo", "-pix_fmt", "rgb24", "-"], capture_output=True, check=True).stdout
+    upright = subprocess.run(
+        [
+            ffmpeg_path(),
+            "-v",
+            "error",
+            "-i",
+            str(clips["rot"]),
+            "-frames:v",
+            "1",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-",
+        ],
+        capture_output=True,
+        check=True,
+    ).stdout
     upright = np.frombuffer(upright, np.uint8).reshape(72, 54, 3).astype(int)  # ffmpeg autorotates
     import av
 
@@ -219,8 +337,9 @@ def ffmpeg_path() -> str:
 def test_ten_bit_input_gives_ten_bit_output_and_pix_fmt_is_honoured(clips, tmp_path):
     upscale_video(NearestBackend(2), clips["deep"], tmp_path / "deep.mp4", preset="ultrafast", progress=False)
     assert video_stream_facts(tmp_path / "deep.mp4")["pix_fmt"] == "yuv420p10le"
-    upscale_video(NearestBackend(2), clips["bbb"], tmp_path / "b444.mkv", pix_fmt="yuv444p", preset="ultrafast",
-                  progress=False)
+    upscale_video(
+        NearestBackend(2), clips["bbb"], tmp_path / "b444.mkv", pix_fmt="yuv444p", preset="ultrafast", progress=False
+    )
     assert video_stream_facts(tmp_path / "b444.mkv")["pix_fmt"] == "yuv444p"
     with pytest.raises(InputError, match="--pix-fmt rgb565"):
         upscale_video(NearestBackend(2), clips["bbb"], tmp_path / "x.mp4", pix_fmt="rgb565", progress=False)
@@ -249,13 +368,17 @@ def test_corrupt_bytes_are_an_error_naming_time_and_frame(clips, tiny_vgg, tmp_p
 def test_truncated_file_is_an_error_and_partial_on_request(clips, tmp_path):
     """Before: 21 of 50 frames, exit 0, no warning."""
     target = tmp_path / "t.mp4"
-    with pytest.raises(VideoDamaged, match=r"truncated.mp4: damaged video: decoding stopped after 0:00:00\.\d+ "
-                                           r"\(frame \d+\) of 0:00:02.000"):
+    with pytest.raises(
+        VideoDamaged,
+        match=r"truncated.mp4: damaged video: decoding stopped after 0:00:00\.\d+ "
+        r"\(frame \d+\) of 0:00:02.000",
+    ):
         upscale_video(NearestBackend(2), clips["truncated"], target, progress=False)
     assert not target.exists() and _leftovers(tmp_path) == []
     messages: list[str] = []
-    result = upscale_video(NearestBackend(2), clips["truncated"], target, progress=False, allow_partial=True,
-                           log=messages.append)
+    result = upscale_video(
+        NearestBackend(2), clips["truncated"], target, progress=False, allow_partial=True, log=messages.append
+    )
     assert result.partial and result.path == partial_output_path(target) and not target.exists()
     assert result.frames == len(frame_times(result.path)) < 50
     assert any("damaged video" in m for m in messages)
@@ -278,17 +401,42 @@ class _Interrupt(NearestBackend):
 def test_damage_before_the_resume_point_still_labels_the_result_partial(clips, tmp_path):
     target = tmp_path / "c.mp4"
     with pytest.raises(KeyboardInterrupt):  # damage at ~2.2 s, interrupted at ~6 s
-        upscale_video(_Interrupt(38), clips["corrupt"], target, allow_partial=True, segment_seconds=1,
-                      preset="ultrafast", progress=False, log=lambda _m: None)
+        upscale_video(
+            _Interrupt(38),
+            clips["corrupt"],
+            target,
+            allow_partial=True,
+            segment_seconds=1,
+            preset="ultrafast",
+            progress=False,
+            log=lambda _m: None,
+        )
     assert segments_dir(target).is_dir() and not target.exists()
     with pytest.raises(VideoDamaged, match="damaged video: decoding stopped after 0:00:02"):
-        upscale_video(NearestBackend(2), clips["corrupt"], target, segment_seconds=1, preset="ultrafast",
-                      progress=False)  # without --allow-partial, the recorded damage is an error
+        upscale_video(
+            NearestBackend(2), clips["corrupt"], target, segment_seconds=1, preset="ultrafast", progress=False
+        )  # without --allow-partial, the recorded damage is an error
     with pytest.raises(KeyboardInterrupt):
-        upscale_video(_Interrupt(38), clips["corrupt"], target, allow_partial=True, segment_seconds=1,
-                      preset="ultrafast", progress=False, log=lambda _m: None)
-    result = upscale_video(NearestBackend(2), clips["corrupt"], target, allow_partial=True, segment_seconds=1,
-                           preset="ultrafast", progress=False, log=lambda _m: None)
+        upscale_video(
+            _Interrupt(38),
+            clips["corrupt"],
+            target,
+            allow_partial=True,
+            segment_seconds=1,
+            preset="ultrafast",
+            progress=False,
+            log=lambda _m: None,
+        )
+    result = upscale_video(
+        NearestBackend(2),
+        clips["corrupt"],
+        target,
+        allow_partial=True,
+        segment_seconds=1,
+        preset="ultrafast",
+        progress=False,
+        log=lambda _m: None,
+    )
     assert result.resumed_from > 100 and result.partial and result.path == partial_output_path(target)
     assert not target.exists() and len(frame_times(result.path)) == result.frames >= 240
 
@@ -306,11 +454,25 @@ def test_webm_output_reencodes_aac_to_opus(clips, tmp_path):
 
 
 def test_subtitles_are_copied_where_the_container_takes_them_else_dropped_with_a_warning(clips, tmp_path):
-    (tmp_path / "subs.srt").write_text("1\n00:00:00,000 --> 00:00:01,000\nHello\n\n2\n00:00:01,000 --> "
-                                       "00:00:02,000\nWorld\n")
+    (tmp_path / "subs.srt").write_text(
+        "1\n00:00:00,000 --> 00:00:01,000\nHello\n\n2\n00:00:01,000 --> 00:00:02,000\nWorld\n"
+    )
     source = tmp_path / "subbed.mkv"
-    ffmpeg("-i", str(clips["bbb"]), "-i", str(tmp_path / "subs.srt"), "-map", "0", "-map", "1", "-c", "copy",
-           "-c:s", "srt", str(source))
+    ffmpeg(
+        "-i",
+        str(clips["bbb"]),
+        "-i",
+        str(tmp_path / "subs.srt"),
+        "-map",
+        "0",
+        "-map",
+        "1",
+        "-c",
+        "copy",
+        "-c:s",
+        "srt",
+        str(source),
+    )
     import av
 
     upscale_video(NearestBackend(2), source, tmp_path / "out.mkv", progress=False)
@@ -329,6 +491,7 @@ def _limit_file_size(limit: int):
     def apply() -> None:  # in the child: writes past `limit` fail with EFBIG, as on a full disk
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
     return apply
 
 
@@ -337,11 +500,21 @@ def test_a_write_error_in_the_mux_is_a_failure_and_the_rerun_resumes(clips, tiny
     file under the final name, exit 0, and the re-run skipped it. Here every file written may
     be at most 60 % of the finished output's size: the segments fit, the final mux does not."""
     reference = tmp_path / "ref" / "full.mp4"
-    assert _cli(str(clips["full"]), "-o", str(reference), "--model", str(tiny_vgg),
-                "--segment-seconds", "1").returncode == 0
+    assert (
+        _cli(str(clips["full"]), "-o", str(reference), "--model", str(tiny_vgg), "--segment-seconds", "1").returncode
+        == 0
+    )
     target = tmp_path / "out" / "full.mp4"
-    result = _cli(str(clips["full"]), "-o", str(target), "--model", str(tiny_vgg), "--segment-seconds", "1",
-                  preexec_fn=_limit_file_size(int(reference.stat().st_size * 0.6)))
+    result = _cli(
+        str(clips["full"]),
+        "-o",
+        str(target),
+        "--model",
+        str(tiny_vgg),
+        "--segment-seconds",
+        "1",
+        preexec_fn=_limit_file_size(int(reference.stat().st_size * 0.6)),
+    )
     assert result.returncode == 1, result.stderr
     errors = _errors(result.stderr)
     assert len(errors) == 1 and "full.mp4: writing the output failed" in errors[0] and "File too large" in errors[0]
@@ -363,9 +536,11 @@ def test_nan_model_fails_the_video(clips, tmp_path):
 
 
 def test_unknown_codec_hwaccel_or_container_mismatch_is_refused_in_one_line(clips, tmp_path):
-    for args, message in [(["--codec", "no-such-encoder"], "--codec no-such-encoder: no such encoder"),
-                          (["--hwaccel", "no-such-device"], "--hwaccel no-such-device: not in this FFmpeg build"),
-                          (["--codec", "libx264", "-o", str(tmp_path / "x.webm")], "does not take h264 video")]:
+    for args, message in [
+        (["--codec", "no-such-encoder"], "--codec no-such-encoder: no such encoder"),
+        (["--hwaccel", "no-such-device"], "--hwaccel no-such-device: not in this FFmpeg build"),
+        (["--codec", "libx264", "-o", str(tmp_path / "x.webm")], "does not take h264 video"),
+    ]:
         output = ["-o", str(tmp_path / "x.mp4")] if "-o" not in args else []
         result = _cli(str(clips["bbb"]), *output, *args, "--model", "default")
         assert result.returncode == 2, result.stderr
@@ -385,8 +560,14 @@ def test_unreadable_video_is_an_input_error(tmp_path):
 def test_frame_count_is_decoded_not_taken_from_header(video_dir, tmp_path):
     """car_traffic_small.mp4's header says 922 frames; 917 decode. Identity 'model' for speed."""
     target = tmp_path / "car_full.mp4"
-    result = upscale_video(NearestBackend(1), video_dir / "car_traffic_small.mp4", target, batch_size=16,
-                           preset="ultrafast", progress=False)
+    result = upscale_video(
+        NearestBackend(1),
+        video_dir / "car_traffic_small.mp4",
+        target,
+        batch_size=16,
+        preset="ultrafast",
+        progress=False,
+    )
     assert result.frames == 917
     assert decoded_video(target)[0] == 917
     _assert_same_times(video_dir / "car_traffic_small.mp4", target)
@@ -396,16 +577,48 @@ def test_killed_mid_file_the_rerun_resumes_and_every_frame_is_there_once(video_d
     """A 300-frame clip with audio, killed (SIGKILL) once 150 frames are committed: the re-run
     infers only the rest, and the result has every input frame once, at its time, and the audio."""
     clip = tmp_path / "long.mp4"
-    ffmpeg("-stream_loop", "1", "-i", str(video_dir / "mov_bbb.mp4"), "-t", "12", "-vf", SMALL,
-           "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", str(clip))
+    ffmpeg(
+        "-stream_loop",
+        "1",
+        "-i",
+        str(video_dir / "mov_bbb.mp4"),
+        "-t",
+        "12",
+        "-vf",
+        SMALL,
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-c:a",
+        "aac",
+        str(clip),
+    )
     assert len(frame_times(clip)) == 300
     args = ["--model", str(tiny_vgg), "--segment-seconds", "1", "--batch-size", "1"]
 
     target = tmp_path / "resumed.mp4"
     manifest = segments_dir(target) / "manifest.json"
-    process = subprocess.Popen([sys.executable, "-m", "sr_deploy", "upscale", str(clip), "-o", str(target), *args,
-                                "--device", "cpu", "--no-progress", "--preset", "ultrafast"],
-                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sr_deploy",
+            "upscale",
+            str(clip),
+            "-o",
+            str(target),
+            *args,
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--preset",
+            "ultrafast",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 120
     committed = 0
     while committed < 150:
@@ -437,9 +650,26 @@ def test_killed_video_job_leaves_no_final_output(video_dir, tiny_vgg, tmp_path, 
     segment being written and keeps the finished ones for the re-run."""
     target = tmp_path / "killed.mp4"
     process = subprocess.Popen(
-        [sys.executable, "-m", "sr_deploy", "upscale", str(video_dir / "mov_bbb.mp4"), "-o", str(target),
-         "--model", str(tiny_vgg), "--device", "cpu", "--preset", "ultrafast", "--no-progress"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        [
+            sys.executable,
+            "-m",
+            "sr_deploy",
+            "upscale",
+            str(video_dir / "mov_bbb.mp4"),
+            "-o",
+            str(target),
+            "--model",
+            str(tiny_vgg),
+            "--device",
+            "cpu",
+            "--preset",
+            "ultrafast",
+            "--no-progress",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 120
     while not list(segments_dir(target).glob("*.partial")):  # the encoder has started writing
         assert process.poll() is None, process.stderr.read().decode()

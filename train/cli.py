@@ -24,27 +24,50 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("recipe", choices=cfg.RECIPES, help="the recipe (its YAML in train/configs/ gives every setting)")
     p.add_argument("--data", required=True, help="folder of HR training images")
-    p.add_argument("--val", default=None, help="folder of HR validation images (e.g. Set5); LR is made by MATLAB bicubic")
+    p.add_argument(
+        "--val", default=None, help="folder of HR validation images (e.g. Set5); LR is made by MATLAB bicubic"
+    )
     p.add_argument("--out", required=True, help="run directory: checkpoints, logs, val.csv, val.png")
     p.add_argument("--config", default=None, help="a YAML config file instead of the recipe's own")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a setting, e.g. --set model.num_blocks=8 --set train.ema_decay=0.999 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting, e.g. --set model.num_blocks=8 --set train.ema_decay=0.999 (repeatable)",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its state_latest.pt")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     p.add_argument("--iters", type=int, default=None, help="total iterations (train.iterations)")
     p.add_argument("--degradation", choices=("bicubic", "gaussian"), default=None, help="data.degradation")
     p.add_argument("--max-images", type=int, default=None, help="cache only the first N training images")
     p.add_argument("--workers", type=int, default=None, help="DataLoader worker processes (data.workers)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: cores - 1, leaving one to the data worker)")
-    p.add_argument("--perceptual-weights", "--vgg-weights", dest="perceptual_weights", default=None,
-                   help="ImageNet weights of the perceptual loss's network and of LPIPS: a file (lpips_vgg16_imagenet.npz, "
-                        "torchvision's vgg16-397923af.pth / vgg19-dcbb9e9d.pth) or a folder holding them (default: "
-                        "$SR_DEPLOY_PERCEPTUAL_WEIGHTS, then $TORCH_HOME/hub/checkpoints/)")
-    p.add_argument("--allow-unknown-weights", action="store_true",
-                   help="accept perceptual weights that are not a known ImageNet file (tests with random weights only)")
-    p.add_argument("--from-scratch", action="store_true",
-                   help="let a GAN recipe start from a random generator instead of a trained PSNR checkpoint (init)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: cores - 1, leaving one to the data worker)",
+    )
+    p.add_argument(
+        "--perceptual-weights",
+        "--vgg-weights",
+        dest="perceptual_weights",
+        default=None,
+        help="ImageNet weights of the perceptual loss's network and of LPIPS: a file (lpips_vgg16_imagenet.npz, "
+        "torchvision's vgg16-397923af.pth / vgg19-dcbb9e9d.pth) or a folder holding them (default: "
+        "$SR_DEPLOY_PERCEPTUAL_WEIGHTS, then $TORCH_HOME/hub/checkpoints/)",
+    )
+    p.add_argument(
+        "--allow-unknown-weights",
+        action="store_true",
+        help="accept perceptual weights that are not a known ImageNet file (tests with random weights only)",
+    )
+    p.add_argument(
+        "--from-scratch",
+        action="store_true",
+        help="let a GAN recipe start from a random generator instead of a trained PSNR checkpoint (init)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
@@ -84,9 +107,16 @@ def main(argv: list[str] | None = None) -> int:
         from .trainer import train
 
         result = train(
-            config, args.data, args.val, args.out, device=args.device, resume=args.resume,
-            perceptual_weights=args.perceptual_weights, allow_unknown_weights=args.allow_unknown_weights,
-            from_scratch=args.from_scratch, progress=not args.no_progress,
+            config,
+            args.data,
+            args.val,
+            args.out,
+            device=args.device,
+            resume=args.resume,
+            perceptual_weights=args.perceptual_weights,
+            allow_unknown_weights=args.allow_unknown_weights,
+            from_scratch=args.from_scratch,
+            progress=not args.no_progress,
         )
     except SRDeployError as exc:
         if args.debug:

@@ -72,7 +72,11 @@ def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, A
         node: Any = out
         for depth, part in enumerate(parts[:-1]):
             if not isinstance(node, dict) or part not in node or not isinstance(node[part], dict):
-                known = ", ".join(sorted(k for k, v in node.items() if isinstance(v, dict))) if isinstance(node, dict) else ""
+                known = (
+                    ", ".join(sorted(k for k, v in node.items() if isinstance(v, dict)))
+                    if isinstance(node, dict)
+                    else ""
+                )
                 where = ".".join(parts[: depth + 1])
                 raise InputError(f"--set {item}: no config section {where!r} (sections: {known})")
             node = node[part]

@@ -50,7 +50,10 @@ def read_rgb(path: Path) -> np.ndarray:
 
 
 def load_image_cache(
-    folder: str | Path, min_size: int = 0, max_images: int | None = None, what: str = "data",
+    folder: str | Path,
+    min_size: int = 0,
+    max_images: int | None = None,
+    what: str = "data",
     progress: bool = True,
 ) -> tuple[list[Path], list[np.ndarray]]:
     """Decode the images of `folder` once (RGB uint8 HWC). Raises InputError before decoding
@@ -59,8 +62,9 @@ def load_image_cache(
     files = list_images(folder, what)
     if max_images is not None:
         files = files[: int(max_images)]
-    images = [read_rgb(p) for p in tqdm(files, desc=f"decoding {what} images", unit="img", leave=False,
-                                 disable=not progress)]
+    images = [
+        read_rgb(p) for p in tqdm(files, desc=f"decoding {what} images", unit="img", leave=False, disable=not progress)
+    ]
     small = [(p, im.shape) for p, im in zip(files, images) if min(im.shape[:2]) < min_size]
     if small:
         path, shape = small[0]
@@ -91,8 +95,9 @@ def degrade(
             return bicubic_degrade(hr, scale, quantize=True)[1]
         lr = imresize(to_float(hr), scale=1.0 / scale)
     elif kind == "gaussian":
-        blurred = cv2.GaussianBlur(to_float(hr), (0, 0), sigmaX=blur_sigma, sigmaY=blur_sigma,
-                                   borderType=cv2.BORDER_REFLECT_101)
+        blurred = cv2.GaussianBlur(
+            to_float(hr), (0, 0), sigmaX=blur_sigma, sigmaY=blur_sigma, borderType=cv2.BORDER_REFLECT_101
+        )
         lr = blurred[::scale, ::scale]
         if quantize:
             return to_uint8(lr).astype(np.float32) * np.float32(1.0 / 255.0)
@@ -218,7 +223,8 @@ def load_validation_set(
 ) -> ValidationSet:
     """The validation folder with LR made once by MATLAB bicubic (quantised to 8 bits), as the
     benchmark LR images are."""
-    files, images = load_image_cache(folder, min_size=scale, max_images=max_images, what="validation",
-                                     progress=progress)
+    files, images = load_image_cache(
+        folder, min_size=scale, max_images=max_images, what="validation", progress=progress
+    )
     pairs = [bicubic_degrade(im, scale, quantize=True) for im in images]
     return ValidationSet([p.name for p in files], [hr for hr, _ in pairs], [lr for _, lr in pairs])

@@ -29,8 +29,16 @@ class SRGANDiscriminator(nn.Module):
         if input_size % 16:
             raise InputError(f"SRGAN discriminator: crop size {input_size} is not a multiple of 16")
         f = num_features
-        widths = [(3, f, 1), (f, f, 2), (f, 2 * f, 1), (2 * f, 2 * f, 2),
-                  (2 * f, 4 * f, 1), (4 * f, 4 * f, 2), (4 * f, 8 * f, 1), (8 * f, 8 * f, 2)]
+        widths = [
+            (3, f, 1),
+            (f, f, 2),
+            (f, 2 * f, 1),
+            (2 * f, 2 * f, 2),
+            (2 * f, 4 * f, 1),
+            (4 * f, 4 * f, 2),
+            (4 * f, 8 * f, 1),
+            (8 * f, 8 * f, 2),
+        ]
         layers: list[nn.Module] = []
         for i, (cin, cout, stride) in enumerate(widths):
             layers += _conv_bn_lrelu(cin, cout, 3, stride, bn=i > 0)

@@ -18,22 +18,46 @@ from pathlib import Path
 from sr_deploy.evaluation import parse_metrics, run_eval
 from sr_deploy.models import load_checkpoint, save_checkpoint
 
-KEEP = ("recipe", "iterations", "data", "num_train_images", "crop_size", "batch_size", "degradation",
-        "ema_decay", "wall_time_s", "hardware", "init", "feature_network")
+KEEP = (
+    "recipe",
+    "iterations",
+    "data",
+    "num_train_images",
+    "crop_size",
+    "batch_size",
+    "degradation",
+    "ema_decay",
+    "wall_time_s",
+    "hardware",
+    "init",
+    "feature_network",
+)
 
 
-def package(source: Path, output: Path, eval_dirs: list[Path], extra: dict[str, object],
-            metrics: tuple[str, ...] = ("psnr", "ssim")) -> dict:
+def package(
+    source: Path,
+    output: Path,
+    eval_dirs: list[Path],
+    extra: dict[str, object],
+    metrics: tuple[str, ...] = ("psnr", "ssim"),
+) -> dict:
     ckpt = load_checkpoint(source)
     meta = {k: ckpt.metadata[k] for k in KEEP if k in ckpt.metadata}
     meta.update(extra)
     meta["source_checkpoint_sha256"] = ckpt.sha256
     save_checkpoint(output, ckpt.model, ckpt.config, meta, half=True)
     if eval_dirs:
-        _, results = run_eval(str(output), eval_dirs, ckpt.scale, backend="torch", device="cpu", precision="fp32",
-                              metrics=metrics)
-        meta["eval_x4_y"] = {r.name: {"psnr": round(r.mean_psnr, 3), "ssim": round(r.mean_ssim, 4),
-                                      **{m: round(v, 4) for m, v in r.mean_lpips.items()}} for r in results}
+        _, results = run_eval(
+            str(output), eval_dirs, ckpt.scale, backend="torch", device="cpu", precision="fp32", metrics=metrics
+        )
+        meta["eval_x4_y"] = {
+            r.name: {
+                "psnr": round(r.mean_psnr, 3),
+                "ssim": round(r.mean_ssim, 4),
+                **{m: round(v, 4) for m, v in r.mean_lpips.items()},
+            }
+            for r in results
+        }
         save_checkpoint(output, load_checkpoint(output).model, ckpt.config, meta, half=True)
     return meta
 
@@ -44,8 +68,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("-o", "--output", type=Path, required=True)
     ap.add_argument("--eval", dest="eval_dirs", type=Path, action="append", default=[])
     ap.add_argument("--metrics", default="psnr,ssim", help="scores stored in the metadata, e.g. psnr,ssim,lpips")
-    ap.add_argument("--note", action="append", default=[], metavar="KEY=VALUE",
-                    help="extra metadata, e.g. training_history='650 it bootstrap, then ...'")
+    ap.add_argument(
+        "--note",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra metadata, e.g. training_history='650 it bootstrap, then ...'",
+    )
     args = ap.parse_args(argv)
     extra = dict(item.split("=", 1) for item in args.note)
     meta = package(args.checkpoint, args.output, args.eval_dirs, extra, parse_metrics(args.metrics))

@@ -117,7 +117,9 @@ def make_scheduler(optimizer: torch.optim.Optimizer, train_cfg: dict[str, Any], 
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _it: 1.0)
     if kind == "multistep":
         return torch.optim.lr_scheduler.MultiStepLR(
-            optimizer, _resolve_milestones(train_cfg.get("milestones") or [], iterations), gamma=float(train_cfg["gamma"])
+            optimizer,
+            _resolve_milestones(train_cfg.get("milestones") or [], iterations),
+            gamma=float(train_cfg["gamma"]),
         )
     if kind == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(
@@ -157,7 +159,9 @@ class Trainer:
         if resume and not state_path.is_file():
             raise InputError(f"{state_path}: no training state to resume from")
         if not resume and state_path.is_file():
-            raise InputError(f"{self.run_dir}: already holds a run (state_latest.pt); pass --resume or choose another --out")
+            raise InputError(
+                f"{self.run_dir}: already holds a run (state_latest.pt); pass --resume or choose another --out"
+            )
 
         c = config
         self.recipe = str(c.get("recipe", "custom"))
@@ -193,8 +197,10 @@ class Trainer:
         init_model = None
         gan = bool((c.get("losses") or {}).get("adversarial"))
         if gan and not init and not resume and not from_scratch:
-            raise InputError(f"{self.recipe}: a GAN recipe starts from a trained PSNR-oriented generator; set "
-                             "--set init=PATH (or init=default), or pass --from-scratch to start from random weights")
+            raise InputError(
+                f"{self.recipe}: a GAN recipe starts from a trained PSNR-oriented generator; set "
+                "--set init=PATH (or init=default), or pass --from-scratch to start from random weights"
+            )
         if init and not resume:
             loaded = load_checkpoint(init)
             c["model"] = {"arch": loaded.arch, **loaded.config}
@@ -222,8 +228,12 @@ class Trainer:
         if self.percep_cfg:
             p = self.percep_cfg
             self.perceptual = PerceptualLoss(
-                perceptual_layers(p), network=str(p.get("network", "vgg19")), criterion=p.get("criterion", "mse"),
-                rescale=float(p.get("rescale", 1.0)), weights=perceptual_weights, allow_unknown=allow_unknown_weights,
+                perceptual_layers(p),
+                network=str(p.get("network", "vgg19")),
+                criterion=p.get("criterion", "mse"),
+                rescale=float(p.get("rescale", 1.0)),
+                weights=perceptual_weights,
+                allow_unknown=allow_unknown_weights,
             ).to(self.device)
             self.feature_network = self.perceptual.source
         # GAN runs are judged (and their best checkpoint chosen) by LPIPS-Alex on the validation set.
@@ -249,17 +259,26 @@ class Trainer:
         validation set and the random-patch dataset."""
         c, data_cfg = self.config, self.config["data"]
         self.train_files, self.train_images = load_image_cache(
-            self.data_dir, min_size=self.crop_size, max_images=data_cfg.get("max_images"), what="data",
+            self.data_dir,
+            min_size=self.crop_size,
+            max_images=data_cfg.get("max_images"),
+            what="data",
             progress=self.progress,
         )
         self.valset = None
         if self.val_dir is not None:
             self.valset = load_validation_set(self.val_dir, self.scale, c["val"].get("max_images"), self.progress)
         self.dataset = RandomPatches(
-            self.train_images, self.crop_size,
-            DegradationSpec(self.scale, data_cfg["degradation"], float(data_cfg.get("blur_sigma", 1.5)),
-                            bool(data_cfg.get("quantize_lr", True))),
-            bool(data_cfg.get("augment", True)), self.seed,
+            self.train_images,
+            self.crop_size,
+            DegradationSpec(
+                self.scale,
+                data_cfg["degradation"],
+                float(data_cfg.get("blur_sigma", 1.5)),
+                bool(data_cfg.get("quantize_lr", True)),
+            ),
+            bool(data_cfg.get("augment", True)),
+            self.seed,
         )
         if data_cfg["degradation"] not in ("bicubic", "gaussian"):
             raise InputError(f"data.degradation {data_cfg['degradation']!r}: expected bicubic or gaussian")
@@ -269,21 +288,26 @@ class Trainer:
         train_cfg, disc_cfg = self.config["train"], self.config.get("discriminator")
         self.generator.to(self.device).train()
         self.opt_g = torch.optim.Adam(
-            self.generator.parameters(), lr=float(train_cfg["lr"]), betas=tuple(train_cfg["betas"]),
+            self.generator.parameters(),
+            lr=float(train_cfg["lr"]),
+            betas=tuple(train_cfg["betas"]),
             weight_decay=float(train_cfg.get("weight_decay") or 0.0),
         )
         self.sched_g = make_scheduler(self.opt_g, train_cfg, self.iterations)
         self.opt_d = self.sched_d = None
         if self.discriminator is not None:
             self.opt_d = torch.optim.Adam(
-                self.discriminator.parameters(), lr=float(disc_cfg.get("lr", train_cfg["lr"])),
+                self.discriminator.parameters(),
+                lr=float(disc_cfg.get("lr", train_cfg["lr"])),
                 betas=tuple(disc_cfg.get("betas", train_cfg["betas"])),
             )
             self.sched_d = make_scheduler(self.opt_d, train_cfg, self.iterations)
         # train.amp: true = fp16 autocast on CUDA (with loss scaling), nothing on the CPU;
         # "bf16" = bf16 autocast on either device (CPUs with AVX512-BF16 / AMX run it faster).
         amp = train_cfg.get("amp", True)
-        self.amp_dtype = torch.bfloat16 if amp == "bf16" else (torch.float16 if amp and self.device.type == "cuda" else None)
+        self.amp_dtype = (
+            torch.bfloat16 if amp == "bf16" else (torch.float16 if amp and self.device.type == "cuda" else None)
+        )
         self.amp = self.amp_dtype is torch.float16
         self.scaler_g = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.scaler_d = torch.amp.GradScaler("cuda", enabled=self.amp)
@@ -356,8 +380,10 @@ class Trainer:
                 for _ in range(self.iteration):
                     sched.step()
             setattr(self, attr, sched)
-        self.replan_note = (f"; learning-rate schedule re-planned from {planned} to {self.iterations} iterations "
-                            f"(lr now {self.opt_g.param_groups[0]['lr']:.3g})")
+        self.replan_note = (
+            f"; learning-rate schedule re-planned from {planned} to {self.iterations} iterations "
+            f"(lr now {self.opt_g.param_groups[0]['lr']:.3g})"
+        )
 
     def save_state(self) -> Path:
         path = self.run_dir / STATE_FILE
@@ -408,7 +434,9 @@ class Trainer:
                 kind = self.adv_cfg["type"]
                 fake_logits = self.discriminator(sr)
                 real_logits = self.discriminator(hr).detach() if kind == "ragan" else None
-                parts["adv"] = float(self.adv_cfg["weight"]) * generator_adversarial_loss(kind, real_logits, fake_logits)
+                parts["adv"] = float(self.adv_cfg["weight"]) * generator_adversarial_loss(
+                    kind, real_logits, fake_logits
+                )
         loss = sum(v.float() for v in parts.values())
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler_g.scale(loss).backward()
@@ -450,13 +478,21 @@ class Trainer:
             return None
         t0 = time.perf_counter()
         scores = validate(self.eval_model(), self.valset, self.scale, self.device, self.lpips)
-        row = {"iteration": self.iteration, **scores,
-               "lr": self.opt_g.param_groups[0]["lr"], "wall_time_s": round(self.wall_time, 1)}
+        row = {
+            "iteration": self.iteration,
+            **scores,
+            "lr": self.opt_g.param_groups[0]["lr"],
+            "wall_time_s": round(self.wall_time, 1),
+        }
         self.history = [h for h in self.history if h["iteration"] < self.iteration] + [row]
         columns = ["iteration", "psnr", "ssim", *(["lpips"] if self.lpips is not None else []), "lr", "wall_time_s"]
         write_csv(self.run_dir / "val.csv", self.history, columns)
-        plot_curve(self.run_dir, self.history, self.bicubic,
-                   f"{self.recipe} x{self.scale} on {self.val_dir.name}" if self.val_dir else self.recipe)
+        plot_curve(
+            self.run_dir,
+            self.history,
+            self.bicubic,
+            f"{self.recipe} x{self.scale} on {self.val_dir.name}" if self.val_dir else self.recipe,
+        )
         # The best checkpoint: lowest LPIPS for perceptual (GAN) runs, highest PSNR otherwise.
         if "lpips" in scores:
             improved = self.best is None or scores["lpips"] < self.best.get("lpips", math.inf)
@@ -466,8 +502,10 @@ class Trainer:
             self.best = {"iteration": self.iteration, **scores}
             self.save_model("model_best.pt")
         lpips_text = f"  LPIPS {scores['lpips']:.4f}" if "lpips" in scores else ""
-        log(f"val it {self.iteration}: PSNR {scores['psnr']:.3f} dB  SSIM {scores['ssim']:.4f}{lpips_text}"
-            f"{'  (best)' if improved else ''}  [{time.perf_counter() - t0:.1f} s]")
+        log(
+            f"val it {self.iteration}: PSNR {scores['psnr']:.3f} dB  SSIM {scores['ssim']:.4f}{lpips_text}"
+            f"{'  (best)' if improved else ''}  [{time.perf_counter() - t0:.1f} s]"
+        )
         return scores
 
     def _open_log(self) -> tuple[Log, IO[str]]:
@@ -490,18 +528,25 @@ class Trainer:
 
     def _log_start(self, log: Log, start: int) -> None:
         """The run's first log line, and the bicubic reference scores (computed once per run)."""
-        log(f"{'resume' if start else 'start'} {self.recipe}: {type(self.generator).__name__}({self.model_kwargs}) "
+        log(
+            f"{'resume' if start else 'start'} {self.recipe}: {type(self.generator).__name__}({self.model_kwargs}) "
             f"on {hardware_description(self.device)}; {len(self.train_images)} training images from {self.data_dir}; "
             f"crop {self.crop_size}, batch {self.batch_size}, iterations {start}->{self.iterations}"
             f"{f', autocast {self.amp_dtype}' if self.amp_dtype is not None else ''}{self.init_note}"
             f"{getattr(self, 'replan_note', '')}"
-            + (f"; perceptual features: {self.feature_network['release']} (sha256 {self.feature_network['sha256'][:12]})"
-               if self.feature_network else ""))
+            + (
+                f"; perceptual features: {self.feature_network['release']} (sha256 {self.feature_network['sha256'][:12]})"
+                if self.feature_network
+                else ""
+            )
+        )
         if self.valset is not None and self.bicubic is None:
             self.bicubic = bicubic_baseline(self.valset, self.scale, self.lpips)
             lpips_text = f"  LPIPS {self.bicubic['lpips']:.4f}" if "lpips" in self.bicubic else ""
-            log(f"val bicubic: PSNR {self.bicubic['psnr']:.3f} dB  SSIM {self.bicubic['ssim']:.4f}{lpips_text} "
-                f"on {len(self.valset.hr)} images of {self.val_dir}")
+            log(
+                f"val bicubic: PSNR {self.bicubic['psnr']:.3f} dB  SSIM {self.bicubic['ssim']:.4f}{lpips_text} "
+                f"on {len(self.valset.hr)} images of {self.val_dir}"
+            )
 
     def _finish(self, signum: int | None, result: TrainResult, log: Log, val_every: int, ckpt_every: int) -> None:
         """End of the loop: a last validation and save when the run is complete (or the state
@@ -513,13 +558,21 @@ class Trainer:
             self.save_model("model_latest.pt")
             self.save_state()
         if signum is not None:
-            log(f"stopped by signal {signum} at iteration {self.iteration}; state saved to "
-                f"{self.run_dir / STATE_FILE}; continue with --resume")
+            log(
+                f"stopped by signal {signum} at iteration {self.iteration}; state saved to "
+                f"{self.run_dir / STATE_FILE}; continue with --resume"
+            )
         else:
-            log(f"done: {self.iteration} iterations, {self.wall_time:.0f} s"
-                + (f"; best val PSNR {self.best['psnr']:.3f} dB"
-                   + (f", LPIPS {self.best['lpips']:.4f}" if "lpips" in self.best else "")
-                   + f" at it {int(self.best['iteration'])}" if self.best else ""))
+            log(
+                f"done: {self.iteration} iterations, {self.wall_time:.0f} s"
+                + (
+                    f"; best val PSNR {self.best['psnr']:.3f} dB"
+                    + (f", LPIPS {self.best['lpips']:.4f}" if "lpips" in self.best else "")
+                    + f" at it {int(self.best['iteration'])}"
+                    if self.best
+                    else ""
+                )
+            )
 
     def run(self) -> TrainResult:
         """Train from `self.iteration` to `train.iterations`; on SIGINT / SIGTERM save the state
@@ -536,8 +589,16 @@ class Trainer:
         window = LossLog(self.run_dir / "loss.csv", start)
         t_last = time.perf_counter()
         result = TrainResult(self.run_dir, start)
-        bar = tqdm(total=self.iterations, initial=start, desc=self.recipe, unit="it", file=sys.stderr,
-                   disable=not self.progress, mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
+        bar = tqdm(
+            total=self.iterations,
+            initial=start,
+            desc=self.recipe,
+            unit="it",
+            file=sys.stderr,
+            disable=not self.progress,
+            mininterval=1.0 if sys.stderr.isatty() else 30.0,
+            dynamic_ncols=True,
+        )
         try:
             with StopOnSignal() as stop:
                 while self.iteration < self.iterations and stop.signum is None:

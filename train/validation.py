@@ -66,7 +66,9 @@ def bicubic_baseline(valset: ValidationSet, scale: int, lpips: LPIPS | None = No
     return _mean_scores(scores_p, scores_s, scores_l if lpips is not None else None)
 
 
-def plot_curve(run_dir: Path, history: list[dict[str, float]], bicubic: dict[str, float] | None, title: str) -> Path | None:
+def plot_curve(
+    run_dir: Path, history: list[dict[str, float]], bicubic: dict[str, float] | None, title: str
+) -> Path | None:
     """val.png: validation PSNR against iterations, with bicubic as a dashed line (and LPIPS in a
     second panel when the history has it). Skipped (None) when matplotlib is not installed; it is
     an optional dependency."""
@@ -170,8 +172,11 @@ class LossLog:
         self.writer.writerow(row)
         self.file.flush()
         eta = (iterations - it) / speed if speed > 0 else float("nan")
-        log(f"it {it}/{iterations}  " + "  ".join(f"{k} {v:.5g}" for k, v in means.items())
-            + f"  lr {lr_now:.2e}  {speed:.2f} it/s  eta {format_eta(eta)}")
+        log(
+            f"it {it}/{iterations}  "
+            + "  ".join(f"{k} {v:.5g}" for k, v in means.items())
+            + f"  lr {lr_now:.2e}  {speed:.2f} it/s  eta {format_eta(eta)}"
+        )
         self.sums, self.count, self.t_window = {}, 0, time.perf_counter()
 
     def close(self) -> None:

@@ -137,16 +137,22 @@ def choose_cpu_precision(
         psnr, images = measure(model, scale)
         if sha256:
             data = _read_cache(path)
-            data[key] = {"psnr_db": psnr, "images": images, "cpu": cpu, "sha256": sha256,
-                         "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            data[key] = {
+                "psnr_db": psnr,
+                "images": images,
+                "cpu": cpu,
+                "sha256": sha256,
+                "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
             except OSError:
                 pass  # a read-only home: the choice stands, it is measured again next time
     passed = psnr >= REDUCED_MIN_PSNR_DB
-    where = (f"bf16 vs fp32 parity {psnr:.1f} dB {'>=' if passed else '<'} {REDUCED_MIN_PSNR_DB:g} dB on {images}"
-             + (" (cached)" if cached else ""))
+    where = f"bf16 vs fp32 parity {psnr:.1f} dB {'>=' if passed else '<'} {REDUCED_MIN_PSNR_DB:g} dB on {images}" + (
+        " (cached)" if cached else ""
+    )
     if passed:
         return PrecisionChoice("bf16", f"bf16: {cpu} has bf16 matrix units ({AMX_FLAG}) and {where}")
     return PrecisionChoice("fp32", f"fp32: {cpu} has bf16 matrix units ({AMX_FLAG}) but {where}")

@@ -82,8 +82,9 @@ def trt_ep_profile_options(input_name: str, dims: list[int | None]) -> dict[str,
     return {k: f"{input_name}:{'x'.join(str(d) for d in shape)}" for k, shape in zip(keys, TRT_EP_PROFILE)}
 
 
-def check_session_providers(path: Path, device: str, precision: str, graph_precision: str, asked: list[Any],
-                            got: list[str]) -> None:
+def check_session_providers(
+    path: Path, device: str, precision: str, graph_precision: str, asked: list[Any], got: list[str]
+) -> None:
     """Refuse a session whose providers silently fell back (ONNX Runtime drops a provider that fails
     to load and goes on): fp16 asked of an fp32 graph without the TensorRT provider would run fp32
     while reporting fp16, and a cuda session without any GPU provider would run on the CPU."""
@@ -95,10 +96,13 @@ def check_session_providers(path: Path, device: str, precision: str, graph_preci
         raise NotInstalledError(
             f"{path}: ONNX Runtime did not load the TensorRT execution provider (session providers: "
             f"{', '.join(got)}), so this fp32 graph would run in fp32, not fp16; install TensorRT for "
-            "onnxruntime-gpu, export an fp16 file with `sr-deploy export --fp16`, or use precision fp32")
+            "onnxruntime-gpu, export an fp16 file with `sr-deploy export --fp16`, or use precision fp32"
+        )
     if not {"TensorrtExecutionProvider", "CUDAExecutionProvider"} & set(got):
-        raise NotInstalledError(f"{path}: ONNX Runtime loaded no GPU provider for {device} (session providers: "
-                                f"{', '.join(got)}); {ORT_GPU_NOT_INSTALLED}")
+        raise NotInstalledError(
+            f"{path}: ONNX Runtime loaded no GPU provider for {device} (session providers: "
+            f"{', '.join(got)}); {ORT_GPU_NOT_INSTALLED}"
+        )
 
 
 class OnnxRuntimeBackend(Backend):
@@ -156,10 +160,13 @@ class OnnxRuntimeBackend(Backend):
         self.input_name = model.graph.input[0].name
         self.output_name = model.graph.output[0].name
         dims = _static_dims(model)
-        self.device_id, providers = _providers(path, device, precision, trt_ep_options,
-                                               trt_ep_profile_options(self.input_name, dims))
-        if precision == "fp16" and graph_precision == "fp32" and not any(
-            isinstance(p, tuple) and p[0] == "TensorrtExecutionProvider" for p in providers
+        self.device_id, providers = _providers(
+            path, device, precision, trt_ep_options, trt_ep_profile_options(self.input_name, dims)
+        )
+        if (
+            precision == "fp16"
+            and graph_precision == "fp32"
+            and not any(isinstance(p, tuple) and p[0] == "TensorrtExecutionProvider" for p in providers)
         ):
             raise InputError(
                 f"{path}: an fp32 graph runs in fp16 only on the TensorRT provider; export an fp16 file "
@@ -243,16 +250,21 @@ class OnnxRuntimeBackend(Backend):
     def too_large_message(self, h: int, w: int) -> str:
         _, max_h, max_w = self.max_shape  # type: ignore[misc]
         if self.static_shape is None:
-            return (f"{self.path}: input {h}x{w} exceeds the TensorRT execution provider's profile max "
-                    f"{max_h}x{max_w}; tile it (sr_deploy.tiling)")
-        return f"{self.path}: input {h}x{w} exceeds this file's static shape {max_h}x{max_w}; tile it (sr_deploy.tiling)"
+            return (
+                f"{self.path}: input {h}x{w} exceeds the TensorRT execution provider's profile max "
+                f"{max_h}x{max_w}; tile it (sr_deploy.tiling)"
+            )
+        return (
+            f"{self.path}: input {h}x{w} exceeds this file's static shape {max_h}x{max_w}; tile it (sr_deploy.tiling)"
+        )
 
     def close(self) -> None:
         self.session = None
 
 
-def _providers(path: Path, device: str, precision: str, trt_ep_options: dict[str, Any] | None,
-               profile_options: dict[str, str]) -> tuple[int, list[Any]]:
+def _providers(
+    path: Path, device: str, precision: str, trt_ep_options: dict[str, Any] | None, profile_options: dict[str, str]
+) -> tuple[int, list[Any]]:
     """(CUDA device id, execution providers in order of preference) for `device`.
 
     cpu: the CPU provider. cuda / cuda:N: TensorRT (when onnxruntime-gpu has it; engine and

@@ -101,8 +101,17 @@ class EngineRunner:
     both happen inside `ops.scope()`.
     """
 
-    def __init__(self, trt: ModuleType, engine: Any, io: _tensorrt.EngineIO, ops: DeviceOps, in_dtype: Any,
-                 out_dtype: Any, cuda_graph: bool = False, graph_cache_size: int = DEFAULT_GRAPH_CACHE_SIZE) -> None:
+    def __init__(
+        self,
+        trt: ModuleType,
+        engine: Any,
+        io: _tensorrt.EngineIO,
+        ops: DeviceOps,
+        in_dtype: Any,
+        out_dtype: Any,
+        cuda_graph: bool = False,
+        graph_cache_size: int = DEFAULT_GRAPH_CACHE_SIZE,
+    ) -> None:
         if graph_cache_size < 1:
             raise InputError(f"graph_cache_size {graph_cache_size}: expected at least 1")
         self.trt, self.engine, self.io, self.ops = trt, engine, io, ops
@@ -171,8 +180,11 @@ class EngineRunner:
             graph = self.ops.capture(lambda handle: _tensorrt.enqueue(context, self.io, in_ptr, out_ptr, handle))
         except (RuntimeError, SRDeployError) as exc:
             self.no_graph.add(shape)
-            warnings.warn(f"CUDA graph capture failed for input {shape} ({exc}); running it without a graph",
-                          RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"CUDA graph capture failed for input {shape} ({exc}); running it without a graph",
+                RuntimeWarning,
+                stacklevel=3,
+            )
             return None
         return _GraphEntry(graph, static_in, static_out, context, memory, size)
 
@@ -246,14 +258,23 @@ class TensorRTBackend(Backend):
 
     name = "tensorrt"
 
-    def __init__(self, engine_path: str | Path, device: str = "cuda", precision: str | None = None,
-                 cuda_graph: bool = False, graph_cache_size: int = DEFAULT_GRAPH_CACHE_SIZE,
-                 check_sidecar: bool = True, device_ops: Callable[[Any], DeviceOps] = TorchCudaOps) -> None:
+    def __init__(
+        self,
+        engine_path: str | Path,
+        device: str = "cuda",
+        precision: str | None = None,
+        cuda_graph: bool = False,
+        graph_cache_size: int = DEFAULT_GRAPH_CACHE_SIZE,
+        check_sidecar: bool = True,
+        device_ops: Callable[[Any], DeviceOps] = TorchCudaOps,
+    ) -> None:
         path = Path(engine_path)
         device = "cuda" if device in (None, "auto") else device
         if path.suffix.lower() == ".onnx":
-            raise InputError(f"{path}: TensorRTBackend runs engines; build one with sr-deploy build-engine "
-                             "(or load(..., backend='tensorrt'), which builds and caches it)")
+            raise InputError(
+                f"{path}: TensorRTBackend runs engines; build one with sr-deploy build-engine "
+                "(or load(..., backend='tensorrt'), which builds and caches it)"
+            )
         trt = _tensorrt.import_tensorrt()
         _tensorrt.require_cuda(device)
         import torch
@@ -274,8 +295,16 @@ class TensorRTBackend(Backend):
             self.io = _tensorrt.engine_io(trt, self._engine, path)
             self._in_dtype = _tensorrt.torch_dtype(trt, self.io.input_dtype)
             out_dtype = _tensorrt.torch_dtype(trt, self.io.output_dtype)
-        self.runner = EngineRunner(trt, self._engine, self.io, self._ops, self._in_dtype, out_dtype,
-                                   cuda_graph=cuda_graph, graph_cache_size=graph_cache_size)
+        self.runner = EngineRunner(
+            trt,
+            self._engine,
+            self.io,
+            self._ops,
+            self._in_dtype,
+            out_dtype,
+            cuda_graph=cuda_graph,
+            graph_cache_size=graph_cache_size,
+        )
         self.cuda_graph = bool(cuda_graph)
 
         pmin, pmax = self.io.profile_min, self.io.profile_max
@@ -285,8 +314,13 @@ class TensorRTBackend(Backend):
         scale = sidecar.scale if sidecar is not None and sidecar.scale else self._probe_scale()
         # An engine's precision is fixed at build time: the sidecar's word wins over the request.
         reported = sidecar.precision if sidecar is not None else (precision or "unknown")
-        super().__init__(scale=scale, precision=reported, device=str(self.torch_device),
-                         max_shape=(pmax[0], pmax[2], pmax[3]), min_shape=self.min_shape)
+        super().__init__(
+            scale=scale,
+            precision=reported,
+            device=str(self.torch_device),
+            max_shape=(pmax[0], pmax[2], pmax[3]),
+            min_shape=self.min_shape,
+        )
 
     # ----------------------------------------------------------------- internals
 
@@ -311,8 +345,10 @@ class TensorRTBackend(Backend):
 
     def too_large_message(self, h: int, w: int) -> str:
         _, max_h, max_w = self.max_shape  # type: ignore[misc]
-        return (f"input {h}x{w} is larger than the engine's profile max {max_h}x{max_w}; tile it (sr_deploy.tiling) "
-                "or rebuild the engine with a larger --max")
+        return (
+            f"input {h}x{w} is larger than the engine's profile max {max_h}x{max_w}; tile it (sr_deploy.tiling) "
+            "or rebuild the engine with a larger --max"
+        )
 
     def infer(self, x: Any) -> Any:
         """One batch already fitted to the engine's profile by the template (split, padded):

@@ -82,8 +82,13 @@ class Fp16Onnx:
     converted: bool  # False when the input graph already held fp16 tensors
 
 
-def prepare_fp16_onnx(onnx_path: str | Path, output: str | Path, calibration: Sequence[np.ndarray] | None = None,
-                      extra_block_list: Sequence[str] = (), echo: Echo = _echo_stderr) -> Fp16Onnx:
+def prepare_fp16_onnx(
+    onnx_path: str | Path,
+    output: str | Path,
+    calibration: Sequence[np.ndarray] | None = None,
+    extra_block_list: Sequence[str] = (),
+    echo: Echo = _echo_stderr,
+) -> Fp16Onnx:
     """Write the fp16 ONNX that the strongly typed route builds from, and check it really is fp16.
 
     A graph that already holds fp16 tensors is used as is. Otherwise it is converted with
@@ -108,8 +113,10 @@ def prepare_fp16_onnx(onnx_path: str | Path, output: str | Path, calibration: Se
     inputs = list(calibration) if calibration is not None else parity_inputs()
     block = sorted(set(calibrate_fp16_block_list(str(src), inputs)) | set(extra_block_list))
     if block:
-        echo(f"fp16: keeping {len(block)} node(s) in fp32 (activations beyond the fp16 range on the "
-             f"calibration images): {', '.join(block[:8])}{' ...' if len(block) > 8 else ''}")
+        echo(
+            f"fp16: keeping {len(block)} node(s) in fp32 (activations beyond the fp16 range on the "
+            f"calibration images): {', '.join(block[:8])}{' ...' if len(block) > 8 else ''}"
+        )
     tmp = unique_temp_path(dst, suffix=".onnx")
     try:
         convert_to_fp16(str(src), output=str(tmp), block_list=block or None)
@@ -118,8 +125,10 @@ def prepare_fp16_onnx(onnx_path: str | Path, output: str | Path, calibration: Se
         tmp.unlink(missing_ok=True)
     count = count_fp16_tensors(onnx.load(str(dst)))
     if count == 0:
-        raise SRDeployError(f"{dst}: the fp16 conversion produced no fp16 tensors; TensorRT 11 would build a "
-                            "float32 engine from it. Use --fp32, or check the ONNX graph")
+        raise SRDeployError(
+            f"{dst}: the fp16 conversion produced no fp16 tensors; TensorRT 11 would build a "
+            "float32 engine from it. Use --fp32, or check the ONNX graph"
+        )
     echo(f"fp16: {dst} holds {count} fp16 tensors (float32 input and output kept)")
     return Fp16Onnx(dst, count, block, converted=True)
 
@@ -245,8 +254,10 @@ def build_engine(
 
     source_fp16 = count_fp16_tensors(src)
     if precision == "fp32" and source_fp16:
-        raise InputError(f"{src}: an fp16 graph ({source_fp16} fp16 tensors) cannot give a float32 engine; "
-                         "export a float32 ONNX for --fp32")
+        raise InputError(
+            f"{src}: an fp16 graph ({source_fp16} fp16 tensors) cannot give a float32 engine; "
+            "export a float32 ONNX for --fp32"
+        )
     target = _target(precision, strongly_typed, device)
     scale = _onnx_scale(src)
     if source_fp16:
@@ -256,12 +267,29 @@ def build_engine(
         echo(f"TensorRT {target.version}: {note}")
 
     engine_path.parent.mkdir(parents=True, exist_ok=True)
-    cache_path = (Path(timing_cache) if timing_cache is not None else
-                  timing_cache_path(engine_path.parent, target.version, target.gpu_name, target.compute_capability))
+    cache_path = (
+        Path(timing_cache)
+        if timing_cache is not None
+        else timing_cache_path(engine_path.parent, target.version, target.gpu_name, target.compute_capability)
+    )
     log_path = engine_path.with_name(engine_path.name + ".build.log")
     log_path.write_text(f"sr-deploy {__version__} build-engine {src} -> {engine_path}\n", encoding="utf-8")
-    job = _BuildJob(src, engine_path, precision, profile, options, target, scale, cache_path, log_path, verbose,
-                    fallback_static, list(calibration) if calibration is not None else None, device, echo)
+    job = _BuildJob(
+        src,
+        engine_path,
+        precision,
+        profile,
+        options,
+        target,
+        scale,
+        cache_path,
+        log_path,
+        verbose,
+        fallback_static,
+        list(calibration) if calibration is not None else None,
+        device,
+        echo,
+    )
     return job.run(check_parity, fix_overflow)
 
 
@@ -304,10 +332,13 @@ class _BuildJob:
                 sidecar_path(tmp).unlink(missing_ok=True)
             more = self._stricter_block_list(fp16) if attempt == 1 and fix_overflow and plan.needs_fp16_onnx else []
             if not more:
-                raise SRDeployError(parity_failure_message(self.engine_path, self.precision, plan.route,
-                                                           report.summary()))
-            self.echo(f"{self.engine_path}: parity failed ({report.summary()}), likely fp16 overflow; rebuilding "
-                      f"once with {len(more)} more node(s) kept in fp32: {', '.join(more[:8])}")
+                raise SRDeployError(
+                    parity_failure_message(self.engine_path, self.precision, plan.route, report.summary())
+                )
+            self.echo(
+                f"{self.engine_path}: parity failed ({report.summary()}), likely fp16 overflow; rebuilding "
+                f"once with {len(more)} more node(s) kept in fp32: {', '.join(more[:8])}"
+            )
             block_extra = more
         raise AssertionError("unreachable")
 
@@ -324,25 +355,47 @@ class _BuildJob:
         build_src = fp16.path if fp16 else self.src
         started = time.perf_counter()
         data, used_profile, fell_back = _build_with_fallback(
-            self.target.trt, build_src, self.target.plan, self.profile, self.options, self.cache_path,
-            self.log_path, self.verbose, self.fallback_static, self.echo)
+            self.target.trt,
+            build_src,
+            self.target.plan,
+            self.profile,
+            self.options,
+            self.cache_path,
+            self.log_path,
+            self.verbose,
+            self.fallback_static,
+            self.echo,
+        )
         seconds = time.perf_counter() - started
         sidecar = EngineSidecar(
-            onnx_sha256=file_sha256(self.src), tensorrt_version=self.target.version, gpu_name=self.target.gpu_name,
-            compute_capability=self.target.compute_capability, profile=used_profile.as_dict(),
-            precision=self.precision, route=self.target.plan.route, scale=self.scale, onnx_path=str(self.src),
-            built_onnx_sha256=file_sha256(build_src), fp16_tensors=fp16.fp16_tensors if fp16 else 0,
-            fp32_block_list=fp16.block_list if fp16 else [], build_seconds=round(seconds, 3),
-            built_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), build_log=str(self.log_path),
-            timing_cache=str(self.cache_path), static_fallback=fell_back,
-            workspace_bytes=self.options.workspace_bytes, opt_level=self.options.opt_level,
+            onnx_sha256=file_sha256(self.src),
+            tensorrt_version=self.target.version,
+            gpu_name=self.target.gpu_name,
+            compute_capability=self.target.compute_capability,
+            profile=used_profile.as_dict(),
+            precision=self.precision,
+            route=self.target.plan.route,
+            scale=self.scale,
+            onnx_path=str(self.src),
+            built_onnx_sha256=file_sha256(build_src),
+            fp16_tensors=fp16.fp16_tensors if fp16 else 0,
+            fp32_block_list=fp16.block_list if fp16 else [],
+            build_seconds=round(seconds, 3),
+            built_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            build_log=str(self.log_path),
+            timing_cache=str(self.cache_path),
+            static_fallback=fell_back,
+            workspace_bytes=self.options.workspace_bytes,
+            opt_level=self.options.opt_level,
             sr_deploy_version=self.options.sr_deploy_version,
         )
         tmp = unique_temp_path(self.engine_path, suffix=".engine")
         tmp.write_bytes(data)
         write_sidecar(tmp, sidecar)
-        self.echo(f"built {len(data) / 2**20:.1f} MiB ({used_profile}, {self.precision} via "
-                  f"{self.target.plan.route}) in {seconds:.1f} s")
+        self.echo(
+            f"built {len(data) / 2**20:.1f} MiB ({used_profile}, {self.precision} via "
+            f"{self.target.plan.route}) in {seconds:.1f} s"
+        )
         return tmp, sidecar
 
     def _promote(self, tmp: Path, sidecar: EngineSidecar) -> Path:
@@ -358,8 +411,12 @@ class _BuildJob:
 
         # Stricter than the first calibration: TensorRT's fp16 kernels accumulate in fp16 too,
         # so keep back nodes within 8x of the first threshold as well.
-        stricter = calibrate_fp16_block_list(str(self.src), self.inputs or parity_inputs(),
-                                             safe_max=FP16_SAFE_MAX / 8, max_relative_error=FP16_MAX_RELATIVE_ERROR / 2)
+        stricter = calibrate_fp16_block_list(
+            str(self.src),
+            self.inputs or parity_inputs(),
+            safe_max=FP16_SAFE_MAX / 8,
+            max_relative_error=FP16_MAX_RELATIVE_ERROR / 2,
+        )
         return sorted(set(stricter) - set(fp16.block_list if fp16 else []))
 
 
@@ -367,29 +424,54 @@ def parity_failure_message(engine_path: Path, precision: str, route: str, summar
     """The one line for a failed parity check: the likely cause and what to try for this
     precision and route (only options that exist for it: --strongly-typed is fp16 only)."""
     if precision == "fp32":
-        return (f"{engine_path}: float32 parity with ONNX Runtime failed ({summary}); no engine written. "
-                "Check the ONNX graph with sr-deploy export --check")
-    cause = (f"{engine_path}: parity with ONNX Runtime float32 failed ({summary}); no engine written. Likely cause: "
-             f"{precision} overflow or rounding -- activations beyond the {precision} range become Inf/NaN or lose "
-             "precision.")
+        return (
+            f"{engine_path}: float32 parity with ONNX Runtime failed ({summary}); no engine written. "
+            "Check the ONNX graph with sr-deploy export --check"
+        )
+    cause = (
+        f"{engine_path}: parity with ONNX Runtime float32 failed ({summary}); no engine written. Likely cause: "
+        f"{precision} overflow or rounding -- activations beyond the {precision} range become Inf/NaN or lose "
+        "precision."
+    )
     if precision == "bf16":
         return f"{cause} Try: --fp16 or --fp32."
-    hint = ("rebuild with --strongly-typed (TensorRT 10.12+) so the overflowing nodes are kept in fp32, "
-            if route == "flag" else "")
+    hint = (
+        "rebuild with --strongly-typed (TensorRT 10.12+) so the overflowing nodes are kept in fp32, "
+        if route == "flag"
+        else ""
+    )
     return f"{cause} Try: {hint}or --fp32."
 
 
-def _build_with_fallback(trt: ModuleType, build_src: Path, plan: _tensorrt.PrecisionPlan, profile: ShapeProfile,
-                         options: BuildOptions, cache_path: Path, log_path: Path, verbose: bool, fallback_static: bool,
-                         echo: Echo) -> tuple[bytes, ShapeProfile, bool]:
+def _build_with_fallback(
+    trt: ModuleType,
+    build_src: Path,
+    plan: _tensorrt.PrecisionPlan,
+    profile: ShapeProfile,
+    options: BuildOptions,
+    cache_path: Path,
+    log_path: Path,
+    verbose: bool,
+    fallback_static: bool,
+    echo: Echo,
+) -> tuple[bytes, ShapeProfile, bool]:
     """Build once; if a dynamic build fails and `fallback_static`, retry once with the opt shape
     static (saying so). Parser errors are not retried."""
 
     def request(p: ShapeProfile) -> _tensorrt.BuildRequest:
         return _tensorrt.BuildRequest(
-            onnx_path=build_src, onnx_nodes=_onnx_nodes(build_src), plan=plan, min_shape=p.min, opt_shape=p.opt,
-            max_shape=p.max, workspace_bytes=options.workspace_bytes, opt_level=options.opt_level,
-            timing_cache=cache_path, log_path=log_path, verbose=verbose)
+            onnx_path=build_src,
+            onnx_nodes=_onnx_nodes(build_src),
+            plan=plan,
+            min_shape=p.min,
+            opt_shape=p.opt,
+            max_shape=p.max,
+            workspace_bytes=options.workspace_bytes,
+            opt_level=options.opt_level,
+            timing_cache=cache_path,
+            log_path=log_path,
+            verbose=verbose,
+        )
 
     try:
         return _tensorrt.build_serialized_engine(trt, request(profile), echo), profile, False
@@ -397,24 +479,33 @@ def _build_with_fallback(trt: ModuleType, build_src: Path, plan: _tensorrt.Preci
         if profile.is_static or not fallback_static:
             raise
         static = ShapeProfile.static(profile.opt)
-        echo(f"{exc}; retrying once with a static shape {format_shape(profile.opt)} (the opt shape; larger "
-             "inputs will be tiled). Use --no-fallback-static to fail instead.")
+        echo(
+            f"{exc}; retrying once with a static shape {format_shape(profile.opt)} (the opt shape; larger "
+            "inputs will be tiled). Use --no-fallback-static to fail instead."
+        )
         return _tensorrt.build_serialized_engine(trt, request(static), echo), static, True
 
 
-def engine_parity(onnx_path: str | Path, engine_path: str | Path, precision: str,
-                  inputs: Sequence[np.ndarray] | None = None, device: str = "cuda") -> ParityReport:
+def engine_parity(
+    onnx_path: str | Path,
+    engine_path: str | Path,
+    precision: str,
+    inputs: Sequence[np.ndarray] | None = None,
+    device: str = "cuda",
+) -> ParityReport:
     """Parity of the engine against ONNX Runtime float32 on the CPU (the reference) with the
     export thresholds (`sr_deploy.parity.check_thresholds`). Inputs larger than the engine's
     profile max are cropped to fit."""
     from ..parity import check_thresholds, parity, parity_inputs
 
     batches = list(inputs) if inputs is not None else parity_inputs()
-    with TensorRTBackend(engine_path, device=device) as candidate, \
-            OnnxRuntimeBackend(Path(onnx_path), device="cpu", precision="fp32") as reference:
+    with (
+        TensorRTBackend(engine_path, device=device) as candidate,
+        OnnxRuntimeBackend(Path(onnx_path), device="cpu", precision="fp32") as reference,
+    ):
         hi = candidate.max_shape  # larger crops are cut to the profile max; smaller ones the backend pads
         assert hi is not None  # an engine always has a profile max
-        fitted = [np.ascontiguousarray(x[:hi[0], :, :hi[1], :hi[2]]) for x in batches]
+        fitted = [np.ascontiguousarray(x[: hi[0], :, : hi[1], : hi[2]]) for x in batches]
         report = parity(reference, candidate, fitted)
     check_thresholds(report, precision)
     return report
@@ -463,8 +554,16 @@ def ensure_engine(
     options = _check_options(precision, workspace_gib, opt_level)
     target = _target(precision, strongly_typed, device)
     profile = profile or resolve_profile()
-    key = engine_cache_key(file_sha256(src), target.version, target.gpu_name, target.compute_capability, profile,
-                           precision, target.plan.route, options)
+    key = engine_cache_key(
+        file_sha256(src),
+        target.version,
+        target.gpu_name,
+        target.compute_capability,
+        profile,
+        precision,
+        target.plan.route,
+        options,
+    )
     path = cached_engine_path(src, key, precision, cache_dir)
     if _reusable(path, key, profile, check_parity):
         echo(f"engine cache: reusing {path}")
@@ -473,17 +572,31 @@ def ensure_engine(
         if _reusable(path, key, profile, check_parity):  # another process built it while we waited
             echo(f"engine cache: reusing {path} (built by another process meanwhile)")
             return path
-        echo(f"engine cache: building {path} (first use of {src.name} with TensorRT {target.version} on "
-             f"{target.gpu_name})")
+        echo(
+            f"engine cache: building {path} (first use of {src.name} with TensorRT {target.version} on "
+            f"{target.gpu_name})"
+        )
         timing = timing_cache_path(path.parent, target.version, target.gpu_name, target.compute_capability)
-        build_engine(src, path, precision=precision, profile=profile, device=device, strongly_typed=strongly_typed,
-                     workspace_gib=workspace_gib, opt_level=opt_level, timing_cache=timing, check_parity=check_parity,
-                     echo=echo, **build_options)
+        build_engine(
+            src,
+            path,
+            precision=precision,
+            profile=profile,
+            device=device,
+            strongly_typed=strongly_typed,
+            workspace_gib=workspace_gib,
+            opt_level=opt_level,
+            timing_cache=timing,
+            check_parity=check_parity,
+            echo=echo,
+            **build_options,
+        )
     return path
 
 
-def load_tensorrt_from_onnx(onnx_path: str | Path, device: str = "cuda", precision: str = "fp16",
-                            cuda_graph: bool = False, **build_options: Any) -> TensorRTBackend:
+def load_tensorrt_from_onnx(
+    onnx_path: str | Path, device: str = "cuda", precision: str = "fp16", cuda_graph: bool = False, **build_options: Any
+) -> TensorRTBackend:
     """`sr-deploy upscale --backend tensorrt model.onnx`: the engine from the engine cache (built
     on first use, `ensure_engine`) and a `TensorRTBackend` running it."""
     engine = ensure_engine(onnx_path, precision, device=device, **build_options)

@@ -19,8 +19,9 @@ from ..errors import InputError, NotInstalledError
 from ..util import Progress, first_line, progress_to
 from .derive import fill_peak_shares, fill_speedups, fill_throughput, run_notes
 from .inputs import ROTATING_BATCHES, benchmark_frames, rotating_batches
-from .measure import PeakMemory, machine_info, measure_peak_gflops, time_calls, tf32
+from .measure import PeakMemory, machine_info, measure_peak_gflops, tf32, time_calls
 from .options import (
+    PRECISIONS,
     BenchOptions,
     PlannedRow,
     backend_device_pairs,
@@ -29,7 +30,6 @@ from .options import (
     plan_rows,
     resolve_devices,
     settings_of,
-    PRECISIONS,
 )
 from .results import STATUS_FAILED, STATUS_SKIPPED, BenchReport, BenchRow
 from .subject import OnnxFiles, Reference, Subject, backend_inputs, flops_of, given_onnx, load_subject, make_backend

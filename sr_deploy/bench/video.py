@@ -16,7 +16,7 @@ from torch import nn
 from ..backends.base import Backend
 from ..errors import InputError, SRDeployError
 from ..util import first_line, silent
-from .measure import time_calls, tf32
+from .measure import tf32, time_calls
 from .results import STATUS_SKIPPED, VideoRow
 from .subject import backend_inputs, load_subject
 

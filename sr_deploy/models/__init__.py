@@ -17,7 +17,22 @@ from .srresnet import MSRResNet, SRResNet
 from .srvgg import SRVGGNetCompact
 
 __all__ = [
-    "ARCHITECTURES", "ArchSpec", "Detection", "Layout", "LoadedCheckpoint", "MSRResNet", "RRDBNet", "SRResNet", "SRVGGNetCompact",
-    "count_flops_per_lr_pixel", "count_parameters", "fold_batch_norm", "load_checkpoint",
-    "live_values_per_hr_pixel", "load_model", "native_specs", "resolve_model_path", "save_checkpoint",
+    "ARCHITECTURES",
+    "ArchSpec",
+    "Detection",
+    "Layout",
+    "LoadedCheckpoint",
+    "MSRResNet",
+    "RRDBNet",
+    "SRResNet",
+    "SRVGGNetCompact",
+    "count_flops_per_lr_pixel",
+    "count_parameters",
+    "fold_batch_norm",
+    "load_checkpoint",
+    "live_values_per_hr_pixel",
+    "load_model",
+    "native_specs",
+    "resolve_model_path",
+    "save_checkpoint",
 ]

@@ -148,8 +148,17 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     if path.suffix.lower() == ".safetensors":
         source = f"safetensors / {source}"
     return LoadedCheckpoint(
-        model, detection.arch, detection.config, detection.scale, path, source, sha, file_metadata,
-        detection.size_multiple, detection.live_values_per_hr_pixel, detection.notes,
+        model,
+        detection.arch,
+        detection.config,
+        detection.scale,
+        path,
+        source,
+        sha,
+        file_metadata,
+        detection.size_multiple,
+        detection.live_values_per_hr_pixel,
+        detection.notes,
     )
 
 
@@ -187,7 +196,9 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
     try:
         from safetensors import safe_open
     except ImportError as exc:
-        raise InputError(f"{path}: reading .safetensors needs the safetensors package: pip install safetensors") from exc
+        raise InputError(
+            f"{path}: reading .safetensors needs the safetensors package: pip install safetensors"
+        ) from exc
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = dict(f.metadata() or {})
@@ -209,15 +220,14 @@ def unwrap_state_dict(path: Path, obj: Any) -> tuple[StateDict, str]:
         if key is None:
             break
         obj = obj[key]
-        container = (f"BasicSR/Real-ESRGAN {key}" if key in ("params", "params_ema", "params-ema")
-                     else f"'{key}' entry")
+        container = f"BasicSR/Real-ESRGAN {key}" if key in ("params", "params_ema", "params-ema") else f"'{key}' entry"
     state = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not state:
         kinds = ", ".join(sorted({type(v).__name__ for v in obj.values()})[:3]) or "nothing"
         raise InputError(f"{path}: no tensors in the checkpoint (it holds {kinds}); expected a dict of weights")
     for prefix in STRIPPED_PREFIXES:
         if all(k.startswith(prefix) for k in state):
-            stripped = {k[len(prefix):]: v for k, v in state.items()}
+            stripped = {k[len(prefix) :]: v for k, v in state.items()}
             if prefix != "model." or registry.detect_native(stripped) is not None:
                 state = stripped
     return state, container
@@ -236,11 +246,21 @@ def detect(path: Path, state: StateDict) -> Detection:
             config = layout.infer_config(state)
             converted = layout.convert(state)
             model = _build(path, spec.name, spec.module, config, converted)
-            return Detection(spec.name, config, int(getattr(model, "scale", config.get("scale", 0))), layout.source,
-                             lambda: model, spec.live_values_per_hr_pixel, int(getattr(model, "size_multiple", 1)))
+            return Detection(
+                spec.name,
+                config,
+                int(getattr(model, "scale", config.get("scale", 0))),
+                layout.source,
+                lambda: model,
+                spec.live_values_per_hr_pixel,
+                int(getattr(model, "size_multiple", 1)),
+            )
         except (InputError, ValueError, KeyError) as exc:
-            native_error = exc if isinstance(exc, InputError) else InputError(f"{path}: {layout.source} "
-                                                                             f"for {spec.name}: {_first_line(exc)}")
+            native_error = (
+                exc
+                if isinstance(exc, InputError)
+                else InputError(f"{path}: {layout.source} for {spec.name}: {_first_line(exc)}")
+            )
     unavailable = []
     for source in registry.external_sources():
         why = source.available()
@@ -272,8 +292,18 @@ def _load_ours(path: Path, obj: Mapping[str, Any], sha: str) -> LoadedCheckpoint
     config = dict(obj.get("config") or {})
     model = _build(path, spec.name, spec.module, config, dict(obj["state_dict"]))
     scale = int(getattr(model, "scale", config.get("scale", 0)))
-    return LoadedCheckpoint(model, spec.name, config, scale, path, FORMAT, sha, dict(obj.get("metadata") or {}),
-                            int(getattr(model, "size_multiple", 1)), spec.live_values_per_hr_pixel)
+    return LoadedCheckpoint(
+        model,
+        spec.name,
+        config,
+        scale,
+        path,
+        FORMAT,
+        sha,
+        dict(obj.get("metadata") or {}),
+        int(getattr(model, "size_multiple", 1)),
+        spec.live_values_per_hr_pixel,
+    )
 
 
 def _shorten(text: str, limit: int = 160) -> str:

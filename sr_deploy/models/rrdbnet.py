@@ -14,8 +14,8 @@ import re
 from typing import Mapping
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from .common import pad_to_multiple, upsampling_factors
 from .registry import ArchSpec, Layout, StateDict
@@ -92,9 +92,7 @@ class RRDBNet(nn.Module):
         self.factors = upsampling_factors(scale * pixel_unshuffle)
         f = num_features
         self.conv_first = nn.Conv2d(3 * pixel_unshuffle**2, f, 3, padding=1)
-        self.body = nn.Sequential(
-            *[RRDB(f, growth_channels, residual_scaling) for _ in range(num_blocks)]
-        )
+        self.body = nn.Sequential(*[RRDB(f, growth_channels, residual_scaling) for _ in range(num_blocks)])
         self.conv_body = nn.Conv2d(f, f, 3, padding=1)
         # conv_up1, conv_up2, ... as BasicSR names them.
         for i in range(len(self.factors)):
@@ -128,15 +126,18 @@ def _infer_basicsr(state: Mapping[str, torch.Tensor]) -> dict:
     first = state["conv_first.weight"]
     unshuffle = {3: 1, 12: 2, 48: 4}.get(first.shape[1])
     if unshuffle is None:
-        raise ValueError(f"RRDBNet conv_first takes {first.shape[1]} channels; expected 3, 12 or 48 (RGB, "
-                         "pixel-unshuffled x2 or x4)")
+        raise ValueError(
+            f"RRDBNet conv_first takes {first.shape[1]} channels; expected 3, 12 or 48 (RGB, pixel-unshuffled x2 or x4)"
+        )
     num_blocks = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"body\.(\d+)\.rdb1", k)))
     ups = sum(1 for k in state if re.fullmatch(r"conv_up\d+\.weight", k))
     upsample = 2**ups
     if upsample % unshuffle:
         raise ValueError(f"RRDBNet with {ups} x2 stages cannot undo a x{unshuffle} pixel unshuffle")
     config = {
-        "scale": upsample // unshuffle, "num_blocks": num_blocks, "num_features": first.shape[0],
+        "scale": upsample // unshuffle,
+        "num_blocks": num_blocks,
+        "num_features": first.shape[0],
         "growth_channels": state["body.0.rdb1.conv1.weight"].shape[0],
     }
     if unshuffle != 1:
@@ -182,8 +183,12 @@ RRDBNET_SPEC = ArchSpec(
     module=RRDBNet,
     layouts=(
         Layout("BasicSR state dict", _is_basicsr, _infer_basicsr),
-        Layout("ESRGAN old architecture", _is_esrgan_old, lambda s: _infer_basicsr(convert_esrgan_old(s)),
-               convert_esrgan_old),
+        Layout(
+            "ESRGAN old architecture",
+            _is_esrgan_old,
+            lambda s: _infer_basicsr(convert_esrgan_old(s)),
+            convert_esrgan_old,
+        ),
     ),
     # Two 64-channel feature maps at the output resolution.
     live_values_per_hr_pixel=128,

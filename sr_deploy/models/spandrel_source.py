@@ -23,8 +23,8 @@ import warnings
 from typing import Any, Callable
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from .registry import DEFAULT_LIVE_VALUES_PER_HR_PIXEL, Detection, StateDict
 
@@ -34,8 +34,26 @@ INSTALL_HINT = "pip install 'sr-deploy[spandrel]'"
 # transformers keep many wide feature maps plus attention matrices at the input resolution; the
 # convolutional ones are near the ESRGAN figure. Rough, on the safe side: an out-of-memory error
 # still halves the tile.
-_TRANSFORMERS = ("SwinIR", "Swin2SR", "HAT", "DAT", "DRCT", "ATD", "GRL", "RGT", "IPT", "CRAFT", "FDAT",
-                 "MoSR", "Uformer", "SCUNet", "DITN", "OmniSR", "SeemoRe", "MoESR")
+_TRANSFORMERS = (
+    "SwinIR",
+    "Swin2SR",
+    "HAT",
+    "DAT",
+    "DRCT",
+    "ATD",
+    "GRL",
+    "RGT",
+    "IPT",
+    "CRAFT",
+    "FDAT",
+    "MoSR",
+    "Uformer",
+    "SCUNet",
+    "DITN",
+    "OmniSR",
+    "SeemoRe",
+    "MoESR",
+)
 
 
 def live_values_for(arch: str) -> int:
@@ -57,8 +75,15 @@ class SpandrelModule(nn.Module):
         minimum: smallest input side the architecture takes (padding makes it so).
     """
 
-    def __init__(self, model: nn.Module, call: Callable[[nn.Module, torch.Tensor], torch.Tensor],
-                 scale: int, size_multiple: int = 1, minimum: int = 0, arch: str = "") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        call: Callable[[nn.Module, torch.Tensor], torch.Tensor],
+        scale: int,
+        size_multiple: int = 1,
+        minimum: int = 0,
+        arch: str = "",
+    ) -> None:
         super().__init__()
         self.model = model
         self.arch = arch or type(model).__name__
@@ -132,8 +157,10 @@ def _detection(arch: str, descriptor: Any, version: str) -> Detection:
         raise ValueError(f"a {arch} inpainting model (it needs a mask), not a super-resolution model")
     channels = (descriptor.input_channels, descriptor.output_channels)
     if channels != (3, 3):
-        raise ValueError(f"a {arch} model with {channels[0]} input and {channels[1]} output channels; "
-                         "sr-deploy runs RGB models (3 in, 3 out)")
+        raise ValueError(
+            f"a {arch} model with {channels[0]} input and {channels[1]} output channels; "
+            "sr-deploy runs RGB models (3 in, 3 out)"
+        )
     req = descriptor.size_requirements
     if getattr(req, "square", False):
         raise ValueError(f"a {arch} model that needs square inputs; sr-deploy tiles rectangles")
@@ -141,18 +168,28 @@ def _detection(arch: str, descriptor: Any, version: str) -> Detection:
     module = SpandrelModule(descriptor.model, descriptor._call_fn, scale, req.multiple_of, req.minimum, arch)
     module = module.float().eval()
     config: dict[str, Any] = {
-        "purpose": purpose, "tags": list(descriptor.tags),
-        "size_multiple": module.size_multiple, "minimum_size": req.minimum,
-        "supports_fp16": bool(descriptor.supports_half), "supports_bf16": bool(descriptor.supports_bfloat16),
+        "purpose": purpose,
+        "tags": list(descriptor.tags),
+        "size_multiple": module.size_multiple,
+        "minimum_size": req.minimum,
+        "supports_fp16": bool(descriptor.supports_half),
+        "supports_bf16": bool(descriptor.supports_bfloat16),
     }
     notes = []
     if scale == 1:
         notes.append(f"a x1 {purpose.lower()} model: the output has the input's size")
     if not descriptor.supports_half:
         notes.append("spandrel marks it as not fp16-safe: prefer fp32")
-    return Detection(arch=arch, config=config, scale=scale, source=f"spandrel {version} ({arch})",
-                     build=lambda: module, live_values_per_hr_pixel=live_values_for(arch),
-                     size_multiple=module.size_multiple, notes=notes)
+    return Detection(
+        arch=arch,
+        config=config,
+        scale=scale,
+        source=f"spandrel {version} ({arch})",
+        build=lambda: module,
+        live_values_per_hr_pixel=live_values_for(arch),
+        size_multiple=module.size_multiple,
+        notes=notes,
+    )
 
 
 def _quietly(fn: Callable[..., Any], *args: Any) -> Any:

@@ -94,8 +94,10 @@ class SRResNet(nn.Module):
             if upsampler == "pixelshuffle":
                 stages += [nn.Conv2d(f, f * r * r, 3, padding=1, padding_mode=padding), nn.PixelShuffle(r)]
             else:
-                stages += [nn.Upsample(scale_factor=r, mode="nearest"),
-                           nn.Conv2d(f, f, 3, padding=1, padding_mode=padding)]
+                stages += [
+                    nn.Upsample(scale_factor=r, mode="nearest"),
+                    nn.Conv2d(f, f, 3, padding=1, padding_mode=padding),
+                ]
             stages.append(nn.PReLU())
         self.upsample = nn.Sequential(*stages)
         self.tail = nn.Conv2d(f, 3, 9, padding=4, padding_mode=padding)
@@ -161,8 +163,11 @@ def _infer_leftthomas(state: Mapping[str, torch.Tensor]) -> dict:
     blocks = sorted(int(m.group(1)) for k in state if (m := re.match(r"block(\d+)\.conv1\.weight", k)))
     ups = sum(1 for k in state if re.fullmatch(r"block\d+\.\d+\.conv\.weight", k))
     return {
-        "scale": 2**ups, "num_blocks": len(blocks), "num_features": state["block1.0.weight"].shape[0],
-        "batch_norm": True, "output_activation": "tanh01",
+        "scale": 2**ups,
+        "num_blocks": len(blocks),
+        "num_features": state["block1.0.weight"].shape[0],
+        "batch_norm": True,
+        "output_activation": "tanh01",
         "body_end_prelu": f"block{blocks[-1] + 1}.1.running_mean" not in state,
     }
 
@@ -197,8 +202,9 @@ _MSRRESNET_KEY = re.compile(r"(conv_first|upconv1|upconv2|conv_hr|conv_last|body
 
 
 def _is_basicsr_msrresnet(state: Mapping[str, torch.Tensor]) -> bool:
-    return "upconv1.weight" in state and "body.0.conv1.weight" in state and all(
-        _MSRRESNET_KEY.fullmatch(k) for k in state)
+    return (
+        "upconv1.weight" in state and "body.0.conv1.weight" in state and all(_MSRRESNET_KEY.fullmatch(k) for k in state)
+    )
 
 
 def _infer_msrresnet(state: Mapping[str, torch.Tensor]) -> dict:

@@ -11,18 +11,18 @@ import re
 from typing import Mapping
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from .registry import ArchSpec, Layout
 
 
 class SRVGGNetCompact(nn.Module):
     """Args:
-        scale: upscaling factor (the last conv has 3 * scale^2 channels).
-        num_feat: feature maps per conv (released models: 64).
-        num_conv: convolutions in the body (animevideov3: 16).
-        act_type: ``prelu`` (one slope per channel), ``relu`` or ``leakyrelu`` (0.1).
+    scale: upscaling factor (the last conv has 3 * scale^2 channels).
+    num_feat: feature maps per conv (released models: 64).
+    num_conv: convolutions in the body (animevideov3: 16).
+    act_type: ``prelu`` (one slope per channel), ``relu`` or ``leakyrelu`` (0.1).
     """
 
     def __init__(self, scale: int = 4, num_feat: int = 64, num_conv: int = 16, act_type: str = "prelu") -> None:

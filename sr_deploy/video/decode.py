@@ -24,8 +24,9 @@ class DecodeState:
     damage: list[str] = field(default_factory=list)
 
 
-def decoded_frames(container: Any, stream: Any, source: Path, state: DecodeState, allow_partial: bool,
-                    log: Log) -> Iterator[Any]:
+def decoded_frames(
+    container: Any, stream: Any, source: Path, state: DecodeState, allow_partial: bool, log: Log
+) -> Iterator[Any]:
     """Every frame the decoder gives, in presentation order. A decoder or demuxer error raises
     VideoDamaged (time and frame of the last good frame), or with `allow_partial` is recorded in
     `state.damage`, warned about, and decoding goes on with the next packet."""
@@ -34,8 +35,11 @@ def decoded_frames(container: Any, stream: Any, source: Path, state: DecodeState
     codec = stream.codec_context
 
     def damaged(exc: BaseException) -> None:
-        where = (f"after {clock(state.last_end)} (frame {state.frames})" if state.last_end is not None
-                 else "before the first frame")
+        where = (
+            f"after {clock(state.last_end)} (frame {state.frames})"
+            if state.last_end is not None
+            else "before the first frame"
+        )
         message = f"{source}: damaged video: decoding stopped {where}: {cause(exc)}"
         if not allow_partial:
             raise VideoDamaged(message) from None

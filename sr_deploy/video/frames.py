@@ -17,8 +17,9 @@ def frames_to_model_input(frames: list[np.ndarray]) -> np.ndarray:
     return batch
 
 
-def model_output_to_frames(batch: np.ndarray, size_hw: tuple[int, int] | None = None,
-                           dtype: type = np.uint8) -> np.ndarray:
+def model_output_to_frames(
+    batch: np.ndarray, size_hw: tuple[int, int] | None = None, dtype: type = np.uint8
+) -> np.ndarray:
     """Model output (N, 3, sH, sW) float32 RGB, unclamped -> (N, h, w, 3) RGB of `dtype` (uint8 or
     uint16), C-contiguous. `size_hw` resizes to (h, w) first (INTER_AREA down, LANCZOS4 up)."""
     hwc = batch.transpose(0, 2, 3, 1)

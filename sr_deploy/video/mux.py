@@ -29,13 +29,15 @@ def _audio_encoder_for(extension: str) -> str:
 def _packets_in_time(packet_sources: list[Iterator[Any]]) -> Iterator[Any]:
     """Merge packet iterators by decode time (dts, else pts, in seconds), so the muxer gets them
     interleaved without buffering whole streams."""
+
     def keyed(index: int, packets: Iterator[Any]) -> Iterator[tuple[float, int, Any]]:
         for packet in packets:
             stamp = packet.dts if packet.dts is not None else packet.pts
             yield (float(stamp * packet.time_base) if stamp is not None else -math.inf, index, packet)
 
-    for _t, _i, packet in heapq.merge(*(keyed(i, p) for i, p in enumerate(packet_sources)),
-                                      key=lambda item: (item[0], item[1])):
+    for _t, _i, packet in heapq.merge(
+        *(keyed(i, p) for i, p in enumerate(packet_sources)), key=lambda item: (item[0], item[1])
+    ):
         yield packet
 
 
@@ -125,8 +127,9 @@ def container_format(suffix: str) -> str:
     return {".mkv": "matroska", ".m4v": "mp4", ".mov": "mov"}.get(suffix.lower(), suffix.lower().lstrip("."))
 
 
-def mux(source: Path, folder: Path, segments: list[Segment], tmp: Path, target_suffix: str, info: VideoInfo,
-         warn: Log) -> str:
+def mux(
+    source: Path, folder: Path, segments: list[Segment], tmp: Path, target_suffix: str, info: VideoInfo, warn: Log
+) -> str:
     """Write `tmp` (container from `target_suffix`) = the segments' video + `source`'s audio and
     subtitles. Returns what happened to the audio. Any error raises (the caller reports it as a
     failure): a full disk is never taken for a container that refuses a codec, because what the
@@ -153,8 +156,10 @@ def mux(source: Path, folder: Path, segments: list[Segment], tmp: Path, target_s
                 continue
             encoder = av.codec.Codec(_audio_encoder_for(target_suffix), "w")
             if encoder.canonical_name not in accepted:
-                warn(f"warning: {source}: {target_suffix} takes neither {name} nor {encoder.canonical_name} "
-                     "audio; that audio stream is dropped")
+                warn(
+                    f"warning: {source}: {target_suffix} takes neither {name} nor {encoder.canonical_name} "
+                    "audio; that audio stream is dropped"
+                )
                 outcomes.append("dropped")
                 continue
             rates = encoder.audio_rates
@@ -168,16 +173,19 @@ def mux(source: Path, folder: Path, segments: list[Segment], tmp: Path, target_s
             audio_out.time_base = Fraction(1, rate)
             transcoders[stream.index] = _AudioTranscoder(stream, audio_out)
             outcomes.append(f"re-encoded to {encoder.canonical_name}")
-            warn(f"warning: {source}: {name} audio cannot be copied into {target_suffix}; re-encoded to "
-                 f"{encoder.canonical_name}")
+            warn(
+                f"warning: {source}: {name} audio cannot be copied into {target_suffix}; re-encoded to "
+                f"{encoder.canonical_name}"
+            )
         for stream in src.streams.subtitles:
             name = stream.codec_context.name
             if name in accepted:
                 copies[stream.index] = out.add_stream_from_template(stream)
             else:
                 warn(f"warning: {source}: {target_suffix} does not take {name} subtitles; that stream is dropped")
-        video = _monotonic_dts(packet for container in inputs
-                               for packet in _copy_packets(container, container.streams.video[0], video_out))
+        video = _monotonic_dts(
+            packet for container in inputs for packet in _copy_packets(container, container.streams.video[0], video_out)
+        )
         video_codec = inputs[0].streams.video[0].codec_context.codec.canonical_name
         if target_suffix.lower() == ".avi" and video_codec in _ANNEX_B_FILTERS:
             video = _annex_b(video, _ANNEX_B_FILTERS[video_codec], inputs[0].streams.video[0], video_out)

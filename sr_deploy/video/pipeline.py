@@ -94,9 +94,10 @@ def _get(q: queue.Queue, stop: threading.Event) -> Any:
 def _check_finite(batch: np.ndarray, source: Path, first_frame: int) -> None:
     if not np.isfinite(float(batch.sum())):  # one reduction: any NaN/Inf makes the sum non-finite
         bad = [i for i in range(len(batch)) if not np.isfinite(batch[i]).all()]
-        raise NonFiniteOutput(f"{source}: the model's output has NaN/Inf values at frame {first_frame + bad[0]} "
-                              "(a checkpoint with non-finite weights, or fp16 overflow that fp32 did not cure)")
-
+        raise NonFiniteOutput(
+            f"{source}: the model's output has NaN/Inf values at frame {first_frame + bad[0]} "
+            "(a checkpoint with non-finite weights, or fp16 overflow that fp32 did not cure)"
+        )
 
 
 def upscale_video(
@@ -156,12 +157,36 @@ def upscale_video(
     plan = plan_output(info, backend, target, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, outscale=outscale)
     if tile is None:  # decided once, so every frame of the video is processed the same way
         tile = auto_tile_size(backend, info.height, info.width, overlap, batch_size)
-    key = resume_key(source, {"encode": plan.settings.__dict__, "model": model_id, "backend": backend.name,
-                              "scale": backend.scale, "precision": backend.precision, "tile": tile,
-                              "overlap": overlap, "segment_seconds": segment_seconds})
-    job = _VideoJob(backend, source, target, info, plan, key, tile=tile, overlap=overlap, batch_size=batch_size,
-                    hwaccel=hwaccel, allow_partial=allow_partial, segment_seconds=segment_seconds, resume=resume,
-                    progress=progress, log=log)
+    key = resume_key(
+        source,
+        {
+            "encode": plan.settings.__dict__,
+            "model": model_id,
+            "backend": backend.name,
+            "scale": backend.scale,
+            "precision": backend.precision,
+            "tile": tile,
+            "overlap": overlap,
+            "segment_seconds": segment_seconds,
+        },
+    )
+    job = _VideoJob(
+        backend,
+        source,
+        target,
+        info,
+        plan,
+        key,
+        tile=tile,
+        overlap=overlap,
+        batch_size=batch_size,
+        hwaccel=hwaccel,
+        allow_partial=allow_partial,
+        segment_seconds=segment_seconds,
+        resume=resume,
+        progress=progress,
+        log=log,
+    )
     del av
     return job.run()
 
@@ -195,8 +220,10 @@ def _choose_encoder(target: Path, codec: str | None, pix_fmt: str | None, bit_de
         raise InputError(f"--codec {codec}: AV1 output is not supported yet (use libx264, libx265 or libvpx-vp9)")
     with av.open(os.devnull, "w", format=container_format(target.suffix)) as probe_out:
         if encoder.canonical_name not in probe_out.supported_codecs:
-            raise InputError(f"{target}: the {target.suffix} container does not take {encoder.canonical_name} "
-                             f"video (--codec {codec})")
+            raise InputError(
+                f"{target}: the {target.suffix} container does not take {encoder.canonical_name} "
+                f"video (--codec {codec})"
+            )
     formats = [f.name for f in encoder.video_formats or []]
     if pix_fmt is None:
         pix_fmt = "yuv420p10le" if bit_depth > 8 and "yuv420p10le" in formats else "yuv420p"
@@ -207,8 +234,17 @@ def _choose_encoder(target: Path, codec: str | None, pix_fmt: str | None, bit_de
     return codec, pix_fmt
 
 
-def plan_output(info: VideoInfo, backend: Backend, target: Path, *, codec: str | None, crf: int | None,
-                preset: str | None, pix_fmt: str | None, outscale: float | None) -> OutputPlan:
+def plan_output(
+    info: VideoInfo,
+    backend: Backend,
+    target: Path,
+    *,
+    codec: str | None,
+    crf: int | None,
+    preset: str | None,
+    pix_fmt: str | None,
+    outscale: float | None,
+) -> OutputPlan:
     """The output's encoder, pixel format, size (even for subsampled chroma), sample aspect ratio
     (turned with a 90-degree rotation, adjusted so the display aspect survives rounding) and colour
     tags (the input's)."""
@@ -229,19 +265,52 @@ def plan_output(info: VideoInfo, backend: Backend, target: Path, *, codec: str |
         sar = 1 / sar
     if sar:  # keep the display aspect when the two sides were rounded differently
         sar = (sar * Fraction(width * out_h, height * out_w)).limit_denominator(65535)
-    settings = EncodeSettings(codec, out_w, out_h, pix_fmt, info.time_base, info.rate, sar, info.color_primaries,
-                              info.color_trc, info.colorspace, info.color_range, crf, preset)
-    return OutputPlan(settings, None if (out_h, out_w) == model_size else (out_h, out_w),
-                      "rgb48le" if info.bit_depth > 8 else "rgb24", np.uint16 if deep_out else np.uint8,
-                      "rgb48le" if deep_out else "rgb24")
+    settings = EncodeSettings(
+        codec,
+        out_w,
+        out_h,
+        pix_fmt,
+        info.time_base,
+        info.rate,
+        sar,
+        info.color_primaries,
+        info.color_trc,
+        info.colorspace,
+        info.color_range,
+        crf,
+        preset,
+    )
+    return OutputPlan(
+        settings,
+        None if (out_h, out_w) == model_size else (out_h, out_w),
+        "rgb48le" if info.bit_depth > 8 else "rgb24",
+        np.uint16 if deep_out else np.uint8,
+        "rgb48le" if deep_out else "rgb24",
+    )
 
 
 class _VideoJob:
     """One `upscale_video` call: the three stages, the segment writer, the checks, the mux."""
 
-    def __init__(self, backend: Backend, source: Path, target: Path, info: VideoInfo, plan: OutputPlan, key: dict,
-                 *, tile: int, overlap: int, batch_size: int, hwaccel: str | None, allow_partial: bool,
-                 segment_seconds: float, resume: bool, progress: bool, log: Log):
+    def __init__(
+        self,
+        backend: Backend,
+        source: Path,
+        target: Path,
+        info: VideoInfo,
+        plan: OutputPlan,
+        key: dict,
+        *,
+        tile: int,
+        overlap: int,
+        batch_size: int,
+        hwaccel: str | None,
+        allow_partial: bool,
+        segment_seconds: float,
+        resume: bool,
+        progress: bool,
+        log: Log,
+    ):
         from tqdm import tqdm
 
         self.backend, self.source, self.target, self.info, self.plan = backend, source, target, info, plan
@@ -262,8 +331,10 @@ class _VideoJob:
         self.resumed_from = sum(s.frames for s in done)
         self.resume_pts = done[-1].last_pts if done else None
         if done:
-            log(f"{source}: resuming after frame {self.resumed_from} ({len(done)} finished segments in "
-                f"{self.folder.name})")
+            log(
+                f"{source}: resuming after frame {self.resumed_from} ({len(done)} finished segments in "
+                f"{self.folder.name})"
+            )
         self.step = max(1, round(1 / (info.rate * info.time_base)))  # one nominal frame, in time-base units
         self.state = DecodeState(frames=self.resumed_from, damage=damage)
         self.writer = SegmentWriter(self.folder, key, done, plan.settings, segment_seconds, self.state.damage)
@@ -274,8 +345,16 @@ class _VideoJob:
         self.colorspace, self.color_range = sws_colorspace(info.colorspace), sws_range(info.color_range)
         self.model_seconds = 0.0
         self.inferred = 0
-        self.bar = tqdm(total=info.frames_estimate or None, initial=self.resumed_from, unit="frame",
-                        desc=source.name, file=sys.stderr, disable=not progress, dynamic_ncols=True, leave=False)
+        self.bar = tqdm(
+            total=info.frames_estimate or None,
+            initial=self.resumed_from,
+            unit="frame",
+            desc=source.name,
+            file=sys.stderr,
+            disable=not progress,
+            dynamic_ncols=True,
+            leave=False,
+        )
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -298,8 +377,13 @@ class _VideoJob:
             for pts, frame in timed(frames, self.step):
                 if self.resume_pts is not None and pts <= self.resume_pts:
                     continue
-                rgb = frame.to_ndarray(format=self.plan.decode_format, width=info.width, height=info.height,
-                                       src_colorspace=self.colorspace, src_color_range=self.color_range)
+                rgb = frame.to_ndarray(
+                    format=self.plan.decode_format,
+                    width=info.width,
+                    height=info.height,
+                    src_colorspace=self.colorspace,
+                    src_color_range=self.color_range,
+                )
                 batch.append(np.rot90(rgb, info.rotation // 90) if info.rotation else rgb)
                 stamps.append(pts)
                 state.frames += 1
@@ -327,8 +411,9 @@ class _VideoJob:
             frames = model_output_to_frames(batch, plan.size_hw, plan.out_dtype)
             for pts, rgb in zip(stamps, frames):
                 frame = av.VideoFrame.from_ndarray(rgb, format=plan.rgb_out_format)
-                frame = frame.reformat(format=plan.settings.pix_fmt, dst_colorspace=self.colorspace,
-                                       dst_color_range=self.color_range)
+                frame = frame.reformat(
+                    format=plan.settings.pix_fmt, dst_colorspace=self.colorspace, dst_color_range=self.color_range
+                )
                 frame.color_range, frame.colorspace = info.color_range, info.colorspace
                 frame.color_primaries, frame.color_trc = info.color_primaries, info.color_trc
                 self.writer.write(pts, frame)
@@ -344,8 +429,9 @@ class _VideoJob:
             return
         except (av.FFmpegError, OSError) as exc:
             if work == self._encode:  # encoder or disk: a run-time failure, never bad input
-                exc = SRDeployError(f"{self.target}: encoding or writing a segment in {self.folder} failed: "
-                                    f"{cause(exc)}")
+                exc = SRDeployError(
+                    f"{self.target}: encoding or writing a segment in {self.folder} failed: {cause(exc)}"
+                )
             self.errors.append(exc)
             self.stop.set()
         except BaseException as exc:  # handed over, not swallowed
@@ -375,8 +461,10 @@ class _VideoJob:
         state, info = self.state, self.info
         if state.last_end is None or info.end is None or info.end - state.last_end <= 2 / info.rate + 0.05:
             return
-        message = (f"{self.source}: damaged video: decoding stopped after {clock(state.last_end)} "
-                   f"(frame {state.frames}) of {clock(info.end)}")
+        message = (
+            f"{self.source}: damaged video: decoding stopped after {clock(state.last_end)} "
+            f"(frame {state.frames}) of {clock(info.end)}"
+        )
         if not self.allow_partial:
             raise VideoDamaged(message)
         state.damage.append(message)
@@ -394,8 +482,7 @@ class _VideoJob:
         final = partial_output_path(self.target) if damage else self.target
         tmp = partial_path(final)
         try:
-            audio = mux(self.source, self.folder, self.writer.segments, tmp, self.target.suffix, self.info,
-                        self.warn)
+            audio = mux(self.source, self.folder, self.writer.segments, tmp, self.target.suffix, self.info, self.warn)
             os.replace(tmp, final)
         except (av.FFmpegError, OSError) as exc:
             raise SRDeployError(f"{final}: writing the output failed: {cause(exc)}") from None
@@ -407,8 +494,10 @@ class _VideoJob:
         """The stages, then the checks and the mux. The segments are kept for a re-run after an
         interruption or a run-time failure, and removed after success, bad input or NaN output."""
         started = time.perf_counter()
-        threads = [threading.Thread(target=self._stage, args=(self._decode,), daemon=True, name="sr-deploy-decode"),
-                   threading.Thread(target=self._stage, args=(self._encode,), daemon=True, name="sr-deploy-encode")]
+        threads = [
+            threading.Thread(target=self._stage, args=(self._decode,), daemon=True, name="sr-deploy-decode"),
+            threading.Thread(target=self._stage, args=(self._encode,), daemon=True, name="sr-deploy-encode"),
+        ]
         keep_segments = True
         try:
             for thread in threads:
@@ -433,7 +522,16 @@ class _VideoJob:
             if not keep_segments:
                 shutil.rmtree(self.folder, ignore_errors=True)
         size = (self.plan.settings.width, self.plan.settings.height)
-        return VideoResult(sum(s.frames for s in self.writer.segments), float(self.info.rate), size,
-                           time.perf_counter() - started, self.model_seconds, audio, self.warnings,
-                           frames_inferred=self.inferred, resumed_from=self.resumed_from, path=final,
-                           partial=bool(self.state.damage))
+        return VideoResult(
+            sum(s.frames for s in self.writer.segments),
+            float(self.info.rate),
+            size,
+            time.perf_counter() - started,
+            self.model_seconds,
+            audio,
+            self.warnings,
+            frames_inferred=self.inferred,
+            resumed_from=self.resumed_from,
+            path=final,
+            partial=bool(self.state.damage),
+        )

@@ -50,16 +50,19 @@ def open_input(source: Path, hwaccel: str | None = None) -> Any:
         from av.codec.hwaccel import HWAccel, hwdevices_available
 
         if hwaccel not in hwdevices_available():
-            raise InputError(f"--hwaccel {hwaccel}: not in this FFmpeg build (it has: "
-                             f"{', '.join(hwdevices_available()) or 'none'})")
+            raise InputError(
+                f"--hwaccel {hwaccel}: not in this FFmpeg build (it has: {', '.join(hwdevices_available()) or 'none'})"
+            )
         kwargs["hwaccel"] = HWAccel(device_type=hwaccel, allow_software_fallback=True)
     try:
         return av.open(str(source), "r", **kwargs)
     except (av.FFmpegError, OSError, ValueError) as exc:
         if not kwargs:
             raise _open_error(source, exc) from None
-        raise InputError(f"--hwaccel {hwaccel}: {source} does not open with it ({cause(exc)}); without "
-                         "--hwaccel it is decoded in software") from None
+        raise InputError(
+            f"--hwaccel {hwaccel}: {source} does not open with it ({cause(exc)}); without "
+            "--hwaccel it is decoded in software"
+        ) from None
 
 
 def _open_error(source: Path, exc: BaseException) -> InputError:
@@ -105,13 +108,24 @@ def probe_video(source: str | Path) -> VideoInfo:
         sar = Fraction(ctx.sample_aspect_ratio) if ctx.sample_aspect_ratio else Fraction(0)
         estimate = stream.frames or (round((end - start) * rate) if end else 0)
         return VideoInfo(
-            width=first.width, height=first.height, time_base=time_base, rate=rate, start=start, end=end,
-            frames_estimate=estimate, sar=sar, pix_fmt=pix_fmt, bit_depth=bit_depth,
-            color_primaries=int(first.color_primaries), color_trc=int(first.color_trc),
-            colorspace=int(first.colorspace), color_range=int(first.color_range),
+            width=first.width,
+            height=first.height,
+            time_base=time_base,
+            rate=rate,
+            start=start,
+            end=end,
+            frames_estimate=estimate,
+            sar=sar,
+            pix_fmt=pix_fmt,
+            bit_depth=bit_depth,
+            color_primaries=int(first.color_primaries),
+            color_trc=int(first.color_trc),
+            colorspace=int(first.colorspace),
+            color_range=int(first.color_range),
             rotation=round((first.rotation or 0) / 90) * 90 % 360,
             audio=tuple(s.codec_context.name for s in container.streams.audio),
-            subtitles=tuple(s.codec_context.name for s in container.streams.subtitles))
+            subtitles=tuple(s.codec_context.name for s in container.streams.subtitles),
+        )
     finally:
         container.close()
 
@@ -120,7 +134,8 @@ def sws_colorspace(colorspace: int) -> str:
     """FFmpeg's AVCOL_SPC_* -> the swscale matrix name PyAV's reformatter takes. Unspecified maps
     to swscale's default (BT.601) on both the decode and the encode side, so they match."""
     return {1: "itu709", 4: "fcc", 5: "itu601", 6: "smpte170m", 7: "smpte240m", 9: "bt2020", 10: "bt2020"}.get(
-        colorspace, "default")
+        colorspace, "default"
+    )
 
 
 def sws_range(color_range: int) -> str:

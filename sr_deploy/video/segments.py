@@ -19,7 +19,6 @@ _MANIFEST = "manifest.json"
 _MANIFEST_VERSION = 1
 
 
-
 @dataclass
 class Segment:
     file: str
@@ -56,8 +55,13 @@ def resume_key(source: Path, settings: dict) -> dict:
     """What must not change between an interrupted run and its resumption."""
     stat = source.stat()
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return {"version": _MANIFEST_VERSION, "source": str(source.resolve()), "size": stat.st_size,
-            "mtime_ns": stat.st_mtime_ns, "settings": digest}
+    return {
+        "version": _MANIFEST_VERSION,
+        "source": str(source.resolve()),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "settings": digest,
+    }
 
 
 @dataclass(frozen=True)
@@ -82,8 +86,9 @@ class SegmentWriter:
     session (so it starts with a keyframe and decodes on its own). A segment is renamed into
     place and recorded in the manifest only once it is complete."""
 
-    def __init__(self, folder: Path, key: dict, done: list[Segment], settings: EncodeSettings, seconds: float,
-                 damage: list[str]):
+    def __init__(
+        self, folder: Path, key: dict, done: list[Segment], settings: EncodeSettings, seconds: float, damage: list[str]
+    ):
         self.folder, self.key, self.segments, self.settings = folder, key, done, settings
         self.damage = damage  # shared with the reader: recorded with every finished segment
         self.span = max(1, int(seconds / settings.time_base)) if seconds > 0 else None
