@@ -54,6 +54,7 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
 
 
+# long: one matrix row walks every step (load, run, export, parity, tile) in order, each recording its own failure reason
 def run_one(name: str) -> dict[str, Any]:
     """Every step for the zoo entry `name`; a failed step records its reason and stops the row."""
     warnings.simplefilter("ignore")

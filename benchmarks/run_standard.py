@@ -125,6 +125,7 @@ def equivalent_command(model: str, args: dict) -> str:
     return " ".join(parts)
 
 
+# long: the standard benchmark matrix as one readable sequence of steps
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes and few calls: checks the script works")

@@ -30,6 +30,7 @@ filesystem, or the same path on every node); video pieces and the model file tra
 Ray's object store, so they need no shared filesystem.
 """
 
+# long-module: images (Ray Data actor pool) and videos (segment fan-out and ordered join) share the job bookkeeping of a local run
 from __future__ import annotations
 
 import dataclasses

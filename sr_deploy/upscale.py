@@ -378,6 +378,7 @@ def _status(target: Path) -> Literal["done", "todo", "folder"]:
     return "todo"
 
 
+# long: the job loop keeps skip/resume, per-kind dispatch and per-file error accounting in one place
 def run_jobs(jobs: Sequence[Job], backend: Backend, options: UpscaleOptions, log: Log = _stderr) -> UpscaleSummary:
     """Run every job; one failing job is logged (`error: FILE: cause`) and the others go on.
 

@@ -17,6 +17,7 @@ Validation and its records live in `train.validation`; RNG state, EMA, the stop-
 and atomic saving in `train.state`.
 """
 
+# long-module: the one training loop every recipe shares; validation and state plumbing already live in validation.py and state.py
 from __future__ import annotations
 
 import copy
