@@ -24,6 +24,7 @@ from sr_deploy.models import SRResNet, load_checkpoint, save_checkpoint
 from sr_deploy.perceptual import LPIPS, FeatureExtractor, file_sha256, load_weights, lpips_uint8
 from sr_deploy.realism import resolve_realism
 from train.cli import main as train_main
+from train.state import slim_state
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -180,6 +181,17 @@ def test_short_gan_run_on_real_vgg16_completes_and_resumes(perceptual_dir, share
     val = read_csv(out / "val.csv")
     # A 1-block, 8-channel generator after 4 steps: LPIPS is scored, not good (it may exceed 1).
     assert [r["iteration"] for r in val] == [2, 4] and all(0 < r["lpips"] < 5 for r in val), val
+    # The slimmed state (what a committed GAN run keeps) still resumes: the generator exactly.
+    generator_before = torch.load(out / "state_latest.pt", weights_only=True)["generator"]
+    before, after = slim_state(out / "state_latest.pt")
+    assert after < before
+    slim = torch.load(out / "state_latest.pt", weights_only=True)
+    assert slim["opt_d"] is None and all(
+        v.dtype == torch.float16 for v in slim["discriminator"].values() if v.is_floating_point()
+    )
+    assert all(torch.equal(v, generator_before[k]) for k, v in slim["generator"].items())
+    assert train_main(["esrgan", *common, "--resume", "--iters", "5"]) == 0
+    assert read_csv(out / "loss.csv")[-1]["iteration"] == 5
 
 
 def test_training_refuses_unknown_vgg_weights_with_one_line(shared_data, tmp_path):

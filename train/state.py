@@ -95,3 +95,30 @@ class StopOnSignal:
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def slim_state(path: str | Path) -> tuple[int, int]:
+    """Shrink a GAN run's state file so that it can be committed beside its run: the
+    discriminator's weights are stored as float16 and its Adam moments dropped (a `--resume` then
+    starts them afresh, which the trainer accepts); the generator, its EMA, its optimiser, the
+    schedules and the RNG states stay exact. Rewritten atomically; returns (bytes before, after).
+
+        python -m train.state RUN_DIR/state_latest.pt
+    """
+    path = Path(path)
+    before = path.stat().st_size
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("discriminator") is not None:
+        state["discriminator"] = {
+            k: v.half() if v.is_floating_point() else v for k, v in state["discriminator"].items()
+        }
+        state["opt_d"] = None
+    atomic_torch_save(state, path)
+    return before, path.stat().st_size
+
+
+if __name__ == "__main__":
+    import sys
+
+    old, new = slim_state(sys.argv[1])
+    print(f"{sys.argv[1]}: {old / 1e6:.1f} MB -> {new / 1e6:.1f} MB")

@@ -347,8 +347,9 @@ class Trainer:
             if self.ema:
                 self.ema.model.load_state_dict(state["ema"])
             if self.discriminator is not None:
-                self.discriminator.load_state_dict(state["discriminator"])
-                self.opt_d.load_state_dict(state["opt_d"])
+                self.discriminator.load_state_dict(state["discriminator"])  # float16 in a slimmed state: cast
+                if state["opt_d"] is not None:  # None in a slimmed state (train.state.slim_state): fresh moments
+                    self.opt_d.load_state_dict(state["opt_d"])
                 self.sched_d.load_state_dict(state["sched_d"])
             self.opt_g.load_state_dict(state["opt_g"])
             self.sched_g.load_state_dict(state["sched_g"])
