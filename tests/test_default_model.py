@@ -52,8 +52,45 @@ def test_upscale_without_model_uses_the_default(tmp_path) -> None:
     assert abs(small - make_sample_image(40, 60)).mean() < 12
 
 
-def test_default_gan_is_refused_with_the_reason() -> None:
-    result = CliRunner().invoke(cli, ["info", "default-gan"])
-    assert result.exit_code == 2
-    assert "default-gan" in result.output and "VGG19" in result.output
-    assert "Traceback" not in result.output
+def test_default_gan_ships_with_its_provenance() -> None:
+    """default-gan: same architecture as default (so it deploys and interpolates like it), its
+    perceptual feature network named with its sha256, and scores recorded at packaging."""
+    gan = json.loads(CliRunner().invoke(cli, ["info", "--json", "default-gan"]).output)
+    psnr = json.loads(CliRunner().invoke(cli, ["info", "--json", "default"]).output)
+    assert gan["arch"] == psnr["arch"] == "SRResNet" and gan["config"] == psnr["config"]
+    assert gan["sha256"] != psnr["sha256"]
+    feature = gan["metadata"]["feature_network"]
+    assert feature["arch"] == "vgg16" and feature["sha256"].startswith("bdaa2d38b2a2")
+    assert gan["metadata"]["recipe"] == "esrgan" and "Sun_Hays80" in gan["metadata"]["data"]
+    assert set(gan["metadata"]["eval_x4_y"]) == {"Set5", "Set14"}
+
+
+@pytest.mark.slow
+def test_default_gan_is_perceptually_better_and_realism_lies_between(
+    set5_dir, shared_data, tmp_path, monkeypatch
+) -> None:
+    """Scored now on Set5: LPIPS-Alex default-gan < realism 0.5 < default, PSNR the other way
+    round, and default-gan above the 28.5 dB floor of its model card."""
+    from sr_deploy.evaluation import lpips_metrics
+    from sr_deploy.realism import resolve_realism
+
+    weights = shared_data / "weights" / "perceptual"
+    if not (weights / "lpips_alexnet_imagenet.npz").is_file():
+        pytest.skip(f"LPIPS weights not found at {weights}")
+    monkeypatch.setenv("SR_DEPLOY_CACHE", str(tmp_path))
+    lpips = lpips_metrics(["lpips"], weights)
+    scores = {}
+    for alpha in (0.0, 0.5, 1.0):
+        model = resolve_realism("default", None, alpha)
+        result = evaluate_dataset(
+            upscaler_for(model, device="cpu", precision="fp32"),
+            set5_dir,
+            4,
+            progress=False,
+            lpips=lpips,
+            metrics=("psnr", "lpips"),
+        )
+        scores[alpha] = (result.mean_psnr, result.mean_lpips["lpips"])
+    assert scores[1.0][1] < scores[0.5][1] < scores[0.0][1], scores
+    assert scores[1.0][0] < scores[0.5][0] < scores[0.0][0], scores
+    assert scores[1.0][0] >= 28.5 and scores[1.0][1] < 0.1358, scores  # better than the public SRGAN generator

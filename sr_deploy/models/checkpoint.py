@@ -74,11 +74,6 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
     text = str(name_or_path)
     if text in BUNDLED_MODELS:
         path = WEIGHTS_DIR / BUNDLED_MODELS[text]
-        if not path.is_file() and text == "default-gan":
-            raise InputError(
-                "default-gan: the perceptual default is not shipped (no VGG19 weights were available "
-                "to train it, see sr_deploy/weights/README.md); use default, or pass a GAN model with --model PATH"
-            )
         if not path.is_file():
             raise InputError(
                 f"{text}: the bundled model {path.name} is not in this installation of sr-deploy; "
