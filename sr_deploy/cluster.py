@@ -53,7 +53,7 @@ from .upscale import (
     Job,
     UpscaleOptions,
     UpscaleSummary,
-    _status,
+    jobs_to_run,
     load_backend,
     plan_jobs,
     upscale_image_file,
@@ -441,19 +441,7 @@ def run_jobs_on_ray(
     from tqdm import tqdm
 
     ray = import_ray()
-    summary = UpscaleSummary()
-    todo: list[Job] = []
-    for job in jobs:
-        status = _status(job.target)  # the local run's rule: done = a non-empty file
-        if status == "folder":
-            summary.failed.append((job.source, f"{job.target}: a folder has the output's name; move it away", 2))
-            log(f"error: {summary.failed[-1][1]}")
-        elif status == "done" and not options.overwrite:
-            summary.skipped.append(job.target)
-        else:
-            todo.append(job)
-    if summary.skipped:
-        log(f"skipping {len(summary.skipped)} output(s) that already exist (--overwrite redoes them)")
+    summary, todo = jobs_to_run(jobs, options, log)  # the local run's skip / resume rule
     if not todo:
         return summary
     model_name, model_files = _model_files(options.model)

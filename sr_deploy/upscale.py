@@ -378,15 +378,10 @@ def _status(target: Path) -> Literal["done", "todo", "folder"]:
     return "todo"
 
 
-# long: the job loop keeps skip/resume, per-kind dispatch and per-file error accounting in one place
-def run_jobs(jobs: Sequence[Job], backend: Backend, options: UpscaleOptions, log: Log = _stderr) -> UpscaleSummary:
-    """Run every job; one failing job is logged (`error: FILE: cause`) and the others go on.
-
-    KeyboardInterrupt stops everything (the current output's temporary file is removed; a video's
-    finished segments are kept for the re-run to resume from).
-    """
-    from tqdm import tqdm
-
+def jobs_to_run(jobs: Sequence[Job], options: UpscaleOptions, log: Log = _stderr) -> tuple[UpscaleSummary, list[Job]]:
+    """The skip / resume rule of every run, local or on a cluster: an output that is done (a
+    non-empty file) is skipped unless `options.overwrite`; a folder under the output's name fails
+    that job (code 2). Returns the summary so far and the jobs left to run."""
     summary = UpscaleSummary()
     todo = []
     for job in jobs:
@@ -400,6 +395,19 @@ def run_jobs(jobs: Sequence[Job], backend: Backend, options: UpscaleOptions, log
             todo.append(job)
     if summary.skipped:
         log(f"skipping {len(summary.skipped)} output(s) that already exist (--overwrite redoes them)")
+    return summary, todo
+
+
+# long: the job loop keeps skip/resume, per-kind dispatch and per-file error accounting in one place
+def run_jobs(jobs: Sequence[Job], backend: Backend, options: UpscaleOptions, log: Log = _stderr) -> UpscaleSummary:
+    """Run every job; one failing job is logged (`error: FILE: cause`) and the others go on.
+
+    KeyboardInterrupt stops everything (the current output's temporary file is removed; a video's
+    finished segments are kept for the re-run to resume from).
+    """
+    from tqdm import tqdm
+
+    summary, todo = jobs_to_run(jobs, options, log)
     images = sum(job.kind == "image" for job in todo)
     bar = tqdm(
         total=images,
