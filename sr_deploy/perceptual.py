@@ -29,7 +29,6 @@ weights), so that no "SRGAN" is ever trained on a random VGG by accident.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import InputError
+from .util.files import file_sha256
 
 ENV_VAR = "SR_DEPLOY_PERCEPTUAL_WEIGHTS"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -93,15 +93,6 @@ FILE_NAMES = {
     "vgg19": ["vgg19-dcbb9e9d.pth"],
     "alexnet": ["lpips_alexnet_imagenet.npz", "alexnet-owt-7be5be79.pth"],
 }
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def identify_weights(sha256: str) -> KnownWeights | None:

@@ -21,8 +21,9 @@ from click.testing import CliRunner
 from sr_deploy.cli import cli
 from sr_deploy.errors import InputError
 from sr_deploy.models import SRResNet, load_checkpoint, save_checkpoint
-from sr_deploy.perceptual import LPIPS, FeatureExtractor, file_sha256, load_weights, lpips_uint8
+from sr_deploy.perceptual import LPIPS, FeatureExtractor, load_weights, lpips_uint8
 from sr_deploy.realism import resolve_realism
+from sr_deploy.util.files import file_sha256
 from train.cli import main as train_main
 from train.state import slim_state
 
