@@ -32,9 +32,10 @@ from __future__ import annotations
 
 import shutil
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from .errors import InputError
 
@@ -215,11 +216,20 @@ def _place(staging: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _staging(repo: Path, name: str) -> Path:
-    folder = repo / f".{name}.partial"
-    shutil.rmtree(folder, ignore_errors=True)
-    (folder / VERSION).mkdir(parents=True)
-    return folder
+@contextmanager
+def _staged_model(repo: Path, name: str) -> Iterator[Path]:
+    """A fresh `.NAME.partial` folder (with its version folder) to fill; on success it replaces
+    `repo/NAME` (`_place`), on any error (Ctrl-C included) it is removed, so the repository never
+    holds a half-written model."""
+    staging = repo / f".{name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / VERSION).mkdir(parents=True)
+    try:
+        yield staging
+        _place(staging, repo / name)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def write_triton_repository(
@@ -287,8 +297,7 @@ def write_triton_repository(
         from .model_file import model_file_scale
 
         source, scale = model_file_scale(model)
-        staging = _staging(repo, name)
-        try:
+        with _staged_model(repo, name) as staging:
             shutil.copyfile(source, staging / VERSION / source.name)
             extra = source.with_name(source.name + ".json")
             if source.suffix.lower() in (".engine", ".plan") and extra.is_file():
@@ -297,10 +306,6 @@ def write_triton_repository(
             (staging / "config.pbtxt").write_text(
                 python_config(name, max_batch, kind_text, scale, source.name, backend, precision)
             )
-            _place(staging, repo / name)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         folder = repo / name
         models.append(
             TritonModel(
@@ -314,8 +319,7 @@ def write_triton_repository(
         from .models import resolve_model_path
 
         source = resolve_model_path(model)
-        staging = _staging(repo, name)
-        try:
+        with _staged_model(repo, name) as staging:
             onnx_target = staging / VERSION / "model.onnx"
             given = Path(onnx_file) if onnx_file is not None else (source if source.suffix.lower() == ".onnx" else None)
             if given is not None:
@@ -331,10 +335,6 @@ def write_triton_repository(
             scale = onnx_file_scale(onnx_target)
             profile = sidecar.profile if sidecar is not None else DEFAULT_PROFILE
             (staging / "config.pbtxt").write_text(onnx_config(name, max_batch, profile, kind_text, scale))
-            _place(staging, repo / name)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         folder = repo / name
         models.append(
             TritonModel(
@@ -343,14 +343,9 @@ def write_triton_repository(
         )
         if engine_path is not None and sidecar is not None:
             plan_name = f"{name}_trt"
-            staging = _staging(repo, plan_name)
-            try:
+            with _staged_model(repo, plan_name) as staging:
                 shutil.copyfile(engine_path, staging / VERSION / "model.plan")
                 (staging / "config.pbtxt").write_text(plan_config(plan_name, sidecar.profile, scale))
-                _place(staging, repo / plan_name)
-            except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise
             folder = repo / plan_name
             models.append(
                 TritonModel(
