@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from .errors import InputError
-from .models import load_checkpoint, save_checkpoint
+from .models import load_checkpoint, resolve_model_path, save_checkpoint
+from .util.files import file_sha256
 
 # The bundled pair: `--realism A` with the default model blends it with the perceptual default.
 BUNDLED_PAIR = {"default": "default-gan"}
@@ -121,8 +122,13 @@ def resolve_realism(model: str, gan_model: str | None, realism: float | None) ->
         return model
     if alpha == 1.0:
         return gan_model
-    psnr_ckpt, gan_ckpt = load_checkpoint(model), load_checkpoint(gan_model)
-    key = hashlib.sha256(f"{psnr_ckpt.sha256}:{gan_ckpt.sha256}:{alpha!r}".encode()).hexdigest()[:20]
+    # The cache key needs only the files' bytes: hash them, building no model on a cache hit.
+    paths = [resolve_model_path(m) for m in (model, gan_model)]
+    for path in paths:
+        if not path.is_file():
+            raise InputError(f"{path}: no such model file")
+    psnr_sha, gan_sha = (file_sha256(path) for path in paths)
+    key = hashlib.sha256(f"{psnr_sha}:{gan_sha}:{alpha!r}".encode()).hexdigest()[:20]
     target = cache_dir() / f"realism-{alpha:.3f}-{key}.pt"
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
