@@ -521,8 +521,8 @@ def build_engine(
     type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
     default="auto",
     show_default=True,
-    help="Compute precision; auto: fp16 on CUDA; on the CPU bf16 where the CPU has AMX and the model's "
-    "bf16 parity is >= 50 dB, else fp32.",
+    help="Compute precision; auto: fp16 on CUDA; on the CPU bf16 where the CPU has bf16 instructions, "
+    "bf16 measures faster and the model's bf16 parity is >= 50 dB, else fp32.",
 )
 @click.option(
     "--tile",

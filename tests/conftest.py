@@ -21,12 +21,13 @@ def _need(path: Path) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def _cpu_without_amx(tmp_path_factory) -> None:
-    """`--precision auto` picks bf16 on CPUs with AMX (sr_deploy.backends.cpu_precision): the suite
-    runs as on a CPU without it (fp32, as its references expect), on any CI machine, and keeps its
-    precision cache out of ~/.cache. Subprocesses inherit both. test_cpu_precision.py tests AMX."""
+    """`--precision auto` picks bf16 on CPUs with bf16 instructions where it measures faster
+    (sr_deploy.backends.cpu_precision): the suite runs as on a CPU without them (fp32, as its
+    references expect, nothing measured), on any CI machine, and keeps its precision cache out of
+    ~/.cache. Subprocesses inherit both. test_cpu_precision.py tests the bf16 CPUs."""
     folder = tmp_path_factory.mktemp("cpu")
     cpuinfo = folder / "cpuinfo"
-    cpuinfo.write_text("model name\t: Stand-in CPU without AMX\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n")
+    cpuinfo.write_text("model name\t: Stand-in CPU without bf16\nflags\t\t: fpu sse2 avx2 avx512f\n")
     os.environ.setdefault("SR_DEPLOY_CPUINFO", str(cpuinfo))
     os.environ.setdefault("SR_DEPLOY_CACHE", str(folder / "cache"))
 

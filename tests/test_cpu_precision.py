@@ -1,13 +1,16 @@
-"""`--precision auto` on the CPU: bf16 only with AMX and only when bf16 passes the 50 dB parity threshold.
+"""`--precision auto` on the CPU: bf16 only on CPUs with bf16 instructions, only where it measures
+faster, and only when bf16 passes the 50 dB parity threshold.
 
-The CPU-capability probe is replaced by stand-in cpuinfo files (both ways); the parity figures
-are measured for real (Set5 crops when ../shared/data is there)."""
+The CPU-capability probe is replaced by stand-in cpuinfo files (every way), the speed measurement
+by stand-in figures where a test needs one verdict; the parity figures are measured for real
+(Set5 crops when ../shared/data is there)."""
 
 from __future__ import annotations
 
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,8 +45,16 @@ def amx_cpu(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture()
 def epyc_cpu(tmp_path, monkeypatch) -> Path:
-    """A stand-in EPYC: bf16 vector instructions (avx512_bf16) but no matrix units."""
+    """A stand-in EPYC: bf16 vector instructions (avx512_bf16), no matrix units."""
     monkeypatch.setenv("SR_DEPLOY_CPUINFO", str(_cpuinfo(tmp_path, "Stand-in EPYC", "fpu avx512f avx512_bf16")))
+    monkeypatch.setenv("SR_DEPLOY_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / cp.CACHE_FILE
+
+
+@pytest.fixture()
+def old_cpu(tmp_path, monkeypatch) -> Path:
+    """A stand-in CPU without any bf16 instructions."""
+    monkeypatch.setenv("SR_DEPLOY_CPUINFO", str(_cpuinfo(tmp_path, "Stand-in Opteron", "fpu sse2 avx2 avx512f")))
     monkeypatch.setenv("SR_DEPLOY_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache" / cp.CACHE_FILE
 
@@ -63,58 +74,92 @@ class Cancelling(nn.Module):
 
 
 def _no_measuring(model, scale):
-    raise AssertionError("parity was measured where it should not have been")
+    raise AssertionError("bf16 was measured where it should not have been")
 
 
-def test_probe_reads_the_amx_flag_from_cpuinfo(amx_cpu, tmp_path, monkeypatch):
-    assert cp.cpu_has_bf16_matrix_units() and cp.cpu_model_name() == "Stand-in Xeon"
+def _twice_as_fast(model, scale):
+    return 2.0
+
+
+def _as_fast(model, scale):
+    return 1.05
+
+
+def _key(cpu: str, sha: str) -> str:
+    return f"{cpu}|{sha}|torch {torch.__version__}|{torch.get_num_threads()} threads"
+
+
+def test_probe_reads_the_bf16_flags_from_cpuinfo(amx_cpu, tmp_path, monkeypatch):
+    assert cp.cpu_bf16_instructions() == "bf16 matrix units (amx_bf16)"
+    assert cp.cpu_model_name() == "Stand-in Xeon"
     monkeypatch.setenv("SR_DEPLOY_CPUINFO", str(_cpuinfo(tmp_path, "Stand-in EPYC", "avx512_bf16 amx_tilex")))
-    assert not cp.cpu_has_bf16_matrix_units()
+    assert cp.cpu_bf16_instructions() == "bf16 vector instructions (avx512_bf16)"
+    monkeypatch.setenv("SR_DEPLOY_CPUINFO", str(_cpuinfo(tmp_path, "Old", "avx512f avx512_bf16x")))
+    assert cp.cpu_bf16_instructions() is None  # whole flags only
     monkeypatch.setenv("SR_DEPLOY_CPUINFO", str(tmp_path / "absent"))
-    assert not cp.cpu_has_bf16_matrix_units()  # no /proc/cpuinfo (macOS, Windows): fp32
+    assert cp.cpu_bf16_instructions() is None  # no /proc/cpuinfo (macOS, Windows): fp32
 
 
-def test_without_amx_auto_is_fp32_without_measuring(tiny_srresnet, epyc_cpu):
-    choice = cp.choose_cpu_precision(tiny_srresnet, "abc", measure=_no_measuring)
+def test_without_bf16_instructions_auto_is_fp32_without_measuring(tiny_srresnet, old_cpu):
+    choice = cp.choose_cpu_precision(tiny_srresnet, "abc", measure=_no_measuring, measure_speed=_no_measuring)
     assert choice.precision == "fp32"
-    assert "Stand-in EPYC has no bf16 matrix units (amx_bf16)" in choice.reason
-    assert not epyc_cpu.exists()  # nothing measured, nothing cached
+    assert "Stand-in Opteron has no bf16 instructions (amx_bf16 / avx512_bf16)" in choice.reason
+    assert not old_cpu.exists()  # nothing measured, nothing cached
 
 
 def test_with_amx_a_model_that_passes_parity_runs_bf16_and_the_verdict_is_cached(tiny_srresnet, amx_cpu, set5_dir):
-    choice = cp.choose_cpu_precision(tiny_srresnet, "sha-tiny")
+    choice = cp.choose_cpu_precision(tiny_srresnet, "sha-tiny", measure_speed=_twice_as_fast)
     assert choice.precision == "bf16", choice.reason
-    entry = json.loads(amx_cpu.read_text())["Stand-in Xeon|sha-tiny"]
-    assert entry["psnr_db"] >= REDUCED_MIN_PSNR_DB and entry["images"] == "Set5 crops"
-    assert f"parity {entry['psnr_db']:.1f} dB >= 50 dB on Set5 crops" in choice.reason
+    entry = json.loads(amx_cpu.read_text())[_key("Stand-in Xeon", "sha-tiny")]
+    assert entry["psnr_db"] >= REDUCED_MIN_PSNR_DB and entry["images"] == "Set5 crops" and entry["speedup"] == 2.0
+    assert choice.reason.startswith("bf16: Stand-in Xeon has bf16 matrix units (amx_bf16); ")
+    assert f"parity {entry['psnr_db']:.1f} dB >= 50 dB on Set5 crops, 2.00x the fp32 speed (>= 1.15x)" in choice.reason
 
-    again = cp.choose_cpu_precision(tiny_srresnet, "sha-tiny", measure=_no_measuring)
+    again = cp.choose_cpu_precision(tiny_srresnet, "sha-tiny", measure=_no_measuring, measure_speed=_no_measuring)
     assert (again.precision, again.reason) == ("bf16", choice.reason + " (cached)")
     # Another model (hash) or another CPU model is measured afresh.
     with pytest.raises(AssertionError, match="measured"):
         cp.choose_cpu_precision(tiny_srresnet, "sha-other", measure=_no_measuring)
 
 
+def test_with_avx512_bf16_auto_follows_the_measured_speed(tiny_srresnet, epyc_cpu):
+    fast = cp.choose_cpu_precision(tiny_srresnet, "sha-fast", measure_speed=_twice_as_fast)
+    assert fast.precision == "bf16", fast.reason
+    assert fast.reason.startswith("bf16: Stand-in EPYC has bf16 vector instructions (avx512_bf16); ")
+    slow = cp.choose_cpu_precision(tiny_srresnet, "sha-slow", measure_speed=_as_fast)
+    assert slow.precision == "fp32", slow.reason
+    assert "but bf16 vs fp32 parity" in slow.reason and "1.05x the fp32 speed (< 1.15x)" in slow.reason
+
+
+def test_the_speed_measurement_times_both_precisions(tiny_srresnet):
+    speedup = cp.measure_bf16_speedup(tiny_srresnet, 4)
+    assert 0.05 < speedup < 20  # a real ratio of two timings, whatever this CPU makes of bf16
+
+
 def test_with_amx_a_model_that_fails_bf16_parity_stays_fp32(amx_cpu):
     model = Cancelling()
     psnr, _images = cp.measure_bf16_psnr(model, 4)
     assert psnr < REDUCED_MIN_PSNR_DB
-    choice = cp.choose_cpu_precision(model, "sha-cancelling")
+    choice = cp.choose_cpu_precision(model, "sha-cancelling", measure_speed=_twice_as_fast)
     assert choice.precision == "fp32"
     assert f"but bf16 vs fp32 parity {psnr:.1f} dB < 50 dB" in choice.reason
     # The failing verdict is cached too, and still says fp32.
-    assert cp.choose_cpu_precision(model, "sha-cancelling", measure=_no_measuring).precision == "fp32"
+    again = cp.choose_cpu_precision(model, "sha-cancelling", measure=_no_measuring, measure_speed=_no_measuring)
+    assert again.precision == "fp32"
 
 
 def test_a_damaged_cache_is_measured_again(tiny_srresnet, amx_cpu):
     amx_cpu.parent.mkdir(parents=True)
     amx_cpu.write_text("{not json")
-    choice = cp.choose_cpu_precision(tiny_srresnet, "sha", measure=lambda m, s: (40.0, "stand-in crops"))
+    choice = cp.choose_cpu_precision(
+        tiny_srresnet, "sha", measure=lambda m, s: (40.0, "stand-in crops"), measure_speed=_twice_as_fast
+    )
     assert choice.precision == "fp32" and "40.0 dB < 50 dB on stand-in crops" in choice.reason
-    assert json.loads(amx_cpu.read_text())["Stand-in Xeon|sha"]["psnr_db"] == 40.0
+    assert json.loads(amx_cpu.read_text())[_key("Stand-in Xeon", "sha")]["psnr_db"] == 40.0
 
 
 def test_load_with_auto_precision_follows_the_cpu(tiny_srresnet, tmp_path, amx_cpu, monkeypatch):
+    monkeypatch.setattr(cp, "measure_bf16_speedup", _twice_as_fast)
     ckpt = save_checkpoint(tmp_path / "tiny.pt", tiny_srresnet, {"scale": 4, "num_blocks": 2, "num_features": 16})
     x = np.random.default_rng(0).random((1, 3, 8, 8), dtype=np.float32)
     with load(ckpt, device="cpu") as backend:
@@ -127,9 +172,9 @@ def test_load_with_auto_precision_follows_the_cpu(tiny_srresnet, tmp_path, amx_c
     # An in-memory module is measured (no file hash to cache under) and fails here: fp32.
     with load(copy.deepcopy(Cancelling()), device="cpu") as backend:
         assert backend.precision == "fp32" and "< 50 dB" in backend.precision_reason
-    monkeypatch.setenv("SR_DEPLOY_CPUINFO", str(_cpuinfo(tmp_path, "Stand-in EPYC", "avx512_bf16")))
+    monkeypatch.setenv("SR_DEPLOY_CPUINFO", str(_cpuinfo(tmp_path, "Stand-in Opteron", "avx2")))
     with load(ckpt, device="cpu") as backend:
-        assert backend.precision == "fp32" and "no bf16 matrix units" in backend.precision_reason
+        assert backend.precision == "fp32" and "no bf16 instructions" in backend.precision_reason
 
 
 def _cli(*args: str, cpuinfo: Path, cache: Path) -> subprocess.CompletedProcess:
@@ -141,30 +186,42 @@ def _cli(*args: str, cpuinfo: Path, cache: Path) -> subprocess.CompletedProcess:
 
 def test_info_and_upscale_say_which_precision_and_why(tmp_path, tiny_srresnet):
     ckpt = save_checkpoint(tmp_path / "tiny.pt", tiny_srresnet, {"scale": 4, "num_blocks": 2, "num_features": 16})
-    epyc = _cpuinfo(tmp_path, "Stand-in EPYC", "avx512_bf16")
-    info = _cli("info", str(ckpt), cpuinfo=epyc, cache=tmp_path / "cache")
+    opteron = _cpuinfo(tmp_path, "Stand-in Opteron", "avx2")
+    info = _cli("info", str(ckpt), cpuinfo=opteron, cache=tmp_path / "cache")
     assert info.returncode == 0, info.stderr
     assert (
-        "precision:   auto here = fp32: Stand-in EPYC has no bf16 matrix units (amx_bf16), bf16 would not be faster"
+        "precision:   auto here = fp32: Stand-in Opteron has no bf16 instructions (amx_bf16 / avx512_bf16), "
+        "bf16 would be slower"
     ) in info.stdout.splitlines()
 
     import cv2
 
     cv2.imwrite(str(tmp_path / "in.png"), np.full((12, 16, 3), 128, np.uint8))
     xeon = _cpuinfo(tmp_path, "Stand-in Xeon", "amx_bf16")
-    up = _cli(
-        "upscale",
-        str(tmp_path / "in.png"),
-        "-o",
-        str(tmp_path / "out.png"),
-        "--model",
-        str(ckpt),
-        "--device",
-        "cpu",
-        cpuinfo=xeon,
-        cache=tmp_path / "cache",
-    )
-    assert up.returncode == 0, up.stderr
-    lines = [line for line in up.stderr.splitlines() if line.startswith("precision: ")]
-    assert len(lines) == 1 and lines[0].startswith("precision: bf16: Stand-in Xeon has bf16 matrix units"), up.stderr
-    assert cv2.imread(str(tmp_path / "out.png")).shape == (48, 64, 3)
+    reasons = []
+    for run in range(2):
+        up = _cli(
+            "upscale",
+            str(tmp_path / "in.png"),
+            "-o",
+            str(tmp_path / f"out{run}.png"),
+            "--model",
+            str(ckpt),
+            "--device",
+            "cpu",
+            cpuinfo=xeon,
+            cache=tmp_path / "cache",
+        )
+        assert up.returncode == 0, up.stderr
+        lines = [line for line in up.stderr.splitlines() if line.startswith("precision: ")]
+        assert len(lines) == 1, up.stderr
+        reasons.append(lines[0])
+        assert cv2.imread(str(tmp_path / f"out{run}.png")).shape == (48, 64, 3)
+    # Which precision depends on this machine's real bf16 speed; the line names the hardware and
+    # the figures, and the second process reads the first one's verdict from the cache.
+    assert re.fullmatch(
+        r"precision: (bf16|fp32): Stand-in Xeon has bf16 matrix units \(amx_bf16\)(;| but) bf16 vs fp32 parity "
+        r"[\d.]+ dB [<>=]+ 50 dB on .+, [\d.]+x the fp32 speed \([<>=]+ 1.15x\)",
+        reasons[0],
+    ), reasons[0]
+    assert reasons[1] == reasons[0] + " (cached)"

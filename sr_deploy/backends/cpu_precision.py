@@ -1,17 +1,21 @@
-"""What ``--precision auto`` means on the CPU: bf16 where it is fast and accurate enough, else fp32.
+"""What ``--precision auto`` means on the CPU: bf16 where it is faster *and* accurate enough, else fp32.
 
-bf16 is only faster than fp32 on CPUs with bf16 *matrix* units (Intel AMX: the ``amx_bf16`` CPU
-flag): there oneDNN runs bf16 convolutions ~2.7x faster than fp32 (issue 18's measurement on a
-2-core Xeon). Without AMX (e.g. AMD EPYC with only the ``avx512_bf16`` vector instructions) bf16
-gains little or loses, so fp32 stays. And bf16 is only chosen when the model passes the project's
-reduced-precision parity threshold (PSNR >= 50 dB against fp32, `sr_deploy.parity`) on real image
-crops (Set5 when found): a model that loses too much in bf16 stays fp32 even with AMX.
+bf16 can only be faster on CPUs with bf16 instructions: matrix units (Intel AMX, the ``amx_bf16``
+flag: oneDNN runs bf16 convolutions ~2.7x faster than fp32 there, issue 18) or the AVX-512 bf16 dot
+products (``avx512_bf16``: AMD Zen 4/5, Cooper Lake). How much they gain depends on the core (a
+Zen 5 EPYC ran the default model 2.1x faster in bf16; cores that split 512-bit work in two gain
+less), so it is measured rather than assumed. Without either flag bf16 is emulated and slower:
+fp32, without measuring anything.
 
-The parity measurement takes a few seconds, so its verdict is cached per CPU model and model file
-(sha256) in ``$SR_DEPLOY_CACHE/cpu_precision.json`` (default ``~/.cache/sr_deploy``).
+With a flag, two things are measured once and cached per CPU model, model file (sha256), torch
+version and thread count in ``$SR_DEPLOY_CACHE/cpu_precision.json`` (default ``~/.cache/sr_deploy``):
+  - parity: PSNR of bf16 against fp32 on real image crops (Set5 when found), which must reach the
+    project's reduced-precision threshold (>= 50 dB, `sr_deploy.parity`);
+  - speed: bf16 against fp32 on the same backend, which must be at least `MIN_SPEEDUP` x faster.
+bf16 runs only when both pass: a model that loses too much in bf16 stays fp32 even with AMX.
 
-`cpu_has_bf16_matrix_units` is the probe; tests replace it (or point ``$SR_DEPLOY_CPUINFO`` at a
-stand-in cpuinfo file, which subprocesses inherit).
+`cpu_bf16_instructions` is the probe; tests replace it (or point ``$SR_DEPLOY_CPUINFO`` at a
+stand-in cpuinfo file, which subprocesses inherit) and the measurements.
 """
 
 from __future__ import annotations
@@ -32,9 +36,15 @@ if TYPE_CHECKING:
     from torch import nn
 
 CACHE_FILE = "cpu_precision.json"
-AMX_FLAG = "amx_bf16"
+# The cpuinfo flags of bf16 hardware, the strongest first: matrix units, then vector dot products.
+BF16_FLAGS = {"amx_bf16": "bf16 matrix units (amx_bf16)", "avx512_bf16": "bf16 vector instructions (avx512_bf16)"}
 # Parity crops: two 64x64 crops of different Set5 images (~0.1 GFLOP each on the default model).
 PARITY_SIZES = ((64, 64),)
+# Speed: one 96x96 input, fp32 and bf16 calls alternating, the median of each (~1 s on the default model).
+SPEED_SIZE = (96, 96)
+SPEED_CALLS = 3
+# bf16 must win by this much: below it the rounding is not worth a few percent.
+MIN_SPEEDUP = 1.15
 
 
 @dataclass(frozen=True)
@@ -62,10 +72,11 @@ def _cpuinfo_field(name: str) -> str:
     return ""
 
 
-def cpu_has_bf16_matrix_units() -> bool:
-    """True when the CPU has bf16 matrix units (the ``amx_bf16`` flag in /proc/cpuinfo).
-    False elsewhere, including machines without /proc/cpuinfo."""
-    return AMX_FLAG in _cpuinfo_field("flags").split()
+def cpu_bf16_instructions() -> str | None:
+    """What bf16 hardware the CPU has, as a phrase of `BF16_FLAGS` (``bf16 matrix units
+    (amx_bf16)``...), or None: no such flag in /proc/cpuinfo, or no /proc/cpuinfo at all."""
+    flags = set(_cpuinfo_field("flags").split())
+    return next((phrase for flag, phrase in BF16_FLAGS.items() if flag in flags), None)
 
 
 def cpu_model_name() -> str:
@@ -105,13 +116,73 @@ def measure_bf16_psnr(model: nn.Module, scale: int | None = None) -> tuple[float
     return (float("-inf") if report.nonfinite else report.psnr_db), images
 
 
+def measure_bf16_speedup(model: nn.Module, scale: int | None = None) -> float:
+    """fp32 time / bf16 time of the model on this CPU: one `SPEED_SIZE` input (float32 NCHW in
+    [0, 1]), one warm-up call each, then `SPEED_CALLS` calls of each alternating, medians compared."""
+    import numpy as np
+
+    from .torch_backend import TorchBackend
+
+    x = np.random.default_rng(0).random((1, 3, *SPEED_SIZE), dtype=np.float32)
+    backends = [TorchBackend(model, scale, "cpu", precision) for precision in ("fp32", "bf16")]
+    samples: list[list[float]] = [[], []]
+    try:
+        for backend in backends:
+            backend(x)
+        for _ in range(SPEED_CALLS):
+            for backend, times in zip(backends, samples, strict=True):
+                start = time.perf_counter()
+                backend(x)
+                times.append(time.perf_counter() - start)
+    finally:
+        for backend in backends:
+            backend.close()
+    fp32, bf16 = (sorted(times)[len(times) // 2] for times in samples)
+    return fp32 / max(bf16, 1e-9)
+
+
+def _cache_key(cpu: str, sha256: str) -> str:
+    import torch
+
+    return f"{cpu}|{sha256}|torch {torch.__version__}|{torch.get_num_threads()} threads"
+
+
+def _measured(
+    model: nn.Module,
+    sha256: str | None,
+    scale: int | None,
+    cpu: str,
+    measure: Callable[[nn.Module, int | None], tuple[float, str]],
+    measure_speed: Callable[[nn.Module, int | None], float],
+) -> tuple[dict, bool]:
+    """The cached verdict ({psnr_db, images, speedup}) for this CPU and model, else a fresh one
+    (written to the cache when the model has a hash), and whether it came from the cache."""
+    path = cache_path()
+    key = _cache_key(cpu, sha256) if sha256 else ""
+    entry = _read_cache(path).get(key) if sha256 else None
+    if isinstance(entry, dict) and all(isinstance(entry.get(k), (int, float)) for k in ("psnr_db", "speedup")):
+        return entry, True
+    psnr, images = measure(model, scale)
+    entry = {"psnr_db": psnr, "images": images, "speedup": measure_speed(model, scale)}
+    if sha256:
+        data = _read_cache(path)
+        data[key] = {**entry, "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+        except OSError:
+            pass  # a read-only home: the choice stands, it is measured again next time
+    return entry, False
+
+
 def choose_cpu_precision(
     model: nn.Module,
     sha256: str | None,
     scale: int | None = None,
     *,
-    probe: Callable[[], bool] | None = None,
+    probe: Callable[[], str | None] | None = None,
     measure: Callable[[nn.Module, int | None], tuple[float, str]] | None = None,
+    measure_speed: Callable[[nn.Module, int | None], float] | None = None,
 ) -> PrecisionChoice:
     """The precision ``auto`` runs `model` in on this CPU, and why.
 
@@ -119,43 +190,29 @@ def choose_cpu_precision(
         model: the generator (not modified).
         sha256: the model file's hash: the cache key with the CPU model; None (an in-memory
             model) measures without caching.
-        probe: replaces `cpu_has_bf16_matrix_units` (tests).
+        probe: replaces `cpu_bf16_instructions` (tests).
         measure: replaces `measure_bf16_psnr` (tests).
+        measure_speed: replaces `measure_bf16_speedup` (tests).
     """
-    probe = probe or cpu_has_bf16_matrix_units
-    measure = measure or measure_bf16_psnr
+    hardware = (probe or cpu_bf16_instructions)()
     cpu = cpu_model_name()
-    if not probe():
-        return PrecisionChoice("fp32", f"fp32: {cpu} has no bf16 matrix units ({AMX_FLAG}), bf16 would not be faster")
-    path = cache_path()
-    key = f"{cpu}|{sha256}"
-    entry = _read_cache(path).get(key) if sha256 else None
-    cached = isinstance(entry, dict) and isinstance(entry.get("psnr_db"), (int, float))
-    if cached:
-        psnr, images = float(entry["psnr_db"]), str(entry.get("images", ""))
-    else:
-        psnr, images = measure(model, scale)
-        if sha256:
-            data = _read_cache(path)
-            data[key] = {
-                "psnr_db": psnr,
-                "images": images,
-                "cpu": cpu,
-                "sha256": sha256,
-                "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            }
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
-            except OSError:
-                pass  # a read-only home: the choice stands, it is measured again next time
-    passed = psnr >= REDUCED_MIN_PSNR_DB
-    where = f"bf16 vs fp32 parity {psnr:.1f} dB {'>=' if passed else '<'} {REDUCED_MIN_PSNR_DB:g} dB on {images}" + (
-        " (cached)" if cached else ""
+    if hardware is None:
+        flags = " / ".join(BF16_FLAGS)
+        return PrecisionChoice("fp32", f"fp32: {cpu} has no bf16 instructions ({flags}), bf16 would be slower")
+    entry, cached = _measured(
+        model, sha256, scale, cpu, measure or measure_bf16_psnr, measure_speed or measure_bf16_speedup
     )
-    if passed:
-        return PrecisionChoice("bf16", f"bf16: {cpu} has bf16 matrix units ({AMX_FLAG}) and {where}")
-    return PrecisionChoice("fp32", f"fp32: {cpu} has bf16 matrix units ({AMX_FLAG}) but {where}")
+    psnr, speedup = float(entry["psnr_db"]), float(entry["speedup"])
+    accurate = psnr >= REDUCED_MIN_PSNR_DB
+    faster = speedup >= MIN_SPEEDUP
+    where = (
+        f"bf16 vs fp32 parity {psnr:.1f} dB {'>=' if accurate else '<'} {REDUCED_MIN_PSNR_DB:g} dB "
+        f"on {entry.get('images', '')}, {speedup:.2f}x the fp32 speed "
+        f"({'>=' if faster else '<'} {MIN_SPEEDUP:g}x)" + (" (cached)" if cached else "")
+    )
+    if accurate and faster:
+        return PrecisionChoice("bf16", f"bf16: {cpu} has {hardware}; {where}")
+    return PrecisionChoice("fp32", f"fp32: {cpu} has {hardware} but {where}")
 
 
 def auto_precision(model: nn.Module, sha256: str | None, scale: int | None, device: str) -> PrecisionChoice:
