@@ -14,6 +14,7 @@ from torch import nn
 
 from ..errors import InputError, NotInstalledError
 from ..models import fold_batch_norm
+from ..util.malloc import keep_freed_memory
 from .base import TORCH, Backend, check_batch_shape
 
 TORCH_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -79,6 +80,8 @@ class TorchBackend(Backend):
             if scale is None:
                 raise InputError(f"{type(model).__name__}: no `scale` attribute; pass scale=")
         super().__init__(int(scale), precision, device, None)
+        if device == "cpu":
+            keep_freed_memory()  # no page faults for every fresh feature map (util/malloc.py)
         self.dtype = TORCH_DTYPES[precision]
         self.channels_last = channels_last
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
