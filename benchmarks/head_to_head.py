@@ -1,0 +1,492 @@
+#!/usr/bin/env python
+"""Head to head: `sr-deploy upscale` against what users would run instead, on the same model and inputs.
+
+    python benchmarks/head_to_head.py                         # the committed run (about 10 min on 2 cores)
+    python benchmarks/head_to_head.py --realesrgan-repo PATH  # a Real-ESRGAN clone (else: git clone)
+    python benchmarks/head_to_head.py --quick                 # Set5 and 0.5 s of video, 1 run: a smoke test
+
+The tools, each a whole process timed from start to exit (wall, user and system CPU time):
+- **Real-ESRGAN**: its own ``inference_realesrgan.py`` (images) and ``inference_realesrgan_video.py``
+  (video) in an environment of their own (`peers/realesrgan_env.py`: what is installed from where,
+  and the fixes applied and why). On the CPU ``--fp32``, its only CPU mode; on CUDA its fp16 default.
+- **sr-deploy** with its defaults (``--precision auto``: what this machine chose is recorded), and
+  with ``--precision fp32``, the like-for-like row against Real-ESRGAN's fp32.
+- **chaiNNer-style**: the loop a spandrel user writes (`peers/chainner_style.py`): fp32 on the CPU,
+  fp16 on CUDA.
+
+Same model (``../shared/data/weights/realesr-animevideov3.pth``), same inputs (the 14 Set14 photos;
+the first 2 s of ``mov_bbb.mp4``, 320x176, 50 frames, with its audio), same thread count for every
+tool (``OMP_NUM_THREADS``, default: all cores). Runs alternate between the tools (the order rotates
+each round, so none always runs first or on a warm cache) and the median is reported. Parity: every
+tool's output against Real-ESRGAN's (PSNR, peak 255, and largest difference; video frames decoded,
+so both sides carry their encoder's loss: sr-deploy encodes at CRF 18, Real-ESRGAN and the
+chaiNNer-style loop at libx264's CRF 23).
+
+Writes ``benchmarks/results/head_to_head_<device>[-quick].{json,md,png}``: the table, the command,
+the machine (CPU model and bf16 flags, threads, torch), and the load average before and after.
+Needs ``ffmpeg`` and ``ffprobe`` on PATH (Real-ESRGAN's video script calls them), and spandrel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+from peers import realesrgan_env  # noqa: E402
+
+from sr_deploy.bench import trim_clip  # noqa: E402
+from sr_deploy.parity import find_shared_data  # noqa: E402
+from sr_deploy.util import atomic_write_text  # noqa: E402
+
+MODEL_NAME = "realesr-animevideov3"
+PEER = "Real-ESRGAN"
+
+
+@dataclass
+class Tool:
+    """One row: how to run it on `task` (``images`` / ``video``) into `out`, and where its outputs land."""
+
+    label: str
+    task: str
+    precision: str
+    argv: list[str]
+    cwd: Path | None = None
+    output_suffix: str = ""  # Real-ESRGAN names outputs NAME_out.png
+    samples: list[dict] = field(default_factory=list)
+    parity: dict = field(default_factory=dict)
+    note: str = ""
+
+
+@dataclass
+class Inputs:
+    model: Path
+    images: Path
+    clip: Path
+    work: Path
+
+
+def run_timed(argv: list[str], cwd: Path | None, env: dict, log: Path) -> dict:
+    """Run `argv` to completion; wall seconds and the child's user / system CPU seconds (wait4)."""
+    with open(log, "w") as sink:
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=sink, stderr=subprocess.STDOUT)
+        _pid, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    tail = log.read_text(errors="replace").strip().splitlines()[-1:] if proc.returncode else []
+    return {
+        "wall_s": round(wall, 3),
+        "user_s": round(usage.ru_utime, 3),
+        "sys_s": round(usage.ru_stime, 3),
+        "rc": proc.returncode,
+        "error": tail[0][:300] if tail else "",
+    }
+
+
+def make_tools(peer: realesrgan_env.PeerEnv, inputs: Inputs, device: str) -> list[Tool]:
+    """The rows for `device`; each tool's outputs go to inputs.work / <row number> / ..."""
+    cuda = device == "cuda"
+    srd = [sys.executable, "-m", "sr_deploy", "upscale", "--model", str(inputs.model), "--no-progress"]
+    srd += ["--device", device]
+    chainner = [sys.executable, str(HERE / "peers" / "chainner_style.py"), str(inputs.model)]
+    weights = inputs.work / "peer-cwd"  # the video script looks for weights/<name>.pth in its cwd
+    (weights / "weights").mkdir(parents=True, exist_ok=True)
+    link = weights / "weights" / f"{MODEL_NAME}.pth"
+    if not link.exists():
+        link.symlink_to(inputs.model)
+    peer_precision = [] if cuda else ["--fp32"]
+    tools = []
+    for task, src in (("images", inputs.images), ("video", inputs.clip)):
+        peer_argv = [str(peer.python)]
+        if task == "images":
+            peer_argv += [str(peer.image_script), "-i", str(src), "-n", MODEL_NAME, "--model_path", str(inputs.model)]
+        elif peer.video_script is not None:
+            peer_argv += [str(peer.video_script), "-i", str(src), "-n", MODEL_NAME]
+        else:
+            peer_argv = []
+        row = Tool(
+            PEER, task, "fp16" if cuda else "fp32", peer_argv + peer_precision, cwd=weights, output_suffix="_out"
+        )
+        row.note = "" if peer_argv else f"not run: {peer.video_missing}"
+        tools.append(row)
+        tools.append(Tool("sr-deploy (defaults)", task, "auto", srd + [str(src)]))
+        if not cuda:
+            tools.append(Tool("sr-deploy --precision fp32", task, "fp32", srd + ["--precision", "fp32", str(src)]))
+        tools.append(Tool("chaiNNer-style loop", task, "fp16" if cuda else "fp32", chainner + [str(src)]))
+    for number, tool in enumerate(tools):
+        tool.argv = tool.argv and with_output(tool, inputs.work / f"out-{number}")
+    return tools
+
+
+def with_output(tool: Tool, out: Path) -> list[str]:
+    """`tool.argv` with its output argument: a folder for images; for video a folder (Real-ESRGAN
+    names the file itself) or the file."""
+    if tool.label == PEER:
+        return tool.argv + ["-o", str(out)]
+    target = out if tool.task == "images" else out / "clip.mp4"
+    if tool.label.startswith("sr-deploy"):
+        return tool.argv + ["-o", str(target)]
+    return tool.argv + [str(target)]
+
+
+def output_dir(tool: Tool) -> Path:
+    """The folder a tool writes into (the argument after -o, or the last argument's folder)."""
+    if "-o" in tool.argv:
+        target = Path(tool.argv[tool.argv.index("-o") + 1])
+    else:
+        target = Path(tool.argv[-1])
+    return target if tool.task == "images" else target.parent if target.suffix else target
+
+
+def run_rounds(tools: list[Tool], rounds: int, env: dict, work: Path) -> None:
+    """`rounds` rounds over the runnable tools, the order rotated every round; outputs of the last
+    round are kept for the parity check."""
+    runnable = [t for t in tools if t.argv]
+    for r in range(rounds):
+        order = runnable[r % len(runnable) :] + runnable[: r % len(runnable)]
+        for tool in order:
+            shutil.rmtree(output_dir(tool), ignore_errors=True)
+            output_dir(tool).mkdir(parents=True, exist_ok=True)
+            sample = run_timed(tool.argv, tool.cwd, env, work / "last.log")
+            tool.samples.append(sample)
+            status = "ok" if sample["rc"] == 0 else f"FAILED rc={sample['rc']}: {sample['error']}"
+            if tool.label.startswith("sr-deploy (defaults)") and sample["rc"] == 0:
+                tool.precision = chosen_precision(work / "last.log") or tool.precision
+            print(f"  round {r + 1}/{rounds}  {tool.task:<6} {tool.label:<28} {sample['wall_s']:8.2f} s  {status}")
+
+
+def chosen_precision(log: Path) -> str:
+    """The precision sr-deploy's ``precision: ...`` line names ("bf16", "fp32" ...), or ""."""
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("precision: "):
+            return line.split()[1].rstrip(":")
+    return ""
+
+
+def psnr(a, b) -> float:
+    import numpy as np
+
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def image_parity(tool: Tool, reference: Tool) -> dict:
+    """PSNR over all pixels of all images, and the largest difference, against the reference tool."""
+    import cv2
+    import numpy as np
+
+    worst, sq, count = 0, 0.0, 0
+    for ref_path in sorted(output_dir(reference).glob(f"*{reference.output_suffix}.png")):
+        stem = ref_path.stem.removesuffix(reference.output_suffix) if reference.output_suffix else ref_path.stem
+        ours = cv2.imread(str(output_dir(tool) / f"{stem}{tool.output_suffix}.png"))
+        ref = cv2.imread(str(ref_path))
+        if ours is None or ours.shape != ref.shape:
+            return {"error": f"{stem}: missing or another size"}
+        diff = ours.astype(np.int16) - ref.astype(np.int16)
+        worst = max(worst, int(np.abs(diff).max()))
+        sq += float(np.sum(diff.astype(np.float64) ** 2))
+        count += diff.size
+    if not count:
+        return {"error": "no reference images"}
+    mse = sq / count
+    return {"psnr_db": round(10 * np.log10(255.0**2 / mse), 2) if mse else "inf", "max_abs": worst}
+
+
+def video_frames(path: Path):
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            return frames
+        frames.append(frame)
+
+
+def media_facts(path: Path) -> dict:
+    """Duration (s) and the stream kinds of a media file, from ffprobe."""
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "format=duration:stream=codec_type", "-of", "json", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    data = json.loads(out.stdout or "{}")
+    return {
+        "duration_s": round(float(data.get("format", {}).get("duration", "nan")), 3),
+        "streams": sorted(s["codec_type"] for s in data.get("streams", [])),
+    }
+
+
+def video_parity(tool: Tool, reference: Tool) -> dict:
+    """Frames, duration and streams of the tool's video; mean PSNR of its frames against the reference's."""
+    import numpy as np
+
+    (ours,) = list(output_dir(tool).glob("*.mp4")) or [None]
+    (ref,) = list(output_dir(reference).glob("*.mp4")) or [None]
+    if ours is None or ref is None:
+        return {"error": "no output video"}
+    a, b = video_frames(ours), video_frames(ref)
+    result = {"frames": len(a), **media_facts(ours)}
+    if len(a) != len(b) or not a or a[0].shape != b[0].shape:
+        return {**result, "error": f"{len(a)} frames against {len(b)}"}
+    result["psnr_db"] = round(float(np.mean([psnr(x, y) for x, y in zip(a, b, strict=True)])), 2)
+    return result
+
+
+def summarise(tools: list[Tool]) -> None:
+    """Medians, ratios against Real-ESRGAN on the same task, and parity against its outputs."""
+    for task in ("images", "video"):
+        rows = [t for t in tools if t.task == task]
+        reference = next(t for t in rows if t.label == PEER)
+        for tool in rows:
+            ok = [s for s in tool.samples if s["rc"] == 0]
+            if not ok or len(ok) != len(tool.samples):
+                tool.note = tool.note or (tool.samples[-1]["error"] if tool.samples else "not run")
+                continue
+            tool.note = tool.note or ""
+            if reference.samples and all(s["rc"] == 0 for s in reference.samples):
+                check = image_parity if task == "images" else video_parity
+                tool.parity = check(tool, reference) if tool is not reference else {"reference": True}
+                if task == "video" and tool is reference:
+                    tool.parity = {**media_facts(next(output_dir(tool).glob("*.mp4"))), "reference": True}
+
+
+def median_of(tool: Tool, key: str) -> float | None:
+    values = [s[key] for s in tool.samples if s["rc"] == 0]
+    return round(statistics.median(values), 3) if values and len(values) == len(tool.samples) else None
+
+
+def readable_command(argv: list[str]) -> str:
+    """`argv` as a shell line without this machine's paths: the interpreter as ``python``, the
+    temporary folder as ``$WORK``, the peer cache as ``$PEERS``, the data folder as ``../shared/data``."""
+    if not argv:
+        return ""
+    line = shlex.join(["python" if argv[0] == sys.executable else argv[0], *argv[1:]])
+    data = find_shared_data()
+    swaps = [(str(realesrgan_env.cache_root()), "$PEERS"), (str(ROOT) + "/", ""), (tempfile.gettempdir(), "/tmp")]
+    swaps += [(str(data), "../shared/data")] if data else []
+    for old, new in swaps:
+        line = line.replace(old, new)
+    return line
+
+
+def row_dict(tool: Tool, reference: Tool) -> dict:
+    wall, ref_wall = median_of(tool, "wall_s"), median_of(reference, "wall_s")
+    return {
+        "task": tool.task,
+        "tool": tool.label,
+        "precision": tool.precision,
+        "median_wall_s": wall,
+        "median_user_s": median_of(tool, "user_s"),
+        "median_sys_s": median_of(tool, "sys_s"),
+        "speedup_vs_realesrgan": round(ref_wall / wall, 2) if wall and ref_wall else None,
+        "samples": tool.samples,
+        "parity_vs_realesrgan": tool.parity,
+        "command": readable_command(tool.argv),
+        "note": tool.note,
+    }
+
+
+def machine(threads: int) -> dict:
+    import torch
+
+    from sr_deploy.backends.cpu_precision import cpu_bf16_instructions, cpu_model_name
+
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return {
+        "cpu": cpu_model_name(),
+        "bf16_hardware": cpu_bf16_instructions() or "none",
+        "cores": os.cpu_count(),
+        "threads": threads,
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "commit": commit.stdout.strip(),
+    }
+
+
+def _format_parity(parity: dict) -> str:
+    if parity.get("reference"):
+        return "reference"
+    if "error" in parity:
+        return f"! {parity['error']}"
+    if "max_abs" in parity:
+        return f"{parity['psnr_db']} dB, max {parity['max_abs']}"
+    if "psnr_db" in parity:
+        return f"{parity['psnr_db']} dB ({parity['frames']} frames, {parity['duration_s']} s)"
+    return ""
+
+
+def format_markdown(report: dict) -> str:
+    m = report["machine"]
+    lines = [
+        f"# Head to head on {m['cpu']} ({m['threads']} threads, bf16 hardware: {m['bf16_hardware']})",
+        "",
+        f"{report['date']}, commit {m['commit']}, torch {m['torch']}; `{report['command']}`; "
+        f"{report['rounds']} alternating rounds, medians; load average {report['load_before']} before, "
+        f"{report['load_after']} after.",
+        f"Model: `{report['model']}`. Images: {report['images']}. Video: {report['video']}.",
+        "",
+        *headline(report),
+        "",
+        "| task | tool | precision | median wall s | user s | sys s | vs Real-ESRGAN | parity vs Real-ESRGAN |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["rows"]:
+        if row["median_wall_s"] is None:
+            lines.append(f"| {row['task']} | {row['tool']} | {row['precision']} | - | - | - | - | {row['note']} |")
+            continue
+        speedup = f"{row['speedup_vs_realesrgan']:.2f}x" if row["speedup_vs_realesrgan"] else "-"
+        lines.append(
+            f"| {row['task']} | {row['tool']} | {row['precision']} | {row['median_wall_s']:.2f} | "
+            f"{row['median_user_s']:.1f} | {row['median_sys_s']:.1f} | {speedup} | "
+            f"{_format_parity(row['parity_vs_realesrgan'])} |"
+        )
+    lines += [
+        "",
+        "Parity: images, all pixels of all outputs against Real-ESRGAN's PNGs (PSNR, peak 255; largest "
+        "difference in 8-bit levels). Video: the mean PSNR of decoded frames against Real-ESRGAN's decoded "
+        "frames, so it measures two lossy encodes (sr-deploy CRF 18, the others libx264's CRF 23) more than "
+        "the models; the image rows show the models' agreement.",
+    ]
+    lines += ["", "Fixes applied to Real-ESRGAN's installed copies (none changes what is computed):", ""]
+    lines += [f"- {fix}" for fix in report["fixes"]]
+    lines += ["", "Commands (outputs under a temporary folder):", ""]
+    lines += [f"- {row['task']} / {row['tool']}: `{row['command']}`" for row in report["rows"] if row["command"]]
+    return "\n".join(lines) + "\n"
+
+
+def headline(report: dict) -> list[str]:
+    """The issue's acceptance line: sr-deploy's defaults against Real-ESRGAN's video script."""
+    rows = {(r["task"], r["tool"]): r for r in report["rows"]}
+    video = rows.get(("video", "sr-deploy (defaults)"), {})
+    if not video.get("speedup_vs_realesrgan"):
+        return ["Acceptance: not measured (see the notes in the table)."]
+    amx = "amx_bf16" in report["machine"]["bf16_hardware"]
+    target = 2.0 if amx else 1.2
+    verdict = "met" if video["speedup_vs_realesrgan"] >= target else "NOT met"
+    return [
+        f"**Acceptance (issue 18): `sr-deploy upscale` with defaults is {video['speedup_vs_realesrgan']:.2f}x "
+        f"as fast as Real-ESRGAN's video script on this CPU {'with' if amx else 'without'} AMX "
+        f"(target >= {target:g}x): {verdict}.** It chose {video['precision']}; the fp32 row is the like-for-like one."
+    ]
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = ("images", "video")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    for ax, task in zip(axes, tasks, strict=True):
+        rows = [r for r in report["rows"] if r["task"] == task and r["median_wall_s"] is not None]
+        labels = [f"{r['tool']}\n({r['precision']})" for r in rows]
+        walls = [r["median_wall_s"] for r in rows]
+        lows = [r["median_wall_s"] - min(s["wall_s"] for s in r["samples"]) for r in rows]
+        highs = [max(s["wall_s"] for s in r["samples"]) - r["median_wall_s"] for r in rows]
+        colors = [
+            "#999999" if r["tool"] == PEER else "#1f77b4" if "sr-deploy" in r["tool"] else "#ff7f0e" for r in rows
+        ]
+        ax.barh(labels, walls, xerr=[lows, highs], color=colors)
+        for y, r in enumerate(rows):
+            if r["speedup_vs_realesrgan"] and r["tool"] != PEER:
+                ax.text(r["median_wall_s"], y, f"  {r['speedup_vs_realesrgan']:.2f}x", va="center")
+        ax.invert_yaxis()
+        ax.set_xlabel("whole-process wall time, s (median, min-max)")
+        ax.set_title(report["images"] if task == "images" else report["video"], fontsize=9)
+        ax.set_xlim(0, max(walls, default=1) * 1.25)
+    m = report["machine"]
+    fig.suptitle(f"realesr-animevideov3 x4 on {m['cpu']}, {m['threads']} threads", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def prepare_inputs(args: argparse.Namespace, work: Path) -> Inputs:
+    data = find_shared_data()
+    if data is None:
+        raise SystemExit("../shared/data not found: the head-to-head needs its model, Set14 and mov_bbb.mp4")
+    model = data / "weights" / f"{MODEL_NAME}.pth"
+    images = data / "benchmark" / ("Set5" if args.quick else "Set14")
+    clip = trim_clip(data / "video" / "mov_bbb.mp4", work / "clip.mp4", seconds=args.seconds, preset="medium", crf=18)
+    return Inputs(model, images, clip, work)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3; --quick: 1)")
+    parser.add_argument("--seconds", type=float, default=2.0, help="length of the clip cut from mov_bbb.mp4")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="OMP_NUM_THREADS for every tool")
+    parser.add_argument("--realesrgan-repo", type=Path, help="a clone of xinntao/Real-ESRGAN (bare or not)")
+    parser.add_argument("--quick", action="store_true", help="Set5, 0.5 s of video, 1 round; files end in -quick")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.seconds = 1, 0.5
+    for program in ("ffmpeg", "ffprobe"):
+        if shutil.which(program) is None:
+            raise SystemExit(f"{program} not found on PATH: Real-ESRGAN's video script needs it (apt install ffmpeg)")
+    print("preparing Real-ESRGAN's environment (cached after the first run) ...")
+    peer = realesrgan_env.prepare(args.realesrgan_repo)
+    with tempfile.TemporaryDirectory(prefix="srd-h2h-") as tmp:
+        report = measure(args, peer, Path(tmp))
+    stem = args.out / f"head_to_head_{args.device}{'-quick' if args.quick else ''}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(stem.with_suffix(".json"), json.dumps(report, indent=1) + "\n")
+    atomic_write_text(stem.with_suffix(".md"), format_markdown(report))
+    plot(report, stem.with_suffix(".png"))
+    print(format_markdown(report))
+    print(f"written: {stem}.json, .md, .png")
+
+
+def measure(args: argparse.Namespace, peer: realesrgan_env.PeerEnv, work: Path) -> dict:
+    inputs = prepare_inputs(args, work)
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    tools = make_tools(peer, inputs, args.device)
+    # sr-deploy measures its bf16 verdict once per machine and model; do it before the clock runs,
+    # as any user's second run finds it cached.
+    subprocess.run([sys.executable, "-m", "sr_deploy", "info", str(inputs.model)], env=env, capture_output=True)
+    load_before = os.getloadavg()
+    run_rounds(tools, args.rounds, env, work)
+    load_after = os.getloadavg()
+    summarise(tools)
+    references = {t.task: t for t in tools if t.label == PEER}
+    n_images = len([p for p in inputs.images.iterdir() if p.suffix == ".png"])
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": shlex.join(["python", "benchmarks/head_to_head.py", *sys.argv[1:]]),
+        "machine": machine(args.threads),
+        "rounds": args.rounds,
+        "load_before": [round(x, 2) for x in load_before],
+        "load_after": [round(x, 2) for x in load_after],
+        "model": f"../shared/data/weights/{MODEL_NAME}.pth",
+        "images": f"{inputs.images.name}: {n_images} PNG photos",
+        "video": f"mov_bbb.mp4, first {args.seconds:g} s (320x176, audio)",
+        "fixes": list(peer.fixes),
+        "rows": [row_dict(t, references[t.task]) for t in tools],
+    }
+
+
+if __name__ == "__main__":
+    main()
