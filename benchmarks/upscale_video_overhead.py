@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import sys
@@ -59,6 +60,8 @@ def run(args: argparse.Namespace, work: Path) -> None:
         backend, clip, work, batch_size=args.batch_size, repeat=args.repeat, preset=args.preset, free_model=True
     )
     result, pipeline = m.end_to_end, m.pipeline_only
+    # On the CPU the model and the encoder share the cores: the floor is model + pipeline CPU / cores.
+    floor = m.cpu_floor_s(os.cpu_count() or 1) if backend.device == "cpu" else None
     figures = {
         "model": str(args.model),
         "backend": repr(backend),
@@ -78,6 +81,10 @@ def run(args: argparse.Namespace, work: Path) -> None:
         "end_to_end_fps": round(result.frames / result.seconds, 3),
         "pipeline_only_fps": round(pipeline.frames / pipeline.seconds, 3),
         "overhead_percent": round(100 * (result.seconds / m.model_only_s - 1), 1),
+        "pipeline_only_cpu_s": round(m.pipeline_cpu_s, 3),
+        "cores": os.cpu_count(),
+        "cpu_floor_s": round(floor, 3) if floor else None,
+        "cpu_floor_overhead_percent": round(100 * (floor / m.model_only_s - 1), 1) if floor else None,
         "audio": result.audio,
     }
     backend.close()
@@ -90,6 +97,11 @@ def run(args: argparse.Namespace, work: Path) -> None:
         f"{figures['pipeline_only_fps']:>8.2f} frames/s"
     )
     print(f"{'overhead on the model':<26}{figures['overhead_percent']:>8.1f} %   (audio {figures['audio']})")
+    if floor:
+        print(
+            f"{'floor on this CPU':<26}{floor:>8.2f} s  {figures['cpu_floor_overhead_percent']:>8.1f} %   "
+            f"(model + {m.pipeline_cpu_s:.2f} CPU s of decode/encode over {figures['cores']} cores)"
+        )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(figures, indent=2) + "\n")

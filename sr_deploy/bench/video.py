@@ -94,11 +94,20 @@ class VideoOverhead:
     model_only_s: float
     end_to_end: Any  # sr_deploy.video.VideoResult of the fastest run
     pipeline_only: Any | None = None  # VideoResult with NearestBackend, when asked for
+    pipeline_cpu_s: float | None = None  # CPU seconds (all threads) of the pipeline_only run
 
     @property
     def overhead_share(self) -> float:
         """Share of the pipeline's time spent outside the model: 1 - model / end to end."""
         return 1.0 - self.model_only_s / self.end_to_end.seconds
+
+    def cpu_floor_s(self, cores: int) -> float | None:
+        """The least end-to-end time possible when the model runs on the CPU and keeps all `cores`
+        busy: the model alone plus the decode / convert / encode CPU work spread over the same cores
+        (it can overlap with the model in time, not in CPU). None without a pipeline-only run."""
+        if self.pipeline_cpu_s is None:
+            return None
+        return self.model_only_s + self.pipeline_cpu_s / max(1, cores)
 
 
 def measure_video_overhead(
@@ -135,10 +144,20 @@ def measure_video_overhead(
             raise SRDeployError(f"{clip}: the pipeline wrote {result.frames} frames, {frames} were decoded")
         if best is None or result.seconds < best.seconds:
             best = result
-    free = None
+    free, free_cpu = None, None
     if free_model:
+        before = _process_cpu_seconds()
         free = upscale_video(NearestBackend(backend.scale), clip, work / f"free{clip.suffix}", **options)
-    return VideoOverhead(frames, height, width, model_s, best, free)
+        free_cpu = _process_cpu_seconds() - before
+    return VideoOverhead(frames, height, width, model_s, best, free, free_cpu)
+
+
+def _process_cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far, all threads (the encoder's included)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def video_row(
