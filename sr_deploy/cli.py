@@ -51,10 +51,6 @@ def cli(debug: bool) -> None:
     """Super-resolution from training to fast deployment: PyTorch, ONNX Runtime, TensorRT."""
 
 
-def _not_implemented(command: str) -> None:
-    raise InputError(f"sr-deploy {command}: not implemented yet")
-
-
 def _realism_options(func):
     """`--realism A` and `--gan-model PATH`: ESRGAN network interpolation at use time
     (`sr_deploy.realism.resolve_realism`)."""
