@@ -1,0 +1,73 @@
+"""The `sr-deploy` command line: a click group, each command a thin wrapper over the library.
+
+Errors: one line on stderr (`error: ...`), exit code 2 for bad usage or input, 1 for a runtime
+failure, 130 for Ctrl-C. `--debug` (before the command) shows the traceback instead.
+
+The group and its error handling live here; each command area is a module of its own
+(`models`: info, sample; `evaluate`: eval; `export`: export, build-engine; `upscale`;
+`benchmark`), sharing option declarations through `options`. The command modules do not know
+the group: this module adds their commands to it. Heavy imports stay inside the command
+functions, so that `sr-deploy --help` starts quickly.
+"""
+
+from __future__ import annotations
+
+import traceback
+
+import click
+
+from .. import __version__
+from ..errors import SRDeployError, first_line
+from . import benchmark, evaluate, export, models, upscale
+
+__all__ = ["cli", "main"]
+
+
+class _Group(click.Group):
+    """Maps every error raised by a command to one line on stderr and an exit code, so that
+    the console script and click's CliRunner behave the same."""
+
+    def invoke(self, ctx: click.Context):
+        debug = bool(ctx.params.get("debug"))
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            ctx.exit(130)
+        except SRDeployError as exc:
+            if debug:
+                traceback.print_exc()
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except Exception as exc:  # unexpected: still one line unless --debug
+            if debug:
+                traceback.print_exc()
+            first = first_line(exc, limit=10_000) if str(exc).strip() else ""
+            click.echo(f"error: {type(exc).__name__}: {first} (run with --debug for the traceback)", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
+@click.version_option(__version__, prog_name="sr-deploy")
+def cli(debug: bool) -> None:
+    """Super-resolution from training to fast deployment: PyTorch, ONNX Runtime, TensorRT."""
+
+
+for _command in (
+    models.info,
+    models.sample,
+    evaluate.eval_,
+    export.export,
+    export.build_engine,
+    upscale.upscale,
+    benchmark.benchmark,
+):
+    cli.add_command(_command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point (`sr-deploy`)."""
+    cli.main(args=argv, prog_name="sr-deploy")

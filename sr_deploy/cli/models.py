@@ -1,0 +1,71 @@
+"""`sr-deploy info` and `sr-deploy sample`: what a model file is, and a test picture."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..errors import InputError
+
+
+@click.command()
+@click.argument("model")
+@click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
+def info(model: str, as_json: bool) -> None:
+    """Describe MODEL: a checkpoint (.pt/.pth/.ckpt/.safetensors: ours, BasicSR, ESRGAN,
+    leftthomas/SRGAN, or any architecture spandrel knows) or `default`."""
+    from ..backends.cpu_precision import auto_precision
+    from ..backends.torch_backend import resolve_device
+    from ..models import count_flops_per_lr_pixel, count_parameters, load_checkpoint
+
+    ckpt = load_checkpoint(model)
+    desc = {
+        "file": str(ckpt.path),
+        "format": ckpt.source_format,
+        "arch": ckpt.arch,
+        "scale": ckpt.scale,
+        "config": ckpt.config,
+        "parameters": count_parameters(ckpt.model),
+        "mflops_per_lr_pixel": round(count_flops_per_lr_pixel(ckpt.model) / 1e6, 3),
+        "sha256": ckpt.sha256,
+        "size_multiple": ckpt.size_multiple,
+        "notes": ckpt.notes,
+        "metadata": ckpt.metadata,
+    }
+    choice = auto_precision(ckpt.model, ckpt.sha256, ckpt.scale, resolve_device("auto"))
+    desc["auto_precision"] = {"precision": choice.precision, "reason": choice.reason}
+    if as_json:
+        click.echo(json.dumps(desc, indent=2, default=str))
+        return
+    click.echo(f"file:        {desc['file']}")
+    click.echo(f"format:      {desc['format']}")
+    click.echo(f"arch:        {desc['arch']} x{desc['scale']}")
+    click.echo(f"config:      {', '.join(f'{k}={v}' for k, v in desc['config'].items())}")
+    click.echo(f"parameters:  {desc['parameters']:,}")
+    lr_pixels = 1920 * 1080 / max(1, desc["scale"]) ** 2
+    click.echo(
+        f"FLOPs:       {desc['mflops_per_lr_pixel']:.2f} MFLOP per low-resolution pixel "
+        f"({desc['mflops_per_lr_pixel'] * lr_pixels / 1e3:.1f} GFLOP for a 1080p output at x{desc['scale']})"
+    )
+    click.echo(f"sha256:      {desc['sha256']}")
+    click.echo(f"precision:   auto here = {desc['auto_precision']['reason']}")
+    if ckpt.size_multiple > 1:
+        click.echo(f"input size:  padded inside to a multiple of {ckpt.size_multiple} (any size works)")
+    for note in ckpt.notes:
+        click.echo(f"note:        {note}")
+    for key, value in desc["metadata"].items():
+        click.echo(f"{key + ':':<12} {value}")
+
+
+@click.command()
+@click.argument("output", type=click.Path(dir_okay=False), default="sample.png")
+def sample(output: str) -> None:
+    """Write a small test picture of sr-deploy's own making (text, lines, fine rings) to OUTPUT."""
+    from ..sample import write_sample_image
+
+    target = Path(output)
+    if not target.parent.is_dir():
+        raise InputError(f"{target}: folder {target.parent} does not exist")
+    click.echo(f"wrote {write_sample_image(target)}")

@@ -1,0 +1,213 @@
+"""`sr-deploy upscale`: images, folders and videos, here or on a Ray cluster."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import InputError
+from .options import BACKEND_CHOICE, PRECISION_CHOICE, device_option, realism_options, with_realism
+
+
+# long: its 25 parameters (24 options and the inputs) take 27 signature lines after `ruff format`; the body itself is 64 lines
+@click.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(path_type=str),
+    help="Output folder (created), or the output file for a single input (by its extension).",
+)
+@click.option(
+    "--model",
+    default="default",
+    show_default=True,
+    help="Model file: .pt checkpoint, .onnx or .engine (or a bundled model name).",
+)
+@click.option(
+    "--backend",
+    "backend_name",
+    type=BACKEND_CHOICE,
+    default="auto",
+    show_default=True,
+    help="Runtime; auto: TensorRT for an engine, else the fastest.",
+)
+@device_option
+@click.option(
+    "--precision",
+    type=PRECISION_CHOICE,
+    default="auto",
+    show_default=True,
+    help="Compute precision; auto: fp16 on CUDA; on the CPU bf16 where the CPU has bf16 instructions, "
+    "bf16 measures faster and the model's bf16 parity is >= 50 dB, else fp32.",
+)
+@click.option(
+    "--tile",
+    type=int,
+    default=None,
+    help="Tile edge in input pixels; 0 turns tiling off; default: automatic from memory.",
+)
+@click.option(
+    "--tile-overlap", type=int, default=16, show_default=True, help="Input pixels of context on each side of a tile."
+)
+@click.option(
+    "--batch-size",
+    type=int,
+    default=None,
+    help="Tiles (images) or frames (videos) per backend call; default 4 (1 for images on CPU).",
+)
+@click.option(
+    "--outscale",
+    type=float,
+    default=None,
+    help="Final size factor if not the model's scale (e.g. 3.5 with a x4 model).",
+)
+@click.option(
+    "--ext",
+    type=click.Choice(["png", "jpg", "webp", "same"]),
+    default="png",
+    show_default=True,
+    help="Output image format (ignored when OUT is a file name).",
+)
+@click.option("--overwrite", is_flag=True, help="Redo outputs that already exist (default: skip them).")
+@click.option(
+    "--quality", type=click.IntRange(1, 101), default=None, help="JPEG/WebP quality (default 95; WebP 101 = lossless)."
+)
+@click.option(
+    "--codec",
+    default=None,
+    help="FFmpeg video encoder (default libx264; libvpx-vp9 for .webm; "
+    "h264_nvenc / hevc_nvenc where the build and GPU have them).",
+)
+@click.option("--crf", type=int, default=18, show_default=True, help="Video quality, lower is better (NVENC: -cq).")
+@click.option("--preset", default="medium", show_default=True, help="Encoder speed preset (x264/x265/SVT-AV1/NVENC).")
+@click.option(
+    "--pix-fmt",
+    default=None,
+    help="Encoder pixel format, e.g. yuv420p10le [default: yuv420p, 10-bit for a > 8-bit input].",
+)
+@click.option("--hwaccel", default=None, help="Hardware video decoding: an FFmpeg device type, e.g. cuda (NVDEC).")
+@click.option(
+    "--allow-partial",
+    is_flag=True,
+    help="Keep what decodes of a damaged video, as NAME.partial.EXT (default: a damaged video is an error).",
+)
+@click.option(
+    "--segment-seconds",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="Videos are encoded in resumable segments of about this length (0: one segment).",
+)
+@realism_options
+@click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Run on a Ray cluster (needs sr-deploy[ray]): the one at ADDRESS (auto, HOST:6379, "
+    "ray://HOST:10001) or RAY_ADDRESS, else a new local one for this run; each video segment is "
+    "a task. Write --ray=ADDRESS or put --ray after the inputs.",
+)
+@click.option(
+    "--ray-actors",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --ray: actors (backend copies) [default: one per GPU of the cluster, else one per CPU].",
+)
+def upscale(
+    inputs: tuple[str, ...],
+    output: str,
+    model: str,
+    backend_name: str,
+    device: str,
+    precision: str,
+    tile: int | None,
+    tile_overlap: int,
+    batch_size: int | None,
+    outscale: float | None,
+    ext: str,
+    overwrite: bool,
+    quality: int | None,
+    codec: str | None,
+    crf: int,
+    preset: str,
+    pix_fmt: str | None,
+    hwaccel: str | None,
+    allow_partial: bool,
+    segment_seconds: float,
+    realism: float | None,
+    gan_model: str | None,
+    no_progress: bool,
+    ray_address: str | None,
+    ray_actors: int | None,
+) -> None:
+    """Upscale images, folders and videos with any backend, tiled, nothing lost.
+
+    INPUT may be image files (png, jpg, webp, bmp, tiff), video files (mp4, mkv, mov, avi, webm)
+    and folders (recursive; the tree is kept under OUT), mixed. Outputs are written under a
+    temporary name and renamed when complete; existing outputs are skipped (re-run to resume).
+    """
+    import signal
+
+    from ..upscale import UpscaleOptions
+    from ..upscale import upscale as run_upscale
+
+    model = with_realism(model, gan_model, realism)
+    options = UpscaleOptions(
+        model=model,
+        backend=backend_name,
+        device=device,
+        precision=precision,
+        tile=tile,
+        tile_overlap=tile_overlap,
+        batch_size=batch_size,
+        outscale=outscale,
+        ext=ext,
+        overwrite=overwrite,
+        quality=quality,
+        codec=codec,
+        crf=crf,
+        preset=preset,
+        pix_fmt=pix_fmt,
+        hwaccel=hwaccel,
+        allow_partial=allow_partial,
+        segment_seconds=segment_seconds,
+        progress=not no_progress,
+    )
+
+    def terminate(signum: int, frame: object) -> None:  # `kill`: clean up like Ctrl-C
+        raise KeyboardInterrupt
+
+    if ray_address and Path(ray_address).exists():
+        raise InputError(
+            f"--ray took {ray_address!r} (an input) as the cluster address: write --ray=ADDRESS "
+            "or put --ray after the inputs"
+        )
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        if ray_address is not None:
+            from ..cluster import RayOptions, upscale_on_ray
+
+            summary = upscale_on_ray(
+                inputs, output, options, RayOptions(address=ray_address or None, actors=ray_actors)
+            )
+        else:
+            summary = run_upscale(inputs, output, options)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    click.echo(summary.line(), err=True)
+    # Say where the results are (stdout, so scripts can read it).
+    if len(summary.done) == 1:
+        click.echo(f"result: {summary.done[0]}")
+    elif summary.done:
+        click.echo(f"results: {len(summary.done)} files under {output}")
+    if summary.partial:
+        click.echo(f"partial: {', '.join(str(p) for p in summary.partial)}")
+    if summary.failed:
+        raise click.exceptions.Exit(summary.exit_code())
