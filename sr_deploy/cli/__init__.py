@@ -56,16 +56,13 @@ def cli(debug: bool) -> None:
     """Super-resolution from training to fast deployment: PyTorch, ONNX Runtime, TensorRT."""
 
 
-for _command in (
-    models.info,
-    models.sample,
-    evaluate.eval_,
-    export.export,
-    export.build_engine,
-    upscale.upscale,
-    benchmark.benchmark,
-):
-    cli.add_command(_command)
+cli.add_command(models.info)
+cli.add_command(models.sample)
+cli.add_command(evaluate.eval_)
+cli.add_command(export.export)
+cli.add_command(export.build_engine)
+cli.add_command(upscale.upscale)
+cli.add_command(benchmark.benchmark)
 
 
 def main(argv: list[str] | None = None) -> None:
