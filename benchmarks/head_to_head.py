@@ -106,6 +106,7 @@ def make_tools(peer: realesrgan_env.PeerEnv, inputs: Inputs, device: str) -> lis
     srd = [sys.executable, "-m", "sr_deploy", "upscale", "--model", str(inputs.model), "--no-progress"]
     srd += ["--device", device]
     chainner = [sys.executable, str(HERE / "peers" / "chainner_style.py"), str(inputs.model)]
+    chainner += ["--half"] if cuda else []
     weights = inputs.work / "peer-cwd"  # the video script looks for weights/<name>.pth in its cwd
     (weights / "weights").mkdir(parents=True, exist_ok=True)
     link = weights / "weights" / f"{MODEL_NAME}.pth"
