@@ -411,7 +411,8 @@ def plot(report: dict, path: Path) -> None:
         ax.barh(labels, walls, xerr=[lows, highs], color=colors)
         for y, r in enumerate(rows):
             if r["speedup_vs_realesrgan"] and r["tool"] != PEER:
-                ax.text(r["median_wall_s"], y, f"  {r['speedup_vs_realesrgan']:.2f}x", va="center")
+                right = max([r["median_wall_s"], *(s["wall_s"] for s in r["samples"])])  # past the error bar
+                ax.text(right, y, f"  {r['speedup_vs_realesrgan']:.2f}x", va="center")
         ax.invert_yaxis()
         ax.set_xlabel("whole-process wall time, s (median, min-max)")
         ax.set_title(report["images"] if task == "images" else report["video"], fontsize=9)
