@@ -17,7 +17,7 @@ The tools, each a whole process timed from start to exit (wall, user and system 
 Same model (``../shared/data/weights/realesr-animevideov3.pth``), same inputs (the 14 Set14 photos;
 the first 2 s of ``mov_bbb.mp4``, 320x176, 50 frames, with its audio), same thread count for every
 tool (``OMP_NUM_THREADS``, default: all cores). Runs alternate between the tools (the order rotates
-each round, so none always runs first or on a warm cache) and the median is reported. Parity: every
+each round, so none always runs first) and the median is reported. Parity: every
 tool's output against Real-ESRGAN's (PSNR, peak 255, and largest difference; video frames decoded,
 so both sides carry their encoder's loss: sr-deploy encodes at CRF 18, Real-ESRGAN and the
 chaiNNer-style loop at libx264's CRF 23).
@@ -123,7 +123,12 @@ def make_tools(peer: realesrgan_env.PeerEnv, inputs: Inputs, device: str) -> lis
         else:
             peer_argv = []
         row = Tool(
-            PEER, task, "fp16" if cuda else "fp32", peer_argv + peer_precision, cwd=weights, output_suffix="_out"
+            PEER,
+            task,
+            "fp16" if cuda else "fp32",
+            peer_argv + peer_precision if peer_argv else [],  # no script: the row is reported, not run
+            cwd=weights,
+            output_suffix="_out",
         )
         row.note = "" if peer_argv else f"not run: {peer.video_missing}"
         tools.append(row)
@@ -169,19 +174,22 @@ def run_rounds(tools: list[Tool], rounds: int, env: dict, work: Path) -> None:
             tool.samples.append(sample)
             status = "ok" if sample["rc"] == 0 else f"FAILED rc={sample['rc']}: {sample['error']}"
             if tool.label.startswith("sr-deploy (defaults)") and sample["rc"] == 0:
-                tool.precision = chosen_precision(work / "last.log") or tool.precision
+                line = precision_line(work / "last.log")
+                tool.precision = line.split()[1].rstrip(":") if line else tool.precision
+                tool.note = line.removeprefix("precision: ")
             print(f"  round {r + 1}/{rounds}  {tool.task:<6} {tool.label:<28} {sample['wall_s']:8.2f} s  {status}")
 
 
-def chosen_precision(log: Path) -> str:
-    """The precision sr-deploy's ``precision: ...`` line names ("bf16", "fp32" ...), or ""."""
+def precision_line(log: Path) -> str:
+    """sr-deploy's ``precision: bf16: <why>`` line from a run's log, or ""."""
     for line in log.read_text(errors="replace").splitlines():
         if line.startswith("precision: "):
-            return line.split()[1].rstrip(":")
+            return line
     return ""
 
 
 def psnr(a, b) -> float:
+    """PSNR in dB (peak 255) of two same-shape uint8 arrays; inf when they are equal."""
     import numpy as np
 
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
@@ -210,7 +218,8 @@ def image_parity(tool: Tool, reference: Tool) -> dict:
     return {"psnr_db": round(10 * np.log10(255.0**2 / mse), 2) if mse else "inf", "max_abs": worst}
 
 
-def video_frames(path: Path):
+def video_frames(path: Path) -> list:
+    """Every decoded frame of `path`: (H, W, 3) uint8 BGR arrays, OpenCV's order."""
     import cv2
 
     cap = cv2.VideoCapture(str(path))
@@ -256,13 +265,15 @@ def summarise(tools: list[Tool]) -> None:
     """Medians, ratios against Real-ESRGAN on the same task, and parity against its outputs."""
     for task in ("images", "video"):
         rows = [t for t in tools if t.task == task]
-        reference = next(t for t in rows if t.label == PEER)
+        reference = next((t for t in rows if t.label == PEER), None)
+        if reference is None:
+            continue
         for tool in rows:
             ok = [s for s in tool.samples if s["rc"] == 0]
             if not ok or len(ok) != len(tool.samples):
-                tool.note = tool.note or (tool.samples[-1]["error"] if tool.samples else "not run")
+                failed = [s for s in tool.samples if s["rc"] != 0]
+                tool.note = f"failed: {failed[-1]['error']}" if failed else tool.note or "not run"
                 continue
-            tool.note = tool.note or ""
             if reference.samples and all(s["rc"] == 0 for s in reference.samples):
                 check = image_parity if task == "images" else video_parity
                 tool.parity = check(tool, reference) if tool is not reference else {"reference": True}
@@ -271,6 +282,7 @@ def summarise(tools: list[Tool]) -> None:
 
 
 def median_of(tool: Tool, key: str) -> float | None:
+    """The median of `key` over the tool's runs; None when any run failed (no figure from a partial set)."""
     values = [s[key] for s in tool.samples if s["rc"] == 0]
     return round(statistics.median(values), 3) if values and len(values) == len(tool.samples) else None
 
@@ -387,7 +399,9 @@ def headline(report: dict) -> list[str]:
     return [
         f"**Acceptance (issue 18): `sr-deploy upscale` with defaults is {video['speedup_vs_realesrgan']:.2f}x "
         f"as fast as Real-ESRGAN's video script on this CPU {'with' if amx else 'without'} AMX "
-        f"(target >= {target:g}x): {verdict}.** It chose {video['precision']}; the fp32 row is the like-for-like one."
+        f"(target >= {target:g}x): {verdict}.** It chose {video['precision']}"
+        + (f" ({video['note']})" if video.get("note") else "")
+        + "; the fp32 row is the like-for-like one."
     ]
 
 

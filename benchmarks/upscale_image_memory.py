@@ -99,7 +99,8 @@ def main() -> None:
             "output_8bit_gb": round(width * height * 3 / 1e9, 3),
             "output_png_mb": round((work / "out.png").stat().st_size / 1e6, 1),
             "wall_seconds": round(seconds, 1),
-            "note": "wall time on a shared 2-core machine (other jobs running): indicative only",
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
+            "note": "wall time is indicative only (it depends on the machine's load); the peak RSS is the figure",
             "command": " ".join(
                 [
                     "/usr/bin/time -v sr-deploy upscale in.png -o out.png --model tiny.pt",

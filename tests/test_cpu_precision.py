@@ -85,8 +85,8 @@ def _as_fast(model, scale):
     return 1.05
 
 
-def _key(cpu: str, sha: str) -> str:
-    return f"{cpu}|{sha}|torch {torch.__version__}|{torch.get_num_threads()} threads"
+def _key(cpu: str, sha: str, hardware: str = "bf16 matrix units (amx_bf16)") -> str:
+    return f"{cpu}|{hardware}|{sha}|torch {torch.__version__}|{torch.get_num_threads()} threads"
 
 
 def test_probe_reads_the_bf16_flags_from_cpuinfo(amx_cpu, tmp_path, monkeypatch):
@@ -117,9 +117,31 @@ def test_with_amx_a_model_that_passes_parity_runs_bf16_and_the_verdict_is_cached
 
     again = cp.choose_cpu_precision(tiny_srresnet, "sha-tiny", measure=_no_measuring, measure_speed=_no_measuring)
     assert (again.precision, again.reason) == ("bf16", choice.reason + " (cached)")
-    # Another model (hash) or another CPU model is measured afresh.
+    # Another model (hash) is measured afresh.
     with pytest.raises(AssertionError, match="measured"):
         cp.choose_cpu_precision(tiny_srresnet, "sha-other", measure=_no_measuring)
+
+
+def test_another_cpu_or_the_same_name_with_other_bf16_hardware_is_measured_afresh(
+    tiny_srresnet, amx_cpu, tmp_path, monkeypatch
+):
+    cp.choose_cpu_precision(tiny_srresnet, "sha", measure=lambda m, s: (60.0, "crops"), measure_speed=_twice_as_fast)
+    for name, flags in (("Stand-in Sapphire Rapids", "amx_bf16"), ("Stand-in Xeon", "avx512_bf16")):
+        # A VM may call Zen 4 and Zen 5 both "AMD EPYC": the bf16 hardware is part of the key.
+        monkeypatch.setenv("SR_DEPLOY_CPUINFO", str(_cpuinfo(tmp_path, name, flags)))
+        with pytest.raises(AssertionError, match="measured"):
+            cp.choose_cpu_precision(tiny_srresnet, "sha", measure=_no_measuring, measure_speed=_no_measuring)
+
+
+def test_a_cache_entry_without_a_speed_figure_is_measured_again(tiny_srresnet, amx_cpu):
+    """An entry written before the speed check existed (parity only) does not decide anything."""
+    amx_cpu.parent.mkdir(parents=True)
+    amx_cpu.write_text(json.dumps({_key("Stand-in Xeon", "sha"): {"psnr_db": 60.0, "images": "old"}}))
+    choice = cp.choose_cpu_precision(
+        tiny_srresnet, "sha", measure=lambda m, s: (55.0, "new crops"), measure_speed=_as_fast
+    )
+    assert choice.precision == "fp32" and "55.0 dB >= 50 dB on new crops, 1.05x" in choice.reason
+    assert json.loads(amx_cpu.read_text())[_key("Stand-in Xeon", "sha")]["speedup"] == 1.05
 
 
 def test_with_avx512_bf16_auto_follows_the_measured_speed(tiny_srresnet, epyc_cpu):

@@ -6,6 +6,7 @@ environment) is not a test: its committed results are in benchmarks/results/head
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -114,3 +115,42 @@ def test_fixes_apply_by_exact_text_once_and_refuse_other_text(h2h, tmp_path):
     other.write_text("num_gpus = 2\n")
     with pytest.raises(SystemExit, match="the text to fix was not found once"):
         env._replace_once(other, *env.FIX_NUM_GPUS)
+
+
+def test_without_the_video_script_its_row_is_reported_not_run(h2h, tmp_path):
+    peer = h2h.realesrgan_env.PeerEnv(
+        python=Path(sys.executable),
+        image_script=tmp_path / "inference_realesrgan.py",
+        video_script=None,
+        video_missing="no clone of the repository",
+        fixes=(),
+    )
+    inputs = h2h.Inputs(model=tmp_path / "m.pth", images=tmp_path / "images", clip=tmp_path / "c.mp4", work=tmp_path)
+    tools = h2h.make_tools(peer, inputs, "cpu")
+    video_peer = next(t for t in tools if t.task == "video" and t.label == h2h.PEER)
+    assert video_peer.argv == [] and video_peer.note == "not run: no clone of the repository"
+    image_peer = next(t for t in tools if t.task == "images" and t.label == h2h.PEER)
+    assert image_peer.argv[-3:] == ["--fp32", "-o", str(tmp_path / "out-0")]
+
+
+def test_a_failing_tool_gets_no_median_and_its_error_in_the_table(h2h, tmp_path):
+    def tool(label, code):
+        return h2h.Tool(label, "images", "fp32", [sys.executable, "-c", code, "-o", str(tmp_path / label)])
+
+    reference = tool(h2h.PEER, "print('ok')")
+    broken = tool("broken", "import sys; print('boom: no model'); sys.exit(3)")
+    h2h.run_rounds([reference, broken], 2, dict(os.environ), tmp_path)
+    assert [s["rc"] for s in broken.samples] == [3, 3] and [s["rc"] for s in reference.samples] == [0, 0]
+    h2h.summarise([reference, broken])
+    assert broken.note == "failed: boom: no model"
+    row = h2h.row_dict(broken, reference)
+    assert row["median_wall_s"] is None and row["speedup_vs_realesrgan"] is None
+    assert h2h.row_dict(reference, reference)["speedup_vs_realesrgan"] == 1.0
+
+
+def test_the_cpu_floor_adds_the_pipeline_cpu_time_spread_over_the_cores():
+    from sr_deploy.bench.video import VideoOverhead
+
+    measured = VideoOverhead(50, 176, 320, model_only_s=10.0, end_to_end=None, pipeline_cpu_s=4.0)
+    assert measured.cpu_floor_s(2) == 12.0 and measured.cpu_floor_s(4) == 11.0
+    assert VideoOverhead(50, 176, 320, 10.0, None).cpu_floor_s(2) is None

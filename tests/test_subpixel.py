@@ -63,3 +63,12 @@ def test_the_torch_backend_runs_the_rewritten_form():
     x = torch.rand(1, 3, 9, 11)
     with torch.inference_mode():
         assert torch.allclose(backend.run_tensor(x), model(x), atol=2e-5, rtol=0)
+
+
+def test_the_rewrite_leaves_torch_random_state_alone():
+    model = _random_srresnet(0, scale=4)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    move_tail_before_shuffle(model)
+    assert torch.equal(torch.rand(3), expected)  # a training script's next draw is not shifted

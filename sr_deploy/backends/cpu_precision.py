@@ -7,8 +7,8 @@ Zen 5 EPYC ran the default model 2.1x faster in bf16; cores that split 512-bit w
 less), so it is measured rather than assumed. Without either flag bf16 is emulated and slower:
 fp32, without measuring anything.
 
-With a flag, two things are measured once and cached per CPU model, model file (sha256), torch
-version and thread count in ``$SR_DEPLOY_CACHE/cpu_precision.json`` (default ``~/.cache/sr_deploy``):
+With a flag, two things are measured once and cached per CPU model and bf16 flag, model file
+(sha256), torch version and thread count in ``$SR_DEPLOY_CACHE/cpu_precision.json`` (default ``~/.cache/sr_deploy``):
   - parity: PSNR of bf16 against fp32 on real image crops (Set5 when found), which must reach the
     project's reduced-precision threshold (>= 50 dB, `sr_deploy.parity`);
   - speed: bf16 against fp32 on the same backend, which must be at least `MIN_SPEEDUP` x faster.
@@ -141,10 +141,12 @@ def measure_bf16_speedup(model: nn.Module, scale: int | None = None) -> float:
     return fp32 / max(bf16, 1e-9)
 
 
-def _cache_key(cpu: str, sha256: str) -> str:
+def _cache_key(cpu: str, hardware: str, sha256: str) -> str:
+    """CPU model name *and* its bf16 hardware (VMs often report only "AMD EPYC" for cores that
+    gain differently), model, torch build and threads: what the verdict depends on."""
     import torch
 
-    return f"{cpu}|{sha256}|torch {torch.__version__}|{torch.get_num_threads()} threads"
+    return f"{cpu}|{hardware}|{sha256}|torch {torch.__version__}|{torch.get_num_threads()} threads"
 
 
 def _measured(
@@ -152,13 +154,14 @@ def _measured(
     sha256: str | None,
     scale: int | None,
     cpu: str,
+    hardware: str,
     measure: Callable[[nn.Module, int | None], tuple[float, str]],
     measure_speed: Callable[[nn.Module, int | None], float],
 ) -> tuple[dict, bool]:
     """The cached verdict ({psnr_db, images, speedup}) for this CPU and model, else a fresh one
     (written to the cache when the model has a hash), and whether it came from the cache."""
     path = cache_path()
-    key = _cache_key(cpu, sha256) if sha256 else ""
+    key = _cache_key(cpu, hardware, sha256) if sha256 else ""
     entry = _read_cache(path).get(key) if sha256 else None
     if isinstance(entry, dict) and all(isinstance(entry.get(k), (int, float)) for k in ("psnr_db", "speedup")):
         return entry, True
@@ -200,7 +203,7 @@ def choose_cpu_precision(
         flags = " / ".join(BF16_FLAGS)
         return PrecisionChoice("fp32", f"fp32: {cpu} has no bf16 instructions ({flags}), bf16 would be slower")
     entry, cached = _measured(
-        model, sha256, scale, cpu, measure or measure_bf16_psnr, measure_speed or measure_bf16_speedup
+        model, sha256, scale, cpu, hardware, measure or measure_bf16_psnr, measure_speed or measure_bf16_speedup
     )
     psnr, speedup = float(entry["psnr_db"]), float(entry["speedup"])
     accurate = psnr >= REDUCED_MIN_PSNR_DB

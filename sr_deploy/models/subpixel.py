@@ -13,8 +13,8 @@ A convolution over a pixel-shuffled tensor is a convolution over the unshuffled 
 channels at the lower resolution, producing the ``3 r^2`` sub-pixel phases (12 lanes of 16 at x2),
 followed by a 3-channel PixelShuffle; and a single-parameter PReLU commutes with the shuffle, so it
 moves before it too. The large F-channel shuffle at the output resolution disappears. Zero padding of
-p at the output resolution is zero padding of ``p // r``-ish at the lower one (exactly, when the
-offsets are symmetric, which `move_tail_before_shuffle` checks): the result is the same function up to
+p at the output resolution is zero padding of ``ceil(p / r)`` at the lower one (the reachable offsets
+run from ``-ceil(p / r)`` to ``ceil(p / r)`` for every phase): the result is the same function up to
 float summation order.
 """
 
@@ -74,18 +74,17 @@ def subpixel_weights(tail: nn.Conv2d, r: int) -> tuple[torch.Tensor, torch.Tenso
 
 def move_tail_before_shuffle(model: nn.Module) -> nn.Module:
     """An equivalent copy of `model` whose output convolution runs before the last pixel shuffle
-    (see the module docstring), or `model` itself when it does not end the SRResNet way (or the
-    padding offsets are not symmetric). The original is untouched."""
+    (see the module docstring), or `model` itself when it does not end the SRResNet way. The
+    original is untouched, and torch's random state too (nothing is initialised at random)."""
     found = _tail_pattern(model)
     if found is None:
         return model
     _conv, r, act, tail = found
-    lo, hi = _offsets(tail.kernel_size[0], r)
-    if -lo != hi:
-        return model
+    _lo, hi = _offsets(tail.kernel_size[0], r)  # symmetric: lo == -hi for any odd k and r
     weight, bias = subpixel_weights(tail, r)
-    fused = nn.Conv2d(weight.shape[1], weight.shape[0], weight.shape[2], padding=hi)
-    fused = fused.to(device=weight.device, dtype=weight.dtype)
+    fused = nn.utils.skip_init(
+        nn.Conv2d, weight.shape[1], weight.shape[0], weight.shape[2], padding=hi, device=weight.device
+    ).to(dtype=weight.dtype)
     with torch.no_grad():
         fused.weight.copy_(weight)
         fused.bias.copy_(bias)
