@@ -59,6 +59,8 @@ from .upscale import (
     upscale_image_file,
     validate_options,
 )
+from .util.log import Progress as Log
+from .util.log import to_stderr
 from .video import DEFAULT_VIDEO_BATCH, default_codec, is_video_path, probe_video, segments_dir, upscale_video
 
 RAY_NOT_INSTALLED = "Ray is not installed: pip install 'sr-deploy[ray]' (on the driver and every node)"
@@ -66,12 +68,6 @@ RAY_NOT_INSTALLED = "Ray is not installed: pip install 'sr-deploy[ray]' (on the 
 # and a block re-run this many times before the input it holds is reported as failed.
 MAX_ACTOR_RESTARTS = 4
 MAX_TASK_RETRIES = 3
-
-Log = Callable[[str], None]
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # Ray's own switch for a single-machine cluster on the loopback interface (the default on Windows and
@@ -313,7 +309,7 @@ class _Upscaler:
                 return output.read_bytes(), 0
             piece = scratch / f"piece{PIECE_SUFFIX}"
             piece.write_bytes(row["data"])
-            output, frames = upscale_piece(self.backend, piece, row["suffix"], self.options, _stderr)
+            output, frames = upscale_piece(self.backend, piece, row["suffix"], self.options, to_stderr)
             if frames != int(row["packets"]):
                 raise SRDeployError(
                     f"{frames} of its {int(row['packets'])} frames decoded on their own "
@@ -431,7 +427,7 @@ def _restart_policy() -> dict[str, int]:
 
 
 def run_jobs_on_ray(
-    jobs: Sequence[Job], options: UpscaleOptions, ray_options: RayOptions, log: Log = _stderr
+    jobs: Sequence[Job], options: UpscaleOptions, ray_options: RayOptions, log: Log = to_stderr
 ) -> UpscaleSummary:
     """Run `jobs` on the cluster; same summary, outputs and rules as `sr_deploy.upscale.run_jobs`.
 
@@ -622,7 +618,7 @@ def upscale_on_ray(
     output: str | Path,
     options: UpscaleOptions,
     ray_options: RayOptions,
-    log: Log = _stderr,
+    log: Log = to_stderr,
 ) -> UpscaleSummary:
     """`sr_deploy.upscale.upscale` on a Ray cluster: the same checks and plan, then `run_jobs_on_ray`."""
     import_ray(local=not (ray_options.address or os.environ.get("RAY_ADDRESS")))  # 'not installed' first

@@ -31,13 +31,14 @@ into it when complete, replacing an older export of the same name.
 from __future__ import annotations
 
 import shutil
-import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 from .errors import InputError
+from .util.log import Progress as Log
+from .util.log import to_stderr
 
 FLAVOURS = ("onnx", "python")
 INSTANCE_KINDS = {"gpu": "KIND_GPU", "cpu": "KIND_CPU", "auto": "KIND_AUTO"}
@@ -47,12 +48,6 @@ DEFAULT_MAX_BATCH = 4
 DEFAULT_PROFILE = {"min": [1, 3, 64, 64], "opt": [1, 3, 270, 480], "max": [4, 3, 540, 960]}
 MAX_QUEUE_DELAY_US = 2000
 VERSION = "1"
-
-Log = Callable[[str], None]
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -246,7 +241,7 @@ def write_triton_repository(
     precision: str = "fp32",
     opset: int = 18,
     verify: bool = True,
-    log: Log | None = _stderr,
+    log: Log | None = to_stderr,
 ) -> TritonRepository:
     """Write (or add to) the Triton model repository `repo`.
 

@@ -39,6 +39,8 @@ from .imaging import (
     write_image_consuming,
 )
 from .tiling import DEFAULT_TILE_OVERLAP, upscale_tiled_into
+from .util.log import Progress as Log
+from .util.log import to_stderr
 from .video import (
     DEFAULT_CRF,
     DEFAULT_PRESET,
@@ -51,14 +53,9 @@ from .video import (
 )
 
 Kind = Literal["image", "video"]
-Log = Callable[[str], None]
 OUTPUT_IMAGE_FORMATS = ("png", "jpg", "webp", "same")
 # Largest --outscale: beyond it an output size is a typo, not a request (64 x 64 = 4096 times the pixels).
 MAX_OUTSCALE = 64.0
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -237,7 +234,7 @@ class Fp32Fallback(Backend):
     NaN weights must fail, never write black pictures. `source` names the file being processed.
     """
 
-    def __init__(self, primary: Backend, make_fp32: Callable[[], Backend] | None, log: Log = _stderr):
+    def __init__(self, primary: Backend, make_fp32: Callable[[], Backend] | None, log: Log = to_stderr):
         super().__init__(primary.scale, primary.precision, primary.device, primary.max_shape)
         self.name = primary.name
         self.primary = primary
@@ -286,7 +283,7 @@ class Fp32Fallback(Backend):
             self.fp32.close()
 
 
-def load_backend(options: UpscaleOptions, log: Log = _stderr) -> Backend:
+def load_backend(options: UpscaleOptions, log: Log = to_stderr) -> Backend:
     """The backend for `options` (model, backend, device, precision), wrapped in `Fp32Fallback`
     (NaN/Inf check; fp32 re-run below fp32). Raises InputError for a model that is not there."""
     from .models import resolve_model_path
@@ -378,7 +375,7 @@ def _status(target: Path) -> Literal["done", "todo", "folder"]:
     return "todo"
 
 
-def jobs_to_run(jobs: Sequence[Job], options: UpscaleOptions, log: Log = _stderr) -> tuple[UpscaleSummary, list[Job]]:
+def jobs_to_run(jobs: Sequence[Job], options: UpscaleOptions, log: Log = to_stderr) -> tuple[UpscaleSummary, list[Job]]:
     """The skip / resume rule of every run, local or on a cluster: an output that is done (a
     non-empty file) is skipped unless `options.overwrite`; a folder under the output's name fails
     that job (code 2). Returns the summary so far and the jobs left to run."""
@@ -399,7 +396,7 @@ def jobs_to_run(jobs: Sequence[Job], options: UpscaleOptions, log: Log = _stderr
 
 
 # long: the job loop keeps skip/resume, per-kind dispatch and per-file error accounting in one place
-def run_jobs(jobs: Sequence[Job], backend: Backend, options: UpscaleOptions, log: Log = _stderr) -> UpscaleSummary:
+def run_jobs(jobs: Sequence[Job], backend: Backend, options: UpscaleOptions, log: Log = to_stderr) -> UpscaleSummary:
     """Run every job; one failing job is logged (`error: FILE: cause`) and the others go on.
 
     KeyboardInterrupt stops everything (the current output's temporary file is removed; a video's
@@ -495,7 +492,7 @@ def upscale(
     inputs: Sequence[str | Path],
     output: str | Path,
     options: UpscaleOptions,
-    log: Log = _stderr,
+    log: Log = to_stderr,
     backend: Backend | None = None,
 ) -> UpscaleSummary:
     """Plan, load the backend (unless given, or unless every output already exists), run.

@@ -29,9 +29,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -60,15 +59,10 @@ from ..engine import (
 from ..errors import InputError, SRDeployError
 from ..parity import ParityReport
 from ..util.files import file_sha256
+from ..util.log import Progress as Echo
+from ..util.log import to_stderr
 from .ort_backend import OnnxRuntimeBackend
 from .trt_backend import TensorRTBackend
-
-Echo = Callable[[str], None]
-
-
-def _echo_stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
 
 # --------------------------------------------------------------------------- fp16 ONNX
 
@@ -88,7 +82,7 @@ def prepare_fp16_onnx(
     output: str | Path,
     calibration: Sequence[np.ndarray] | None = None,
     extra_block_list: Sequence[str] = (),
-    echo: Echo = _echo_stderr,
+    echo: Echo = to_stderr,
 ) -> Fp16Onnx:
     """Write the fp16 ONNX that the strongly typed route builds from, and check it really is fp16.
 
@@ -221,7 +215,7 @@ def build_engine(
     calibration: Sequence[np.ndarray] | None = None,
     fix_overflow: bool = True,
     device: str = "cuda",
-    echo: Echo = _echo_stderr,
+    echo: Echo = to_stderr,
 ) -> BuildResult:
     """Build `onnx_path` into a TensorRT engine at `output` (default: beside it, .engine),
     with its sidecar JSON, after a parity check against ONNX Runtime float32 on real images.
@@ -541,7 +535,7 @@ def ensure_engine(
     workspace_gib: float = 4.0,
     opt_level: int | None = None,
     check_parity: bool = True,
-    echo: Echo = _echo_stderr,
+    echo: Echo = to_stderr,
     **build_options: Any,
 ) -> Path:
     """The engine for `onnx_path` from the engine cache, building it on first use.

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import InputError, SRDeployError
+from ..util.log import Progress
 
 VIDEO_EXTENSIONS: frozenset[str] = frozenset({".mp4", ".m4v", ".mkv", ".mov", ".avi", ".webm"})
 DEFAULT_CODEC = "libx264"
@@ -15,11 +14,7 @@ DEFAULT_PRESET = "medium"
 DEFAULT_VIDEO_BATCH = 4
 DEFAULT_SEGMENT_SECONDS = 2.0
 
-Log = Callable[[str], None]
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+Log = Progress  # the video modules' name for the package's progress callback type
 
 
 class VideoDamaged(InputError):

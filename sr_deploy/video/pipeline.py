@@ -20,6 +20,7 @@ from ..backends.base import Backend
 from ..errors import InputError, SRDeployError
 from ..imaging import partial_path
 from ..tiling import DEFAULT_TILE_OVERLAP, auto_tile_size, upscale_batch
+from ..util.log import to_stderr
 from .common import (
     DEFAULT_CRF,
     DEFAULT_PRESET,
@@ -28,7 +29,6 @@ from .common import (
     Log,
     NonFiniteOutput,
     VideoDamaged,
-    _stderr,
     cause,
     clock,
     default_codec,
@@ -120,7 +120,7 @@ def upscale_video(
     resume: bool = True,
     model_id: str = "",
     progress: bool = True,
-    log: Log = _stderr,
+    log: Log = to_stderr,
 ) -> VideoResult:
     """Upscale the video file `source` into `target` (container from its extension).
 
