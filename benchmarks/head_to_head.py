@@ -52,6 +52,7 @@ sys.path.insert(0, str(HERE))
 from peers import realesrgan_env  # noqa: E402
 
 from sr_deploy.bench import trim_clip  # noqa: E402
+from sr_deploy.metrics import psnr  # noqa: E402
 from sr_deploy.parity import find_shared_data  # noqa: E402
 from sr_deploy.util import atomic_write_text  # noqa: E402
 
@@ -69,6 +70,7 @@ class Tool:
     argv: list[str]
     cwd: Path | None = None
     output_suffix: str = ""  # Real-ESRGAN names outputs NAME_out.png
+    out: Path | None = None  # the folder it writes into (images, or the one video)
     samples: list[dict] = field(default_factory=list)
     parity: dict = field(default_factory=dict)
     note: str = ""
@@ -137,7 +139,8 @@ def make_tools(peer: realesrgan_env.PeerEnv, inputs: Inputs, device: str) -> lis
             tools.append(Tool("sr-deploy --precision fp32", task, "fp32", srd + ["--precision", "fp32", str(src)]))
         tools.append(Tool("chaiNNer-style loop", task, "fp16" if cuda else "fp32", chainner + [str(src)]))
     for number, tool in enumerate(tools):
-        tool.argv = tool.argv and with_output(tool, inputs.work / f"out-{number}")
+        tool.out = inputs.work / f"out-{number}"
+        tool.argv = tool.argv and with_output(tool, tool.out)
     return tools
 
 
@@ -152,15 +155,6 @@ def with_output(tool: Tool, out: Path) -> list[str]:
     return tool.argv + [str(target)]
 
 
-def output_dir(tool: Tool) -> Path:
-    """The folder a tool writes into (the argument after -o, or the last argument's folder)."""
-    if "-o" in tool.argv:
-        target = Path(tool.argv[tool.argv.index("-o") + 1])
-    else:
-        target = Path(tool.argv[-1])
-    return target if tool.task == "images" else target.parent if target.suffix else target
-
-
 def run_rounds(tools: list[Tool], rounds: int, env: dict, work: Path) -> None:
     """`rounds` rounds over the runnable tools, the order rotated every round; outputs of the last
     round are kept for the parity check."""
@@ -168,8 +162,8 @@ def run_rounds(tools: list[Tool], rounds: int, env: dict, work: Path) -> None:
     for r in range(rounds):
         order = runnable[r % len(runnable) :] + runnable[: r % len(runnable)]
         for tool in order:
-            shutil.rmtree(output_dir(tool), ignore_errors=True)
-            output_dir(tool).mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tool.out, ignore_errors=True)
+            tool.out.mkdir(parents=True, exist_ok=True)
             sample = run_timed(tool.argv, tool.cwd, env, work / "last.log")
             tool.samples.append(sample)
             status = "ok" if sample["rc"] == 0 else f"FAILED rc={sample['rc']}: {sample['error']}"
@@ -188,23 +182,15 @@ def precision_line(log: Path) -> str:
     return ""
 
 
-def psnr(a, b) -> float:
-    """PSNR in dB (peak 255) of two same-shape uint8 arrays; inf when they are equal."""
-    import numpy as np
-
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
-
-
 def image_parity(tool: Tool, reference: Tool) -> dict:
     """PSNR over all pixels of all images, and the largest difference, against the reference tool."""
     import cv2
     import numpy as np
 
     worst, sq, count = 0, 0.0, 0
-    for ref_path in sorted(output_dir(reference).glob(f"*{reference.output_suffix}.png")):
+    for ref_path in sorted(reference.out.glob(f"*{reference.output_suffix}.png")):
         stem = ref_path.stem.removesuffix(reference.output_suffix) if reference.output_suffix else ref_path.stem
-        ours = cv2.imread(str(output_dir(tool) / f"{stem}{tool.output_suffix}.png"))
+        ours = cv2.imread(str(tool.out / f"{stem}{tool.output_suffix}.png"))
         ref = cv2.imread(str(ref_path))
         if ours is None or ours.shape != ref.shape:
             return {"error": f"{stem}: missing or another size"}
@@ -249,15 +235,16 @@ def video_parity(tool: Tool, reference: Tool) -> dict:
     """Frames, duration and streams of the tool's video; mean PSNR of its frames against the reference's."""
     import numpy as np
 
-    (ours,) = list(output_dir(tool).glob("*.mp4")) or [None]
-    (ref,) = list(output_dir(reference).glob("*.mp4")) or [None]
+    (ours,) = list(tool.out.glob("*.mp4")) or [None]
+    (ref,) = list(reference.out.glob("*.mp4")) or [None]
     if ours is None or ref is None:
         return {"error": "no output video"}
     a, b = video_frames(ours), video_frames(ref)
     result = {"frames": len(a), **media_facts(ours)}
     if len(a) != len(b) or not a or a[0].shape != b[0].shape:
         return {**result, "error": f"{len(a)} frames against {len(b)}"}
-    result["psnr_db"] = round(float(np.mean([psnr(x, y) for x, y in zip(a, b, strict=True)])), 2)
+    scores = [psnr(x, y, crop_border=0, y_channel=False) for x, y in zip(a, b, strict=True)]
+    result["psnr_db"] = round(float(np.mean(scores)), 2)
     return result
 
 
@@ -278,7 +265,7 @@ def summarise(tools: list[Tool]) -> None:
                 check = image_parity if task == "images" else video_parity
                 tool.parity = check(tool, reference) if tool is not reference else {"reference": True}
                 if task == "video" and tool is reference:
-                    tool.parity = {**media_facts(next(output_dir(tool).glob("*.mp4"))), "reference": True}
+                    tool.parity = {**media_facts(next(tool.out.glob("*.mp4"))), "reference": True}
 
 
 def median_of(tool: Tool, key: str) -> float | None:

@@ -135,7 +135,7 @@ def test_without_the_video_script_its_row_is_reported_not_run(h2h, tmp_path):
 
 def test_a_failing_tool_gets_no_median_and_its_error_in_the_table(h2h, tmp_path):
     def tool(label, code):
-        return h2h.Tool(label, "images", "fp32", [sys.executable, "-c", code, "-o", str(tmp_path / label)])
+        return h2h.Tool(label, "images", "fp32", [sys.executable, "-c", code], out=tmp_path / label)
 
     reference = tool(h2h.PEER, "print('ok')")
     broken = tool("broken", "import sys; print('boom: no model'); sys.exit(3)")
