@@ -35,9 +35,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .degrade import Degradation, parse_degradation
 from .errors import InputError
 from .imaging import read_image, write_image
-from .metrics import bicubic_degrade, imresize, modcrop, psnr, ssim, to_uint8
+from .metrics import imresize, modcrop, psnr, ssim, to_uint8
 from .util.files import atomic_write_text
 
 METRICS = ("psnr", "ssim", "lpips", "lpips-vgg")
@@ -80,6 +81,7 @@ class DatasetResult:
     path: str = ""
     mean_lpips: dict[str, float] = field(default_factory=dict)
     metrics: tuple[str, ...] = ("psnr", "ssim")
+    degradation: str = "bicubic"  # the `--degrade` spec the LR was made with (or "lr-dir")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: an infinite PSNR becomes the string "inf" (JSON has no infinity)."""
@@ -96,8 +98,12 @@ class DatasetResult:
         return [values[metric] for metric in self.metrics]
 
     def summary(self, model: str = "") -> str:
-        """One line: `Set5 x4 bicubic: PSNR 28.419 dB, SSIM 0.8102, LPIPS 0.3407 (5 images)`."""
+        """One line: `Set5 x4 bicubic: PSNR 28.419 dB, SSIM 0.8102, LPIPS 0.3407 (5 images)`,
+        with the LR's degradation after the name when it is not plain bicubic
+        (`Set14 x4 [jpeg=40] default: ...`)."""
         who = f" {model}" if model else ""
+        if self.degradation != "bicubic":
+            who = f" [{self.degradation}]{who}"
         means = self._values(self.mean_psnr, self.mean_ssim, self.mean_lpips)
         parts = [
             f"{_COLUMNS[m][0]} {_COLUMNS[m][2].format(v)}{' dB' if m == 'psnr' else ''}"
@@ -116,7 +122,8 @@ class DatasetResult:
         header = f"{'image':<{width}}  " + "  ".join(
             (f"{_COLUMNS[m][0]} (dB)" if m == "psnr" else _COLUMNS[m][0]).rjust(_COLUMNS[m][1]) for m in self.metrics
         )
-        lines = [f"{self.name} (x{self.scale})", header, "-" * len(header)]
+        lr_text = "" if self.degradation == "bicubic" else f", LR {self.degradation}"
+        lines = [f"{self.name} (x{self.scale}{lr_text})", header, "-" * len(header)]
         lines += [row(r.name, self._values(r.psnr, r.ssim, r.lpips)) for r in self.images]
         lines += ["-" * len(header), row("mean", self._values(self.mean_psnr, self.mean_ssim, self.mean_lpips))]
         return "\n".join(lines)
@@ -249,18 +256,21 @@ def evaluate_image(
     lr: np.ndarray | None = None,
     name: str = "image",
     lpips: dict[str, Any] | None = None,
+    degradation: Degradation | None = None,
 ) -> tuple[ImageResult, np.ndarray]:
     """Score one image.
 
     hr: uint8 (H, W, 3) RGB or (H, W) grey, full size (cropped here to a multiple of `scale`).
     lr: optional uint8 LR image ((H//s, W//s[, 3]), same channel count as hr) instead of the
         bicubic degradation.
+    degradation: how to make the LR when `lr` is None (`sr_deploy.degrade`; default plain bicubic).
+        Its noise is seeded with `name`.
     lpips: metric name ("lpips", "lpips-vgg") -> `sr_deploy.perceptual.LPIPS` module to score too.
     Returns (scores, sr) with sr the uint8 output that was scored ((H', W', 3) or (H', W')).
     """
     if lr is None:
         try:
-            hr, lr_float = bicubic_degrade(hr, scale)
+            hr, lr_float = (degradation or Degradation()).apply(hr, scale, name)
         except ValueError as exc:
             raise InputError(f"{name}: {exc}") from exc
     else:
@@ -310,12 +320,14 @@ def evaluate_dataset(
     progress: bool = True,
     lpips: dict[str, Any] | None = None,
     metrics: Sequence[str] = ("psnr", "ssim"),
+    degradation: Degradation | None = None,
 ) -> DatasetResult:
     """Score `upscale_fn` on every image of `dataset_dir` (see the module docstring).
 
     upscale_fn: (1, 3, h, w) float32 RGB [0, 1] -> (1, 3, scale*h, scale*w) float, unclamped
         (an `Upscaler`, a `Backend`, or any function).
     lr_dir: ready-made uint8 LR images, matched by name, instead of bicubic degradation.
+    degradation: otherwise the LR is made this way (`sr_deploy.degrade`; default plain bicubic).
     save_dir: writes each scored SR image there as PNG (same stem as the HR image).
     lpips: metric name -> LPIPS module (see `lpips_metrics`); metrics: the columns reported.
     Returns a DatasetResult named after the folder. Raises InputError (one line, naming the
@@ -347,7 +359,7 @@ def evaluate_dataset(
                     f"{lr_path}: {'grey' if lr.ndim == 2 else 'colour'} LR image for a "
                     f"{'grey' if hr.ndim == 2 else 'colour'} HR image {path.name}"
                 )
-        result, sr = evaluate_image(upscale_fn, hr, scale, lr=lr, name=path.name, lpips=lpips)
+        result, sr = evaluate_image(upscale_fn, hr, scale, lr=lr, name=path.name, lpips=lpips, degradation=degradation)
         results.append(result)
         if out_folder is not None:
             write_image(out_folder / f"{path.stem}.png", sr)
@@ -360,6 +372,7 @@ def evaluate_dataset(
         path=str(folder),
         mean_lpips={m: float(np.mean([r.lpips[m] for r in results])) for m in (lpips or {})},
         metrics=tuple(metrics),
+        degradation="lr-dir" if lr_folder is not None else (degradation or Degradation()).name,
     )
 
 
@@ -396,16 +409,21 @@ def run_eval(
     progress: bool = True,
     metrics: Sequence[str] = ("psnr", "ssim"),
     perceptual_weights: str | Path | None = None,
+    degrade: str | None = None,
 ) -> tuple[Upscaler, list[DatasetResult]]:
     """`sr-deploy eval`: build the upscaler once, check its scale, score every dataset.
 
-    lr_dirs: none, or one per dataset (same order). save_dir: SR images go to
+    lr_dirs: none, or one per dataset (same order). degrade: an `eval --degrade` spec for the LR
+    (`sr_deploy.degrade`), not together with lr_dirs. save_dir: SR images go to
     save_dir/<dataset name>/. Returns the upscaler (for its description) and the results.
     """
     if scale is not None and scale < 1:
         raise InputError(f"--scale must be a positive integer, got {scale}")
     if lr_dirs and len(lr_dirs) != len(dataset_dirs):
         raise InputError(f"give one --lr-dir per --dataset ({len(dataset_dirs)} datasets, {len(lr_dirs)} LR folders)")
+    degradation = parse_degradation(degrade)
+    if lr_dirs and degradation.name != "bicubic":
+        raise InputError(f"--degrade {degrade}: not together with --lr-dir (the LR images are given)")
     for d in dataset_dirs:  # fail before loading a model when a folder is wrong
         list_images(d)
     lpips = lpips_metrics(metrics, perceptual_weights)  # likewise for missing LPIPS weights
@@ -430,6 +448,7 @@ def run_eval(
                     progress=progress,
                     lpips=lpips,
                     metrics=metrics,
+                    degradation=degradation,
                 )
             )
     finally:

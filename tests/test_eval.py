@@ -222,3 +222,51 @@ def test_scale_defaults_to_the_models_own(set5_dir, tmp_path):
     assert bicubic.output.strip().startswith("Set5 x4 bicubic: PSNR 28.419 dB")
     wrong = CliRunner().invoke(cli, ["eval", str(model), "--dataset", str(set5_dir), "--scale", "4"])
     assert wrong.exit_code == 2 and "an x2 model, but --scale is 4; use --scale 2" in wrong.output
+
+
+# ---- --degrade: named, reproducible real-world LR -------------------------------------------
+def test_degrade_jpeg40_reproduces_the_real_world_bicubic_row(tmp_path, set14_dir):
+    """Set14 with the LR saved as OpenCV JPEG-40 (what the issue's `--lr-dir` folder held): bicubic
+    scores 24.58 dB; the spec is named in the summary, the table header and the JSON."""
+    data = _json_eval(tmp_path, "bicubic", set14_dir, extra=("--degrade", "jpeg=40"))
+    (dataset,) = data["datasets"]
+    assert dataset["degradation"] == "jpeg=40"
+    assert dataset["mean_psnr"] == pytest.approx(24.58, abs=0.01)
+    assert "Set14 x4 [jpeg=40] bicubic" in data["stdout"] and "(x4, LR jpeg=40)" in data["stdout"]
+    # the same LR written to a folder and given with --lr-dir scores the same, to the last digit
+    from sr_deploy.degrade import parse_degradation
+    from sr_deploy.imaging import read_image
+
+    lr_dir = tmp_path / "lr"
+    lr_dir.mkdir()
+    for path in sorted(set14_dir.iterdir()):
+        _, lr = parse_degradation("jpeg=40").apply(read_image(path), 4, path.name)
+        levels = np.round(lr * 255).astype(np.uint8)
+        cv2.imwrite(str(lr_dir / path.name), levels if levels.ndim == 2 else levels[..., ::-1])
+    given = _json_eval(tmp_path, "bicubic", set14_dir, extra=("--lr-dir", str(lr_dir)))["datasets"][0]
+    assert given["degradation"] == "lr-dir"
+    assert given["mean_psnr"] == pytest.approx(dataset["mean_psnr"], abs=1e-9)
+
+
+def test_degrade_noise_is_the_same_in_every_run(tmp_path, small_set):
+    first = _json_eval(tmp_path, "bicubic", small_set, extra=("--degrade", "noise=10,jpeg=60"))
+    second = _json_eval(tmp_path, "bicubic", small_set, extra=("--degrade", "jpeg=60,noise=10"))
+    clean = _json_eval(tmp_path, "bicubic", small_set)
+    assert first["datasets"][0]["degradation"] == "noise=10,jpeg=60"
+    assert [i["psnr"] for i in first["datasets"][0]["images"]] == [i["psnr"] for i in second["datasets"][0]["images"]]
+    assert first["datasets"][0]["mean_psnr"] < clean["datasets"][0]["mean_psnr"] - 1.0
+    assert clean["datasets"][0]["degradation"] == "bicubic"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--degrade", "jpg=40"), "--degrade jpg=40: 'jpg=40' is not a step"),
+        (("--degrade", "jpeg=101"), "--degrade jpeg=101: jpeg=101 must be an integer quality in [1, 100]"),
+        (("--degrade", "jpeg=40", "--lr-dir", "."), "--degrade jpeg=40: not together with --lr-dir"),
+    ],
+)
+def test_bad_degrade_spec_is_one_line_and_exit_2(small_set, args, message):
+    code, stdout, stderr = _eval("bicubic", "--dataset", str(small_set), *args)
+    assert code == 2 and message in stderr and "Traceback" not in stderr
+    assert len(stderr.strip().splitlines()) == 1

@@ -43,6 +43,13 @@ from .options import BACKEND_CHOICE, PRECISION_CHOICE, device_option, realism_op
     help="Ready-made LR images (one folder per --dataset, same order) instead of bicubic.",
 )
 @click.option(
+    "--degrade",
+    default=None,
+    metavar="SPEC",
+    help="Degrade the LR for a real-world table: comma list of blur=SIGMA (on HR, before the bicubic "
+    "downscale), noise=SIGMA (8-bit levels, seeded per image), jpeg=QUALITY (OpenCV), e.g. noise=10,jpeg=60.",
+)
+@click.option(
     "--metrics", default="psnr,ssim", show_default=True, help="Comma list of psnr, ssim, lpips (LPIPS-Alex), lpips-vgg."
 )
 @click.option(
@@ -64,6 +71,7 @@ def eval_(
     json_path: str | None,
     save_dir: str | None,
     lr_dirs: tuple[str, ...],
+    degrade: str | None,
     metrics: str,
     perceptual_weights: str | None,
     realism: float | None,
@@ -88,6 +96,7 @@ def eval_(
         progress=not quiet,
         metrics=metric_names,
         perceptual_weights=perceptual_weights,
+        degrade=degrade,
     )
     if not quiet:
         for result in results:
