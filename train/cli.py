@@ -15,6 +15,7 @@ from pathlib import Path
 from sr_deploy.errors import SRDeployError
 
 from . import config as cfg
+from .data import DEGRADATIONS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its state_latest.pt")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     p.add_argument("--iters", type=int, default=None, help="total iterations (train.iterations)")
-    p.add_argument("--degradation", choices=("bicubic", "gaussian"), default=None, help="data.degradation")
+    p.add_argument("--degradation", choices=DEGRADATIONS, default=None, help="data.degradation")
     p.add_argument("--max-images", type=int, default=None, help="cache only the first N training images")
     p.add_argument("--workers", type=int, default=None, help="DataLoader worker processes (data.workers)")
     p.add_argument(

@@ -14,7 +14,7 @@ from typing import Any
 from sr_deploy.errors import InputError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-RECIPES = ("srresnet", "srgan", "esrgan_psnr", "esrgan")
+RECIPES = ("srresnet", "srgan", "esrgan_psnr", "esrgan", "realesrnet", "realesrgan")
 
 
 def recipe_path(recipe: str) -> Path:

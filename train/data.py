@@ -21,8 +21,11 @@ import torch
 from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
+from sr_deploy.degrade import parse_degradation
 from sr_deploy.errors import InputError
 from sr_deploy.metrics import bicubic_degrade, imresize, to_uint8
+
+from .degradations import degrade_real, usm_sharpen
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -118,12 +121,21 @@ def augment(img: np.ndarray, code: int) -> np.ndarray:
     return img
 
 
+DEGRADATIONS = ("bicubic", "gaussian", "realesrgan")
+
+
 @dataclass
 class DegradationSpec:
+    """How a training crop becomes its LR input. ``realesrgan`` is the high-order model of
+    `train.degradations` with the settings in `real` (the recipe's ``degradation_real`` section);
+    `usm_gt` sharpens the HR target as Real-ESRGAN does (unsharp mask, weight 0.5)."""
+
     scale: int = 4
     kind: str = "bicubic"
     blur_sigma: float = 1.5
     quantize: bool = True
+    real: dict | None = None
+    usm_gt: bool = False
 
 
 class RandomPatches(Dataset):
@@ -131,7 +143,8 @@ class RandomPatches(Dataset):
 
     Sample n takes image ``perm_e[n % N]`` where ``perm_e`` is a seeded permutation of the N
     images for epoch ``e = n // N`` (every image once per epoch), a random crop of `crop_size`,
-    a random dihedral transform (when `augment`), and degrades the crop to LR.
+    a random dihedral transform (when `augment`), and degrades the crop to LR (the high-order
+    degradation draws from the same per-sample generator, so it is reproducible too).
     """
 
     def __init__(
@@ -161,8 +174,11 @@ class RandomPatches(Dataset):
             crop = augment(crop, int(rng.integers(0, 8)))
         crop = np.ascontiguousarray(crop)
         d = self.degradation
-        lr = degrade(crop, d.scale, d.kind, d.blur_sigma, d.quantize)
-        hr = to_float(crop)
+        if d.kind == "realesrgan":
+            lr = degrade_real(crop, d.scale, d.real or {}, rng)
+        else:
+            lr = degrade(crop, d.scale, d.kind, d.blur_sigma, d.quantize)
+        hr = usm_sharpen(to_float(crop)) if d.usm_gt else to_float(crop)
         return torch.from_numpy(lr.transpose(2, 0, 1).copy()), torch.from_numpy(hr.transpose(2, 0, 1).copy())
 
 
@@ -219,12 +235,14 @@ class ValidationSet:
 
 
 def load_validation_set(
-    folder: str | Path, scale: int, max_images: int | None = None, progress: bool = True
+    folder: str | Path, scale: int, max_images: int | None = None, progress: bool = True, degrade: str | None = None
 ) -> ValidationSet:
     """The validation folder with LR made once by MATLAB bicubic (quantised to 8 bits), as the
-    benchmark LR images are."""
+    benchmark LR images are; `degrade` (an `eval --degrade` spec such as ``jpeg=40``) makes the
+    LR exactly as `sr-deploy eval --degrade` does, so a real-world run watches its real target."""
     files, images = load_image_cache(
         folder, min_size=scale, max_images=max_images, what="validation", progress=progress
     )
-    pairs = [bicubic_degrade(im, scale, quantize=True) for im in images]
+    degradation = parse_degradation(degrade)
+    pairs = [degradation.apply(im, scale, p.name) for p, im in zip(files, images)]
     return ValidationSet([p.name for p in files], [hr for hr, _ in pairs], [lr for _, lr in pairs])

@@ -110,3 +110,27 @@ def generator_adversarial_loss(kind: str, real_logits: torch.Tensor | None, fake
         assert real_logits is not None
         return _bce(real_logits - fake_logits.mean(), False) + _bce(fake_logits - real_logits.mean(), True)
     raise InputError(f"losses.adversarial.type {kind!r}: expected gan or ragan")
+
+
+def local_variance(residual: torch.Tensor, kernel: int) -> torch.Tensor:
+    """Per-pixel variance of (N, 1, H, W) `residual` over a `kernel` x `kernel` window (reflected
+    borders, unbiased), as LDL computes it."""
+    pad = (kernel - 1) // 2
+    windows = (
+        nn.functional.pad(residual, (pad, pad, pad, pad), mode="reflect").unfold(2, kernel, 1).unfold(3, kernel, 1)
+    )
+    return windows.var(dim=(-1, -2), unbiased=True)
+
+
+def artifact_map(hr: torch.Tensor, sr: torch.Tensor, sr_ema: torch.Tensor, kernel: int = 7) -> torch.Tensor:
+    """LDL's refined artifact map (Liang et al., CVPR 2022), (N, 1, H, W), no gradient: where the
+    generator's residual to HR is both locally erratic (high local variance, times the patch's
+    global variance ** 1/5) and worse than the EMA model's, which is slower and so more stable;
+    zero elsewhere. Multiplying output and target by it penalises GAN artefacts (speckle,
+    checkerboard) without pulling down texture the EMA model agrees with."""
+    with torch.no_grad():
+        residual = (hr - sr).abs().sum(1, keepdim=True)
+        residual_ema = (hr - sr_ema).abs().sum(1, keepdim=True)
+        patch_weight = residual.var(dim=(-1, -2, -3), keepdim=True) ** 0.2
+        weight = patch_weight * local_variance(residual, kernel)
+        return weight.masked_fill(residual < residual_ema, 0.0)

@@ -43,6 +43,7 @@ from sr_deploy.models import ARCHITECTURES, load_checkpoint, save_checkpoint
 from sr_deploy.perceptual import LPIPS
 
 from .data import (
+    DEGRADATIONS,
     DegradationSpec,
     RandomPatches,
     load_image_cache,
@@ -52,6 +53,7 @@ from .data import (
 from .discriminators import build_discriminator
 from .losses import (
     PerceptualLoss,
+    artifact_map,
     discriminator_loss,
     generator_adversarial_loss,
     perceptual_layers,
@@ -244,6 +246,10 @@ class Trainer:
             lpips_dir = perceptual_weights if perceptual_weights and Path(perceptual_weights).is_dir() else None
             self.lpips = LPIPS("alex", lpips_dir).to(self.device)
         self.adv_cfg = losses.get("adversarial")
+        # LDL's artifact loss compares the generator with its EMA copy (train.ema_decay must be set).
+        self.artifact_cfg = losses.get("artifact")
+        if self.artifact_cfg and not (c.get("train") or {}).get("ema_decay"):
+            raise InputError("config: losses.artifact needs train.ema_decay (it compares the generator with its EMA)")
         disc_cfg = c.get("discriminator")
         if bool(self.adv_cfg) != bool(disc_cfg):
             raise InputError("config: losses.adversarial and discriminator must be set together (or both null)")
@@ -268,7 +274,9 @@ class Trainer:
         )
         self.valset = None
         if self.val_dir is not None:
-            self.valset = load_validation_set(self.val_dir, self.scale, c["val"].get("max_images"), self.progress)
+            self.valset = load_validation_set(
+                self.val_dir, self.scale, c["val"].get("max_images"), self.progress, c["val"].get("degrade")
+            )
         self.dataset = RandomPatches(
             self.train_images,
             self.crop_size,
@@ -277,12 +285,14 @@ class Trainer:
                 data_cfg["degradation"],
                 float(data_cfg.get("blur_sigma", 1.5)),
                 bool(data_cfg.get("quantize_lr", True)),
+                c.get("degradation_real"),
+                bool(data_cfg.get("usm_gt", False)),
             ),
             bool(data_cfg.get("augment", True)),
             self.seed,
         )
-        if data_cfg["degradation"] not in ("bicubic", "gaussian"):
-            raise InputError(f"data.degradation {data_cfg['degradation']!r}: expected bicubic or gaussian")
+        if data_cfg["degradation"] not in DEGRADATIONS:
+            raise InputError(f"data.degradation {data_cfg['degradation']!r}: expected one of {', '.join(DEGRADATIONS)}")
 
     def _build_optimisers(self) -> None:
         """Optimisers, schedulers, AMP (autocast dtype and loss scalers) and the EMA."""
@@ -432,6 +442,13 @@ class Trainer:
                 parts["pixel"] = float(self.pixel["weight"]) * self.pixel_fn(sr.float(), hr)
             if self.perceptual is not None:
                 parts["percep"] = float(self.percep_cfg["weight"]) * self.perceptual(sr, hr)
+            if self.artifact_cfg and self.ema is not None:
+                with torch.no_grad():
+                    sr_ema = self.ema.model(lr)
+                weight = artifact_map(hr, sr.float(), sr_ema.float(), int(self.artifact_cfg.get("kernel", 7)))
+                parts["artifact"] = float(self.artifact_cfg["weight"]) * nn.functional.l1_loss(
+                    weight * sr.float(), weight * hr
+                )
             if self.discriminator is not None:
                 kind = self.adv_cfg["type"]
                 fake_logits = self.discriminator(sr)
