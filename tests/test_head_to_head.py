@@ -190,3 +190,14 @@ def test_basicsr_loses_its_setup_requires_by_exact_text(h2h, tmp_path):
     text = setup.read_text()
     assert "setup_requires=" not in text.replace("# setup_requires=", "") and text.count("# setup_requires") == 1
     assert "setup_requires" in env.FIXES[0] and env.SDISTS[env.BASICSR][1]  # pinned by sha256
+
+
+def test_without_ffmpeg_on_path_only_real_esrgans_video_row_is_left_out(h2h, tmp_path):
+    """A fresh machine has no ffmpeg / ffprobe programs: the run goes on, that one row says why."""
+    peer = h2h.realesrgan_env.PeerEnv(Path(sys.executable), tmp_path / "i.py", tmp_path / "v.py", "", ())
+    assert h2h.without_programs(peer, lambda program: f"/usr/bin/{program}") == peer
+    bare = h2h.without_programs(peer, lambda program: None if program == "ffprobe" else "/usr/bin/ffmpeg")
+    assert bare.video_script is None and bare.video_missing.startswith("ffprobe not on PATH (apt install ffmpeg)")
+    inputs = h2h.Inputs(model=tmp_path / "m.pth", images=tmp_path / "images", clip=tmp_path / "c.mp4", work=tmp_path)
+    tools = h2h.make_tools(bare, inputs, "cpu")
+    assert [t.label for t in tools if not t.argv] == [h2h.PEER] and all(t.argv for t in tools if t.task == "images")
