@@ -35,8 +35,8 @@ What a user can rely on (docs/upscale.md states it for users):
 
 Modules: `probe` (what the input is), `decode` (damage and timestamps), `frames` (arrays <->
 model batches), `segments` (resumable segment files and their manifest), `mux` (the final file,
-audio and subtitles per container), `held` (held and duplicate frames reuse an earlier output), `pipeline` (`upscale_video`: the stages
-and the checks).
+audio and subtitles per container), `held` (held and duplicate frames reuse an earlier output),
+`pipeline` (`upscale_video`: the stages and the checks).
 
 Three stages run at once, joined by bounded queues (so memory stays at a few batches):
 
