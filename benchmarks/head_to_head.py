@@ -24,12 +24,15 @@ chaiNNer-style loop at libx264's CRF 23).
 
 Writes ``benchmarks/results/head_to_head_<device>[-quick].{json,md,png}``: the table, the command,
 the machine (CPU model and bf16 flags, threads, torch), and the load average before and after.
-Needs ``ffmpeg`` and ``ffprobe`` on PATH (Real-ESRGAN's video script calls them), and spandrel.
+Needs spandrel. Real-ESRGAN's video script runs the ``ffmpeg`` and ``ffprobe`` programs: without
+them on PATH (a fresh machine) its row is reported as not run and everything else still runs (the
+chaiNNer-style loop then pipes through imageio-ffmpeg's ffmpeg).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -100,6 +103,17 @@ def run_timed(argv: list[str], cwd: Path | None, env: dict, log: Path) -> dict:
         "rc": proc.returncode,
         "error": tail[0][:300] if tail else "",
     }
+
+
+def without_programs(peer: realesrgan_env.PeerEnv, which) -> realesrgan_env.PeerEnv:
+    """`peer`, its video script left out (a row reported, not run) when ``ffmpeg`` or ``ffprobe`` is
+    not on PATH (`which`: shutil.which): that script runs both. A fresh machine has neither, and the
+    rest of the head-to-head (images, sr-deploy, the chaiNNer-style loop) needs neither."""
+    missing = [program for program in ("ffmpeg", "ffprobe") if which(program) is None]
+    if not missing or peer.video_script is None:
+        return peer
+    reason = f"{' and '.join(missing)} not on PATH (apt install ffmpeg): Real-ESRGAN's video script runs them"
+    return dataclasses.replace(peer, video_script=None, video_missing=reason)
 
 
 def make_tools(peer: realesrgan_env.PeerEnv, inputs: Inputs, device: str) -> list[Tool]:
@@ -447,11 +461,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.seconds = 1, 0.5
-    for program in ("ffmpeg", "ffprobe"):
-        if shutil.which(program) is None:
-            raise SystemExit(f"{program} not found on PATH: Real-ESRGAN's video script needs it (apt install ffmpeg)")
     print("preparing Real-ESRGAN's environment (cached after the first run) ...")
-    peer = realesrgan_env.prepare(args.realesrgan_repo)
+    peer = without_programs(realesrgan_env.prepare(args.realesrgan_repo), shutil.which)
     with tempfile.TemporaryDirectory(prefix="srd-h2h-") as tmp:
         report = measure(args, peer, Path(tmp))
     stem = args.out / f"head_to_head_{args.device}{'-quick' if args.quick else ''}"

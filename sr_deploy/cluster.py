@@ -199,6 +199,7 @@ def upscale_piece(backend: Any, piece: Path, target_suffix: str, options: Upscal
         resume=False,
         progress=False,
         log=log,
+        dedup_threshold=options.dedup_threshold,  # each piece starts with no reference frame
     )
     return output, result.frames
 

@@ -46,8 +46,10 @@ from .video import (
     DEFAULT_PRESET,
     DEFAULT_SEGMENT_SECONDS,
     DEFAULT_VIDEO_BATCH,
+    EXACT,
     VIDEO_EXTENSIONS,
     NonFiniteOutput,
+    check_threshold,
     is_video_path,
     upscale_video,
 )
@@ -67,6 +69,8 @@ class UpscaleOptions:
         for images on CUDA, 1 for images on the CPU.
     outscale: final size factor; None = the model's scale.
     ext: output image format: png, jpg, webp or `same` as the input.
+    dedup_threshold: videos: EXACT reuses the output of a held (identical) frame, N dB also that of
+        a frame at least that close (PSNR), None runs the model on every frame (`sr_deploy.video.held`).
     """
 
     model: str = "default"
@@ -88,6 +92,7 @@ class UpscaleOptions:
     allow_partial: bool = False
     segment_seconds: float = DEFAULT_SEGMENT_SECONDS
     progress: bool = True
+    dedup_threshold: float | None = EXACT
 
 
 @dataclass(frozen=True)
@@ -452,12 +457,15 @@ def run_jobs(jobs: Sequence[Job], backend: Backend, options: UpscaleOptions, log
                     model_id=model_id,
                     progress=options.progress,
                     log=report,
+                    dedup_threshold=options.dedup_threshold,
                 )
                 resumed = f", resumed after frame {result.resumed_from}" if result.resumed_from else ""
+                handled = result.frames_inferred + result.frames_reused
                 report(
                     f"{result.path}: {result.frames} frames ({result.frames_inferred} inferred{resumed}), "
+                    f"{result.frames_reused} of {handled} frames reused, "
                     f"{result.size[0]}x{result.size[1]}, audio {result.audio}, "
-                    f"{result.frames_inferred / max(result.seconds, 1e-9):.2f} frames/s"
+                    f"{handled / max(result.seconds, 1e-9):.2f} frames/s"
                 )
                 if result.partial:
                     summary.partial.append(result.path)
@@ -486,6 +494,7 @@ def validate_options(options: UpscaleOptions) -> None:
         raise InputError(f"--outscale must be a number > 0 and <= {MAX_OUTSCALE:g}, got {options.outscale}")
     if not (math.isfinite(options.segment_seconds) and options.segment_seconds >= 0):
         raise InputError(f"--segment-seconds must be >= 0, got {options.segment_seconds}")
+    check_threshold(options.dedup_threshold)
 
 
 def upscale(

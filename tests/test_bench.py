@@ -113,6 +113,12 @@ def test_harness_numbers_are_sane(tiny_report):
     bf16 = _row(report, "torch", "bf16", 1)
     assert bf16.status == "ok", bf16.reason
     assert 20 < bf16.parity_psnr_db < 80 and bf16.parity_max_abs > 1e-4
+    # Each precision against its own peak and its conv ceiling at the row's size (issue 26).
+    assert bf16.peak_share == pytest.approx(bf16.gflops / report.peaks_gflops["cpu bf16"])
+    assert bf16.conv_share == pytest.approx(bf16.gflops / report.conv_ceilings_gflops["cpu bf16 16x24"])
+    assert _row(report, "torch", "fp32").conv_share == pytest.approx(
+        _row(report, "torch", "fp32").gflops / report.conv_ceilings_gflops["cpu fp32 16x24"]
+    )
 
 
 def test_unavailable_backends_are_skipped_with_a_reason(tiny_report):

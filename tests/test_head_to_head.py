@@ -154,3 +154,50 @@ def test_the_cpu_floor_adds_the_pipeline_cpu_time_spread_over_the_cores():
     measured = VideoOverhead(50, 176, 320, model_only_s=10.0, end_to_end=None, pipeline_cpu_s=4.0)
     assert measured.cpu_floor_s(2) == 12.0 and measured.cpu_floor_s(4) == 11.0
     assert VideoOverhead(50, 176, 320, 10.0, None).cpu_floor_s(2) is None
+
+
+def test_the_peer_environment_never_resolves_a_torch_or_cuda_wheel(h2h, tmp_path):
+    """Issue 26: basicsr's setup_requires made pip / setuptools resolve torch and its CUDA wheels on a
+    fresh machine. Every planned install either takes no dependencies or is pinned by the constraints,
+    and none names torch, torchvision, a CUDA wheel or a second OpenCV."""
+    env = h2h.realesrgan_env
+    commands = env.pip_commands(tmp_path / "python", tmp_path / "constraints.txt", tmp_path / "basicsr-1.4.2")
+    assert commands, "no install planned"
+    installed = []
+    for command in commands:
+        assert command[1:4] == ["-m", "pip", "install"]
+        packages = [a for a in command[4:] if not a.startswith("-") and a != str(tmp_path / "constraints.txt")]
+        packages = [p for p in packages if p != ":all:"]
+        installed += packages
+        for package in packages:
+            name = Path(package).name.lower()
+            assert not any(name.startswith(bad) for bad in env.NEVER_RESOLVED), command
+        if "--no-deps" not in command:  # this one resolves: only under the constraints
+            assert command[command.index("-c") + 1] == str(tmp_path / "constraints.txt"), command
+    assert str(tmp_path / "basicsr-1.4.2") in installed and env.REALESRGAN in installed
+    basicsr = next(c for c in commands if str(tmp_path / "basicsr-1.4.2") in c)
+    assert "--no-deps" in basicsr and "--no-build-isolation" in basicsr
+    wheels = next(c for c in commands if env.REALESRGAN in c)
+    assert "--no-deps" in wheels and wheels[wheels.index("--only-binary") + 1] == ":all:"
+
+
+def test_basicsr_loses_its_setup_requires_by_exact_text(h2h, tmp_path):
+    env = h2h.realesrgan_env
+    setup = tmp_path / "setup.py"
+    setup.write_text("    setup(\n        setup_requires=['cython', 'numpy', 'torch'],\n        zip_safe=False)\n")
+    env._replace_once(setup, *env.FIX_SETUP_REQUIRES)
+    env._replace_once(setup, *env.FIX_SETUP_REQUIRES)  # an unpacked copy already fixed: unchanged
+    text = setup.read_text()
+    assert "setup_requires=" not in text.replace("# setup_requires=", "") and text.count("# setup_requires") == 1
+    assert "setup_requires" in env.FIXES[0] and env.SDISTS[env.BASICSR][1]  # pinned by sha256
+
+
+def test_without_ffmpeg_on_path_only_real_esrgans_video_row_is_left_out(h2h, tmp_path):
+    """A fresh machine has no ffmpeg / ffprobe programs: the run goes on, that one row says why."""
+    peer = h2h.realesrgan_env.PeerEnv(Path(sys.executable), tmp_path / "i.py", tmp_path / "v.py", "", ())
+    assert h2h.without_programs(peer, lambda program: f"/usr/bin/{program}") == peer
+    bare = h2h.without_programs(peer, lambda program: None if program == "ffprobe" else "/usr/bin/ffmpeg")
+    assert bare.video_script is None and bare.video_missing.startswith("ffprobe not on PATH (apt install ffmpeg)")
+    inputs = h2h.Inputs(model=tmp_path / "m.pth", images=tmp_path / "images", clip=tmp_path / "c.mp4", work=tmp_path)
+    tools = h2h.make_tools(bare, inputs, "cpu")
+    assert [t.label for t in tools if not t.argv] == [h2h.PEER] and all(t.argv for t in tools if t.task == "images")

@@ -13,10 +13,12 @@ copied). Used by `benchmarks/head_to_head.py`; it is a peer to compare with, not
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 from pathlib import Path
 
 import cv2
+import imageio_ffmpeg
 import numpy as np
 import torch
 from spandrel import ModelLoader
@@ -51,22 +53,35 @@ def upscale_images(model, scale: int, src: Path, dst: Path, tile: int, dtype: to
         cv2.imwrite(str(dst / f"{path.stem}.png"), cv2.cvtColor(out, cv2.COLOR_RGB2BGR))
 
 
+def _probe(src: Path) -> tuple[int, int, str]:
+    """(width, height, average frame rate as FFmpeg writes it) of the first video stream: ffprobe
+    when it is on PATH, else PyAV (a fresh machine has no ffprobe)."""
+    if shutil.which("ffprobe"):
+        probe = subprocess.run(
+            ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=width,height,avg_frame_rate"]
+            + ["-of", "csv=p=0", str(src)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        width, height, rate = probe.split(",")
+        return int(width), int(height), rate
+    import av
+
+    with av.open(str(src)) as container:
+        stream = container.streams.video[0]
+        return stream.codec_context.width, stream.codec_context.height, str(stream.average_rate)
+
+
 def upscale_video(model, scale: int, src: Path, dst: Path, tile: int, dtype: torch.dtype) -> None:
-    probe = subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=width,height,avg_frame_rate"]
-        + ["-of", "csv=p=0", str(src)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    width, height, rate = probe.split(",")
-    w, h = int(width), int(height)
+    w, h, rate = _probe(src)
+    ffmpeg = shutil.which("ffmpeg") or imageio_ffmpeg.get_ffmpeg_exe()
     reader = subprocess.Popen(
-        ["ffmpeg", "-v", "error", "-i", str(src), "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:"],
+        [ffmpeg, "-v", "error", "-i", str(src), "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:"],
         stdout=subprocess.PIPE,
     )
     writer = subprocess.Popen(
-        ["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w * scale}x{h * scale}"]
+        [ffmpeg, "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w * scale}x{h * scale}"]
         + ["-r", rate, "-i", "pipe:", "-i", str(src), "-map", "0:v", "-map", "1:a?", "-c:a", "copy"]
         + ["-c:v", "libx264", "-crf", "23", "-preset", "medium", "-pix_fmt", "yuv420p", str(dst)],
         stdin=subprocess.PIPE,

@@ -20,7 +20,9 @@ conversions are timed, host <-> device copies are not; `video_row` measures a wh
 
 Each row also carries: frames/s, output Mpixel/s, achieved GFLOP/s (the model's convolution FLOPs,
 as `sr-deploy info` counts them, times the pixels) and its share of a measured GEMM peak (the
-better of a large matmul and a 1x1 convolution) measured on the same device in the same run,
+better of a large matmul and a 1x1 convolution) measured on the same device *at the row's own
+precision* in the same run, and of a conv ceiling (one 3x3 64->64 convolution at the row's input
+size and precision),
 parity against the PyTorch float32 model (PSNR dB, max abs error, via `sr_deploy.parity.parity`),
 peak memory, and the speed-up against PyTorch fp32 at the same size and batch in the same run.
 A backend, device or precision that cannot run here is a row with status ``skipped`` and the
@@ -32,8 +34,8 @@ The package, in the order a run goes through it:
 - `subject`: the model under test, its ONNX exports, the backends made from it (the backend table
   says which can run here), FLOPs, the parity reference;
 - `inputs`: crops of real photos, rotating batches;
-- `measure`: timing, GEMM peak, peak memory, machine facts;
-- `derive`: pure figures from measurements (throughput, % peak, speed-up, notes);
+- `measure`: timing, GEMM peak and conv ceiling per precision, peak memory, machine facts;
+- `derive`: pure figures from measurements (throughput, % peak and % conv, speed-up, notes);
 - `report`: table, markdown, JSON, plot;
 - `video`: the end-to-end video row (shared with benchmarks/upscale_video_overhead.py);
 - `runner`: `run_benchmark`, which ties them together.
@@ -43,7 +45,16 @@ from __future__ import annotations
 
 from ..util.files import check_output_path
 from .inputs import ROTATING_BATCHES, benchmark_frames, rotating_batches
-from .measure import MAX_ITERS, MIN_ITERS, PeakMemory, Timing, machine_info, measure_peak_gflops, time_calls
+from .measure import (
+    MAX_ITERS,
+    MIN_ITERS,
+    PeakMemory,
+    Timing,
+    machine_info,
+    measure_conv_ceiling_gflops,
+    measure_peak_gflops,
+    time_calls,
+)
 from .options import (
     BENCH_BACKENDS,
     PRECISIONS,
@@ -95,6 +106,7 @@ __all__ = [
     "format_table",
     "load_report",
     "machine_info",
+    "measure_conv_ceiling_gflops",
     "measure_peak_gflops",
     "measure_video_overhead",
     "not_run",

@@ -3,10 +3,11 @@ Nothing here times, loads or runs anything."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .measure import Timing
+from .options import PlannedRow
 from .results import STATUS_OK, BenchRow
 
 
@@ -23,13 +24,54 @@ def fill_throughput(row: BenchRow, timing: Timing, scale: int, flops: float | No
         row.gflops = flops * row.batch * row.height * row.width / seconds_per_batch / 1e9
 
 
-def fill_peak_shares(rows: Sequence[BenchRow], peaks: dict[str, float]) -> None:
-    """share = achieved GFLOP/s / the GEMM peak of the row's device at its precision (the fp32
-    peak where that precision was not measured)."""
+def arithmetic_precision(device: str, precision: str) -> str:
+    """The precision a row's arithmetic runs in: its own, except fp16 on the CPU, which is computed
+    in float32 (ONNX Runtime's CPU provider has no fp16 kernels for these ops; see `run_notes`)."""
+    return "fp32" if precision == "fp16" and not device.startswith("cuda") else precision
+
+
+def peak_key(device: str, precision: str) -> str:
+    """The key of `BenchReport.peaks_gflops` a row is compared with: ``"cpu bf16"``."""
+    return f"{device} {arithmetic_precision(device, precision)}"
+
+
+def ceiling_key(device: str, precision: str, height: int, width: int) -> str:
+    """The key of `BenchReport.conv_ceilings_gflops` a row is compared with: ``"cpu bf16 270x480"``."""
+    return f"{peak_key(device, precision)} {height}x{width}"
+
+
+def fill_peak_shares(
+    rows: Sequence[BenchRow], peaks: dict[str, float], ceilings: dict[str, float] | None = None
+) -> None:
+    """peak_share = achieved GFLOP/s / the GEMM peak of the row's device *at the row's precision*
+    (`peak_key`); conv_share = the same / the conv ceiling at the row's precision and input size
+    (`ceiling_key`). A peak that was not measured leaves the share None: a bf16 row is never divided
+    by the fp32 peak (on a CPU with bf16 matrix units that would read 290 % and hide how far bf16 is
+    from its own limit)."""
+    ceilings = ceilings or {}
     for row in rows:
-        peak = peaks.get(f"{row.device} {row.precision}") or peaks.get(f"{row.device} fp32")
-        if row.gflops is not None and peak:
-            row.peak_share = row.gflops / peak
+        if row.gflops is None:
+            continue
+        peak = peaks.get(peak_key(row.device, row.precision))
+        ceiling = ceilings.get(ceiling_key(row.device, row.precision, row.height, row.width))
+        row.peak_share = row.gflops / peak if peak else None
+        row.conv_share = row.gflops / ceiling if ceiling else None
+
+
+def peaks_to_measure(rows: Iterable[PlannedRow]) -> tuple[list[str], list[tuple[str, str, int, int]]]:
+    """What a run measures its rows against: the (device, precision) GEMM peaks, fp32 on every
+    device plus each precision a row computes in, and the (device, precision, height, width) conv
+    ceilings of the rows; both in first-seen order."""
+    peaks: list[str] = []
+    ceilings: list[tuple[str, str, int, int]] = []
+    for row in rows:
+        for key in (peak_key(row.device, "fp32"), peak_key(row.device, row.precision)):
+            if key not in peaks:
+                peaks.append(key)
+        ceiling = (row.device, arithmetic_precision(row.device, row.precision), row.height, row.width)
+        if ceiling not in ceilings:
+            ceilings.append(ceiling)
+    return peaks, ceilings
 
 
 def fill_speedups(rows: Sequence[BenchRow]) -> str:

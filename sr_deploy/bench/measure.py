@@ -1,4 +1,5 @@
-"""Measuring: timing of calls, the GEMM peak of a device, peak memory of a row, the machine."""
+"""Measuring: timing of calls, the GEMM peak and the conv ceiling of a device per precision, peak
+memory of a row, the machine."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..backends.cpu_precision import cpu_bf16_instructions
 
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Bounds on the number of timed calls when timing by a time budget.
@@ -90,16 +92,21 @@ def measure_peak_gflops(
 
     Both, because the libraries differ by 2x on some CPUs: MKL's sgemm runs its AVX2 code on AMD
     processors while oneDNN uses AVX-512 there, so a matmul-only peak sat below what the models'
-    own convolutions reached (RRDBNet showed 200 % of it). fp32 on CUDA is true fp32 (TF32 off)."""
+    own convolutions reached (RRDBNet showed 200 % of it). fp32 on CUDA is true fp32 (TF32 off).
+
+    bf16 on a CPU without bf16 instructions (`cpu_bf16_instructions`) is emulated, ~100x slower than
+    fp32 (a 1536^3 bf16 matmul took 40 s there): both GEMMs are then a ninth of the size (512^3,
+    256 channels), which that emulation runs as fast, so the figure is still the emulation's peak."""
+    emulated = precision == "bf16" and not device.startswith("cuda") and cpu_bf16_instructions() is None
     if n is None:
-        n = 8192 if device.startswith("cuda") else 1536
+        n = 8192 if device.startswith("cuda") else (512 if emulated else 1536)
     dtype = TORCH_DTYPES[precision]
     gen = torch.Generator(device="cpu").manual_seed(0)
     a = torch.rand(n, n, generator=gen).to(device=device, dtype=dtype)
     b = torch.rand(n, n, generator=gen).to(device=device, dtype=dtype)
     # A 1x1 conv of C channels over P pixels is a (P x C) @ (C x C) GEMM: 2 P C^2 FLOPs. Shaped
     # like a wide SR layer (many pixels, a few hundred channels), where the conv libraries shine.
-    channels, side = (2048, 128) if device.startswith("cuda") else (512, 64)
+    channels, side = (2048, 128) if device.startswith("cuda") else ((256, 32) if emulated else (512, 64))
     x = torch.rand(1, channels, side, side, generator=gen).to(device=device, dtype=dtype)
     x = x.contiguous(memory_format=torch.channels_last)
     w = torch.rand(channels, channels, 1, 1, generator=gen).to(device=device, dtype=dtype)
@@ -108,22 +115,54 @@ def measure_peak_gflops(
         (lambda: torch.matmul(a, b), 2.0 * n**3),
         (lambda: torch.nn.functional.conv2d(x, w), 2.0 * side * side * channels**2),
     ]
-    best_gflops = 0.0
+    return max(_best_gflops(fn, flops, device, seconds) for fn, flops in gemms)
+
+
+# The convolution that SR bodies are made of (SRResNet, RRDBNet, SRVGGNetCompact: 64 features).
+CEILING_CHANNELS = 64
+
+
+def measure_conv_ceiling_gflops(
+    device: str = "cpu", precision: str = "fp32", height: int = 270, width: int = 480, seconds: float = 1.0
+) -> float:
+    """The conv ceiling that `BenchRow.conv_share` is a fraction of, in GFLOP/s: one 3x3 convolution
+    of CEILING_CHANNELS -> CEILING_CHANNELS channels (padding 1, bias), channels_last, batch 1, at the
+    row's input size, at `precision` (TF32 off for fp32), the fastest of repeated calls.
+
+    A model cannot beat this by much: it is its own most common layer alone, with nothing around it
+    (activations, pixel shuffles, the memory traffic between layers). How close a model comes says
+    what is left to gain outside the convolution library; the GEMM peak says what the library leaves."""
+    dtype = TORCH_DTYPES[precision]
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    c = CEILING_CHANNELS
+    x = torch.rand(1, c, height, width, generator=gen).to(device=device, dtype=dtype)
+    x = x.contiguous(memory_format=torch.channels_last)
+    conv = torch.nn.Conv2d(c, c, 3, padding=1).to(device=device, dtype=dtype, memory_format=torch.channels_last)
+    return _best_gflops(lambda: conv(x), conv_ceiling_flops(height, width), device, seconds)
+
+
+def conv_ceiling_flops(height: int, width: int) -> float:
+    """FLOPs of the ceiling's convolution at (height, width): 2 x 9 x C x C per pixel (bias left out,
+    as `sr-deploy info` counts a model's convolutions)."""
+    return 2.0 * 9 * CEILING_CHANNELS * CEILING_CHANNELS * height * width
+
+
+def _best_gflops(fn: Callable[[], Any], flops: float, device: str, seconds: float) -> float:
+    """`flops` / the fastest of at least 3 calls of `fn` (within `seconds`, at most 200), after one
+    warm-up call (library load, kernel choice); TF32 off, no autograd."""
     with tf32(False), torch.inference_mode():
-        for gemm, flops in gemms:
-            gemm()  # warm-up: library load, kernel choice
+        fn()
+        sync(device)
+        best = math.inf
+        started = time.perf_counter()
+        reps = 0
+        while reps < 3 or (time.perf_counter() - started < seconds and reps < 200):
+            t0 = time.perf_counter()
+            fn()
             sync(device)
-            best = math.inf
-            started = time.perf_counter()
-            reps = 0
-            while reps < 3 or (time.perf_counter() - started < seconds and reps < 200):
-                t0 = time.perf_counter()
-                gemm()
-                sync(device)
-                best = min(best, time.perf_counter() - t0)
-                reps += 1
-            best_gflops = max(best_gflops, flops / best / 1e9)
-    return best_gflops
+            best = min(best, time.perf_counter() - t0)
+            reps += 1
+    return flops / best / 1e9
 
 
 @contextlib.contextmanager

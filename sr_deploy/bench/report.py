@@ -24,6 +24,7 @@ TABLE_COLUMNS = (
     "out MP/s",
     "GFLOP/s",
     "% peak",
+    "% conv",
     "speed-up",
     "PSNR dB",
     "max abs",
@@ -56,6 +57,7 @@ def table_rows(report: BenchReport) -> list[tuple[str, ...]]:
                 _fmt(r.output_mpix_per_s, ".2f"),
                 _fmt(r.gflops, ".1f"),
                 _fmt(None if r.peak_share is None else 100 * r.peak_share, ".0f"),
+                _fmt(None if r.conv_share is None else 100 * r.conv_share, ".0f"),
                 _fmt(r.speedup, ".2f") + ("x" if r.speedup is not None else ""),
                 _fmt(r.parity_psnr_db, ".1f"),
                 _fmt(r.parity_max_abs, ".1e"),
@@ -89,6 +91,11 @@ def format_table(report: BenchReport) -> str:
         )
         + "; peak "
         + (", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in report.peaks_gflops.items()) or "not measured")
+        + (
+            "; 3x3 conv ceiling " + ", ".join(f"{k} {v:.0f}" for k, v in report.conv_ceilings_gflops.items())
+            if report.conv_ceilings_gflops
+            else ""
+        )
     ]
     for i, r in enumerate(rows):
         lines.append("  ".join(c.ljust(w) if j < 3 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))))
@@ -141,9 +148,14 @@ def format_markdown(report: BenchReport) -> str:
         + f" ({report.flops_source})"
     )
     out.append(
-        "- measured peak (fastest large GEMM, matmul or 1x1 convolution, before and after the rows): "
-        + (", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in report.peaks_gflops.items()) or "not measured")
+        "- measured peak per precision (fastest large GEMM, matmul or 1x1 convolution, before and after "
+        "the rows): " + (", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in report.peaks_gflops.items()) or "not measured")
     )
+    if report.conv_ceilings_gflops:
+        out.append(
+            "- measured conv ceiling (one 3x3 64->64 convolution, channels_last, at the row's input size "
+            "and precision): " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in report.conv_ceilings_gflops.items())
+        )
     s = report.settings
     timing = (
         f"{s['iters']} timed calls" if s.get("iters") else f"{s.get('seconds')} s of timed calls (at least {MIN_ITERS})"
@@ -172,8 +184,10 @@ def format_markdown(report: BenchReport) -> str:
     out += [
         "",
         "Columns: median ms per batch (p10-p90); frames/s = batch / median; out MP/s = output "
-        "megapixels per second; GFLOP/s = convolution FLOPs / median time, % peak of the GEMM peak "
-        "above (same device; fp16 rows vs the fp16 peak where measured); PSNR dB and max abs vs the "
+        "megapixels per second; GFLOP/s = convolution FLOPs / median time; % peak = of the GEMM peak "
+        "above at the row's own precision (same device; fp16 on the CPU is computed in fp32 and "
+        "compared with the fp32 peak); % conv = of the 3x3 conv ceiling at the row's precision and "
+        "input size; PSNR dB and max abs vs the "
         "reference on two real batches (raw, unclamped outputs); peak MB = "
         + ", ".join(sorted({f"{r.mem_kind} ({r.device})" for r in report.ok_rows() if r.mem_kind}))
         + ".",

@@ -29,7 +29,8 @@ class BenchRow:
     frames_per_s: float | None = None
     output_mpix_per_s: float | None = None
     gflops: float | None = None  # achieved GFLOP/s (model FLOPs / median time)
-    peak_share: float | None = None  # gflops / measured GEMM peak of this device, 0..1+
+    peak_share: float | None = None  # gflops / measured GEMM peak of this device at this precision, 0..1+
+    conv_share: float | None = None  # gflops / the 3x3 64->64 conv ceiling at this precision and size
     speedup: float | None = None  # vs PyTorch fp32, same size and batch (see `BenchReport.baseline`)
     parity_psnr_db: float | None = None  # vs the PyTorch float32 reference
     parity_max_abs: float | None = None
@@ -73,13 +74,15 @@ class BenchReport:
     reference: str  # what parity is measured against
     baseline: str  # what the speed-up is a ratio to
     rows: list[BenchRow]
-    peaks_gflops: dict[str, float]  # "cpu fp32" / "cuda fp32" / "cuda fp16" -> GFLOP/s, `measure_peak_gflops`
+    peaks_gflops: dict[str, float]  # "cpu fp32" / "cpu bf16" / "cuda fp16" -> GFLOP/s, `measure_peak_gflops`
     machine: dict[str, Any]
     settings: dict[str, Any]
     command: str = ""
     date: str = ""
     notes: list[str] = field(default_factory=list)
     video: list[VideoRow] = field(default_factory=list)
+    # "cpu bf16 270x480" -> GFLOP/s of one 3x3 64->64 conv there, `measure_conv_ceiling_gflops`
+    conv_ceilings_gflops: dict[str, float] = field(default_factory=dict)
 
     def ok_rows(self) -> list[BenchRow]:
         return [r for r in self.rows if r.status == STATUS_OK]

@@ -17,9 +17,16 @@ from torch import nn
 
 from ..errors import InputError, NotInstalledError
 from ..util import Progress, first_line, progress_to
-from .derive import fill_peak_shares, fill_speedups, fill_throughput, run_notes
+from .derive import fill_peak_shares, fill_speedups, fill_throughput, peaks_to_measure, run_notes
 from .inputs import ROTATING_BATCHES, benchmark_frames, rotating_batches
-from .measure import PeakMemory, machine_info, measure_peak_gflops, tf32, time_calls
+from .measure import (
+    PeakMemory,
+    machine_info,
+    measure_conv_ceiling_gflops,
+    measure_peak_gflops,
+    tf32,
+    time_calls,
+)
 from .options import (
     PRECISIONS,
     BenchOptions,
@@ -62,14 +69,15 @@ def run_benchmark(model: str | Path | nn.Module, **options: Any) -> BenchReport:
     flops, flops_source = flops_of(subject)
     reference = Reference(subject)
     peaks: dict[str, float] = {}
-    if opts.measure_peak:  # before and after the rows, the better kept: one may land on a busy moment
-        _measure_peaks(pairs, peaks, say)
+    ceilings: dict[str, float] = {}
     plan = plan_rows(opts.sizes, opts.batch_sizes, pairs, precisions)
+    if opts.measure_peak:  # before and after the rows, the better kept: one may land on a busy moment
+        _measure_peaks(plan, peaks, ceilings, say)
     rows, frames_source = _run_rows(plan, subject, given, reference, flops, opts, say)
     reference.close()
     if opts.measure_peak:
-        _measure_peaks(pairs, peaks, say)
-    fill_peak_shares(rows, peaks)
+        _measure_peaks(plan, peaks, ceilings, say)
+    fill_peak_shares(rows, peaks, ceilings)
     baseline = fill_speedups(rows)
     videos = []
     if opts.video is not None:
@@ -97,6 +105,7 @@ def run_benchmark(model: str | Path | nn.Module, **options: Any) -> BenchReport:
         baseline=baseline,
         rows=rows,
         peaks_gflops=peaks,
+        conv_ceilings_gflops=ceilings,
         machine=machine,
         settings=settings_of(opts, pairs, precisions, ROTATING_BATCHES, frames_source),
         command=opts.command or current_command(),
@@ -106,16 +115,30 @@ def run_benchmark(model: str | Path | nn.Module, **options: Any) -> BenchReport:
     )
 
 
-def _measure_peaks(pairs: list[tuple[str, str]], peaks: dict[str, float], say: Progress) -> None:
-    """The GEMM peak per device (and fp16 on CUDA) into `peaks`, keeping the better of this and
-    any earlier measurement."""
-    for d in sorted({d for _, d in pairs}):
-        if d.startswith("cuda") and not torch.cuda.is_available():
-            continue
-        for prec in ["fp32", "fp16"] if d.startswith("cuda") else ["fp32"]:
-            say(f"measuring the {prec} GEMM peak on {d}")
-            key = f"{d} {prec}"
-            peaks[key] = max(peaks.get(key, 0.0), measure_peak_gflops(d, prec))
+def _measure_peaks(
+    plan: Sequence[PlannedRow], peaks: dict[str, float], ceilings: dict[str, float], say: Progress
+) -> None:
+    """The GEMM peak of each device at each precision its rows compute in (fp32 always), and the
+    conv ceiling at each (device, precision, input size) of the rows, into `peaks` / `ceilings`
+    (keys of `derive.peak_key` / `derive.ceiling_key`), keeping the better of this and any earlier
+    measurement. A device or precision that cannot run here is left out (its rows are skipped)."""
+    gemm_keys, ceiling_specs = peaks_to_measure(plan)
+
+    def runs(device: str) -> bool:
+        return not device.startswith("cuda") or torch.cuda.is_available()
+
+    for key in gemm_keys:
+        device, prec = key.split(" ")
+        if runs(device):
+            say(f"measuring the {prec} GEMM peak on {device}")
+            with contextlib.suppress(RuntimeError, TypeError):  # a precision the device has no kernels for
+                peaks[key] = max(peaks.get(key, 0.0), measure_peak_gflops(device, prec))
+    for device, prec, height, width in ceiling_specs:
+        if runs(device):
+            say(f"measuring the {prec} 3x3 conv ceiling at {height}x{width} on {device}")
+            key = f"{device} {prec} {height}x{width}"
+            with contextlib.suppress(RuntimeError, TypeError):
+                ceilings[key] = max(ceilings.get(key, 0.0), measure_conv_ceiling_gflops(device, prec, height, width))
 
 
 def _run_rows(

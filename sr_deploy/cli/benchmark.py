@@ -37,7 +37,11 @@ from .options import realism_options, with_realism
 @click.option("--warmup", type=int, default=3, show_default=True, help="Untimed calls per row.")
 @click.option("--iters", type=int, default=None, help="Timed calls per row (instead of --seconds).")
 @click.option("--seconds", type=float, default=2.0, show_default=True, help="Time budget per row; at least 5 calls.")
-@click.option("--no-peak", is_flag=True, help="Skip the GEMM peak measurement (no % peak column).")
+@click.option(
+    "--no-peak",
+    is_flag=True,
+    help="Skip the GEMM peak and conv ceiling measurements (no % peak / % conv columns).",
+)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the report as JSON.")
 @click.option(
     "--markdown", "markdown_path", type=click.Path(dir_okay=False), default=None, help="Write the report as markdown."

@@ -10,7 +10,7 @@ from ..errors import InputError
 from .options import BACKEND_CHOICE, PRECISION_CHOICE, device_option, realism_options, with_realism
 
 
-# long: its 25 parameters (24 options and the inputs) take 27 signature lines after `ruff format`; the body itself is 64 lines
+# long: its 26 parameters (25 options and the inputs) take 28 signature lines after `ruff format`; the body itself is 65 lines
 @click.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option(
@@ -101,6 +101,15 @@ from .options import BACKEND_CHOICE, PRECISION_CHOICE, device_option, realism_op
     show_default=True,
     help="Videos are encoded in resumable segments of about this length (0: one segment).",
 )
+@click.option(
+    "--dedup-threshold",
+    default="exact",
+    show_default=True,
+    metavar="DB|exact|off",
+    help="Videos: a frame identical to the last one the model ran on reuses its output (exact); a "
+    "number of dB also reuses it for frames at least that close (PSNR, e.g. 50); off runs the model "
+    "on every frame.",
+)
 @realism_options
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
 @click.option(
@@ -141,6 +150,7 @@ def upscale(
     hwaccel: str | None,
     allow_partial: bool,
     segment_seconds: float,
+    dedup_threshold: str,
     realism: float | None,
     gan_model: str | None,
     no_progress: bool,
@@ -157,6 +167,7 @@ def upscale(
 
     from ..upscale import UpscaleOptions
     from ..upscale import upscale as run_upscale
+    from ..video import parse_threshold
 
     model = with_realism(model, gan_model, realism)
     options = UpscaleOptions(
@@ -179,6 +190,7 @@ def upscale(
         allow_partial=allow_partial,
         segment_seconds=segment_seconds,
         progress=not no_progress,
+        dedup_threshold=parse_threshold(dedup_threshold),
     )
 
     def terminate(signum: int, frame: object) -> None:  # `kill`: clean up like Ctrl-C

@@ -35,7 +35,8 @@ What a user can rely on (docs/upscale.md states it for users):
 
 Modules: `probe` (what the input is), `decode` (damage and timestamps), `frames` (arrays <->
 model batches), `segments` (resumable segment files and their manifest), `mux` (the final file,
-audio and subtitles per container), `pipeline` (`upscale_video`: the stages and the checks).
+audio and subtitles per container), `held` (held and duplicate frames reuse an earlier output),
+`pipeline` (`upscale_video`: the stages and the checks).
 
 Three stages run at once, joined by bounded queues (so memory stays at a few batches):
 
@@ -63,6 +64,7 @@ from .common import (
     segments_dir,
 )
 from .frames import even_size, frames_to_model_input, model_output_to_frames
+from .held import EXACT, HeldFrames, check_threshold, parse_threshold
 from .pipeline import VideoResult, upscale_video
 from .probe import VideoInfo, probe_video
 
@@ -72,17 +74,21 @@ __all__ = [
     "DEFAULT_PRESET",
     "DEFAULT_SEGMENT_SECONDS",
     "DEFAULT_VIDEO_BATCH",
+    "EXACT",
     "VIDEO_EXTENSIONS",
     "NonFiniteOutput",
     "VideoDamaged",
     "VideoInfo",
+    "HeldFrames",
     "VideoResult",
+    "check_threshold",
     "default_codec",
     "even_size",
     "find_ffmpeg",
     "frames_to_model_input",
     "is_video_path",
     "model_output_to_frames",
+    "parse_threshold",
     "partial_output_path",
     "probe_video",
     "segments_dir",

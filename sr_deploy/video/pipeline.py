@@ -37,6 +37,7 @@ from .common import (
 )
 from .decode import DecodeState, decoded_frames, timed
 from .frames import even_size, frames_to_model_input, model_output_to_frames
+from .held import EXACT, HeldBatch, HeldBatcher, HeldOutputs, check_threshold
 from .mux import container_format, mux
 from .probe import VideoInfo, open_input, probe_video, sws_colorspace, sws_range
 from .segments import EncodeSettings, SegmentWriter, read_manifest, resume_key
@@ -51,7 +52,9 @@ class VideoResult:
     wall seconds, model seconds (time spent inside the backend), what happened to the audio
     (`copied`, `re-encoded to aac`, `re-encoded to opus`, `none in input`, `dropped`), frames
     run through the model by this call (fewer than `frames` after a resume), the frame it resumed
-    after (0 = from the start), where the file was written, and whether it is partial."""
+    after (0 = from the start), where the file was written, whether it is partial, and the frames of
+    this call written with the output of an earlier, identical or near-identical frame instead of
+    running the model (`sr_deploy.video.held`)."""
 
     frames: int
     fps: float
@@ -64,6 +67,7 @@ class VideoResult:
     resumed_from: int = 0
     path: Path | None = None
     partial: bool = False
+    frames_reused: int = 0
 
 
 class _Stop(Exception):
@@ -91,16 +95,16 @@ def _get(q: queue.Queue, stop: threading.Event) -> Any:
             continue
 
 
-def _check_finite(batch: np.ndarray, source: Path, first_frame: int) -> None:
+def _check_finite(batch: np.ndarray, source: Path, frame_numbers: list[int]) -> None:
     if not np.isfinite(float(batch.sum())):  # one reduction: any NaN/Inf makes the sum non-finite
         bad = [i for i in range(len(batch)) if not np.isfinite(batch[i]).all()]
         raise NonFiniteOutput(
-            f"{source}: the model's output has NaN/Inf values at frame {first_frame + bad[0]} "
+            f"{source}: the model's output has NaN/Inf values at frame {frame_numbers[bad[0]]} "
             "(a checkpoint with non-finite weights, or fp16 overflow that fp32 did not cure)"
         )
 
 
-# long: its 21 options take a line each after `ruff format`; the body itself is 68 lines
+# long: its 22 options take a line each after `ruff format`; the body itself is 70 lines
 def upscale_video(
     backend: Backend,
     source: str | Path,
@@ -121,6 +125,7 @@ def upscale_video(
     model_id: str = "",
     progress: bool = True,
     log: Log = to_stderr,
+    dedup_threshold: float | None = EXACT,
 ) -> VideoResult:
     """Upscale the video file `source` into `target` (container from its extension).
 
@@ -142,6 +147,9 @@ def upscale_video(
         model_id: names the model in the resume key (a changed model never resumes old segments).
         progress: show a tqdm bar (frames, fps, ETA) on stderr.
         log: where warnings go (one line each).
+        dedup_threshold: held frames (`sr_deploy.video.held`): EXACT (default) reuses the output for
+            a frame identical to the last one the model ran on, a number of dB also for frames at
+            least that close (PSNR), None runs the model on every frame.
     Returns:
         A `VideoResult`. Raises InputError (VideoDamaged) for an input that does not open or
         decode completely, NonFiniteOutput for NaN/Inf output, SRDeployError when encoding or
@@ -152,6 +160,7 @@ def upscale_video(
     source, target = Path(source), Path(target)
     if batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {batch_size}")
+    check_threshold(dedup_threshold)
     info = probe_video(source)
     if hwaccel and hwaccel != "none":
         open_input(source, hwaccel).close()  # a device that does not open is said before any work
@@ -169,6 +178,8 @@ def upscale_video(
             "tile": tile,
             "overlap": overlap,
             "segment_seconds": segment_seconds,
+            # Exact reuse writes what the model would: only a PSNR threshold changes the output.
+            **({"dedup_threshold": dedup_threshold} if dedup_threshold not in (None, EXACT) else {}),
         },
     )
     job = _VideoJob(
@@ -187,6 +198,7 @@ def upscale_video(
         resume=resume,
         progress=progress,
         log=log,
+        dedup_threshold=dedup_threshold,
     )
     del av
     return job.run()
@@ -311,6 +323,7 @@ class _VideoJob:
         resume: bool,
         progress: bool,
         log: Log,
+        dedup_threshold: float | None = EXACT,
     ):
         from tqdm import tqdm
 
@@ -346,6 +359,8 @@ class _VideoJob:
         self.colorspace, self.color_range = sws_colorspace(info.colorspace), sws_range(info.color_range)
         self.model_seconds = 0.0
         self.inferred = 0
+        self.handled = 0  # frames through the model or reused, by the calling thread
+        self.batcher = HeldBatcher(batch_size, dedup_threshold)
         self.bar = tqdm(
             total=info.frames_estimate or None,
             initial=self.resumed_from,
@@ -373,7 +388,6 @@ class _VideoJob:
                     container.seek(self.resume_pts, stream=stream, backward=True)
                 except Exception:  # av.FFmpegError: decode from the start, skipping by timestamp
                     container.seek(0)
-            batch, stamps = [], []
             frames = decoded_frames(container, stream, self.source, state, self.allow_partial, self.warn)
             for pts, frame in timed(frames, self.step):
                 if self.resume_pts is not None and pts <= self.resume_pts:
@@ -385,40 +399,50 @@ class _VideoJob:
                     src_colorspace=self.colorspace,
                     src_color_range=self.color_range,
                 )
-                batch.append(np.rot90(rgb, info.rotation // 90) if info.rotation else rgb)
-                stamps.append(pts)
                 state.frames += 1
                 state.last_end = float((pts + (frame.duration or self.step)) * info.time_base)
-                if len(batch) == self.batch_size:
-                    _put(self.decoded, ("batch", (stamps, frames_to_model_input(batch))), self.stop)
-                    batch, stamps = [], []
-            if batch:
-                _put(self.decoded, ("batch", (stamps, frames_to_model_input(batch))), self.stop)
+                full = self.batcher.add(pts, np.rot90(rgb, info.rotation // 90) if info.rotation else rgb)
+                if full is not None:
+                    self._hand_on(full)
+            last = self.batcher.flush()
+            if last is not None:
+                self._hand_on(last)
             _put(self.decoded, ("end", None), self.stop)
         finally:
             container.close()
+
+    def _hand_on(self, held: HeldBatch) -> None:
+        """To the model: (timestamps, output slot per timestamp, model input or None when every
+        frame of the batch is held)."""
+        batch = frames_to_model_input(held.frames) if held.frames else None
+        _put(self.decoded, ("batch", (held.stamps, held.slots, batch)), self.stop)
 
     def _encode(self) -> None:
         """Encoder thread: model output -> rounded RGB -> the input's YUV -> segment files."""
         import av
 
         info, plan = self.info, self.plan
+        outputs = HeldOutputs()
         while True:
             kind, payload = _get(self.upscaled, self.stop)
             if kind == "end":
                 self.writer.close_segment()
                 return
-            stamps, batch = payload
-            frames = model_output_to_frames(batch, plan.size_hw, plan.out_dtype)
-            for pts, rgb in zip(stamps, frames):
+            stamps, slots, batch = payload
+            encoded = []
+            for rgb in model_output_to_frames(batch, plan.size_hw, plan.out_dtype) if batch is not None else []:
                 frame = av.VideoFrame.from_ndarray(rgb, format=plan.rgb_out_format)
                 frame = frame.reformat(
                     format=plan.settings.pix_fmt, dst_colorspace=self.colorspace, dst_color_range=self.color_range
                 )
                 frame.color_range, frame.colorspace = info.color_range, info.colorspace
                 frame.color_primaries, frame.color_trc = info.color_primaries, info.color_trc
+                encoded.append(frame)
+            # A held frame is the same VideoFrame again: the encoder takes its own reference of the
+            # picture at each `encode`, and `write` sets the timestamp just before.
+            for pts, frame in zip(stamps, outputs.expand(slots, encoded)):
                 self.writer.write(pts, frame)
-            self.bar.update(len(frames))
+            self.bar.update(len(stamps))
 
     def _stage(self, work: Callable[[], None]) -> None:
         """Run a thread's work; its exception goes to the calling thread, which raises it."""
@@ -447,13 +471,18 @@ class _VideoJob:
                 if kind == "end":
                     _put(self.upscaled, ("end", None), self.stop)
                     return
-                stamps, batch = payload
-                begin = time.perf_counter()
-                result = upscale_batch(self.backend, batch, self.tile, self.overlap)
-                self.model_seconds += time.perf_counter() - begin
-                _check_finite(result, self.source, self.resumed_from + self.inferred)
-                self.inferred += len(stamps)
-                _put(self.upscaled, ("batch", (stamps, result)), self.stop)
+                stamps, slots, batch = payload
+                result = None
+                if batch is not None:
+                    begin = time.perf_counter()
+                    result = upscale_batch(self.backend, batch, self.tile, self.overlap)
+                    self.model_seconds += time.perf_counter() - begin
+                    first = self.resumed_from + self.handled
+                    numbers = [first + i for i, s in enumerate(slots) if s != (slots[i - 1] if i else -1)]
+                    _check_finite(result, self.source, numbers)
+                    self.inferred += len(batch)
+                self.handled += len(stamps)
+                _put(self.upscaled, ("batch", (stamps, slots, result)), self.stop)
         except _Stop:
             return  # another stage failed: its error is raised by `run`
 
@@ -535,4 +564,5 @@ class _VideoJob:
             resumed_from=self.resumed_from,
             path=final,
             partial=bool(self.state.damage),
+            frames_reused=self.batcher.reused,
         )
