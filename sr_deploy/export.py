@@ -133,8 +133,8 @@ def _state_sha256(model: nn.Module) -> str:
 
 def _load_source(model: str | Path | nn.Module) -> tuple[nn.Module, str, int, str, Path | None]:
     """(folded float32 CPU eval model, arch, scale, source sha256, source path or None)."""
+    from .model_file import file_kind
     from .models import fold_batch_norm, load_checkpoint, resolve_model_path
-    from .models.checkpoint import CHECKPOINT_SUFFIXES
 
     if isinstance(model, nn.Module):
         scale = getattr(model, "scale", None)
@@ -143,7 +143,7 @@ def _load_source(model: str | Path | nn.Module) -> tuple[nn.Module, str, int, st
         net, arch, sha, path = model, type(model).__name__, _state_sha256(model), None
     else:
         path = resolve_model_path(model)
-        if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
+        if path.suffix.lower() not in file_kind("checkpoint").suffixes:
             raise InputError(
                 f"{path}: unsupported model file type {path.suffix or '(no suffix)'!r}; "
                 "export takes a PyTorch checkpoint (.pt / .pth / .ckpt / .safetensors)"

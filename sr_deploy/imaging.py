@@ -46,6 +46,8 @@ _JPEG_EXTENSIONS = frozenset({".jpg", ".jpeg"})
 
 DEFAULT_JPEG_QUALITY = 95
 DEFAULT_WEBP_QUALITY = 95  # OpenCV: a WebP quality above 100 means lossless
+# What `sr-deploy upscale --ext` writes (`same`: the input's own format).
+OUTPUT_IMAGE_FORMATS = ("png", "jpg", "webp", "same")
 
 
 def is_image_path(path: str | Path) -> bool:

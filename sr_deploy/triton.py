@@ -289,14 +289,12 @@ def write_triton_repository(
     kind_text = INSTANCE_KINDS[kind]
 
     if flavour == "python":
-        from .model_file import model_file_scale
+        from .model_file import companion_files, model_file_scale
 
         source, scale = model_file_scale(model)
         with _staged_model(repo, name) as staging:
-            shutil.copyfile(source, staging / VERSION / source.name)
-            extra = source.with_name(source.name + ".json")
-            if source.suffix.lower() in (".engine", ".plan") and extra.is_file():
-                shutil.copyfile(extra, staging / VERSION / extra.name)
+            for file in companion_files(source):  # the file and its kind's sidecar (an engine's JSON)
+                shutil.copyfile(file, staging / VERSION / file.name)
             shutil.copyfile(Path(__file__).with_name("triton_model.py"), staging / VERSION / "model.py")
             (staging / "config.pbtxt").write_text(
                 python_config(name, max_batch, kind_text, scale, source.name, backend, precision)

@@ -3,8 +3,9 @@
 skip reasons, and the CLI's ``--backend`` choices.
 
 A new backend is one module in this folder (a `Backend` subclass implementing `infer`) plus one
-`BackendSpec` row in `BACKENDS` below: its name, the model-file suffixes it opens, an
-availability check that says why it cannot run here, and an opener.
+`BackendSpec` row in `BACKENDS` below: its name, the model-file kinds it opens (rows of
+`sr_deploy.model_file.MODEL_FILE_KINDS`, which knows their suffixes), an availability check that
+says why it cannot run here, and an opener.
 
 This module imports nothing heavy (no torch, onnxruntime or tensorrt at import time): the CLI
 reads the names from it before any command runs.
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import TENSORRT_NOT_INSTALLED, InputError, NotInstalledError
+from ..model_file import file_kind
 
 if TYPE_CHECKING:
     from .base import Backend
@@ -30,9 +32,10 @@ class BackendSpec:
 
     Attributes:
         name: what ``--backend`` and `load(backend=...)` accept (``torch``, ``onnxruntime``...).
-        suffixes: model-file suffixes this backend opens when ``backend="auto"``.
-        also_opens: further suffixes it opens when asked for by name (TensorRT builds an engine
-            from an ``.onnx`` file).
+        kinds: the model-file kinds this backend opens when ``backend="auto"`` (their suffixes:
+            `suffixes`).
+        also_opens_kinds: further kinds it opens when asked for by name (TensorRT builds an
+            engine from an ``.onnx`` file).
         refusal: the message for a file with one of `suffixes` asked to run on another backend;
             ``{path}`` and ``{backend}`` are filled in.
         available: device -> None when the backend can run on that device here, else the reason
@@ -47,15 +50,23 @@ class BackendSpec:
     """
 
     name: str
-    suffixes: tuple[str, ...]
+    kinds: tuple[str, ...]
     refusal: str
     available: Callable[[str], str | None]
     open: Callable[..., Backend]
-    also_opens: tuple[str, ...] = ()
+    also_opens_kinds: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()
     host_input: str = "numpy"
     variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     runs_modules: bool = False
+
+    @property
+    def suffixes(self) -> tuple[str, ...]:
+        return tuple(s for kind in self.kinds for s in file_kind(kind).suffixes)
+
+    @property
+    def also_opens(self) -> tuple[str, ...]:
+        return tuple(s for kind in self.also_opens_kinds for s in file_kind(kind).suffixes)
 
     def opens(self, suffix: str) -> bool:
         return suffix in self.suffixes or suffix in self.also_opens
@@ -149,7 +160,7 @@ def _open_tensorrt(path: Path, device: str, precision: str, **options: Any) -> B
     device = "cuda" if device == "auto" else device
     precision = "fp16" if (precision or "auto").lower() == "auto" else precision
     try:
-        if path.suffix.lower() == ".onnx":
+        if path.suffix.lower() in file_kind("onnx").suffixes:
             from .trt_build import load_tensorrt_from_onnx as opener
         else:
             from .trt_backend import TensorRTBackend as opener
@@ -163,8 +174,7 @@ def _open_tensorrt(path: Path, device: str, precision: str, **options: Any) -> B
 BACKENDS: tuple[BackendSpec, ...] = (
     BackendSpec(
         name="torch",
-        # = sr_deploy.models.checkpoint.CHECKPOINT_SUFFIXES (not imported: it would import torch)
-        suffixes=(".pt", ".pth", ".ckpt", ".safetensors"),
+        kinds=("checkpoint",),
         runs_modules=True,
         host_input="torch",
         refusal=(
@@ -177,7 +187,7 @@ BACKENDS: tuple[BackendSpec, ...] = (
     ),
     BackendSpec(
         name="onnxruntime",
-        suffixes=(".onnx",),
+        kinds=("onnx",),
         aliases=("ort",),
         refusal="{path}: an ONNX file cannot run on the {backend} backend; use onnxruntime or tensorrt",
         available=_onnxruntime_available,
@@ -185,8 +195,8 @@ BACKENDS: tuple[BackendSpec, ...] = (
     ),
     BackendSpec(
         name="tensorrt",
-        suffixes=(".engine", ".plan"),
-        also_opens=(".onnx",),
+        kinds=("engine",),
+        also_opens_kinds=("onnx",),
         aliases=("trt",),
         refusal="{path}: a TensorRT engine runs on the tensorrt backend only (asked for {backend})",
         available=_tensorrt_available,

@@ -37,8 +37,6 @@ FORMAT = "sr-deploy/1"
 # The architectures our checkpoints may name, by class name (from the registry).
 ARCHITECTURES: dict[str, type[nn.Module]] = registry.architectures()
 
-# Files `load_checkpoint` reads; other suffixes are tried as torch files too.
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors")
 # Keys that wrap a state dict, in the order they are preferred (EMA weights first).
 WRAPPER_KEYS = ("params_ema", "params-ema", "params", "state_dict", "model_state_dict", "model", "net", "netG")
 # Prefixes left by DataParallel / DistributedDataParallel and GAN training scripts.

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InputError, SRDeployError
+from ..errors import InputError
+from ..errors import NonFiniteOutput as NonFiniteOutput  # re-exported: the video modules raise it
 from ..util.log import Progress
 
 VIDEO_EXTENSIONS: frozenset[str] = frozenset({".mp4", ".m4v", ".mkv", ".mov", ".avi", ".webm"})
@@ -15,14 +17,49 @@ DEFAULT_VIDEO_BATCH = 4
 DEFAULT_SEGMENT_SECONDS = 2.0
 
 Log = Progress  # the video modules' name for the package's progress callback type
+# Input pixels of context on each side of a tile (= sr_deploy.tiling.DEFAULT_TILE_OVERLAP).
+DEFAULT_OVERLAP = 16
+
+
+@dataclass(frozen=True)
+class VideoOptions:
+    """How `upscale_video` runs; the defaults are the CLI's.
+
+    tile, overlap: as in `sr_deploy.tiling.upscale_tiled` (None: automatic; frames that fit are
+        not tiled).
+    batch_size: frames per backend call.
+    outscale: final size factor when it differs from the model's scale (None: the model's).
+        Sizes are rounded to even numbers for 4:2:0 chroma.
+    codec, crf, preset: encoder (codec None: libx264, libvpx-vp9 for .webm; NVENC encoders take
+        crf as -cq), constant quality, preset.
+    pix_fmt: encoder pixel format (None: yuv420p, or yuv420p10le for a > 8-bit input when the
+        encoder takes it).
+    hwaccel: FFmpeg hardware decoder device type (`cuda` for NVDEC), None / "none": software.
+    allow_partial: keep what decodes of a damaged input, as `NAME.partial.EXT`.
+    segment_seconds: length of the resumable segments (0: one segment).
+    resume: continue from finished segments of an interrupted run (False: start over).
+    model_id: names the model in the resume key (a changed model never resumes old segments).
+    progress: show a tqdm bar (frames, fps, ETA) on stderr.
+    """
+
+    tile: int | None = None
+    overlap: int = DEFAULT_OVERLAP
+    batch_size: int = DEFAULT_VIDEO_BATCH
+    outscale: float | None = None
+    codec: str | None = None
+    crf: int | None = DEFAULT_CRF
+    preset: str | None = DEFAULT_PRESET
+    pix_fmt: str | None = None
+    hwaccel: str | None = None
+    allow_partial: bool = False
+    segment_seconds: float = DEFAULT_SEGMENT_SECONDS
+    resume: bool = True
+    model_id: str = ""
+    progress: bool = True
 
 
 class VideoDamaged(InputError):
     """The input video does not decode completely (decoder/demuxer error or short duration)."""
-
-
-class NonFiniteOutput(SRDeployError):
-    """The model produced NaN or Inf (after the fp32 retry, where there is one)."""
 
 
 def is_video_path(path: str | Path) -> bool:

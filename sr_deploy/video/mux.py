@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import heapq
 import math
+import os
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from .common import Log
+from ..errors import SRDeployError
+from ..imaging import partial_path
+from .common import Log, cause
 from .probe import VideoInfo
 from .segments import Segment
 
@@ -206,3 +209,22 @@ def mux(
     if not info.audio:
         return "none in input"
     return ", ".join(sorted(set(outcomes)))
+
+
+def write_output(
+    final: Path, source: Path, folder: Path, segments: list[Segment], target_suffix: str, info: VideoInfo, warn: Log
+) -> str:
+    """`mux` into a hidden temporary beside `final`, then rename it to `final`: the only way a
+    finished video gets its name. A write error is a run-time failure naming `final`. Returns
+    what happened to the audio."""
+    import av
+
+    tmp = partial_path(final)
+    try:
+        audio = mux(source, folder, segments, tmp, target_suffix, info, warn)
+        os.replace(tmp, final)
+    except (av.FFmpegError, OSError) as exc:
+        raise SRDeployError(f"{final}: writing the output failed: {cause(exc)}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return audio

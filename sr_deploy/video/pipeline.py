@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import shutil
@@ -18,17 +19,13 @@ import numpy as np
 
 from ..backends.base import Backend
 from ..errors import InputError, SRDeployError
-from ..imaging import partial_path
-from ..tiling import DEFAULT_TILE_OVERLAP, auto_tile_size, upscale_batch
+from ..tiling import auto_tile_size, upscale_batch
 from ..util.log import to_stderr
 from .common import (
-    DEFAULT_CRF,
-    DEFAULT_PRESET,
-    DEFAULT_SEGMENT_SECONDS,
-    DEFAULT_VIDEO_BATCH,
     Log,
     NonFiniteOutput,
     VideoDamaged,
+    VideoOptions,
     cause,
     clock,
     default_codec,
@@ -37,7 +34,7 @@ from .common import (
 )
 from .decode import DecodeState, decoded_frames, timed
 from .frames import even_size, frames_to_model_input, model_output_to_frames
-from .mux import container_format, mux
+from .mux import container_format, write_output
 from .probe import VideoInfo, open_input, probe_video, sws_colorspace, sws_range
 from .segments import EncodeSettings, SegmentWriter, read_manifest, resume_key
 
@@ -100,47 +97,21 @@ def _check_finite(batch: np.ndarray, source: Path, first_frame: int) -> None:
         )
 
 
-# long: its 21 options take a line each after `ruff format`; the body itself is 68 lines
 def upscale_video(
     backend: Backend,
     source: str | Path,
     target: str | Path,
+    options: VideoOptions | None = None,
     *,
-    tile: int | None = None,
-    overlap: int = DEFAULT_TILE_OVERLAP,
-    batch_size: int = DEFAULT_VIDEO_BATCH,
-    outscale: float | None = None,
-    codec: str | None = None,
-    crf: int | None = DEFAULT_CRF,
-    preset: str | None = DEFAULT_PRESET,
-    pix_fmt: str | None = None,
-    hwaccel: str | None = None,
-    allow_partial: bool = False,
-    segment_seconds: float = DEFAULT_SEGMENT_SECONDS,
-    resume: bool = True,
-    model_id: str = "",
-    progress: bool = True,
     log: Log = to_stderr,
+    **changes: Any,
 ) -> VideoResult:
     """Upscale the video file `source` into `target` (container from its extension).
 
     Args:
         backend: any `sr_deploy.backends.base.Backend`.
-        tile, overlap: as in `sr_deploy.tiling.upscale_tiled` (None: automatic; frames that fit are
-            not tiled).
-        batch_size: frames per backend call.
-        outscale: final size factor when it differs from the model's scale (None: the model's).
-            Sizes are rounded to even numbers for 4:2:0 chroma.
-        codec, crf, preset: encoder (codec None: libx264, libvpx-vp9 for .webm; NVENC encoders
-            take crf as -cq), constant quality, preset.
-        pix_fmt: encoder pixel format (None: yuv420p, or yuv420p10le for a > 8-bit input when the
-            encoder takes it).
-        hwaccel: FFmpeg hardware decoder device type (`cuda` for NVDEC), None / "none": software.
-        allow_partial: keep what decodes of a damaged input, as `NAME.partial.EXT`.
-        segment_seconds: length of the resumable segments (0: one segment).
-        resume: continue from finished segments of an interrupted run (False: start over).
-        model_id: names the model in the resume key (a changed model never resumes old segments).
-        progress: show a tqdm bar (frames, fps, ETA) on stderr.
+        options: a `VideoOptions` (None: the defaults); `changes` replace some of its fields
+            (``upscale_video(b, src, dst, segment_seconds=1)``).
         log: where warnings go (one line each).
     Returns:
         A `VideoResult`. Raises InputError (VideoDamaged) for an input that does not open or
@@ -149,26 +120,30 @@ def upscale_video(
     """
     import av
 
+    o = dataclasses.replace(options or VideoOptions(), **changes)
     source, target = Path(source), Path(target)
-    if batch_size < 1:
-        raise InputError(f"--batch-size must be >= 1, got {batch_size}")
+    if o.batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {o.batch_size}")
     info = probe_video(source)
-    if hwaccel and hwaccel != "none":
-        open_input(source, hwaccel).close()  # a device that does not open is said before any work
-    plan = plan_output(info, backend, target, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, outscale=outscale)
+    if o.hwaccel and o.hwaccel != "none":
+        open_input(source, o.hwaccel).close()  # a device that does not open is said before any work
+    plan = plan_output(
+        info, backend, target, codec=o.codec, crf=o.crf, preset=o.preset, pix_fmt=o.pix_fmt, outscale=o.outscale
+    )
+    tile = o.tile
     if tile is None:  # decided once, so every frame of the video is processed the same way
-        tile = auto_tile_size(backend, info.height, info.width, overlap, batch_size)
+        tile = auto_tile_size(backend, info.height, info.width, o.overlap, o.batch_size)
     key = resume_key(
         source,
         {
             "encode": plan.settings.__dict__,
-            "model": model_id,
+            "model": o.model_id,
             "backend": backend.name,
             "scale": backend.scale,
             "precision": backend.precision,
             "tile": tile,
-            "overlap": overlap,
-            "segment_seconds": segment_seconds,
+            "overlap": o.overlap,
+            "segment_seconds": o.segment_seconds,
         },
     )
     job = _VideoJob(
@@ -179,13 +154,13 @@ def upscale_video(
         plan,
         key,
         tile=tile,
-        overlap=overlap,
-        batch_size=batch_size,
-        hwaccel=hwaccel,
-        allow_partial=allow_partial,
-        segment_seconds=segment_seconds,
-        resume=resume,
-        progress=progress,
+        overlap=o.overlap,
+        batch_size=o.batch_size,
+        hwaccel=o.hwaccel,
+        allow_partial=o.allow_partial,
+        segment_seconds=o.segment_seconds,
+        resume=o.resume,
+        progress=o.progress,
         log=log,
     )
     del av
@@ -473,23 +448,14 @@ class _VideoJob:
 
     def _finish(self) -> tuple[Path, str]:
         """Mux the segments and the input's other streams into the final file: (its path, audio)."""
-        import av
-
         if not self.writer.segments:
             raise VideoDamaged(f"{self.source}: no decodable video frames")
         damage = self.state.damage
         if len(damage) > 1:
             self.warn(f"warning: {self.source}: {len(damage)} places did not decode; the partial output skips them")
         final = partial_output_path(self.target) if damage else self.target
-        tmp = partial_path(final)
-        try:
-            audio = mux(self.source, self.folder, self.writer.segments, tmp, self.target.suffix, self.info, self.warn)
-            os.replace(tmp, final)
-        except (av.FFmpegError, OSError) as exc:
-            raise SRDeployError(f"{final}: writing the output failed: {cause(exc)}") from None
-        finally:
-            tmp.unlink(missing_ok=True)
-        return final, audio
+        segments = self.writer.segments
+        return final, write_output(final, self.source, self.folder, segments, self.target.suffix, self.info, self.warn)
 
     def run(self) -> VideoResult:
         """The stages, then the checks and the mux. The segments are kept for a re-run after an
