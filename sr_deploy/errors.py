@@ -31,8 +31,4 @@ class NonFiniteOutput(SRDeployError):
 
 TENSORRT_NOT_INSTALLED = "TensorRT is not installed: pip install 'sr-deploy[tensorrt]' on a machine with an NVIDIA GPU"
 
-# The one first-line helper lives in the helpers layer; imported here (after the classes, which
-# `sr_deploy.util` itself imports) so that `from sr_deploy.errors import first_line` keeps working.
-from .util.text import first_line  # noqa: E402
-
-__all__ = ["TENSORRT_NOT_INSTALLED", "InputError", "NotInstalledError", "SRDeployError", "first_line"]
+__all__ = ["TENSORRT_NOT_INSTALLED", "InputError", "NonFiniteOutput", "NotInstalledError", "SRDeployError"]

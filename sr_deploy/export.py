@@ -6,7 +6,8 @@
 
 The graph takes one input `input`: (N, 3, H, W) float32 RGB in [0, 1] and returns `output`:
 (N, 3, sH, sW) float32, unclamped. `metadata_props` carry `sr_deploy.scale`, `sr_deploy.arch`,
-`sr_deploy.input` (`rgb_float01_nchw`), `sr_deploy.version`, `sr_deploy.source_sha256`,
+`sr_deploy.input` (`rgb_float01_nchw`), `sr_deploy.live_values_per_hr_pixel` (tiling's memory
+model), `sr_deploy.version`, `sr_deploy.source_sha256`,
 `sr_deploy.precision` (fp32/fp16) and `sr_deploy.exporter`.
 """
 
@@ -26,6 +27,7 @@ from torch import nn
 from . import __version__
 from .errors import InputError, SRDeployError
 from .export_shapes import export_with_shapes
+from .models.registry import live_values_per_hr_pixel
 from .onnx_graph import (  # noqa: F401 - FP16_* and count_fp16_tensors re-exported: callers import them from here
     FP16_MAX_RELATIVE_ERROR,
     FP16_SAFE_MAX,
@@ -37,7 +39,10 @@ from .onnx_graph import (  # noqa: F401 - FP16_* and count_fp16_tensors re-expor
 )
 from .parity import ParityReport, check_thresholds, parity, parity_inputs
 from .util import Progress, first_line, parse_dims, progress_to, quiet, to_stderr
-from .util.onnx_facts import read_onnx_metadata  # noqa: F401 - re-exported: callers import it from here
+from .util.onnx_facts import (
+    LIVE_VALUES_KEY,
+    read_onnx_metadata,  # noqa: F401 - re-exported: callers import it from here
+)
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
@@ -442,6 +447,7 @@ def export_onnx(
         proto, block_list = _to_fp16(proto, static, fp16_block_list, say)
     precision = "fp16" if fp16 else "fp32"
     meta = _metadata(scale, arch, source_sha, precision, used, source_path, block_list)
+    meta[LIVE_VALUES_KEY] = str(live_values_per_hr_pixel(arch))
     meta.update(shape_meta)
     _set_metadata(proto, meta)
     _check_and_save(proto, output)

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import SRDeployError, first_line
+from .errors import SRDeployError
+from .util.text import first_line
 
 # (model, example input, opset, static) -> onnx.ModelProto
 Exporter = Callable[[nn.Module, torch.Tensor, int, bool], Any]

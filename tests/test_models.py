@@ -8,37 +8,35 @@ import pytest
 import torch
 
 from sr_deploy.models import (
-    MSRResNet,
     RRDBNet,
     SRResNet,
-    SRVGGNetCompact,
     count_flops_per_lr_pixel,
     fold_batch_norm,
     load_checkpoint,
+    native_specs,
+)
+
+# Every registered architecture (its spec's `example_config`), plus SRResNet's other options.
+VARIANTS = {spec.name: (spec.module, dict(spec.example_config)) for spec in native_specs()}
+VARIANTS["SRResNet-nearest-reflect"] = (
+    SRResNet,
+    dict(
+        num_blocks=1,
+        num_features=8,
+        upsampler="nearest",
+        padding="reflect",
+        batch_norm=False,
+        image_residual="bicubic",
+    ),
 )
 
 
 def _tiny(arch: str, scale: int) -> torch.nn.Module:
-    if arch == "SRResNet":
-        return SRResNet(scale=scale, num_blocks=1, num_features=8)
-    if arch == "SRResNet-nearest-reflect":
-        return SRResNet(
-            scale=scale,
-            num_blocks=1,
-            num_features=8,
-            upsampler="nearest",
-            padding="reflect",
-            batch_norm=False,
-            image_residual="bicubic",
-        )
-    if arch == "MSRResNet":
-        return MSRResNet(scale=scale, num_blocks=1, num_features=8)
-    if arch == "RRDBNet":
-        return RRDBNet(scale=scale, num_blocks=1, num_features=8, growth_channels=4)
-    return SRVGGNetCompact(scale=scale, num_feat=8, num_conv=2)
+    module, config = VARIANTS[arch]
+    return module(**{**config, "scale": scale})
 
 
-@pytest.mark.parametrize("arch", ["SRResNet", "SRResNet-nearest-reflect", "MSRResNet", "RRDBNet", "SRVGGNetCompact"])
+@pytest.mark.parametrize("arch", list(VARIANTS))
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_forward_shapes_for_odd_sizes(arch: str, scale: int) -> None:
     model = _tiny(arch, scale).eval()

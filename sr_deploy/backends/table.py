@@ -126,13 +126,14 @@ def _open_torch(model: Any, device: str, precision: str, **options: Any) -> Back
     from .torch_backend import TorchBackend, resolve_device, resolve_precision
 
     dev = resolve_device(device)
+    live = None
     if isinstance(model, nn.Module):
         net, scale, sha256 = model, getattr(model, "scale", None), None
     else:
         from ..models import load_checkpoint
 
         ckpt = load_checkpoint(model)
-        net, scale, sha256 = ckpt.model, ckpt.scale, ckpt.sha256
+        net, scale, sha256, live = ckpt.model, ckpt.scale, ckpt.sha256, ckpt.live_values_per_hr_pixel
     reason = ""
     if (precision or AUTO).lower() == AUTO:
         from .cpu_precision import auto_precision
@@ -140,6 +141,8 @@ def _open_torch(model: Any, device: str, precision: str, **options: Any) -> Back
         choice = auto_precision(net, sha256, scale, dev)
         precision, reason = choice.precision, choice.reason
     backend = TorchBackend(net, scale, dev, resolve_precision(precision, dev), **options)
+    if live is not None:  # the detection's memory figure travels on the backend
+        backend.live_values_per_hr_pixel = live
     backend.precision_reason = reason or f"{backend.precision}: asked for with --precision"
     return backend
 

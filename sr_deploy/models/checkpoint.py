@@ -26,11 +26,12 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ..errors import InputError, first_line
+from ..errors import InputError
 from ..util.files import atomic_write
 from ..util.files import file_sha256 as file_sha256  # re-exported: callers import it from here
+from ..util.text import first_line
 from . import registry
-from .registry import Detection, StateDict
+from .spec import DEFAULT_LIVE_VALUES_PER_HR_PIXEL, Detection, StateDict
 
 FORMAT = "sr-deploy/1"
 
@@ -63,7 +64,7 @@ class LoadedCheckpoint:
     sha256: str
     metadata: dict[str, Any] = field(default_factory=dict)
     size_multiple: int = 1
-    live_values_per_hr_pixel: int = registry.DEFAULT_LIVE_VALUES_PER_HR_PIXEL
+    live_values_per_hr_pixel: int = DEFAULT_LIVE_VALUES_PER_HR_PIXEL
     notes: list[str] = field(default_factory=list)
 
 
@@ -177,7 +178,9 @@ def read_weights_file(path: Path) -> tuple[Any, dict[str, Any]]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True), {}
     except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError... here
-        raise InputError(f"{path}: not a readable PyTorch checkpoint ({_shorten(_first_line(exc))})") from exc
+        raise InputError(
+            f"{path}: not a readable PyTorch checkpoint ({_shorten(first_line(exc, limit=10_000))})"
+        ) from exc
 
 
 def _looks_like_safetensors(magic: bytes) -> bool:
@@ -197,7 +200,9 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
             metadata = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # SafetensorError for a bad header, OSError for a short file...
-        raise InputError(f"{path}: not a readable safetensors file ({_shorten(_first_line(exc))})") from exc
+        raise InputError(
+            f"{path}: not a readable safetensors file ({_shorten(first_line(exc, limit=10_000))})"
+        ) from exc
     return tensors, metadata
 
 
@@ -252,7 +257,7 @@ def detect(path: Path, state: StateDict) -> Detection:
             native_error = (
                 exc
                 if isinstance(exc, InputError)
-                else InputError(f"{path}: {layout.source} for {spec.name}: {_first_line(exc)}")
+                else InputError(f"{path}: {layout.source} for {spec.name}: {first_line(exc, limit=10_000)}")
             )
     unavailable = []
     for source in registry.external_sources():
@@ -301,10 +306,6 @@ def _load_ours(path: Path, obj: Mapping[str, Any], sha: str) -> LoadedCheckpoint
 
 def _shorten(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _first_line(exc: BaseException) -> str:
-    return first_line(exc, limit=10_000)
 
 
 def _build(path: Path, arch: str, module: type[nn.Module], config: dict, state: dict) -> nn.Module:

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import DEFAULT_LIVE_VALUES_PER_HR_PIXEL, Detection, StateDict
+from ..util.text import first_line
+from .spec import DEFAULT_LIVE_VALUES_PER_HR_PIXEL, Detection, StateDict
 
 INSTALL_HINT = "pip install 'sr-deploy[spandrel]'"
 
@@ -128,7 +129,7 @@ class SpandrelSource:
         except ImportError as exc:
             return f"spandrel is not installed ({exc}); {INSTALL_HINT} reads ~40 more architectures"
         except Exception as exc:  # e.g. a torchvision that does not match torch
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            text = first_line(exc, limit=10_000)
             return f"spandrel cannot be imported ({type(exc).__name__}: {text})"
         return None
 
@@ -147,7 +148,9 @@ class SpandrelSource:
         try:
             descriptor = _quietly(support.architecture.load, state)
         except Exception as exc:
-            raise ValueError(f"spandrel recognised {arch} but could not load it ({_first_line(exc)})") from exc
+            raise ValueError(
+                f"spandrel recognised {arch} but could not load it ({first_line(exc, limit=160)})"
+            ) from exc
         return _detection(arch, descriptor, self.version())
 
 
@@ -203,12 +206,6 @@ def _quietly(fn: Callable[..., Any], *args: Any) -> Any:
             return fn(*args)
     finally:
         logger.setLevel(level)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    line = text.splitlines()[0] if text else type(exc).__name__
-    return line if len(line) <= 160 else line[:157] + "..."
 
 
 SPANDREL = SpandrelSource()

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..errors import InputError
 from ..errors import NonFiniteOutput as NonFiniteOutput  # re-exported: the video modules raise it
 from ..util.log import Progress
+from ..util.text import first_line
 
 VIDEO_EXTENSIONS: frozenset[str] = frozenset({".mp4", ".m4v", ".mkv", ".mov", ".avi", ".webm"})
 DEFAULT_CODEC = "libx264"
@@ -102,5 +103,5 @@ def clock(seconds: float) -> str:
 
 
 def cause(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text
+    """The first line of `exc` (or its type's name), uncut: what a video error says of its cause."""
+    return first_line(exc, limit=10_000)
