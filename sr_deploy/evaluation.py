@@ -36,6 +36,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import InputError
+from .formats import DATASET_IMAGE_SUFFIXES
 from .imaging import read_image, write_image
 from .metrics import bicubic_degrade, imresize, modcrop, psnr, ssim, to_uint8
 from .util.files import atomic_write_text
@@ -50,7 +51,7 @@ _COLUMNS = {
     "lpips-vgg": ("LPIPS-VGG", 9, "{:.4f}"),
 }
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+IMAGE_SUFFIXES = DATASET_IMAGE_SUFFIXES  # the image-format table's readable suffixes
 
 # MATLAB rgb2gray: the luma row of its inverse of the NTSC (YIQ) matrix; sums to 1 (to 1e-15), so
 # a replicated grey image maps back to itself exactly after rounding.

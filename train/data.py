@@ -22,9 +22,10 @@ from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
 from sr_deploy.errors import InputError
+from sr_deploy.formats import DATASET_IMAGE_SUFFIXES
 from sr_deploy.metrics import bicubic_degrade, imresize, to_uint8
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+IMAGE_SUFFIXES = DATASET_IMAGE_SUFFIXES  # the image-format table's readable suffixes
 
 
 def list_images(folder: str | Path, what: str = "data") -> list[Path]:

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import InputError
+from ..formats import OUTPUT_IMAGE_FORMATS
 from .options import BACKEND_CHOICE, PRECISION_CHOICE, device_option, realism_options, with_realism
 
 
@@ -66,7 +67,7 @@ from .options import BACKEND_CHOICE, PRECISION_CHOICE, device_option, realism_op
 )
 @click.option(
     "--ext",
-    type=click.Choice(["png", "jpg", "webp", "same"]),
+    type=click.Choice(list(OUTPUT_IMAGE_FORMATS)),
     default="png",
     show_default=True,
     help="Output image format (ignored when OUT is a file name).",

@@ -7,10 +7,11 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..errors import NonFiniteOutput as NonFiniteOutput  # re-exported: the video modules raise it
+from ..formats import VIDEO_EXTENSIONS as VIDEO_EXTENSIONS  # re-exported: the package exports it
+from ..formats import VideoContainer, video_container
 from ..util.log import Progress
 from ..util.text import first_line
 
-VIDEO_EXTENSIONS: frozenset[str] = frozenset({".mp4", ".m4v", ".mkv", ".mov", ".avi", ".webm"})
 DEFAULT_CODEC = "libx264"
 DEFAULT_CRF = 18
 DEFAULT_PRESET = "medium"
@@ -79,9 +80,16 @@ def find_ffmpeg() -> str | None:
         return None
 
 
+def container(extension: str) -> VideoContainer:
+    """The container table's row for a suffix (`sr_deploy.formats.VIDEO_CONTAINERS`); a suffix
+    that is not there is muxed by FFmpeg's muxer of that name, with the defaults."""
+    return video_container(extension) or VideoContainer((extension.lower(),), extension.lower().lstrip("."))
+
+
 def default_codec(extension: str) -> str:
-    """libvpx-vp9 for .webm (WebM takes only VP8/VP9/AV1), libx264 otherwise."""
-    return "libvpx-vp9" if extension.lower() == ".webm" else DEFAULT_CODEC
+    """The container's own default encoder: libvpx-vp9 for .webm (WebM takes only VP8/VP9/AV1),
+    libx264 otherwise."""
+    return container(extension).codec
 
 
 def partial_output_path(target: Path) -> Path:
