@@ -26,6 +26,7 @@ from sr_deploy.video import find_ffmpeg
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'sr-deploy[ray]')")
+pytestmark = pytest.mark.slow  # a Ray cluster per module, actors started and killed
 
 ROOT = Path(__file__).resolve().parent.parent
 ACTOR_TITLE = b"ray::MapWorker(MapBatches(_Upscaler))"

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _data import missing
 from click.testing import CliRunner
 
 from sr_deploy.cli import cli
@@ -34,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def perceptual_dir(shared_data: Path) -> Path:
     path = shared_data / "weights" / "perceptual"
     if not (path / "lpips_alexnet_imagenet.npz").is_file():
-        pytest.skip(f"LPIPS / VGG16 ImageNet weights not found at {path}")
+        missing(f"LPIPS / VGG16 ImageNet weights not found at {path}")
     return path
 
 

@@ -147,10 +147,10 @@ def test_export_needs_an_output_or_a_repository(tiny_model):
     assert result.output.strip() == "error: give -o MODEL.onnx, --triton-repo DIR, or both"
 
 
+@pytest.mark.slow
 def test_python_flavour_served_by_the_bundled_tritonserver_equals_sr_deploy_upscale(tiny_model, set5_dir, tmp_path):
-    from sr_deploy.serving import bundled_tritonserver, bundled_tritonserver_dir, image_to_request, infer, upscale_file
-
     from sr_deploy.errors import NotInstalledError
+    from sr_deploy.serving import bundled_tritonserver, bundled_tritonserver_dir, image_to_request, infer, upscale_file
 
     try:
         bundled_tritonserver_dir()

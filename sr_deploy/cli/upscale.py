@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -11,7 +12,6 @@ from ..formats import OUTPUT_IMAGE_FORMATS
 from .options import BACKEND_CHOICE, PRECISION_CHOICE, device_option, realism_options, with_realism
 
 
-# long: its 25 parameters (24 options and the inputs) take 27 signature lines after `ruff format`; the body itself is 64 lines
 @click.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option(
@@ -154,10 +154,7 @@ def upscale(
     and folders (recursive; the tree is kept under OUT), mixed. Outputs are written under a
     temporary name and renamed when complete; existing outputs are skipped (re-run to resume).
     """
-    import signal
-
     from ..upscale import UpscaleOptions
-    from ..upscale import upscale as run_upscale
 
     model = with_realism(model, gan_model, realism)
     options = UpscaleOptions(
@@ -181,6 +178,15 @@ def upscale(
         segment_seconds=segment_seconds,
         progress=not no_progress,
     )
+
+    _run(inputs, output, options, ray_address, ray_actors)
+
+
+def _run(inputs: tuple[str, ...], output: str, options: Any, ray_address: str | None, ray_actors: int | None) -> None:
+    """Run here or on Ray (SIGTERM cleans up like Ctrl-C), then say where the results are."""
+    import signal
+
+    from ..upscale import upscale as run_upscale
 
     def terminate(signum: int, frame: object) -> None:  # `kill`: clean up like Ctrl-C
         raise KeyboardInterrupt

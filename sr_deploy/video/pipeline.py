@@ -106,20 +106,14 @@ def upscale_video(
     log: Log = to_stderr,
     **changes: Any,
 ) -> VideoResult:
-    """Upscale the video file `source` into `target` (container from its extension).
+    """Upscale the video file `source` into `target` (container from its extension) with any
+    `Backend`, as `options` say (a `VideoOptions`; None: the defaults); `changes` replace some of
+    its fields (``upscale_video(b, src, dst, segment_seconds=1)``); warnings go to `log`.
 
-    Args:
-        backend: any `sr_deploy.backends.base.Backend`.
-        options: a `VideoOptions` (None: the defaults); `changes` replace some of its fields
-            (``upscale_video(b, src, dst, segment_seconds=1)``).
-        log: where warnings go (one line each).
-    Returns:
-        A `VideoResult`. Raises InputError (VideoDamaged) for an input that does not open or
-        decode completely, NonFiniteOutput for NaN/Inf output, SRDeployError when encoding or
-        writing fails; the final name is then absent.
+    Returns a `VideoResult`. Raises InputError (VideoDamaged) for an input that does not open or
+    decode completely, NonFiniteOutput for NaN/Inf output, SRDeployError when encoding or writing
+    fails; the final name is then absent.
     """
-    import av
-
     o = dataclasses.replace(options or VideoOptions(), **changes)
     source, target = Path(source), Path(target)
     if o.batch_size < 1:
@@ -163,7 +157,6 @@ def upscale_video(
         progress=o.progress,
         log=log,
     )
-    del av
     return job.run()
 
 

@@ -7,6 +7,7 @@ import json
 
 import cv2
 import pytest
+from _data import missing
 from click.testing import CliRunner
 
 from sr_deploy.cli import cli
@@ -76,7 +77,7 @@ def test_default_gan_is_perceptually_better_and_realism_lies_between(
 
     weights = shared_data / "weights" / "perceptual"
     if not (weights / "lpips_alexnet_imagenet.npz").is_file():
-        pytest.skip(f"LPIPS weights not found at {weights}")
+        missing(f"LPIPS weights not found at {weights}")
     monkeypatch.setenv("SR_DEPLOY_CACHE", str(tmp_path))
     lpips = lpips_metrics(["lpips"], weights)
     scores = {}

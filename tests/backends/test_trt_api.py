@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # tests/, where the TensorRT helpers are
 sys.path.insert(0, str(HERE))
 
 import _trt_bindings  # noqa: E402

@@ -26,7 +26,7 @@ from sr_deploy.backends import load
 from sr_deploy.models import save_checkpoint
 from sr_deploy.parity import REDUCED_MIN_PSNR_DB
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cpuinfo(tmp_path: Path, name: str, flags: str) -> Path:

@@ -41,7 +41,7 @@ from sr_deploy.video import (
     upscale_video,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SMALL = "scale=96:52"
 
 
@@ -573,6 +573,7 @@ def test_frame_count_is_decoded_not_taken_from_header(video_dir, tmp_path):
     _assert_same_times(video_dir / "car_traffic_small.mp4", target)
 
 
+@pytest.mark.slow
 def test_killed_mid_file_the_rerun_resumes_and_every_frame_is_there_once(video_dir, tiny_vgg, tmp_path):
     """A 300-frame clip with audio, killed (SIGKILL) once 150 frames are committed: the re-run
     infers only the rest, and the result has every input frame once, at its time, and the audio."""
@@ -644,6 +645,7 @@ def test_killed_mid_file_the_rerun_resumes_and_every_frame_is_there_once(video_d
     assert _leftovers(tmp_path) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_video_job_leaves_no_final_output(video_dir, tiny_vgg, tmp_path, sig):
     """Kill `sr-deploy upscale` mid-video: never a final-named file; SIGTERM removes the temporary

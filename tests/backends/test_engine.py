@@ -1004,7 +1004,7 @@ def test_tensorrt_doc_commands_parse():
     be images or videos, never the model."""
     import click
 
-    commands = _doc_commands(Path(__file__).resolve().parent.parent / "docs" / "tensorrt.md")
+    commands = _doc_commands(Path(__file__).resolve().parents[2] / "docs" / "tensorrt.md")
     assert len(commands) >= 5
     for args in commands:
         name, rest = args[0], args[1:]
