@@ -172,6 +172,18 @@ def _open_tensorrt(path: Path, device: str, precision: str, **options: Any) -> B
     return opener(path, device=device, precision=precision, **options)
 
 
+def opener(module: str, name: str) -> Callable[..., Backend]:
+    """An opener that imports `name` from the module `module` of this package when a backend is
+    opened (so that the table stays cheap to import): a new backend's row says
+    ``open=opener("my_backend", "MyBackend")``; it is called as (path, device, precision, **options)."""
+
+    def open_backend(model: Any, device: str, precision: str, **options: Any) -> Backend:
+        found = getattr(importlib.import_module(f"{__package__}.{module}"), name)
+        return found(model, device=device, precision=precision, **options)
+
+    return open_backend
+
+
 # ---------------------------------------------------------------------------------- the table
 
 BACKENDS: tuple[BackendSpec, ...] = (
