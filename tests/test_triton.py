@@ -72,6 +72,7 @@ def _stand_in_engine(folder: Path) -> Path:
     return engine
 
 
+@pytest.mark.slow
 def test_onnx_repository_configs_parse_with_tritons_schema(tiny_model, tmp_path):
     engine = _stand_in_engine(tmp_path)
     repo = tmp_path / "repo"

@@ -35,6 +35,7 @@ def test_every_native_spec_names_its_module_and_is_in_architectures() -> None:
     assert sum(len(s.layouts) for s in specs) >= 5  # BasicSR x3, ESRGAN old, leftthomas
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scale, unshuffle, channels_in", [(2, 2, 12), (1, 4, 48)])
 def test_realesrgan_pixel_unshuffle_layout(tmp_path, scale, unshuffle, channels_in) -> None:
     """RealESRGAN_x2plus (x1 too): 12 (48) input channels after a x2 (x4) pixel unshuffle, then two x2
@@ -70,6 +71,7 @@ def test_pixel_unshuffle_padding_matches_manual_replicate_pad() -> None:
         assert torch.equal(model(x), model(padded)[..., :14, :18])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scale", [2, 4, 8])
 def test_esrgan_old_layout_any_scale(tmp_path, scale) -> None:
     torch.manual_seed(scale)

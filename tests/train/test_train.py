@@ -414,6 +414,7 @@ def test_augment_covers_the_eight_dihedral_transforms():
     assert len(variants) == 8
 
 
+@pytest.mark.slow
 def test_discriminators_shapes_and_crop_parameter():
     for size in (32, 96):
         assert SRGANDiscriminator(size, num_features=8)(torch.rand(2, 3, size, size)).shape == (2, 1)
@@ -442,6 +443,7 @@ def test_adversarial_losses_match_their_formulas():
     )
 
 
+@pytest.mark.slow
 def test_vgg_features_layers_and_gradient_flow(random_vgg_file):
     """RANDOM VGG16 weights: checks the layer cut, the file loading and gradient flow only."""
     state = {k[len("features.") :]: v for k, v in torch.load(random_vgg_file, weights_only=True).items()}
