@@ -31,7 +31,7 @@ from ..util.files import atomic_write
 from ..util.files import file_sha256 as file_sha256  # re-exported: callers import it from here
 from ..util.text import first_line
 from . import registry
-from .spec import DEFAULT_LIVE_VALUES_PER_HR_PIXEL, Detection, StateDict
+from .spec import DEFAULT_LIVE_VALUES_PER_HR_PIXEL, Detection, ModelFacts, StateDict
 
 FORMAT = "sr-deploy/1"
 
@@ -66,6 +66,20 @@ class LoadedCheckpoint:
     size_multiple: int = 1
     live_values_per_hr_pixel: int = DEFAULT_LIVE_VALUES_PER_HR_PIXEL
     notes: list[str] = field(default_factory=list)
+    minimum: int = 0  # the smallest input side the model takes (padded up to inside)
+    preferred_exporter: str | None = None
+
+    @property
+    def facts(self) -> ModelFacts:
+        """What export reads about the model (from the detection, not the module)."""
+        return ModelFacts(
+            self.arch,
+            self.scale,
+            self.size_multiple,
+            self.minimum,
+            self.preferred_exporter,
+            self.live_values_per_hr_pixel,
+        )
 
 
 def resolve_model_path(name_or_path: str | Path) -> Path:
@@ -153,6 +167,8 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
         detection.size_multiple,
         detection.live_values_per_hr_pixel,
         detection.notes,
+        detection.minimum,
+        detection.preferred_exporter,
     )
 
 
@@ -252,6 +268,7 @@ def detect(path: Path, state: StateDict) -> Detection:
                 lambda: model,
                 spec.live_values_per_hr_pixel,
                 int(getattr(model, "size_multiple", 1)),
+                preferred_exporter=spec.preferred_exporter,
             )
         except (InputError, ValueError, KeyError) as exc:
             native_error = (
@@ -301,6 +318,7 @@ def _load_ours(path: Path, obj: Mapping[str, Any], sha: str) -> LoadedCheckpoint
         dict(obj.get("metadata") or {}),
         int(getattr(model, "size_multiple", 1)),
         spec.live_values_per_hr_pixel,
+        preferred_exporter=spec.preferred_exporter,
     )
 
 

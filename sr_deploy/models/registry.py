@@ -14,8 +14,8 @@ from __future__ import annotations
 from torch import nn
 
 from . import rrdbnet, srresnet, srvgg
-from .spandrel_source import SPANDREL, live_values_for
-from .spec import DEFAULT_LIVE_VALUES_PER_HR_PIXEL, ArchSpec, Layout, SpecSource, StateDict
+from .spandrel_source import PREFERRED_EXPORTER, SPANDREL, SpandrelModule, live_values_for
+from .spec import DEFAULT_LIVE_VALUES_PER_HR_PIXEL, ArchSpec, Layout, ModelFacts, SpecSource, StateDict
 
 
 def native_specs() -> tuple[ArchSpec, ...]:
@@ -61,3 +61,24 @@ def live_values_per_hr_pixel(arch: str | None) -> int:
             return spec.live_values_per_hr_pixel
         return live_values_for(arch)
     return DEFAULT_LIVE_VALUES_PER_HR_PIXEL
+
+
+def module_facts(model: nn.Module) -> ModelFacts:
+    """What export needs about a module built in code (no checkpoint, so no detection): its spec's
+    facts, and the instance's own `scale` and `size_multiple` (they follow its config). ValueError
+    when the module has no `scale`."""
+    scale = getattr(model, "scale", None)
+    if scale is None:
+        raise ValueError(f"{type(model).__name__}: the model has no `scale` attribute")
+    if isinstance(model, SpandrelModule):
+        return ModelFacts(
+            model.arch, int(scale), model.size_multiple, model.minimum, PREFERRED_EXPORTER, live_values_for(model.arch)
+        )
+    spec = spec_by_name(type(model).__name__)
+    return ModelFacts(
+        type(model).__name__,
+        int(scale),
+        int(getattr(model, "size_multiple", 1)),
+        preferred_exporter=spec.preferred_exporter if spec else None,
+        live_values_per_hr_pixel=spec.live_values_per_hr_pixel if spec else DEFAULT_LIVE_VALUES_PER_HR_PIXEL,
+    )

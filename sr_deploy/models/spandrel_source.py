@@ -57,6 +57,11 @@ _TRANSFORMERS = (
 )
 
 
+# TorchScript tracing exports more of these architectures, and a failure there is an exception,
+# where the dynamo exporter can crash the process (`sr_deploy.export_shapes`).
+PREFERRED_EXPORTER = "legacy"
+
+
 def live_values_for(arch: str) -> int:
     """Tiling's memory model for a spandrel architecture id."""
     if arch in _TRANSFORMERS:
@@ -92,9 +97,6 @@ class SpandrelModule(nn.Module):
         self.scale = scale
         self.size_multiple = max(1, size_multiple)
         self.minimum = minimum
-        # TorchScript tracing exports more of these architectures, and a failure there is an
-        # exception, where the dynamo exporter can crash the process (`sr_deploy.export_shapes`).
-        self.preferred_exporter = "legacy"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
@@ -192,6 +194,8 @@ def _detection(arch: str, descriptor: Any, version: str) -> Detection:
         live_values_per_hr_pixel=live_values_for(arch),
         size_multiple=module.size_multiple,
         notes=notes,
+        minimum=int(req.minimum or 0),
+        preferred_exporter=PREFERRED_EXPORTER,
     )
 
 

@@ -55,9 +55,11 @@ class ArchSpec:
         live_values_per_hr_pixel: activation values alive per output pixel (tiling's memory model).
         example_config: constructor kwargs of a small instance (x4 unless it says otherwise):
             the tests build, save, reload, export and run every registered architecture with it.
+        preferred_exporter: the ONNX exporter tried first (None: dynamo, then legacy).
 
     A module whose input sizes must be a multiple of something pads and crops inside `forward`
-    and says so in a `size_multiple` attribute (exported to the ONNX metadata).
+    and says so in a `size_multiple` attribute, which the detection reads once (the instance's
+    value depends on its config); export and the ONNX metadata read it from the detection.
     """
 
     name: str
@@ -65,6 +67,7 @@ class ArchSpec:
     layouts: tuple[Layout, ...] = ()
     live_values_per_hr_pixel: int = DEFAULT_LIVE_VALUES_PER_HR_PIXEL
     example_config: Mapping[str, Any] = field(default_factory=dict)
+    preferred_exporter: str | None = None
 
 
 @dataclass
@@ -72,7 +75,9 @@ class Detection:
     """What a state dict turned out to be, and how to build its model.
 
     `build()` returns the model with the weights loaded, in eval mode, float32, on the CPU; it
-    raises `ValueError` with the reason when the weights do not fit.
+    raises `ValueError` with the reason when the weights do not fit. The facts beside it are what
+    deployment reads (tiling's memory model, export's size multiple, minimum size and exporter):
+    from here, never from the module's attributes.
     """
 
     arch: str
@@ -83,6 +88,23 @@ class Detection:
     live_values_per_hr_pixel: int = DEFAULT_LIVE_VALUES_PER_HR_PIXEL
     size_multiple: int = 1
     notes: list[str] = field(default_factory=list)
+    minimum: int = 0
+    preferred_exporter: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What export reads about a built model: its architecture and scale, the input sizes it
+    pads to (`size_multiple`, `minimum`), the exporter to try first, and tiling's memory figure.
+    From a checkpoint's detection (`LoadedCheckpoint.facts`) or, for a module built in code,
+    from the registry (`registry.module_facts`)."""
+
+    arch: str
+    scale: int
+    size_multiple: int = 1
+    minimum: int = 0
+    preferred_exporter: str | None = None
+    live_values_per_hr_pixel: int = DEFAULT_LIVE_VALUES_PER_HR_PIXEL
 
 
 class SpecSource(Protocol):
