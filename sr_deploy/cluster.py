@@ -208,13 +208,16 @@ def run_jobs_on_ray(
     model = model_files(options.model)
     scratch = Path(tempfile.mkdtemp(prefix="sr-deploy-ray-"))
     driver, started = RemoteRun(todo, summary, log), False
-    bar = tqdm(unit="item", file=sys.stderr, disable=not options.progress, leave=False, dynamic_ncols=True, desc="ray")
+    bar = None
     try:
         driver.plan(options, model_files_id(*model), scratch)
         if not driver.rows:
             return summary
         started = _connect(ray, ray_options.address)
-        bar.reset(total=len(driver.rows))
+        total, show = len(driver.rows), options.progress
+        bar = tqdm(
+            total=total, unit="item", file=sys.stderr, disable=not show, leave=False, dynamic_ncols=True, desc="ray"
+        )
         driver.report = log if bar.disable else (lambda message: bar.write(message, file=sys.stderr))
         answered: set[tuple[int, int]] = set()
         for row in _results(ray, driver.rows, options, ray_options, model, log):
@@ -226,7 +229,8 @@ def run_jobs_on_ray(
             if (row["job"], row["part"]) not in answered:
                 driver.lost(row, f"the Ray task failed after {MAX_TASK_RETRIES} retries (its actor kept dying)")
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         shutil.rmtree(scratch, ignore_errors=True)
         if started:
             ray.shutdown()

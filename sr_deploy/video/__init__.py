@@ -35,7 +35,9 @@ What a user can rely on (docs/upscale.md states it for users):
 
 Modules: `probe` (what the input is), `decode` (damage and timestamps), `frames` (arrays <->
 model batches), `segments` (resumable segment files and their manifest), `mux` (the final file,
-audio and subtitles per container), `pipeline` (`upscale_video`: the stages and the checks).
+audio and subtitles per container, from `sr_deploy.formats.VIDEO_CONTAINERS`), `pipeline`
+(`upscale_video(backend, source, target, VideoOptions(...))`: the stages and the checks),
+`pieces` (a video cut into independently upscaled pieces and joined again, for `--ray`).
 
 Three stages run at once, joined by bounded queues (so memory stays at a few batches):
 
