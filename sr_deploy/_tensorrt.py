@@ -27,7 +27,7 @@ and 11 differ the call site cites the page. The sources:
 Everything version-dependent is decided by `plan_precision` (pure Python, unit-tested) and only
 executed here, so the branching can be tested with a stand-in module without pretending to run
 TensorRT. Every call below is checked against the real 10.13 and 11.4 bindings by the `trt_api`
-tests (tests/test_trt_api.py: a strict stand-in derived from the real module).
+tests (tests/backends/test_trt_api.py: a strict stand-in derived from the real module).
 
 Layers (imports flow down only): backends/trt_build.py (build + parity) -> backends/trt_backend.py
 (deserialize and run) -> engine.py (artifacts: profile, sidecar, cache key, GPU identity) ->

@@ -25,10 +25,10 @@ class NotInstalledError(InputError):
     """An optional dependency (TensorRT, CUDA, onnxruntime-gpu...) is not available; exit code 2."""
 
 
+class NonFiniteOutput(SRDeployError):
+    """The model produced NaN or Inf (after the fp32 retry, where there is one)."""
+
+
 TENSORRT_NOT_INSTALLED = "TensorRT is not installed: pip install 'sr-deploy[tensorrt]' on a machine with an NVIDIA GPU"
 
-# The one first-line helper lives in the helpers layer; imported here (after the classes, which
-# `sr_deploy.util` itself imports) so that `from sr_deploy.errors import first_line` keeps working.
-from .util.text import first_line  # noqa: E402
-
-__all__ = ["TENSORRT_NOT_INSTALLED", "InputError", "NotInstalledError", "SRDeployError", "first_line"]
+__all__ = ["TENSORRT_NOT_INSTALLED", "InputError", "NonFiniteOutput", "NotInstalledError", "SRDeployError"]

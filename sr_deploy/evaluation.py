@@ -35,8 +35,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .backends import Backend, load
 from .degrade import Degradation, parse_degradation
 from .errors import InputError
+from .formats import DATASET_IMAGE_SUFFIXES
 from .imaging import read_image, write_image
 from .metrics import imresize, modcrop, psnr, ssim, to_uint8
 from .util.files import atomic_write_text
@@ -51,7 +53,7 @@ _COLUMNS = {
     "lpips-vgg": ("LPIPS-VGG", 9, "{:.4f}"),
 }
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+IMAGE_SUFFIXES = DATASET_IMAGE_SUFFIXES  # the image-format table's readable suffixes
 
 # MATLAB rgb2gray: the luma row of its inverse of the NTSC (YIQ) matrix; sums to 1 (to 1e-15), so
 # a replicated grey image maps back to itself exactly after rounding.
@@ -129,31 +131,23 @@ class DatasetResult:
         return "\n".join(lines)
 
 
-@dataclass
-class Upscaler:
-    """A callable (1, 3, h, w) float32 RGB [0, 1] -> (1, 3, s*h, s*w) float (unclamped), with
-    the scale it was built for (None when unknown) and a short description for reports."""
-
-    fn: Callable[[np.ndarray], Any]
-    scale: int | None
-    description: str
-    close: Callable[[], None] = field(default=lambda: None)
-
-    def __call__(self, lr: np.ndarray) -> Any:
-        return self.fn(lr)
-
-
 # --------------------------------------------------------------------------------------------
-# Upscalers
+# Upscalers: any `Backend` (bicubic is one more)
 # --------------------------------------------------------------------------------------------
-def bicubic_upscaler(scale: int) -> Upscaler:
+class BicubicBackend(Backend):
     """The baseline: MATLAB bicubic upscaling of the LR image by `scale`."""
 
-    def upscale(lr: np.ndarray) -> np.ndarray:
-        hwc = np.transpose(lr[0], (1, 2, 0))
-        return np.transpose(imresize(hwc, float(scale)), (2, 0, 1))[None]
+    name = "bicubic"
 
-    return Upscaler(upscale, scale, "bicubic")
+    def __init__(self, scale: int):
+        super().__init__(scale, "fp32", "cpu")
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        return np.stack([np.transpose(imresize(np.transpose(lr, (1, 2, 0)), float(self.scale)), (2, 0, 1)) for lr in x])
+
+
+def bicubic_upscaler(scale: int) -> Backend:
+    return BicubicBackend(scale)
 
 
 def upscaler_for(
@@ -163,43 +157,22 @@ def upscaler_for(
     precision: str = "auto",
     *,
     scale: int = 4,
-) -> Upscaler:
-    """An `Upscaler` for `model`: ``bicubic`` (the baseline, at `scale`), or any model file /
-    bundled name that `sr_deploy.backends.load` reads (.pt/.pth, .onnx, .engine). Without that
-    loader (older installs), checkpoints run through `sr_deploy.models.load_checkpoint` on
-    torch, fp32.
+) -> Backend:
+    """The backend for `model`: ``bicubic`` (the baseline, at `scale`), or any model file /
+    bundled name that `sr_deploy.backends.load` reads (.pt/.pth, .onnx, .engine).
 
     Raises InputError for an unreadable model or an unsupported backend / precision.
     """
     if model == "bicubic":
-        return bicubic_upscaler(scale)
-    try:
-        from .backends import load  # type: ignore[attr-defined]
-    except ImportError:
-        return _torch_fallback_upscaler(model, backend, device, precision)
-    runner = load(model, device=device, precision=precision, backend=backend)
-    desc = f"{Path(str(model)).name} ({getattr(runner, 'name', backend)}, {runner.device}, {runner.precision})"
-    return Upscaler(runner, getattr(runner, "scale", None), desc, runner.close)
+        return BicubicBackend(scale)
+    return load(model, device=device, precision=precision, backend=backend)
 
 
-def _torch_fallback_upscaler(model: str, backend: str, device: str, precision: str) -> Upscaler:
-    import torch
-
-    from .models import load_checkpoint
-
-    if backend not in ("auto", "torch"):
-        raise InputError(f"backend {backend!r} is not available in this installation (only torch)")
-    if precision not in ("auto", "fp32"):
-        raise InputError(f"precision {precision!r} is not available in this installation (only fp32)")
-    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    ckpt = load_checkpoint(model)
-    net = ckpt.model.to(dev).eval()
-
-    def upscale(lr: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return net(torch.from_numpy(np.ascontiguousarray(lr)).to(dev)).float().cpu().numpy()
-
-    return Upscaler(upscale, ckpt.scale, f"{ckpt.path.name} (torch, {dev}, fp32)")
+def describe(model: str, upscaler: Backend) -> str:
+    """How reports name what was scored: ``bicubic``, or ``model.pt (torch, cpu, fp32)``."""
+    if isinstance(upscaler, BicubicBackend):
+        return "bicubic"
+    return f"{Path(str(model)).name} ({upscaler.name}, {upscaler.device}, {upscaler.precision})"
 
 
 # --------------------------------------------------------------------------------------------
@@ -325,7 +298,7 @@ def evaluate_dataset(
     """Score `upscale_fn` on every image of `dataset_dir` (see the module docstring).
 
     upscale_fn: (1, 3, h, w) float32 RGB [0, 1] -> (1, 3, scale*h, scale*w) float, unclamped
-        (an `Upscaler`, a `Backend`, or any function).
+        (a `Backend`, or any function).
     lr_dir: ready-made uint8 LR images, matched by name, instead of bicubic degradation.
     degradation: otherwise the LR is made this way (`sr_deploy.degrade`; default plain bicubic).
     save_dir: writes each scored SR image there as PNG (same stem as the HR image).
@@ -410,12 +383,12 @@ def run_eval(
     metrics: Sequence[str] = ("psnr", "ssim"),
     perceptual_weights: str | Path | None = None,
     degrade: str | None = None,
-) -> tuple[Upscaler, list[DatasetResult]]:
+) -> tuple[str, list[DatasetResult]]:
     """`sr-deploy eval`: build the upscaler once, check its scale, score every dataset.
 
     lr_dirs: none, or one per dataset (same order). degrade: an `eval --degrade` spec for the LR
     (`sr_deploy.degrade`), not together with lr_dirs. save_dir: SR images go to
-    save_dir/<dataset name>/. Returns the upscaler (for its description) and the results.
+    save_dir/<dataset name>/. Returns what was scored (`describe`) and the results.
     """
     if scale is not None and scale < 1:
         raise InputError(f"--scale must be a positive integer, got {scale}")
@@ -429,9 +402,9 @@ def run_eval(
     lpips = lpips_metrics(metrics, perceptual_weights)  # likewise for missing LPIPS weights
     # scale None: the model's own (bicubic, which has none, is x4 unless asked otherwise).
     upscaler = upscaler_for(model, backend, device, precision, scale=scale or 4)
-    scale = scale or upscaler.scale or 4
+    scale = scale or upscaler.scale
     try:
-        if upscaler.scale is not None and upscaler.scale != scale:
+        if upscaler.scale != scale:
             raise InputError(
                 f"{model}: an x{upscaler.scale} model, but --scale is {scale}; use --scale {upscaler.scale}"
             )
@@ -453,7 +426,7 @@ def run_eval(
             )
     finally:
         upscaler.close()
-    return upscaler, results
+    return describe(model, upscaler), results
 
 
 def write_json(path: str | Path, model: str, description: str, results: Sequence[DatasetResult]) -> Path:

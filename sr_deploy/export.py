@@ -6,7 +6,8 @@
 
 The graph takes one input `input`: (N, 3, H, W) float32 RGB in [0, 1] and returns `output`:
 (N, 3, sH, sW) float32, unclamped. `metadata_props` carry `sr_deploy.scale`, `sr_deploy.arch`,
-`sr_deploy.input` (`rgb_float01_nchw`), `sr_deploy.version`, `sr_deploy.source_sha256`,
+`sr_deploy.input` (`rgb_float01_nchw`), `sr_deploy.live_values_per_hr_pixel` (tiling's memory
+model), `sr_deploy.version`, `sr_deploy.source_sha256`,
 `sr_deploy.precision` (fp32/fp16) and `sr_deploy.exporter`.
 """
 
@@ -26,6 +27,8 @@ from torch import nn
 from . import __version__
 from .errors import InputError, SRDeployError
 from .export_shapes import export_with_shapes
+from .models.registry import module_facts
+from .models.spec import ModelFacts
 from .onnx_graph import (  # noqa: F401 - FP16_* and count_fp16_tensors re-exported: callers import them from here
     FP16_MAX_RELATIVE_ERROR,
     FP16_SAFE_MAX,
@@ -37,7 +40,10 @@ from .onnx_graph import (  # noqa: F401 - FP16_* and count_fp16_tensors re-expor
 )
 from .parity import ParityReport, check_thresholds, parity, parity_inputs
 from .util import Progress, first_line, parse_dims, progress_to, quiet, to_stderr
-from .util.onnx_facts import read_onnx_metadata  # noqa: F401 - re-exported: callers import it from here
+from .util.onnx_facts import (
+    LIVE_VALUES_KEY,
+    read_onnx_metadata,  # noqa: F401 - re-exported: callers import it from here
+)
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
@@ -131,29 +137,31 @@ def _state_sha256(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def _load_source(model: str | Path | nn.Module) -> tuple[nn.Module, str, int, str, Path | None]:
-    """(folded float32 CPU eval model, arch, scale, source sha256, source path or None)."""
+def _load_source(model: str | Path | nn.Module) -> tuple[nn.Module, ModelFacts, str, Path | None]:
+    """(folded float32 CPU eval model, what is known about it, source sha256, source path or None).
+    The facts come from the checkpoint's detection, or from the registry for a module built in code."""
+    from .model_file import file_kind
     from .models import fold_batch_norm, load_checkpoint, resolve_model_path
-    from .models.checkpoint import CHECKPOINT_SUFFIXES
 
     if isinstance(model, nn.Module):
-        scale = getattr(model, "scale", None)
-        if scale is None:
-            raise InputError(f"{type(model).__name__}: the model has no `scale` attribute")
-        net, arch, sha, path = model, type(model).__name__, _state_sha256(model), None
+        try:
+            facts = module_facts(model)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        net, sha, path = model, _state_sha256(model), None
     else:
         path = resolve_model_path(model)
-        if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
+        if path.suffix.lower() not in file_kind("checkpoint").suffixes:
             raise InputError(
                 f"{path}: unsupported model file type {path.suffix or '(no suffix)'!r}; "
                 "export takes a PyTorch checkpoint (.pt / .pth / .ckpt / .safetensors)"
             )
         ckpt = load_checkpoint(path)  # InputError for missing / unreadable files
-        net, arch, scale, sha = ckpt.model, ckpt.arch, ckpt.scale, ckpt.sha256
+        net, facts, sha = ckpt.model, ckpt.facts, ckpt.sha256
     folded = fold_batch_norm(net).float().cpu().eval()
     for p in folded.parameters():
         p.requires_grad_(False)
-    return folded, arch, int(scale), sha, path
+    return folded, facts, sha, path
 
 
 def _export_dynamo(model: nn.Module, example: torch.Tensor, opset: int, static: bool) -> Any:
@@ -314,7 +322,13 @@ def _export_graph(
 
 
 def _export_any_shape(
-    net: nn.Module, output: Path, opset: int, static: tuple[int, int, int] | None, exporter: str, say: Progress
+    net: nn.Module,
+    facts: ModelFacts,
+    output: Path,
+    opset: int,
+    static: tuple[int, int, int] | None,
+    exporter: str,
+    say: Progress,
 ) -> tuple[Any, str, str | None, tuple[int, int, int] | None, dict[str, str]]:
     """(graph, exporter used, fallback note, static shape or None, shape metadata). Asked for
     dynamic: dynamic only when the graph really is, else static with the reason (export_shapes.py).
@@ -322,16 +336,15 @@ def _export_any_shape(
     pads to it inside; inputs of that multiple need no padding)."""
     meta: dict[str, str] = {}
     if static is None:
-        plan = export_with_shapes(
-            net, opset, exporter, {"dynamo": _export_dynamo, "legacy": _export_legacy}, EXAMPLE_SHAPE, say, str(output)
-        )
+        exporters = {"dynamo": _export_dynamo, "legacy": _export_legacy}
+        plan = export_with_shapes(net, facts, opset, exporter, exporters, EXAMPLE_SHAPE, say, str(output))
         proto, used, static, note = _inlined(plan.proto), plan.exporter, plan.static, plan.note
         if static is not None:
             meta["sr_deploy.static_reason"] = note or ""
     else:
         proto, used, note = _export_graph(net, output, opset, static, exporter, say)
-    if getattr(net, "size_multiple", 1) > 1:
-        meta["sr_deploy.size_multiple"] = str(net.size_multiple)
+    if facts.size_multiple > 1:
+        meta["sr_deploy.size_multiple"] = str(facts.size_multiple)
     return proto, used, note, static, meta
 
 
@@ -428,11 +441,14 @@ def export_onnx(
         raise InputError(f"unknown exporter {exporter!r}: expected dynamo or legacy")
     check_opset(opset)
     static = parse_static_shape(static_shape)
-    net, arch, scale, source_sha, source_path = _load_source(model)
+    net, facts, source_sha, source_path = _load_source(model)
+    arch, scale = facts.arch, facts.scale
     _check_output(output, source_path)
 
     start = time.perf_counter()
-    proto, used, fallback_reason, static, shape_meta = _export_any_shape(net, output, opset, static, exporter, say)
+    proto, used, fallback_reason, static, shape_meta = _export_any_shape(
+        net, facts, output, opset, static, exporter, say
+    )
     if simplify:
         proto = _simplify(proto)
         name_nodes(proto)
@@ -442,6 +458,7 @@ def export_onnx(
         proto, block_list = _to_fp16(proto, static, fp16_block_list, say)
     precision = "fp16" if fp16 else "fp32"
     meta = _metadata(scale, arch, source_sha, precision, used, source_path, block_list)
+    meta[LIVE_VALUES_KEY] = str(facts.live_values_per_hr_pixel)
     meta.update(shape_meta)
     _set_metadata(proto, meta)
     _check_and_save(proto, output)

@@ -24,7 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import SRDeployError, first_line
+from .errors import SRDeployError
+from .models.spec import ModelFacts
+from .util.text import first_line
 
 # (model, example input, opset, static) -> onnx.ModelProto
 Exporter = Callable[[nn.Module, torch.Tensor, int, bool], Any]
@@ -55,10 +57,9 @@ class ShapePlan:
         return text
 
 
-def exporter_order(net: nn.Module, requested: str, exporters: Sequence[str]) -> list[str]:
-    """`requested` first, then the others, unless the model prefers one (`preferred_exporter`) and
-    the default (dynamo) was asked for."""
-    preferred = getattr(net, "preferred_exporter", None)
+def exporter_order(preferred: str | None, requested: str, exporters: Sequence[str]) -> list[str]:
+    """`requested` first, then the others, unless the model prefers one (its spec's
+    `preferred_exporter`) and the default (dynamo) was asked for."""
     first = preferred if preferred in exporters and requested == "dynamo" else requested
     return [first] + [e for e in exporters if e != first]
 
@@ -101,17 +102,18 @@ def dynamic_problem(net: nn.Module, proto: Any) -> str | None:
     return None
 
 
-def static_fallback_shape(net: nn.Module, size: int | None = None) -> tuple[int, int, int]:
+def static_fallback_shape(facts: ModelFacts, size: int | None = None) -> tuple[int, int, int]:
     """(1, S, S): `size` (default `STATIC_FALLBACK_SIZE`) rounded up to the model's `size_multiple`
     and its `minimum`."""
-    multiple = max(1, int(getattr(net, "size_multiple", 1)))
-    side = max(size or STATIC_FALLBACK_SIZE, int(getattr(net, "minimum", 0)))
+    multiple = max(1, facts.size_multiple)
+    side = max(size or STATIC_FALLBACK_SIZE, facts.minimum)
     side = -(-side // multiple) * multiple
     return 1, side, side
 
 
 def export_with_shapes(
     net: nn.Module,
+    facts: ModelFacts,
     opset: int,
     requested: str,
     exporters: Mapping[str, Exporter],
@@ -121,7 +123,7 @@ def export_with_shapes(
 ) -> ShapePlan:
     """A dynamic graph when one of `exporters` gives a working one, else a static graph (see the
     module docstring). SRDeployError naming `output_name` when no exporter gives any graph."""
-    order = exporter_order(net, requested, list(exporters))
+    order = exporter_order(facts.preferred_exporter, requested, list(exporters))
     failures: list[str] = []
     example = torch.rand(example_shape, generator=torch.Generator().manual_seed(0))
     for i, name in enumerate(order):
@@ -137,7 +139,7 @@ def export_with_shapes(
             return ShapePlan(proto, name, None, failures)
         failures.append(f"{name}: {problem}")
         say(f"{name} exporter gave no working dynamic graph ({problem}); {following}")
-    static = static_fallback_shape(net)
+    static = static_fallback_shape(facts)
     say(
         f"no dynamic graph ({'; '.join(failures)}); exporting a static {'x'.join(map(str, static))} graph: "
         "smaller inputs are padded to it, larger ones tiled"

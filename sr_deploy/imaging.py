@@ -34,18 +34,23 @@ import cv2
 import numpy as np
 
 from .errors import InputError, SRDeployError
+from .formats import (  # noqa: F401 - DATASET_IMAGE_SUFFIXES, IMAGE_FORMATS, OUTPUT_IMAGE_FORMATS re-exported
+    DATASET_IMAGE_SUFFIXES,
+    IMAGE_EXTENSIONS,
+    IMAGE_FORMATS,
+    OUTPUT_IMAGE_FORMATS,
+    image_format,
+)
 from .util.files import atomic_write_bytes as _atomic_write_bytes
 from .util.files import partial_path as partial_path  # re-exported: video.py and tests import it from here
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
-# Formats that store 16-bit samples (others are 8-bit only) and formats that store alpha.
-_SIXTEEN_BIT_EXTENSIONS = frozenset({".png", ".tif", ".tiff"})
-_FLOAT_EXTENSIONS = frozenset({".tif", ".tiff"})
-_ALPHA_EXTENSIONS = frozenset({".png", ".webp", ".bmp", ".tif", ".tiff"})
-_JPEG_EXTENSIONS = frozenset({".jpg", ".jpeg"})
 
-DEFAULT_JPEG_QUALITY = 95
-DEFAULT_WEBP_QUALITY = 95  # OpenCV: a WebP quality above 100 means lossless
+def _quality_params(ext: str, quality: int | None) -> list[int]:
+    fmt = image_format(ext)
+    if fmt is None or fmt.quality is None:
+        return []
+    flag, default = fmt.quality
+    return [getattr(cv2, flag), int(quality if quality is not None else default)]
 
 
 def is_image_path(path: str | Path) -> bool:
@@ -83,7 +88,8 @@ def read_image(path: str | Path) -> np.ndarray:
         )
     # IMREAD_UNCHANGED keeps alpha and 16 bits but ignores EXIF orientation. JPEG has no alpha,
     # so for JPEG, ANYCOLOR | ANYDEPTH keeps grey as grey and lets OpenCV apply the orientation.
-    if path.suffix.lower() in _JPEG_EXTENSIONS:
+    fmt = image_format(path)
+    if fmt is not None and fmt.orientation:
         flags = cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH
     else:
         flags = cv2.IMREAD_UNCHANGED
@@ -141,13 +147,14 @@ def output_dtype_for(extension: str, input_dtype: np.dtype) -> np.dtype:
     """The dtype an image of `input_dtype` is written with in a file of `extension`: the input's
     when the format can hold it (16-bit PNG/TIFF, float TIFF), else uint8; float becomes uint16 in
     PNG."""
-    ext = extension.lower()
+    fmt = image_format(extension)
+    sixteen_bit = fmt is not None and fmt.sixteen_bit
     input_dtype = np.dtype(input_dtype)
     if input_dtype == np.float32:
-        if ext in _FLOAT_EXTENSIONS:
+        if fmt is not None and fmt.float32:
             return np.dtype(np.float32)
-        return np.dtype(np.uint16) if ext in _SIXTEEN_BIT_EXTENSIONS else np.dtype(np.uint8)
-    if input_dtype == np.uint16 and ext in _SIXTEEN_BIT_EXTENSIONS:
+        return np.dtype(np.uint16) if sixteen_bit else np.dtype(np.uint8)
+    if input_dtype == np.uint16 and sixteen_bit:
         return np.dtype(np.uint16)
     return np.dtype(np.uint8)
 
@@ -250,7 +257,7 @@ def encode_image(image: np.ndarray, extension: str, quality: int | None = None) 
     if image.dtype != expected:
         raise ValueError(f"{image.dtype} samples cannot be stored in {ext}; quantize to {expected} first")
     if image.ndim == 3 and image.shape[2] == 4:
-        if ext in _ALPHA_EXTENSIONS:
+        if image_format(ext).alpha:  # type: ignore[union-attr] - checked above
             bgr = cv2.cvtColor(image, cv2.COLOR_RGBA2BGRA)
         else:
             bgr = cv2.cvtColor(image, cv2.COLOR_RGBA2BGR)
@@ -258,12 +265,7 @@ def encode_image(image: np.ndarray, extension: str, quality: int | None = None) 
         bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
     else:
         bgr = image
-    params: list[int] = []
-    if ext in _JPEG_EXTENSIONS:
-        params = [cv2.IMWRITE_JPEG_QUALITY, int(quality if quality is not None else DEFAULT_JPEG_QUALITY)]
-    elif ext == ".webp":
-        params = [cv2.IMWRITE_WEBP_QUALITY, int(quality if quality is not None else DEFAULT_WEBP_QUALITY)]
-    ok, buffer = cv2.imencode(ext, bgr, params)
+    ok, buffer = cv2.imencode(ext, bgr, _quality_params(ext, quality))
     if not ok:
         raise SRDeployError(f"OpenCV could not encode a {bgr.shape} {bgr.dtype} image as {ext}")
     return buffer.tobytes()
@@ -286,18 +288,15 @@ def write_image_consuming(path: str | Path, image: np.ndarray, quality: int | No
     expected = output_dtype_for(ext, image.dtype)
     if image.dtype != expected:
         raise ValueError(f"{image.dtype} samples cannot be stored in {ext}; quantize to {expected} first")
-    if image.ndim == 3 and image.shape[2] == 4 and ext not in _ALPHA_EXTENSIONS:
+    fmt = image_format(ext)
+    if image.ndim == 3 and image.shape[2] == 4 and not (fmt is not None and fmt.alpha):
         image = image[:, :, :3]
     if image.ndim == 3:
         band = max(1, (16 << 20) // max(1, image.shape[1] * image.shape[2] * image.itemsize))
         for top in range(0, image.shape[0], band):  # in row bands: a few MB of temporaries at most
             rows = image[top : top + band]
             rows[:, :, [0, 2]] = rows[:, :, [2, 0]]
-    params: list[int] = []
-    if ext in _JPEG_EXTENSIONS:
-        params = [cv2.IMWRITE_JPEG_QUALITY, int(quality if quality is not None else DEFAULT_JPEG_QUALITY)]
-    elif ext == ".webp":
-        params = [cv2.IMWRITE_WEBP_QUALITY, int(quality if quality is not None else DEFAULT_WEBP_QUALITY)]
+    params = _quality_params(ext, quality)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = partial_path(path)
     try:

@@ -38,6 +38,7 @@ from .imaging import (
     output_dtype_for,
     read_image,
 )
+from .util.text import first_line
 
 TRITONCLIENT_NOT_INSTALLED = "tritonclient is not installed: pip install 'sr-deploy[triton]'"
 PYTRITON_NOT_INSTALLED = (
@@ -101,7 +102,7 @@ def infer(url: str, model: str, batch: np.ndarray, timeout: float = 300.0) -> np
         result = client.infer(model, [tensor], outputs=[wanted])
         return result.as_numpy(OUTPUT_NAME)
     except InferenceServerException as exc:
-        raise SRDeployError(f"{url} model {model}: {str(exc).strip().splitlines()[0]}") from None
+        raise SRDeployError(f"{url} model {model}: {first_line(exc, limit=10_000)}") from None
     except (ConnectionError, OSError) as exc:
         raise SRDeployError(f"{url}: cannot reach the Triton server ({exc})") from None
     finally:

@@ -31,7 +31,7 @@ import numpy as np
 
 from .backends.base import Backend
 from .errors import SRDeployError
-from .models.registry import live_values_per_hr_pixel
+from .models.spec import DEFAULT_LIVE_VALUES_PER_HR_PIXEL
 
 DEFAULT_TILE_OVERLAP = 16
 # Smallest core edge the out-of-memory retry goes down to before giving up.
@@ -146,10 +146,11 @@ def auto_tile_size(
     Memory budget: half the free CUDA memory on a CUDA backend, else a quarter of the available
     RAM (at most 8 GiB), shared by `batch_size` windows; a window costs about
     (live values * bytes-per-value + 12) * scale^2 bytes per LR pixel (the architecture's live
-    activations per output pixel, `backend_arch`, plus the float32 output).
+    activations per output pixel, which the backend carries from the checkpoint's detection or the
+    ONNX metadata, plus the float32 output).
     """
     value_bytes = 2 if backend.precision in ("fp16", "bf16") else 4
-    live = live_values_per_hr_pixel(backend_arch(backend))
+    live = backend.live_values_per_hr_pixel or DEFAULT_LIVE_VALUES_PER_HR_PIXEL
     per_pixel = (live * value_bytes + 3 * 4) * backend.scale**2
     free = _free_memory_bytes(backend.device)
     budget = free * _CUDA_MEMORY_FRACTION if free is not None else _cpu_budget_bytes()
@@ -166,19 +167,6 @@ def auto_tile_size(
             f"(backend max shape {backend.max_shape}): use a smaller --tile-overlap"
         )
     return tile
-
-
-def backend_arch(backend: Backend) -> str | None:
-    """The architecture a backend runs, when it can tell: the ONNX / engine metadata's
-    `sr_deploy.arch`, or the torch model's `arch` attribute or class name."""
-    meta = getattr(backend, "metadata", None)
-    if isinstance(meta, dict) and meta.get("sr_deploy.arch"):
-        return str(meta["sr_deploy.arch"])
-    model = getattr(backend, "model", None)
-    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
-    if model is None:
-        return None
-    return getattr(model, "arch", None) or type(model).__name__
 
 
 def _max_batch(backend: Backend, batch_size: int) -> int:

@@ -34,7 +34,7 @@ import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from .errors import InputError
 from .util.log import Progress as Log
@@ -259,102 +259,119 @@ def write_triton_repository(
     Raises InputError for bad arguments or files (nothing written).
     """
     say = log or (lambda _m: None)
+    repo = Path(repo)
+    engine_path, sidecar = _check_arguments(repo, name, flavour, kind, max_batch, engine)
+    repo.mkdir(parents=True, exist_ok=True)
+    kind_text = INSTANCE_KINDS[kind]
+    if flavour == "python":
+        models, scale = _write_python(repo, model, name, max_batch, kind_text, backend, precision)
+    else:
+        profile = sidecar.profile if sidecar is not None else DEFAULT_PROFILE
+        onnx, scale = _write_onnx(repo, model, name, onnx_file, max_batch, profile, kind_text, opset, verify, log)
+        models = [onnx]
+        if engine_path is not None and sidecar is not None:
+            models.append(_write_plan(repo, engine_path, f"{name}_trt", sidecar.profile, scale))
+    readme = write_readme(repo, models, scale)
+    for item in models:
+        say(f"wrote {item.folder}/ ({item.platform})")
+    return TritonRepository(repo, models, readme, scale)
+
+
+def _check_arguments(
+    repo: Path, name: str, flavour: str, kind: str, max_batch: int, engine: str | Path | None
+) -> tuple[Path | None, Any]:
+    """Everything checked before anything is written: (engine path, its sidecar) when given."""
     if flavour not in FLAVOURS:
         raise InputError(f"--triton-flavour {flavour!r}: expected one of {', '.join(FLAVOURS)}")
     if kind not in INSTANCE_KINDS:
         raise InputError(f"--triton-kind {kind!r}: expected one of {', '.join(INSTANCE_KINDS)}")
     if max_batch < 1:
         raise InputError(f"--max-batch must be >= 1, got {max_batch}")
-    name = _check_name(name)
-    repo = Path(repo)
+    _check_name(name)
     if repo.exists() and not repo.is_dir():
         raise InputError(f"{repo}: exists and is not a folder (the Triton repository must be a folder)")
-    engine_path = Path(engine) if engine is not None else None
-    sidecar = None
-    if engine_path is not None:
-        if flavour != "onnx":
-            raise InputError("--engine goes with the onnx flavour (the python flavour takes the engine as MODEL)")
-        from .engine import read_sidecar
+    if engine is None:
+        return None, None
+    engine_path = Path(engine)
+    if flavour != "onnx":
+        raise InputError("--engine goes with the onnx flavour (the python flavour takes the engine as MODEL)")
+    from .engine import read_sidecar
 
-        if not engine_path.is_file():
-            raise InputError(f"{engine_path}: no such engine file")
-        sidecar = read_sidecar(engine_path)
-        if sidecar is None or not sidecar.profile:
-            raise InputError(
-                f"{engine_path}: no sidecar JSON with the engine's profile ({engine_path.name}.json); "
-                "build it with sr-deploy build-engine"
-            )
-    repo.mkdir(parents=True, exist_ok=True)
-    models: list[TritonModel] = []
-    kind_text = INSTANCE_KINDS[kind]
-
-    if flavour == "python":
-        from .model_file import model_file_scale
-
-        source, scale = model_file_scale(model)
-        with _staged_model(repo, name) as staging:
-            shutil.copyfile(source, staging / VERSION / source.name)
-            extra = source.with_name(source.name + ".json")
-            if source.suffix.lower() in (".engine", ".plan") and extra.is_file():
-                shutil.copyfile(extra, staging / VERSION / extra.name)
-            shutil.copyfile(Path(__file__).with_name("triton_model.py"), staging / VERSION / "model.py")
-            (staging / "config.pbtxt").write_text(
-                python_config(name, max_batch, kind_text, scale, source.name, backend, precision)
-            )
-        folder = repo / name
-        models.append(
-            TritonModel(
-                name,
-                "python",
-                folder,
-                [folder / "config.pbtxt", folder / VERSION / "model.py", folder / VERSION / source.name],
-            )
+    if not engine_path.is_file():
+        raise InputError(f"{engine_path}: no such engine file")
+    sidecar = read_sidecar(engine_path)
+    if sidecar is None or not sidecar.profile:
+        raise InputError(
+            f"{engine_path}: no sidecar JSON with the engine's profile ({engine_path.name}.json); "
+            "build it with sr-deploy build-engine"
         )
-    else:
-        from .models import resolve_model_path
+    return engine_path, sidecar
 
-        source = resolve_model_path(model)
-        with _staged_model(repo, name) as staging:
-            onnx_target = staging / VERSION / "model.onnx"
-            given = Path(onnx_file) if onnx_file is not None else (source if source.suffix.lower() == ".onnx" else None)
-            if given is not None:
-                if not given.is_file():
-                    raise InputError(f"{given}: no such ONNX file")
-                shutil.copyfile(given, onnx_target)
-            else:
-                from .export import export_onnx
 
-                export_onnx(model, onnx_target, opset=opset, verify=verify, log=log)
-            from .model_file import onnx_file_scale
+def _write_python(
+    repo: Path, model: str, name: str, max_batch: int, kind_text: str, backend: str, precision: str
+) -> tuple[list[TritonModel], int]:
+    """The python flavour: the model file (and its kind's sidecar) run by `triton_model.py`."""
+    from .model_file import companion_files, model_file_scale
 
-            scale = onnx_file_scale(onnx_target)
-            profile = sidecar.profile if sidecar is not None else DEFAULT_PROFILE
-            (staging / "config.pbtxt").write_text(onnx_config(name, max_batch, profile, kind_text, scale))
-        folder = repo / name
-        models.append(
-            TritonModel(
-                name, "onnxruntime_onnx", folder, [folder / "config.pbtxt", folder / VERSION / "model.onnx"], profile
-            )
+    source, scale = model_file_scale(model)
+    with _staged_model(repo, name) as staging:
+        for file in companion_files(source):  # the file and its kind's sidecar (an engine's JSON)
+            shutil.copyfile(file, staging / VERSION / file.name)
+        shutil.copyfile(Path(__file__).with_name("triton_model.py"), staging / VERSION / "model.py")
+        (staging / "config.pbtxt").write_text(
+            python_config(name, max_batch, kind_text, scale, source.name, backend, precision)
         )
-        if engine_path is not None and sidecar is not None:
-            plan_name = f"{name}_trt"
-            with _staged_model(repo, plan_name) as staging:
-                shutil.copyfile(engine_path, staging / VERSION / "model.plan")
-                (staging / "config.pbtxt").write_text(plan_config(plan_name, sidecar.profile, scale))
-            folder = repo / plan_name
-            models.append(
-                TritonModel(
-                    plan_name,
-                    "tensorrt_plan",
-                    folder,
-                    [folder / "config.pbtxt", folder / VERSION / "model.plan"],
-                    sidecar.profile,
-                )
-            )
-    readme = write_readme(repo, models, scale)
-    for item in models:
-        say(f"wrote {item.folder}/ ({item.platform})")
-    return TritonRepository(repo, models, readme, scale)
+    folder = repo / name
+    files = [folder / "config.pbtxt", folder / VERSION / "model.py", folder / VERSION / source.name]
+    return [TritonModel(name, "python", folder, files)], scale
+
+
+def _write_onnx(
+    repo: Path,
+    model: str,
+    name: str,
+    onnx_file: str | Path | None,
+    max_batch: int,
+    profile: Any,
+    kind_text: str,
+    opset: int,
+    verify: bool,
+    log: Log | None,
+) -> tuple[TritonModel, int]:
+    """The onnx flavour: an ONNX file (given, or exported here) for onnxruntime_onnx."""
+    from .model_file import file_kind, onnx_file_scale
+    from .models import resolve_model_path
+
+    source = resolve_model_path(model)
+    with _staged_model(repo, name) as staging:
+        onnx_target = staging / VERSION / "model.onnx"
+        is_onnx = source.suffix.lower() in file_kind("onnx").suffixes
+        given = Path(onnx_file) if onnx_file is not None else (source if is_onnx else None)
+        if given is not None:
+            if not given.is_file():
+                raise InputError(f"{given}: no such ONNX file")
+            shutil.copyfile(given, onnx_target)
+        else:
+            from .export import export_onnx
+
+            export_onnx(model, onnx_target, opset=opset, verify=verify, log=log)
+        scale = onnx_file_scale(onnx_target)
+        (staging / "config.pbtxt").write_text(onnx_config(name, max_batch, profile, kind_text, scale))
+    folder = repo / name
+    files = [folder / "config.pbtxt", folder / VERSION / "model.onnx"]
+    return TritonModel(name, "onnxruntime_onnx", folder, files, profile), scale
+
+
+def _write_plan(repo: Path, engine_path: Path, plan_name: str, profile: Any, scale: int) -> TritonModel:
+    """A TensorRT engine as a tensorrt_plan model beside the ONNX one."""
+    with _staged_model(repo, plan_name) as staging:
+        shutil.copyfile(engine_path, staging / VERSION / "model.plan")
+        (staging / "config.pbtxt").write_text(plan_config(plan_name, profile, scale))
+    folder = repo / plan_name
+    return TritonModel(
+        plan_name, "tensorrt_plan", folder, [folder / "config.pbtxt", folder / VERSION / "model.plan"], profile
+    )
 
 
 def write_readme(repo: Path, models: list[TritonModel], scale: int) -> Path:

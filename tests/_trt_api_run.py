@@ -1,4 +1,4 @@
-"""Subprocess of tests/test_trt_api.py: ONE TensorRT release per process.
+"""Subprocess of tests/backends/test_trt_api.py: ONE TensorRT release per process.
 
     python tests/_trt_api_run.py BINDINGS_FOLDER MODEL.onnx WORK_DIR OUT.json
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _data import need
 
 ROOT = Path(__file__).resolve().parent.parent
 # ../shared/data beside the project root (CI clones the repo with ../shared beside it).
@@ -14,9 +15,7 @@ SHARED_DATA = Path(os.environ.get("SR_DEPLOY_SHARED_DATA", ROOT.parent / "shared
 
 
 def _need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"real test data not found at {path} (../shared/data beside the repository)")
-    return path
+    return need(path)  # skips, or fails under SR_DEPLOY_REQUIRE_DATA=1 (see _data.py)
 
 
 @pytest.fixture(scope="session", autouse=True)

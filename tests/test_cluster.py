@@ -26,6 +26,7 @@ from sr_deploy.video import find_ffmpeg
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'sr-deploy[ray]')")
+pytestmark = pytest.mark.slow  # a Ray cluster per module, actors started and killed
 
 ROOT = Path(__file__).resolve().parent.parent
 ACTOR_TITLE = b"ray::MapWorker(MapBatches(_Upscaler))"
@@ -147,8 +148,9 @@ def _frame_md5s(path: Path) -> list[tuple[str, ...]]:
 
 
 def test_video_on_ray_is_frame_exact(ray_cluster, tiny_model, video_dir, tmp_path):
-    from sr_deploy.cluster import RayOptions, split_video, upscale_on_ray
+    from sr_deploy.cluster import RayOptions, upscale_on_ray
     from sr_deploy.video import probe_video
+    from sr_deploy.video.pieces import split_video
 
     clip = _small_clip(video_dir, tmp_path / "clip.mp4")
     # the clip really is cut into several independently decodable pieces, every packet in one
@@ -182,16 +184,11 @@ def test_an_interrupted_video_resumes_with_its_missing_pieces(ray_cluster, tiny_
     """Pieces left by an interrupted run (made here by the same functions the actors run) are not
     sent again: only the missing one goes to the cluster, and the output equals a full run's."""
     from sr_deploy.backends import load
-    from sr_deploy.cluster import (
-        RayOptions,
-        _model_files,
-        _model_id,
-        _Resume,
-        split_video,
-        upscale_on_ray,
-        upscale_piece,
-    )
-    from sr_deploy.upscale import Job
+    from sr_deploy.cluster import RayOptions, upscale_on_ray
+    from sr_deploy.model_file import model_files, model_files_id
+    from sr_deploy.upscale.remote import piece_settings
+    from sr_deploy.video import upscale_video
+    from sr_deploy.video.pieces import VideoPieces, piece_options, upscaled_piece_path
 
     clip = _small_clip(video_dir, tmp_path / "clip.mp4")
     options = _options(tiny_model, codec="libx264", crf=0, preset="ultrafast", segment_seconds=0.5)
@@ -200,16 +197,17 @@ def test_an_interrupted_video_resumes_with_its_missing_pieces(ray_cluster, tiny_
 
     target = tmp_path / "out" / "clip.mp4"
     target.parent.mkdir()
-    resume = _Resume.open(Job(clip, target, "video"), options, _model_id(*_model_files(str(tiny_model))))
-    pieces = split_video(clip, tmp_path / "pieces", 0.5)
+    settings = piece_settings(options, model_files_id(*model_files(str(tiny_model))))
+    pieces = VideoPieces.cut(clip, target, tmp_path / "pieces", 0.5, settings)
     backend = load(tiny_model, "cpu", "fp32")
-    for part, (piece, _) in enumerate(pieces[:-1]):  # the run "died" before the last piece
-        output, frames = upscale_piece(backend, piece, ".mp4", options, lambda m: None)
-        resume.add(part, output.read_bytes(), frames)
+    for part, piece, _ in pieces.pending[:-1]:  # the run "died" before the last piece
+        output = upscaled_piece_path(piece)
+        result = upscale_video(backend, piece, output, piece_options(options.video(), ".mp4"), log=lambda m: None)
+        pieces.add(part, output.read_bytes(), result.frames)
     logs: list[str] = []
     result = upscale_on_ray([clip], target.parent, options, RayOptions(actors=2), logs.append)
     assert result.done == [target] and not result.failed
-    assert f"{clip}: resuming: {len(pieces) - 1} of {len(pieces)} pieces already done" in logs
+    assert f"{clip}: resuming: {pieces.parts - 1} of {pieces.parts} pieces already done" in logs
     assert any(line.startswith("ray: 1 item(s) (0 image(s), 1 video piece(s))") for line in logs)
     assert _frame_md5s(target) == _frame_md5s(tmp_path / "full.mp4")
     assert sorted(p.name for p in target.parent.iterdir()) == ["clip.mp4"]  # the pieces folder is gone

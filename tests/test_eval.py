@@ -58,6 +58,7 @@ def tiny_checkpoint(tmp_path, tiny_srresnet) -> Path:
 
 
 # ---- acceptance: the published bicubic x4 table ---------------------------------------------
+@pytest.mark.slow
 def test_bicubic_reproduces_published_set5_and_set14(tmp_path, set5_dir, set14_dir):
     data = _json_eval(tmp_path, "bicubic", set5_dir, set14_dir, extra=("--quiet",))
     set5, set14 = data["datasets"]
@@ -209,6 +210,7 @@ def test_checkpoint_through_the_cli_with_save_dir(tmp_path, small_set, tiny_chec
     assert upscaler_for(str(tiny_checkpoint), device="cpu").scale == 4
 
 
+@pytest.mark.slow
 def test_scale_defaults_to_the_models_own(set5_dir, tmp_path):
     """An x2 model is scored at x2 without --scale (it used to need --scale 2); bicubic stays x4."""
     from sr_deploy.models import SRResNet, save_checkpoint

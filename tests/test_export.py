@@ -46,6 +46,7 @@ def _three_shapes(reference: nn.Module, path: Path, precision: str):
     return report
 
 
+@pytest.mark.slow
 def test_dynamo_export_is_one_file_with_dynamic_dims_metadata_and_parity(tiny_srresnet, tmp_path, set5_dir):
     out = tmp_path / "model.onnx"
     result = export_onnx(tiny_srresnet, out, log=None)
@@ -65,6 +66,7 @@ def test_dynamo_export_is_one_file_with_dynamic_dims_metadata_and_parity(tiny_sr
     assert report.passed and report.max_abs <= 1e-4, report.table()
 
 
+@pytest.mark.slow
 def test_real_animevideov3_checkpoint_via_cli(weights_dir, tmp_path, set5_dir):
     ckpt = weights_dir / "realesr-animevideov3.pth"
     out = tmp_path / "anime.onnx"
@@ -79,6 +81,7 @@ def test_real_animevideov3_checkpoint_via_cli(weights_dir, tmp_path, set5_dir):
     assert report.passed, report.table()
 
 
+@pytest.mark.slow
 def test_fp16_export_keeps_float32_io_and_meets_psnr_on_ort_cpu(tmp_path, set5_dir):
     torch.manual_seed(0)
     model = RRDBNet(scale=4, num_blocks=2, num_features=16, growth_channels=8).eval()
@@ -94,6 +97,7 @@ def test_fp16_export_keeps_float32_io_and_meets_psnr_on_ort_cpu(tmp_path, set5_d
     assert OnnxRuntimeBackend(out).precision == "fp16"
 
 
+@pytest.mark.slow
 def test_fp16_block_list_keeps_named_nodes_in_fp32(tiny_srresnet, tmp_path):
     out = tmp_path / "m.onnx"
     export_onnx(tiny_srresnet, out, exporter="legacy", verify=False, log=None)
@@ -141,6 +145,7 @@ def test_calibration_blocks_the_node_that_overflows_fp16(tmp_path, set5_dir):
             assert check_thresholds(parity(ref, half, inputs), "fp16") is ok
 
 
+@pytest.mark.slow
 def test_legacy_exporter_and_automatic_fallback(tiny_srresnet, tmp_path):
     class DataDependent(nn.Module):  # torch.export cannot guard on a value; TorchScript tracing can
         scale = 4
@@ -162,6 +167,7 @@ def test_legacy_exporter_and_automatic_fallback(tiny_srresnet, tmp_path):
     assert _dims(onnx.load(str(tmp_path / "legacy.onnx"))) == ["batch", 3, "height", "width"]
 
 
+@pytest.mark.slow
 def test_static_shape_and_simplify(tiny_srresnet, tmp_path):
     static = export_onnx(tiny_srresnet, tmp_path / "s.onnx", static_shape="1x3x32x40", exporter="legacy", log=None)
     assert _dims(onnx.load(str(static.path))) == [1, 3, 32, 40] and static.parity.shapes == [(1, 3, 32, 40)]
@@ -170,6 +176,7 @@ def test_static_shape_and_simplify(tiny_srresnet, tmp_path):
     assert _dims(onnx.load(str(slim.path))) == ["batch", 3, "height", "width"]
 
 
+@pytest.mark.slow
 def test_a_perturbed_onnx_fails_verification_and_the_cli_exits_1(tiny_srresnet, tmp_path, monkeypatch):
     original = export_module._set_metadata
 
@@ -218,6 +225,7 @@ def test_bad_input_is_one_line_exit_2_and_no_file(case, weights_dir, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written, no temp file
 
 
+@pytest.mark.slow
 def test_a_failed_write_leaves_no_partial_file(tiny_srresnet, tmp_path, monkeypatch):
     def half_write(model, path, **kwargs):
         Path(path).write_bytes(b"half a model")

@@ -39,6 +39,7 @@ def test_parity_inputs_fall_back_to_a_deterministic_synthetic_image(tmp_path, mo
     np.testing.assert_array_equal(synthetic_image(32, 32), synthetic_image(32, 32))
 
 
+@pytest.mark.slow
 def test_identical_backends_have_zero_error_and_pass(tiny_srresnet, set5_dir):
     backend = TorchBackend(tiny_srresnet, 4)
     report = parity(backend, backend, parity_inputs())
@@ -47,6 +48,7 @@ def test_identical_backends_have_zero_error_and_pass(tiny_srresnet, set5_dir):
     assert check_thresholds(report, "fp32") and report.passed
 
 
+@pytest.mark.slow
 def test_one_perturbed_weight_fails_the_check(tiny_srresnet, set5_dir):
     broken = copy.deepcopy(tiny_srresnet)
     with torch.no_grad():

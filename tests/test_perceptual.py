@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _data import missing
 from click.testing import CliRunner
 
 from sr_deploy.cli import cli
@@ -34,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def perceptual_dir(shared_data: Path) -> Path:
     path = shared_data / "weights" / "perceptual"
     if not (path / "lpips_alexnet_imagenet.npz").is_file():
-        pytest.skip(f"LPIPS / VGG16 ImageNet weights not found at {path}")
+        missing(f"LPIPS / VGG16 ImageNet weights not found at {path}")
     return path
 
 
@@ -43,6 +44,7 @@ def lpips_alex(perceptual_dir: Path) -> LPIPS:
     return LPIPS("alex", perceptual_dir)
 
 
+@pytest.mark.slow
 def test_lpips_of_identical_images_is_zero_and_grows_with_damage(lpips_alex, set5_dir):
     import cv2
 
@@ -54,6 +56,7 @@ def test_lpips_of_identical_images_is_zero_and_grows_with_damage(lpips_alex, set
     assert lpips_uint8(lpips_alex, blurred[1], hr) == pytest.approx(lpips_uint8(lpips_alex, hr, blurred[1]), abs=1e-6)
 
 
+@pytest.mark.slow
 def test_eval_bicubic_lpips_reproduces_the_published_set5_row(perceptual_dir, set5_dir):
     """LPIPS-Alex of MATLAB-bicubic x4 on Set5: 0.3407 in the published tables."""
     result = CliRunner().invoke(
@@ -94,6 +97,7 @@ def test_eval_refuses_unknown_metric_and_missing_lpips_weights(set5_dir, tmp_pat
     )
 
 
+@pytest.mark.slow
 def test_weights_are_identified_by_sha256(perceptual_dir, tmp_path):
     loaded = load_weights("vgg16", perceptual_dir)
     assert loaded.known is not None and loaded.sha256 == file_sha256(perceptual_dir / "lpips_vgg16_imagenet.npz")
@@ -110,6 +114,7 @@ def test_weights_are_identified_by_sha256(perceptual_dir, tmp_path):
         load_weights("vgg16", perceptual_dir / "lpips_alexnet_imagenet.npz")
 
 
+@pytest.mark.slow
 def test_vgg16_features_match_torchvision(perceptual_dir):
     """Our VGG16 `features` loaded from the npz computes what torchvision's vgg16 does with the
     same weights (layer order, padding, pooling, HWIO -> OIHW transpose)."""
@@ -195,6 +200,7 @@ def test_short_gan_run_on_real_vgg16_completes_and_resumes(perceptual_dir, share
     assert read_csv(out / "loss.csv")[-1]["iteration"] == 5
 
 
+@pytest.mark.slow
 def test_training_refuses_unknown_vgg_weights_with_one_line(shared_data, tmp_path):
     fake = tmp_path / "vgg16-397923af.pth"  # the right name, the wrong bytes
     torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3)}, fake)
@@ -225,6 +231,7 @@ def test_training_refuses_unknown_vgg_weights_with_one_line(shared_data, tmp_pat
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_train_help_without_the_train_extra():
     """`python -m train --help` without PyYAML prints the help, not a ModuleNotFoundError."""
     code = (
@@ -269,6 +276,7 @@ def test_realism_endpoints_are_the_models_bit_for_bit_and_between_is_the_blend(p
     assert resolve_realism(str(a), str(b), 0.3) == str(mid)  # cached, not made again
 
 
+@pytest.mark.slow
 def test_realism_cli_outputs_lie_between_the_endpoints(pair, tmp_path, set5_dir):
     import cv2
 

@@ -45,6 +45,7 @@ def test_plan_tiles_covers_every_pixel_once(height, width, tile, overlap):
     assert window_h == min(height, max(t.y1 - t.y0 for t in tiles) + 2 * overlap)
 
 
+@pytest.mark.slow
 def test_tiled_matches_untiled_on_set5(tiny, set5_dir):
     """Tile 45 divides none of the Set5 sizes at 1/3 scale: 170, 96, 85, 93, 76x114."""
     for name in SET5:
@@ -60,6 +61,7 @@ def test_tiled_matches_untiled_on_set5(tiny, set5_dir):
             assert psnr(upscale_tiled(tiny, image, tile=45, overlap=0), whole) < 50
 
 
+@pytest.mark.slow
 def test_tiled_matches_untiled_with_released_weights(weights_dir, set5_dir):
     """Real-ESRGAN animevideov3 (17 stacked 3x3 convs), 64 x 80 crop, tile 24 (no divisor)."""
     backend = cpu_backend(weights_dir / "realesr-animevideov3.pth")
@@ -69,6 +71,7 @@ def test_tiled_matches_untiled_with_released_weights(weights_dir, set5_dir):
     assert psnr(tiled, whole) >= 50
 
 
+@pytest.mark.slow
 def test_odd_sizes_exact_shapes(tiny, set5_dir):
     image = _lr(set5_dir / "head.png")
     for h, w, tile in [(37, 23, 10), (1, 13, 5), (17, 1, 4), (29, 31, 0)]:
@@ -78,6 +81,7 @@ def test_odd_sizes_exact_shapes(tiny, set5_dir):
         assert psnr(out, tiny(crop[None])[0]) >= 50
 
 
+@pytest.mark.slow
 def test_max_shape_is_respected_and_tiles_are_batched(tiny, set5_dir):
     image = _lr(set5_dir / "bird.png")  # 144 x 144
     limited = Recording(tiny, max_shape=(2, 60, 60))
@@ -92,6 +96,7 @@ def test_max_shape_is_respected_and_tiles_are_batched(tiny, set5_dir):
     assert len(limited.calls) > 1 and all(h <= 60 for _, _, h, _ in limited.calls)
 
 
+@pytest.mark.slow
 def test_out_of_memory_halves_the_tile_and_retries(tiny, set5_dir):
     image = _lr(set5_dir / "woman.png", factor=3)  # 114 x 76
     flaky = Recording(tiny, fail_above=50)

@@ -23,11 +23,12 @@ from tqdm import tqdm
 
 from sr_deploy.degrade import parse_degradation
 from sr_deploy.errors import InputError
+from sr_deploy.formats import DATASET_IMAGE_SUFFIXES
 from sr_deploy.metrics import bicubic_degrade, imresize, to_uint8
 
 from .degradations import degrade_real, usm_sharpen
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+IMAGE_SUFFIXES = DATASET_IMAGE_SUFFIXES  # the image-format table's readable suffixes
 
 
 def list_images(folder: str | Path, what: str = "data") -> list[Path]:

@@ -119,6 +119,9 @@ class Backend:
         self.device = device
         self.max_shape = max_shape
         self.min_shape = min_shape
+        # activation values the model keeps alive per output pixel (the automatic tile size's
+        # memory model), from the checkpoint's detection or the ONNX / engine metadata; None: unknown
+        self.live_values_per_hr_pixel: int | None = None
 
     # ------------------------------------------------------------------ what a runtime provides
 

@@ -15,11 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, NotInstalledError, first_line
+from ..errors import InputError, NotInstalledError
+from ..models.registry import live_values_per_hr_pixel
+from ..util.onnx_facts import LIVE_VALUES_KEY, metadata
 from ..util.onnx_facts import graph_precision as _graph_precision
 from ..util.onnx_facts import load_onnx_file as load_onnx_file  # re-exported for older callers
-from ..util.onnx_facts import metadata
 from ..util.onnx_facts import static_input_dims as _static_dims
+from ..util.text import first_line
 from .base import NUMPY, TORCH, Backend
 
 ORT_GPU_NOT_INSTALLED = (
@@ -204,6 +206,9 @@ class OnnxRuntimeBackend(Backend):
         scale = int(meta["sr_deploy.scale"]) if "sr_deploy.scale" in meta else None
         self.metadata = meta
         super().__init__(scale or 1, precision, device, max_shape=max_shape, min_shape=min_shape)
+        # the memory figure the export recorded (older exports: the registry's, for their arch)
+        live = meta.get(LIVE_VALUES_KEY)
+        self.live_values_per_hr_pixel = int(live) if live else live_values_per_hr_pixel(meta.get("sr_deploy.arch"))
         if scale is None:
             self.scale = self._probe_scale()
 

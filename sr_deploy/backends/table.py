@@ -3,8 +3,9 @@
 skip reasons, and the CLI's ``--backend`` choices.
 
 A new backend is one module in this folder (a `Backend` subclass implementing `infer`) plus one
-`BackendSpec` row in `BACKENDS` below: its name, the model-file suffixes it opens, an
-availability check that says why it cannot run here, and an opener.
+`BackendSpec` row in `BACKENDS` below: its name, the model-file kinds it opens (rows of
+`sr_deploy.model_file.MODEL_FILE_KINDS`, which knows their suffixes), an availability check that
+says why it cannot run here, and an opener.
 
 This module imports nothing heavy (no torch, onnxruntime or tensorrt at import time): the CLI
 reads the names from it before any command runs.
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import TENSORRT_NOT_INSTALLED, InputError, NotInstalledError
+from ..model_file import file_kind
 
 if TYPE_CHECKING:
     from .base import Backend
@@ -30,9 +32,10 @@ class BackendSpec:
 
     Attributes:
         name: what ``--backend`` and `load(backend=...)` accept (``torch``, ``onnxruntime``...).
-        suffixes: model-file suffixes this backend opens when ``backend="auto"``.
-        also_opens: further suffixes it opens when asked for by name (TensorRT builds an engine
-            from an ``.onnx`` file).
+        kinds: the model-file kinds this backend opens when ``backend="auto"`` (their suffixes:
+            `suffixes`).
+        also_opens_kinds: further kinds it opens when asked for by name (TensorRT builds an
+            engine from an ``.onnx`` file).
         refusal: the message for a file with one of `suffixes` asked to run on another backend;
             ``{path}`` and ``{backend}`` are filled in.
         available: device -> None when the backend can run on that device here, else the reason
@@ -47,15 +50,23 @@ class BackendSpec:
     """
 
     name: str
-    suffixes: tuple[str, ...]
+    kinds: tuple[str, ...]
     refusal: str
     available: Callable[[str], str | None]
     open: Callable[..., Backend]
-    also_opens: tuple[str, ...] = ()
+    also_opens_kinds: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()
     host_input: str = "numpy"
     variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     runs_modules: bool = False
+
+    @property
+    def suffixes(self) -> tuple[str, ...]:
+        return tuple(s for kind in self.kinds for s in file_kind(kind).suffixes)
+
+    @property
+    def also_opens(self) -> tuple[str, ...]:
+        return tuple(s for kind in self.also_opens_kinds for s in file_kind(kind).suffixes)
 
     def opens(self, suffix: str) -> bool:
         return suffix in self.suffixes or suffix in self.also_opens
@@ -115,13 +126,14 @@ def _open_torch(model: Any, device: str, precision: str, **options: Any) -> Back
     from .torch_backend import TorchBackend, resolve_device, resolve_precision
 
     dev = resolve_device(device)
+    live = None
     if isinstance(model, nn.Module):
         net, scale, sha256 = model, getattr(model, "scale", None), None
     else:
         from ..models import load_checkpoint
 
         ckpt = load_checkpoint(model)
-        net, scale, sha256 = ckpt.model, ckpt.scale, ckpt.sha256
+        net, scale, sha256, live = ckpt.model, ckpt.scale, ckpt.sha256, ckpt.live_values_per_hr_pixel
     reason = ""
     if (precision or AUTO).lower() == AUTO:
         from .cpu_precision import auto_precision
@@ -129,6 +141,8 @@ def _open_torch(model: Any, device: str, precision: str, **options: Any) -> Back
         choice = auto_precision(net, sha256, scale, dev)
         precision, reason = choice.precision, choice.reason
     backend = TorchBackend(net, scale, dev, resolve_precision(precision, dev), **options)
+    if live is not None:  # the detection's memory figure travels on the backend
+        backend.live_values_per_hr_pixel = live
     backend.precision_reason = reason or f"{backend.precision}: asked for with --precision"
     return backend
 
@@ -149,7 +163,7 @@ def _open_tensorrt(path: Path, device: str, precision: str, **options: Any) -> B
     device = "cuda" if device == "auto" else device
     precision = "fp16" if (precision or "auto").lower() == "auto" else precision
     try:
-        if path.suffix.lower() == ".onnx":
+        if path.suffix.lower() in file_kind("onnx").suffixes:
             from .trt_build import load_tensorrt_from_onnx as opener
         else:
             from .trt_backend import TensorRTBackend as opener
@@ -158,13 +172,24 @@ def _open_tensorrt(path: Path, device: str, precision: str, **options: Any) -> B
     return opener(path, device=device, precision=precision, **options)
 
 
+def opener(module: str, name: str) -> Callable[..., Backend]:
+    """An opener that imports `name` from the module `module` of this package when a backend is
+    opened (so that the table stays cheap to import): a new backend's row says
+    ``open=opener("my_backend", "MyBackend")``; it is called as (path, device, precision, **options)."""
+
+    def open_backend(model: Any, device: str, precision: str, **options: Any) -> Backend:
+        found = getattr(importlib.import_module(f"{__package__}.{module}"), name)
+        return found(model, device=device, precision=precision, **options)
+
+    return open_backend
+
+
 # ---------------------------------------------------------------------------------- the table
 
 BACKENDS: tuple[BackendSpec, ...] = (
     BackendSpec(
         name="torch",
-        # = sr_deploy.models.checkpoint.CHECKPOINT_SUFFIXES (not imported: it would import torch)
-        suffixes=(".pt", ".pth", ".ckpt", ".safetensors"),
+        kinds=("checkpoint",),
         runs_modules=True,
         host_input="torch",
         refusal=(
@@ -177,7 +202,7 @@ BACKENDS: tuple[BackendSpec, ...] = (
     ),
     BackendSpec(
         name="onnxruntime",
-        suffixes=(".onnx",),
+        kinds=("onnx",),
         aliases=("ort",),
         refusal="{path}: an ONNX file cannot run on the {backend} backend; use onnxruntime or tensorrt",
         available=_onnxruntime_available,
@@ -185,8 +210,8 @@ BACKENDS: tuple[BackendSpec, ...] = (
     ),
     BackendSpec(
         name="tensorrt",
-        suffixes=(".engine", ".plan"),
-        also_opens=(".onnx",),
+        kinds=("engine",),
+        also_opens_kinds=("onnx",),
         aliases=("trt",),
         refusal="{path}: a TensorRT engine runs on the tensorrt backend only (asked for {backend})",
         available=_tensorrt_available,

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..errors import InputError, NotInstalledError
 from ..models import fold_batch_norm
+from ..models.registry import live_values_per_hr_pixel
 from ..models.subpixel import move_tail_before_shuffle
 from ..util.malloc import keep_freed_memory
 from .base import TORCH, Backend, check_batch_shape
@@ -81,6 +82,9 @@ class TorchBackend(Backend):
             if scale is None:
                 raise InputError(f"{type(model).__name__}: no `scale` attribute; pass scale=")
         super().__init__(int(scale), precision, device, None)
+        # the registry's memory figure for this module's architecture (the opener of a checkpoint
+        # replaces it with the detection's own)
+        self.live_values_per_hr_pixel = live_values_per_hr_pixel(getattr(model, "arch", None) or type(model).__name__)
         if device == "cpu":
             keep_freed_memory()  # no page faults for every fresh feature map (util/malloc.py)
         self.dtype = TORCH_DTYPES[precision]

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..backends.table import bench_names
+from ..backends.table import BACKENDS, bench_names
 from ..errors import InputError
 from ..util import Progress, parse_dims
 
@@ -18,7 +18,8 @@ from ..util import Progress, parse_dims
 # layout, to show what channels_last buys on this machine.
 BENCH_BACKENDS = bench_names()
 PRECISIONS = ("fp32", "fp16", "bf16")
-BENCH_ALIASES = {"ort": "onnxruntime", "trt": "tensorrt"}
+# `ort`, `trt`...: the backend table's aliases
+BENCH_ALIASES = {alias: spec.name for spec in BACKENDS for alias in spec.aliases}
 
 
 @dataclass

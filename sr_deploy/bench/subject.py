@@ -20,6 +20,7 @@ from torch import nn
 
 from ..backends.table import spec_for_bench_name, spec_for_suffix
 from ..errors import InputError, NotInstalledError, SRDeployError
+from ..model_file import kind_of_file
 from ..util import Progress, first_line
 from ..util.onnx_facts import graph_precision, load_onnx_file, metadata
 
@@ -49,8 +50,9 @@ def load_subject(model: str | Path | nn.Module) -> Subject:
     from ..models import load_checkpoint, resolve_model_path
 
     path = resolve_model_path(model)
-    runtime = spec_for_suffix(path)  # the backend table says what kind of file this is
-    if runtime.name == "onnxruntime":
+    spec_for_suffix(path)  # the one message for a suffix no backend opens
+    kind = kind_of_file(path)  # the model-file table says what kind of file this is
+    if kind is not None and kind.name == "onnx":
         proto = load_onnx_file(path, load_weights=False)
         meta = metadata(proto)
         return Subject(
@@ -61,7 +63,7 @@ def load_subject(model: str | Path | nn.Module) -> Subject:
             onnx_path=path,
             onnx_precision=graph_precision(proto),
         )
-    if runtime.name == "tensorrt":
+    if kind is not None and kind.name == "engine":
         if not path.is_file():
             raise InputError(f"{path}: no such model file")
         return Subject(str(model), None, "TensorRT engine", 0, engine_path=path)

@@ -17,7 +17,8 @@ import traceback
 import click
 
 from .. import __version__
-from ..errors import SRDeployError, first_line
+from ..errors import SRDeployError
+from ..util.text import first_line
 from . import benchmark, evaluate, export, models, upscale
 
 __all__ = ["cli", "main"]

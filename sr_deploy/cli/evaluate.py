@@ -84,7 +84,7 @@ def eval_(
 
     metric_names = parse_metrics(metrics)
     model = with_realism(model, gan_model, realism)
-    upscaler, results = run_eval(
+    description, results = run_eval(
         model,
         datasets,
         scale,
@@ -102,7 +102,7 @@ def eval_(
         for result in results:
             click.echo(result.table() + "\n")
     for result in results:
-        click.echo(result.summary(upscaler.description))
+        click.echo(result.summary(description))
     if json_path:
-        write_json(json_path, model, upscaler.description, results)
+        write_json(json_path, model, description, results)
         click.echo(f"wrote {json_path}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..errors import InputError
-from .options import realism_options, with_realism
+from .options import BACKEND_CHOICE, realism_options, with_realism
 
 
 # long: the Triton-repository branch and the realism blend come before the hand-over to export_onnx; its options are one decorator each
@@ -67,7 +67,7 @@ from .options import realism_options, with_realism
 @click.option(
     "--backend",
     "triton_backend",
-    type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]),
+    type=BACKEND_CHOICE,
     default="auto",
     show_default=True,
     help="Python flavour: the sr-deploy backend the server runs.",

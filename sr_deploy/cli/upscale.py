@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from ..errors import InputError
+from ..formats import OUTPUT_IMAGE_FORMATS
 from .options import BACKEND_CHOICE, PRECISION_CHOICE, device_option, realism_options, with_realism
 
 
-# long: its 26 parameters (25 options and the inputs) take 28 signature lines after `ruff format`; the body itself is 65 lines
 @click.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option(
@@ -66,7 +67,7 @@ from .options import BACKEND_CHOICE, PRECISION_CHOICE, device_option, realism_op
 )
 @click.option(
     "--ext",
-    type=click.Choice(["png", "jpg", "webp", "same"]),
+    type=click.Choice(list(OUTPUT_IMAGE_FORMATS)),
     default="png",
     show_default=True,
     help="Output image format (ignored when OUT is a file name).",
@@ -163,10 +164,7 @@ def upscale(
     and folders (recursive; the tree is kept under OUT), mixed. Outputs are written under a
     temporary name and renamed when complete; existing outputs are skipped (re-run to resume).
     """
-    import signal
-
     from ..upscale import UpscaleOptions
-    from ..upscale import upscale as run_upscale
     from ..video import parse_threshold
 
     model = with_realism(model, gan_model, realism)
@@ -192,6 +190,15 @@ def upscale(
         progress=not no_progress,
         dedup_threshold=parse_threshold(dedup_threshold),
     )
+
+    _run(inputs, output, options, ray_address, ray_actors)
+
+
+def _run(inputs: tuple[str, ...], output: str, options: Any, ray_address: str | None, ray_actors: int | None) -> None:
+    """Run here or on Ray (SIGTERM cleans up like Ctrl-C), then say where the results are."""
+    import signal
+
+    from ..upscale import upscale as run_upscale
 
     def terminate(signum: int, frame: object) -> None:  # `kill`: clean up like Ctrl-C
         raise KeyboardInterrupt

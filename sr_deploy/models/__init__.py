@@ -11,8 +11,9 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .common import count_flops_per_lr_pixel
-from .registry import ArchSpec, Detection, Layout, live_values_per_hr_pixel, native_specs
+from .registry import live_values_per_hr_pixel, native_specs
 from .rrdbnet import RRDBNet
+from .spec import ArchSpec, Detection, Layout
 from .srresnet import MSRResNet, SRResNet
 from .srvgg import SRVGGNetCompact
 

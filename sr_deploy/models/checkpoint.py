@@ -26,19 +26,18 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ..errors import InputError, first_line
+from ..errors import InputError
 from ..util.files import atomic_write
 from ..util.files import file_sha256 as file_sha256  # re-exported: callers import it from here
+from ..util.text import first_line
 from . import registry
-from .registry import Detection, StateDict
+from .spec import DEFAULT_LIVE_VALUES_PER_HR_PIXEL, Detection, ModelFacts, StateDict
 
 FORMAT = "sr-deploy/1"
 
 # The architectures our checkpoints may name, by class name (from the registry).
 ARCHITECTURES: dict[str, type[nn.Module]] = registry.architectures()
 
-# Files `load_checkpoint` reads; other suffixes are tried as torch files too.
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors")
 # Keys that wrap a state dict, in the order they are preferred (EMA weights first).
 WRAPPER_KEYS = ("params_ema", "params-ema", "params", "state_dict", "model_state_dict", "model", "net", "netG")
 # Prefixes left by DataParallel / DistributedDataParallel and GAN training scripts.
@@ -65,8 +64,22 @@ class LoadedCheckpoint:
     sha256: str
     metadata: dict[str, Any] = field(default_factory=dict)
     size_multiple: int = 1
-    live_values_per_hr_pixel: int = registry.DEFAULT_LIVE_VALUES_PER_HR_PIXEL
+    live_values_per_hr_pixel: int = DEFAULT_LIVE_VALUES_PER_HR_PIXEL
     notes: list[str] = field(default_factory=list)
+    minimum: int = 0  # the smallest input side the model takes (padded up to inside)
+    preferred_exporter: str | None = None
+
+    @property
+    def facts(self) -> ModelFacts:
+        """What export reads about the model (from the detection, not the module)."""
+        return ModelFacts(
+            self.arch,
+            self.scale,
+            self.size_multiple,
+            self.minimum,
+            self.preferred_exporter,
+            self.live_values_per_hr_pixel,
+        )
 
 
 def resolve_model_path(name_or_path: str | Path) -> Path:
@@ -154,6 +167,8 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
         detection.size_multiple,
         detection.live_values_per_hr_pixel,
         detection.notes,
+        detection.minimum,
+        detection.preferred_exporter,
     )
 
 
@@ -179,7 +194,9 @@ def read_weights_file(path: Path) -> tuple[Any, dict[str, Any]]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True), {}
     except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError... here
-        raise InputError(f"{path}: not a readable PyTorch checkpoint ({_shorten(_first_line(exc))})") from exc
+        raise InputError(
+            f"{path}: not a readable PyTorch checkpoint ({_shorten(first_line(exc, limit=10_000))})"
+        ) from exc
 
 
 def _looks_like_safetensors(magic: bytes) -> bool:
@@ -199,7 +216,9 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
             metadata = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # SafetensorError for a bad header, OSError for a short file...
-        raise InputError(f"{path}: not a readable safetensors file ({_shorten(_first_line(exc))})") from exc
+        raise InputError(
+            f"{path}: not a readable safetensors file ({_shorten(first_line(exc, limit=10_000))})"
+        ) from exc
     return tensors, metadata
 
 
@@ -249,12 +268,13 @@ def detect(path: Path, state: StateDict) -> Detection:
                 lambda: model,
                 spec.live_values_per_hr_pixel,
                 int(getattr(model, "size_multiple", 1)),
+                preferred_exporter=spec.preferred_exporter,
             )
         except (InputError, ValueError, KeyError) as exc:
             native_error = (
                 exc
                 if isinstance(exc, InputError)
-                else InputError(f"{path}: {layout.source} for {spec.name}: {_first_line(exc)}")
+                else InputError(f"{path}: {layout.source} for {spec.name}: {first_line(exc, limit=10_000)}")
             )
     unavailable = []
     for source in registry.external_sources():
@@ -298,15 +318,12 @@ def _load_ours(path: Path, obj: Mapping[str, Any], sha: str) -> LoadedCheckpoint
         dict(obj.get("metadata") or {}),
         int(getattr(model, "size_multiple", 1)),
         spec.live_values_per_hr_pixel,
+        preferred_exporter=spec.preferred_exporter,
     )
 
 
 def _shorten(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _first_line(exc: BaseException) -> str:
-    return first_line(exc, limit=10_000)
 
 
 def _build(path: Path, arch: str, module: type[nn.Module], config: dict, state: dict) -> nn.Module:

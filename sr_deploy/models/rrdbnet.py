@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import pad_to_multiple, upsampling_factors
-from .registry import ArchSpec, Layout, StateDict
+from .spec import ArchSpec, Layout, StateDict
 
 
 class ResidualDenseBlock(nn.Module):
@@ -192,4 +192,5 @@ RRDBNET_SPEC = ArchSpec(
     ),
     # Two 64-channel feature maps at the output resolution.
     live_values_per_hr_pixel=128,
+    example_config={"scale": 4, "num_blocks": 1, "num_features": 8, "growth_channels": 4},
 )

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import DEFAULT_LIVE_VALUES_PER_HR_PIXEL, Detection, StateDict
+from ..util.text import first_line
+from .spec import DEFAULT_LIVE_VALUES_PER_HR_PIXEL, Detection, StateDict
 
 INSTALL_HINT = "pip install 'sr-deploy[spandrel]'"
 
@@ -54,6 +55,11 @@ _TRANSFORMERS = (
     "SeemoRe",
     "MoESR",
 )
+
+
+# TorchScript tracing exports more of these architectures, and a failure there is an exception,
+# where the dynamo exporter can crash the process (`sr_deploy.export_shapes`).
+PREFERRED_EXPORTER = "legacy"
 
 
 def live_values_for(arch: str) -> int:
@@ -91,9 +97,6 @@ class SpandrelModule(nn.Module):
         self.scale = scale
         self.size_multiple = max(1, size_multiple)
         self.minimum = minimum
-        # TorchScript tracing exports more of these architectures, and a failure there is an
-        # exception, where the dynamo exporter can crash the process (`sr_deploy.export_shapes`).
-        self.preferred_exporter = "legacy"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
@@ -128,7 +131,7 @@ class SpandrelSource:
         except ImportError as exc:
             return f"spandrel is not installed ({exc}); {INSTALL_HINT} reads ~40 more architectures"
         except Exception as exc:  # e.g. a torchvision that does not match torch
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            text = first_line(exc, limit=10_000)
             return f"spandrel cannot be imported ({type(exc).__name__}: {text})"
         return None
 
@@ -147,7 +150,9 @@ class SpandrelSource:
         try:
             descriptor = _quietly(support.architecture.load, state)
         except Exception as exc:
-            raise ValueError(f"spandrel recognised {arch} but could not load it ({_first_line(exc)})") from exc
+            raise ValueError(
+                f"spandrel recognised {arch} but could not load it ({first_line(exc, limit=160)})"
+            ) from exc
         return _detection(arch, descriptor, self.version())
 
 
@@ -189,6 +194,8 @@ def _detection(arch: str, descriptor: Any, version: str) -> Detection:
         live_values_per_hr_pixel=live_values_for(arch),
         size_multiple=module.size_multiple,
         notes=notes,
+        minimum=int(req.minimum or 0),
+        preferred_exporter=PREFERRED_EXPORTER,
     )
 
 
@@ -203,12 +210,6 @@ def _quietly(fn: Callable[..., Any], *args: Any) -> Any:
             return fn(*args)
     finally:
         logger.setLevel(level)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    line = text.splitlines()[0] if text else type(exc).__name__
-    return line if len(line) <= 160 else line[:157] + "..."
 
 
 SPANDREL = SpandrelSource()

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .common import apply_output_activation, image_upsample, upsampling_factors
-from .registry import ArchSpec, Layout, StateDict
+from .spec import ArchSpec, Layout, StateDict
 
 
 class ResidualBlock(nn.Module):
@@ -221,10 +221,12 @@ SRRESNET_SPEC = ArchSpec(
     module=SRResNet,
     layouts=(Layout("leftthomas/SRGAN generator", _is_leftthomas, _infer_leftthomas, convert_leftthomas),),
     live_values_per_hr_pixel=128,
+    example_config={"scale": 4, "num_blocks": 1, "num_features": 8},
 )
 MSRRESNET_SPEC = ArchSpec(
     name="MSRResNet",
     module=MSRResNet,
     layouts=(Layout("BasicSR state dict", _is_basicsr_msrresnet, _infer_msrresnet),),
     live_values_per_hr_pixel=128,
+    example_config={"scale": 4, "num_blocks": 1, "num_features": 8},
 )

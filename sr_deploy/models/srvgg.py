@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import ArchSpec, Layout
+from .spec import ArchSpec, Layout
 
 
 class SRVGGNetCompact(nn.Module):
@@ -75,4 +75,5 @@ SRVGG_SPEC = ArchSpec(
     # Its convs all run at the input resolution: 2 x 64 channels per LR pixel is 128 / scale^2 per
     # output pixel, plus the pixel-shuffled output; 64 is a safe round figure for x2 to x4.
     live_values_per_hr_pixel=64,
+    example_config={"scale": 4, "num_feat": 8, "num_conv": 2},
 )

@@ -11,7 +11,18 @@ from typing import Any
 from ..errors import InputError
 from .text import first_line
 
-__all__ = ["graph_precision", "is_fp16_graph", "load_onnx_file", "metadata", "read_onnx_metadata", "static_input_dims"]
+# The activation values per output pixel the model keeps alive (tiling's memory model), as exported.
+LIVE_VALUES_KEY = "sr_deploy.live_values_per_hr_pixel"
+
+__all__ = [
+    "LIVE_VALUES_KEY",
+    "graph_precision",
+    "is_fp16_graph",
+    "load_onnx_file",
+    "metadata",
+    "read_onnx_metadata",
+    "static_input_dims",
+]
 
 
 def load_onnx_file(path: str | Path, load_weights: bool = True) -> Any:

@@ -35,8 +35,10 @@ What a user can rely on (docs/upscale.md states it for users):
 
 Modules: `probe` (what the input is), `decode` (damage and timestamps), `frames` (arrays <->
 model batches), `segments` (resumable segment files and their manifest), `mux` (the final file,
-audio and subtitles per container), `held` (held and duplicate frames reuse an earlier output),
-`pipeline` (`upscale_video`: the stages and the checks).
+audio and subtitles per container, from `sr_deploy.formats.VIDEO_CONTAINERS`), `held` (held and
+duplicate frames reuse an earlier output), `pipeline` (`upscale_video(backend, source, target,
+VideoOptions(...))`: the stages and the checks), `pieces` (a video cut into independently
+upscaled pieces and joined again, for `--ray`).
 
 Three stages run at once, joined by bounded queues (so memory stays at a few batches):
 
@@ -57,6 +59,7 @@ from .common import (
     VIDEO_EXTENSIONS,
     NonFiniteOutput,
     VideoDamaged,
+    VideoOptions,
     default_codec,
     find_ffmpeg,
     is_video_path,
@@ -80,6 +83,7 @@ __all__ = [
     "VideoDamaged",
     "VideoInfo",
     "HeldFrames",
+    "VideoOptions",
     "VideoResult",
     "check_threshold",
     "default_codec",

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InputError, SRDeployError
+from ..errors import InputError
+from ..errors import NonFiniteOutput as NonFiniteOutput  # re-exported: the video modules raise it
+from ..formats import VIDEO_EXTENSIONS as VIDEO_EXTENSIONS  # re-exported: the package exports it
+from ..formats import VideoContainer, video_container
 from ..util.log import Progress
+from ..util.text import first_line
+from .held import EXACT
 
-VIDEO_EXTENSIONS: frozenset[str] = frozenset({".mp4", ".m4v", ".mkv", ".mov", ".avi", ".webm"})
 DEFAULT_CODEC = "libx264"
 DEFAULT_CRF = 18
 DEFAULT_PRESET = "medium"
@@ -15,14 +20,53 @@ DEFAULT_VIDEO_BATCH = 4
 DEFAULT_SEGMENT_SECONDS = 2.0
 
 Log = Progress  # the video modules' name for the package's progress callback type
+# Input pixels of context on each side of a tile (= sr_deploy.tiling.DEFAULT_TILE_OVERLAP).
+DEFAULT_OVERLAP = 16
+
+
+@dataclass(frozen=True)
+class VideoOptions:
+    """How `upscale_video` runs; the defaults are the CLI's.
+
+    tile, overlap: as in `sr_deploy.tiling.upscale_tiled` (None: automatic; frames that fit are
+        not tiled).
+    batch_size: frames per backend call.
+    outscale: final size factor when it differs from the model's scale (None: the model's).
+        Sizes are rounded to even numbers for 4:2:0 chroma.
+    codec, crf, preset: encoder (codec None: libx264, libvpx-vp9 for .webm; NVENC encoders take
+        crf as -cq), constant quality, preset.
+    pix_fmt: encoder pixel format (None: yuv420p, or yuv420p10le for a > 8-bit input when the
+        encoder takes it).
+    hwaccel: FFmpeg hardware decoder device type (`cuda` for NVDEC), None / "none": software.
+    allow_partial: keep what decodes of a damaged input, as `NAME.partial.EXT`.
+    segment_seconds: length of the resumable segments (0: one segment).
+    resume: continue from finished segments of an interrupted run (False: start over).
+    model_id: names the model in the resume key (a changed model never resumes old segments).
+    progress: show a tqdm bar (frames, fps, ETA) on stderr.
+    dedup_threshold: held frames (`sr_deploy.video.held`): EXACT (default) reuses the output for a
+        frame identical to the last one the model ran on, a number of dB also for frames at least
+        that close (PSNR), None runs the model on every frame.
+    """
+
+    tile: int | None = None
+    overlap: int = DEFAULT_OVERLAP
+    batch_size: int = DEFAULT_VIDEO_BATCH
+    outscale: float | None = None
+    codec: str | None = None
+    crf: int | None = DEFAULT_CRF
+    preset: str | None = DEFAULT_PRESET
+    pix_fmt: str | None = None
+    hwaccel: str | None = None
+    allow_partial: bool = False
+    segment_seconds: float = DEFAULT_SEGMENT_SECONDS
+    resume: bool = True
+    model_id: str = ""
+    progress: bool = True
+    dedup_threshold: float | None = EXACT
 
 
 class VideoDamaged(InputError):
     """The input video does not decode completely (decoder/demuxer error or short duration)."""
-
-
-class NonFiniteOutput(SRDeployError):
-    """The model produced NaN or Inf (after the fp32 retry, where there is one)."""
 
 
 def is_video_path(path: str | Path) -> bool:
@@ -41,9 +85,16 @@ def find_ffmpeg() -> str | None:
         return None
 
 
+def container(extension: str) -> VideoContainer:
+    """The container table's row for a suffix (`sr_deploy.formats.VIDEO_CONTAINERS`); a suffix
+    that is not there is muxed by FFmpeg's muxer of that name, with the defaults."""
+    return video_container(extension) or VideoContainer((extension.lower(),), extension.lower().lstrip("."))
+
+
 def default_codec(extension: str) -> str:
-    """libvpx-vp9 for .webm (WebM takes only VP8/VP9/AV1), libx264 otherwise."""
-    return "libvpx-vp9" if extension.lower() == ".webm" else DEFAULT_CODEC
+    """The container's own default encoder: libvpx-vp9 for .webm (WebM takes only VP8/VP9/AV1),
+    libx264 otherwise."""
+    return container(extension).codec
 
 
 def partial_output_path(target: Path) -> Path:
@@ -65,5 +116,5 @@ def clock(seconds: float) -> str:
 
 
 def cause(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text
+    """The first line of `exc` (or its type's name), uncut: what a video error says of its cause."""
+    return first_line(exc, limit=10_000)

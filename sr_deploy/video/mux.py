@@ -4,26 +4,20 @@ from __future__ import annotations
 
 import heapq
 import math
+import os
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from .common import Log
+from ..errors import SRDeployError
+from ..imaging import partial_path
+from .common import Log, cause
+from .common import container as container_rules
 from .probe import VideoInfo
 from .segments import Segment
 
-# Audio encoder for a container that refuses the input's audio codec.
-_AUDIO_FALLBACK = {".webm": "libopus", ".mkv": "libopus", ".avi": "libmp3lame"}
-# Audio that a container lists as accepted but that a stream copy through PyAV mistimes: AVI
-# needs the packets' frame size, which PyAV's stream template does not carry (the audio came
-# out 0.75 s long for 4 s). Re-encoded (MP3, AVI's own) instead.
-_COPY_MISTIMED = {".avi": frozenset({"aac", "opus", "vorbis"})}
 _ANNEX_B_FILTERS = {"h264": "h264_mp4toannexb", "hevc": "hevc_mp4toannexb"}
-
-
-def _audio_encoder_for(extension: str) -> str:
-    return _AUDIO_FALLBACK.get(extension.lower(), "aac")
 
 
 def _packets_in_time(packet_sources: list[Iterator[Any]]) -> Iterator[Any]:
@@ -124,7 +118,7 @@ def _source_packets(src: Any, copies: dict[int, Any], transcoders: dict[int, _Au
 
 
 def container_format(suffix: str) -> str:
-    return {".mkv": "matroska", ".m4v": "mp4", ".mov": "mov"}.get(suffix.lower(), suffix.lower().lstrip("."))
+    return container_rules(suffix).format
 
 
 def mux(
@@ -136,7 +130,8 @@ def mux(
     container takes is asked up front (`supported_codecs`), not learnt from a failed write."""
     import av
 
-    options = {"movflags": "+faststart"} if target_suffix.lower() in (".mp4", ".m4v", ".mov") else {}
+    rules = container_rules(target_suffix)  # the container table's row: its muxer and audio rules
+    options = {"movflags": "+faststart"} if rules.faststart else {}
     out = av.open(str(tmp), "w", format=container_format(target_suffix), options=options)
     inputs: list[Any] = []
     src = None
@@ -150,11 +145,11 @@ def mux(
         transcoders: dict[int, _AudioTranscoder] = {}
         for stream in src.streams.audio:
             name = stream.codec_context.name
-            if name in accepted and name not in _COPY_MISTIMED.get(target_suffix.lower(), ()):
+            if name in accepted and name not in rules.mistimed_audio_copies:
                 copies[stream.index] = out.add_stream_from_template(stream)
                 outcomes.append("copied")
                 continue
-            encoder = av.codec.Codec(_audio_encoder_for(target_suffix), "w")
+            encoder = av.codec.Codec(rules.audio_fallback, "w")
             if encoder.canonical_name not in accepted:
                 warn(
                     f"warning: {source}: {target_suffix} takes neither {name} nor {encoder.canonical_name} "
@@ -187,7 +182,7 @@ def mux(
             packet for container in inputs for packet in _copy_packets(container, container.streams.video[0], video_out)
         )
         video_codec = inputs[0].streams.video[0].codec_context.codec.canonical_name
-        if target_suffix.lower() == ".avi" and video_codec in _ANNEX_B_FILTERS:
+        if rules.annex_b and video_codec in _ANNEX_B_FILTERS:
             video = _annex_b(video, _ANNEX_B_FILTERS[video_codec], inputs[0].streams.video[0], video_out)
         for packet in _packets_in_time([video, _source_packets(src, copies, transcoders)]):
             out.mux(packet)
@@ -206,3 +201,22 @@ def mux(
     if not info.audio:
         return "none in input"
     return ", ".join(sorted(set(outcomes)))
+
+
+def write_output(
+    final: Path, source: Path, folder: Path, segments: list[Segment], target_suffix: str, info: VideoInfo, warn: Log
+) -> str:
+    """`mux` into a hidden temporary beside `final`, then rename it to `final`: the only way a
+    finished video gets its name. A write error is a run-time failure naming `final`. Returns
+    what happened to the audio."""
+    import av
+
+    tmp = partial_path(final)
+    try:
+        audio = mux(source, folder, segments, tmp, target_suffix, info, warn)
+        os.replace(tmp, final)
+    except (av.FFmpegError, OSError) as exc:
+        raise SRDeployError(f"{final}: writing the output failed: {cause(exc)}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return audio

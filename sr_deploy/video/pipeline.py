@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import dataclasses
 import queue
 import shutil
 import sys
@@ -10,7 +10,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -18,29 +17,25 @@ import numpy as np
 
 from ..backends.base import Backend
 from ..errors import InputError, SRDeployError
-from ..imaging import partial_path
-from ..tiling import DEFAULT_TILE_OVERLAP, auto_tile_size, upscale_batch
+from ..tiling import auto_tile_size, upscale_batch
 from ..util.log import to_stderr
 from .common import (
-    DEFAULT_CRF,
-    DEFAULT_PRESET,
-    DEFAULT_SEGMENT_SECONDS,
-    DEFAULT_VIDEO_BATCH,
     Log,
     NonFiniteOutput,
     VideoDamaged,
+    VideoOptions,
     cause,
     clock,
-    default_codec,
     partial_output_path,
     segments_dir,
 )
 from .decode import DecodeState, decoded_frames, timed
-from .frames import even_size, frames_to_model_input, model_output_to_frames
+from .frames import frames_to_model_input, model_output_to_frames
 from .held import EXACT, HeldBatch, HeldBatcher, HeldOutputs, check_threshold
-from .mux import container_format, mux
+from .mux import write_output
+from .output import OutputPlan, plan_output
 from .probe import VideoInfo, open_input, probe_video, sws_colorspace, sws_range
-from .segments import EncodeSettings, SegmentWriter, read_manifest, resume_key
+from .segments import SegmentWriter, read_manifest, resume_key
 
 # Batches waiting between stages; each holds batch_size frames.
 _QUEUE_DEPTH = 2
@@ -104,82 +99,50 @@ def _check_finite(batch: np.ndarray, source: Path, frame_numbers: list[int]) -> 
         )
 
 
-# long: its 22 options take a line each after `ruff format`; the body itself is 70 lines
 def upscale_video(
     backend: Backend,
     source: str | Path,
     target: str | Path,
+    options: VideoOptions | None = None,
     *,
-    tile: int | None = None,
-    overlap: int = DEFAULT_TILE_OVERLAP,
-    batch_size: int = DEFAULT_VIDEO_BATCH,
-    outscale: float | None = None,
-    codec: str | None = None,
-    crf: int | None = DEFAULT_CRF,
-    preset: str | None = DEFAULT_PRESET,
-    pix_fmt: str | None = None,
-    hwaccel: str | None = None,
-    allow_partial: bool = False,
-    segment_seconds: float = DEFAULT_SEGMENT_SECONDS,
-    resume: bool = True,
-    model_id: str = "",
-    progress: bool = True,
     log: Log = to_stderr,
-    dedup_threshold: float | None = EXACT,
+    **changes: Any,
 ) -> VideoResult:
-    """Upscale the video file `source` into `target` (container from its extension).
+    """Upscale the video file `source` into `target` (container from its extension) with any
+    `Backend`, as `options` say (a `VideoOptions`; None: the defaults); `changes` replace some of
+    its fields (``upscale_video(b, src, dst, segment_seconds=1)``); warnings go to `log`.
 
-    Args:
-        backend: any `sr_deploy.backends.base.Backend`.
-        tile, overlap: as in `sr_deploy.tiling.upscale_tiled` (None: automatic; frames that fit are
-            not tiled).
-        batch_size: frames per backend call.
-        outscale: final size factor when it differs from the model's scale (None: the model's).
-            Sizes are rounded to even numbers for 4:2:0 chroma.
-        codec, crf, preset: encoder (codec None: libx264, libvpx-vp9 for .webm; NVENC encoders
-            take crf as -cq), constant quality, preset.
-        pix_fmt: encoder pixel format (None: yuv420p, or yuv420p10le for a > 8-bit input when the
-            encoder takes it).
-        hwaccel: FFmpeg hardware decoder device type (`cuda` for NVDEC), None / "none": software.
-        allow_partial: keep what decodes of a damaged input, as `NAME.partial.EXT`.
-        segment_seconds: length of the resumable segments (0: one segment).
-        resume: continue from finished segments of an interrupted run (False: start over).
-        model_id: names the model in the resume key (a changed model never resumes old segments).
-        progress: show a tqdm bar (frames, fps, ETA) on stderr.
-        log: where warnings go (one line each).
-        dedup_threshold: held frames (`sr_deploy.video.held`): EXACT (default) reuses the output for
-            a frame identical to the last one the model ran on, a number of dB also for frames at
-            least that close (PSNR), None runs the model on every frame.
-    Returns:
-        A `VideoResult`. Raises InputError (VideoDamaged) for an input that does not open or
-        decode completely, NonFiniteOutput for NaN/Inf output, SRDeployError when encoding or
-        writing fails; the final name is then absent.
+    Returns a `VideoResult`. Raises InputError (VideoDamaged) for an input that does not open or
+    decode completely, NonFiniteOutput for NaN/Inf output, SRDeployError when encoding or writing
+    fails; the final name is then absent.
     """
-    import av
-
+    o = dataclasses.replace(options or VideoOptions(), **changes)
     source, target = Path(source), Path(target)
-    if batch_size < 1:
-        raise InputError(f"--batch-size must be >= 1, got {batch_size}")
-    check_threshold(dedup_threshold)
+    if o.batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {o.batch_size}")
+    check_threshold(o.dedup_threshold)
     info = probe_video(source)
-    if hwaccel and hwaccel != "none":
-        open_input(source, hwaccel).close()  # a device that does not open is said before any work
-    plan = plan_output(info, backend, target, codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, outscale=outscale)
+    if o.hwaccel and o.hwaccel != "none":
+        open_input(source, o.hwaccel).close()  # a device that does not open is said before any work
+    plan = plan_output(
+        info, backend, target, codec=o.codec, crf=o.crf, preset=o.preset, pix_fmt=o.pix_fmt, outscale=o.outscale
+    )
+    tile = o.tile
     if tile is None:  # decided once, so every frame of the video is processed the same way
-        tile = auto_tile_size(backend, info.height, info.width, overlap, batch_size)
+        tile = auto_tile_size(backend, info.height, info.width, o.overlap, o.batch_size)
     key = resume_key(
         source,
         {
             "encode": plan.settings.__dict__,
-            "model": model_id,
+            "model": o.model_id,
             "backend": backend.name,
             "scale": backend.scale,
             "precision": backend.precision,
             "tile": tile,
-            "overlap": overlap,
-            "segment_seconds": segment_seconds,
+            "overlap": o.overlap,
+            "segment_seconds": o.segment_seconds,
             # Exact reuse writes what the model would: only a PSNR threshold changes the output.
-            **({"dedup_threshold": dedup_threshold} if dedup_threshold not in (None, EXACT) else {}),
+            **({"dedup_threshold": o.dedup_threshold} if o.dedup_threshold not in (None, EXACT) else {}),
         },
     )
     job = _VideoJob(
@@ -190,116 +153,17 @@ def upscale_video(
         plan,
         key,
         tile=tile,
-        overlap=overlap,
-        batch_size=batch_size,
-        hwaccel=hwaccel,
-        allow_partial=allow_partial,
-        segment_seconds=segment_seconds,
-        resume=resume,
-        progress=progress,
+        overlap=o.overlap,
+        batch_size=o.batch_size,
+        hwaccel=o.hwaccel,
+        allow_partial=o.allow_partial,
+        segment_seconds=o.segment_seconds,
+        resume=o.resume,
+        progress=o.progress,
         log=log,
-        dedup_threshold=dedup_threshold,
+        dedup_threshold=o.dedup_threshold,
     )
-    del av
     return job.run()
-
-
-@dataclass(frozen=True)
-class OutputPlan:
-    """How the output is encoded: the encoder settings, the size the model's output is resized to
-    (None: the model's own), and the sample formats on either side of the model."""
-
-    settings: EncodeSettings
-    size_hw: tuple[int, int] | None
-    decode_format: str  # rgb24 or rgb48le: what the decoder hands to the model
-    out_dtype: type  # np.uint8 or np.uint16: what the model's output is rounded to
-    rgb_out_format: str  # rgb24 or rgb48le, matching out_dtype
-
-
-def _choose_encoder(target: Path, codec: str | None, pix_fmt: str | None, bit_depth: int) -> tuple[str, str]:
-    """(encoder name, pixel format), checked against FFmpeg: InputError for an unknown encoder, one
-    the container refuses, AV1, or a pixel format the encoder does not take."""
-    import av
-
-    codec = codec or default_codec(target.suffix)
-    try:
-        encoder = av.codec.Codec(codec, "w")
-    except Exception:  # UnknownCodecError, or a decoder-only name
-        raise InputError(f"--codec {codec}: no such encoder in this FFmpeg build") from None
-    if encoder.type != "video":
-        raise InputError(f"--codec {codec}: not a video encoder")
-    if encoder.canonical_name == "av1":  # PyAV reopens an AV1 segment with the libdav1d decoder's name,
-        # which its stream template then looks up as an encoder: the segments could not be muxed.
-        raise InputError(f"--codec {codec}: AV1 output is not supported yet (use libx264, libx265 or libvpx-vp9)")
-    with av.open(os.devnull, "w", format=container_format(target.suffix)) as probe_out:
-        if encoder.canonical_name not in probe_out.supported_codecs:
-            raise InputError(
-                f"{target}: the {target.suffix} container does not take {encoder.canonical_name} "
-                f"video (--codec {codec})"
-            )
-    formats = [f.name for f in encoder.video_formats or []]
-    if pix_fmt is None:
-        pix_fmt = "yuv420p10le" if bit_depth > 8 and "yuv420p10le" in formats else "yuv420p"
-        if formats and pix_fmt not in formats:
-            pix_fmt = formats[0]
-    elif formats and pix_fmt not in formats:
-        raise InputError(f"--pix-fmt {pix_fmt}: {codec} takes {', '.join(formats)}")
-    return codec, pix_fmt
-
-
-def plan_output(
-    info: VideoInfo,
-    backend: Backend,
-    target: Path,
-    *,
-    codec: str | None,
-    crf: int | None,
-    preset: str | None,
-    pix_fmt: str | None,
-    outscale: float | None,
-) -> OutputPlan:
-    """The output's encoder, pixel format, size (even for subsampled chroma), sample aspect ratio
-    (turned with a 90-degree rotation, adjusted so the display aspect survives rounding) and colour
-    tags (the input's)."""
-    import av
-
-    codec, pix_fmt = _choose_encoder(target, codec, pix_fmt, info.bit_depth)
-    deep_out = av.VideoFormat(pix_fmt).components[0].bits > 8
-    quarter = info.rotation in (90, 270)
-    height, width = (info.width, info.height) if quarter else (info.height, info.width)
-    factor = outscale if outscale is not None else backend.scale
-    if any(key in pix_fmt for key in ("420", "422", "nv12")):
-        out_h, out_w = even_size(round(height * factor), round(width * factor))
-    else:
-        out_h, out_w = max(1, round(height * factor)), max(1, round(width * factor))
-    model_size = (height * backend.scale, width * backend.scale)
-    sar = info.sar
-    if sar and quarter:
-        sar = 1 / sar
-    if sar:  # keep the display aspect when the two sides were rounded differently
-        sar = (sar * Fraction(width * out_h, height * out_w)).limit_denominator(65535)
-    settings = EncodeSettings(
-        codec,
-        out_w,
-        out_h,
-        pix_fmt,
-        info.time_base,
-        info.rate,
-        sar,
-        info.color_primaries,
-        info.color_trc,
-        info.colorspace,
-        info.color_range,
-        crf,
-        preset,
-    )
-    return OutputPlan(
-        settings,
-        None if (out_h, out_w) == model_size else (out_h, out_w),
-        "rgb48le" if info.bit_depth > 8 else "rgb24",
-        np.uint16 if deep_out else np.uint8,
-        "rgb48le" if deep_out else "rgb24",
-    )
 
 
 class _VideoJob:
@@ -502,23 +366,14 @@ class _VideoJob:
 
     def _finish(self) -> tuple[Path, str]:
         """Mux the segments and the input's other streams into the final file: (its path, audio)."""
-        import av
-
         if not self.writer.segments:
             raise VideoDamaged(f"{self.source}: no decodable video frames")
         damage = self.state.damage
         if len(damage) > 1:
             self.warn(f"warning: {self.source}: {len(damage)} places did not decode; the partial output skips them")
         final = partial_output_path(self.target) if damage else self.target
-        tmp = partial_path(final)
-        try:
-            audio = mux(self.source, self.folder, self.writer.segments, tmp, self.target.suffix, self.info, self.warn)
-            os.replace(tmp, final)
-        except (av.FFmpegError, OSError) as exc:
-            raise SRDeployError(f"{final}: writing the output failed: {cause(exc)}") from None
-        finally:
-            tmp.unlink(missing_ok=True)
-        return final, audio
+        segments = self.writer.segments
+        return final, write_output(final, self.source, self.folder, segments, self.target.suffix, self.info, self.warn)
 
     def run(self) -> VideoResult:
         """The stages, then the checks and the mux. The segments are kept for a re-run after an

@@ -45,7 +45,7 @@ def read_manifest(folder: Path, key: dict) -> tuple[list[Segment], list[str]]:
         return [], []
 
 
-def _write_manifest(folder: Path, key: dict, segments: list[Segment], damage: list[str]) -> None:
+def write_manifest(folder: Path, key: dict, segments: list[Segment], damage: list[str]) -> None:
     tmp = folder / (_MANIFEST + ".tmp")
     tmp.write_text(json.dumps({"key": key, "segments": [s.__dict__ for s in segments], "damage": damage}, indent=1))
     os.replace(tmp, folder / _MANIFEST)
@@ -146,7 +146,7 @@ class SegmentWriter:
         self.container = None
         os.replace(self.folder / (self.current.file + ".partial"), self.folder / self.current.file)
         self.segments.append(self.current)
-        _write_manifest(self.folder, self.key, self.segments, self.damage)
+        write_manifest(self.folder, self.key, self.segments, self.damage)
         self.current = None
 
     def abort(self) -> None:

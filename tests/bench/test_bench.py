@@ -88,6 +88,7 @@ def _row(report, backend, precision, batch=1, device="cpu") -> BenchRow:
     return row
 
 
+@pytest.mark.slow
 def test_harness_numbers_are_sane(tiny_report):
     report = tiny_report
     assert report.flops_per_lr_pixel == pytest.approx(count_flops_per_lr_pixel(_tiny()))
@@ -121,6 +122,7 @@ def test_harness_numbers_are_sane(tiny_report):
     )
 
 
+@pytest.mark.slow
 def test_unavailable_backends_are_skipped_with_a_reason(tiny_report):
     report = tiny_report
     if not HAS_TRT:
@@ -134,6 +136,7 @@ def test_unavailable_backends_are_skipped_with_a_reason(tiny_report):
         assert "skipped: tensorrt fp32 on cpu: TensorRT is not installed" in table
 
 
+@pytest.mark.slow
 def test_parity_flags_a_perturbed_model(tiny_checkpoint, perturbed_onnx, shared_data):
     report = run_benchmark(
         tiny_checkpoint,
@@ -159,6 +162,7 @@ def test_parity_flags_a_perturbed_model(tiny_checkpoint, perturbed_onnx, shared_
     assert "skipped: onnxruntime bf16 on cpu: no bf16 ONNX export" in format_table(report)
 
 
+@pytest.mark.slow
 def test_onnxruntime_fp16_on_the_cpu_is_labelled_as_float32_arithmetic(tiny_checkpoint, shared_data):
     """ORT's CPU provider computes an fp16 graph in float32: the report must not pass that off as fp16."""
     report = run_benchmark(
@@ -179,6 +183,7 @@ def test_onnxruntime_fp16_on_the_cpu_is_labelled_as_float32_arithmetic(tiny_chec
     assert "computes an fp16 graph in float32" in format_markdown(report)
 
 
+@pytest.mark.slow
 def test_reports_read_back(tiny_report, tmp_path):
     report = tiny_report
     report.command = "sr-deploy benchmark tiny.pt --iters 6"
@@ -238,6 +243,7 @@ def test_frames_are_different_real_crops(shared_data):
     assert big[0].shape == (3, 1100, 1200)
 
 
+@pytest.mark.slow
 def test_cli_prints_table_and_writes_json(tiny_checkpoint, tmp_path):
     out = tmp_path / "b.json"
     result = CliRunner().invoke(
@@ -312,6 +318,7 @@ def test_gpu_rows_run_with_fp16(shared_data):
     assert fp16.parity_psnr_db >= 50 and fp32.mem_kind.startswith("torch.cuda")
 
 
+@pytest.mark.slow
 def test_video_row_on_a_real_clip(video_dir):
     """The end-to-end row: the upscale pipeline vs the backend alone on the same 2 frames of a real
     clip. Before the video pipeline is in the build, the row says so instead."""

@@ -26,7 +26,7 @@ from sr_deploy.backends import load
 from sr_deploy.models import save_checkpoint
 from sr_deploy.parity import REDUCED_MIN_PSNR_DB
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cpuinfo(tmp_path: Path, name: str, flags: str) -> Path:
@@ -107,6 +107,7 @@ def test_without_bf16_instructions_auto_is_fp32_without_measuring(tiny_srresnet,
     assert not old_cpu.exists()  # nothing measured, nothing cached
 
 
+@pytest.mark.slow
 def test_with_amx_a_model_that_passes_parity_runs_bf16_and_the_verdict_is_cached(tiny_srresnet, amx_cpu, set5_dir):
     choice = cp.choose_cpu_precision(tiny_srresnet, "sha-tiny", measure_speed=_twice_as_fast)
     assert choice.precision == "bf16", choice.reason
@@ -144,6 +145,7 @@ def test_a_cache_entry_without_a_speed_figure_is_measured_again(tiny_srresnet, a
     assert json.loads(amx_cpu.read_text())[_key("Stand-in Xeon", "sha")]["speedup"] == 1.05
 
 
+@pytest.mark.slow
 def test_with_avx512_bf16_auto_follows_the_measured_speed(tiny_srresnet, epyc_cpu):
     fast = cp.choose_cpu_precision(tiny_srresnet, "sha-fast", measure_speed=_twice_as_fast)
     assert fast.precision == "bf16", fast.reason
@@ -153,6 +155,7 @@ def test_with_avx512_bf16_auto_follows_the_measured_speed(tiny_srresnet, epyc_cp
     assert "but bf16 vs fp32 parity" in slow.reason and "1.05x the fp32 speed (< 1.15x)" in slow.reason
 
 
+@pytest.mark.slow
 def test_the_speed_measurement_times_both_precisions(tiny_srresnet):
     speedup = cp.measure_bf16_speedup(tiny_srresnet, 4)
     assert 0.05 < speedup < 20  # a real ratio of two timings, whatever this CPU makes of bf16
@@ -180,6 +183,7 @@ def test_a_damaged_cache_is_measured_again(tiny_srresnet, amx_cpu):
     assert json.loads(amx_cpu.read_text())[_key("Stand-in Xeon", "sha")]["psnr_db"] == 40.0
 
 
+@pytest.mark.slow
 def test_load_with_auto_precision_follows_the_cpu(tiny_srresnet, tmp_path, amx_cpu, monkeypatch):
     monkeypatch.setattr(cp, "measure_bf16_speedup", _twice_as_fast)
     ckpt = save_checkpoint(tmp_path / "tiny.pt", tiny_srresnet, {"scale": 4, "num_blocks": 2, "num_features": 16})
@@ -206,6 +210,7 @@ def _cli(*args: str, cpuinfo: Path, cache: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_info_and_upscale_say_which_precision_and_why(tmp_path, tiny_srresnet):
     ckpt = save_checkpoint(tmp_path / "tiny.pt", tiny_srresnet, {"scale": 4, "num_blocks": 2, "num_features": 16})
     opteron = _cpuinfo(tmp_path, "Stand-in Opteron", "avx2")

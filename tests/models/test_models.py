@@ -8,37 +8,35 @@ import pytest
 import torch
 
 from sr_deploy.models import (
-    MSRResNet,
     RRDBNet,
     SRResNet,
-    SRVGGNetCompact,
     count_flops_per_lr_pixel,
     fold_batch_norm,
     load_checkpoint,
+    native_specs,
+)
+
+# Every registered architecture (its spec's `example_config`), plus SRResNet's other options.
+VARIANTS = {spec.name: (spec.module, dict(spec.example_config)) for spec in native_specs()}
+VARIANTS["SRResNet-nearest-reflect"] = (
+    SRResNet,
+    dict(
+        num_blocks=1,
+        num_features=8,
+        upsampler="nearest",
+        padding="reflect",
+        batch_norm=False,
+        image_residual="bicubic",
+    ),
 )
 
 
 def _tiny(arch: str, scale: int) -> torch.nn.Module:
-    if arch == "SRResNet":
-        return SRResNet(scale=scale, num_blocks=1, num_features=8)
-    if arch == "SRResNet-nearest-reflect":
-        return SRResNet(
-            scale=scale,
-            num_blocks=1,
-            num_features=8,
-            upsampler="nearest",
-            padding="reflect",
-            batch_norm=False,
-            image_residual="bicubic",
-        )
-    if arch == "MSRResNet":
-        return MSRResNet(scale=scale, num_blocks=1, num_features=8)
-    if arch == "RRDBNet":
-        return RRDBNet(scale=scale, num_blocks=1, num_features=8, growth_channels=4)
-    return SRVGGNetCompact(scale=scale, num_feat=8, num_conv=2)
+    module, config = VARIANTS[arch]
+    return module(**{**config, "scale": scale})
 
 
-@pytest.mark.parametrize("arch", ["SRResNet", "SRResNet-nearest-reflect", "MSRResNet", "RRDBNet", "SRVGGNetCompact"])
+@pytest.mark.parametrize("arch", list(VARIANTS))
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_forward_shapes_for_odd_sizes(arch: str, scale: int) -> None:
     model = _tiny(arch, scale).eval()
@@ -53,6 +51,7 @@ def test_srresnet_x8_shape() -> None:
         assert SRResNet(scale=8, num_blocks=1, num_features=8).eval()(torch.rand(2, 3, 9, 11)).shape == (2, 3, 72, 88)
 
 
+@pytest.mark.slow
 def test_flops_match_the_papers_models() -> None:
     # Ledig et al.'s SRResNet x4 (16 blocks, 64 features): 4.44 MFLOP per LR pixel by hand:
     # 16 blocks * 2 convs * 2*9*64*64 + 9x9 head/tail + two 64->256 upsampling convs.
@@ -71,6 +70,7 @@ def _set5_tensor(set5_dir, name: str = "butterfly.png") -> torch.Tensor:
     return torch.from_numpy(rgb).permute(2, 0, 1)[None]
 
 
+@pytest.mark.slow
 def test_fold_batch_norm_keeps_outputs_on_real_images(set5_dir, tiny_srresnet) -> None:
     x = _set5_tensor(set5_dir)[:, :, :96, :80]
     folded = fold_batch_norm(tiny_srresnet)
@@ -82,6 +82,7 @@ def test_fold_batch_norm_keeps_outputs_on_real_images(set5_dir, tiny_srresnet) -
     assert ref.abs().mean().item() > 1e-3  # a non-trivial output was compared
 
 
+@pytest.mark.slow
 def test_real_leftthomas_srgan_folds_within_1e5(set5_dir, weights_dir) -> None:
     model = load_checkpoint(weights_dir / "leftthomas_SRGAN_netG_epoch_4_100.pth").model
     x = _set5_tensor(set5_dir, "bird.png")[:, :, :64, :64]

@@ -28,6 +28,7 @@ def _reference(model, x: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(x)).numpy()
 
 
+@pytest.mark.slow
 def test_torch_backend_numpy_in_numpy_out(tiny_srresnet, set5_dir):
     x = parity_inputs(sizes=((17, 23),), batch=2)[0]  # odd sizes, real image crops
     backend = TorchBackend(tiny_srresnet, 4)
@@ -43,6 +44,7 @@ def test_torch_backend_numpy_in_numpy_out(tiny_srresnet, set5_dir):
     )
 
 
+@pytest.mark.slow
 def test_torch_backend_tensor_in_tensor_out(tiny_srresnet):
     x = torch.rand(1, 3, 9, 13, generator=torch.Generator().manual_seed(1))
     y = TorchBackend(tiny_srresnet, 4, precision="bf16")(x)
@@ -50,6 +52,7 @@ def test_torch_backend_tensor_in_tensor_out(tiny_srresnet):
     assert y.shape == (1, 3, 36, 52)
 
 
+@pytest.mark.slow
 def test_channels_last_equals_nchw(tiny_srresnet):
     x = np.random.default_rng(0).random((2, 3, 21, 15), dtype=np.float32)
     a = TorchBackend(tiny_srresnet, 4, channels_last=True)(x)
@@ -57,6 +60,7 @@ def test_channels_last_equals_nchw(tiny_srresnet):
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_reduced_precision_runs_on_cpu_and_meets_psnr(tiny_srresnet, precision, set5_dir):
     backend = TorchBackend(tiny_srresnet, 4, precision=precision)
@@ -76,6 +80,7 @@ def test_bad_arguments_and_inputs(tiny_srresnet):
             TorchBackend(tiny_srresnet, 4, device="cuda")
 
 
+@pytest.mark.slow
 def test_onnxruntime_backend_matches_torch_on_odd_shapes(tiny_srresnet, tiny_onnx, set5_dir):
     backend = OnnxRuntimeBackend(tiny_onnx, "cpu", threads=1)
     assert (backend.name, backend.scale, backend.precision, backend.max_shape) == ("onnxruntime", 4, "fp32", None)
@@ -88,6 +93,7 @@ def test_onnxruntime_backend_matches_torch_on_odd_shapes(tiny_srresnet, tiny_onn
     assert isinstance(yt, torch.Tensor) and yt.dtype == torch.float32 and yt.shape == (2, 3, 124, 68)
 
 
+@pytest.mark.slow
 def test_onnxruntime_static_shape_pads_smaller_inputs_and_splits_batches(tiny_srresnet, tmp_path):
     path = tmp_path / "static.onnx"
     export_onnx(tiny_srresnet, path, static_shape="2x24x32", exporter="legacy", verify=False, log=None)
@@ -102,11 +108,13 @@ def test_onnxruntime_static_shape_pads_smaller_inputs_and_splits_batches(tiny_sr
         backend(np.zeros((1, 3, 25, 32), np.float32))
 
 
+@pytest.mark.slow
 def test_onnxruntime_refuses_fp16_of_an_fp32_graph_on_cpu(tiny_onnx):
     with pytest.raises(InputError, match="fp16"):
         OnnxRuntimeBackend(tiny_onnx, "cpu", precision="fp16")
 
 
+@pytest.mark.slow
 def test_onnxruntime_reads_scale_without_metadata_by_probing(tiny_onnx, tmp_path):
     model = onnx.load(str(tiny_onnx))
     del model.metadata_props[:]
@@ -156,6 +164,7 @@ def test_engine_files_need_tensorrt(tmp_path):
     assert TENSORRT_NOT_INSTALLED in str(info.value) and info.value.exit_code == 2
 
 
+@pytest.mark.slow
 def test_fp16_emulation_rounds_where_the_cpu_provider_alone_computes_in_float32(tmp_path, set5_dir):
     """The bundled model stores fp16 weights, so its fp16 ONNX graph differs from fp32 only by
     the fp16 rounding of activations. ONNX Runtime's CPU provider alone computes the graph in

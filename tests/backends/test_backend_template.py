@@ -88,11 +88,11 @@ def test_rejects_bad_input_with_one_line_errors():
 
 def test_the_table_drives_names_suffixes_and_the_cli_choices():
     from sr_deploy.cli import cli
-    from sr_deploy.models.checkpoint import CHECKPOINT_SUFFIXES
+    from sr_deploy.model_file import file_kind
 
     assert BACKEND_NAMES == ("auto", "torch", "onnxruntime", "tensorrt")
     assert bench_names() == ("torch", "torch-nchw", "onnxruntime", "tensorrt")
-    assert spec_named("torch").suffixes == CHECKPOINT_SUFFIXES  # every file load_checkpoint reads
+    assert spec_named("torch").suffixes == file_kind("checkpoint").suffixes  # every file load_checkpoint reads
     assert spec_named("ORT").name == "onnxruntime" and spec_named("trt").name == "tensorrt"
     assert [spec_for_suffix(Path(f"m{s}")).name for s in (".pth", ".onnx", ".plan")] == [
         "torch",

@@ -43,6 +43,7 @@ def _gpu_install(monkeypatch, loaded: list[str]) -> list:
     return asked
 
 
+@pytest.mark.slow
 def test_fp16_refused_when_the_tensorrt_provider_silently_fell_back(tiny_onnx, monkeypatch):
     _gpu_install(monkeypatch, ["CUDAExecutionProvider", "CPUExecutionProvider"])
     with pytest.raises(NotInstalledError) as info:

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _module(name: str, path: Path):
@@ -90,6 +90,7 @@ class _Shuffle(nn.Module):
         return nn.functional.pixel_shuffle(torch.sigmoid(self.conv(x)), 2)
 
 
+@pytest.mark.slow
 def test_the_chainner_style_loop_tiles_without_seams_for_a_local_model(chainner):
     model = _Shuffle().eval()
     rgb = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)

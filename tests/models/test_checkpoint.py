@@ -34,6 +34,7 @@ def test_half_storage_loads_as_float32(tmp_path) -> None:
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
+@pytest.mark.slow
 def test_esrgan_old_layout_is_converted(tmp_path) -> None:
     torch.manual_seed(0)
     model = RRDBNet(num_blocks=2, num_features=8, growth_channels=4)
@@ -90,6 +91,7 @@ def _info(path) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
+@pytest.mark.slow
 def test_info_describes_a_real_checkpoint(weights_dir) -> None:
     result = CliRunner().invoke(cli, ["info", "--json", str(weights_dir / "realesr-animevideov3.pth")])
     assert result.exit_code == 0, result.output
@@ -141,6 +143,7 @@ def test_wrong_architecture_checkpoint(tmp_path) -> None:
     assert "weights do not fit SRResNet" in output and "missing keys" in output and "wrong.pt" in output
 
 
+@pytest.mark.slow
 def test_unrecognised_layout_names_first_keys(tmp_path) -> None:
     torch.save({"foo.weight": torch.zeros(1)}, tmp_path / "foo.pth")
     code, output = _info(tmp_path / "foo.pth")
@@ -154,6 +157,7 @@ def test_missing_file_and_missing_default(tmp_path) -> None:
         load_checkpoint(tmp_path / "nope.pt")
 
 
+@pytest.mark.slow
 def test_debug_shows_traceback(tmp_path) -> None:
     import subprocess
     import sys

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's (Linux)")
 
@@ -46,6 +46,7 @@ def _run(**env: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_a_cpu_backend_makes_freed_tensors_reusable_without_page_faults():
     kept = _run()
     assert kept["applied"] is True
@@ -53,6 +54,7 @@ def test_a_cpu_backend_makes_freed_tensors_reusable_without_page_faults():
     assert sum(kept["faults"][-10:]) < 500, kept["faults"]
 
 
+@pytest.mark.slow
 def test_sr_deploy_malloc_system_leaves_glibc_alone():
     system = _run(SR_DEPLOY_MALLOC="system")
     assert system["applied"] is False

@@ -22,6 +22,7 @@ def _random_srresnet(seed: int, **config) -> SRResNet:
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scale", [2, 3, 4, 8])
 @pytest.mark.parametrize("image_residual", ["none", "bicubic"])
 def test_the_rewritten_model_computes_the_same_function(scale, image_residual):
@@ -36,6 +37,7 @@ def test_the_rewritten_model_computes_the_same_function(scale, image_residual):
     assert torch.allclose(got, expected, atol=2e-5, rtol=0), (got - expected).abs().max()
 
 
+@pytest.mark.slow
 def test_the_bundled_model_is_rewritten_and_agrees_to_float_rounding():
     model = load_model("default")
     rewritten = move_tail_before_shuffle(model)

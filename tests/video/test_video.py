@@ -41,7 +41,7 @@ from sr_deploy.video import (
     upscale_video,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SMALL = "scale=96:52"
 
 
@@ -234,6 +234,7 @@ def test_frame_conversions_are_rgb_and_exact():
     np.testing.assert_array_equal(deep, rgb.astype(np.uint16) * 257)
 
 
+@pytest.mark.slow
 def test_video_keeps_frames_times_and_audio(clips, tiny_vgg, tmp_path):
     source = clips["bbb"]
     frames_in, _, (w, h) = decoded_video(source)
@@ -249,6 +250,7 @@ def test_video_keeps_frames_times_and_audio(clips, tiny_vgg, tmp_path):
     assert _leftovers(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_video_without_audio_and_with_outscale(clips, tiny_vgg, tmp_path):
     source = clips["car"]
     frames_in, fps_in, (w, h) = decoded_video(source)
@@ -258,6 +260,7 @@ def test_video_without_audio_and_with_outscale(clips, tiny_vgg, tmp_path):
     assert result.audio == "none in input" and audio_seconds(target) is None
 
 
+@pytest.mark.slow
 def test_wrong_header_rate_cannot_change_the_duration(clips, tmp_path):
     """q.avi: timestamps at 25 fps, header 50 fps. Before: 4.11 s in, 2.00 s out."""
     for suffix in (".avi", ".mp4"):
@@ -345,6 +348,7 @@ def test_ten_bit_input_gives_ten_bit_output_and_pix_fmt_is_honoured(clips, tmp_p
         upscale_video(NearestBackend(2), clips["bbb"], tmp_path / "x.mp4", pix_fmt="rgb565", progress=False)
 
 
+@pytest.mark.slow
 def test_corrupt_bytes_are_an_error_naming_time_and_frame(clips, tiny_vgg, tmp_path):
     """Before: 76 of 250 frames with 10 s of audio, exit 0, no warning."""
     out = tmp_path / "out"
@@ -398,6 +402,7 @@ class _Interrupt(NearestBackend):
         return super().__call__(x)
 
 
+@pytest.mark.slow
 def test_damage_before_the_resume_point_still_labels_the_result_partial(clips, tmp_path):
     target = tmp_path / "c.mp4"
     with pytest.raises(KeyboardInterrupt):  # damage at ~2.2 s, interrupted at ~6 s
@@ -441,6 +446,7 @@ def test_damage_before_the_resume_point_still_labels_the_result_partial(clips, t
     assert not target.exists() and len(frame_times(result.path)) == result.frames >= 240
 
 
+@pytest.mark.slow
 def test_webm_output_reencodes_aac_to_opus(clips, tmp_path):
     """Before: mp4 -> .webm dropped the AAC audio (WebM refuses AAC, the only fallback tried)."""
     target = tmp_path / "b.webm"
@@ -495,6 +501,7 @@ def _limit_file_size(limit: int):
     return apply
 
 
+@pytest.mark.slow
 def test_a_write_error_in_the_mux_is_a_failure_and_the_rerun_resumes(clips, tiny_vgg, tmp_path):
     """Before: disk full during the audio mux was taken for 'container refuses audio': a silent
     file under the final name, exit 0, and the re-run skipped it. Here every file written may
@@ -525,6 +532,7 @@ def test_a_write_error_in_the_mux_is_a_failure_and_the_rerun_resumes(clips, tiny
     assert len(frame_times(target)) == 250 and abs(audio_seconds(target) - 10.0) <= 0.1
 
 
+@pytest.mark.slow
 def test_nan_model_fails_the_video(clips, tmp_path):
     """Before: a checkpoint with NaN weights wrote an all-black video, exit 0."""
     nan_model = save_tiny_srvgg(tmp_path / "nan.pt", nan_weight=True)
@@ -535,6 +543,7 @@ def test_nan_model_fails_the_video(clips, tmp_path):
     assert not (tmp_path / "out.mp4").exists() and _leftovers(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_unknown_codec_hwaccel_or_container_mismatch_is_refused_in_one_line(clips, tmp_path):
     for args, message in [
         (["--codec", "no-such-encoder"], "--codec no-such-encoder: no such encoder"),
@@ -573,6 +582,7 @@ def test_frame_count_is_decoded_not_taken_from_header(video_dir, tmp_path):
     _assert_same_times(video_dir / "car_traffic_small.mp4", target)
 
 
+@pytest.mark.slow
 def test_killed_mid_file_the_rerun_resumes_and_every_frame_is_there_once(video_dir, tiny_vgg, tmp_path):
     """A 300-frame clip with audio, killed (SIGKILL) once 150 frames are committed: the re-run
     infers only the rest, and the result has every input frame once, at its time, and the audio."""
@@ -644,6 +654,7 @@ def test_killed_mid_file_the_rerun_resumes_and_every_frame_is_there_once(video_d
     assert _leftovers(tmp_path) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_video_job_leaves_no_final_output(video_dir, tiny_vgg, tmp_path, sig):
     """Kill `sr-deploy upscale` mid-video: never a final-named file; SIGTERM removes the temporary

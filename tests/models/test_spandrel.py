@@ -52,6 +52,7 @@ def anime_pair(weights_dir, tmp_path_factory):
     return pth, copy
 
 
+@pytest.mark.slow
 def test_safetensors_copy_info_matches_pth(anime_pair) -> None:
     pth, copy = anime_pair
     a = json.loads(_invoke("info", "--json", str(pth)).output)
@@ -134,6 +135,7 @@ def _psnr_values(obj) -> list[float]:
     return found
 
 
+@pytest.mark.slow
 def test_realesrgan_x2plus_layout_exports_dynamic_and_passes_parity(tmp_path) -> None:
     """RRDBNet with a x2 pixel unshuffle (the RealESRGAN_x2plus layout), random weights, in the
     original ESRGAN key layout that spandrel writes: loaded natively, exported with dynamic N/H/W
@@ -161,6 +163,7 @@ def test_native_x2plus_state_dict_under_params_ema(tmp_path) -> None:
     assert "multiple of 2" in result.output
 
 
+@pytest.mark.slow
 def test_spandrel_architecture_exports_dynamic(tmp_path) -> None:
     """SPAN (spandrel): detected, exported with dynamic N/H/W, parity fp32 on Set5 crops."""
     path = _save_entry(tmp_path, "SPAN")
@@ -199,6 +202,7 @@ def test_size_multiple_model_pads_inside(tmp_path) -> None:
         assert ckpt.model(torch.rand(1, 3, 13, 21)).shape == (1, 3, 52, 84)
 
 
+@pytest.mark.slow
 def test_denoiser_is_accepted_as_scale_1(tmp_path, set5_dir) -> None:
     path = _save_entry(tmp_path, "DnCNN (colour)")
     result = _invoke("info", str(path))

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _data import missing
 
 from sr_deploy.models import SRResNet, load_checkpoint, load_model, save_checkpoint
 from sr_deploy.perceptual import FeatureExtractor, _build_features
@@ -34,7 +35,7 @@ TINY_SRRESNET = TINY + ["--set", "model.num_blocks=2", "--set", "model.num_featu
 def sun_hays(shared_data: Path) -> Path:
     path = shared_data / "train" / "Sun_Hays80"
     if not path.is_dir():
-        pytest.skip(f"training images not found at {path}")
+        missing(f"training images not found at {path}")
     return path
 
 
@@ -59,7 +60,7 @@ def lpips_weights(shared_data: Path, monkeypatch) -> Path:
     runs with a validation set score LPIPS-Alex)."""
     path = shared_data / "weights" / "perceptual"
     if not (path / "lpips_alexnet_imagenet.npz").is_file():
-        pytest.skip(f"LPIPS weights not found at {path}")
+        missing(f"LPIPS weights not found at {path}")
     monkeypatch.setenv("SR_DEPLOY_PERCEPTUAL_WEIGHTS", str(path))
     return path
 
@@ -74,6 +75,7 @@ def run(*args: str) -> int:
 
 
 # ------------------------------------------------------------------------------ SRResNet
+@pytest.mark.slow  # a training run
 def test_srresnet_trains_validates_and_resumes_identically(sun_hays, set5_dir, tmp_path):
     """A 10-iteration run vs the same run stopped at 5 and resumed: the same weights, EMA,
     optimiser moments and RNG states, bit for bit. Also: loss falls, val.csv/png written, the
@@ -155,6 +157,7 @@ def test_srresnet_trains_validates_and_resumes_identically(sun_hays, set5_dir, t
     assert load_checkpoint(full / "model_best.pt").metadata["iterations"] == best_iteration
 
 
+@pytest.mark.slow  # a training run
 def test_overrides_build_the_requested_model_and_gaussian_degradation(sun_hays, tmp_path):
     out = tmp_path / "run"
     assert (
@@ -190,6 +193,7 @@ def test_overrides_build_the_requested_model_and_gaussian_degradation(sun_hays, 
     assert ckpt.metadata["degradation"] == "gaussian"
 
 
+@pytest.mark.slow  # a training run
 def test_stopping_by_signal_saves_a_resumable_state(sun_hays, tmp_path, monkeypatch):
     """SIGINT mid-run: the loop finishes the current iteration, saves state and exits 130."""
     import os
@@ -215,6 +219,7 @@ def test_stopping_by_signal_saves_a_resumable_state(sun_hays, tmp_path, monkeypa
 
 
 # ------------------------------------------------------------------------------ GAN recipes
+@pytest.mark.slow  # a training run
 def test_srgan_from_srresnet_init(sun_hays, set5_dir, tmp_path, random_vgg_file, lpips_weights):
     """SRGAN (RANDOM VGG16, see the module docstring): starts from an SRResNet checkpoint,
     trains generator and discriminator, the discriminator loss falls, the result loads; the
@@ -266,6 +271,7 @@ def test_srgan_from_srresnet_init(sun_hays, set5_dir, tmp_path, random_vgg_file,
     assert trained.metadata["feature_network"]["release"] == "unknown"
 
 
+@pytest.mark.slow  # a training run
 def test_esrgan_psnr_then_gan_then_interpolation(sun_hays, tmp_path, random_vgg_file):
     """ESRGAN pipeline with a 1-block RRDBNet: L1 pre-training (loss falls), then perceptual
     (RANDOM VGG19) + RaGAN + L1 from it, then network interpolation of the two."""
@@ -408,6 +414,7 @@ def test_augment_covers_the_eight_dihedral_transforms():
     assert len(variants) == 8
 
 
+@pytest.mark.slow
 def test_discriminators_shapes_and_crop_parameter():
     for size in (32, 96):
         assert SRGANDiscriminator(size, num_features=8)(torch.rand(2, 3, size, size)).shape == (2, 1)
@@ -436,6 +443,7 @@ def test_adversarial_losses_match_their_formulas():
     )
 
 
+@pytest.mark.slow
 def test_vgg_features_layers_and_gradient_flow(random_vgg_file):
     """RANDOM VGG16 weights: checks the layer cut, the file loading and gradient flow only."""
     state = {k[len("features.") :]: v for k, v in torch.load(random_vgg_file, weights_only=True).items()}
@@ -458,6 +466,7 @@ def test_vgg_weights_of_the_wrong_network_are_refused(tmp_path):
         FeatureExtractor("vgg16", ["relu1_1"]).load_features(bad, "not_vgg.pth")
 
 
+@pytest.mark.slow  # a training run
 def test_sigterm_to_the_process_group_with_workers_saves_state(sun_hays, tmp_path):
     """`timeout`, Ctrl-C and job schedulers signal the whole process group, DataLoader workers
     included: the run must still save its state and exit 143, not crash on a dead worker."""
@@ -468,7 +477,7 @@ def test_sigterm_to_the_process_group_with_workers_saves_state(sun_hays, tmp_pat
     import time
 
     out = tmp_path / "run"
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     proc = subprocess.Popen(
         [
             sys.executable,

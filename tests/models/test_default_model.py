@@ -7,6 +7,7 @@ import json
 
 import cv2
 import pytest
+from _data import missing
 from click.testing import CliRunner
 
 from sr_deploy.cli import cli
@@ -23,6 +24,7 @@ def test_default_weights_are_inside_the_package() -> None:
     assert (WEIGHTS_DIR / "README.md").is_file(), "the default model needs its model card"
 
 
+@pytest.mark.slow
 def test_info_default() -> None:
     result = CliRunner().invoke(cli, ["info", "--json", "default"])
     assert result.exit_code == 0, result.output
@@ -40,6 +42,7 @@ def test_default_beats_bicubic_by_1_5_db_on_set5(set5_dir) -> None:
     assert model.mean_ssim > bicubic.mean_ssim
 
 
+@pytest.mark.slow
 def test_upscale_without_model_uses_the_default(tmp_path) -> None:
     src = write_sample_image(tmp_path / "sample.png", 40, 60)
     out = tmp_path / "sample_x4.png"
@@ -52,6 +55,7 @@ def test_upscale_without_model_uses_the_default(tmp_path) -> None:
     assert abs(small - make_sample_image(40, 60)).mean() < 12
 
 
+@pytest.mark.slow
 def test_default_gan_ships_with_its_provenance() -> None:
     """default-gan: same architecture as default (so it deploys and interpolates like it), its
     perceptual feature network named with its sha256, and scores recorded at packaging."""
@@ -76,7 +80,7 @@ def test_default_gan_is_perceptually_better_and_realism_lies_between(
 
     weights = shared_data / "weights" / "perceptual"
     if not (weights / "lpips_alexnet_imagenet.npz").is_file():
-        pytest.skip(f"LPIPS weights not found at {weights}")
+        missing(f"LPIPS weights not found at {weights}")
     monkeypatch.setenv("SR_DEPLOY_CACHE", str(tmp_path))
     lpips = lpips_metrics(["lpips"], weights)
     scores = {}

@@ -82,6 +82,7 @@ def test_formats_keep_depth_channels_alpha_and_orientation(set5_dir, set14_dir, 
     assert read_image(tmp_path / "deep.jpg").dtype == np.uint8
 
 
+@pytest.mark.slow
 def test_single_input_output_file_outscale_and_ext(set5_dir, model, tmp_path):
     source = tmp_path / "x.png"
     write_image(source, _rgb(set5_dir / "woman.png"))
@@ -108,6 +109,7 @@ def test_single_input_output_file_outscale_and_ext(set5_dir, model, tmp_path):
     assert tiled.shape == (96, 128, 3)
 
 
+@pytest.mark.slow
 def test_mixed_image_and_video_inputs(set5_dir, video_dir, model, tmp_path):
     image = tmp_path / "still.png"
     write_image(image, _rgb(set5_dir / "bird.png"))
@@ -282,6 +284,7 @@ def test_nan_weights_fail_the_file_instead_of_writing_black(set5_dir, tmp_path):
     assert not (tmp_path / "b.png").exists()
 
 
+@pytest.mark.slow
 def test_tiles_are_quantized_into_the_output_as_they_finish(set5_dir, model, tmp_path):
     """The streaming writer gives the same pixels as the float32 path (untiled vs --tile 10)."""
     rgb = _rgb(set5_dir / "baby.png", size=40)
@@ -316,6 +319,7 @@ def test_tiles_are_quantized_into_the_output_as_they_finish(set5_dir, model, tmp
     np.testing.assert_array_equal(read_image(tmp_path / "a_whole.png"), expected)
 
 
+@pytest.mark.slow
 def test_image_memory_follows_the_8bit_output_not_a_float32_copy(shared_data, tmp_path):
     """numpy's allocations (tracemalloc sees them) for a 1000x750 -> 4000x3000 upscale with 64-pixel
     tiles: the 8-bit output is 36 MB, a float32 copy of it would be 144 MB on its own."""

@@ -133,6 +133,7 @@ def test_resolve_profile_bad(kwargs, fragment):
         resolve_profile(**kwargs)
 
 
+@pytest.mark.slow
 def test_tensor_limit_default_profile_fits(tiny_onnx):
     check_tensor_limits(resolve_profile(), 4, tiny_onnx)  # 4x3x540x960 at x4: output 99.5 M elements
 
@@ -617,6 +618,7 @@ def _psnr(ref: np.ndarray, out: np.ndarray) -> float:
     return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
+@pytest.mark.slow
 def test_fp16_onnx_for_tensorrt_matches_torch_fp32_on_set5(tiny_model, tiny_onnx, set5_dir, tmp_path, capsys):
     """The graph build-engine parses on TensorRT 11 (and 10 --strongly-typed): fp16 inside,
     float32 I/O, block list calibrated on real images; ONNX Runtime runs it here."""
@@ -1004,7 +1006,7 @@ def test_tensorrt_doc_commands_parse():
     be images or videos, never the model."""
     import click
 
-    commands = _doc_commands(Path(__file__).resolve().parent.parent / "docs" / "tensorrt.md")
+    commands = _doc_commands(Path(__file__).resolve().parents[2] / "docs" / "tensorrt.md")
     assert len(commands) >= 5
     for args in commands:
         name, rest = args[0], args[1:]

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # tests/, where the TensorRT helpers are
 sys.path.insert(0, str(HERE))
 
 import _trt_bindings  # noqa: E402
 
-pytestmark = pytest.mark.trt_api
+pytestmark = [pytest.mark.trt_api, pytest.mark.slow]  # the real bindings, prepared per release
 PROFILE = ("(1, 3, 16, 16)", "(1, 3, 32, 32)", "(2, 3, 64, 64)")
 
 
@@ -88,6 +88,7 @@ def _check_clean(scenario: dict, name: str) -> None:
         "timing_cache_foreign",
     ],
 )
+@pytest.mark.slow
 def test_build_path_conforms(release, name):
     scenario = release["scenarios"][name]
     _check_clean(scenario, name)
@@ -108,6 +109,7 @@ def test_build_path_conforms(release, name):
     assert all(a.endswith("ignore_mismatch=False") for a in _calls(scenario, "set_timing_cache"))
 
 
+@pytest.mark.slow
 def test_fp16_route_per_release(release):
     major = int(release["version"].split(".")[0])
     default, strongly = release["scenarios"]["fp16"], release["scenarios"]["fp16_strongly_typed"]

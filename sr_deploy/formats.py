@@ -1,0 +1,114 @@
+"""The tables of file knowledge that several layers read: image formats and video containers.
+
+One row per kind of file; everything else derives from the rows (the suffix sets, the CLI's
+choices, the encoder parameters, the container rules). A new image format is one row in
+`IMAGE_FORMATS`; a new video container one row in `VIDEO_CONTAINERS`. (Model files have their own
+table, `sr_deploy.model_file.MODEL_FILE_KINDS`, next to the readers it needs.)
+
+Pure data: importing this module imports nothing else, so the CLI reads its choices from here
+before any command runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ImageFormat:
+    """One row of the image-format table: everything sr-deploy knows about a kind of image file.
+
+    name: what `sr-deploy upscale --ext` calls it (when `ext_choice`).
+    suffixes: its file suffixes, lower case, the first the one written.
+    writes: sr-deploy writes it (`upscale` takes as inputs only what it can write, for `--ext same`);
+        False: read only (datasets for `eval` and training).
+    sixteen_bit, float32, alpha: the samples it stores besides 8-bit RGB / grey.
+    quality: (OpenCV's write flag, by name; default) for a lossy format's quality (1..100); None:
+        lossless (PNG, TIFF, BMP ignore `--quality`).
+    orientation: OpenCV applies its EXIF orientation on reading (and it has no alpha to keep).
+    ext_choice: offered by `sr-deploy upscale --ext`.
+    """
+
+    name: str
+    suffixes: tuple[str, ...]
+    writes: bool = True
+    sixteen_bit: bool = False
+    float32: bool = False
+    alpha: bool = False
+    quality: tuple[str, int] | None = None
+    orientation: bool = False
+    ext_choice: bool = False
+
+
+IMAGE_FORMATS: tuple[ImageFormat, ...] = (
+    ImageFormat("png", (".png",), sixteen_bit=True, alpha=True, ext_choice=True),
+    ImageFormat("jpg", (".jpg", ".jpeg"), quality=("IMWRITE_JPEG_QUALITY", 95), orientation=True, ext_choice=True),
+    ImageFormat("bmp", (".bmp",), alpha=True),
+    ImageFormat("tiff", (".tif", ".tiff"), sixteen_bit=True, float32=True, alpha=True),
+    # OpenCV: a WebP quality above 100 means lossless
+    ImageFormat("webp", (".webp",), alpha=True, quality=("IMWRITE_WEBP_QUALITY", 95), ext_choice=True),
+    ImageFormat("pnm", (".ppm", ".pgm"), writes=False),
+)
+
+# Suffixes of the images `upscale` reads and writes; of every image sr-deploy reads (datasets).
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(s for f in IMAGE_FORMATS if f.writes for s in f.suffixes)
+DATASET_IMAGE_SUFFIXES: tuple[str, ...] = tuple(s for f in IMAGE_FORMATS for s in f.suffixes)
+# What `sr-deploy upscale --ext` writes (`same`: the input's own format).
+OUTPUT_IMAGE_FORMATS: tuple[str, ...] = tuple(f.name for f in IMAGE_FORMATS if f.ext_choice) + ("same",)
+
+
+def image_format(path_or_suffix: str | Path) -> ImageFormat | None:
+    """The table's row for a file name or suffix (case-insensitive), or None."""
+    path = Path(path_or_suffix)
+    suffix = (path.suffix or path.name).lower()  # Path(".png").suffix is "": a bare suffix
+    return next((f for f in IMAGE_FORMATS if suffix in f.suffixes), None)
+
+
+@dataclass(frozen=True)
+class VideoContainer:
+    """One row of the video-container table.
+
+    suffixes: its file suffixes, lower case.
+    format: FFmpeg's muxer name.
+    codec: the video encoder used when `--codec` is not given.
+    audio_fallback: the audio encoder for input audio the container does not take as it is.
+    mistimed_audio_copies: audio codecs the container lists as accepted but that a stream copy
+        through PyAV mistimes (AVI needs the packets' frame size, which PyAV's stream template
+        does not carry: the audio came out 0.75 s long for 4 s); re-encoded instead.
+    faststart: the index is moved to the front (ISO media: plays while downloading).
+    annex_b: H.264 / HEVC packets are converted from MP4's length prefixes to start codes.
+    """
+
+    suffixes: tuple[str, ...]
+    format: str
+    codec: str = "libx264"
+    audio_fallback: str = "aac"
+    mistimed_audio_copies: frozenset[str] = frozenset()
+    faststart: bool = False
+    annex_b: bool = False
+
+
+VIDEO_CONTAINERS: tuple[VideoContainer, ...] = (
+    VideoContainer((".mp4", ".m4v"), "mp4", faststart=True),
+    VideoContainer((".mov",), "mov", faststart=True),
+    VideoContainer((".mkv",), "matroska", audio_fallback="libopus"),
+    # WebM takes only VP8 / VP9 / AV1 video and Opus / Vorbis audio.
+    VideoContainer((".webm",), "webm", codec="libvpx-vp9", audio_fallback="libopus"),
+    VideoContainer(
+        (".avi",),
+        "avi",
+        audio_fallback="libmp3lame",
+        mistimed_audio_copies=frozenset({"aac", "opus", "vorbis"}),
+        annex_b=True,
+    ),
+)
+
+VIDEO_EXTENSIONS: frozenset[str] = frozenset(s for c in VIDEO_CONTAINERS for s in c.suffixes)
+
+
+def video_container(path_or_suffix: str | Path) -> VideoContainer | None:
+    """The table's row for a file name or suffix (case-insensitive), or None."""
+    path = Path(path_or_suffix)
+    suffix = (path.suffix or path.name).lower()
+    return next((c for c in VIDEO_CONTAINERS if suffix in c.suffixes), None)

@@ -1,0 +1,39 @@
+"""`sr-deploy upscale`: images, folders and videos through any backend, nothing lost.
+
+One job, any executor:
+
+    options.py   `UpscaleOptions` (what the command can be told) and their checks
+    plan.py      INPUT... and OUT -> `Job`s before any model is loaded (`plan_jobs`), the skip /
+                 resume rule (`jobs_to_run`), and how a job ended (`Outcome`)
+    image.py     one image file: read, tile, write atomically (`upscale_image_file`)
+    run.py       `run_one(job, backend, options) -> Outcome`, the reducer into `UpscaleSummary`,
+                 the local loop (`run_jobs`) and `upscale` (plan, load, run)
+
+The local loop and the Ray actors (`sr_deploy.cluster`) both call `run_one`; the Ray driver folds
+its rows into the same summary with the same reducer.
+"""
+
+from .image import upscale_image_file
+from .options import MAX_OUTSCALE, UpscaleOptions, validate_options
+from .plan import Job, Outcome, jobs_to_run, kind_of, plan_jobs
+from .run import UpscaleSummary, load_backend, one_line, plan_checked, run_jobs, run_one, summarize, upscale
+
+__all__ = [
+    "MAX_OUTSCALE",
+    "Job",
+    "Outcome",
+    "UpscaleOptions",
+    "UpscaleSummary",
+    "jobs_to_run",
+    "kind_of",
+    "load_backend",
+    "one_line",
+    "plan_checked",
+    "plan_jobs",
+    "run_jobs",
+    "run_one",
+    "summarize",
+    "upscale",
+    "upscale_image_file",
+    "validate_options",
+]

@@ -1,0 +1,90 @@
+"""What `sr-deploy upscale` can be told (`UpscaleOptions`), checked before any model is loaded."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..errors import InputError
+from ..tiling import DEFAULT_TILE_OVERLAP
+from ..video import (
+    DEFAULT_CRF,
+    DEFAULT_PRESET,
+    DEFAULT_SEGMENT_SECONDS,
+    DEFAULT_VIDEO_BATCH,
+    EXACT,
+    VideoOptions,
+    check_threshold,
+)
+
+# Largest --outscale: beyond it an output size is a typo, not a request (64 x 64 = 4096 times the pixels).
+MAX_OUTSCALE = 64.0
+
+
+@dataclass
+class UpscaleOptions:
+    """Everything `sr-deploy upscale` can be told; defaults are the CLI's.
+
+    tile: None = automatic, 0 = off (unless the backend's max_shape forces tiles), N = core edge.
+    batch_size: tiles per call for images, frames per call for videos; None = 4 for videos and
+        for images on CUDA, 1 for images on the CPU.
+    outscale: final size factor; None = the model's scale.
+    ext: output image format: png, jpg, webp or `same` as the input.
+    dedup_threshold: videos: EXACT reuses the output of a held (identical) frame, N dB also that of
+        a frame at least that close (PSNR), None runs the model on every frame (`sr_deploy.video.held`).
+    """
+
+    model: str = "default"
+    backend: str = "auto"
+    device: str = "auto"
+    precision: str = "auto"
+    tile: int | None = None
+    tile_overlap: int = DEFAULT_TILE_OVERLAP
+    batch_size: int | None = None
+    outscale: float | None = None
+    ext: str = "png"
+    overwrite: bool = False
+    quality: int | None = None
+    codec: str | None = None
+    crf: int = DEFAULT_CRF
+    preset: str = DEFAULT_PRESET
+    pix_fmt: str | None = None
+    hwaccel: str | None = None
+    allow_partial: bool = False
+    segment_seconds: float = DEFAULT_SEGMENT_SECONDS
+    progress: bool = True
+    dedup_threshold: float | None = EXACT
+
+    def video(self, model_id: str = "") -> VideoOptions:
+        """The options of a video job (`model_id` names the model in its resume key)."""
+        return VideoOptions(
+            tile=self.tile,
+            overlap=self.tile_overlap,
+            batch_size=self.batch_size or DEFAULT_VIDEO_BATCH,
+            outscale=self.outscale,
+            codec=self.codec,
+            crf=self.crf,
+            preset=self.preset,
+            pix_fmt=self.pix_fmt,
+            hwaccel=self.hwaccel,
+            allow_partial=self.allow_partial,
+            segment_seconds=self.segment_seconds,
+            model_id=model_id,
+            progress=self.progress,
+            dedup_threshold=self.dedup_threshold,
+        )
+
+
+def validate_options(options: UpscaleOptions) -> None:
+    """Everything about the options that can be checked before a model is loaded (InputError)."""
+    if options.tile is not None and options.tile < 0:
+        raise InputError(f"--tile must be >= 0 (0 turns tiling off), got {options.tile}")
+    if options.tile_overlap < 0:
+        raise InputError(f"--tile-overlap must be >= 0, got {options.tile_overlap}")
+    if options.batch_size is not None and options.batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {options.batch_size}")
+    if options.outscale is not None and not (math.isfinite(options.outscale) and 0 < options.outscale <= MAX_OUTSCALE):
+        raise InputError(f"--outscale must be a number > 0 and <= {MAX_OUTSCALE:g}, got {options.outscale}")
+    if not (math.isfinite(options.segment_seconds) and options.segment_seconds >= 0):
+        raise InputError(f"--segment-seconds must be >= 0, got {options.segment_seconds}")
+    check_threshold(options.dedup_threshold)

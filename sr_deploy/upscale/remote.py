@@ -1,0 +1,136 @@
+"""The upscale job for executors in other processes (`sr_deploy.cluster`'s Ray actors): rows out,
+answers in, with no knowledge of the executor.
+
+    driver    `RemoteRun.plan`: one row per image and per piece of a video (`sr_deploy.video.pieces`;
+              finished pieces of an earlier run are not sent); `RemoteRun.answer` folds each answer
+              into the summary with the local run's reducer (`UpscaleSummary.add`), writes images
+              atomically and joins a video once every piece has answered.
+    worker    `run_row`: `run_one` on one row, into a scratch file whose bytes go back.
+
+A row is a dict of plain values (what Ray Data's blocks carry): `job`, `part`, `kind` (image or
+piece), `source`, `suffix`, `data` (a piece's bytes), `packets`. An answer: `ANSWER_KEYS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..backends.base import Backend
+from ..errors import SRDeployError
+from ..util.files import atomic_write_bytes
+from ..util.log import Progress as Log
+from ..util.log import to_stderr
+from ..video.pieces import PIECE_SUFFIX, VideoPieces, check_piece_frames, piece_options, upscaled_piece_path
+from .options import UpscaleOptions
+from .plan import Job, Outcome
+from .run import UpscaleSummary, run_one
+
+ANSWER_KEYS = ("job", "part", "ok", "message", "code", "data", "frames")
+
+
+def piece_settings(options: UpscaleOptions, model_id: str) -> dict:
+    """What must not change for a video's finished pieces to be resumed."""
+    return {"options": dataclasses.asdict(options) | {"progress": None, "overwrite": None}, "model": model_id}
+
+
+def run_row(row: dict[str, Any], backend: Backend, options: UpscaleOptions, scratch: Path) -> tuple:
+    """A worker's side: `run_one` on one row, in the empty folder `scratch`; the answer as a tuple
+    in `ANSWER_KEYS` order (the output file's bytes in `data`)."""
+    if row["kind"] == "image":  # the local code path, into a local file: the same bytes
+        job = Job(Path(row["source"]), scratch / f"out{row['suffix']}", "image")
+        outcome = run_one(job, backend, options)
+    else:
+        piece = scratch / f"piece{PIECE_SUFFIX}"
+        piece.write_bytes(row["data"])
+        job = Job(piece, upscaled_piece_path(piece), "video", name=Path(row["source"]))
+        outcome = run_one(job, backend, options, to_stderr, piece_options(options.video(), row["suffix"]))
+        if outcome.state == "done":
+            try:
+                check_piece_frames(outcome.frames, int(row["packets"]))
+            except SRDeployError as exc:
+                outcome = Outcome(job, "failed", f"{job.label}: {exc}", exc.exit_code)
+        if outcome.state == "failed":
+            outcome = dataclasses.replace(outcome, message=f"{outcome.message} (piece {int(row['part'])})")
+    ok = outcome.state != "failed"
+    data = job.target.read_bytes() if ok else b""
+    return int(row["job"]), int(row["part"]), ok, "" if ok else outcome.message, outcome.code, data, outcome.frames
+
+
+class RemoteRun:
+    """The driver's side: the rows to send, each video's pieces, and the summary the answers are
+    folded into. `report`: where lines go (the caller may point it at its progress bar)."""
+
+    def __init__(self, todo: Sequence[Job], summary: UpscaleSummary, log: Log = to_stderr):
+        self.todo, self.summary, self.report = todo, summary, log
+        self.rows: list[dict[str, Any]] = []
+        self.videos: dict[int, VideoPieces] = {}
+
+    def fail(self, job: Job, message: str, code: int) -> None:
+        self.summary.add(Outcome(job, "failed", message, code))
+        self.report(f"error: {message}")
+
+    def plan(self, options: UpscaleOptions, model_id: str, scratch: Path) -> None:
+        """One row per image and per video piece left to do (finished pieces are not sent)."""
+        settings = piece_settings(options, model_id)
+        for index, job in enumerate(self.todo):
+            base = {"job": index, "part": 0, "kind": job.kind, "source": str(job.source), "suffix": job.target.suffix}
+            if job.kind == "image":
+                self.rows.append(base | {"source": str(job.source.resolve()), "data": b"", "packets": 0})
+                continue
+            try:
+                folder = scratch / f"video-{index}"
+                pieces = VideoPieces.cut(job.source, job.target, folder, options.segment_seconds, settings)
+            except SRDeployError as exc:
+                self.fail(job, str(exc), exc.exit_code)
+                continue
+            self.videos[index] = pieces
+            if pieces.done:
+                self.report(f"{job.source}: resuming: {len(pieces.done)} of {pieces.parts} pieces already done")
+            for part, path, packets in pieces.pending:
+                self.rows.append(base | {"part": part, "kind": "piece", "data": path.read_bytes(), "packets": packets})
+                path.unlink()
+            if pieces.complete:  # every piece was done by an earlier run
+                self.finish(index)
+
+    def answer(self, index: int, part: int, ok: bool, message: str, code: int, data: bytes, frames: int) -> None:
+        """One row answered (the arguments in `ANSWER_KEYS` order)."""
+        index, part, ok, code, frames = int(index), int(part), bool(ok), int(code), int(frames)
+        job = self.todo[index]
+        if job.kind == "image":
+            if not ok:
+                return self.fail(job, message, code)
+            try:
+                atomic_write_bytes(job.target, data, make_parents=True)
+                self.summary.add(Outcome(job, "done", path=job.target))
+            except OSError as exc:
+                self.fail(job, f"{job.target}: cannot write ({exc.strerror or exc})", 1)
+            return None
+        pieces = self.videos[index]
+        if ok:
+            pieces.add(part, data, frames)
+        else:
+            pieces.fail(message, code)
+        if pieces.complete:
+            self.finish(index)
+        return None
+
+    def lost(self, row: dict[str, Any], why: str) -> None:
+        """A row that never answered (its executor kept dying): its input fails with `why`."""
+        piece = f"piece {row['part']}: " if row["kind"] == "piece" else ""
+        self.answer(row["job"], row["part"], False, f"{self.todo[row['job']].source}: {piece}{why}", 1, b"", 0)
+
+    def finish(self, index: int) -> None:
+        """Every piece of a video has answered: join them into the output, or report its first
+        failure (the finished pieces stay for a re-run to resume from)."""
+        job, pieces = self.todo[index], self.videos[index]
+        if pieces.error is None:
+            try:
+                frames, audio = pieces.join(self.report)
+                self.summary.add(Outcome(job, "done", path=job.target, frames=frames))
+                return self.report(f"{job.target}: {frames} frames from {pieces.parts} piece(s), audio {audio}")
+            except SRDeployError as exc:
+                pieces.error = (str(exc), exc.exit_code)
+        self.fail(job, *pieces.error)

@@ -1,0 +1,220 @@
+"""Running: one job through a backend (`run_one`, whatever executes it: the local loop or a Ray
+actor), the summary every executor reduces its outcomes into, the local loop and `upscale`.
+
+Each job is processed on its own: a file that fails is reported in one line (file and cause) and
+the rest go on; every output is written under a temporary name and renamed when complete (see
+`sr_deploy.imaging.partial_path`). The file is named in the error by `run_one`, never by the
+backend.
+
+fp16 safety: with a reduced-precision backend, `Fp32Fallback` checks each batch for NaN/Inf and
+re-runs that batch with a float32 twin of the backend; `run_one` warns, naming the file.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..backends.base import Backend
+from ..backends.fp32_fallback import Fp32Fallback
+from ..errors import InputError, SRDeployError
+from ..util.log import Progress as Log
+from ..util.log import to_stderr
+from ..util.text import first_line
+from ..video import VideoOptions, upscale_video
+from .image import upscale_image_file
+from .options import UpscaleOptions, validate_options
+from .plan import Job, Outcome, jobs_to_run, kind_of, plan_jobs, status
+
+
+@dataclass
+class UpscaleSummary:
+    """Outcome of a run: targets written, targets skipped (already there), damaged videos kept in
+    part (`--allow-partial`: the NAME.partial.EXT files), and failures as (source, one-line
+    message, exit code: 2 bad input, 1 failure at run time)."""
+
+    done: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    partial: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str, int]] = field(default_factory=list)
+
+    def add(self, outcome: Outcome) -> None:
+        """The one reducer: every executor folds its outcomes into the summary with it."""
+        job = outcome.job
+        if outcome.state == "failed":
+            self.failed.append((job.label, outcome.message, outcome.code))
+        elif outcome.state == "partial":
+            self.partial.append(outcome.path or job.target)
+        elif outcome.state == "skipped":
+            self.skipped.append(job.target)
+        else:
+            self.done.append(job.target)
+
+    def line(self) -> str:
+        kept = f"{len(self.partial)} partial, " if self.partial else ""
+        return (
+            f"upscale: {len(self.done)} done, {len(self.skipped)} skipped (already there), {kept}"
+            f"{len(self.failed)} failed"
+        )
+
+    def exit_code(self) -> int:
+        """0 when nothing failed; 1 when anything failed at run time; else 2 (only bad inputs)."""
+        if not self.failed:
+            return 0
+        return 1 if any(code == 1 for _s, _m, code in self.failed) else 2
+
+
+def summarize(outcomes: Sequence[Outcome]) -> UpscaleSummary:
+    summary = UpscaleSummary()
+    for outcome in outcomes:
+        summary.add(outcome)
+    return summary
+
+
+def load_backend(options: UpscaleOptions, log: Log = to_stderr) -> Backend:
+    """The backend for `options` (model, backend, device, precision), wrapped in `Fp32Fallback`
+    (NaN/Inf check; fp32 re-run below fp32). Raises InputError for a model that is not there."""
+    from ..backends import load
+    from ..models import resolve_model_path
+
+    path = resolve_model_path(options.model)  # the clear message for a bundled model not yet shipped
+    if not path.is_file():
+        raise InputError(f"{path}: no such model file")
+    backend = load(path, options.device, options.precision, backend=options.backend)
+    if backend.precision_reason:
+        log(f"precision: {backend.precision_reason}")
+    if backend.precision == "fp32":
+        return Fp32Fallback(backend, None)
+    return Fp32Fallback(backend, lambda: load(path, options.device, "fp32", backend=backend.name))
+
+
+def one_line(source: Path, exc: BaseException) -> str:
+    """`exc` as the one line of a failed job: naming `source` (unless it already does), with the
+    exception's type when it is not one of ours."""
+    text = first_line(exc, limit=10_000) if str(exc).strip() else ""
+    if not isinstance(exc, SRDeployError):
+        text = f"{type(exc).__name__}: {text}"
+    return text if str(source) in text else f"{source}: {text}"
+
+
+def model_identity(model: str) -> str:
+    """The model file, its size and modification time: enough for a resumed video to know that
+    its finished segments came from the same model."""
+    try:
+        from ..models import resolve_model_path
+
+        path = resolve_model_path(model)
+        stat = path.stat()
+        return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    except Exception:  # a stand-in backend in tests, an unresolvable name: the name is all there is
+        return str(model)
+
+
+def run_one(
+    job: Job, backend: Backend, options: UpscaleOptions, log: Log = to_stderr, video: VideoOptions | None = None
+) -> Outcome:
+    """Run one job and say how it ended; never raises for a bad file (KeyboardInterrupt and
+    SystemExit go through). `video`: a video job's options (default: from `options`)."""
+    reruns = backend.reruns if isinstance(backend, Fp32Fallback) else 0
+    try:
+        if job.kind == "image":
+            upscale_image_file(backend, job.source, job.target, options)
+            outcome = Outcome(job, "done", path=job.target)
+        else:
+            result = upscale_video(backend, job.source, job.target, video or options.video(), log=log)
+            resumed = f", resumed after frame {result.resumed_from}" if result.resumed_from else ""
+            handled = result.frames_inferred + result.frames_reused
+            message = (
+                f"{result.path}: {result.frames} frames ({result.frames_inferred} inferred{resumed}), "
+                f"{result.frames_reused} of {handled} frames reused, "
+                f"{result.size[0]}x{result.size[1]}, audio {result.audio}, "
+                f"{handled / max(result.seconds, 1e-9):.2f} frames/s"
+            )
+            state = "partial" if result.partial else "done"
+            outcome = Outcome(job, state, message, path=result.path, frames=result.frames)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:  # one bad file must not stop the others
+        outcome = Outcome(job, "failed", one_line(job.label, exc), 2 if isinstance(exc, InputError) else 1)
+    if isinstance(backend, Fp32Fallback) and backend.reruns > reruns:
+        log(f"warning: {job.label}: {backend.precision} output had NaN/Inf values; re-ran those batches in fp32")
+    return outcome
+
+
+def run_jobs(jobs: Sequence[Job], backend: Backend, options: UpscaleOptions, log: Log = to_stderr) -> UpscaleSummary:
+    """Run every job here; one failing job is logged (`error: FILE: cause`) and the others go on.
+    Outputs that already exist are skipped unless `overwrite` (re-running resumes a folder).
+
+    KeyboardInterrupt stops everything (the current output's temporary file is removed; a video's
+    finished segments are kept for the re-run to resume from).
+    """
+    from tqdm import tqdm
+
+    outcomes, todo = jobs_to_run(jobs, options, log)
+    summary = summarize(outcomes)
+    images = sum(job.kind == "image" for job in todo)
+    bar = tqdm(
+        total=images,
+        unit="image",
+        file=sys.stderr,
+        disable=not options.progress or images < 2,
+        dynamic_ncols=True,
+        leave=False,
+    )
+
+    def report(message: str) -> None:
+        if bar.disable:
+            log(message)
+        else:
+            bar.write(message, file=sys.stderr)
+
+    video = options.video(model_identity(options.model))
+    try:
+        for job in todo:
+            outcome = run_one(job, backend, options, report, video)
+            if outcome.state == "failed":
+                report(f"error: {outcome.message}")
+            elif job.kind == "image":
+                bar.update(1)
+            else:
+                report(outcome.message)
+            summary.add(outcome)
+    finally:
+        bar.close()
+    return summary
+
+
+def plan_checked(inputs: Sequence[str | Path], output: str | Path, options: UpscaleOptions) -> list[Job]:
+    """The options checked, the jobs planned and the output folder made: what every executor
+    does before any model is loaded."""
+    validate_options(options)
+    jobs = plan_jobs(inputs, output, options.ext)
+    if not jobs:
+        raise InputError(f"no image or video files found in {', '.join(str(p) for p in inputs)}")
+    if kind_of(output) is None:
+        Path(output).mkdir(parents=True, exist_ok=True)
+    return jobs
+
+
+def upscale(
+    inputs: Sequence[str | Path],
+    output: str | Path,
+    options: UpscaleOptions,
+    log: Log = to_stderr,
+    backend: Backend | None = None,
+) -> UpscaleSummary:
+    """Plan, load the backend (unless given, or unless every output already exists), run.
+
+    Returns the summary; `summary.exit_code()` is the command's exit code.
+    """
+    jobs = plan_checked(inputs, output, options)
+    pending = [job for job in jobs if options.overwrite or status(job.target) == "todo"]
+    if backend is None and pending:
+        backend = load_backend(options, log)
+        try:
+            return run_jobs(jobs, backend, options, log)
+        finally:
+            backend.close()
+    return run_jobs(jobs, backend, options, log)  # type: ignore[arg-type]
