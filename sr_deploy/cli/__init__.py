@@ -4,7 +4,7 @@ Errors: one line on stderr (`error: ...`), exit code 2 for bad usage or input, 1
 failure, 130 for Ctrl-C. `--debug` (before the command) shows the traceback instead.
 
 The group and its error handling live here; each command area is a module of its own
-(`models`: info, sample; `evaluate`: eval; `export`: export, build-engine; `upscale`;
+(`models`: info, sample, cache; `evaluate`: eval; `export`: export, build-engine; `upscale`;
 `benchmark`), sharing option declarations through `options`. The command modules do not know
 the group: this module adds their commands to it. Heavy imports stay inside the command
 functions, so that `sr-deploy --help` starts quickly.
@@ -64,6 +64,7 @@ cli.add_command(export.export)
 cli.add_command(export.build_engine)
 cli.add_command(upscale.upscale)
 cli.add_command(benchmark.benchmark)
+cli.add_command(models.cache)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -69,3 +69,26 @@ def sample(output: str) -> None:
     if not target.parent.is_dir():
         raise InputError(f"{target}: folder {target.parent} does not exist")
     click.echo(f"wrote {write_sample_image(target)}")
+
+
+@click.command()
+@click.option("--clear", is_flag=True, help="Remove the cached verdicts (they are measured again when needed).")
+def cache(clear: bool) -> None:
+    """List (or --clear) what `--precision auto` decided on this CPU and why, per model file."""
+    from ..backends.cpu_precision import cache_path, cached_verdicts, clear_cache, precision_of
+
+    path = cache_path()
+    if clear:
+        click.echo(f"removed {clear_cache()} verdicts from {path}")
+        return
+    verdicts = cached_verdicts()
+    click.echo(f"{path}: {len(verdicts)} CPU precision verdicts")
+    for key, entry in sorted(verdicts.items()):
+        cpu, hardware, sha256, torch_version = (key.split("|") + ["", "", "", ""])[:4]
+        psnr = entry.get("psnr_db")
+        verdict = precision_of(entry)
+        psnr_text = f"{psnr:.1f} dB" if isinstance(psnr, (int, float)) else "?"
+        click.echo(
+            f"  {verdict}  model {sha256[:12]}  {cpu} ({hardware}), {torch_version}: parity {psnr_text} "
+            f"on {entry.get('images', '?')}, measured {entry.get('measured', '?')}"
+        )
