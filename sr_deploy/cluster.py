@@ -12,8 +12,7 @@ Only the Ray plumbing lives here; the job is the local one:
                               scratch file whose bytes it returns.
 
 So outputs, skip/resume, atomic writes and the one-line error per failed input are a local run's;
-a video's finished pieces wait in the target's hidden segments folder, so a re-run resumes it
-piece by piece. Fault tolerance is Ray's: an actor that dies is restarted and its block re-run
+a video's finished pieces wait in the target's segments folder (a re-run resumes piece by piece). Fault tolerance is Ray's: an actor that dies is restarted and its block re-run
 (bounded here, `MAX_ACTOR_RESTARTS`), and a block that still fails only fails its own input
 (`DataContext.max_errored_blocks`).
 
@@ -43,6 +42,7 @@ from .upscale import Job, UpscaleOptions, UpscaleSummary, jobs_to_run, load_back
 from .upscale.remote import ANSWER_KEYS, RemoteRun, run_row
 from .util.log import Progress as Log
 from .util.log import to_stderr
+from .util.net import check_reachable
 from .util.text import first_line
 
 RAY_NOT_INSTALLED = "Ray is not installed: pip install 'sr-deploy[ray]' (on the driver and every node)"
@@ -126,6 +126,7 @@ def _connect(ray: Any, address: str | None) -> bool:
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
+    check_reachable(address, "--ray")  # a bad address: one line within seconds, not minutes of retries
     local = {} if address else {"include_dashboard": False}  # loopback: see `import_ray(local=True)`
     try:
         ray.init(address=address, logging_level="warning", log_to_driver=True, configure_logging=True, **local)

@@ -344,3 +344,30 @@ def test_a_bad_model_is_refused_on_the_driver_before_any_actor_starts(tmp_path, 
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith(f"error: {bad}: not a PyTorch checkpoint")
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "out.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("address", "message"),
+    [
+        ("notahost.invalid:6379", "error: --ray notahost.invalid:6379: cannot resolve the host 'notahost.invalid'"),
+        ("127.0.0.1:1", "error: --ray 127.0.0.1:1: no Ray cluster answers at 127.0.0.1:1 (Connection refused)"),
+        ("ray://127.0.0.1:1", "error: --ray ray://127.0.0.1:1: no Ray cluster answers at 127.0.0.1:1"),
+        ("justahost", "error: --ray justahost: expected HOST:PORT, ray://HOST:PORT or auto"),
+    ],
+)
+def test_a_bad_ray_address_is_one_line_exit_2_within_seconds(tmp_path, set5_dir, address, message):
+    """Issue 24: `--ray=notahost:6379` hung for 699 s with pages of Ray logs, then exit 1."""
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "sr_deploy", "upscale", str(set5_dir / "bird.png"), "-o", str(tmp_path / "o.png")]
+        + [f"--ray={address}"],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert time.monotonic() - start < 30
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().startswith(message), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o.png").exists()

@@ -199,6 +199,7 @@ def _run(inputs: tuple[str, ...], output: str, options: Any, ray_address: str | 
     import signal
 
     from ..upscale import upscale as run_upscale
+    from ..util.text import shown
 
     def terminate(signum: int, frame: object) -> None:  # `kill`: clean up like Ctrl-C
         raise KeyboardInterrupt
@@ -223,10 +224,10 @@ def _run(inputs: tuple[str, ...], output: str, options: Any, ray_address: str | 
     click.echo(summary.line(), err=True)
     # Say where the results are (stdout, so scripts can read it).
     if len(summary.done) == 1:
-        click.echo(f"result: {summary.done[0]}")
+        click.echo(f"result: {shown(summary.done[0])}")
     elif summary.done:
-        click.echo(f"results: {len(summary.done)} files under {output}")
+        click.echo(f"results: {len(summary.done)} files under {shown(output)}")
     if summary.partial:
-        click.echo(f"partial: {', '.join(str(p) for p in summary.partial)}")
+        click.echo(f"partial: {', '.join(shown(p) for p in summary.partial)}")
     if summary.failed:
         raise click.exceptions.Exit(summary.exit_code())

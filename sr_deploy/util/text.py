@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["first_line"]
+__all__ = ["first_line", "shown"]
 
 _ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -15,3 +15,13 @@ def first_line(exc: BaseException | str, limit: int = 240) -> str:
     text = _ANSI_COLOUR.sub("", str(exc)).strip()
     line = text.splitlines()[0] if text else (type(exc).__name__ if isinstance(exc, BaseException) else "")
     return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def shown(value: object) -> str:
+    """`value` as text for one line of output: control characters (a newline or a tab inside a
+    file name, an escape sequence) written as Python escapes (``\\n``, ``\\x1b``), so that a
+    name cannot break a line that scripts read or paint the terminal; everything else as is."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() or ch == " " else repr(ch)[1:-1] for ch in text)

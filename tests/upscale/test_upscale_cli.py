@@ -341,3 +341,15 @@ def test_image_memory_follows_the_8bit_output_not_a_float32_copy(shared_data, tm
     assert out.shape == (3000, 4000, 3)
     np.testing.assert_array_equal(out[::4, ::4], cv2.cvtColor(photo, cv2.COLOR_BGR2RGB))  # nearest x4: exact
     assert peak < 80e6, f"peak {peak / 1e6:.0f} MB"
+
+
+def test_result_line_escapes_a_newline_in_the_file_name(set5_dir, model, tmp_path):
+    """The `result:` line is read by scripts: a newline inside a name must not split it."""
+    source = tmp_path / "in"
+    source.mkdir()
+    write_image(source / "two\nlines.png", _rgb(set5_dir / "bird.png"))
+    out = tmp_path / "out"
+    result = run(str(source / "two\nlines.png"), "-o", str(out / "two\nlines_x4.png"), "--model", str(model))
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"result: {out}/two\\nlines_x4.png\n"
+    assert read_image(out / "two\nlines_x4.png").shape[:2] == (96, 128)
