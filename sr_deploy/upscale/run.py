@@ -20,6 +20,7 @@ from pathlib import Path
 from ..backends.base import Backend
 from ..backends.fp32_fallback import Fp32Fallback
 from ..errors import InputError, SRDeployError
+from ..util.files import exclusive_output, file_sha256
 from ..util.log import Progress as Log
 from ..util.log import to_stderr
 from ..util.text import first_line
@@ -100,14 +101,14 @@ def one_line(source: Path, exc: BaseException) -> str:
 
 
 def model_identity(model: str) -> str:
-    """The model file, its size and modification time: enough for a resumed video to know that
-    its finished segments came from the same model."""
+    """The model file's name and the sha256 of its bytes, as a Ray job names it
+    (`model_file.model_files_id`): a resumed video never mixes segments of two models, even when
+    weights were replaced in place with the same size and modification time (issue 24)."""
     try:
         from ..models import resolve_model_path
 
         path = resolve_model_path(model)
-        stat = path.stat()
-        return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+        return f"{path.name}:{file_sha256(path)[:16]}"
     except Exception:  # a stand-in backend in tests, an unresolvable name: the name is all there is
         return str(model)
 
@@ -119,21 +120,8 @@ def run_one(
     SystemExit go through). `video`: a video job's options (default: from `options`)."""
     reruns = backend.reruns if isinstance(backend, Fp32Fallback) else 0
     try:
-        if job.kind == "image":
-            upscale_image_file(backend, job.source, job.target, options)
-            outcome = Outcome(job, "done", path=job.target)
-        else:
-            result = upscale_video(backend, job.source, job.target, video or options.video(), log=log)
-            resumed = f", resumed after frame {result.resumed_from}" if result.resumed_from else ""
-            handled = result.frames_inferred + result.frames_reused
-            message = (
-                f"{result.path}: {result.frames} frames ({result.frames_inferred} inferred{resumed}), "
-                f"{result.frames_reused} of {handled} frames reused, "
-                f"{result.size[0]}x{result.size[1]}, audio {result.audio}, "
-                f"{handled / max(result.seconds, 1e-9):.2f} frames/s"
-            )
-            state = "partial" if result.partial else "done"
-            outcome = Outcome(job, state, message, path=result.path, frames=result.frames)
+        with exclusive_output(job.target):  # a second run on the same output fails at once (issue 24)
+            outcome = _run_locked(job, backend, options, log, video)
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:  # one bad file must not stop the others
@@ -141,6 +129,24 @@ def run_one(
     if isinstance(backend, Fp32Fallback) and backend.reruns > reruns:
         log(f"warning: {job.label}: {backend.precision} output had NaN/Inf values; re-ran those batches in fp32")
     return outcome
+
+
+def _run_locked(job: Job, backend: Backend, options: UpscaleOptions, log: Log, video: VideoOptions | None) -> Outcome:
+    """`run_one`'s work, with the output's lock held."""
+    if job.kind == "image":
+        upscale_image_file(backend, job.source, job.target, options)
+        return Outcome(job, "done", path=job.target)
+    result = upscale_video(backend, job.source, job.target, video or options.video(), log=log)
+    resumed = f", resumed after frame {result.resumed_from}" if result.resumed_from else ""
+    handled = result.frames_inferred + result.frames_reused
+    message = (
+        f"{result.path}: {result.frames} frames ({result.frames_inferred} inferred{resumed}), "
+        f"{result.frames_reused} of {handled} frames reused, "
+        f"{result.size[0]}x{result.size[1]}, audio {result.audio}, "
+        f"{handled / max(result.seconds, 1e-9):.2f} frames/s"
+    )
+    state = "partial" if result.partial else "done"
+    return Outcome(job, state, message, path=result.path, frames=result.frames)
 
 
 def run_jobs(jobs: Sequence[Job], backend: Backend, options: UpscaleOptions, log: Log = to_stderr) -> UpscaleSummary:

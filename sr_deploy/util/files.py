@@ -15,9 +15,11 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, SRDeployError
 
 __all__ = [
+    "OutputBusy",
+    "exclusive_output",
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
@@ -109,3 +111,53 @@ def check_output_path(path: str | Path) -> Path:
     if path.is_dir():
         raise InputError(f"{path}: is a folder, expected a file name")
     return path
+
+
+class OutputBusy(SRDeployError):
+    """Another process holds the lock of the output this run wants to write (exit code 1)."""
+
+
+def lock_path(target: str | Path) -> Path:
+    """The hidden lock file beside `target`: ``.NAME.lock``."""
+    target = Path(target)
+    return target.with_name(f".{target.name}.lock")
+
+
+@contextlib.contextmanager
+def exclusive_output(target: str | Path) -> Iterator[Path]:
+    """Hold an exclusive lock on `target` for the body: two runs that would write the same output
+    (its temporary name, a video's segments folder) never run at once; the second raises
+    OutputBusy at once ("another run is writing X") instead of corrupting the first one's file.
+
+    The lock is `flock` on ``.NAME.lock`` beside the target, removed when the body ends. A lock
+    file that was removed between our open and our lock is a stale inode: we retry on the new one,
+    so two runs can never both hold "the" lock. The kernel drops the lock when a process dies
+    (kill -9 included), so a crashed run leaves no lock that blocks the next.
+    """
+    import fcntl
+
+    path = lock_path(target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OutputBusy(f"{target}: another run is writing this output; try again when it has finished") from None
+        except OSError:
+            os.close(fd)
+            raise
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the previous holder removed this lock file after we opened it: lock the new one
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)

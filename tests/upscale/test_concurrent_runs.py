@@ -1,0 +1,116 @@
+"""Two runs on one output, and resume keys that know the model's bytes (issue 24 B and C).
+
+Before: both runs used the same `.NAME.partial.EXT` and segments folder; in 4 of 5 tries the mp4
+had no decodable stream while one run said "done". Now the output is locked for the duration of
+its job: the second run fails at once in one line (exit 1) and the first one's file is whole."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _upscale_support import decoded_video, make_clip, save_tiny_srvgg
+
+from sr_deploy.imaging import read_image
+from sr_deploy.upscale.run import model_identity
+from sr_deploy.util.files import OutputBusy, exclusive_output, lock_path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    return save_tiny_srvgg(tmp_path_factory.mktemp("m") / "vgg.pt")
+
+
+def _upscale(source: Path, target: Path, model: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "sr_deploy", "upscale", str(source), "-o", str(target), "--model", str(model)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.Popen(
+        [*command, "--device", "cpu", "--no-progress"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_the_lock_refuses_a_second_holder_and_leaves_nothing_behind(tmp_path):
+    target = tmp_path / "out" / "a.png"
+    with exclusive_output(target) as held:
+        assert held == lock_path(target) and held.is_file()
+        with pytest.raises(OutputBusy, match=r"a.png: another run is writing this output"):
+            with exclusive_output(target):
+                pass
+    assert not lock_path(target).exists()
+    with exclusive_output(target):  # free again
+        pass
+
+
+def test_a_run_on_an_output_another_run_holds_fails_in_one_line(set5_dir, model, tmp_path):
+    target = tmp_path / "bird_x4.png"
+    with exclusive_output(target):
+        proc = _upscale(set5_dir / "bird.png", target, model)
+        out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: {set5_dir / 'bird.png'}: {target}: another run is writing this output; try again when it has finished"
+    ]
+    assert "result:" not in out and not target.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["video", "image"])
+def test_two_concurrent_runs_on_one_output_both_orders(set5_dir, video_dir, model, tmp_path, kind):
+    """Each run either writes a whole, correct file or fails in one line; whichever starts first."""
+    if kind == "video":
+        source = make_clip(video_dir / "mov_bbb.mp4", tmp_path / "clip.mp4", 1.0, audio=False)
+        frames = decoded_video(source)[0]
+        target = tmp_path / "clip_x4.mp4"
+    else:
+        source = set5_dir / "baby.png"
+        target = tmp_path / "baby_x4.png"
+    for order in range(2):
+        target.unlink(missing_ok=True)
+        first = _upscale(source, target, model)
+        time.sleep(0.5 if order == 0 else 0.05)
+        second = _upscale(source, target, model)
+        results = [proc.communicate(timeout=600) + (proc.returncode,) for proc in (first, second)]
+        for out, err, code in results:
+            assert code in (0, 1), err
+            if code == 1:
+                errors = [line for line in err.splitlines() if line.startswith("error:")]
+                assert len(errors) == 1 and "another run is writing this output" in errors[0], err
+                assert "result:" not in out
+            else:
+                assert out.strip() == f"result: {target}"
+        assert any(code == 0 for _, _, code in results)
+        if kind == "video":
+            count, _fps, size = decoded_video(target)
+            assert count == frames and size == (1280, 704)
+        else:
+            assert read_image(target).shape == (2048, 2048, 3)
+        assert not lock_path(target).exists()
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(f".{target.stem}")]
+
+
+def test_resume_key_changes_when_weights_change_in_place(tmp_path):
+    """Same size and modification time, other bytes: another model for the resume key."""
+    path = save_tiny_srvgg(tmp_path / "m.pt", seed=1)
+    before = model_identity(str(path))
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    other = save_tiny_srvgg(tmp_path / "n.pt", seed=2).read_bytes()
+    assert len(other) == len(data) and other != bytes(data)
+    path.write_bytes(other)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
+    after = model_identity(str(path))
+    assert before != after and before.startswith("m.pt:") and after.startswith("m.pt:")
+    assert np.all([c in "0123456789abcdef" for c in after.split(":")[1]])
