@@ -12,12 +12,14 @@ functions, so that `sr-deploy --help` starts quickly.
 
 from __future__ import annotations
 
+import os
 import traceback
 
 import click
 
 from .. import __version__
 from ..errors import SRDeployError
+from ..util.log import DEBUG_ENV
 from ..util.text import first_line
 from . import benchmark, evaluate, export, models, upscale
 
@@ -30,6 +32,9 @@ class _Group(click.Group):
 
     def invoke(self, ctx: click.Context):
         debug = bool(ctx.params.get("debug"))
+        before = os.environ.get(DEBUG_ENV)
+        if debug:  # per-file errors are caught deep in the jobs (and Ray workers): they read this
+            os.environ[DEBUG_ENV] = "1"
         try:
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
@@ -48,6 +53,11 @@ class _Group(click.Group):
             first = first_line(exc, limit=10_000) if str(exc).strip() else ""
             click.echo(f"error: {type(exc).__name__}: {first} (run with --debug for the traceback)", err=True)
             ctx.exit(1)
+        finally:
+            if before is None:
+                os.environ.pop(DEBUG_ENV, None)
+            else:
+                os.environ[DEBUG_ENV] = before
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -22,7 +22,7 @@ from ..backends.fp32_fallback import Fp32Fallback
 from ..errors import InputError, SRDeployError
 from ..util.files import exclusive_output, file_sha256
 from ..util.log import Progress as Log
-from ..util.log import to_stderr
+from ..util.log import debug_traceback, to_stderr
 from ..util.text import first_line
 from ..video import VideoOptions, upscale_video
 from .image import upscale_image_file
@@ -125,6 +125,8 @@ def run_one(
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:  # one bad file must not stop the others
+        if trace := debug_traceback():
+            log(trace)
         outcome = Outcome(job, "failed", one_line(job.label, exc), 2 if isinstance(exc, InputError) else 1)
     if isinstance(backend, Fp32Fallback) and backend.reruns > reruns:
         log(f"warning: {job.label}: {backend.precision} output had NaN/Inf values; re-ran those batches in fp32")

@@ -14,12 +14,35 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator
 
-__all__ = ["LOGGER", "Progress", "progress_to", "quiet", "silent", "to_logger", "to_stderr"]
+__all__ = [
+    "DEBUG_ENV",
+    "LOGGER",
+    "debug_traceback",
+    "Progress",
+    "progress_to",
+    "quiet",
+    "silent",
+    "to_logger",
+    "to_stderr",
+]
 
 LOGGER = logging.getLogger("sr_deploy")
 
 Progress = Callable[[str], None]
 """A callback that receives one human-readable progress line (no trailing newline)."""
+
+
+# Set by `sr-deploy --debug` (and inherited by subprocesses and Ray workers started after it).
+DEBUG_ENV = "SR_DEPLOY_DEBUG"
+
+
+def debug_traceback() -> str:
+    """The traceback of the exception being handled, when `--debug` is on, else ""; for errors
+    that are caught and reported per file instead of ending the run."""
+    import os
+    import traceback
+
+    return traceback.format_exc().rstrip() if os.environ.get(DEBUG_ENV) == "1" else ""
 
 
 def to_stderr(message: str) -> None:

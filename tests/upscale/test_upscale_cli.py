@@ -353,3 +353,17 @@ def test_result_line_escapes_a_newline_in_the_file_name(set5_dir, model, tmp_pat
     assert result.exit_code == 0, result.output
     assert result.stdout == f"result: {out}/two\\nlines_x4.png\n"
     assert read_image(out / "two\nlines_x4.png").shape[:2] == (96, 128)
+
+
+def test_debug_shows_the_traceback_of_a_per_file_error(set5_dir, model, tmp_path, monkeypatch):
+    """Per-file errors are caught so the other files go on; --debug still shows where they came from."""
+    monkeypatch.delenv("SR_DEPLOY_DEBUG", raising=False)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes((set5_dir / "baby.png").read_bytes()[:300])  # truncated PNG
+    plain = CliRunner().invoke(cli, ["upscale", str(bad), "-o", str(tmp_path / "o.png"), "--device", "cpu"])
+    assert plain.exit_code == 2 and "Traceback" not in plain.stderr
+    debug = CliRunner().invoke(cli, ["--debug", "upscale", str(bad), "-o", str(tmp_path / "o.png"), "--device", "cpu"])
+    assert debug.exit_code == 2
+    assert "Traceback (most recent call last):" in debug.stderr and "not a readable image" in debug.stderr
+    assert _error_lines(debug) == _error_lines(plain)
+    monkeypatch.delenv("SR_DEPLOY_DEBUG", raising=False)
