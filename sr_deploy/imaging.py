@@ -63,6 +63,24 @@ def atomic_write_bytes(target: Path, data: bytes) -> None:
     _atomic_write_bytes(target, data, make_parents=True)
 
 
+def image_header_size(path: str | Path) -> tuple[int, int] | None:
+    """(width, height) as the file's header states it, read without decoding any pixel (Pillow
+    parses only the header until pixels are asked for); None when Pillow is not installed or does
+    not know the format (the decoder then finds out what the file is)."""
+    try:
+        from PIL import Image
+    except ModuleNotFoundError:
+        return None
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # sr-deploy sets its own bound
+    try:
+        with Image.open(path) as img:  # lazy: header only
+            return int(img.size[0]), int(img.size[1])
+    except Exception:  # any format Pillow cannot parse: leave it to the decoder
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image file as grey (H, W), RGB (H, W, 3) or RGBA (H, W, 4).
 

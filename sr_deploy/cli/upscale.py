@@ -111,6 +111,13 @@ from .options import BACKEND_CHOICE, PRECISION_CHOICE, device_option, realism_op
     "number of dB also reuses it for frames at least that close (PSNR, e.g. 50); off runs the model "
     "on every frame.",
 )
+@click.option(
+    "--max-pixels",
+    type=int,
+    default=None,
+    help="Refuse images with more pixels than this (read from the header, before decoding) "
+    "[default: what fits in the memory available now].",
+)
 @realism_options
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
 @click.option(
@@ -152,6 +159,7 @@ def upscale(
     allow_partial: bool,
     segment_seconds: float,
     dedup_threshold: str,
+    max_pixels: int | None,
     realism: float | None,
     gan_model: str | None,
     no_progress: bool,
@@ -189,6 +197,7 @@ def upscale(
         segment_seconds=segment_seconds,
         progress=not no_progress,
         dedup_threshold=parse_threshold(dedup_threshold),
+        max_pixels=max_pixels,
     )
 
     _run(inputs, output, options, ray_address, ray_actors)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from ..backends.base import Backend
+from ..errors import InputError
 from ..imaging import (
+    image_header_size,
     image_to_model_input,
     output_dtype_for,
     quantize,
@@ -18,6 +21,55 @@ from ..imaging import (
 )
 from ..tiling import upscale_tiled_into
 from .options import UpscaleOptions
+
+# What one input pixel costs while its image is upscaled, besides the output: the decoded image
+# (up to 4 bytes) and the float32 model input (12 bytes); the output adds 3 (8-bit) or 6 (16-bit)
+# bytes per output pixel. The runtime and model take about 1 GiB on top (docs/upscale.md).
+INPUT_BYTES_PER_PIXEL = 16
+RUNTIME_BYTES = 1 << 30
+
+
+def available_memory() -> int:
+    """Bytes of memory available to this process now (MemAvailable), or the machine's total."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (OSError, ValueError, AttributeError):
+        return 1 << 34  # unknown: 16 GiB
+
+
+def max_input_pixels(scale: int, deep: bool = False) -> int:
+    """The default bound on an input image's pixels (`--max-pixels`): what fits in the memory
+    available now at `scale` (`deep`: a 16-bit output)."""
+    per_pixel = INPUT_BYTES_PER_PIXEL + (6 if deep else 3) * scale * scale
+    return max(0, available_memory() - RUNTIME_BYTES) // per_pixel
+
+
+def check_image_size(source: Path, scale: int, limit: int | None) -> None:
+    """InputError (exit 2) before anything is decoded when the header of `source` states more
+    pixels than `limit` (None: `max_input_pixels`); a file whose header cannot be read passes (the
+    decoder reports it)."""
+    size = image_header_size(source)
+    if size is None:
+        return
+    pixels = size[0] * size[1]
+    bound = max_input_pixels(scale) if limit is None else limit
+    if pixels > bound:
+        where = "--max-pixels" if limit is not None else f"the memory available now at x{scale}"
+        raise InputError(
+            f"{source}: {size[0]}x{size[1]} is {_pixels_text(pixels)}, more than the {_pixels_text(bound)} "
+            f"of {where}; pass --max-pixels N to change the bound"
+        )
+
+
+def _pixels_text(count: int) -> str:
+    return f"{count / 1e6:.1f} Mpx" if count >= 100_000 else f"{count} pixels"
 
 
 def upscale_image_file(backend: Backend, source: Path, target: Path, options: UpscaleOptions) -> None:
@@ -29,6 +81,7 @@ def upscale_image_file(backend: Backend, source: Path, target: Path, options: Up
     With `--outscale` the tiles go into a 16-bit image at the model's scale, which is resized and
     then rounded to the output depth once.
     """
+    check_image_size(source, backend.scale, options.max_pixels)
     image = read_image(source)
     height, width = image.shape[:2]
     grey, input_dtype = image.ndim == 2, image.dtype

@@ -30,6 +30,8 @@ class UpscaleOptions:
         for images on CUDA, 1 for images on the CPU.
     outscale: final size factor; None = the model's scale.
     ext: output image format: png, jpg, webp or `same` as the input.
+    max_pixels: images with more pixels (by their header) are refused before decoding; None:
+        what fits in the memory available (`upscale.image.max_input_pixels`).
     dedup_threshold: videos: EXACT reuses the output of a held (identical) frame, N dB also that of
         a frame at least that close (PSNR), None runs the model on every frame (`sr_deploy.video.held`).
     """
@@ -54,6 +56,7 @@ class UpscaleOptions:
     segment_seconds: float = DEFAULT_SEGMENT_SECONDS
     progress: bool = True
     dedup_threshold: float | None = EXACT
+    max_pixels: int | None = None
 
     def video(self, model_id: str = "") -> VideoOptions:
         """The options of a video job (`model_id` names the model in its resume key)."""
@@ -88,3 +91,5 @@ def validate_options(options: UpscaleOptions) -> None:
     if not (math.isfinite(options.segment_seconds) and options.segment_seconds >= 0):
         raise InputError(f"--segment-seconds must be >= 0, got {options.segment_seconds}")
     check_threshold(options.dedup_threshold)
+    if options.max_pixels is not None and options.max_pixels < 1:
+        raise InputError(f"--max-pixels must be >= 1, got {options.max_pixels}")

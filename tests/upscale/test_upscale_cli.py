@@ -367,3 +367,45 @@ def test_debug_shows_the_traceback_of_a_per_file_error(set5_dir, model, tmp_path
     assert "Traceback (most recent call last):" in debug.stderr and "not a readable image" in debug.stderr
     assert _error_lines(debug) == _error_lines(plain)
     monkeypatch.delenv("SR_DEPLOY_DEBUG", raising=False)
+
+
+def _png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header says width x height, with one tiny (wrong) IDAT: what a decompression
+    bomb looks like before decoding; reading its header must be all that happens."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
+    return path
+
+
+def test_an_image_too_large_for_memory_is_refused_from_its_header(model, tmp_path):
+    """Issue 24 D: a valid 875 KB PNG of 30000x30000 allocated until the machine ran out."""
+    bomb = _png_header_only(tmp_path / "bomb.png", 30000, 30000)
+    result = run(str(bomb), "-o", str(tmp_path / "out.png"), "--model", str(model))
+    assert result.exit_code == 2, result.output
+    (error,) = _error_lines(result)
+    assert error.startswith(f"error: {bomb}: 30000x30000 is 900.0 Mpx, more than the ")
+    assert "Mpx of the memory available now at x4; pass --max-pixels N to change the bound" in error
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_max_pixels_bounds_inputs_by_their_header(set5_dir, model, tmp_path):
+    src = tmp_path / "bird.png"
+    write_image(src, _rgb(set5_dir / "bird.png"))  # 32x24 = 768 pixels
+    refused = run(str(src), "-o", str(tmp_path / "a.png"), "--model", str(model), "--max-pixels", "767")
+    assert refused.exit_code == 2
+    assert _error_lines(refused) == [
+        f"error: {src}: 32x24 is 768 pixels, more than the 767 pixels of --max-pixels; "
+        "pass --max-pixels N to change the bound"
+    ]
+    allowed = run(str(src), "-o", str(tmp_path / "b.png"), "--model", str(model), "--max-pixels", "768")
+    assert allowed.exit_code == 0 and read_image(tmp_path / "b.png").shape[:2] == (96, 128)
+    bad = run(str(src), "-o", str(tmp_path / "c.png"), "--model", str(model), "--max-pixels", "0")
+    assert bad.exit_code == 2 and "--max-pixels must be >= 1, got 0" in bad.stderr
