@@ -87,9 +87,29 @@ def _tritonclient_http() -> Any:
     return httpclient
 
 
-def infer(url: str, model: str, batch: np.ndarray, timeout: float = 300.0) -> np.ndarray:
+# The largest request (N x H x W input pixels) the client sends and the repositories sr-deploy
+# writes accept (`sr_deploy.max_request_pixels` in config.pbtxt): 2048 x 2048 in, whose x4 float32
+# answer is 0.8 GB; a 3000 x 3000 request took 23 s and returned 1.7 GB (issue 24).
+MAX_REQUEST_PIXELS = 2048 * 2048
+
+
+def check_request_size(shape: tuple[int, ...], limit: int = MAX_REQUEST_PIXELS) -> None:
+    """InputError (one line) when a (N, 3, H, W) request has more than `limit` input pixels."""
+    pixels = int(np.prod(shape[:1] + shape[2:]))
+    if pixels > limit:
+        raise InputError(
+            f"a request of {'x'.join(map(str, shape))} is {pixels} input pixels, more than the "
+            f"{limit} a request may carry: send the image in tiles (sr_deploy.tiling)"
+        )
+
+
+def infer(
+    url: str, model: str, batch: np.ndarray, timeout: float = 300.0, max_pixels: int = MAX_REQUEST_PIXELS
+) -> np.ndarray:
     """Send `batch` ((N, 3, H, W) float32) to `model` on the Triton server at `url`
-    (http://HOST:PORT) and return its `output` (float32). SRDeployError when the server fails."""
+    (http://HOST:PORT) and return its `output` (float32). InputError for a batch over `max_pixels`
+    input pixels, before anything is sent; SRDeployError when the server fails."""
+    check_request_size(tuple(batch.shape), max_pixels)
     httpclient = _tritonclient_http()
     from tritonclient.utils import InferenceServerException
 

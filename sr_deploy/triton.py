@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import InputError
+from .serving import MAX_REQUEST_PIXELS
 from .util.log import Progress as Log
 from .util.log import to_stderr
 
@@ -154,7 +155,7 @@ def onnx_config(
         + _instance_block(kind)
         + _warmup_block(profile["opt"][2], profile["opt"][3])
         + accelerator
-        + _parameters_block({"sr_deploy.scale": str(scale)})
+        + _parameters_block({"sr_deploy.scale": str(scale), "sr_deploy.max_request_pixels": str(MAX_REQUEST_PIXELS)})
     )
 
 
@@ -169,7 +170,7 @@ def plan_config(name: str, profile: dict[str, list[int]], scale: int) -> str:
         + _batching_block()
         + _instance_block("KIND_GPU")
         + _warmup_block(profile["opt"][2], profile["opt"][3])
-        + _parameters_block({"sr_deploy.scale": str(scale)})
+        + _parameters_block({"sr_deploy.scale": str(scale), "sr_deploy.max_request_pixels": str(MAX_REQUEST_PIXELS)})
     )
 
 
@@ -190,6 +191,7 @@ def python_config(
                 "sr_deploy.backend": backend,
                 "sr_deploy.precision": precision,
                 "sr_deploy.scale": str(scale),
+                "sr_deploy.max_request_pixels": str(MAX_REQUEST_PIXELS),
             }
         )
     )
@@ -403,9 +405,18 @@ def write_readme(repo: Path, models: list[TritonModel], scale: int) -> Path:
         "## Start Triton on it",
         "",
         "```bash",
-        f"docker run --gpus all --rm -p 8000:8000 -p 8001:8001 -v $PWD/{repo.name}:/models \\",
+        f"docker run --gpus all --rm -p 127.0.0.1:8000:8000 -p 127.0.0.1:8001:8001 -v $PWD/{repo.name}:/models \\",
         "    nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models",
         "```",
+        "",
+        "The ports are published on this machine's loopback only: Triton itself asks for no credentials,",
+        "and anyone who reaches port 8000 can run the model and unload it. To serve other machines, put",
+        "an authenticating reverse proxy (TLS and a password or token, e.g. nginx or Envoy) in front of",
+        "127.0.0.1:8000, or at least restrict Triton's APIs to a header key",
+        "(`--http-restricted-api=model-repository,shared-memory:sr-key=<secret>`).",
+        f"A request may carry at most {MAX_REQUEST_PIXELS} input pixels (N x H x W,",
+        "`sr_deploy.max_request_pixels` in config.pbtxt; the python flavour enforces it, `sr_deploy.serving`",
+        "checks it before sending): send larger images in tiles.",
         "",
         "A TensorRT plan only runs on the GPU model and TensorRT version it was built with: use the Triton",
         "container whose TensorRT matches the engine's sidecar JSON. The ONNX model runs anywhere ONNX Runtime",

@@ -50,6 +50,8 @@ class TritonPythonModel:
             params.get("sr_deploy.precision", "fp32"),
             backend=params.get("sr_deploy.backend", "auto"),
         )
+        # Requests over this many input pixels (N x H x W) are refused; absent in older repositories.
+        self.max_pixels = int(params.get("sr_deploy.max_request_pixels", "0")) or None
         self.overlap = DEFAULT_TILE_OVERLAP
         self.batch_size = 4 if device.startswith("cuda") else 1
 
@@ -64,6 +66,12 @@ class TritonPythonModel:
                 batch = np.array(np.from_dlpack(pb_utils.get_input_tensor_by_name(request, "input")))
                 if batch.ndim != 4 or batch.shape[1] != 3:
                     raise ValueError(f"input must be (N, 3, H, W), got {tuple(batch.shape)}")
+                pixels = batch.shape[0] * batch.shape[2] * batch.shape[3]
+                if self.max_pixels is not None and pixels > self.max_pixels:
+                    raise ValueError(
+                        f"a request of {'x'.join(map(str, batch.shape))} is {pixels} input pixels, more than "
+                        f"the {self.max_pixels} of sr_deploy.max_request_pixels: send the image in tiles"
+                    )
                 images = np.ascontiguousarray(batch, dtype=np.float32)
                 result = np.stack(
                     [upscale_tiled(self.backend, image, None, self.overlap, self.batch_size) for image in images]

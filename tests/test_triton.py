@@ -184,8 +184,12 @@ def test_python_flavour_served_by_the_bundled_tritonserver_equals_sr_deploy_upsc
         "sr_deploy.backend": "torch",
         "sr_deploy.precision": "fp32",
         "sr_deploy.scale": "4",
+        "sr_deploy.max_request_pixels": "4194304",
     }
     assert (repo / "tiny" / "1" / "tiny.pt").read_bytes() == tiny_model.read_bytes()
+    # a lower bound for this server, so that an oversized request stays small to send
+    config_path = repo / "tiny" / "config.pbtxt"
+    config_path.write_text(config_path.read_text().replace('"4194304"', '"100000"'))
 
     image = set5_dir / "bird.png"
     local = tmp_path / "local.png"
@@ -224,7 +228,40 @@ def test_python_flavour_served_by_the_bundled_tritonserver_equals_sr_deploy_upsc
         crops = [image_to_request(read_image(path)[:64, :80]).batch for path in sorted(set5_dir.glob("*.png"))[:2]]
         pair = infer(url, "tiny", np.concatenate(crops))
         one = infer(url, "tiny", crops[1])
+        # the server refuses a request over its bound (the client's own check stepped aside)
+        from sr_deploy.errors import SRDeployError
+
+        with pytest.raises(SRDeployError, match=r"1x3x320x320 is 102400 input pixels, more than the 100000"):
+            infer(url, "tiny", np.zeros((1, 3, 320, 320), np.float32), max_pixels=10**9)
     assert served.read_bytes() == local.read_bytes()  # the same PNG, byte for byte
     assert pair.shape == (2, 3, 256, 320) and np.array_equal(pair[1], one[0])
     with pytest.raises(urllib.error.URLError):  # the server is gone
         urllib.request.urlopen(f"{url}/v2/health/live", timeout=2)
+
+
+def test_repositories_carry_a_request_bound_and_bind_to_loopback(tiny_model, tmp_path):
+    """Issue 24 D: a 3000x3000 request returned 1.7 GB after 23 s, and the README published both
+    ports on every interface with no word on authentication."""
+    from sr_deploy.serving import MAX_REQUEST_PIXELS
+
+    for flavour in ("onnx", "python"):
+        repo = tmp_path / flavour
+        args = ["export", str(tiny_model), "--triton-repo", str(repo), "--name", "sr", "--no-verify"]
+        result = CliRunner().invoke(cli, [*args, "--triton-flavour", flavour])
+        assert result.exit_code == 0, result.output
+        config = text_format.Parse((repo / "sr" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+        assert config.parameters["sr_deploy.max_request_pixels"].string_value == str(MAX_REQUEST_PIXELS)
+        readme = (repo / "README.md").read_text()
+        assert "-p 127.0.0.1:8000:8000 -p 127.0.0.1:8001:8001" in readme
+        assert "-p 8000:8000" not in readme and "reverse proxy" in readme and "--http-restricted-api" in readme
+
+
+def test_the_client_refuses_an_oversized_request_before_sending():
+    from sr_deploy.errors import InputError
+    from sr_deploy.serving import MAX_REQUEST_PIXELS, infer
+
+    side = int(np.sqrt(MAX_REQUEST_PIXELS)) + 1
+    batch = np.zeros((1, 3, side, side), np.float32)
+    # a port nothing listens on: the size is refused before any connection is tried
+    with pytest.raises(InputError, match=rf"a request of 1x3x{side}x{side} is {side * side} input pixels, more than"):
+        infer("http://127.0.0.1:1", "sr", batch)
