@@ -353,7 +353,7 @@ def _write_onnx(
         if given is not None:
             if not given.is_file():
                 raise InputError(f"{given}: no such ONNX file")
-            shutil.copyfile(given, onnx_target)
+            _copy_onnx(given, onnx_target)
         else:
             from .export import export_onnx
 
@@ -363,6 +363,23 @@ def _write_onnx(
     folder = repo / name
     files = [folder / "config.pbtxt", folder / VERSION / "model.onnx"]
     return TritonModel(name, "onnxruntime_onnx", folder, files, profile), scale
+
+
+def _copy_onnx(source: Path, target: Path) -> None:
+    """`source` as one self-contained `target`: byte for byte when it holds its weights, else loaded
+    with its external data (which `onnx.load` checks stay beside it) and saved as one file, so the
+    repository does not lose the weights (issue 24: they were dropped, and the model failed in
+    ONNX Runtime on the server)."""
+    from onnx.external_data_helper import uses_external_data
+
+    from .onnx_graph import save_onnx
+    from .util.onnx_facts import load_onnx_file
+
+    graph = load_onnx_file(source, load_weights=False)
+    if not any(uses_external_data(tensor) for tensor in graph.graph.initializer):
+        shutil.copyfile(source, target)
+        return
+    save_onnx(load_onnx_file(source), target)
 
 
 def _write_plan(repo: Path, engine_path: Path, plan_name: str, profile: Any, scale: int) -> TritonModel:

@@ -265,3 +265,30 @@ def test_the_client_refuses_an_oversized_request_before_sending():
     # a port nothing listens on: the size is refused before any connection is tried
     with pytest.raises(InputError, match=rf"a request of 1x3x{side}x{side} is {side * side} input pixels, more than"):
         infer("http://127.0.0.1:1", "sr", batch)
+
+
+def test_an_onnx_file_with_external_data_keeps_its_weights_in_the_repository(tiny_model, tmp_path):
+    """Issue 24 E: `export X.onnx --triton-repo` dropped X.onnx's external data and exited 0."""
+    import onnx
+    import onnxruntime as ort
+
+    plain = tmp_path / "plain.onnx"
+    assert CliRunner().invoke(cli, ["export", str(tiny_model), "-o", str(plain), "--no-verify"]).exit_code == 0
+    split = tmp_path / "split" / "model.onnx"
+    split.parent.mkdir()
+    onnx.save_model(
+        onnx.load(str(plain)), str(split), save_as_external_data=True, location="weights.bin", size_threshold=0
+    )
+    assert (split.parent / "weights.bin").stat().st_size > 0
+    repo = tmp_path / "repo"
+    result = CliRunner().invoke(cli, ["export", str(split), "--triton-repo", str(repo), "--name", "sr", "--no-verify"])
+    assert result.exit_code == 0, result.output
+    served = repo / "sr" / "1" / "model.onnx"
+    x = np.random.default_rng(0).random((1, 3, 16, 20), dtype=np.float32)
+    expected = ort.InferenceSession(str(plain), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    got = ort.InferenceSession(str(served), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    assert np.array_equal(got, expected)
+    # a self-contained file is copied byte for byte
+    repo2 = tmp_path / "repo2"
+    CliRunner().invoke(cli, ["export", str(plain), "--triton-repo", str(repo2), "--name", "sr", "--no-verify"])
+    assert (repo2 / "sr" / "1" / "model.onnx").read_bytes() == plain.read_bytes()
