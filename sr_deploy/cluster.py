@@ -40,6 +40,7 @@ from .errors import InputError, NotInstalledError, SRDeployError
 from .model_file import model_files, model_files_id
 from .upscale import Job, UpscaleOptions, UpscaleSummary, jobs_to_run, load_backend, plan_checked, summarize
 from .upscale.remote import ANSWER_KEYS, RemoteRun, run_row
+from .util.files import process_scratch_dir
 from .util.log import Progress as Log
 from .util.log import to_stderr
 from .util.net import check_reachable
@@ -98,9 +99,8 @@ class _Upscaler:
     def __init__(self, options: UpscaleOptions, model_name: str, model_files: dict[str, bytes]):
         import weakref
 
-        self.workdir = Path(tempfile.mkdtemp(prefix="sr-deploy-actor-"))
-        # removed when the actor is collected or its process exits (Ray ends the pool's actors so);
-        # a SIGKILLed actor leaves it behind, like any killed process's temporary files
+        self.workdir = process_scratch_dir("sr-deploy-actor-")  # also sweeps those of killed actors
+        # removed when the actor is collected or its process exits (Ray ends the pool's actors so)
         weakref.finalize(self, shutil.rmtree, self.workdir, True)
         for name, data in model_files.items():  # the model travelled through the object store
             (self.workdir / name).write_bytes(data)

@@ -18,6 +18,7 @@ from pathlib import Path
 from ..errors import InputError, SRDeployError
 
 __all__ = [
+    "process_scratch_dir",
     "OutputBusy",
     "exclusive_output",
     "atomic_write",
@@ -161,3 +162,27 @@ def exclusive_output(target: str | Path) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             os.unlink(path)
         os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def process_scratch_dir(prefix: str) -> Path:
+    """A new temporary folder ``PREFIX<pid>-XXXX`` for this process, after removing the folders
+    of that prefix whose process is gone (a SIGKILLed worker cannot clean up after itself; the
+    next one on the machine does). Folders of live processes are left alone."""
+    import shutil
+
+    root = Path(tempfile.gettempdir())
+    for folder in root.glob(f"{prefix}*"):
+        pid_text = folder.name[len(prefix) :].split("-", 1)[0]
+        if folder.is_dir() and pid_text.isdigit() and not _pid_alive(int(pid_text)):
+            shutil.rmtree(folder, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-"))
