@@ -33,13 +33,13 @@ def decoded_frames(
     import av
 
     codec = stream.codec_context
+    # Where decoding stopped is counted here, at the decoder: the frames handed on (`state`) lag
+    # behind by the reordering window and the queues, so they named frame 15 for damage at 31.
+    decoded = 0
+    decoded_end: float | None = None
 
     def damaged(exc: BaseException) -> None:
-        where = (
-            f"after {clock(state.last_end)} (frame {state.frames})"
-            if state.last_end is not None
-            else "before the first frame"
-        )
+        where = f"after {clock(decoded_end)} (frame {decoded})" if decoded_end is not None else "before the first frame"
         message = f"{source}: damaged video: decoding stopped {where}: {cause(exc)}"
         if not allow_partial:
             raise VideoDamaged(message) from None
@@ -61,7 +61,12 @@ def decoded_frames(
         except (av.FFmpegError, OSError) as exc:
             damaged(exc)
             continue
-        yield from frames
+        for frame in frames:
+            decoded += 1
+            if frame.time is not None:
+                duration = frame.duration * frame.time_base if frame.duration and frame.time_base else 0
+                decoded_end = max(decoded_end or 0.0, float(frame.time + duration))
+            yield frame
 
 
 def timed(frames: Iterator[Any], step: int) -> Iterator[tuple[int, Any]]:

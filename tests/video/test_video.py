@@ -693,3 +693,24 @@ def test_killed_video_job_leaves_no_final_output(video_dir, tiny_vgg, tmp_path, 
     assert not target.exists() and not partial_output_path(target).exists()
     if sig == signal.SIGTERM:
         assert not list(segments_dir(target).glob("*.partial"))
+
+
+def test_the_damage_message_names_the_frame_where_decoding_stopped(clips, tmp_path):
+    """Issue 24 E: the message named the frames handed on (frame 15) while the decoder had stopped
+    at frame 31; it now counts at the decoder, as PyAV decoding the same file does."""
+    import re
+
+    import av
+
+    counted = 0
+    with av.open(str(clips["corrupt"])) as container:
+        stream = container.streams.video[0]
+        try:
+            for packet in container.demux(stream):
+                counted += len(stream.codec_context.decode(packet))
+        except av.FFmpegError:
+            pass
+    with pytest.raises(VideoDamaged) as caught:
+        upscale_video(NearestBackend(2), clips["corrupt"], tmp_path / "c.mp4", preset="ultrafast", progress=False)
+    named = int(re.search(r"\(frame (\d+)\)", str(caught.value)).group(1))
+    assert named == counted, str(caught.value)
