@@ -256,6 +256,13 @@ class _VideoJob:
             for pts, frame in timed(frames, self.step):
                 if self.resume_pts is not None and pts <= self.resume_pts:
                     continue
+                if (frame.width, frame.height) != (info.width, info.height):
+                    # scaling it to the first size would squash the picture; one size per output
+                    raise InputError(
+                        f"{self.source}: the picture size changes from {info.width}x{info.height} to "
+                        f"{frame.width}x{frame.height} at frame {state.frames + 1} ({clock(float(pts * info.time_base))}); "
+                        "cut the video where it changes and upscale the parts"
+                    )
                 rgb = frame.to_ndarray(
                     format=self.plan.decode_format,
                     width=info.width,

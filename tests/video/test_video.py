@@ -714,3 +714,22 @@ def test_the_damage_message_names_the_frame_where_decoding_stopped(clips, tmp_pa
         upscale_video(NearestBackend(2), clips["corrupt"], tmp_path / "c.mp4", preset="ultrafast", progress=False)
     named = int(re.search(r"\(frame (\d+)\)", str(caught.value)).group(1))
     assert named == counted, str(caught.value)
+
+
+def test_a_stream_whose_size_changes_is_refused_in_one_line(video_dir, tmp_path):
+    """Issue 24 E: frames after a resolution change were squashed to the first frame's size, exit 0."""
+    from _upscale_support import ffmpeg
+
+    parts = []
+    for name, start, size in (("a", "0", "160:88"), ("b", "1", "128:72")):
+        part = tmp_path / f"{name}.ts"
+        encode = ["-c:v", "libx264", "-preset", "ultrafast", "-an", "-f", "mpegts", str(part)]
+        ffmpeg("-ss", start, "-i", str(video_dir / "mov_bbb.mp4"), "-t", "0.6", "-vf", f"scale={size}", *encode)
+        parts.append(part.read_bytes())
+    (tmp_path / "ab.ts").write_bytes(b"".join(parts))  # MPEG-TS parts concatenate as they are
+    source = tmp_path / "changing.mkv"
+    ffmpeg("-i", str(tmp_path / "ab.ts"), "-c", "copy", str(source))
+    target = tmp_path / "out.mp4"
+    with pytest.raises(InputError, match=r"changing.mkv: the picture size changes from 160x88 to 128x72 at frame 16 "):
+        upscale_video(NearestBackend(2), source, target, preset="ultrafast", progress=False)
+    assert not target.exists()
