@@ -62,6 +62,22 @@ def _choose_encoder(target: Path, codec: str | None, pix_fmt: str | None, bit_de
     return codec, pix_fmt
 
 
+# FFmpeg's AVCOL_SPC_* values used here
+_SPC_RGB, _SPC_BT709, _SPC_SMPTE170M = 0, 1, 6
+
+
+def output_matrix(input_colorspace: int, pix_fmt: str, height: int) -> int:
+    """The colour matrix (AVCOL_SPC_*) to convert to and tag on the output: the input's, except
+    that RGB-coded input (gbrp, matrix 0) encoded as YUV needs a real matrix, BT.709 from 720
+    lines up and BT.601 (SMPTE 170M) below, as players assume for untagged video; tagging YUV
+    as "RGB" mis-colours .mp4 and makes libvpx refuse .webm (issue 24)."""
+    import av
+
+    if input_colorspace == _SPC_RGB and not av.VideoFormat(pix_fmt).is_rgb:
+        return _SPC_BT709 if height >= 720 else _SPC_SMPTE170M
+    return input_colorspace
+
+
 def plan_output(
     info: VideoInfo,
     backend: Backend,
@@ -103,7 +119,7 @@ def plan_output(
         sar,
         info.color_primaries,
         info.color_trc,
-        info.colorspace,
+        output_matrix(info.colorspace, pix_fmt, out_h),
         info.color_range,
         crf,
         preset,

@@ -300,13 +300,14 @@ class _VideoJob:
                 self.writer.close_segment()
                 return
             stamps, slots, batch = payload
+            out_matrix = sws_colorspace(plan.settings.colorspace)  # the input's, or a real one for RGB input
             encoded = []
             for rgb in model_output_to_frames(batch, plan.size_hw, plan.out_dtype) if batch is not None else []:
                 frame = av.VideoFrame.from_ndarray(rgb, format=plan.rgb_out_format)
                 frame = frame.reformat(
-                    format=plan.settings.pix_fmt, dst_colorspace=self.colorspace, dst_color_range=self.color_range
+                    format=plan.settings.pix_fmt, dst_colorspace=out_matrix, dst_color_range=self.color_range
                 )
-                frame.color_range, frame.colorspace = info.color_range, info.colorspace
+                frame.color_range, frame.colorspace = info.color_range, plan.settings.colorspace
                 frame.color_primaries, frame.color_trc = info.color_primaries, info.color_trc
                 encoded.append(frame)
             # A held frame is the same VideoFrame again: the encoder takes its own reference of the

@@ -733,3 +733,38 @@ def test_a_stream_whose_size_changes_is_refused_in_one_line(video_dir, tmp_path)
     with pytest.raises(InputError, match=r"changing.mkv: the picture size changes from 160x88 to 128x72 at frame 16 "):
         upscale_video(NearestBackend(2), source, target, preset="ultrafast", progress=False)
     assert not target.exists()
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".webm"])
+def test_rgb_coded_input_gets_a_real_output_matrix(video_dir, tmp_path, suffix):
+    """Issue 24 E: gbrp input (colour matrix 0) had its matrix copied onto a yuv420p output: .mp4
+    mis-tagged, .webm refused by libvpx with a cryptic error and an empty segments folder."""
+    import av
+    from _upscale_support import ffmpeg, video_stream_facts
+
+    source = tmp_path / "rgb.mkv"
+    ffmpeg(
+        "-i",
+        str(video_dir / "mov_bbb.mp4"),
+        "-t",
+        "0.4",
+        "-vf",
+        "scale=160:88",
+        "-c:v",
+        "ffv1",
+        "-pix_fmt",
+        "gbrp",
+        "-an",
+        str(source),
+    )
+    assert video_stream_facts(source)["colorspace"] == 0
+    target = tmp_path / f"out{suffix}"
+    upscale_video(NearestBackend(2), source, target, preset="ultrafast", progress=False)
+    facts = video_stream_facts(target)
+    # BT.601 (SMPTE 170M) below 720 lines; RGB is full range, so is the YUV made of it (yuvj420p)
+    assert facts["pix_fmt"] in ("yuv420p", "yuvj420p") and facts["colorspace"] == 6
+    # decoded as tagged, the colours are the input's (up to chroma subsampling and the codec)
+    with av.open(str(source)) as a, av.open(str(target)) as b:
+        first_in = next(a.decode(video=0)).to_ndarray(format="rgb24").astype(float)
+        first_out = next(b.decode(video=0)).to_ndarray(format="rgb24").astype(float)[::2, ::2]
+    assert np.abs(first_out.mean(axis=(0, 1)) - first_in.mean(axis=(0, 1))).max() < 3.0
