@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from .errors import InputError
+from .imaging import encode_image
 from .metrics import bicubic_degrade
 
 STEPS = ("blur", "noise", "jpeg")
@@ -61,7 +62,7 @@ class Degradation:
             levels = levels + rng.standard_normal(levels.shape).astype(np.float32) * np.float32(self.noise)
             levels = np.clip(np.round(levels), 0, 255)
         if self.jpeg is not None:
-            levels = _jpeg_round_trip(levels.astype(np.uint8), self.jpeg).astype(np.float32)
+            levels = jpeg_round_trip(levels.astype(np.uint8), self.jpeg).astype(np.float32)
         return hr_cropped, (levels / np.float32(255.0)).astype(np.float32)
 
 
@@ -69,16 +70,11 @@ def _number_text(value: float | int) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
-def _jpeg_round_trip(levels: np.ndarray, quality: int) -> np.ndarray:
-    """uint8 HWC RGB (or HW grey) through OpenCV's JPEG encoder at `quality` and back."""
-    colour = levels.ndim == 3
-    image = cv2.cvtColor(levels, cv2.COLOR_RGB2BGR) if colour else levels
-    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:  # pragma: no cover - OpenCV encodes any uint8 image
-        raise InputError(f"JPEG encoding at quality {quality} failed")
-    if colour:
-        return cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-    return cv2.imdecode(data, cv2.IMREAD_GRAYSCALE)
+def jpeg_round_trip(levels: np.ndarray, quality: int) -> np.ndarray:
+    """uint8 RGB HWC (or grey HW) through the JPEG encoder `sr-deploy upscale` writes with
+    (`imaging.encode_image`: OpenCV's libjpeg, 4:2:0) at `quality` and decoded again; same shape."""
+    decoded = cv2.imdecode(np.frombuffer(encode_image(levels, ".jpg", quality), np.uint8), cv2.IMREAD_UNCHANGED)
+    return decoded if decoded.ndim == 2 else cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
 
 
 def parse_degradation(spec: str | None) -> Degradation:

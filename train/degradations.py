@@ -32,6 +32,8 @@ import cv2
 import numpy as np
 import torch
 
+from sr_deploy.degrade import jpeg_round_trip
+
 KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
 KERNEL_PAD = 21  # every kernel is padded to this size, as in Real-ESRGAN
 RESIZE_MODES = {"area": cv2.INTER_AREA, "bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}
@@ -190,14 +192,10 @@ def add_poisson_noise(img: np.ndarray, scale: float, gray: bool, rng: np.random.
 
 
 def jpeg(img: np.ndarray, quality: int) -> np.ndarray:
-    """Encode and decode float32 RGB HWC in [0, 1] as a baseline JPEG of `quality` (OpenCV's
-    libjpeg, 4:2:0 chroma); returns float32 RGB HWC on 8-bit levels."""
+    """float32 RGB HWC in [0, 1] as a baseline JPEG of `quality` (`sr_deploy.degrade.jpeg_round_trip`:
+    OpenCV's libjpeg, 4:2:0 chroma), decoded again: float32 RGB HWC on 8-bit levels."""
     levels = np.clip(np.round(img * 255.0), 0, 255).astype(np.uint8)
-    ok, data = cv2.imencode(".jpg", cv2.cvtColor(levels, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:  # pragma: no cover - OpenCV encodes any uint8 image
-        raise RuntimeError("JPEG encoding failed")
-    decoded = cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-    return decoded.astype(np.float32) * np.float32(1.0 / 255.0)
+    return jpeg_round_trip(levels, quality).astype(np.float32) * np.float32(1.0 / 255.0)
 
 
 def usm_sharpen(img: np.ndarray, weight: float = 0.5, radius: int = 50, threshold: int = 10) -> np.ndarray:

@@ -221,6 +221,8 @@ class _VideoJob:
         self.upscaled: queue.Queue = queue.Queue(maxsize=_QUEUE_DEPTH)
         self.errors: list[BaseException] = []
         self.colorspace, self.color_range = sws_colorspace(info.colorspace), sws_range(info.color_range)
+        # the encode side's matrix: the input's, or a real one for RGB-coded input (`output_matrix`)
+        self.out_colorspace = sws_colorspace(plan.settings.colorspace)
         self.model_seconds = 0.0
         self.inferred = 0
         self.handled = 0  # frames through the model or reused, by the calling thread
@@ -300,12 +302,11 @@ class _VideoJob:
                 self.writer.close_segment()
                 return
             stamps, slots, batch = payload
-            out_matrix = sws_colorspace(plan.settings.colorspace)  # the input's, or a real one for RGB input
             encoded = []
             for rgb in model_output_to_frames(batch, plan.size_hw, plan.out_dtype) if batch is not None else []:
                 frame = av.VideoFrame.from_ndarray(rgb, format=plan.rgb_out_format)
                 frame = frame.reformat(
-                    format=plan.settings.pix_fmt, dst_colorspace=out_matrix, dst_color_range=self.color_range
+                    format=plan.settings.pix_fmt, dst_colorspace=self.out_colorspace, dst_color_range=self.color_range
                 )
                 frame.color_range, frame.colorspace = info.color_range, plan.settings.colorspace
                 frame.color_primaries, frame.color_trc = info.color_primaries, info.color_trc
