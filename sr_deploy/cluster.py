@@ -12,14 +12,13 @@ Only the Ray plumbing lives here; the job is the local one:
                               scratch file whose bytes it returns.
 
 So outputs, skip/resume, atomic writes and the one-line error per failed input are a local run's;
-a video's finished pieces wait in the target's segments folder (a re-run resumes piece by piece). Fault tolerance is Ray's: an actor that dies is restarted and its block re-run
-(bounded here, `MAX_ACTOR_RESTARTS`), and a block that still fails only fails its own input
-(`DataContext.max_errored_blocks`).
+a video's finished pieces wait in the target's segments folder (a re-run resumes piece by piece).
+Fault tolerance is Ray's: an actor that dies is restarted and its block re-run (bounded here,
+`MAX_ACTOR_RESTARTS`); a block that still fails only fails its input (`max_errored_blocks`).
 
-Where files must be: images are read by the actors at the path the driver gives (a shared
-filesystem, or the same path on every node); video pieces and the model file travel through
-Ray's object store, so they need no shared filesystem.
-"""
+Images are read by the actors at the driver's path (a shared filesystem, or the same path on
+every node); video pieces and the model travel through Ray's object store. The driver decides
+the precision once (`settled_for_workers`)."""
 
 from __future__ import annotations
 
@@ -40,6 +39,7 @@ from .errors import InputError, NotInstalledError, SRDeployError
 from .model_file import model_files, model_files_id
 from .upscale import Job, UpscaleOptions, UpscaleSummary, jobs_to_run, load_backend, plan_checked, summarize
 from .upscale.remote import ANSWER_KEYS, RemoteRun, run_row
+from .upscale.run import settled_for_workers
 from .util.files import process_scratch_dir
 from .util.log import Progress as Log
 from .util.log import to_stderr
@@ -51,8 +51,7 @@ RAY_NOT_INSTALLED = "Ray is not installed: pip install 'sr-deploy[ray]' (on the 
 # and a block re-run this many times before the input it holds is reported as failed.
 MAX_ACTOR_RESTARTS = 4
 MAX_TASK_RETRIES = 3
-# Ray's own switch for a single-machine cluster on the loopback interface (the default on Windows and
-# macOS): without it, Ray replaces 127.0.0.1 by the machine's network address and listens there.
+# Ray's switch for a loopback-only cluster: without it Ray listens on the machine's network address.
 LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
@@ -211,10 +210,11 @@ def run_jobs_on_ray(
     driver, started = RemoteRun(todo, summary, log), False
     bar = None
     try:
+        started = _connect(ray, ray_options.address)  # first: the precision is decided for the pool's devices
+        options = settled_for_workers(options, _pool_size(ray, options, ray_options)[1] == 0, log)
         driver.plan(options, model_files_id(*model), scratch)
         if not driver.rows:
             return summary
-        started = _connect(ray, ray_options.address)
         total, show = len(driver.rows), options.progress
         bar = tqdm(
             total=total, unit="item", file=sys.stderr, disable=not show, leave=False, dynamic_ncols=True, desc="ray"

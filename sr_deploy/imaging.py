@@ -28,6 +28,9 @@ final name.
 from __future__ import annotations
 
 import os
+import struct
+import zlib
+from collections.abc import Mapping
 from pathlib import Path
 
 import cv2
@@ -260,13 +263,52 @@ def model_output_to_image(
     return quantize(np.dstack([hwc, alpha]), dtype)
 
 
-def encode_image(image: np.ndarray, extension: str, quality: int | None = None) -> bytes:
+def png_text_chunks(text: Mapping[str, str]) -> bytes:
+    """PNG tEXt chunks (length, type, Latin-1 ``keyword NUL text``, CRC) for `text`: what PNG
+    readers show as the file's text fields (Pillow's ``Image.text``, exiftool)."""
+    out = b""
+    for keyword, value in text.items():
+        data = keyword.encode("latin-1")[:79] + b"\0" + value.encode("latin-1", "replace")
+        out += struct.pack(">I", len(data)) + b"tEXt" + data + struct.pack(">I", zlib.crc32(b"tEXt" + data))
+    return out
+
+
+_PNG_IEND = b"\0\0\0\0IEND\xaeB`\x82"  # the 12 bytes that end every PNG
+
+
+def add_png_text(data: bytes, text: Mapping[str, str] | None) -> bytes:
+    """`data` (a whole PNG file) with tEXt chunks for `text` before its IEND chunk (PNG allows
+    text after the image data: nothing else moves)."""
+    if not text:
+        return data
+    if not data.endswith(_PNG_IEND):
+        raise SRDeployError("the PNG encoder's output does not end with IEND")
+    return data[: -len(_PNG_IEND)] + png_text_chunks(text) + _PNG_IEND
+
+
+def _append_png_text(path: Path, text: Mapping[str, str] | None) -> None:
+    """`add_png_text` on a PNG file in place, without reading the image data: its last 12 bytes
+    (IEND) are replaced by the text chunks and IEND."""
+    if not text:
+        return
+    with open(path, "rb+") as f:
+        f.seek(-len(_PNG_IEND), os.SEEK_END)
+        if f.read() != _PNG_IEND:
+            raise SRDeployError(f"{path}: the PNG encoder's output does not end with IEND")
+        f.seek(-len(_PNG_IEND), os.SEEK_END)
+        f.write(png_text_chunks(text) + _PNG_IEND)
+
+
+def encode_image(
+    image: np.ndarray, extension: str, quality: int | None = None, text: Mapping[str, str] | None = None
+) -> bytes:
     """Encode an RGB / RGBA / grey image as `extension` (".png", ".jpg", ...) and return the bytes.
 
     The image must already have a dtype the format holds (see `output_dtype_for`); anything else
     raises ValueError rather than letting OpenCV silently truncate it. JPEG has no alpha channel:
     an RGBA image loses its alpha there. `quality` is JPEG/WebP quality 1..100 (WebP >100 is
-    lossless); PNG/TIFF/BMP are lossless and ignore it.
+    lossless); PNG/TIFF/BMP are lossless and ignore it. `text`: PNG text fields (keyword -> text,
+    Latin-1); other formats ignore it.
     """
     ext = extension.lower()
     if ext not in IMAGE_EXTENSIONS:
@@ -286,7 +328,7 @@ def encode_image(image: np.ndarray, extension: str, quality: int | None = None) 
     ok, buffer = cv2.imencode(ext, bgr, _quality_params(ext, quality))
     if not ok:
         raise SRDeployError(f"OpenCV could not encode a {bgr.shape} {bgr.dtype} image as {ext}")
-    return buffer.tobytes()
+    return add_png_text(buffer.tobytes(), text) if ext == ".png" else buffer.tobytes()
 
 
 def write_image(path: str | Path, image: np.ndarray, quality: int | None = None) -> None:
@@ -296,11 +338,13 @@ def write_image(path: str | Path, image: np.ndarray, quality: int | None = None)
     atomic_write_bytes(path, encode_image(image, path.suffix, quality))
 
 
-def write_image_consuming(path: str | Path, image: np.ndarray, quality: int | None = None) -> None:
+def write_image_consuming(
+    path: str | Path, image: np.ndarray, quality: int | None = None, text: Mapping[str, str] | None = None
+) -> None:
     """`write_image` for very large images: no full-size copy is made. The RGB(A) channels of
     `image` are swapped to OpenCV's BGR(A) in place (the array is left in that order: do not use
     it afterwards) and OpenCV writes the file itself (PNG rows stream to disk) under the temporary
-    name, then it is renamed."""
+    name, then it is renamed. `text`: PNG text fields, as `encode_image`."""
     path = Path(path)
     ext = path.suffix.lower()
     expected = output_dtype_for(ext, image.dtype)
@@ -320,6 +364,8 @@ def write_image_consuming(path: str | Path, image: np.ndarray, quality: int | No
     try:
         if not cv2.imwrite(str(tmp), image, params):
             raise SRDeployError(f"{path}: OpenCV could not write a {image.shape} {image.dtype} image as {ext}")
+        if ext == ".png":
+            _append_png_text(tmp, text)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

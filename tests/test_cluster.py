@@ -147,6 +147,43 @@ def _frame_md5s(path: Path) -> list[tuple[str, ...]]:
     return [(r[2].strip(), r[3].strip(), r[5].strip()) for r in rows]
 
 
+def test_the_drivers_precision_decision_is_what_every_actor_runs(
+    ray_cluster, tiny_model, set5_dir, tmp_path, monkeypatch
+):
+    """Issue 24: the driver decides `--precision auto` once and hands the verdict to the actors.
+    Here the driver sees a stand-in bf16 CPU whose parity check passes (bf16); the actors, other
+    processes, see the suite's CPU without bf16 instructions and would choose fp32 on their own.
+    Every output must be the bf16 one, and say so."""
+    from PIL import Image
+
+    from sr_deploy.backends import cpu_precision
+    from sr_deploy.cluster import RayOptions, upscale_on_ray
+
+    monkeypatch.setenv("SR_DEPLOY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(cpu_precision, "cpu_bf16_instructions", lambda: "bf16 dot products (avx512_bf16)")
+    monkeypatch.setattr(cpu_precision, "measure_bf16_psnr", lambda model, scale=None: (90.0, "a stand-in"))
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for path in sorted(set5_dir.glob("*.png"))[:3]:
+        (inputs / path.name).write_bytes(path.read_bytes())
+    logs: list[str] = []
+
+    def options(precision: str) -> UpscaleOptions:
+        return UpscaleOptions(model=str(tiny_model), device="cpu", precision=precision, progress=False)
+
+    on_ray = upscale_on_ray([inputs], tmp_path / "ray", options("auto"), RayOptions(actors=2), logs.append)
+    assert len(on_ray.done) == 3 and not on_ray.failed
+    assert [line for line in logs if line.startswith("precision:")] == [
+        f"precision: bf16: {cpu_precision.cpu_model_name()} has bf16 dot products (avx512_bf16); "
+        f"bf16 vs fp32 parity 90.0 dB >= {cpu_precision.REDUCED_MIN_PSNR_DB:g} dB on a stand-in"
+    ]  # said once, by the driver
+    assert upscale([inputs], tmp_path / "bf16", options("bf16"), log=lambda m: None).done
+    assert _files(tmp_path / "ray") == _files(tmp_path / "bf16")  # the bf16 bytes, on every actor
+    for path in (tmp_path / "ray").glob("*.png"):
+        with Image.open(path) as image:
+            assert image.text["sr-deploy"].endswith(" precision=bf16")
+
+
 def test_video_on_ray_is_frame_exact(ray_cluster, tiny_model, video_dir, tmp_path):
     from sr_deploy.cluster import RayOptions, upscale_on_ray
     from sr_deploy.video import probe_video

@@ -16,9 +16,22 @@ its rows into the same summary with the same reducer.
 from .image import upscale_image_file
 from .options import MAX_OUTSCALE, UpscaleOptions, validate_options
 from .plan import Job, Outcome, jobs_to_run, kind_of, plan_jobs
-from .run import UpscaleSummary, load_backend, one_line, plan_checked, run_jobs, run_one, summarize, upscale
+from .run import (
+    UpscaleSummary,
+    load_backend,
+    one_line,
+    plan_checked,
+    run_jobs,
+    run_one,
+    settled,
+    settled_for_workers,
+    summarize,
+    upscale,
+)
 
 __all__ = [
+    "settled",
+    "settled_for_workers",
     "MAX_OUTSCALE",
     "Job",
     "Outcome",

@@ -20,6 +20,7 @@ from ..imaging import (
     write_image_consuming,
 )
 from ..tiling import upscale_tiled_into
+from ..util.text import PROVENANCE_KEY, provenance
 from .options import UpscaleOptions
 
 # What one input pixel costs while its image is upscaled, besides the output: the decoded image
@@ -114,4 +115,6 @@ def upscale_image_file(backend: Backend, source: Path, target: Path, options: Up
         out = cv2.resize(out, (size[1], size[0]), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LANCZOS4)
         if staging != dtype:  # 16-bit staging -> 8-bit, rounded and saturated
             out = cv2.multiply(out, 1 / 257, dtype=cv2.CV_8U)
-    write_image_consuming(target, out, options.quality)
+    model_id = options.model_id or Path(options.model).name
+    text = {PROVENANCE_KEY: provenance(model_id, backend.precision)}
+    write_image_consuming(target, out, options.quality, text)

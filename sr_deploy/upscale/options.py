@@ -34,6 +34,8 @@ class UpscaleOptions:
         what fits in the memory available (`upscale.image.max_input_pixels`).
     dedup_threshold: videos: EXACT reuses the output of a held (identical) frame, N dB also that of
         a frame at least that close (PSNR), None runs the model on every frame (`sr_deploy.video.held`).
+    model_id: the model file's name and sha256 prefix, filled in once by the driver
+        (`upscale.run.settled`): it names the model in resume keys and in the outputs' metadata.
     """
 
     model: str = "default"
@@ -57,9 +59,11 @@ class UpscaleOptions:
     progress: bool = True
     dedup_threshold: float | None = EXACT
     max_pixels: int | None = None
+    model_id: str = ""
 
     def video(self, model_id: str = "") -> VideoOptions:
-        """The options of a video job (`model_id` names the model in its resume key)."""
+        """The options of a video job (`model_id`, default `self.model_id`, names the model in
+        its resume key and its metadata)."""
         return VideoOptions(
             tile=self.tile,
             overlap=self.tile_overlap,
@@ -72,7 +76,7 @@ class UpscaleOptions:
             hwaccel=self.hwaccel,
             allow_partial=self.allow_partial,
             segment_seconds=self.segment_seconds,
-            model_id=model_id,
+            model_id=model_id or self.model_id,
             progress=self.progress,
             dedup_threshold=self.dedup_threshold,
         )

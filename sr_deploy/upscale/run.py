@@ -12,6 +12,7 @@ re-runs that batch with a float32 twin of the backend; `run_one` warns, naming t
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -113,6 +114,33 @@ def model_identity(model: str) -> str:
         return str(model)
 
 
+def settled(options: UpscaleOptions, backend: Backend | None = None) -> UpscaleOptions:
+    """`options` with the job's decisions made once, by the driver, before any work: the model's
+    identity (`model_identity`) and, given the backend the driver loaded, the precision
+    ``--precision auto`` chose on it. Every worker (the local loop, Ray actors, a video's
+    segments and pieces) gets these options, so none decides again; the outputs' metadata and
+    the resume keys name them."""
+    changes: dict = {}
+    if not options.model_id:
+        changes["model_id"] = model_identity(options.model)
+    if backend is not None and options.precision == "auto":
+        changes["precision"] = backend.precision
+    return dataclasses.replace(options, **changes) if changes else options
+
+
+def settled_for_workers(options: UpscaleOptions, cpu_workers: bool, log: Log = to_stderr) -> UpscaleOptions:
+    """`settled` for workers in other processes (Ray actors). With CPU workers the driver loads
+    the backend on its CPU once to decide ``auto`` and hands the verdict to every actor, so no
+    actor decides on its own; GPU workers keep ``auto`` (fp16 on CUDA: a rule, nothing measured)."""
+    if options.precision != "auto" or not cpu_workers:
+        return settled(options)
+    backend = load_backend(dataclasses.replace(options, device="cpu"), log)
+    try:
+        return settled(options, backend)
+    finally:
+        backend.close()
+
+
 def run_one(
     job: Job, backend: Backend, options: UpscaleOptions, log: Log = to_stderr, video: VideoOptions | None = None
 ) -> Outcome:
@@ -178,7 +206,8 @@ def run_jobs(jobs: Sequence[Job], backend: Backend, options: UpscaleOptions, log
         else:
             bar.write(message, file=sys.stderr)
 
-    video = options.video(model_identity(options.model))
+    options = settled(options, backend)
+    video = options.video()
     try:
         for job in todo:
             outcome = run_one(job, backend, options, report, video)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["first_line", "shown"]
+__all__ = ["PROVENANCE_KEY", "first_line", "provenance", "shown"]
+
+# The PNG text field and the video container tag (`comment`) that say how an output was made.
+PROVENANCE_KEY = "sr-deploy"
 
 _ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -25,3 +28,10 @@ def shown(value: object) -> str:
     if text.isprintable():
         return text
     return "".join(ch if ch.isprintable() or ch == " " else repr(ch)[1:-1] for ch in text)
+
+
+def provenance(model_id: str, precision: str) -> str:
+    """What an output says about how it was made (PNG text field `PROVENANCE_KEY`, a video's
+    ``comment`` tag): the model (file name and sha256 prefix) and the precision the job ran in,
+    e.g. ``model=default.pt:1a2b3c4d5e6f7a8b precision=fp32``."""
+    return f"model={model_id} precision={precision}"

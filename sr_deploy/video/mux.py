@@ -121,57 +121,78 @@ def container_format(suffix: str) -> str:
     return container_rules(suffix).format
 
 
+def _audio_streams(
+    src: Any, out: Any, rules: Any, source: Path, target_suffix: str, warn: Log
+) -> tuple[dict[int, Any], dict[int, _AudioTranscoder], list[str]]:
+    """The output's audio streams for `src`'s: copied where the container takes the codec (and
+    its timing), else re-encoded to the container's fallback codec, else dropped with a warning.
+    Returns (copied streams, transcoders, what happened to each) by input stream index."""
+    import av
+
+    accepted = out.supported_codecs
+    outcomes: list[str] = []
+    copies: dict[int, Any] = {}
+    transcoders: dict[int, _AudioTranscoder] = {}
+    for stream in src.streams.audio:
+        name = stream.codec_context.name
+        if name in accepted and name not in rules.mistimed_audio_copies:
+            copies[stream.index] = out.add_stream_from_template(stream)
+            outcomes.append("copied")
+            continue
+        encoder = av.codec.Codec(rules.audio_fallback, "w")
+        if encoder.canonical_name not in accepted:
+            warn(
+                f"warning: {source}: {target_suffix} takes neither {name} nor {encoder.canonical_name} "
+                "audio; that audio stream is dropped"
+            )
+            outcomes.append("dropped")
+            continue
+        rates = encoder.audio_rates
+        rate = stream.codec_context.sample_rate
+        if rates and rate not in rates:
+            rate = 48000 if 48000 in rates else max(rates)
+        audio_out = out.add_stream(encoder.name, rate=rate)
+        audio_out.layout = "stereo" if stream.codec_context.layout.nb_channels >= 2 else "mono"
+        audio_out.format = encoder.audio_formats[0].name if encoder.audio_formats else "fltp"
+        audio_out.bit_rate = 192000
+        audio_out.time_base = Fraction(1, rate)
+        transcoders[stream.index] = _AudioTranscoder(stream, audio_out)
+        outcomes.append(f"re-encoded to {encoder.canonical_name}")
+        warn(
+            f"warning: {source}: {name} audio cannot be copied into {target_suffix}; re-encoded to "
+            f"{encoder.canonical_name}"
+        )
+    return copies, transcoders, outcomes
+
+
 def mux(
-    source: Path, folder: Path, segments: list[Segment], tmp: Path, target_suffix: str, info: VideoInfo, warn: Log
+    source: Path,
+    folder: Path,
+    segments: list[Segment],
+    tmp: Path,
+    target_suffix: str,
+    info: VideoInfo,
+    warn: Log,
+    tags: dict[str, str] | None = None,
 ) -> str:
     """Write `tmp` (container from `target_suffix`) = the segments' video + `source`'s audio and
-    subtitles. Returns what happened to the audio. Any error raises (the caller reports it as a
-    failure): a full disk is never taken for a container that refuses a codec, because what the
+    subtitles, with the container tags `tags` (``comment``: how it was made). Returns what
+    happened to the audio. Any error raises (the caller reports it as a failure): a full disk is never taken for a container that refuses a codec, because what the
     container takes is asked up front (`supported_codecs`), not learnt from a failed write."""
     import av
 
     rules = container_rules(target_suffix)  # the container table's row: its muxer and audio rules
     options = {"movflags": "+faststart"} if rules.faststart else {}
     out = av.open(str(tmp), "w", format=container_format(target_suffix), options=options)
+    out.metadata.update(tags or {})
     inputs: list[Any] = []
     src = None
-    outcomes: list[str] = []
     try:
         inputs = [av.open(str(folder / s.file)) for s in segments]
         src = av.open(str(source))
         accepted = out.supported_codecs
         video_out = out.add_stream_from_template(inputs[0].streams.video[0])
-        copies: dict[int, Any] = {}
-        transcoders: dict[int, _AudioTranscoder] = {}
-        for stream in src.streams.audio:
-            name = stream.codec_context.name
-            if name in accepted and name not in rules.mistimed_audio_copies:
-                copies[stream.index] = out.add_stream_from_template(stream)
-                outcomes.append("copied")
-                continue
-            encoder = av.codec.Codec(rules.audio_fallback, "w")
-            if encoder.canonical_name not in accepted:
-                warn(
-                    f"warning: {source}: {target_suffix} takes neither {name} nor {encoder.canonical_name} "
-                    "audio; that audio stream is dropped"
-                )
-                outcomes.append("dropped")
-                continue
-            rates = encoder.audio_rates
-            rate = stream.codec_context.sample_rate
-            if rates and rate not in rates:
-                rate = 48000 if 48000 in rates else max(rates)
-            audio_out = out.add_stream(encoder.name, rate=rate)
-            audio_out.layout = "stereo" if stream.codec_context.layout.nb_channels >= 2 else "mono"
-            audio_out.format = encoder.audio_formats[0].name if encoder.audio_formats else "fltp"
-            audio_out.bit_rate = 192000
-            audio_out.time_base = Fraction(1, rate)
-            transcoders[stream.index] = _AudioTranscoder(stream, audio_out)
-            outcomes.append(f"re-encoded to {encoder.canonical_name}")
-            warn(
-                f"warning: {source}: {name} audio cannot be copied into {target_suffix}; re-encoded to "
-                f"{encoder.canonical_name}"
-            )
+        copies, transcoders, outcomes = _audio_streams(src, out, rules, source, target_suffix, warn)
         for stream in src.streams.subtitles:
             name = stream.codec_context.name
             if name in accepted:
@@ -204,7 +225,14 @@ def mux(
 
 
 def write_output(
-    final: Path, source: Path, folder: Path, segments: list[Segment], target_suffix: str, info: VideoInfo, warn: Log
+    final: Path,
+    source: Path,
+    folder: Path,
+    segments: list[Segment],
+    target_suffix: str,
+    info: VideoInfo,
+    warn: Log,
+    tags: dict[str, str] | None = None,
 ) -> str:
     """`mux` into a hidden temporary beside `final`, then rename it to `final`: the only way a
     finished video gets its name. A write error is a run-time failure naming `final`. Returns
@@ -213,7 +241,7 @@ def write_output(
 
     tmp = partial_path(final)
     try:
-        audio = mux(source, folder, segments, tmp, target_suffix, info, warn)
+        audio = mux(source, folder, segments, tmp, target_suffix, info, warn, tags)
         os.replace(tmp, final)
     except (av.FFmpegError, OSError) as exc:
         raise SRDeployError(f"{final}: writing the output failed: {cause(exc)}") from None

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..errors import InputError, SRDeployError
 from ..util.files import atomic_write_bytes
-from ..util.text import first_line
+from ..util.text import first_line, provenance
 from .common import Log, VideoOptions, default_codec, segments_dir
 from .mux import write_output
 from .probe import probe_video
@@ -118,6 +118,7 @@ class VideoPieces:
     pending: list[tuple[int, Path, int]] = field(default_factory=list)
     answered: int = 0
     error: tuple[str, int] | None = None
+    tags: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def cut(cls, source: Path, target: Path, scratch: Path, seconds: float, settings: dict) -> VideoPieces:
@@ -136,6 +137,7 @@ class VideoPieces:
         self = cls(source, target, folder, key, len(pieces), {int(s.file[6:11]): s for s in segments})
         folder.mkdir(parents=True, exist_ok=True)
         self.answered = len(self.done)
+        self.tags = {"comment": provenance(settings["model"], settings["options"]["precision"])}
         self.pending = [(part, path, packets) for part, (path, packets) in enumerate(pieces) if part not in self.done]
         return self
 
@@ -160,7 +162,14 @@ class VideoPieces:
         (atomically); the pieces are removed. Returns (frames, what happened to the audio)."""
         segments = [self.done[part] for part in range(self.parts)]
         audio = write_output(
-            self.target, self.source, self.folder, segments, self.target.suffix, probe_video(self.source), log
+            self.target,
+            self.source,
+            self.folder,
+            segments,
+            self.target.suffix,
+            probe_video(self.source),
+            log,
+            self.tags,
         )
         shutil.rmtree(segments_dir(self.target), ignore_errors=True)
         return sum(s.frames for s in segments), audio

@@ -19,6 +19,7 @@ from ..backends.base import Backend
 from ..errors import InputError, SRDeployError
 from ..tiling import auto_tile_size, upscale_batch
 from ..util.log import to_stderr
+from ..util.text import provenance
 from .common import (
     Log,
     NonFiniteOutput,
@@ -162,6 +163,7 @@ def upscale_video(
         progress=o.progress,
         log=log,
         dedup_threshold=o.dedup_threshold,
+        tags={"comment": provenance(o.model_id or "unnamed", backend.precision)},
     )
     return job.run()
 
@@ -188,12 +190,13 @@ class _VideoJob:
         progress: bool,
         log: Log,
         dedup_threshold: float | None = EXACT,
+        tags: dict[str, str] | None = None,
     ):
         from tqdm import tqdm
 
         self.backend, self.source, self.target, self.info, self.plan = backend, source, target, info, plan
         self.tile, self.overlap, self.batch_size, self.hwaccel = tile, overlap, batch_size, hwaccel
-        self.allow_partial, self.log = allow_partial, log
+        self.allow_partial, self.log, self.tags = allow_partial, log, tags
         self.warnings: list[str] = []
         target.parent.mkdir(parents=True, exist_ok=True)
         self.folder = segments_dir(target)
@@ -382,7 +385,9 @@ class _VideoJob:
             self.warn(f"warning: {self.source}: {len(damage)} places did not decode; the partial output skips them")
         final = partial_output_path(self.target) if damage else self.target
         segments = self.writer.segments
-        return final, write_output(final, self.source, self.folder, segments, self.target.suffix, self.info, self.warn)
+        return final, write_output(
+            final, self.source, self.folder, segments, self.target.suffix, self.info, self.warn, self.tags
+        )
 
     def run(self) -> VideoResult:
         """The stages, then the checks and the mux. The segments are kept for a re-run after an
