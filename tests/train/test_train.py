@@ -344,6 +344,42 @@ def test_interpolation_refuses_different_architectures(tmp_path, capsys):
     assert not (tmp_path / "c.pt").exists()
 
 
+def test_onto_adds_the_gan_weight_change_to_a_third_model(tmp_path, capsys):
+    """``--onto BASE``: BASE + alpha * (GAN - PSNR), read back parameter by parameter; with BASE
+    = PSNR it is the interpolation; a model of another architecture is refused in one line."""
+    config = {"num_blocks": 1, "num_features": 8}
+    paths = []
+    for seed, name in ((0, "psnr"), (1, "gan"), (2, "base")):
+        torch.manual_seed(seed)
+        paths.append(save_checkpoint(tmp_path / f"{name}.pt", SRResNet(**config), config))
+    psnr, gan, base = (load_model(p).state_dict() for p in paths)
+    out = tmp_path / "out.pt"
+    argv = [str(paths[0]), str(paths[1]), "--onto", str(paths[2]), "--alpha", "0.5", "-o", str(out)]
+    assert interpolate_main(argv) == 0
+    moved = load_checkpoint(out)
+    assert moved.metadata["transferred"]["alpha"] == 0.5
+    assert moved.metadata["transferred"]["base_sha256"] == load_checkpoint(paths[2]).sha256
+    for key, value in moved.model.state_dict().items():
+        if not value.is_floating_point():  # integer buffers come from BASE
+            assert torch.equal(value, base[key])
+            continue
+        expected = base[key].double() + 0.5 * (gan[key].double() - psnr[key].double())
+        assert torch.allclose(value.double(), expected, atol=1e-6), key
+    # onto the PSNR model itself it is ESRGAN's interpolation
+    argv = [str(paths[0]), str(paths[1]), "--onto", str(paths[0]), "--alpha", "0.5", "-o", str(tmp_path / "i.pt")]
+    assert interpolate_main(argv) == 0
+    for key, value in load_model(tmp_path / "i.pt").state_dict().items():
+        assert not value.is_floating_point() or torch.allclose(value, (psnr[key] + gan[key]) / 2, atol=1e-6), key
+    other = save_checkpoint(
+        tmp_path / "other.pt", SRResNet(num_blocks=2, num_features=8), {"num_blocks": 2, "num_features": 8}
+    )
+    capsys.readouterr()
+    argv = [str(paths[0]), str(paths[1]), "--onto", str(other), "-o", str(tmp_path / "x.pt")]
+    assert interpolate_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "one architecture" in err and not (tmp_path / "x.pt").exists()
+
+
 # ------------------------------------------------------------------------------ errors
 @pytest.mark.parametrize("case", ["missing", "empty", "too_small", "no_vgg", "gan_without_init"])
 def test_input_errors_are_one_line_exit_2_before_training(case, sun_hays, tmp_path, capsys, monkeypatch):
