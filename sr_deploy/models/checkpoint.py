@@ -45,7 +45,7 @@ STRIPPED_PREFIXES = ("module.", "netG.", "model.")
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 # Names that stand for a model shipped inside the package.
-BUNDLED_MODELS = {"default": "default.pt", "default-gan": "default-gan.pt"}
+BUNDLED_MODELS = {"default": "default.pt", "default-gan": "default-gan.pt", "default-real": "default-real.pt"}
 
 
 @dataclass

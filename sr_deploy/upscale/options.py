@@ -17,6 +17,10 @@ from ..video import (
     check_threshold,
 )
 
+# What `sr-deploy upscale` runs without --model: the model trained for real inputs (JPEG, noise,
+# video compression); `default` (PSNR) and `default-gan` stay addressable by name.
+DEFAULT_UPSCALE_MODEL = "default-real"
+
 # Largest --outscale: beyond it an output size is a typo, not a request (64 x 64 = 4096 times the pixels).
 MAX_OUTSCALE = 64.0
 
@@ -38,7 +42,7 @@ class UpscaleOptions:
         (`upscale.run.settled`): it names the model in resume keys and in the outputs' metadata.
     """
 
-    model: str = "default"
+    model: str = DEFAULT_UPSCALE_MODEL
     backend: str = "auto"
     device: str = "auto"
     precision: str = "auto"

@@ -273,6 +273,34 @@ def test_wrong_header_rate_cannot_change_the_duration(clips, tmp_path):
     _assert_same_times(clips["avi"], tmp_path / "q.mp4")
 
 
+def test_a_b_frame_avi_whose_decoder_gives_timestamps_out_of_order(tmp_path):
+    """Issue 24: an H.264 AVI with B-frames (as OpenCV's vtest.avi): AVI stores no presentation
+    times, so the decoder's frames carry 1, 4, 3, 5, 2, ... Every frame comes out once, in the
+    input's order, into AVI and MP4, with the input's duration (within a frame)."""
+    import av
+
+    source = tmp_path / "bframes.avi"
+    frames_differ = "noise=alls=40:allf=t"  # no two frames alike: none is held, each is recognisable
+    clip = ["-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25", "-t", "2", "-vf", frames_differ]
+    ffmpeg(*clip, "-c:v", "libx264", "-bf", "3", str(source))
+    with av.open(str(source)) as container:
+        stamps = [frame.pts for frame in container.decode(video=0)]
+        assert stamps != sorted(stamps)  # the case: out of order as decoded
+    with av.open(str(source)) as container:
+        expected = [frame.to_ndarray(format="rgb24").astype(float) for frame in container.decode(video=0)]
+    for suffix in (".avi", ".mp4"):
+        target = tmp_path / f"out{suffix}"
+        result = upscale_video(NearestBackend(2), source, target, crf=0, preset="ultrafast", progress=False)
+        assert result.frames == len(expected) == 50
+        with av.open(str(target)) as container:
+            frames = [f.to_ndarray(format="rgb24")[::2, ::2].astype(float) for f in container.decode(video=0)]
+        assert len(frames) == 50
+        # each output frame is its own input frame (the noise differs in every frame)
+        errors = [[np.abs(out - ref).mean() for ref in expected] for out in frames]
+        assert [int(np.argmin(row)) for row in errors] == list(range(50))
+        assert frame_times(target)[-1] == pytest.approx(frame_times(source)[-1], abs=1 / 25)
+
+
 def test_variable_frame_rate_stays_variable(clips, tmp_path):
     """Before: forced to constant rate, frames drifted up to 0.77 s from the audio."""
     source, target = clips["vfr"], tmp_path / "vfr.mp4"
