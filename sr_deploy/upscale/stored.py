@@ -178,17 +178,22 @@ def run_staged(
     return Outcome(job, outcome.state, message, outcome.code, path, outcome.frames)  # type: ignore[arg-type]
 
 
-def upscale_stored(
-    inputs: Sequence[str | Path], output: str | Path, options: UpscaleOptions, log: Log = to_stderr
-) -> UpscaleSummary:
-    """`upscale.run.upscale` for URIs: plan and check the stores, load the backend, run each job staged."""
+def plan_stored_checked(inputs: Sequence[str | Path], output: str | Path, options: UpscaleOptions) -> list[Job]:
+    """`run.plan_checked` for locations: options and stores checked, jobs planned, a local OUT made."""
     validate_options(options)
     jobs = plan_stored(inputs, output, options.ext)
     if not jobs:
         raise InputError(f"no image or video files found in {', '.join(str(p) for p in inputs)}")
     if not storage.is_uri(str(output)) and kind_of(output) is None:
         Path(output).mkdir(parents=True, exist_ok=True)
-    outcomes, todo = stored_jobs_to_run(jobs, options, log)
+    return jobs
+
+
+def upscale_stored(
+    inputs: Sequence[str | Path], output: str | Path, options: UpscaleOptions, log: Log = to_stderr
+) -> UpscaleSummary:
+    """`upscale.run.upscale` for URIs: plan and check the stores, load the backend, run each job staged."""
+    outcomes, todo = stored_jobs_to_run(plan_stored_checked(inputs, output, options), options, log)
     summary = summarize(outcomes)
     if not todo:
         return summary
