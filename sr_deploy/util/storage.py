@@ -164,12 +164,17 @@ def partial_key(uri: str) -> str:
     return join(parent(uri), f".{stem}.partial-{secrets.token_hex(4)}{ext}")
 
 
+# s3fs reads a file below 2 x chunksize (default 50 MiB) whole into memory, and sends a larger one
+# in 10 parts at once: with these the memory of an upload is a few MiB, whatever the file's size.
+_S3_UPLOAD = {"chunksize": 8 << 20, "max_concurrency": 2}
+
+
 def put_atomic(local: Path, uri: str) -> str:
     """Upload the local file to `uri` so that `uri` is either absent/old or complete; returns `uri`."""
     fs, path = _filesystem(uri)
     tmp = _filesystem(partial_key(uri))[1]
     try:
-        fs.put_file(str(local), tmp)
+        fs.put_file(str(local), tmp, **(_S3_UPLOAD if scheme(uri) in ("s3", "s3a") else {}))
         fs.mv(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(Exception):

@@ -178,3 +178,7 @@ def test_a_failed_put_leaves_no_object_under_any_name(bucket, tmp_path):
     assert storage.put_atomic(tmp_path / "x.png", f"s3://{bucket}/o/x.png") == f"s3://{bucket}/o/x.png"
     assert _objects(f"s3://{bucket}") == {"o/x.png": b"x" * 100}
     assert storage.partial_key(f"s3://{bucket}/o/x.png").startswith(f"s3://{bucket}/o/.x.partial-")
+    big = os.urandom(17 << 20)  # over two upload chunks: a multipart upload, completed under the temporary key
+    (tmp_path / "big.mp4").write_bytes(big)
+    storage.put_atomic(tmp_path / "big.mp4", f"s3://{bucket}/o/big.mp4")
+    assert _objects(f"s3://{bucket}/o") == {"big.mp4": big, "x.png": b"x" * 100}
