@@ -16,13 +16,15 @@ a video's finished pieces wait in the target's segments folder (a re-run resumes
 Fault tolerance is Ray's: an actor that dies is restarted and its block re-run (bounded here,
 `MAX_ACTOR_RESTARTS`); a block that still fails only fails its input (`max_errored_blocks`).
 
-Images are read by the actors at the driver's path (a shared filesystem, or the same path on
-every node); video pieces and the model travel through Ray's object store. The driver decides
-the precision once (`settled_for_workers`)."""
+Where files must be: inputs and outputs in object storage (`s3://`, `gs://`: rows carry keys, the
+actors fetch and put, `sr_deploy.upscale.remote_stored`) need no shared disk; local image inputs
+are read at the driver's path (shared filesystem); local video pieces travel in the rows.
+The driver decides the precision once (`settled_for_workers`)."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import sys
@@ -35,11 +37,13 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError, NotInstalledError, SRDeployError
+from .errors import NotInstalledError, SRDeployError
 from .model_file import model_files, model_files_id
 from .upscale import Job, UpscaleOptions, UpscaleSummary, jobs_to_run, load_backend, plan_checked, summarize
-from .upscale.remote import ANSWER_KEYS, RemoteRun, run_row
+from .upscale.remote import ANSWER_KEYS, RemoteRun, pool_size, run_row
+from .upscale.remote_stored import StoredRemoteRun
 from .upscale.run import settled_for_workers
+from .upscale.stored import plan_stored_checked, stored_jobs_to_run, uses_store
 from .util.files import process_scratch_dir
 from .util.log import Progress as Log
 from .util.log import to_stderr
@@ -53,6 +57,8 @@ MAX_ACTOR_RESTARTS = 4
 MAX_TASK_RETRIES = 3
 # Ray's switch for a loopback-only cluster: without it Ray listens on the machine's network address.
 LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+# Custom resources every actor needs, as JSON (e.g. {"gpu_node": 1}: the actors run only on such nodes).
+ACTOR_RESOURCES_ENV = "SR_DEPLOY_RAY_ACTOR_RESOURCES"
 
 
 def import_ray(local: bool = False) -> Any:
@@ -137,20 +143,8 @@ def _connect(ray: Any, address: str | None) -> bool:
 
 def _pool_size(ray: Any, options: UpscaleOptions, ray_options: RayOptions) -> tuple[int, float]:
     """(actors, GPUs per actor) for this cluster."""
-    resources = ray.cluster_resources()
-    gpus = float(resources.get("GPU", 0))
-    gpus_per_actor = ray_options.gpus_per_actor
-    if gpus_per_actor is None:
-        gpus_per_actor = 1.0 if gpus >= 1 and options.device != "cpu" else 0.0
-    actors = ray_options.actors
-    if actors is None:
-        have, each = (
-            (gpus, gpus_per_actor) if gpus_per_actor > 0 else (resources.get("CPU", 1), ray_options.cpus_per_actor)
-        )
-        actors = max(1, int(float(have) // max(each, 1e-3)))
-    if actors < 1:
-        raise InputError(f"--ray-actors must be >= 1, got {actors}")
-    return actors, gpus_per_actor
+    o = ray_options
+    return pool_size(ray.cluster_resources(), options.device, o.actors, o.cpus_per_actor, o.gpus_per_actor)
 
 
 def _restart_policy() -> dict[str, int]:
@@ -180,6 +174,7 @@ def _results(
             num_cpus=ray_options.cpus_per_actor,
             num_gpus=gpus_per_actor,
             ray_remote_args_fn=_restart_policy,
+            resources=json.loads(os.environ.get(ACTOR_RESOURCES_ENV) or "{}") or None,
         )
     pieces = sum(row["kind"] == "piece" for row in rows)
     log(
@@ -195,19 +190,20 @@ def _results(
 
 
 def run_jobs_on_ray(
-    jobs: Sequence[Job], options: UpscaleOptions, ray_options: RayOptions, log: Log = to_stderr
+    jobs: Sequence[Job], options: UpscaleOptions, ray_options: RayOptions, log: Log = to_stderr, stored: bool = False
 ) -> UpscaleSummary:
-    """Run `jobs` on the cluster; same summary, outputs and rules as `sr_deploy.upscale.run_jobs`."""
+    """Run `jobs` on the cluster; same summary, outputs and rules as `sr_deploy.upscale.run_jobs`
+    (`stored`: jobs of `plan_stored`, with locations that may be URIs)."""
     from tqdm import tqdm
 
     ray = import_ray()
-    outcomes, todo = jobs_to_run(jobs, options, log)  # the local run's skip / resume rule
+    outcomes, todo = (stored_jobs_to_run if stored else jobs_to_run)(jobs, options, log)  # skip / resume
     summary = summarize(outcomes)
     if not todo:
         return summary
     model = model_files(options.model)
     scratch = Path(tempfile.mkdtemp(prefix="sr-deploy-ray-"))
-    driver, started = RemoteRun(todo, summary, log), False
+    driver, started = (StoredRemoteRun if stored else RemoteRun)(todo, summary, log), False
     bar = None
     try:
         started = _connect(ray, ray_options.address)  # first: the precision is decided for the pool's devices
@@ -247,4 +243,6 @@ def upscale_on_ray(
 ) -> UpscaleSummary:
     """`sr_deploy.upscale.upscale` on a Ray cluster: the same checks and plan, then `run_jobs_on_ray`."""
     import_ray(local=not (ray_options.address or os.environ.get("RAY_ADDRESS")))  # 'not installed' first
+    if uses_store(inputs, output):
+        return run_jobs_on_ray(plan_stored_checked(inputs, output, options), options, ray_options, log, True)
     return run_jobs_on_ray(plan_checked(inputs, output, options), options, ray_options, log)

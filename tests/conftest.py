@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,23 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU; none is present"))
         if "tensorrt" in item.keywords and not has_trt:
             item.add_marker(pytest.mark.skip(reason="needs TensorRT and a CUDA GPU; not installed here"))
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3 endpoint on 127.0.0.1 for this test session (moto's server, a subprocess), and the
+    standard AWS environment variables pointing at it (restored afterwards)."""
+    pytest.importorskip("s3fs", reason="s3fs is not installed (pip install 'sr-deploy[s3]')")
+    from _s3_server import moto_s3_server, s3_env
+
+    with moto_s3_server() as endpoint:
+        saved = {key: os.environ.get(key) for key in s3_env(endpoint)}
+        os.environ.update(s3_env(endpoint))
+        try:
+            yield endpoint
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value

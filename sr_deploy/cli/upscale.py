@@ -210,12 +210,13 @@ def _run(inputs: tuple[str, ...], output: str, options: Any, ray_address: str | 
     import signal
 
     from ..upscale import upscale as run_upscale
+    from ..upscale.stored import upscale_stored, uses_store
     from ..util.text import shown
 
     def terminate(signum: int, frame: object) -> None:  # `kill`: clean up like Ctrl-C
         raise KeyboardInterrupt
 
-    if ray_address and Path(ray_address).exists():
+    if ray_address and (Path(ray_address).exists() or "://" in ray_address and not ray_address.startswith("ray://")):
         raise InputError(
             f"--ray took {ray_address!r} (an input) as the cluster address: write --ray=ADDRESS "
             "or put --ray after the inputs"
@@ -228,6 +229,8 @@ def _run(inputs: tuple[str, ...], output: str, options: Any, ray_address: str | 
             summary = upscale_on_ray(
                 inputs, output, options, RayOptions(address=ray_address or None, actors=ray_actors)
             )
+        elif uses_store(inputs, output):
+            summary = upscale_stored(inputs, output, options)
         else:
             summary = run_upscale(inputs, output, options)
     finally:

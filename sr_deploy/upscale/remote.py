@@ -8,7 +8,10 @@ answers in, with no knowledge of the executor.
     worker    `run_row`: `run_one` on one row, into a scratch file whose bytes go back.
 
 A row is a dict of plain values (what Ray Data's blocks carry): `job`, `part`, `kind` (image or
-piece), `source`, `suffix`, `data` (a piece's bytes), `packets`. An answer: `ANSWER_KEYS`.
+piece), `source`, `suffix`, `data` (a piece's bytes), `packets`; rows of a run with object storage
+(`remote_stored`) also carry `fetch` (the store key the worker reads instead of `source` / `data`)
+and `dest` (the key it puts its output under, atomically, instead of answering with the bytes).
+An answer: `ANSWER_KEYS`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from ..backends.base import Backend
-from ..errors import SRDeployError
+from ..errors import InputError, SRDeployError
+from ..util import storage
 from ..util.files import atomic_write_bytes
 from ..util.log import Progress as Log
 from ..util.log import to_stderr
@@ -36,27 +40,72 @@ def piece_settings(options: UpscaleOptions, model_id: str) -> dict:
     return {"options": dataclasses.asdict(options) | {"progress": None, "overwrite": None}, "model": model_id}
 
 
+def pool_size(
+    resources: dict, device: str, actors: int | None, cpus_each: float, gpus_each: float | None
+) -> tuple[int, float]:
+    """(executors, GPUs each) for a cluster with `resources` ({"CPU": n, "GPU": m}): one per GPU
+    when it has GPUs and the device is not the CPU, else one per `cpus_each` CPUs, unless given."""
+    gpus = float(resources.get("GPU", 0))
+    if gpus_each is None:
+        gpus_each = 1.0 if gpus >= 1 and device != "cpu" else 0.0
+    if actors is None:
+        have, each = (gpus, gpus_each) if gpus_each > 0 else (resources.get("CPU", 1), cpus_each)
+        actors = max(1, int(float(have) // max(each, 1e-3)))
+    if actors < 1:
+        raise InputError(f"--ray-actors must be >= 1, got {actors}")
+    return actors, gpus_each
+
+
+def _row_input(row: dict[str, Any], scratch: Path) -> Path:
+    """The local file a row's job reads: an image at its path, or fetched from the store (`fetch`);
+    a piece's bytes from the row, or fetched from the store."""
+    fetch = str(row.get("fetch") or "")
+    if row["kind"] == "image" and not storage.is_uri(fetch):
+        return Path(fetch or row["source"])
+    local = scratch / (f"in-{storage.local_name(fetch)}" if row["kind"] == "image" else f"piece{PIECE_SUFFIX}")
+    if fetch:
+        return storage.fetch(fetch, local)
+    local.write_bytes(row["data"])
+    return local
+
+
+def _run_piece(row: dict[str, Any], piece: Path, backend: Backend, options: UpscaleOptions) -> tuple[Job, Outcome]:
+    job = Job(piece, upscaled_piece_path(piece), "video", name=Path(row["source"]))
+    outcome = run_one(job, backend, options, to_stderr, piece_options(options.video(), row["suffix"]))
+    if outcome.state == "done":
+        try:
+            check_piece_frames(outcome.frames, int(row["packets"]))
+        except SRDeployError as exc:
+            outcome = Outcome(job, "failed", f"{job.label}: {exc}", exc.exit_code)
+    if outcome.state == "failed":
+        outcome = dataclasses.replace(outcome, message=f"{outcome.message} (piece {int(row['part'])})")
+    return job, outcome
+
+
 def run_row(row: dict[str, Any], backend: Backend, options: UpscaleOptions, scratch: Path) -> tuple:
     """A worker's side: `run_one` on one row, in the empty folder `scratch`; the answer as a tuple
-    in `ANSWER_KEYS` order (the output file's bytes in `data`)."""
+    in `ANSWER_KEYS` order (the output file's bytes in `data`, or nothing when the row names a
+    store key to put it under: `dest`)."""
+    head = (int(row["job"]), int(row["part"]))
+    source, dest = str(row["source"]), str(row.get("dest") or "")
+    try:
+        local = _row_input(row, scratch)
+    except SRDeployError as exc:
+        return *head, False, str(exc), exc.exit_code, b"", 0
     if row["kind"] == "image":  # the local code path, into a local file: the same bytes
-        job = Job(Path(row["source"]), scratch / f"out{row['suffix']}", "image")
+        job = Job(local, scratch / f"out{row['suffix']}", "image")
         outcome = run_one(job, backend, options)
     else:
-        piece = scratch / f"piece{PIECE_SUFFIX}"
-        piece.write_bytes(row["data"])
-        job = Job(piece, upscaled_piece_path(piece), "video", name=Path(row["source"]))
-        outcome = run_one(job, backend, options, to_stderr, piece_options(options.video(), row["suffix"]))
-        if outcome.state == "done":
-            try:
-                check_piece_frames(outcome.frames, int(row["packets"]))
-            except SRDeployError as exc:
-                outcome = Outcome(job, "failed", f"{job.label}: {exc}", exc.exit_code)
-        if outcome.state == "failed":
-            outcome = dataclasses.replace(outcome, message=f"{outcome.message} (piece {int(row['part'])})")
+        job, outcome = _run_piece(row, local, backend, options)
+    message = outcome.message.replace(str(local), source).replace(str(Path(source)), source)
     ok = outcome.state != "failed"
-    data = job.target.read_bytes() if ok else b""
-    return int(row["job"]), int(row["part"]), ok, "" if ok else outcome.message, outcome.code, data, outcome.frames
+    if ok and dest:
+        try:
+            storage.put_atomic(job.target, dest)
+        except SRDeployError as exc:
+            return *head, False, f"{source}: {exc}", exc.exit_code, b"", 0
+    data = job.target.read_bytes() if ok and not dest else b""
+    return *head, ok, "" if ok else message, outcome.code, data, outcome.frames
 
 
 class RemoteRun:

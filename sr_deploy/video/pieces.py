@@ -100,6 +100,12 @@ def piece_options(options: VideoOptions, target_suffix: str) -> VideoOptions:
     )
 
 
+def provenance_tags(settings: dict) -> dict[str, str]:
+    """The joined video's container tags from its pieces' `settings` (`upscale.remote.piece_settings`):
+    ``comment`` = the model and the precision the driver decided, as a local run writes them."""
+    return {"comment": provenance(settings["model"], settings["options"]["precision"])}
+
+
 def upscaled_piece_path(piece: Path) -> Path:
     return piece.with_name(piece.stem + "-x" + PIECE_SUFFIX)
 
@@ -137,7 +143,7 @@ class VideoPieces:
         self = cls(source, target, folder, key, len(pieces), {int(s.file[6:11]): s for s in segments})
         folder.mkdir(parents=True, exist_ok=True)
         self.answered = len(self.done)
-        self.tags = {"comment": provenance(settings["model"], settings["options"]["precision"])}
+        self.tags = provenance_tags(settings)
         self.pending = [(part, path, packets) for part, (path, packets) in enumerate(pieces) if part not in self.done]
         return self
 

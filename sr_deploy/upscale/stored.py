@@ -1,0 +1,213 @@
+"""Inputs and outputs in object storage (``s3://``, ``gs://``, any fsspec URI): plan, skip, stage.
+
+A run where any INPUT or OUT is a URI plans here (`plan_stored`): the same naming rules as a
+local run (`plan.plan_jobs`), but its jobs hold locations as text (a URI or a local path). Every
+store is checked before any work (`sr_deploy.util.storage`: a bad URI, missing credentials, a
+missing bucket fail in one line, exit 2, nothing written). `stored_jobs_to_run` is the skip rule
+(a non-empty object under the final key is done). `run_staged` runs one job through the local
+job (`run_one`): the input fetched to a local stage, the output put to the store atomically; a
+video's stage is kept between runs on this machine, so an interrupted local video resumes from
+its segments. Local paths in a run without URIs never come here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..backends.base import Backend
+from ..errors import InputError, SRDeployError
+from ..imaging import OUTPUT_IMAGE_FORMATS
+from ..util import storage
+from ..util.log import Progress as Log
+from ..util.log import to_stderr
+from ..video import VideoOptions
+from .options import UpscaleOptions, validate_options
+from .plan import Job, Outcome, kind_of, status
+from .run import UpscaleSummary, load_backend, run_one, settled, summarize
+
+
+def uses_store(inputs: Sequence[str | Path], output: str | Path) -> bool:
+    return any(storage.is_uri(str(p)) for p in [*inputs, output])
+
+
+def _target_name(relative: str, kind: str, ext: str) -> str:
+    if kind != "image" or ext == "same":
+        return relative
+    stem, dot, _ = relative.rpartition(".")
+    return (stem if dot else relative) + "." + ext
+
+
+def _sources(location: str) -> tuple[bool, list[tuple[str, str]]]:
+    """(is one file, [(location, path relative to the folder or the file's name)]) of one INPUT."""
+    if storage.is_uri(location):
+        info = storage.check_readable(location)
+        if info.get("type") == "file":
+            return True, [(location, storage.basename(location))]
+        return False, storage.list_files(location)
+    path = Path(location)
+    if not path.exists():
+        raise InputError(f"{location}: no such file or folder")
+    if path.is_file():
+        return True, [(str(path), path.name)]
+    return False, [(str(p), p.relative_to(path).as_posix()) for p in sorted(path.rglob("*")) if p.is_file()]
+
+
+def _names_a_file(output: str) -> bool:
+    if kind_of(output) is None:
+        return False
+    if storage.is_uri(output):
+        info = storage.stat(output)
+        return info is None or info.get("type") == "file"
+    return not Path(output).is_dir()
+
+
+def plan_stored(inputs: Sequence[str | Path], output: str | Path, ext: str = "png") -> list[Job]:
+    """`plan.plan_jobs` for locations that may be URIs; the jobs' `source` / `target` are text.
+    Checks every store first (InputError, one line) and the same mistakes as a local plan."""
+    if ext not in OUTPUT_IMAGE_FORMATS:
+        raise InputError(f"--ext {ext!r}: expected one of {', '.join(OUTPUT_IMAGE_FORMATS)}")
+    output = str(output)
+    if not inputs:
+        raise InputError("no INPUT given")
+    if storage.is_uri(output):
+        storage.check_writable(output)
+    planned = [_sources(str(location)) for location in inputs]
+    single = len(planned) == 1 and planned[0][0]
+    if _names_a_file(output):
+        if not single:
+            raise InputError(f"{output}: names a file, but these inputs need an output folder: give -o a folder")
+        source = planned[0][1][0][0]
+        if kind_of(source) is None or kind_of(source) != kind_of(output):
+            raise InputError(f"{output}: a {kind_of(source)} input cannot be written as a {kind_of(output)} file")
+        return _checked([Job(source, output, kind_of(source))])  # type: ignore[arg-type]
+    jobs = []
+    for one_file, found in planned:
+        for location, relative in found:
+            kind = kind_of(location)
+            if kind is None and one_file:
+                raise InputError(f"{location}: not an image or video file")
+            if kind is None or any(part.startswith(".") for part in relative.split("/")):
+                continue  # hidden objects: our own temporary keys and segments, like a local run
+            target = _join(output, _target_name(relative, kind, ext))
+            if target.startswith(output.rstrip("/") + "/") and location.startswith(output.rstrip("/") + "/"):
+                continue  # OUT inside an input folder: never feed our own outputs back in
+            jobs.append(Job(location, target, kind))  # type: ignore[arg-type]
+    return _checked(jobs)
+
+
+def _join(output: str, relative: str) -> str:
+    return storage.join(output, relative) if storage.is_uri(output) else str(Path(output) / relative)
+
+
+def _checked(jobs: list[Job]) -> list[Job]:
+    sources = {str(job.source) for job in jobs}
+    seen: dict[str, str] = {}
+    for job in jobs:
+        target = str(job.target)
+        if target in sources:
+            raise InputError(f"{target}: the output would overwrite an input; choose another OUT (or another --ext)")
+        if target in seen:
+            raise InputError(f"{target}: both {seen[target]} and {job.source} would be written there")
+        seen[target] = str(job.source)
+    return jobs
+
+
+def stored_jobs_to_run(jobs: Sequence[Job], options: UpscaleOptions, log: Log) -> tuple[list[Outcome], list[Job]]:
+    """`plan.jobs_to_run` for text locations: a non-empty object (or file) under the final name is done."""
+    outcomes, todo = [], []
+    for job in jobs:
+        target = str(job.target)
+        done = storage.is_done(target) if storage.is_uri(target) else status(Path(target)) == "done"
+        if done and not options.overwrite:
+            outcomes.append(Outcome(job, "skipped", path=job.target))
+        else:
+            todo.append(job)
+    if outcomes:
+        log(f"skipping {len(outcomes)} output(s) that already exist (--overwrite redoes them)")
+    return outcomes, todo
+
+
+def stage_dir(target: str) -> Path:
+    """A local folder for one output, the same on every run (a video's segments resume from it)."""
+    digest = hashlib.sha256(target.encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / "sr-deploy-stage" / digest
+
+
+def local_input(location: str, folder: Path) -> Path:
+    """A local file to read `location` from: the path itself, or a copy of the object in `folder`
+    (kept while its size matches the object's, so a resumed run does not fetch it again)."""
+    if not storage.is_uri(location):
+        return Path(location)
+    local = folder / storage.local_name(location)
+    info = storage.stat(location)
+    if info is None:
+        raise InputError(f"{location}: no such object")
+    if not (local.is_file() and local.stat().st_size == int(info.get("size") or -1)):
+        storage.fetch(location, local)
+    return local
+
+
+def run_staged(
+    job: Job, backend: Backend, options: UpscaleOptions, video: VideoOptions | None, log: Log = to_stderr
+) -> Outcome:
+    """`run_one` on a job whose input and/or output may be in a store; never raises for a bad file."""
+    source, target = str(job.source), str(job.target)
+    stage = stage_dir(target)
+    local_target = stage / "out" / storage.local_name(target) if storage.is_uri(target) else Path(target)
+    try:
+        local_source = local_input(source, stage / "in")
+        local_target.parent.mkdir(parents=True, exist_ok=True)
+    except SRDeployError as exc:
+        return Outcome(job, "failed", str(exc) if source in str(exc) else f"{source}: {exc}", exc.exit_code)
+    outcome = run_one(Job(local_source, local_target, job.kind), backend, options, log, video)
+    message = outcome.message.replace(str(local_source), source).replace(str(local_target), target)
+    written = outcome.path or local_target
+    path: str | Path = target
+    if outcome.state in ("done", "partial") and storage.is_uri(target):
+        path = storage.join(storage.parent(target), written.name) if outcome.state == "partial" else target
+        try:
+            storage.put_atomic(written, path)
+        except SRDeployError as exc:
+            return Outcome(job, "failed", str(exc), exc.exit_code)
+    if outcome.state != "failed":  # a failed video keeps its segments here for the re-run
+        shutil.rmtree(stage, ignore_errors=True)
+    return Outcome(job, outcome.state, message, outcome.code, path, outcome.frames)  # type: ignore[arg-type]
+
+
+def plan_stored_checked(inputs: Sequence[str | Path], output: str | Path, options: UpscaleOptions) -> list[Job]:
+    """`run.plan_checked` for locations: options and stores checked, jobs planned, a local OUT made."""
+    validate_options(options)
+    jobs = plan_stored(inputs, output, options.ext)
+    if not jobs:
+        raise InputError(f"no image or video files found in {', '.join(str(p) for p in inputs)}")
+    if not storage.is_uri(str(output)) and kind_of(output) is None:
+        Path(output).mkdir(parents=True, exist_ok=True)
+    return jobs
+
+
+def upscale_stored(
+    inputs: Sequence[str | Path], output: str | Path, options: UpscaleOptions, log: Log = to_stderr
+) -> UpscaleSummary:
+    """`upscale.run.upscale` for URIs: plan and check the stores, load the backend, run each job staged."""
+    outcomes, todo = stored_jobs_to_run(plan_stored_checked(inputs, output, options), options, log)
+    summary = summarize(outcomes)
+    if not todo:
+        return summary
+    backend = load_backend(options, log)
+    options = settled(options, backend)  # the job's decisions, once (model identity, precision)
+    video = options.video()
+    try:
+        for job in todo:
+            outcome = run_staged(job, backend, options, video, log)
+            if outcome.state == "failed":
+                log(f"error: {outcome.message}")
+            elif job.kind == "video":
+                log(outcome.message)
+            summary.add(outcome)
+    finally:
+        backend.close()
+    return summary

@@ -1,0 +1,184 @@
+"""`sr-deploy upscale` with s3:// inputs and outputs, without Ray, against a real S3 endpoint
+(moto's server on 127.0.0.1, started by the `s3_endpoint` fixture): objects byte-identical to a
+local run, atomic puts (no temporary key left), skip-if-done and resume, and the one-line
+exit-2 refusals (bad URI, missing credentials, missing bucket) that write nothing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from _upscale_support import save_tiny_srvgg
+
+from sr_deploy.upscale import UpscaleOptions, upscale
+from sr_deploy.upscale.stored import upscale_stored
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow  # a model run per test, CLI subprocesses
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return save_tiny_srvgg(tmp_path_factory.mktemp("model") / "tiny.pt")
+
+
+@pytest.fixture
+def bucket(s3_endpoint) -> str:
+    """A new, empty bucket for one test."""
+    import fsspec
+
+    name = f"b-{uuid.uuid4().hex[:12]}"
+    fsspec.filesystem("s3", skip_instance_cache=True).mkdir(name)
+    return name
+
+
+def _s3():
+    import fsspec
+
+    return fsspec.filesystem("s3", skip_instance_cache=True, use_listings_cache=False)
+
+
+def _objects(prefix: str) -> dict[str, bytes]:
+    fs = _s3()
+    base = prefix.removeprefix("s3://").rstrip("/")
+    return {key[len(base) + 1 :]: fs.cat_file(key) for key in sorted(fs.find(base))}
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _options(model: Path, **kw) -> UpscaleOptions:
+    return UpscaleOptions(model=str(model), device="cpu", precision="fp32", progress=False, **kw)
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "sr_deploy", "upscale", *args],
+        env=dict(env if env is not None else os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_a_folder_from_s3_to_s3_equals_a_local_run_and_resumes(tiny_model, set5_dir, bucket, tmp_path):
+    fs = _s3()
+    local_in = tmp_path / "in"
+    for i, path in enumerate(sorted(set5_dir.glob("*.png"))[:3]):
+        sub = local_in / ("sub" if i == 2 else "")
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / path.name).write_bytes(path.read_bytes())
+    fs.put(str(local_in), f"{bucket}/in", recursive=True)
+    fs.pipe_file(f"{bucket}/in/.hidden.png", b"not ours")  # hidden objects are skipped, like hidden files
+    local = upscale([local_in], tmp_path / "local", _options(tiny_model), log=lambda m: None)
+    assert len(local.done) == 3
+
+    logs: list[str] = []
+    result = upscale_stored([f"s3://{bucket}/in/"], f"s3://{bucket}/out/", _options(tiny_model), logs.append)
+    assert len(result.done) == 3 and not result.failed
+    assert _objects(f"s3://{bucket}/out") == _files(tmp_path / "local")  # byte for byte, no temporary keys
+
+    # skip-if-done: nothing is redone; a deleted output is redone alone
+    fs.rm_file(f"{bucket}/out/sub/{sorted(set5_dir.glob('*.png'))[2].stem}.png")
+    again = upscale_stored([f"s3://{bucket}/in"], f"s3://{bucket}/out", _options(tiny_model), logs.append)
+    assert len(again.done) == 1 and len(again.skipped) == 2
+    assert "skipping 2 output(s) that already exist (--overwrite redoes them)" in logs
+    assert _objects(f"s3://{bucket}/out") == _files(tmp_path / "local")
+
+
+def test_local_to_s3_and_s3_to_local_single_files(tiny_model, set5_dir, bucket, tmp_path):
+    bird = set5_dir / "bird.png"
+    local = upscale([bird], tmp_path / "local.png", _options(tiny_model), log=lambda m: None)
+    assert local.done
+    proc = _cli(
+        str(bird),
+        "-o",
+        f"s3://{bucket}/x4/bird.png",
+        "--model",
+        str(tiny_model),
+        "--device",
+        "cpu",
+        "--precision",
+        "fp32",
+        "--no-progress",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"result: s3://{bucket}/x4/bird.png"
+    assert _objects(f"s3://{bucket}/x4") == {"bird.png": (tmp_path / "local.png").read_bytes()}
+    back = upscale_stored([f"s3://{bucket}/x4/bird.png"], tmp_path / "small", _options(tiny_model, outscale=1.0))
+    assert back.done == [str(tmp_path / "small" / "bird.png")] and (tmp_path / "small" / "bird.png").stat().st_size
+
+
+def test_a_video_from_s3_to_s3_equals_a_local_run(tiny_model, video_dir, bucket, tmp_path):
+    from test_cluster import _frame_md5s, _small_clip
+
+    clip = _small_clip(video_dir, tmp_path / "clip.mp4")
+    options = _options(tiny_model, codec="libx264", crf=0, preset="ultrafast", segment_seconds=0.5)
+    assert upscale([clip], tmp_path / "local.mp4", options, log=lambda m: None).done
+    _s3().put_file(str(clip), f"{bucket}/videos/clip.mp4")
+    result = upscale_stored([f"s3://{bucket}/videos/clip.mp4"], f"s3://{bucket}/out/", options, lambda m: None)
+    assert result.done == [f"s3://{bucket}/out/clip.mp4"], result.failed
+    assert list(_objects(f"s3://{bucket}/out")) == ["clip.mp4"]
+    (tmp_path / "s3.mp4").write_bytes(_objects(f"s3://{bucket}/out")["clip.mp4"])
+    assert _frame_md5s(tmp_path / "s3.mp4") == _frame_md5s(tmp_path / "local.mp4")
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("foo://x/in/", "error: foo://x/in/: not a storage URI this installation can read (Protocol not known: foo)"),
+        ("s3://", "error: s3://: no bucket in the URI (expected s3://BUCKET/path)"),
+        (
+            "s3://sr-deploy-no-such-bucket/in/",
+            "error: s3://sr-deploy-no-such-bucket/in/: the bucket 'sr-deploy-no-such-bucket' does not exist",
+        ),
+        ("s3://{bucket}/nothing-here/", "error: s3://{bucket}/nothing-here/: no such object or prefix"),
+    ],
+)
+@pytest.mark.parametrize("side", ["input", "output"])
+def test_bad_uris_and_missing_buckets_fail_in_one_line_exit_2(
+    tiny_model, set5_dir, bucket, tmp_path, where, message, side
+):
+    where, message = where.format(bucket=bucket), message.format(bucket=bucket)
+    if side == "output" and "nothing-here" in where:
+        pytest.skip("a new prefix is a fine output")
+    args = [where, "-o", str(tmp_path / "out")] if side == "input" else [str(set5_dir), "-o", where]
+    proc = _cli(*args, "--model", str(tiny_model), "--device", "cpu")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().startswith(message), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not proc.stdout
+    assert not (tmp_path / "out").exists() and _objects(f"s3://{bucket}") == {}
+
+
+def test_missing_credentials_fail_in_one_line_exit_2(tiny_model, set5_dir, bucket, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") or k == "AWS_ENDPOINT_URL"}
+    env.update(AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"), AWS_CONFIG_FILE=str(tmp_path / "none"))
+    proc = _cli(str(set5_dir), "-o", f"s3://{bucket}/out/", "--model", str(tiny_model), env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (
+        f"error: s3://{bucket}/out/: no usable credentials for s3:// (Unable to locate credentials): "
+        "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE or ~/.aws/credentials"
+    )
+    assert _objects(f"s3://{bucket}") == {}
+
+
+def test_a_failed_put_leaves_no_object_under_any_name(bucket, tmp_path):
+    from sr_deploy.errors import SRDeployError
+    from sr_deploy.util import storage
+
+    with pytest.raises(SRDeployError, match=f"s3://{bucket}/o/x.png: cannot upload"):
+        storage.put_atomic(tmp_path / "missing.png", f"s3://{bucket}/o/x.png")
+    assert _objects(f"s3://{bucket}") == {}
+    (tmp_path / "x.png").write_bytes(b"x" * 100)
+    assert storage.put_atomic(tmp_path / "x.png", f"s3://{bucket}/o/x.png") == f"s3://{bucket}/o/x.png"
+    assert _objects(f"s3://{bucket}") == {"o/x.png": b"x" * 100}
+    assert storage.partial_key(f"s3://{bucket}/o/x.png").startswith(f"s3://{bucket}/o/.x.partial-")
+    big = os.urandom(17 << 20)  # over two upload chunks: a multipart upload, completed under the temporary key
+    (tmp_path / "big.mp4").write_bytes(big)
+    storage.put_atomic(tmp_path / "big.mp4", f"s3://{bucket}/o/big.mp4")
+    assert _objects(f"s3://{bucket}/o") == {"big.mp4": big, "x.png": b"x" * 100}
