@@ -226,6 +226,7 @@ def run_jobs_on_ray(
             if (row["job"], row["part"]) not in answered:
                 driver.lost(row, f"the Ray task failed after {MAX_TASK_RETRIES} retries (its actor kept dying)")
     finally:
+        driver.close()  # the outputs it still held (an interrupted run)
         if bar is not None:
             bar.close()
         shutil.rmtree(scratch, ignore_errors=True)

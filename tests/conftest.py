@@ -10,6 +10,12 @@ import pytest
 import torch
 from _data import need
 
+# Before any test module imports Ray (Ray reads it at import): the clusters the tests start in
+# this process listen on 127.0.0.1 only (sr_deploy.cluster.LOOPBACK_ONLY_ENV). In a module it
+# came too late whenever an earlier module (tests/storage) had imported Ray first.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
 ROOT = Path(__file__).resolve().parent.parent
 # ../shared/data beside the project root (CI clones the repo with ../shared beside it).
 SHARED_DATA = Path(os.environ.get("SR_DEPLOY_SHARED_DATA", ROOT.parent / "shared" / "data"))

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from ..backends.base import Backend
 from ..errors import InputError, SRDeployError
 from ..util import storage
-from ..util.files import atomic_write_bytes
+from ..util.files import atomic_write_bytes, exclusive_output
 from ..util.log import Progress as Log
 from ..util.log import to_stderr
 from ..video.pieces import PIECE_SUFFIX, VideoPieces, check_piece_frames, piece_options, upscaled_piece_path
@@ -116,6 +117,36 @@ class RemoteRun:
         self.todo, self.summary, self.report = todo, summary, log
         self.rows: list[dict[str, Any]] = []
         self.videos: dict[int, VideoPieces] = {}
+        self.overwrite = False
+        self.locks: dict[int, ExitStack] = {}  # a video's output lock, held from its cut to its join
+
+    def close(self) -> None:
+        """Release the outputs this run still holds (the end of the run, or its interruption)."""
+        for lock in self.locks.values():
+            lock.close()
+        self.locks.clear()
+
+    def _lock(self, index: int, job: Job) -> bool:
+        """Hold `job`'s output lock (`exclusive_output`) until the job ends: a local run or
+        another driver on the same video fails at once instead of sharing its pieces folder.
+        False (the job failed) when another run holds it."""
+        lock = ExitStack()
+        try:
+            lock.enter_context(exclusive_output(job.target))
+        except SRDeployError as exc:
+            self.fail(job, str(exc), exc.exit_code)
+            return False
+        self.locks[index] = lock
+        return True
+
+    def _write_image(self, job: Job, data: bytes) -> None:
+        """An answered image, written atomically under its lock; without --overwrite an output
+        that another run wrote while this one's row was away is left as it is (a failure here),
+        never replaced by ours with both runs saying done."""
+        with exclusive_output(job.target):
+            if not self.overwrite and job.target.exists():
+                raise SRDeployError(f"{job.target}: another run wrote this output meanwhile; left as it is")
+            atomic_write_bytes(job.target, data, make_parents=True)
 
     def fail(self, job: Job, message: str, code: int) -> None:
         self.summary.add(Outcome(job, "failed", message, code))
@@ -124,10 +155,13 @@ class RemoteRun:
     def plan(self, options: UpscaleOptions, model_id: str, scratch: Path) -> None:
         """One row per image and per video piece left to do (finished pieces are not sent)."""
         settings = piece_settings(options, model_id)
+        self.overwrite = options.overwrite
         for index, job in enumerate(self.todo):
             base = {"job": index, "part": 0, "kind": job.kind, "source": str(job.source), "suffix": job.target.suffix}
             if job.kind == "image":
                 self.rows.append(base | {"source": str(job.source.resolve()), "data": b"", "packets": 0})
+                continue
+            if not self._lock(index, job):
                 continue
             try:
                 folder = scratch / f"video-{index}"
@@ -152,8 +186,10 @@ class RemoteRun:
             if not ok:
                 return self.fail(job, message, code)
             try:
-                atomic_write_bytes(job.target, data, make_parents=True)
+                self._write_image(job, data)
                 self.summary.add(Outcome(job, "done", path=job.target))
+            except SRDeployError as exc:
+                self.fail(job, str(exc), 1)
             except OSError as exc:
                 self.fail(job, f"{job.target}: cannot write ({exc.strerror or exc})", 1)
             return None
@@ -175,11 +211,12 @@ class RemoteRun:
         """Every piece of a video has answered: join them into the output, or report its first
         failure (the finished pieces stay for a re-run to resume from)."""
         job, pieces = self.todo[index], self.videos[index]
-        if pieces.error is None:
-            try:
-                frames, audio = pieces.join(self.report)
-                self.summary.add(Outcome(job, "done", path=job.target, frames=frames))
-                return self.report(f"{job.target}: {frames} frames from {pieces.parts} piece(s), audio {audio}")
-            except SRDeployError as exc:
-                pieces.error = (str(exc), exc.exit_code)
-        self.fail(job, *pieces.error)
+        with self.locks.pop(index, ExitStack()):  # the output is released once the job has ended
+            if pieces.error is None:
+                try:
+                    frames, audio = pieces.join(self.report)
+                    self.summary.add(Outcome(job, "done", path=job.target, frames=frames))
+                    return self.report(f"{job.target}: {frames} frames from {pieces.parts} piece(s), audio {audio}")
+                except SRDeployError as exc:
+                    pieces.error = (str(exc), exc.exit_code)
+            self.fail(job, *pieces.error)

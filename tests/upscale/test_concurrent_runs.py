@@ -114,3 +114,46 @@ def test_resume_key_changes_when_weights_change_in_place(tmp_path):
     after = model_identity(str(path))
     assert before != after and before.startswith("m.pt:") and after.startswith("m.pt:")
     assert np.all([c in "0123456789abcdef" for c in after.split(":")[1]])
+
+
+def test_a_ray_driver_takes_the_same_locks(video_dir, tmp_path):
+    """The `--ray` driver (`upscale.remote.RemoteRun`, no cluster needed to test it): a video whose
+    output another run holds fails at once (no piece cut or sent); an image that another run wrote
+    while this run's row was away is left as it is and reported, not replaced with both runs
+    saying done; the locks are released when the run ends."""
+    from sr_deploy.upscale import UpscaleOptions, UpscaleSummary
+    from sr_deploy.upscale.plan import Job
+    from sr_deploy.upscale.remote import RemoteRun
+
+    clip = make_clip(video_dir / "car_traffic_small.mp4", tmp_path / "clip.mp4", 0.5, size=(80, 46), audio=False)
+    image = tmp_path / "in.png"
+    image.write_bytes(b"not read: the row never leaves this test")
+    video_out, image_out = tmp_path / "out" / "clip.mp4", tmp_path / "out" / "in.png"
+    todo = [Job(clip, video_out, "video"), Job(image, image_out, "image")]
+    summary, lines = UpscaleSummary(), []
+    driver = RemoteRun(todo, summary, lines.append)
+    with exclusive_output(video_out):  # a local run is writing the video
+        driver.plan(UpscaleOptions(model="unused", progress=False), "unused:0", tmp_path / "scratch")
+    assert [row["kind"] for row in driver.rows] == ["image"]  # nothing of the busy video is sent
+    assert summary.failed[0][0] == clip and "another run is writing" in summary.failed[0][1]
+    assert summary.failed[0][2] == 1 and not (tmp_path / "out" / ".clip.mp4.segments").exists()
+
+    image_out.parent.mkdir(parents=True, exist_ok=True)
+    image_out.write_bytes(b"the other run's picture")  # written while our row was away
+    driver.answer(1, 0, True, "", 0, b"our picture", 0)
+    assert image_out.read_bytes() == b"the other run's picture"
+    assert "another run wrote this output meanwhile" in summary.failed[1][1] and summary.failed[1][2] == 1
+    assert not summary.done
+
+    driver.close()
+    assert not lock_path(video_out).exists() and not lock_path(image_out).exists()
+    # a driver that does cut the video holds its output until the run ends
+    second = RemoteRun(todo[:1], UpscaleSummary(), lines.append)
+    second.plan(UpscaleOptions(model="unused", progress=False), "unused:0", tmp_path / "scratch2")
+    assert second.rows and all(row["kind"] == "piece" for row in second.rows)
+    with pytest.raises(OutputBusy, match="another run is writing"):
+        with exclusive_output(video_out):
+            pass
+    second.close()
+    with exclusive_output(video_out):  # free again
+        pass
