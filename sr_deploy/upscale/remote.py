@@ -37,8 +37,10 @@ ANSWER_KEYS = ("job", "part", "ok", "message", "code", "data", "frames")
 
 
 def piece_settings(options: UpscaleOptions, model_id: str) -> dict:
-    """What must not change for a video's finished pieces to be resumed."""
-    return {"options": dataclasses.asdict(options) | {"progress": None, "overwrite": None}, "model": model_id}
+    """What must not change for a video's finished pieces to be resumed (the model by `model_id`,
+    its content; the precision as the driver decided it)."""
+    unkeyed = {"progress": None, "overwrite": None, "model_id": None}
+    return {"options": dataclasses.asdict(options) | unkeyed, "model": model_id}
 
 
 def pool_size(
