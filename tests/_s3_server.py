@@ -62,3 +62,17 @@ def moto_s3_server() -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def s3_fs():
+    """The test endpoint's filesystem (fsspec's s3fs, as a user's code would open it), uncached."""
+    import fsspec
+
+    return fsspec.filesystem("s3", skip_instance_cache=True, use_listings_cache=False)
+
+
+def s3_objects(prefix: str) -> dict[str, bytes]:
+    """Every object under `prefix` (``s3://bucket/path``): {key relative to it: its bytes}."""
+    fs = s3_fs()
+    base = prefix.removeprefix("s3://").rstrip("/")
+    return {key[len(base) + 1 :]: fs.cat_file(key) for key in sorted(fs.find(base))}

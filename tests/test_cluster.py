@@ -299,7 +299,7 @@ def test_killing_an_actor_mid_job_still_completes(ray_cluster, tiny_model, set5_
     killed: list[tuple[int, int]] = []  # (pid, outputs present when it was killed)
 
     def kill_one_actor() -> None:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 280  # the first output can take minutes on a loaded 2-core machine
         while time.monotonic() < deadline and proc.poll() is None:
             pids = _actor_pids()
             done = [p for p in out.glob("*.png")] if out.exists() else []
@@ -312,7 +312,7 @@ def test_killing_an_actor_mid_job_still_completes(ray_cluster, tiny_model, set5_
     killer = threading.Thread(target=kill_one_actor)
     killer.start()
     try:
-        _, stderr = proc.communicate(timeout=150)
+        _, stderr = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()

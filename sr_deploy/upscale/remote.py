@@ -159,15 +159,15 @@ class RemoteRun:
         settings = piece_settings(options, model_id)
         self.overwrite = options.overwrite
         for index, job in enumerate(self.todo):
-            base = {"job": index, "part": 0, "kind": job.kind, "source": str(job.source), "suffix": job.target.suffix}
+            suffix = Path(str(job.target)).suffix  # a stored job's target may be a URI
+            base = {"job": index, "part": 0, "kind": job.kind, "source": str(job.source), "suffix": suffix}
             if job.kind == "image":
-                self.rows.append(base | {"source": str(job.source.resolve()), "data": b"", "packets": 0})
+                self.rows.append(base | self._image_row(job))
                 continue
             if not self._lock(index, job):
                 continue
             try:
-                folder = scratch / f"video-{index}"
-                pieces = VideoPieces.cut(job.source, job.target, folder, options.segment_seconds, settings)
+                pieces = self._cut(job, scratch / f"video-{index}", options.segment_seconds, settings)
             except SRDeployError as exc:
                 self.fail(job, str(exc), exc.exit_code)
                 continue
@@ -175,10 +175,26 @@ class RemoteRun:
             if pieces.done:
                 self.report(f"{job.source}: resuming: {len(pieces.done)} of {pieces.parts} pieces already done")
             for part, path, packets in pieces.pending:
-                self.rows.append(base | {"part": part, "kind": "piece", "data": path.read_bytes(), "packets": packets})
-                path.unlink()
+                self.rows.append(
+                    base | {"part": part, "kind": "piece", "packets": packets} | self._piece_row(pieces, part, path)
+                )
             if pieces.complete:  # every piece was done by an earlier run
                 self.finish(index)
+
+    # What differs between executors' rows (`remote_stored` rows carry store keys instead of bytes).
+    def _image_row(self, job: Job) -> dict[str, Any]:
+        return {"source": str(job.source.resolve()), "data": b"", "packets": 0}
+
+    @staticmethod
+    def _cut(job: Job, scratch: Path, seconds: float, settings: dict) -> VideoPieces:
+        return VideoPieces.cut(job.source, job.target, scratch, seconds, settings)
+
+    @staticmethod
+    def _piece_row(pieces: VideoPieces, part: int, path: Path) -> dict[str, Any]:
+        """A piece's bytes travel in its row; its cut file goes (one piece in memory at a time)."""
+        data = path.read_bytes()
+        path.unlink()
+        return {"data": data}
 
     def answer(self, index: int, part: int, ok: bool, message: str, code: int, data: bytes, frames: int) -> None:
         """One row answered (the arguments in `ANSWER_KEYS` order)."""

@@ -22,15 +22,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, SRDeployError
+from ..errors import InputError
 from ..util import storage
 from ..video import probe_video
 from ..video.mux import write_output
 from ..video.pieces import VideoPieces, piece_name, provenance_tags, split_video
 from ..video.segments import Segment
-from .options import UpscaleOptions
 from .plan import Job, Outcome
-from .remote import RemoteRun, piece_settings
+from .remote import RemoteRun
 from .stored import local_input
 
 _LAYOUT = 1  # bumped when the stored pieces' layout changes: another layout's manifest is not resumed
@@ -113,31 +112,20 @@ def _key(source: str, local: Path, settings: dict) -> dict:
 class StoredRemoteRun(RemoteRun):
     """`RemoteRun` for jobs whose `source` / `target` are locations (URIs or paths, as text)."""
 
-    def plan(self, options: UpscaleOptions, model_id: str, scratch: Path) -> None:
-        settings = piece_settings(options, model_id)
-        for index, job in enumerate(self.todo):
-            source, target = str(job.source), str(job.target)
-            base = {"job": index, "part": 0, "kind": job.kind, "source": source, "suffix": Path(target).suffix}
-            base |= {"data": b"", "packets": 0, "fetch": "", "dest": ""}
-            if job.kind == "image":
-                fetch = source if storage.is_uri(source) else str(Path(source).resolve())
-                self.rows.append(base | {"fetch": fetch, "dest": target if storage.is_uri(target) else ""})
-                continue
-            try:
-                pieces = self._cut(job, scratch / f"video-{index}", options.segment_seconds, settings)
-            except SRDeployError as exc:
-                self.fail(job, str(exc), exc.exit_code)
-                continue
-            self.videos[index] = pieces
-            if pieces.done:
-                self.report(f"{source}: resuming: {len(pieces.done)} of {pieces.parts} pieces already done")
-            for part, path, packets in pieces.pending:
-                more = pieces.row(part) if isinstance(pieces, StoredPieces) else {"data": path.read_bytes()}
-                self.rows.append(base | {"part": part, "kind": "piece", "packets": packets} | more)
-                if not isinstance(pieces, StoredPieces):
-                    path.unlink()
-            if pieces.complete:
-                self.finish(index)
+    def _image_row(self, job: Job) -> dict[str, Any]:
+        source, target = str(job.source), str(job.target)
+        fetch = source if storage.is_uri(source) else str(Path(source).resolve())
+        return {"data": b"", "packets": 0, "fetch": fetch, "dest": target if storage.is_uri(target) else ""}
+
+    def _lock(self, index: int, job: Job) -> bool:
+        """A local output is locked as `RemoteRun` locks it; a store has no locks (its puts are atomic)."""
+        return storage.is_uri(str(job.target)) or super()._lock(index, job)
+
+    @staticmethod
+    def _piece_row(pieces: VideoPieces, part: int, path: Path) -> dict[str, Any]:
+        if isinstance(pieces, StoredPieces):
+            return {"data": b"", "fetch": "", "dest": ""} | pieces.row(part)
+        return {"fetch": "", "dest": ""} | RemoteRun._piece_row(pieces, part, path)
 
     @staticmethod
     def _cut(job: Job, scratch: Path, seconds: float, settings: dict) -> VideoPieces:

@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from _s3_server import s3_fs, s3_objects
 from _upscale_support import save_tiny_srvgg
 
 from sr_deploy.upscale import UpscaleOptions, upscale
@@ -36,18 +37,6 @@ def bucket(s3_endpoint) -> str:
     return name
 
 
-def _s3():
-    import fsspec
-
-    return fsspec.filesystem("s3", skip_instance_cache=True, use_listings_cache=False)
-
-
-def _objects(prefix: str) -> dict[str, bytes]:
-    fs = _s3()
-    base = prefix.removeprefix("s3://").rstrip("/")
-    return {key[len(base) + 1 :]: fs.cat_file(key) for key in sorted(fs.find(base))}
-
-
 def _files(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -67,7 +56,7 @@ def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 def test_a_folder_from_s3_to_s3_equals_a_local_run_and_resumes(tiny_model, set5_dir, bucket, tmp_path):
-    fs = _s3()
+    fs = s3_fs()
     local_in = tmp_path / "in"
     for i, path in enumerate(sorted(set5_dir.glob("*.png"))[:3]):
         sub = local_in / ("sub" if i == 2 else "")
@@ -81,14 +70,14 @@ def test_a_folder_from_s3_to_s3_equals_a_local_run_and_resumes(tiny_model, set5_
     logs: list[str] = []
     result = upscale_stored([f"s3://{bucket}/in/"], f"s3://{bucket}/out/", _options(tiny_model), logs.append)
     assert len(result.done) == 3 and not result.failed
-    assert _objects(f"s3://{bucket}/out") == _files(tmp_path / "local")  # byte for byte, no temporary keys
+    assert s3_objects(f"s3://{bucket}/out") == _files(tmp_path / "local")  # byte for byte, no temporary keys
 
     # skip-if-done: nothing is redone; a deleted output is redone alone
     fs.rm_file(f"{bucket}/out/sub/{sorted(set5_dir.glob('*.png'))[2].stem}.png")
     again = upscale_stored([f"s3://{bucket}/in"], f"s3://{bucket}/out", _options(tiny_model), logs.append)
     assert len(again.done) == 1 and len(again.skipped) == 2
     assert "skipping 2 output(s) that already exist (--overwrite redoes them)" in logs
-    assert _objects(f"s3://{bucket}/out") == _files(tmp_path / "local")
+    assert s3_objects(f"s3://{bucket}/out") == _files(tmp_path / "local")
 
 
 def test_local_to_s3_and_s3_to_local_single_files(tiny_model, set5_dir, bucket, tmp_path):
@@ -109,7 +98,7 @@ def test_local_to_s3_and_s3_to_local_single_files(tiny_model, set5_dir, bucket, 
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"result: s3://{bucket}/x4/bird.png"
-    assert _objects(f"s3://{bucket}/x4") == {"bird.png": (tmp_path / "local.png").read_bytes()}
+    assert s3_objects(f"s3://{bucket}/x4") == {"bird.png": (tmp_path / "local.png").read_bytes()}
     back = upscale_stored([f"s3://{bucket}/x4/bird.png"], tmp_path / "small", _options(tiny_model, outscale=1.0))
     assert back.done == [str(tmp_path / "small" / "bird.png")] and (tmp_path / "small" / "bird.png").stat().st_size
 
@@ -120,11 +109,11 @@ def test_a_video_from_s3_to_s3_equals_a_local_run(tiny_model, video_dir, bucket,
     clip = _small_clip(video_dir, tmp_path / "clip.mp4")
     options = _options(tiny_model, codec="libx264", crf=0, preset="ultrafast", segment_seconds=0.5)
     assert upscale([clip], tmp_path / "local.mp4", options, log=lambda m: None).done
-    _s3().put_file(str(clip), f"{bucket}/videos/clip.mp4")
+    s3_fs().put_file(str(clip), f"{bucket}/videos/clip.mp4")
     result = upscale_stored([f"s3://{bucket}/videos/clip.mp4"], f"s3://{bucket}/out/", options, lambda m: None)
     assert result.done == [f"s3://{bucket}/out/clip.mp4"], result.failed
-    assert list(_objects(f"s3://{bucket}/out")) == ["clip.mp4"]
-    (tmp_path / "s3.mp4").write_bytes(_objects(f"s3://{bucket}/out")["clip.mp4"])
+    assert list(s3_objects(f"s3://{bucket}/out")) == ["clip.mp4"]
+    (tmp_path / "s3.mp4").write_bytes(s3_objects(f"s3://{bucket}/out")["clip.mp4"])
     assert _frame_md5s(tmp_path / "s3.mp4") == _frame_md5s(tmp_path / "local.mp4")
 
 
@@ -153,7 +142,7 @@ def test_bad_uris_and_missing_buckets_fail_in_one_line_exit_2(
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().startswith(message), proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not proc.stdout
-    assert not (tmp_path / "out").exists() and _objects(f"s3://{bucket}") == {}
+    assert not (tmp_path / "out").exists() and s3_objects(f"s3://{bucket}") == {}
 
 
 def test_missing_credentials_fail_in_one_line_exit_2(tiny_model, set5_dir, bucket, tmp_path):
@@ -165,7 +154,7 @@ def test_missing_credentials_fail_in_one_line_exit_2(tiny_model, set5_dir, bucke
         f"error: s3://{bucket}/out/: no usable credentials for s3:// (Unable to locate credentials): "
         "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE or ~/.aws/credentials"
     )
-    assert _objects(f"s3://{bucket}") == {}
+    assert s3_objects(f"s3://{bucket}") == {}
 
 
 def test_a_failed_put_leaves_no_object_under_any_name(bucket, tmp_path):
@@ -174,12 +163,12 @@ def test_a_failed_put_leaves_no_object_under_any_name(bucket, tmp_path):
 
     with pytest.raises(SRDeployError, match=f"s3://{bucket}/o/x.png: cannot upload"):
         storage.put_atomic(tmp_path / "missing.png", f"s3://{bucket}/o/x.png")
-    assert _objects(f"s3://{bucket}") == {}
+    assert s3_objects(f"s3://{bucket}") == {}
     (tmp_path / "x.png").write_bytes(b"x" * 100)
     assert storage.put_atomic(tmp_path / "x.png", f"s3://{bucket}/o/x.png") == f"s3://{bucket}/o/x.png"
-    assert _objects(f"s3://{bucket}") == {"o/x.png": b"x" * 100}
+    assert s3_objects(f"s3://{bucket}") == {"o/x.png": b"x" * 100}
     assert storage.partial_key(f"s3://{bucket}/o/x.png").startswith(f"s3://{bucket}/o/.x.partial-")
     big = os.urandom(17 << 20)  # over two upload chunks: a multipart upload, completed under the temporary key
     (tmp_path / "big.mp4").write_bytes(big)
     storage.put_atomic(tmp_path / "big.mp4", f"s3://{bucket}/o/big.mp4")
-    assert _objects(f"s3://{bucket}/o") == {"big.mp4": big, "x.png": b"x" * 100}
+    assert s3_objects(f"s3://{bucket}/o") == {"big.mp4": big, "x.png": b"x" * 100}

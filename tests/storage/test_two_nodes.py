@@ -25,7 +25,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from _s3_server import free_port
+from _s3_server import free_port, s3_fs, s3_objects
 from _upscale_support import save_tiny_srvgg
 
 from sr_deploy.upscale import UpscaleOptions, upscale
@@ -94,18 +94,6 @@ def tiny_model(tmp_path_factory) -> Path:
     return save_tiny_srvgg(tmp_path_factory.mktemp("model") / "tiny.pt")
 
 
-def _s3():
-    import fsspec
-
-    return fsspec.filesystem("s3", skip_instance_cache=True, use_listings_cache=False)
-
-
-def _objects(prefix: str) -> dict[str, bytes]:
-    fs = _s3()
-    base = prefix.removeprefix("s3://").rstrip("/")
-    return {key[len(base) + 1 :]: fs.cat_file(key) for key in sorted(fs.find(base))}
-
-
 def _cli(args: list[str], address: str) -> subprocess.Popen:
     env = _node_env() | {"SR_DEPLOY_RAY_ACTOR_RESOURCES": '{"worker_node": 1}'}
     command = [sys.executable, "-m", "sr_deploy", "upscale", *args, "--device", "cpu", "--precision", "fp32"]
@@ -133,7 +121,7 @@ def test_s3_to_s3_on_two_nodes_is_byte_identical_survives_a_killed_actor_and_res
 ):
     address, worker_temp = two_nodes
     bucket = f"b-{uuid.uuid4().hex[:12]}"
-    fs = _s3()
+    fs = s3_fs()
     fs.mkdir(bucket)
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -172,7 +160,7 @@ def test_s3_to_s3_on_two_nodes_is_byte_identical_survives_a_killed_actor_and_res
     assert killed and killed[0][1] < 10, f"no actor was killed mid-job on the second node: {stderr[-2000:]}"
     assert len(seen_on_worker) >= 2  # the killed actor and its restart, both on the second node
     assert "upscale: 10 done, 0 skipped (already there), 0 failed" in stderr
-    assert _objects(f"s3://{bucket}/out") == expected  # byte for byte, no temporary keys
+    assert s3_objects(f"s3://{bucket}/out") == expected  # byte for byte, no temporary keys
 
     again = _cli([f"s3://{bucket}/in/", "-o", f"s3://{bucket}/out/", "--model", str(tiny_model)], address)
     _, stderr = again.communicate(timeout=300)
@@ -184,7 +172,7 @@ def test_a_video_from_s3_to_s3_on_the_second_node_is_frame_exact(two_nodes, tiny
 
     address, _ = two_nodes
     bucket = f"b-{uuid.uuid4().hex[:12]}"
-    fs = _s3()
+    fs = s3_fs()
     fs.mkdir(bucket)
     clip = _small_clip(video_dir, tmp_path / "clip.mp4")
     fs.put_file(str(clip), f"{bucket}/v/clip.mp4")
@@ -197,6 +185,6 @@ def test_a_video_from_s3_to_s3_on_the_second_node_is_frame_exact(two_nodes, tiny
     _, stderr = proc.communicate(timeout=400)
     assert proc.returncode == 0, stderr[-3000:]
     assert "video piece(s)) on 1 actor(s)" in stderr
-    assert list(_objects(f"s3://{bucket}/out")) == ["clip.mp4"]  # the hidden pieces prefix is gone
-    (tmp_path / "ray.mp4").write_bytes(_objects(f"s3://{bucket}/out")["clip.mp4"])
+    assert list(s3_objects(f"s3://{bucket}/out")) == ["clip.mp4"]  # the hidden pieces prefix is gone
+    (tmp_path / "ray.mp4").write_bytes(s3_objects(f"s3://{bucket}/out")["clip.mp4"])
     assert _frame_md5s(tmp_path / "ray.mp4") == _frame_md5s(tmp_path / "local.mp4")
