@@ -233,7 +233,16 @@ def test_python_flavour_served_by_the_bundled_tritonserver_equals_sr_deploy_upsc
 
         with pytest.raises(SRDeployError, match=r"1x3x320x320 is 102400 input pixels, more than the 100000"):
             infer(url, "tiny", np.zeros((1, 3, 320, 320), np.float32), max_pixels=10**9)
-    assert served.read_bytes() == local.read_bytes()  # the same PNG, byte for byte
+    # the same PNG, byte for byte, but for the local run's provenance field (model and precision),
+    # which a client of someone else's server cannot know
+    from PIL import Image
+
+    from sr_deploy.imaging import add_png_text
+
+    with Image.open(local) as image:
+        provenance = image.text
+    assert set(provenance) == {"sr-deploy"}
+    assert add_png_text(served.read_bytes(), provenance) == local.read_bytes()
     assert pair.shape == (2, 3, 256, 320) and np.array_equal(pair[1], one[0])
     with pytest.raises(urllib.error.URLError):  # the server is gone
         urllib.request.urlopen(f"{url}/v2/health/live", timeout=2)
