@@ -1,6 +1,7 @@
-"""One precision per job, whatever the load (issue 24): `sr-deploy upscale` run N times on one
-image, each with a FRESH precision cache (so `--precision auto` decides afresh every time) while
-`--busy` processes keep the CPU's cores busy, and every run's verdict and output bytes compared.
+"""One precision per job, whatever the load (issue 24): `sr-deploy upscale` run once with nothing
+else started by this script (the reference), then N times on the same image, each with a FRESH
+precision cache (so `--precision auto` decides afresh every time) while `--busy` processes keep
+the CPU's cores busy, and every run's verdict and output bytes compared with the reference.
 
 With `--cpuinfo stand-in` (the default) the runs see a CPU with AVX-512 bf16 (`$SR_DEPLOY_CPUINFO`
 points at a stand-in file), so `auto` goes through its bf16 parity check on every run, as on the
@@ -56,6 +57,7 @@ def main() -> int:
     ap.add_argument("--image", type=Path, default=ROOT.parent / "shared/data/benchmark/Set5/bird.png")
     ap.add_argument("--cpuinfo", choices=["stand-in", "real"], default="stand-in")
     ap.add_argument("--markdown", type=Path)
+    ap.add_argument("--note", default="", help="a paragraph for the end of the markdown (the machine, its load)")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="precision-stability-") as tmp:
@@ -63,6 +65,10 @@ def main() -> int:
         if args.cpuinfo == "stand-in":
             (Path(tmp) / "cpuinfo").write_text(STAND_IN.format(name=_cpu_name()))
             env["SR_DEPLOY_CPUINFO"] = str(Path(tmp) / "cpuinfo")
+        env["SR_DEPLOY_CACHE"] = str(Path(tmp) / "cache-idle")  # the reference: no busy processes
+        line, digest, seconds = one_run(args.image, args.model, Path(tmp) / "out-idle.png", env)
+        rows.append(("idle", line, digest, seconds))
+        print(f"idle run: {line} | {digest[:16]} | {seconds:.1f} s", flush=True)
         busy = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(args.busy)]
         try:
             for run in range(args.runs):
@@ -76,7 +82,8 @@ def main() -> int:
     verdicts, outputs = {r[1].split(" (cached)")[0] for r in rows}, {r[2] for r in rows}
     same = len(verdicts) == 1 and len(outputs) == 1
     lines = [
-        f"# `--precision auto` under load: {args.runs} runs, fresh cache each, {args.busy} busy processes",
+        f"# `--precision auto` under load: a reference run, then {args.runs} runs beside {args.busy} busy "
+        "processes, fresh cache each",
         "",
         f"CPU: {_cpu_name()} ({os.cpu_count()} cores); cpuinfo: {args.cpuinfo}; model: {args.model}; "
         f"image: {args.image.name}; `python benchmarks/precision_stability.py --runs {args.runs} --busy {args.busy}`",
@@ -88,7 +95,7 @@ def main() -> int:
         f"**{len(verdicts)} verdict(s), {len(outputs)} distinct output(s)**: "
         + ("the same precision and the same bytes on every run." if same else "NOT stable."),
     ]
-    text = "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n" + (f"\n{args.note}\n" if args.note else "")
     print(text)
     if args.markdown:
         args.markdown.write_text(text)
