@@ -207,8 +207,9 @@ def run_jobs_on_ray(
     bar = None
     try:
         started = _connect(ray, ray_options.address)  # first: the precision is decided for the pool's devices
+        options = dataclasses.replace(options, model_id=model_files_id(*model))  # hashed once, from the bytes sent
         options = settled_for_workers(options, _pool_size(ray, options, ray_options)[1] == 0, log)
-        driver.plan(options, model_files_id(*model), scratch)
+        driver.plan(options, options.model_id, scratch)
         if not driver.rows:
             return summary
         total, show = len(driver.rows), options.progress

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -186,10 +186,23 @@ def run_jobs(jobs: Sequence[Job], backend: Backend, options: UpscaleOptions, log
     KeyboardInterrupt stops everything (the current output's temporary file is removed; a video's
     finished segments are kept for the re-run to resume from).
     """
+    outcomes, todo = jobs_to_run(jobs, options, log)
+    return run_todo(todo, summarize(outcomes), backend, options, log)
+
+
+def run_todo(
+    todo: Sequence[Job],
+    summary: UpscaleSummary,
+    backend: Backend,
+    options: UpscaleOptions,
+    log: Log = to_stderr,
+    run: Callable[..., Outcome] = run_one,
+) -> UpscaleSummary:
+    """The local loop over the jobs left to do (after the skip pass): the options settled once,
+    `run` (`run_one`'s signature; `upscale.stored.run_staged` for store locations) on each job,
+    a progress bar over the images, every outcome folded into `summary`, which is returned."""
     from tqdm import tqdm
 
-    outcomes, todo = jobs_to_run(jobs, options, log)
-    summary = summarize(outcomes)
     images = sum(job.kind == "image" for job in todo)
     bar = tqdm(
         total=images,
@@ -210,7 +223,7 @@ def run_jobs(jobs: Sequence[Job], backend: Backend, options: UpscaleOptions, log
     video = options.video()
     try:
         for job in todo:
-            outcome = run_one(job, backend, options, report, video)
+            outcome = run(job, backend, options, report, video)
             if outcome.state == "failed":
                 report(f"error: {outcome.message}")
             elif job.kind == "image":

@@ -27,7 +27,7 @@ from ..util.log import to_stderr
 from ..video import VideoOptions
 from .options import UpscaleOptions, validate_options
 from .plan import Job, Outcome, kind_of, status
-from .run import UpscaleSummary, load_backend, run_one, settled, summarize
+from .run import UpscaleSummary, load_backend, run_one, run_todo, summarize
 
 
 def uses_store(inputs: Sequence[str | Path], output: str | Path) -> bool:
@@ -152,7 +152,7 @@ def local_input(location: str, folder: Path) -> Path:
 
 
 def run_staged(
-    job: Job, backend: Backend, options: UpscaleOptions, video: VideoOptions | None, log: Log = to_stderr
+    job: Job, backend: Backend, options: UpscaleOptions, log: Log = to_stderr, video: VideoOptions | None = None
 ) -> Outcome:
     """`run_one` on a job whose input and/or output may be in a store; never raises for a bad file."""
     source, target = str(job.source), str(job.target)
@@ -198,16 +198,7 @@ def upscale_stored(
     if not todo:
         return summary
     backend = load_backend(options, log)
-    options = settled(options, backend)  # the job's decisions, once (model identity, precision)
-    video = options.video()
     try:
-        for job in todo:
-            outcome = run_staged(job, backend, options, video, log)
-            if outcome.state == "failed":
-                log(f"error: {outcome.message}")
-            elif job.kind == "video":
-                log(outcome.message)
-            summary.add(outcome)
+        return run_todo(todo, summary, backend, options, log, run=run_staged)  # the local loop, staged
     finally:
         backend.close()
-    return summary
