@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import NotInstalledError, SRDeployError
+from .errors import InputError, NotInstalledError, SRDeployError
 from .model_file import model_files, model_files_id
 from .upscale import Job, UpscaleOptions, UpscaleSummary, jobs_to_run, load_backend, plan_checked, summarize
 from .upscale.remote import ANSWER_KEYS, RemoteRun, pool_size, run_row
@@ -86,13 +86,14 @@ class RayOptions:
         or "ray://HOST:10001" = that cluster (must exist).
     actors: size of the actor pool; None = one per GPU of the cluster (when it has GPUs and the
         device is not cpu), else one per `cpus_per_actor` CPUs.
-    cpus_per_actor: CPUs each actor reserves (its torch / ONNX Runtime thread count on the CPU).
+    cpus_per_actor: CPUs each actor reserves; None = the job's thread count
+        (`UpscaleOptions.threads`, which every CPU actor runs with) for CPU actors, 1 for GPU actors.
     gpus_per_actor: None = 1 when the cluster has GPUs and the device is not `cpu`, else 0.
     """
 
     address: str | None = None
     actors: int | None = None
-    cpus_per_actor: float = 1.0
+    cpus_per_actor: float | None = None
     gpus_per_actor: float | None = None
 
 
@@ -141,10 +142,20 @@ def _connect(ray: Any, address: str | None) -> bool:
     return True
 
 
-def _pool_size(ray: Any, options: UpscaleOptions, ray_options: RayOptions) -> tuple[int, float]:
-    """(actors, GPUs per actor) for this cluster."""
-    o = ray_options
-    return pool_size(ray.cluster_resources(), options.device, o.actors, o.cpus_per_actor, o.gpus_per_actor)
+def _pool_size(ray: Any, options: UpscaleOptions, ray_options: RayOptions) -> tuple[int, float, float]:
+    """(actors, GPUs per actor, CPUs per actor) for this cluster: a CPU actor reserves the job's
+    thread count (the count it runs with, for the local run's bytes) unless told otherwise."""
+    o, resources = ray_options, ray.cluster_resources()
+    gpus_each = pool_size(resources, options.device, 1, 1.0, o.gpus_per_actor)[1]
+    cpus_each = o.cpus_per_actor if o.cpus_per_actor is not None else 1.0 if gpus_each else float(options.threads or 1)
+    largest = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")), default=0)
+    if largest and cpus_each > largest:  # Ray would wait for such a node for ever
+        raise InputError(
+            f"each Ray actor needs {cpus_each:g} CPUs (the job's --threads), but the largest node of the cluster "
+            f"has {largest:g}: pass --threads {int(largest)} or fewer"
+        )
+    actors, _ = pool_size(resources, options.device, o.actors, cpus_each, gpus_each)
+    return actors, gpus_each, cpus_each
 
 
 def _restart_policy() -> dict[str, int]:
@@ -156,7 +167,7 @@ def _results(
 ) -> Iterator[dict]:
     """The rows through the actor pool, answered as they come; a failure of the Ray job itself
     (not of one input: those are rows with ok=False) becomes one SRDeployError line."""
-    actors, gpus_per_actor = _pool_size(ray, options, ray_options)
+    actors, gpus_per_actor, cpus_per_actor = _pool_size(ray, options, ray_options)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # ours counts the whole job
     context.print_on_execution_start = False
@@ -171,7 +182,7 @@ def _results(
             fn_constructor_kwargs={"options": options, "model_name": model[0], "model_files": model[1]},
             batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=actors),
-            num_cpus=ray_options.cpus_per_actor,
+            num_cpus=cpus_per_actor,
             num_gpus=gpus_per_actor,
             ray_remote_args_fn=_restart_policy,
             resources=json.loads(os.environ.get(ACTOR_RESOURCES_ENV) or "{}") or None,
@@ -179,7 +190,8 @@ def _results(
     pieces = sum(row["kind"] == "piece" for row in rows)
     log(
         f"ray: {len(rows)} item(s) ({len(rows) - pieces} image(s), {pieces} video piece(s)) on "
-        f"{actors} actor(s)" + (f", {gpus_per_actor:g} GPU each" if gpus_per_actor else ", CPU")
+        f"{actors} actor(s)"
+        + (f", {gpus_per_actor:g} GPU each" if gpus_per_actor else f", CPU, {options.threads} thread(s) each")
     )
     try:
         yield from dataset.iter_rows()

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _compare import assert_same_files
 from _upscale_support import save_tiny_srvgg
 
 from sr_deploy.upscale import UpscaleOptions, upscale
@@ -53,7 +54,8 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 def _options(model: Path, **kw) -> UpscaleOptions:
-    return UpscaleOptions(model=str(model), device="cpu", precision="fp32", progress=False, **kw)
+    """The job's options; one CPU thread, so that two actors fit the 2-CPU test cluster."""
+    return UpscaleOptions(model=str(model), device="cpu", precision="fp32", progress=False, **{"threads": 1} | kw)
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -78,13 +80,13 @@ def test_images_on_ray_are_byte_identical_to_a_local_run(ray_cluster, tiny_model
     assert [(source.name, code) for source, _, code in on_ray.failed] == [("broken.png", 2)]
     assert on_ray.failed[0][1] == local.failed[0][1]  # the same one line as a local run
     assert "broken.png" in on_ray.failed[0][1] and "\n" not in on_ray.failed[0][1]
-    assert _files(tmp_path / "ray") == _files(tmp_path / "local")  # byte for byte, no partial files left
+    assert_same_files(_files(tmp_path / "ray"), _files(tmp_path / "local"))  # byte for byte, no partial files left
 
     # resume: outputs that exist are skipped; a missing one is redone
     (tmp_path / "ray" / "bird.png").unlink()
     again = upscale_on_ray([inputs], tmp_path / "ray", _options(tiny_model), RayOptions(actors=2), logs.append)
     assert [p.name for p in again.done] == ["bird.png"] and len(again.skipped) == 3
-    assert _files(tmp_path / "ray") == _files(tmp_path / "local")
+    assert_same_files(_files(tmp_path / "ray"), _files(tmp_path / "local"))
 
 
 def _small_clip(video_dir: Path, target: Path) -> Path:
@@ -169,7 +171,7 @@ def test_the_drivers_precision_decision_is_what_every_actor_runs(
     logs: list[str] = []
 
     def options(precision: str) -> UpscaleOptions:
-        return UpscaleOptions(model=str(tiny_model), device="cpu", precision=precision, progress=False)
+        return UpscaleOptions(model=str(tiny_model), device="cpu", precision=precision, progress=False, threads=1)
 
     on_ray = upscale_on_ray([inputs], tmp_path / "ray", options("auto"), RayOptions(actors=2), logs.append)
     assert len(on_ray.done) == 3 and not on_ray.failed
@@ -178,7 +180,7 @@ def test_the_drivers_precision_decision_is_what_every_actor_runs(
         f"bf16 vs fp32 parity 90.0 dB >= {cpu_precision.REDUCED_MIN_PSNR_DB:g} dB on a stand-in"
     ]  # said once, by the driver
     assert upscale([inputs], tmp_path / "bf16", options("bf16"), log=lambda m: None).done
-    assert _files(tmp_path / "ray") == _files(tmp_path / "bf16")  # the bf16 bytes, on every actor
+    assert_same_files(_files(tmp_path / "ray"), _files(tmp_path / "bf16"))  # the bf16 bytes, on every actor
     for path in (tmp_path / "ray").glob("*.png"):
         with Image.open(path) as image:
             assert image.text["sr-deploy"].endswith(" precision=bf16")
@@ -291,6 +293,8 @@ def test_killing_an_actor_mid_job_still_completes(ray_cluster, tiny_model, set5_
         "--precision",
         "fp32",
         "--no-progress",
+        "--threads",
+        "1",
         "--ray-actors",
         "2",
         f"--ray={ray_cluster}",
@@ -323,7 +327,7 @@ def test_killing_an_actor_mid_job_still_completes(ray_cluster, tiny_model, set5_
     assert not Path(f"/proc/{pid}").exists() or b"zombie" in Path(f"/proc/{pid}/status").read_bytes().lower()
     assert proc.returncode == 0, stderr[-2000:]
     assert "upscale: 14 done, 0 skipped (already there), 0 failed" in stderr
-    assert _files(out) == _files(tmp_path / "local")
+    assert_same_files(_files(out), _files(tmp_path / "local"))
 
 
 def test_ray_flag_without_ray_installed_names_the_extra(tmp_path, set5_dir):
@@ -408,3 +412,37 @@ def test_a_bad_ray_address_is_one_line_exit_2_within_seconds(tmp_path, set5_dir,
     assert proc.stderr.strip().startswith(message), proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o.png").exists()
+
+
+def test_ray_with_defaults_gives_a_local_runs_bytes_with_one_thread_count(ray_cluster, tiny_model, set5_dir, tmp_path):
+    """Issue 24's acceptance: `upscale --ray` with defaults is byte-identical to a local run with
+    defaults. Both CLIs run with this machine's default thread count, and the Ray actor reserves
+    and runs with that count (oneDNN promises equal bits only for equal thread counts); a count
+    that no node can hold is one line, exit 2, instead of a job that waits for ever."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for path in sorted(set5_dir.glob("*.png"))[:2]:
+        (inputs / path.name).write_bytes(path.read_bytes())
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    base = [sys.executable, "-m", "sr_deploy", "upscale", str(inputs), "--model", str(tiny_model)]
+    base += ["--device", "cpu", "--precision", "fp32", "--no-progress"]
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*base, *args], env=env, capture_output=True, text=True, timeout=300)
+
+    local = cli("-o", str(tmp_path / "local"))
+    assert local.returncode == 0, local.stderr
+    on_ray = cli("-o", str(tmp_path / "ray"), f"--ray={ray_cluster}")
+    assert on_ray.returncode == 0, on_ray.stderr
+    default_threads = [sys.executable, "-c", "import torch; print(torch.get_num_threads())"]
+    threads = int(subprocess.run(default_threads, capture_output=True, text=True, check=True).stdout)
+    assert f"on {2 // threads} actor(s), CPU, {threads} thread(s) each" in on_ray.stderr
+    assert_same_files(_files(tmp_path / "ray"), _files(tmp_path / "local"))
+
+    too_many = cli("-o", str(tmp_path / "ray-3"), "--threads", "3", f"--ray={ray_cluster}")
+    assert too_many.returncode == 2, too_many.stderr
+    assert too_many.stderr.strip().splitlines()[-1] == (
+        "error: each Ray actor needs 3 CPUs (the job's --threads), but the largest node of the cluster has 2: "
+        "pass --threads 2 or fewer"
+    )
+    assert not (tmp_path / "ray-3").exists() or not any((tmp_path / "ray-3").iterdir())

@@ -118,6 +118,13 @@ from .options import BACKEND_CHOICE, PRECISION_CHOICE, device_option, realism_op
     help="Refuse images with more pixels than this (read from the header, before decoding) "
     "[default: what fits in the memory available now].",
 )
+@click.option(
+    "--threads",
+    type=int,
+    default=None,
+    help="CPU threads of the inference; every worker of the job (Ray actors too, each reserving "
+    "that many CPUs) runs with it, for the same bytes everywhere [default: one per core here].",
+)
 @realism_options
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
 @click.option(
@@ -160,6 +167,7 @@ def upscale(
     segment_seconds: float,
     dedup_threshold: str,
     max_pixels: int | None,
+    threads: int | None,
     realism: float | None,
     gan_model: str | None,
     no_progress: bool,
@@ -200,6 +208,7 @@ def upscale(
         progress=not no_progress,
         dedup_threshold=parse_threshold(dedup_threshold),
         max_pixels=max_pixels,
+        threads=threads,
     )
 
     _run(inputs, output, options, ray_address, ray_actors)

@@ -40,6 +40,11 @@ class UpscaleOptions:
         a frame at least that close (PSNR), None runs the model on every frame (`sr_deploy.video.held`).
     model_id: the model file's name and sha256 prefix, filled in once by the driver
         (`upscale.run.settled`): it names the model in resume keys and in the outputs' metadata.
+    threads: CPU threads of the inference (torch intra-op, ONNX Runtime intra-op); None: the
+        driver's default (one per core), filled in once by `upscale.run.settled`. Every worker of
+        a job runs with this count: oneDNN and MKL promise bitwise-equal results only for the same
+        thread count, and a job gives the same bytes on every worker. With --ray each CPU actor
+        reserves this many CPUs.
     """
 
     model: str = DEFAULT_UPSCALE_MODEL
@@ -64,6 +69,7 @@ class UpscaleOptions:
     dedup_threshold: float | None = EXACT
     max_pixels: int | None = None
     model_id: str = ""
+    threads: int | None = None
 
     def video(self, model_id: str = "") -> VideoOptions:
         """The options of a video job (`model_id`, default `self.model_id`, names the model in
@@ -99,5 +105,7 @@ def validate_options(options: UpscaleOptions) -> None:
     if not (math.isfinite(options.segment_seconds) and options.segment_seconds >= 0):
         raise InputError(f"--segment-seconds must be >= 0, got {options.segment_seconds}")
     check_threshold(options.dedup_threshold)
+    if options.threads is not None and options.threads < 1:
+        raise InputError(f"--threads must be >= 1, got {options.threads}")
     if options.max_pixels is not None and options.max_pixels < 1:
         raise InputError(f"--max-pixels must be >= 1, got {options.max_pixels}")

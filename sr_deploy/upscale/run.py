@@ -84,12 +84,26 @@ def load_backend(options: UpscaleOptions, log: Log = to_stderr) -> Backend:
     path = resolve_model_path(options.model)  # the clear message for a bundled model not yet shipped
     if not path.is_file():
         raise InputError(f"{path}: no such model file")
-    backend = load(path, options.device, options.precision, backend=options.backend)
+    extra = {}
+    if options.threads:  # the job's thread count, in every worker (see UpscaleOptions.threads)
+        import torch
+
+        torch.set_num_threads(options.threads)
+        if _opened_by(path, options.backend) == "onnxruntime":
+            extra["threads"] = options.threads
+    backend = load(path, options.device, options.precision, backend=options.backend, **extra)
     if backend.precision_reason:
         log(f"precision: {backend.precision_reason}")
     if backend.precision == "fp32":
         return Fp32Fallback(backend, None)
-    return Fp32Fallback(backend, lambda: load(path, options.device, "fp32", backend=backend.name))
+    return Fp32Fallback(backend, lambda: load(path, options.device, "fp32", backend=backend.name, **extra))
+
+
+def _opened_by(path: Path, backend: str) -> str:
+    """The name of the backend that `load` opens `path` with when asked for `backend`."""
+    from ..backends import spec_for_suffix, spec_named
+
+    return (spec_for_suffix(path) if backend in ("", "auto") else spec_named(backend)).name
 
 
 def one_line(source: Path, exc: BaseException) -> str:
@@ -116,13 +130,17 @@ def model_identity(model: str) -> str:
 
 def settled(options: UpscaleOptions, backend: Backend | None = None) -> UpscaleOptions:
     """`options` with the job's decisions made once, by the driver, before any work: the model's
-    identity (`model_identity`) and, given the backend the driver loaded, the precision
-    ``--precision auto`` chose on it. Every worker (the local loop, Ray actors, a video's
+    identity (`model_identity`), the CPU thread count (the driver's default) and, given the backend
+    the driver loaded, the precision ``--precision auto`` chose on it. Every worker (the local loop, Ray actors, a video's
     segments and pieces) gets these options, so none decides again; the outputs' metadata and
     the resume keys name them."""
     changes: dict = {}
     if not options.model_id:
         changes["model_id"] = model_identity(options.model)
+    if options.threads is None:
+        import torch
+
+        changes["threads"] = torch.get_num_threads()
     if backend is not None and options.precision == "auto":
         changes["precision"] = backend.precision
     return dataclasses.replace(options, **changes) if changes else options

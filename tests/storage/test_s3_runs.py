@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from _compare import assert_same_files
 from _s3_server import s3_fs, s3_objects
 from _upscale_support import save_tiny_srvgg
 
@@ -70,14 +71,14 @@ def test_a_folder_from_s3_to_s3_equals_a_local_run_and_resumes(tiny_model, set5_
     logs: list[str] = []
     result = upscale_stored([f"s3://{bucket}/in/"], f"s3://{bucket}/out/", _options(tiny_model), logs.append)
     assert len(result.done) == 3 and not result.failed
-    assert s3_objects(f"s3://{bucket}/out") == _files(tmp_path / "local")  # byte for byte, no temporary keys
+    assert_same_files(s3_objects(f"s3://{bucket}/out"), _files(tmp_path / "local"))  # byte for byte, no temporary keys
 
     # skip-if-done: nothing is redone; a deleted output is redone alone
     fs.rm_file(f"{bucket}/out/sub/{sorted(set5_dir.glob('*.png'))[2].stem}.png")
     again = upscale_stored([f"s3://{bucket}/in"], f"s3://{bucket}/out", _options(tiny_model), logs.append)
     assert len(again.done) == 1 and len(again.skipped) == 2
     assert "skipping 2 output(s) that already exist (--overwrite redoes them)" in logs
-    assert s3_objects(f"s3://{bucket}/out") == _files(tmp_path / "local")
+    assert_same_files(s3_objects(f"s3://{bucket}/out"), _files(tmp_path / "local"))
 
 
 def test_local_to_s3_and_s3_to_local_single_files(tiny_model, set5_dir, bucket, tmp_path):
@@ -98,7 +99,7 @@ def test_local_to_s3_and_s3_to_local_single_files(tiny_model, set5_dir, bucket, 
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"result: s3://{bucket}/x4/bird.png"
-    assert s3_objects(f"s3://{bucket}/x4") == {"bird.png": (tmp_path / "local.png").read_bytes()}
+    assert_same_files(s3_objects(f"s3://{bucket}/x4"), {"bird.png": (tmp_path / "local.png").read_bytes()})
     back = upscale_stored([f"s3://{bucket}/x4/bird.png"], tmp_path / "small", _options(tiny_model, outscale=1.0))
     assert back.done == [str(tmp_path / "small" / "bird.png")] and (tmp_path / "small" / "bird.png").stat().st_size
 
