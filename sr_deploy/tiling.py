@@ -137,14 +137,26 @@ def _cpu_budget_bytes() -> float:
     return min(CPU_MEMORY_CAP_BYTES, available * _CPU_MEMORY_FRACTION)
 
 
+def memory_budget_bytes(device: str) -> int:
+    """What `auto_tile_size` may spend on `device`, measured now: half the free CUDA memory on a
+    CUDA device, else a quarter of the available RAM (at most 8 GiB)."""
+    free = _free_memory_bytes(device)
+    return int(free * _CUDA_MEMORY_FRACTION if free is not None else _cpu_budget_bytes())
+
+
 def auto_tile_size(
-    backend: Backend, height: int, width: int, overlap: int = DEFAULT_TILE_OVERLAP, batch_size: int = 1
+    backend: Backend,
+    height: int,
+    width: int,
+    overlap: int = DEFAULT_TILE_OVERLAP,
+    batch_size: int = 1,
+    budget: int | None = None,
 ) -> int:
     """The largest tile core edge that fits the backend's `max_shape` and memory, or 0 when the
     whole (height, width) image fits in one call.
 
-    Memory budget: half the free CUDA memory on a CUDA backend, else a quarter of the available
-    RAM (at most 8 GiB), shared by `batch_size` windows; a window costs about
+    Memory budget: `budget` bytes (a job's settled budget, so that every worker tiles alike), else
+    `memory_budget_bytes` measured now, shared by `batch_size` windows; a window costs about
     (live values * bytes-per-value + 12) * scale^2 bytes per LR pixel (the architecture's live
     activations per output pixel, which the backend carries from the checkpoint's detection or the
     ONNX metadata, plus the float32 output).
@@ -152,8 +164,8 @@ def auto_tile_size(
     value_bytes = 2 if backend.precision in ("fp16", "bf16") else 4
     live = backend.live_values_per_hr_pixel or DEFAULT_LIVE_VALUES_PER_HR_PIXEL
     per_pixel = (live * value_bytes + 3 * 4) * backend.scale**2
-    free = _free_memory_bytes(backend.device)
-    budget = free * _CUDA_MEMORY_FRACTION if free is not None else _cpu_budget_bytes()
+    if budget is None:
+        budget = memory_budget_bytes(backend.device)
     window_pixels = budget / max(1, batch_size) / per_pixel
     limit = int(math.sqrt(max(window_pixels, 1.0)))  # longest window edge that fits the budget
     if backend.max_shape is not None:

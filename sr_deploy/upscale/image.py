@@ -19,7 +19,7 @@ from ..imaging import (
     upscaled_size,
     write_image_consuming,
 )
-from ..tiling import upscale_tiled_into
+from ..tiling import auto_tile_size, upscale_tiled_into
 from ..util.text import PROVENANCE_KEY, provenance
 from .options import UpscaleOptions
 
@@ -106,7 +106,10 @@ def upscale_image_file(backend: Backend, source: Path, target: Path, options: Up
             out[y0:y1, x0:x1, :3] = quantize(hwc, staging)
 
     batch_size = options.batch_size or (4 if str(backend.device).startswith("cuda") else 1)
-    upscale_tiled_into(backend, rgb, put, options.tile, options.tile_overlap, batch_size)
+    tile = options.tile
+    if tile is None:  # automatic, from the job's settled memory budget (the same on every worker)
+        tile = auto_tile_size(backend, height, width, options.tile_overlap, batch_size, options.memory_budget)
+    upscale_tiled_into(backend, rgb, put, tile, options.tile_overlap, batch_size)
     del rgb
     if alpha is not None:
         out[:, :, 3] = quantize(cv2.resize(alpha, (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC), staging)

@@ -45,6 +45,10 @@ class UpscaleOptions:
         a job runs with this count: oneDNN and MKL promise bitwise-equal results only for the same
         thread count, and a job gives the same bytes on every worker. With --ray each CPU actor
         reserves this many CPUs.
+    memory_budget: bytes the automatic tile size (`--tile` unset) plans for, settled once by the
+        driver from the memory it sees (`tiling.memory_budget_bytes`), so that a worker with less
+        memory free at that moment does not tile where another did not (other bytes); None:
+        measured per image or video (GPU workers of a Ray job measure their own device).
     """
 
     model: str = DEFAULT_UPSCALE_MODEL
@@ -70,12 +74,14 @@ class UpscaleOptions:
     max_pixels: int | None = None
     model_id: str = ""
     threads: int | None = None
+    memory_budget: int | None = None
 
     def video(self, model_id: str = "") -> VideoOptions:
         """The options of a video job (`model_id`, default `self.model_id`, names the model in
         its resume key and its metadata)."""
         return VideoOptions(
             tile=self.tile,
+            memory_budget=self.memory_budget,
             overlap=self.tile_overlap,
             batch_size=self.batch_size or DEFAULT_VIDEO_BATCH,
             outscale=self.outscale,

@@ -77,7 +77,8 @@ def summarize(outcomes: Sequence[Outcome]) -> UpscaleSummary:
 
 def load_backend(options: UpscaleOptions, log: Log = to_stderr) -> Backend:
     """The backend for `options` (model, backend, device, precision), wrapped in `Fp32Fallback`
-    (NaN/Inf check; fp32 re-run below fp32). Raises InputError for a model that is not there."""
+    (NaN/Inf check; fp32 re-run below fp32), running with the job's `threads` on the CPU (torch's
+    process-wide count; ONNX Runtime's session). Raises InputError for a model that is not there."""
     from ..backends import load
     from ..models import resolve_model_path
 
@@ -85,13 +86,13 @@ def load_backend(options: UpscaleOptions, log: Log = to_stderr) -> Backend:
     if not path.is_file():
         raise InputError(f"{path}: no such model file")
     extra = {}
-    if options.threads:  # the job's thread count, in every worker (see UpscaleOptions.threads)
+    if options.threads and _opened_by(path, options.backend) == "onnxruntime":
+        extra["threads"] = options.threads
+    backend = load(path, options.device, options.precision, backend=options.backend, **extra)
+    if options.threads and str(backend.device) == "cpu":  # the job's count in every worker (UpscaleOptions.threads)
         import torch
 
         torch.set_num_threads(options.threads)
-        if _opened_by(path, options.backend) == "onnxruntime":
-            extra["threads"] = options.threads
-    backend = load(path, options.device, options.precision, backend=options.backend, **extra)
     if backend.precision_reason:
         log(f"precision: {backend.precision_reason}")
     if backend.precision == "fp32":
@@ -131,7 +132,8 @@ def model_identity(model: str) -> str:
 def settled(options: UpscaleOptions, backend: Backend | None = None) -> UpscaleOptions:
     """`options` with the job's decisions made once, by the driver, before any work: the model's
     identity (`model_identity`), the CPU thread count (the driver's default) and, given the backend
-    the driver loaded, the precision ``--precision auto`` chose on it. Every worker (the local loop, Ray actors, a video's
+    the driver loaded, the precision ``--precision auto`` chose on it and the memory budget of the
+    automatic tile size (measured once, on that backend's device). Every worker (the local loop, Ray actors, a video's
     segments and pieces) gets these options, so none decides again; the outputs' metadata and
     the resume keys name them."""
     changes: dict = {}
@@ -143,14 +145,25 @@ def settled(options: UpscaleOptions, backend: Backend | None = None) -> UpscaleO
         changes["threads"] = torch.get_num_threads()
     if backend is not None and options.precision == "auto":
         changes["precision"] = backend.precision
+    if backend is not None and options.tile is None and options.memory_budget is None:
+        from ..tiling import memory_budget_bytes
+
+        changes["memory_budget"] = memory_budget_bytes(str(backend.device))
     return dataclasses.replace(options, **changes) if changes else options
 
 
 def settled_for_workers(options: UpscaleOptions, cpu_workers: bool, log: Log = to_stderr) -> UpscaleOptions:
     """`settled` for workers in other processes (Ray actors). With CPU workers the driver loads
     the backend on its CPU once to decide ``auto`` and hands the verdict to every actor, so no
-    actor decides on its own; GPU workers keep ``auto`` (fp16 on CUDA: a rule, nothing measured)."""
-    if options.precision != "auto" or not cpu_workers:
+    actor decides on its own, and measures the tiles' memory budget on its own RAM; GPU workers
+    keep ``auto`` (fp16 on CUDA: a rule, nothing measured) and measure their own GPU memory."""
+    if not cpu_workers:
+        return settled(options)
+    if options.precision != "auto":
+        if options.tile is None and options.memory_budget is None:  # the driver's RAM, as for a local run
+            from ..tiling import memory_budget_bytes
+
+            options = dataclasses.replace(options, memory_budget=memory_budget_bytes("cpu"))
         return settled(options)
     backend = load_backend(dataclasses.replace(options, device="cpu"), log)
     try:

@@ -30,6 +30,8 @@ class VideoOptions:
 
     tile, overlap: as in `sr_deploy.tiling.upscale_tiled` (None: automatic; frames that fit are
         not tiled).
+    memory_budget: bytes the automatic tile size may plan for (the job's, settled once by the
+        driver); None: measured when the video starts.
     batch_size: frames per backend call.
     outscale: final size factor when it differs from the model's scale (None: the model's).
         Sizes are rounded to even numbers for 4:2:0 chroma.
@@ -49,6 +51,7 @@ class VideoOptions:
     """
 
     tile: int | None = None
+    memory_budget: int | None = None
     overlap: int = DEFAULT_OVERLAP
     batch_size: int = DEFAULT_VIDEO_BATCH
     outscale: float | None = None

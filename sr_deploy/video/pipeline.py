@@ -130,7 +130,7 @@ def upscale_video(
     )
     tile = o.tile
     if tile is None:  # decided once, so every frame of the video is processed the same way
-        tile = auto_tile_size(backend, info.height, info.width, o.overlap, o.batch_size)
+        tile = auto_tile_size(backend, info.height, info.width, o.overlap, o.batch_size, o.memory_budget)
     key = resume_key(
         source,
         {
