@@ -10,8 +10,9 @@ videos    (output in a store) the driver cuts the input into keyframe-aligned pi
           there (the input's size and ETag, the model, every option) lets a re-run send only
           the missing pieces; once all are there the driver fetches them to its disk, muxes
           them with the input's audio (the local run's final step) and puts the output.
-          A video from a store to a local OUT is fetched by the driver and sent as a local
-          run's pieces (`RemoteRun`).
+          A video from a store to a local OUT is fetched by the driver into the output's stage
+          folder (the same on every run, so its pieces resume) and sent as a local run's
+          pieces (`RemoteRun`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from ..video.pieces import VideoPieces, piece_name, provenance_tags, split_video
 from ..video.segments import Segment
 from .plan import Job, Outcome
 from .remote import RemoteRun
-from .stored import local_input
+from .stored import local_input, stage_dir
 
 _LAYOUT = 1  # bumped when the stored pieces' layout changes: another layout's manifest is not resumed
 _MANIFEST = "manifest.json"
@@ -132,8 +133,16 @@ class StoredRemoteRun(RemoteRun):
         source, target = str(job.source), str(job.target)
         if storage.is_uri(target):
             return StoredPieces.cut_to_store(source, target, scratch, seconds, settings)
-        local = local_input(source, scratch / "source")  # a store's video to a local OUT
+        # a store's video to a local OUT: its copy lives where every run of this output finds it,
+        # so the pieces' resume key (path, size, modification time) holds across runs
+        local = local_input(source, stage_dir(target) / "in")
         return VideoPieces.cut(local, Path(target), scratch, seconds, settings)
+
+    def finish(self, index: int) -> None:
+        super().finish(index)
+        job = self.todo[index]
+        if storage.is_uri(str(job.source)) and not storage.is_uri(str(job.target)) and job.target in self.summary.done:
+            shutil.rmtree(stage_dir(str(job.target)), ignore_errors=True)  # the copy is no longer needed
 
     def answer(self, index: int, part: int, ok: bool, message: str, code: int, data: bytes, frames: int) -> None:
         job = self.todo[int(index)]

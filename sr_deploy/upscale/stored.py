@@ -13,6 +13,7 @@ its segments. Local paths in a run without URIs never come here.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -138,16 +139,21 @@ def stage_dir(target: str) -> Path:
 
 
 def local_input(location: str, folder: Path) -> Path:
-    """A local file to read `location` from: the path itself, or a copy of the object in `folder`
-    (kept while its size matches the object's, so a resumed run does not fetch it again)."""
+    """A local file to read `location` from: the path itself, or a copy of the object in `folder`,
+    kept while the object's identity (size, ETag / generation, modification time) is the one it
+    was fetched with: a resumed run neither fetches it again nor resumes from a replaced object."""
     if not storage.is_uri(location):
         return Path(location)
     local = folder / storage.local_name(location)
     info = storage.stat(location)
     if info is None:
         raise InputError(f"{location}: no such object")
-    if not (local.is_file() and local.stat().st_size == int(info.get("size") or -1)):
+    fetched_as = local.with_name(f".{local.name}.source.json")
+    identity = json.dumps(storage.identity(info), sort_keys=True)
+    if not (local.is_file() and fetched_as.is_file() and fetched_as.read_text() == identity):
+        fetched_as.unlink(missing_ok=True)
         storage.fetch(location, local)
+        fetched_as.write_text(identity)
     return local
 
 

@@ -173,3 +173,36 @@ def test_a_failed_put_leaves_no_object_under_any_name(bucket, tmp_path):
     (tmp_path / "big.mp4").write_bytes(big)
     storage.put_atomic(tmp_path / "big.mp4", f"s3://{bucket}/o/big.mp4")
     assert s3_objects(f"s3://{bucket}/o") == {"big.mp4": big, "x.png": b"x" * 100}
+
+
+def test_a_stored_videos_pieces_for_a_local_output_resume_and_a_replaced_object_starts_again(
+    tiny_model, video_dir, bucket, tmp_path
+):
+    """`--ray` with a video from a store to a local OUT: the driver's copy of the object lives in
+    the output's stage folder, so a re-run (another scratch folder) finds the pieces of the
+    interrupted one; an object replaced under the same key (same size) is fetched again and its
+    old pieces are not resumed. (Before, the copy sat in each run's own scratch folder and no
+    run ever resumed.)"""
+    from test_cluster import _small_clip
+
+    from sr_deploy.upscale.plan import Job
+    from sr_deploy.upscale.remote import piece_settings
+    from sr_deploy.upscale.remote_stored import StoredRemoteRun
+
+    clip = _small_clip(video_dir, tmp_path / "clip.mp4")
+    uri = f"s3://{bucket}/v/clip.mp4"
+    s3_fs().put_file(str(clip), uri)
+    job = Job(uri, str(tmp_path / "out" / "clip.mp4"), "video")  # type: ignore[arg-type]
+    settings = piece_settings(_options(tiny_model, segment_seconds=0.5), "tiny.pt:0")
+
+    first = StoredRemoteRun._cut(job, tmp_path / "scratch-1", 0.5, settings)
+    assert first.parts >= 3 and not first.done
+    first.add(0, b"an upscaled piece", 12)  # the run "died" after its first piece came back
+    again = StoredRemoteRun._cut(job, tmp_path / "scratch-2", 0.5, settings)
+    assert sorted(again.done) == [0] and [part for part, _, _ in again.pending] == list(range(1, first.parts))
+
+    data = bytearray(clip.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # the same size, another object (a byte of the media data)
+    s3_fs().pipe_file(uri, bytes(data))
+    replaced = StoredRemoteRun._cut(job, tmp_path / "scratch-3", 0.5, settings)
+    assert not replaced.done and len(replaced.pending) == replaced.parts
