@@ -31,7 +31,7 @@ from ..video.pieces import VideoPieces, piece_name, provenance_tags, split_video
 from ..video.segments import Segment
 from .plan import Job, Outcome
 from .remote import RemoteRun
-from .stored import local_input, stage_dir
+from .stored import local_input, stage_dir, sweep_partials
 
 _LAYOUT = 1  # bumped when the stored pieces' layout changes: another layout's manifest is not resumed
 _MANIFEST = "manifest.json"
@@ -137,6 +137,10 @@ class StoredRemoteRun(RemoteRun):
         # so the pieces' resume key (path, size, modification time) holds across runs
         local = local_input(source, stage_dir(target) / "in")
         return VideoPieces.cut(local, Path(target), scratch, seconds, settings)
+
+    def close(self) -> None:
+        super().close()
+        sweep_partials(self.summary, self.report)
 
     def finish(self, index: int) -> None:
         super().finish(index)

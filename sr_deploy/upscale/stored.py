@@ -25,6 +25,7 @@ from ..imaging import OUTPUT_IMAGE_FORMATS
 from ..util import storage
 from ..util.log import Progress as Log
 from ..util.log import to_stderr
+from ..util.text import first_line
 from ..video import VideoOptions
 from .options import UpscaleOptions, validate_options
 from .plan import Job, Outcome, kind_of, status
@@ -205,6 +206,25 @@ def upscale_stored(
         return summary
     backend = load_backend(options, log)
     try:
-        return run_todo(todo, summary, backend, options, log, run=run_staged)  # the local loop, staged
+        summary = run_todo(todo, summary, backend, options, log, run=run_staged)  # the local loop, staged
     finally:
         backend.close()
+    sweep_partials(summary, log)
+    return summary
+
+
+def sweep_partials(summary: UpscaleSummary, log: Log = to_stderr) -> None:
+    """Remove the temporary keys that writers killed between upload and move (a Ray actor killed
+    mid-put, a ``kill -9``) left beside this run's finished outputs in a store: nobody else would.
+    A run still writing one of these outputs concurrently (stores have no locks) then fails its
+    move in one line instead of replacing the finished object."""
+    finished = [str(target) for target in [*summary.done, *summary.skipped] if storage.is_uri(str(target))]
+    if not finished:
+        return
+    try:
+        removed = storage.remove_stale_partials(finished)
+    except Exception as exc:  # a listing or a delete refused: the outputs themselves are fine
+        log(f"warning: temporary objects left by an interrupted writer were not removed: {first_line(exc)}")
+        return
+    if removed:
+        log(f"removed {removed} temporary object(s) left beside finished outputs by an interrupted writer")

@@ -20,6 +20,7 @@ import contextlib
 import json
 import re
 import secrets
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -156,12 +157,49 @@ def fetch(uri: str, local: Path) -> Path:
     return local
 
 
-def partial_key(uri: str) -> str:
-    """A hidden temporary key beside `uri`, unique to this writer: ``.NAME.partial-XXXX.EXT``."""
+def _stem_and_ext(uri: str) -> tuple[str, str]:
     name = basename(uri)
     stem, dot, ext = name.rpartition(".")
-    stem, ext = (stem, dot + ext) if stem else (name, "")
-    return join(parent(uri), f".{stem}.partial-{secrets.token_hex(4)}{ext}")
+    return (stem, dot + ext) if stem else (name, "")
+
+
+_PARTIAL_TOKEN_BYTES = 4
+
+
+def partial_key(uri: str) -> str:
+    """A hidden temporary key beside `uri`, unique to this writer: ``.NAME.partial-XXXX.EXT``."""
+    stem, ext = _stem_and_ext(uri)
+    return join(parent(uri), f".{stem}.partial-{secrets.token_hex(_PARTIAL_TOKEN_BYTES)}{ext}")
+
+
+def _partial_of(name: str) -> tuple[str, str] | None:
+    """(stem, ext) of the output whose `partial_key` is the file name `name`, else None."""
+    stem, found, rest = name[1:].rpartition(".partial-")
+    token, ext = rest[: 2 * _PARTIAL_TOKEN_BYTES], rest[2 * _PARTIAL_TOKEN_BYTES :]
+    hex_token = len(token) == 2 * _PARTIAL_TOKEN_BYTES and all(c in "0123456789abcdef" for c in token)
+    return (stem, ext) if name.startswith(".") and found and hex_token and ext[:1] in ("", ".") else None
+
+
+def remove_stale_partials(done: Iterable[str]) -> int:
+    """Remove the temporary keys (`partial_key`) left beside outputs that are now complete: a
+    writer killed between its upload and its move (a Ray actor killed mid-put, a `kill -9`)
+    cannot remove its own. One listing per folder; returns how many were removed."""
+    by_folder: dict[str, set[tuple[str, str]]] = {}
+    for uri in done:
+        by_folder.setdefault(parent(uri), set()).add(_stem_and_ext(uri))
+    removed = 0
+    for folder, outputs in by_folder.items():
+        fs, path = _filesystem(folder)
+        try:
+            names = [entry.rsplit("/", 1)[-1] for entry in fs.ls(path.rstrip("/"), detail=False, refresh=True)]
+        except FileNotFoundError:
+            continue
+        for name in names:
+            if _partial_of(name) in outputs:
+                with contextlib.suppress(FileNotFoundError):
+                    fs.rm_file(f"{path.rstrip('/')}/{name}")
+                    removed += 1
+    return removed
 
 
 # s3fs reads a file below 2 x chunksize (default 50 MiB) whole into memory, and sends a larger one

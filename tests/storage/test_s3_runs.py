@@ -73,11 +73,17 @@ def test_a_folder_from_s3_to_s3_equals_a_local_run_and_resumes(tiny_model, set5_
     assert len(result.done) == 3 and not result.failed
     assert_same_files(s3_objects(f"s3://{bucket}/out"), _files(tmp_path / "local"))  # byte for byte, no temporary keys
 
-    # skip-if-done: nothing is redone; a deleted output is redone alone
-    fs.rm_file(f"{bucket}/out/sub/{sorted(set5_dir.glob('*.png'))[2].stem}.png")
+    # skip-if-done: nothing is redone; a deleted output is redone alone; the temporary object a
+    # writer killed between upload and move left beside a finished output is removed
+    stems = [path.stem for path in sorted(set5_dir.glob("*.png"))[:3]]
+    fs.rm_file(f"{bucket}/out/sub/{stems[2]}.png")
+    fs.pipe_file(f"{bucket}/out/.{stems[0]}.partial-0123abcd.png", b"half an upload")
+    fs.pipe_file(f"{bucket}/out/.not-an-output.partial-0123abcd.png", b"someone else's")
     again = upscale_stored([f"s3://{bucket}/in"], f"s3://{bucket}/out", _options(tiny_model), logs.append)
     assert len(again.done) == 1 and len(again.skipped) == 2
     assert "skipping 2 output(s) that already exist (--overwrite redoes them)" in logs
+    assert "removed 1 temporary object(s) left beside finished outputs by an interrupted writer" in logs
+    fs.rm_file(f"{bucket}/out/.not-an-output.partial-0123abcd.png")  # kept: not beside one of ours
     assert_same_files(s3_objects(f"s3://{bucket}/out"), _files(tmp_path / "local"))
 
 
