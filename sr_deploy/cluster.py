@@ -43,7 +43,7 @@ from .upscale import Job, UpscaleOptions, UpscaleSummary, jobs_to_run, load_back
 from .upscale.remote import ANSWER_KEYS, RemoteRun, pool_size, run_row
 from .upscale.remote_stored import StoredRemoteRun
 from .upscale.run import settled_for_workers
-from .upscale.stored import plan_stored_checked, stored_jobs_to_run, uses_store
+from .upscale.stored import plan_stored_checked, stored_jobs_to_run, sweep_partials, uses_store
 from .util.files import process_scratch_dir
 from .util.log import Progress as Log
 from .util.log import to_stderr
@@ -142,20 +142,56 @@ def _connect(ray: Any, address: str | None) -> bool:
     return True
 
 
-def _pool_size(ray: Any, options: UpscaleOptions, ray_options: RayOptions) -> tuple[int, float, float]:
-    """(actors, GPUs per actor, CPUs per actor) for this cluster: a CPU actor reserves the job's
-    thread count (the count it runs with, for the local run's bytes) unless told otherwise."""
+@dataclass(frozen=True)
+class _Pool:
+    actors: int
+    gpus_each: float
+    cpus_each: float
+    per_node: int  # CPU pools: at most this many actors share a node (they share its RAM)
+
+
+def _largest_node_cpus(ray: Any) -> float:
+    return max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")), default=0)
+
+
+def _gpu_pool(ray: Any, options: UpscaleOptions, ray_options: RayOptions) -> bool:
+    return pool_size(ray.cluster_resources(), options.device, 1, 1.0, ray_options.gpus_per_actor)[1] > 0
+
+
+def _fit_threads(ray: Any, options: UpscaleOptions) -> UpscaleOptions:
+    """The job's thread count for a CPU pool: the one asked for, else the driver's default capped
+    at the largest node's CPUs (an actor runs with it and reserves that many)."""
+    if options.threads is not None:
+        return options
+    import torch
+
+    largest = int(_largest_node_cpus(ray))
+    threads = torch.get_num_threads()
+    return dataclasses.replace(options, threads=max(1, min(threads, largest) if largest else threads))
+
+
+def _pool(ray: Any, options: UpscaleOptions, ray_options: RayOptions) -> _Pool:
+    """The actor pool for this cluster: a CPU actor reserves the job's thread count (the count it
+    runs with, for the local run's bytes) unless told otherwise. A pool the cluster cannot hold
+    is refused in one line (Ray would wait for it for ever)."""
     o, resources = ray_options, ray.cluster_resources()
     gpus_each = pool_size(resources, options.device, 1, 1.0, o.gpus_per_actor)[1]
     cpus_each = o.cpus_per_actor if o.cpus_per_actor is not None else 1.0 if gpus_each else float(options.threads or 1)
-    largest = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")), default=0)
-    if largest and cpus_each > largest:  # Ray would wait for such a node for ever
+    largest, total = _largest_node_cpus(ray), float(resources.get("CPU", 0))
+    what = "the job's --threads" if o.cpus_per_actor is None else "cpus_per_actor"
+    if largest and cpus_each > largest:
         raise InputError(
-            f"each Ray actor needs {cpus_each:g} CPUs (the job's --threads), but the largest node of the cluster "
+            f"each Ray actor needs {cpus_each:g} CPUs ({what}), but the largest node of the cluster "
             f"has {largest:g}: pass --threads {int(largest)} or fewer"
         )
     actors, _ = pool_size(resources, options.device, o.actors, cpus_each, gpus_each)
-    return actors, gpus_each, cpus_each
+    if o.actors is not None and total and actors * cpus_each > total:
+        raise InputError(
+            f"--ray-actors {actors} with {cpus_each:g} CPUs each ({what}) needs {actors * cpus_each:g} CPUs, "
+            f"but the cluster has {total:g}: ask for fewer actors or threads"
+        )
+    per_node = min(actors, max(1, int(largest // max(cpus_each, 1e-3)))) if largest and not gpus_each else 1
+    return _Pool(actors, gpus_each, cpus_each, per_node)
 
 
 def _restart_policy() -> dict[str, int]:
@@ -163,11 +199,11 @@ def _restart_policy() -> dict[str, int]:
 
 
 def _results(
-    ray: Any, rows: list[dict], options: UpscaleOptions, ray_options: RayOptions, model: tuple, log: Log
+    ray: Any, rows: list[dict], options: UpscaleOptions, pool: _Pool, model: tuple, log: Log
 ) -> Iterator[dict]:
     """The rows through the actor pool, answered as they come; a failure of the Ray job itself
     (not of one input: those are rows with ok=False) becomes one SRDeployError line."""
-    actors, gpus_per_actor, cpus_per_actor = _pool_size(ray, options, ray_options)
+    actors, gpus_per_actor, cpus_per_actor = pool.actors, pool.gpus_each, pool.cpus_each
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # ours counts the whole job
     context.print_on_execution_start = False
@@ -212,6 +248,8 @@ def run_jobs_on_ray(
     outcomes, todo = (stored_jobs_to_run if stored else jobs_to_run)(jobs, options, log)  # skip / resume
     summary = summarize(outcomes)
     if not todo:
+        if stored:
+            sweep_partials(summary, log)
         return summary
     model = model_files(options.model)
     scratch = Path(tempfile.mkdtemp(prefix="sr-deploy-ray-"))
@@ -220,7 +258,11 @@ def run_jobs_on_ray(
     try:
         started = _connect(ray, ray_options.address)  # first: the precision is decided for the pool's devices
         options = dataclasses.replace(options, model_id=model_files_id(*model))  # hashed once, from the bytes sent
-        options = settled_for_workers(options, _pool_size(ray, options, ray_options)[1] == 0, log)
+        cpu_workers = not _gpu_pool(ray, options, ray_options)
+        if cpu_workers:
+            options = _fit_threads(ray, options)
+        pool = _pool(ray, options, ray_options)  # refused here, before any video is cut
+        options = settled_for_workers(options, cpu_workers, log, pool.per_node)
         driver.plan(options, options.model_id, scratch)
         if not driver.rows:
             return summary
@@ -230,7 +272,7 @@ def run_jobs_on_ray(
         )
         driver.report = log if bar.disable else (lambda message: bar.write(message, file=sys.stderr))
         answered: set[tuple[int, int]] = set()
-        for row in _results(ray, driver.rows, options, ray_options, model, log):
+        for row in _results(ray, driver.rows, options, pool, model, log):
             answered.add((int(row["job"]), int(row["part"])))
             bar.update(1)
             driver.answer(*(row[key] for key in ANSWER_KEYS))

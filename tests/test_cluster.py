@@ -8,6 +8,7 @@ with every output complete. The cluster listens on 127.0.0.1 only and is shut do
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -230,7 +231,9 @@ def test_an_interrupted_video_resumes_with_its_missing_pieces(ray_cluster, tiny_
     from sr_deploy.video.pieces import VideoPieces, piece_options, upscaled_piece_path
 
     clip = _small_clip(video_dir, tmp_path / "clip.mp4")
-    options = _options(tiny_model, codec="libx264", crf=0, preset="ultrafast", segment_seconds=0.5)
+    # the settled job: a budget given here is what the driver keeps (it is in the pieces' key)
+    lossless = {"codec": "libx264", "crf": 0, "preset": "ultrafast", "segment_seconds": 0.5}
+    options = _options(tiny_model, memory_budget=2**30, **lossless)
     full = upscale([clip], tmp_path / "full.mp4", options, log=lambda m: None)
     assert full.done
 
@@ -446,3 +449,48 @@ def test_ray_with_defaults_gives_a_local_runs_bytes_with_one_thread_count(ray_cl
         "pass --threads 2 or fewer"
     )
     assert not (tmp_path / "ray-3").exists() or not any((tmp_path / "ray-3").iterdir())
+    crowded = cli("-o", str(tmp_path / "ray-crowded"), "--threads", "1", "--ray-actors", "3", f"--ray={ray_cluster}")
+    assert crowded.returncode == 2, crowded.stderr
+    assert crowded.stderr.strip().splitlines()[-1] == (
+        "error: --ray-actors 3 with 1 CPUs each (the job's --threads) needs 3 CPUs, but the cluster has 2: "
+        "ask for fewer actors or threads"
+    )
+
+
+class _StandInCluster:
+    """What `_fit_threads` and `_pool` ask of Ray: the nodes and the cluster's resources."""
+
+    def __init__(self, *node_cpus: float):
+        self.node_cpus = node_cpus
+
+    def nodes(self) -> list[dict]:
+        return [{"Alive": True, "Resources": {"CPU": n}} for n in self.node_cpus] + [{"Alive": False, "Resources": {}}]
+
+    def cluster_resources(self) -> dict:
+        return {"CPU": sum(self.node_cpus)}
+
+
+def test_the_default_thread_count_fits_the_largest_node_and_actors_share_its_memory(monkeypatch):
+    """Without --threads a CPU pool runs with the driver's count, capped at the largest node (a
+    32-core driver and 16-CPU nodes is a normal cluster, not an error); the tiles' memory budget
+    is shared by the actors that fit on one node."""
+    import torch
+
+    from sr_deploy.cluster import RayOptions, _fit_threads, _pool
+    from sr_deploy.upscale.run import job_memory_budget
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 32)
+    cluster = _StandInCluster(16, 16)
+    options = _fit_threads(cluster, UpscaleOptions(device="cpu"))
+    assert options.threads == 16
+    assert _fit_threads(cluster, UpscaleOptions(device="cpu", threads=4)).threads == 4  # asked for: kept
+    pool = _pool(cluster, options, RayOptions())
+    assert (pool.actors, pool.cpus_each, pool.per_node) == (2, 16.0, 1)
+    pool = _pool(cluster, dataclasses.replace(options, threads=4), RayOptions())
+    assert (pool.actors, pool.cpus_each, pool.per_node) == (8, 4.0, 4)
+
+    from sr_deploy import tiling
+
+    monkeypatch.setattr(tiling, "_cpu_budget_bytes", lambda: 3_000_000_000.0)
+    assert job_memory_budget("cpu") == 2**31  # rounded down to a power of two: runs agree
+    assert job_memory_budget("cpu", 4) == 2**29  # 750 MB each for 4 actors on a node

@@ -123,7 +123,8 @@ from .options import BACKEND_CHOICE, PRECISION_CHOICE, device_option, realism_op
     type=int,
     default=None,
     help="CPU threads of the inference; every worker of the job (Ray actors too, each reserving "
-    "that many CPUs) runs with it, for the same bytes everywhere [default: one per core here].",
+    "that many CPUs) runs with it, for the same bytes everywhere [default: one per core here; "
+    "with --ray at most the largest node's CPUs].",
 )
 @realism_options
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars.")

@@ -39,8 +39,7 @@ ANSWER_KEYS = ("job", "part", "ok", "message", "code", "data", "frames")
 def piece_settings(options: UpscaleOptions, model_id: str) -> dict:
     """What must not change for a video's finished pieces to be resumed (the model by `model_id`,
     its content; the precision as the driver decided it)."""
-    # memory_budget: measured per run; the tile it gives a piece's frames is what changes pixels
-    unkeyed = {"progress": None, "overwrite": None, "model_id": None, "memory_budget": None}
+    unkeyed = {"progress": None, "overwrite": None, "model_id": None}
     return {"options": dataclasses.asdict(options) | unkeyed, "model": model_id}
 
 

@@ -86,7 +86,7 @@ def load_backend(options: UpscaleOptions, log: Log = to_stderr) -> Backend:
     if not path.is_file():
         raise InputError(f"{path}: no such model file")
     extra = {}
-    if options.threads and _opened_by(path, options.backend) == "onnxruntime":
+    if options.threads and _opened_by(path, options.backend) == "onnxruntime" and _on_cpu(options.device):
         extra["threads"] = options.threads
     backend = load(path, options.device, options.precision, backend=options.backend, **extra)
     if options.threads and str(backend.device) == "cpu":  # the job's count in every worker (UpscaleOptions.threads)
@@ -98,6 +98,25 @@ def load_backend(options: UpscaleOptions, log: Log = to_stderr) -> Backend:
     if backend.precision == "fp32":
         return Fp32Fallback(backend, None)
     return Fp32Fallback(backend, lambda: load(path, options.device, "fp32", backend=backend.name, **extra))
+
+
+def _on_cpu(device: str) -> bool:
+    """Whether a backend asked for `device` runs on the CPU (``auto``: when PyTorch sees no GPU)."""
+    if device in ("", "auto"):
+        import torch
+
+        return not torch.cuda.is_available()
+    return device == "cpu"
+
+
+def with_threads(options: UpscaleOptions) -> UpscaleOptions:
+    """`options` with the job's CPU thread count settled: the one asked for, else this process's
+    default (torch's, one per core unless set), before any backend is loaded."""
+    if options.threads is not None:
+        return options
+    import torch
+
+    return dataclasses.replace(options, threads=torch.get_num_threads())
 
 
 def _opened_by(path: Path, backend: str) -> str:
@@ -140,30 +159,38 @@ def settled(options: UpscaleOptions, backend: Backend | None = None) -> UpscaleO
     if not options.model_id:
         changes["model_id"] = model_identity(options.model)
     if options.threads is None:
-        import torch
-
-        changes["threads"] = torch.get_num_threads()
+        changes["threads"] = with_threads(options).threads
     if backend is not None and options.precision == "auto":
         changes["precision"] = backend.precision
     if backend is not None and options.tile is None and options.memory_budget is None:
-        from ..tiling import memory_budget_bytes
-
-        changes["memory_budget"] = memory_budget_bytes(str(backend.device))
+        changes["memory_budget"] = job_memory_budget(str(backend.device))
     return dataclasses.replace(options, **changes) if changes else options
 
 
-def settled_for_workers(options: UpscaleOptions, cpu_workers: bool, log: Log = to_stderr) -> UpscaleOptions:
+def job_memory_budget(device: str, sharers: int = 1) -> int:
+    """The automatic tiles' memory budget of a job on `device`, shared by `sharers` workers: what
+    `tiling.memory_budget_bytes` measures now, rounded down to a power of two, so that the small
+    changes of free memory between runs give the same budget (it is part of a video piece's resume
+    key: a resumed run with another budget, which could tile otherwise, starts the pieces again)."""
+    from ..tiling import memory_budget_bytes
+
+    budget = max(1, memory_budget_bytes(device) // max(1, sharers))
+    return 1 << (budget.bit_length() - 1)
+
+
+def settled_for_workers(
+    options: UpscaleOptions, cpu_workers: bool, log: Log = to_stderr, actors_per_node: int = 1
+) -> UpscaleOptions:
     """`settled` for workers in other processes (Ray actors). With CPU workers the driver loads
     the backend on its CPU once to decide ``auto`` and hands the verdict to every actor, so no
-    actor decides on its own, and measures the tiles' memory budget on its own RAM; GPU workers
-    keep ``auto`` (fp16 on CUDA: a rule, nothing measured) and measure their own GPU memory."""
+    actor decides on its own, and measures the tiles' memory budget on its own RAM, shared by the
+    `actors_per_node` actors that may run on one node; GPU workers keep ``auto`` (fp16 on CUDA: a
+    rule, nothing measured) and measure their own GPU memory."""
     if not cpu_workers:
         return settled(options)
+    if options.tile is None and options.memory_budget is None:
+        options = dataclasses.replace(options, memory_budget=job_memory_budget("cpu", actors_per_node))
     if options.precision != "auto":
-        if options.tile is None and options.memory_budget is None:  # the driver's RAM, as for a local run
-            from ..tiling import memory_budget_bytes
-
-            options = dataclasses.replace(options, memory_budget=memory_budget_bytes("cpu"))
         return settled(options)
     backend = load_backend(dataclasses.replace(options, device="cpu"), log)
     try:
@@ -291,6 +318,7 @@ def upscale(
     Returns the summary; `summary.exit_code()` is the command's exit code.
     """
     jobs = plan_checked(inputs, output, options)
+    options = with_threads(options)  # before the backend is loaded: it runs with the job's count
     pending = [job for job in jobs if options.overwrite or status(job.target) == "todo"]
     if backend is None and pending:
         backend = load_backend(options, log)

@@ -29,7 +29,7 @@ from ..util.text import first_line
 from ..video import VideoOptions
 from .options import UpscaleOptions, validate_options
 from .plan import Job, Outcome, kind_of, status
-from .run import UpscaleSummary, load_backend, run_one, run_todo, summarize
+from .run import UpscaleSummary, load_backend, run_one, run_todo, summarize, with_threads
 
 
 def uses_store(inputs: Sequence[str | Path], output: str | Path) -> bool:
@@ -135,7 +135,8 @@ def stored_jobs_to_run(jobs: Sequence[Job], options: UpscaleOptions, log: Log) -
 
 def stage_dir(target: str) -> Path:
     """A local folder for one output, the same on every run (a video's segments resume from it)."""
-    digest = hashlib.sha256(target.encode()).hexdigest()[:16]
+    where = target if storage.is_uri(target) else str(Path(target).resolve())  # one folder per real output
+    digest = hashlib.sha256(where.encode()).hexdigest()[:16]
     return Path(tempfile.gettempdir()) / "sr-deploy-stage" / digest
 
 
@@ -203,7 +204,9 @@ def upscale_stored(
     outcomes, todo = stored_jobs_to_run(plan_stored_checked(inputs, output, options), options, log)
     summary = summarize(outcomes)
     if not todo:
+        sweep_partials(summary, log)
         return summary
+    options = with_threads(options)  # before the backend is loaded: it runs with the job's count
     backend = load_backend(options, log)
     try:
         summary = run_todo(todo, summary, backend, options, log, run=run_staged)  # the local loop, staged
