@@ -42,7 +42,7 @@ from .model_file import model_files, model_files_id
 from .upscale import Job, UpscaleOptions, UpscaleSummary, jobs_to_run, load_backend, plan_checked, summarize
 from .upscale.remote import ANSWER_KEYS, RemoteRun, pool_size, run_row
 from .upscale.remote_stored import StoredRemoteRun
-from .upscale.run import settled_for_workers
+from .upscale.run import settled_for_workers, with_threads
 from .upscale.stored import plan_stored_checked, stored_jobs_to_run, sweep_partials, uses_store
 from .util.files import process_scratch_dir
 from .util.log import Progress as Log
@@ -154,8 +154,9 @@ def _largest_node_cpus(ray: Any) -> float:
     return max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")), default=0)
 
 
-def _gpu_pool(ray: Any, options: UpscaleOptions, ray_options: RayOptions) -> bool:
-    return pool_size(ray.cluster_resources(), options.device, 1, 1.0, ray_options.gpus_per_actor)[1] > 0
+def _gpus_each(ray: Any, options: UpscaleOptions, ray_options: RayOptions) -> float:
+    """GPUs per actor: 0 for a CPU pool."""
+    return pool_size(ray.cluster_resources(), options.device, 1, 1.0, ray_options.gpus_per_actor)[1]
 
 
 def _fit_threads(ray: Any, options: UpscaleOptions) -> UpscaleOptions:
@@ -163,10 +164,7 @@ def _fit_threads(ray: Any, options: UpscaleOptions) -> UpscaleOptions:
     at the largest node's CPUs (an actor runs with it and reserves that many)."""
     if options.threads is not None:
         return options
-    import torch
-
-    largest = int(_largest_node_cpus(ray))
-    threads = torch.get_num_threads()
+    threads, largest = with_threads(options).threads or 1, int(_largest_node_cpus(ray))
     return dataclasses.replace(options, threads=max(1, min(threads, largest) if largest else threads))
 
 
@@ -175,7 +173,7 @@ def _pool(ray: Any, options: UpscaleOptions, ray_options: RayOptions) -> _Pool:
     runs with, for the local run's bytes) unless told otherwise. A pool the cluster cannot hold
     is refused in one line (Ray would wait for it for ever)."""
     o, resources = ray_options, ray.cluster_resources()
-    gpus_each = pool_size(resources, options.device, 1, 1.0, o.gpus_per_actor)[1]
+    gpus_each = _gpus_each(ray, options, o)
     cpus_each = o.cpus_per_actor if o.cpus_per_actor is not None else 1.0 if gpus_each else float(options.threads or 1)
     largest, total = _largest_node_cpus(ray), float(resources.get("CPU", 0))
     what = "the job's --threads" if o.cpus_per_actor is None else "cpus_per_actor"
@@ -203,7 +201,6 @@ def _results(
 ) -> Iterator[dict]:
     """The rows through the actor pool, answered as they come; a failure of the Ray job itself
     (not of one input: those are rows with ok=False) becomes one SRDeployError line."""
-    actors, gpus_per_actor, cpus_per_actor = pool.actors, pool.gpus_each, pool.cpus_each
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # ours counts the whole job
     context.print_on_execution_start = False
@@ -217,17 +214,17 @@ def _results(
             _Upscaler,
             fn_constructor_kwargs={"options": options, "model_name": model[0], "model_files": model[1]},
             batch_size=1,
-            compute=ray.data.ActorPoolStrategy(size=actors),
-            num_cpus=cpus_per_actor,
-            num_gpus=gpus_per_actor,
+            compute=ray.data.ActorPoolStrategy(size=pool.actors),
+            num_cpus=pool.cpus_each,
+            num_gpus=pool.gpus_each,
             ray_remote_args_fn=_restart_policy,
             resources=json.loads(os.environ.get(ACTOR_RESOURCES_ENV) or "{}") or None,
         )
     pieces = sum(row["kind"] == "piece" for row in rows)
     log(
         f"ray: {len(rows)} item(s) ({len(rows) - pieces} image(s), {pieces} video piece(s)) on "
-        f"{actors} actor(s)"
-        + (f", {gpus_per_actor:g} GPU each" if gpus_per_actor else f", CPU, {options.threads} thread(s) each")
+        f"{pool.actors} actor(s)"
+        + (f", {pool.gpus_each:g} GPU each" if pool.gpus_each else f", CPU, {options.threads} thread(s) each")
     )
     try:
         yield from dataset.iter_rows()
@@ -258,7 +255,7 @@ def run_jobs_on_ray(
     try:
         started = _connect(ray, ray_options.address)  # first: the precision is decided for the pool's devices
         options = dataclasses.replace(options, model_id=model_files_id(*model))  # hashed once, from the bytes sent
-        cpu_workers = not _gpu_pool(ray, options, ray_options)
+        cpu_workers = not _gpus_each(ray, options, ray_options)
         if cpu_workers:
             options = _fit_threads(ray, options)
         pool = _pool(ray, options, ray_options)  # refused here, before any video is cut

@@ -150,11 +150,11 @@ def model_identity(model: str) -> str:
 
 def settled(options: UpscaleOptions, backend: Backend | None = None) -> UpscaleOptions:
     """`options` with the job's decisions made once, by the driver, before any work: the model's
-    identity (`model_identity`), the CPU thread count (the driver's default) and, given the backend
-    the driver loaded, the precision ``--precision auto`` chose on it and the memory budget of the
-    automatic tile size (measured once, on that backend's device). Every worker (the local loop, Ray actors, a video's
-    segments and pieces) gets these options, so none decides again; the outputs' metadata and
-    the resume keys name them."""
+    identity (`model_identity`), the CPU thread count (`with_threads`) and, given the backend the
+    driver loaded, the precision ``--precision auto`` chose on it and the automatic tiles' memory
+    budget (`job_memory_budget`, on that backend's device). Every worker (the local loop, Ray
+    actors, a video's segments and pieces) gets these options, so none decides again; the
+    outputs' metadata and the resume keys name them."""
     changes: dict = {}
     if not options.model_id:
         changes["model_id"] = model_identity(options.model)
