@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from sr_deploy.degrade import jpeg_round_trip
+from sr_deploy.metrics import bicubic_degrade, to_uint8
 
 KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
 KERNEL_PAD = 21  # every kernel is padded to this size, as in Real-ESRGAN
@@ -70,6 +71,12 @@ DEFAULTS: dict[str, Any] = {
     "gray_noise_prob2": 0.4,
     "jpeg_range2": [30, 95],
     "final_sinc_prob": 0.8,
+    # Not in the paper: the share of samples that take the one-hop path of a web photo or a video
+    # frame instead (clean bicubic downscale -> sometimes noise -> one JPEG; `degrade_one_hop`).
+    # 0 is Real-ESRGAN's pipeline exactly (and draws nothing extra from the generator).
+    "one_hop_prob": 0.0,
+    "one_hop_noise_prob": 0.5,
+    "one_hop_noise_range": [1.0, 15.0],
 }
 
 
@@ -245,11 +252,29 @@ def _stage_kernel(rng: np.random.Generator, cfg: dict[str, Any], suffix: str) ->
     )
 
 
+def degrade_one_hop(hr: np.ndarray, scale: int, cfg: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
+    """The LR of a photo that was downscaled once and saved once (a web image, a streamed frame):
+    MATLAB bicubic ``imresize(hr, 1/scale)`` on 8-bit levels (what `sr-deploy eval` and the paper
+    tables use), then with probability ``one_hop_noise_prob`` Gaussian noise of a sigma drawn from
+    ``one_hop_noise_range`` 8-bit levels (grey with ``gray_noise_prob``), then one JPEG of a quality
+    drawn from ``jpeg_range``. HR: RGB uint8 HWC (height and width multiples of `scale`); LR: float32
+    RGB HWC in [0, 1] on 8-bit levels, (H/scale, W/scale, 3)."""
+    img = bicubic_degrade(hr, scale, quantize=True)[1]
+    if rng.uniform() < cfg["one_hop_noise_prob"]:
+        gray = rng.uniform() < cfg["gray_noise_prob"]
+        img = add_gaussian_noise(img, float(rng.uniform(*cfg["one_hop_noise_range"])), gray, rng)
+    img = jpeg(img, int(rng.integers(cfg["jpeg_range"][0], cfg["jpeg_range"][1] + 1)))
+    return img.astype(np.float32)
+
+
 def degrade_real(hr: np.ndarray, scale: int, config: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
     """The high-order degradation of one HR crop (RGB uint8 or float32 HWC; height and width
     multiples of `scale`): float32 RGB HWC in [0, 1] on 8-bit levels, (H/scale, W/scale, 3).
-    `config` holds the keys of `DEFAULTS` (missing keys take the paper's value)."""
+    `config` holds the keys of `DEFAULTS` (missing keys take the paper's value). With probability
+    ``one_hop_prob`` the crop takes `degrade_one_hop` instead."""
     cfg = {**DEFAULTS, **(config or {})}
+    if cfg["one_hop_prob"] > 0 and rng.uniform() < cfg["one_hop_prob"]:
+        return degrade_one_hop(hr if hr.dtype == np.uint8 else to_uint8(hr), scale, cfg, rng)
     img = hr.astype(np.float32) * np.float32(1.0 / 255.0) if hr.dtype == np.uint8 else hr.astype(np.float32)
     height, width = img.shape[:2]
     out_h, out_w = height // scale, width // scale

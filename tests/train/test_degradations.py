@@ -165,6 +165,37 @@ def test_degrade_real_settings_are_measured_back(photo):
     assert 0.5 < sigma < 3.0, sigma
 
 
+def test_one_hop_share_is_the_eval_degradation_and_keeps_the_paper_stream(photo):
+    """one_hop_prob: that share of crops is exactly `eval --degrade jpeg=Q` (noise off), the rest
+    take the two-stage pipeline; at 0 (the paper) the draws are the pipeline's own."""
+    crop = np.ascontiguousarray(photo[:96, :96])
+    pinned = {"one_hop_noise_prob": 0.0, "jpeg_range": [40, 40]}
+    web = parse_degradation("jpeg=40").apply(crop, 4, "unused")[1]
+    always = dg.degrade_real(crop, 4, {**pinned, "one_hop_prob": 1.0}, np.random.default_rng(1))
+    assert np.allclose(always, web, atol=1e-6)
+    one_hop = [
+        np.allclose(dg.degrade_real(crop, 4, {**pinned, "one_hop_prob": 0.3}, np.random.default_rng(s)), web, atol=1e-6)
+        for s in range(200)
+    ]
+    assert 0.2 < np.mean(one_hop) < 0.4, np.mean(one_hop)  # binomial(200, 0.3): sd 0.032
+    # The paper's pipeline never gives the one-hop image, and one_hop_prob=0 draws nothing extra.
+    paper = dg.degrade_real(crop, 4, {"jpeg_range": [40, 40]}, np.random.default_rng(1))
+    assert not np.allclose(paper, web, atol=1e-6)
+    assert np.array_equal(
+        paper, dg.degrade_real(crop, 4, {"jpeg_range": [40, 40], "one_hop_prob": 0}, np.random.default_rng(1))
+    )
+
+
+def test_one_hop_noise_sigma_is_measured_back():
+    """Grey noise of 12 levels on a flat grey LR, JPEG 95 after it (which keeps luminance detail;
+    colour noise would lose some to 4:2:0 chroma): measured back as about 12."""
+    flat = np.full((256, 256, 3), 128, np.uint8)
+    cfg = {"one_hop_prob": 1.0, "one_hop_noise_prob": 1.0, "one_hop_noise_range": [12.0, 12.0], "gray_noise_prob": 1.0}
+    lr = dg.degrade_real(flat, 4, {**cfg, "jpeg_range": [95, 95]}, np.random.default_rng(4))
+    sigma = (lr - 128 / 255).std() * 255
+    assert 10.0 < sigma < 12.5, sigma
+
+
 def test_training_patches_use_the_real_degradation(shared_data):
     from train.data import load_image_cache
 
