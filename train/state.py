@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import random
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -117,8 +118,26 @@ def slim_state(path: str | Path) -> tuple[int, int]:
     return before, path.stat().st_size
 
 
-if __name__ == "__main__":
-    import sys
+def main(argv: list[str] | None = None) -> int:
+    import argparse
 
-    old, new = slim_state(sys.argv[1])
-    print(f"{sys.argv[1]}: {old / 1e6:.1f} MB -> {new / 1e6:.1f} MB")
+    parser = argparse.ArgumentParser(prog="python -m train.state", description=slim_state.__doc__.split("\n\n")[0])
+    parser.add_argument("state", type=Path, help="a run's state_latest.pt")
+    args = parser.parse_args(argv)
+    if not args.state.is_file():
+        print(f"error: {args.state}: no such file", file=sys.stderr)
+        return 2
+    try:
+        old, new = slim_state(args.state)
+    except Exception as exc:  # torch.load raises many kinds for a damaged or foreign file
+        print(
+            f"error: {args.state}: not a training state ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreadable'})",
+            file=sys.stderr,
+        )
+        return 2
+    print(f"{args.state}: {old / 1e6:.1f} MB -> {new / 1e6:.1f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

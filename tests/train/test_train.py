@@ -547,3 +547,16 @@ def test_sigterm_to_the_process_group_with_workers_saves_state(sun_hays, tmp_pat
     assert "Traceback" not in err
     iteration = torch.load(out / "state_latest.pt", weights_only=True)["iteration"]
     assert iteration >= 3 and f"stopped by signal 15 at iteration {iteration}" in log.read_text()
+
+
+def test_slimming_a_file_that_is_not_a_state_is_one_line_and_leaves_it(tmp_path, capsys):
+    from train.state import main as state_main
+
+    damaged = tmp_path / "state_latest.pt"
+    damaged.write_bytes(b"not a torch file")
+    assert state_main([str(damaged)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "state_latest.pt" in err and "not a training state" in err
+    assert damaged.read_bytes() == b"not a torch file"
+    assert state_main([str(tmp_path / "absent.pt")]) == 2
+    assert "absent.pt: no such file" in capsys.readouterr().err
