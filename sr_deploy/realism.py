@@ -24,8 +24,10 @@ from .errors import InputError
 from .models import load_checkpoint, resolve_model_path, save_checkpoint
 from .util.files import file_sha256
 
-# The bundled pair: `--realism A` with the default model blends it with the perceptual default.
-BUNDLED_PAIR = {"default": "default-gan"}
+# The bundled pairs, PSNR end -> GAN end: `--realism A` with the PSNR end blends it with its GAN
+# partner. For clean input `default` / `default-gan`; for real input (JPEG, noise, video) the
+# Real-ESRNet twin `default-real-psnr` / `default-real`, which `upscale --realism A` uses.
+BUNDLED_PAIR = {"default": "default-gan", "default-real-psnr": "default-real"}
 
 
 def interpolate_state_dicts(
@@ -106,7 +108,7 @@ def resolve_realism(model: str, gan_model: str | None, realism: float | None) ->
     """The model to load for ``--model MODEL [--gan-model GAN] --realism A``.
 
     Without `realism`, `model` itself (and `gan_model` must not be given). With it, the GAN end
-    is `gan_model`, or `default-gan` when `model` is `default`; A = 0 returns `model`, A = 1 the
+    is `gan_model`, or the bundled partner (`BUNDLED_PAIR`) when `model` is a bundled PSNR end; A = 0 returns `model`, A = 1 the
     GAN model, anything between the path of the interpolated checkpoint (made once, cached).
     """
     if realism is None:
@@ -116,7 +118,8 @@ def resolve_realism(model: str, gan_model: str | None, realism: float | None) ->
     alpha = check_alpha(realism)
     if gan_model is None:
         if model not in BUNDLED_PAIR:
-            raise InputError(f"--realism needs --gan-model PATH for {model} (only default has a bundled GAN partner)")
+            ends = ", ".join(f"{psnr} (with {gan})" for psnr, gan in BUNDLED_PAIR.items())
+            raise InputError(f"--realism needs --gan-model PATH for {model} (bundled pairs: {ends})")
         gan_model = BUNDLED_PAIR[model]
     if alpha == 0.0:
         return model

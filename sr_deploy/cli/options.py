@@ -20,7 +20,8 @@ def realism_options(func):
         "--gan-model",
         default=None,
         metavar="PATH",
-        help="The GAN end for --realism (default: default-gan when the model is default).",
+        help="The GAN end for --realism (default: the bundled partner: default-gan for default, "
+        "default-real for default-real-psnr).",
     )(func)
     return click.option(
         "--realism",

@@ -25,7 +25,7 @@ from .options import BACKEND_CHOICE, PRECISION_CHOICE, device_option, realism_op
     "--model",
     default=None,
     help="Model file: .pt checkpoint, .onnx or .engine, or a bundled model name.  [default: "
-    "default-real, made for compressed and noisy photos and video; with --realism: default]",
+    "default-real, made for compressed and noisy photos and video; with --realism: default-real-psnr]",
 )
 @click.option(
     "--backend",
@@ -181,11 +181,11 @@ def upscale(
     and folders (recursive; the tree is kept under OUT), mixed. Outputs are written under a
     temporary name and renamed when complete; existing outputs are skipped (re-run to resume).
     """
-    from ..upscale import DEFAULT_UPSCALE_MODEL, UpscaleOptions
+    from ..upscale import DEFAULT_UPSCALE_MODEL, DEFAULT_UPSCALE_PSNR_MODEL, UpscaleOptions
     from ..video import parse_threshold
 
-    if model is None:  # --realism alone blends default with default-gan, as on the other commands
-        model = DEFAULT_UPSCALE_MODEL if realism is None else "default"
+    if model is None:  # --realism alone blends the real-world pair: 0 = its L1 twin, 1 = default-real
+        model = DEFAULT_UPSCALE_MODEL if realism is None else DEFAULT_UPSCALE_PSNR_MODEL
     model = with_realism(model, gan_model, realism)
     options = UpscaleOptions(
         model=model,

@@ -45,7 +45,12 @@ STRIPPED_PREFIXES = ("module.", "netG.", "model.")
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 # Names that stand for a model shipped inside the package.
-BUNDLED_MODELS = {"default": "default.pt", "default-gan": "default-gan.pt", "default-real": "default-real.pt"}
+BUNDLED_MODELS = {
+    "default": "default.pt",
+    "default-gan": "default-gan.pt",
+    "default-real": "default-real.pt",
+    "default-real-psnr": "default-real-psnr.pt",
+}
 
 
 @dataclass
@@ -83,7 +88,7 @@ class LoadedCheckpoint:
 
 
 def resolve_model_path(name_or_path: str | Path) -> Path:
-    """Map a bundled model name (`default`, `default-gan`) to its file; pass paths through."""
+    """Map a bundled model name (`BUNDLED_MODELS`: `default`, `default-gan`...) to its file; pass paths through."""
     text = str(name_or_path)
     if text in BUNDLED_MODELS:
         path = WEIGHTS_DIR / BUNDLED_MODELS[text]

@@ -14,7 +14,7 @@ its rows into the same summary with the same reducer.
 """
 
 from .image import upscale_image_file
-from .options import DEFAULT_UPSCALE_MODEL, MAX_OUTSCALE, UpscaleOptions, validate_options
+from .options import DEFAULT_UPSCALE_MODEL, DEFAULT_UPSCALE_PSNR_MODEL, MAX_OUTSCALE, UpscaleOptions, validate_options
 from .plan import Job, Outcome, jobs_to_run, kind_of, plan_jobs
 from .run import (
     UpscaleSummary,
@@ -31,6 +31,7 @@ from .run import (
 
 __all__ = [
     "DEFAULT_UPSCALE_MODEL",
+    "DEFAULT_UPSCALE_PSNR_MODEL",
     "settled",
     "settled_for_workers",
     "MAX_OUTSCALE",

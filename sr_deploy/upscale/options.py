@@ -18,8 +18,11 @@ from ..video import (
 )
 
 # What `sr-deploy upscale` runs without --model: the model trained for real inputs (JPEG, noise,
-# video compression); `default` (PSNR) and `default-gan` stay addressable by name.
+# video compression); `default` (PSNR) and `default-gan` stay addressable by name. With
+# `--realism A` and no --model it blends DEFAULT_UPSCALE_PSNR_MODEL (A = 0, its L1-trained twin)
+# with DEFAULT_UPSCALE_MODEL (A = 1).
 DEFAULT_UPSCALE_MODEL = "default-real"
+DEFAULT_UPSCALE_PSNR_MODEL = "default-real-psnr"
 
 # Largest --outscale: beyond it an output size is a typo, not a request (64 x 64 = 4096 times the pixels).
 MAX_OUTSCALE = 64.0

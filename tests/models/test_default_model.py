@@ -131,3 +131,29 @@ def test_default_gan_is_perceptually_better_and_realism_lies_between(
     assert scores[1.0][1] < scores[0.5][1] < scores[0.0][1], scores
     assert scores[1.0][0] < scores[0.5][0] < scores[0.0][0], scores
     assert scores[1.0][0] >= 28.5 and scores[1.0][1] < 0.1358, scores  # better than the public SRGAN generator
+
+
+@pytest.mark.slow
+def test_upscale_realism_without_model_blends_the_real_world_pair(tmp_path, monkeypatch) -> None:
+    """`upscale --realism A` without --model: A = 0 is default-real-psnr (default-real's L1 twin,
+    same degradations), A = 1 is default-real itself, as the PNG provenance names them; between
+    lies between them pixel for pixel on average."""
+    from PIL import Image
+
+    from sr_deploy.realism import BUNDLED_PAIR
+
+    assert BUNDLED_PAIR["default-real-psnr"] == "default-real"
+    monkeypatch.setenv("SR_DEPLOY_CACHE", str(tmp_path / "cache"))
+    src = write_sample_image(tmp_path / "sample.png", 32, 48)
+    outputs = {}
+    for alpha in ("0", "0.5", "1"):
+        out = tmp_path / f"x4_{alpha}.png"
+        result = CliRunner().invoke(cli, ["upscale", str(src), "-o", str(out), "--realism", alpha, "--no-progress"])
+        assert result.exit_code == 0, result.output
+        with Image.open(out) as im:
+            outputs[alpha] = (im.text["sr-deploy"], read_image(out).astype(float))
+    assert outputs["0"][0].startswith("model=default-real-psnr.pt:")
+    assert outputs["1"][0].startswith("model=default-real.pt:")
+    ends = abs(outputs["0"][1] - outputs["1"][1]).mean()
+    assert ends > 0.5 and abs(outputs["0.5"][1] - outputs["0"][1]).mean() < ends
+    assert abs(outputs["0.5"][1] - outputs["1"][1]).mean() < ends
