@@ -108,8 +108,9 @@ def resolve_realism(model: str, gan_model: str | None, realism: float | None) ->
     """The model to load for ``--model MODEL [--gan-model GAN] --realism A``.
 
     Without `realism`, `model` itself (and `gan_model` must not be given). With it, the GAN end
-    is `gan_model`, or the bundled partner (`BUNDLED_PAIR`) when `model` is a bundled PSNR end; A = 0 returns `model`, A = 1 the
-    GAN model, anything between the path of the interpolated checkpoint (made once, cached).
+    is `gan_model`, or the bundled partner (`BUNDLED_PAIR`) when `model` is a bundled PSNR end;
+    A = 0 returns `model`, A = 1 the GAN model, anything between the path of the interpolated
+    checkpoint (made once, cached).
     """
     if realism is None:
         if gan_model is not None:

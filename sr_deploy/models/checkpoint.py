@@ -88,7 +88,7 @@ class LoadedCheckpoint:
 
 
 def resolve_model_path(name_or_path: str | Path) -> Path:
-    """Map a bundled model name (`BUNDLED_MODELS`: `default`, `default-gan`...) to its file; pass paths through."""
+    """Map a bundled model name (a key of `BUNDLED_MODELS`) to its file; pass paths through."""
     text = str(name_or_path)
     if text in BUNDLED_MODELS:
         path = WEIGHTS_DIR / BUNDLED_MODELS[text]
