@@ -20,10 +20,10 @@ sys.path.insert(0, str(ROOT))
 from sr_deploy.evaluation import run_eval  # noqa: E402
 from sr_deploy.realism import BUNDLED_PAIR, resolve_realism  # noqa: E402
 
-# Rows: bundled models by name, and the real-world pair's midpoint as `upscale --realism 0.5`
-# (no --model) runs it: default-real-psnr blended half-way with default-real.
-MODELS = ("bicubic", "default", "default-gan", "default-real-psnr", "default-real", "default-real --realism 0.5")
-BLENDS = {"default-real --realism 0.5": ("default-real-psnr", 0.5)}
+# Rows: bundled models by name, and the real-world pair's midpoint (`eval default-real-psnr
+# --realism 0.5`, what `upscale --realism 0.5` runs): default-real-psnr half-way to default-real.
+MODELS = ("bicubic", "default", "default-gan", "default-real-psnr", "default-real", "default-real-psnr --realism 0.5")
+BLENDS = {"default-real-psnr --realism 0.5": ("default-real-psnr", 0.5)}
 SPECS = ("clean", "jpeg=40", "noise=10,jpeg=60")
 
 

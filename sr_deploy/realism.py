@@ -118,6 +118,11 @@ def resolve_realism(model: str, gan_model: str | None, realism: float | None) ->
         return model
     alpha = check_alpha(realism)
     if gan_model is None:
+        gan_ends = {gan: psnr for psnr, gan in BUNDLED_PAIR.items()}
+        if model in gan_ends:
+            raise InputError(
+                f"--realism blends from the faithful end: pass --model {gan_ends[model]} (A = 1 is {model})"
+            )
         if model not in BUNDLED_PAIR:
             ends = ", ".join(f"{psnr} (with {gan})" for psnr, gan in BUNDLED_PAIR.items())
             raise InputError(f"--realism needs --gan-model PATH for {model} (bundled pairs: {ends})")

@@ -338,8 +338,15 @@ def test_realism_cli_outputs_lie_between_the_endpoints(pair, tmp_path, set5_dir)
     [
         (["--realism", "1.5"], "--realism 1.5: must be between 0 and 1"),
         (["--realism", "nan"], "--realism nan: must be between 0 and 1"),
-        (["--gan-model", "x.pt"], "--gan-model x.pt: give --realism A too"),
-        (["--model", "MODEL", "--realism", "0.5"], "--realism needs --gan-model PATH for"),
+        (["--gan-model", "x.pt"], "--gan-model x.pt: give --realism A too (0 = default-real-psnr, 1 = x.pt)"),
+        (
+            ["--model", "MODEL", "--realism", "0.5"],
+            "(bundled pairs: default (with default-gan), default-real-psnr (with default-real))",
+        ),
+        (
+            ["--model", "default-real", "--realism", "0.5"],
+            "--realism blends from the faithful end: pass --model default-real-psnr",
+        ),
     ],
 )
 def test_realism_usage_errors_are_one_line_exit_2(pair, tmp_path, args, message):

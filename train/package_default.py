@@ -1,4 +1,4 @@
-"""Package a trained generator as a bundled model (`sr_deploy/weights/default.pt`, `default-gan.pt`).
+"""Package a trained generator as a bundled model (`sr_deploy/weights/*.pt`: `default.pt`, `default-gan.pt`...).
 
     python -m train.package_default RUN_DIR/model_latest.pt -o sr_deploy/weights/default.pt \
         --eval ../shared/data/benchmark/Set5 --eval ../shared/data/benchmark/Set14

@@ -109,6 +109,8 @@ def slim_state(path: str | Path) -> tuple[int, int]:
     path = Path(path)
     before = path.stat().st_size
     state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or not {"iteration", "generator", "opt_g"} <= state.keys():
+        raise ValueError("no iteration, generator and optimiser in it (a model file?)")
     if state.get("discriminator") is not None:
         state["discriminator"] = {
             k: v.half() if v.is_floating_point() else v for k, v in state["discriminator"].items()

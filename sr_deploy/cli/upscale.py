@@ -185,7 +185,8 @@ def upscale(
     from ..video import parse_threshold
 
     if model is None:  # --realism alone blends the real-world pair: 0 = its L1 twin, 1 = default-real
-        model = DEFAULT_UPSCALE_MODEL if realism is None else DEFAULT_UPSCALE_PSNR_MODEL
+        blending = realism is not None or gan_model is not None
+        model = DEFAULT_UPSCALE_PSNR_MODEL if blending else DEFAULT_UPSCALE_MODEL
     model = with_realism(model, gan_model, realism)
     options = UpscaleOptions(
         model=model,

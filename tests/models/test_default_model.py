@@ -4,6 +4,7 @@ without --model, and clearly better than bicubic on real data (scored now, not a
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import pytest
@@ -143,7 +144,7 @@ def test_upscale_realism_without_model_blends_the_real_world_pair(tmp_path, monk
     lies between them pixel for pixel on average."""
     from PIL import Image
 
-    from sr_deploy.realism import BUNDLED_PAIR
+    from sr_deploy.realism import BUNDLED_PAIR, resolve_realism
 
     assert BUNDLED_PAIR["default-real-psnr"] == "default-real"
     monkeypatch.setenv("SR_DEPLOY_CACHE", str(tmp_path / "cache"))
@@ -157,6 +158,8 @@ def test_upscale_realism_without_model_blends_the_real_world_pair(tmp_path, monk
             outputs[alpha] = (im.text["sr-deploy"], read_image(out).astype(float))
     assert outputs["0"][0].startswith("model=default-real-psnr.pt:")
     assert outputs["1"][0].startswith("model=default-real.pt:")
+    blend = Path(resolve_realism("default-real-psnr", None, 0.5))  # the cached blend of this pair
+    assert outputs["0.5"][0].startswith(f"model={blend.name}:")
     ends = abs(outputs["0"][1] - outputs["1"][1]).mean()
     assert ends > 0.5 and abs(outputs["0.5"][1] - outputs["0"][1]).mean() < ends
     assert abs(outputs["0.5"][1] - outputs["1"][1]).mean() < ends

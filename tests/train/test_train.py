@@ -560,3 +560,9 @@ def test_slimming_a_file_that_is_not_a_state_is_one_line_and_leaves_it(tmp_path,
     assert damaged.read_bytes() == b"not a torch file"
     assert state_main([str(tmp_path / "absent.pt")]) == 2
     assert "absent.pt: no such file" in capsys.readouterr().err
+    # A model file loads as a dict too, but is not a state: refused, not rewritten.
+    model = save_checkpoint(tmp_path / "model_latest.pt", SRResNet(num_blocks=1, num_features=8), {"num_blocks": 1})
+    before = model.read_bytes()
+    assert state_main([str(model)]) == 2
+    assert "model_latest.pt: not a training state" in capsys.readouterr().err
+    assert model.read_bytes() == before

@@ -150,7 +150,7 @@ def test_output_folder_inside_the_input_folder_is_not_read_back(set5_dir, model,
     "args,message",
     [
         (["missing.png", "-o", "out"], "missing.png: no such file or folder"),
-        # Both bundled models are shipped (test_default_model.py); realism outside [0, 1] is refused up front.
+        # The bundled models are shipped (test_default_model.py); realism outside [0, 1] is refused up front.
         (["INPUT", "-o", "out", "--realism", "2"], "--realism 2.0: must be between 0 and 1"),
         (["INPUT", "-o", "out", "--model", "MODEL", "--tile", "-1"], "--tile must be >= 0"),
         (["README", "-o", "out", "--model", "MODEL"], "not an image or video file"),
