@@ -1,11 +1,15 @@
-"""Discriminators: SRGAN's (Ledig et al. 2017, Fig. 4) and ESRGAN's VGG-style one (BasicSR's
-VGGStyleDiscriminator). Input: RGB float in [0, 1], NCHW, of exactly `input_size` squared.
-Output: one logit per image, shape (N, 1)."""
+"""Discriminators: SRGAN's (Ledig et al. 2017, Fig. 4), ESRGAN's VGG-style one (BasicSR's
+VGGStyleDiscriminator) and Real-ESRGAN's U-Net with spectral normalisation (BasicSR's
+UNetDiscriminatorSN). Input: RGB float in [0, 1], NCHW, of exactly `input_size` squared.
+Output: logits, one per image, shape (N, 1), for SRGAN's and the VGG-style one; one per pixel,
+shape (N, 1, H, W), for the U-Net (the losses average over every logit either way)."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
 
 from sr_deploy.errors import InputError
 
@@ -81,7 +85,53 @@ class VGGStyleDiscriminator(nn.Module):
         return self.classifier(self.features(x))
 
 
-DISCRIMINATORS = {"srgan": SRGANDiscriminator, "vgg": VGGStyleDiscriminator}
+class UNetDiscriminatorSN(nn.Module):
+    """Real-ESRGAN's discriminator (Wang et al. 2021, Sec. 3.3 and Fig. 6): a U-Net that judges
+    every pixel, so that the generator gets a gradient where the texture is wrong rather than one
+    verdict for the crop; spectral normalisation on all but the first and last conv keeps it
+    stable against the strong degradations. Encoder: 3x3 conv to `num_features`, three 4x4
+    stride-2 convs doubling the width (64 -> 512); decoder: three (bilinear 2x upsample, 3x3 conv
+    halving the width) with the encoder's feature of that size added (skip connections); two
+    3x3 convs and a 3x3 conv to one logit per pixel; LeakyReLU(0.2) throughout.
+    `input_size` must be a multiple of 8 (three halvings)."""
+
+    def __init__(self, input_size: int = 256, num_features: int = 64, skip_connection: bool = True) -> None:
+        super().__init__()
+        if input_size % 8:
+            raise InputError(f"U-Net discriminator: crop size {input_size} is not a multiple of 8")
+        f = num_features
+        self.skip_connection = skip_connection
+        self.conv0 = nn.Conv2d(3, f, 3, 1, 1)
+        self.down = nn.ModuleList(
+            spectral_norm(nn.Conv2d(cin, cout, 4, 2, 1, bias=False))
+            for cin, cout in ((f, 2 * f), (2 * f, 4 * f), (4 * f, 8 * f))
+        )
+        self.up = nn.ModuleList(
+            spectral_norm(nn.Conv2d(cin, cout, 3, 1, 1, bias=False))
+            for cin, cout in ((8 * f, 4 * f), (4 * f, 2 * f), (2 * f, f))
+        )
+        self.extra = nn.ModuleList(spectral_norm(nn.Conv2d(f, f, 3, 1, 1, bias=False)) for _ in range(2))
+        self.conv_out = nn.Conv2d(f, 1, 3, 1, 1)
+        self.input_size = input_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feature = F.leaky_relu(self.conv0(x), 0.2)
+        skips = [feature]
+        for conv in self.down:
+            feature = F.leaky_relu(conv(feature), 0.2)
+            skips.append(feature)
+        skips.pop()  # the bottleneck is not a skip
+        for conv in self.up:
+            feature = F.interpolate(feature, scale_factor=2, mode="bilinear", align_corners=False)
+            feature = F.leaky_relu(conv(feature), 0.2)
+            if self.skip_connection:
+                feature = feature + skips.pop()
+        for conv in self.extra:
+            feature = F.leaky_relu(conv(feature), 0.2)
+        return self.conv_out(feature)
+
+
+DISCRIMINATORS = {"srgan": SRGANDiscriminator, "vgg": VGGStyleDiscriminator, "unet": UNetDiscriminatorSN}
 
 
 def build_discriminator(arch: str, input_size: int, num_features: int = 64) -> nn.Module:

@@ -23,7 +23,7 @@ from sr_deploy.models import SRResNet, load_checkpoint, load_model, save_checkpo
 from sr_deploy.perceptual import FeatureExtractor, _build_features
 from train.cli import main as train_main
 from train.data import DegradationSpec, RandomPatches, augment, degrade
-from train.discriminators import SRGANDiscriminator, VGGStyleDiscriminator
+from train.discriminators import SRGANDiscriminator, UNetDiscriminatorSN, VGGStyleDiscriminator
 from train.interpolate import main as interpolate_main
 from train.losses import PerceptualLoss, discriminator_loss, generator_adversarial_loss
 
@@ -271,6 +271,34 @@ def test_srgan_from_srresnet_init(sun_hays, set5_dir, tmp_path, random_vgg_file,
     assert trained.metadata["feature_network"]["release"] == "unknown"
 
 
+@pytest.mark.slow  # two short training runs
+def test_realesrgan_unet_discriminator_trains_and_resumes_identically(sun_hays, tmp_path, random_vgg_file):
+    """The realesrgan recipe's U-Net discriminator (spectral norm, per-pixel logits): a 4-iteration
+    run vs the same run stopped at 2 and resumed give the same generator and discriminator bit for
+    bit, spectral norm's power-iteration vectors included (they are state, not weights: a resume
+    that lost them would differ)."""
+    torch.manual_seed(1)
+    init = save_checkpoint(
+        tmp_path / "init.pt", SRResNet(num_blocks=1, num_features=8), {"num_blocks": 1, "num_features": 8}
+    )
+    common = TINY + ["--data", sun_hays, "--perceptual-weights", random_vgg_file, "--allow-unknown-weights"]
+    common += ["--set", f"init={init}", "--set", "data.crop_size=32", "--set", "discriminator.num_features=8"]
+    full, split = tmp_path / "full", tmp_path / "split"
+    assert run("realesrgan", *common, "--out", full, "--iters", 4) == 0
+    assert run("realesrgan", *common, "--out", split, "--iters", 2) == 0
+    resume = ["--data", sun_hays, "--perceptual-weights", random_vgg_file, "--allow-unknown-weights"]
+    assert run("realesrgan", *resume, "--out", split, "--resume", "--iters", 4, "--workers", "0", "--no-progress") == 0
+    a = torch.load(full / "state_latest.pt", weights_only=True)
+    b = torch.load(split / "state_latest.pt", weights_only=True)
+    assert a["iteration"] == b["iteration"] == 4
+    assert "down.0.parametrizations.weight.0._u" in a["discriminator"]
+    for part in ("generator", "discriminator"):
+        for name, tensor in a[part].items():
+            assert torch.equal(tensor, b[part][name]), f"{part}.{name} differs after resume"
+    rows = read_csv(full / "loss.csv")
+    assert all(np.isfinite(r["adv"]) and r["adv"] > 0 and np.isfinite(r["d_loss"]) for r in rows)
+
+
 @pytest.mark.slow  # a training run
 def test_esrgan_psnr_then_gan_then_interpolation(sun_hays, tmp_path, random_vgg_file):
     """ESRGAN pipeline with a 1-block RRDBNet: L1 pre-training (loss falls), then perceptual
@@ -463,6 +491,22 @@ def test_discriminators_shapes_and_crop_parameter():
     assert VGGStyleDiscriminator(128).classifier[1].in_features == 512 * 4 * 4
     with pytest.raises(Exception, match="multiple of 16"):
         SRGANDiscriminator(40)
+    # Real-ESRGAN's U-Net: one logit per pixel; BasicSR's UNetDiscriminatorSN has 4,376,897 parameters
+    unet = UNetDiscriminatorSN(96)
+    assert sum(p.numel() for p in unet.parameters()) == 4_376_897
+    assert UNetDiscriminatorSN(40, num_features=8)(torch.rand(2, 3, 40, 40)).shape == (2, 1, 40, 40)
+    with pytest.raises(Exception, match="multiple of 8"):
+        UNetDiscriminatorSN(36)
+    # spectral norm: after the power iterations of a few training forwards, every normalised conv's
+    # largest singular value is 1 (the unnormalised weight's is not)
+    small = UNetDiscriminatorSN(32, num_features=8).train()
+    for _ in range(100):
+        small(torch.rand(1, 3, 32, 32))
+    normalised = [*small.down, *small.up, *small.extra]
+    for conv in normalised:
+        assert torch.linalg.matrix_norm(conv.weight.detach().flatten(1), 2) == pytest.approx(1.0, abs=0.005)
+    original = small.down[0].parametrizations.weight.original.detach().flatten(1)
+    assert abs(float(torch.linalg.matrix_norm(original, 2)) - 1.0) > 0.1
 
 
 def test_adversarial_losses_match_their_formulas():
