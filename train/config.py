@@ -8,6 +8,7 @@ RUN_DIR/config.yaml, which `--resume` reads back.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +51,14 @@ def load_config(path: str | Path) -> dict[str, Any]:
     return data
 
 
+# What YAML 1.1 leaves a string: an exponent without a dot in the mantissa ("1e-4", "5E3").
+_EXPONENT_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+
+
 def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """A copy of `config` with each ``dotted.key=value`` applied; the value is parsed as YAML
-    (``8`` -> int, ``false`` -> bool, ``[1, 2]`` -> list, ``null`` -> None, else a string).
+    (``8`` -> int, ``false`` -> bool, ``[1, 2]`` -> list, ``null`` -> None, else a string),
+    except that ``1e-4`` is a float (YAML 1.1 wants ``1.0e-4``; nobody types that on a command line).
 
     A key whose parent section does not exist is an InputError (catches typos such as
     ``modle.num_blocks``); a new leaf inside an existing section is allowed, because model
@@ -68,6 +74,8 @@ def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, A
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:
             value = raw
+        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+            value = float(value)
         parts = key.split(".")
         node: Any = out
         for depth, part in enumerate(parts[:-1]):

@@ -445,6 +445,21 @@ def test_input_errors_are_one_line_exit_2_before_training(case, sun_hays, tmp_pa
         assert "Sun_Hays80" in err[0]
 
 
+def test_overrides_are_typed_as_on_a_command_line():
+    """`--set train.lr=1e-4` is a float (YAML 1.1 reads it as a string); other values keep YAML's types."""
+    from train.config import apply_overrides
+
+    base = {"train": {"lr": 1.0e-3, "milestones": [], "amp": True}, "val": {"degrade": None}}
+    out = apply_overrides(
+        base, ["train.lr=1e-4", "train.milestones=[0.7, 0.75]", "train.amp=bf16", "val.degrade=noise=10,jpeg=60"]
+    )
+    assert out["train"] == {"lr": 1e-4, "milestones": [0.7, 0.75], "amp": "bf16"} and isinstance(
+        out["train"]["lr"], float
+    )
+    assert out["val"]["degrade"] == "noise=10,jpeg=60" and base["train"]["lr"] == 1.0e-3
+    assert apply_overrides(base, ["train.lr=2.5E-5"])["train"]["lr"] == 2.5e-5
+
+
 def test_bad_override_and_resume_without_state(sun_hays, tmp_path, capsys):
     assert run("srresnet", "--data", sun_hays, "--out", tmp_path / "r", "--set", "modle.num_blocks=8") == 2
     assert "no config section 'modle'" in capsys.readouterr().err
