@@ -94,6 +94,19 @@ def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, A
     return out
 
 
+def changed_settings(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """``"dotted.key old -> new"`` for every leaf that differs between two configs (a resumed
+    run's config.yaml and the one it goes on with), in `new`'s order; a missing leaf reads None."""
+    changes: list[str] = []
+    for key in dict.fromkeys([*new, *old]):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes += changed_settings(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changes.append(f"{prefix}{key} {a!r} -> {b!r}")
+    return changes
+
+
 def get(config: dict[str, Any], dotted: str, default: Any = None) -> Any:
     """`config["a"]["b"]` for ``"a.b"``, or `default` where a part is missing or None."""
     node: Any = config

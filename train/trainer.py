@@ -42,6 +42,7 @@ from sr_deploy.errors import InputError
 from sr_deploy.models import ARCHITECTURES, load_checkpoint, save_checkpoint
 from sr_deploy.perceptual import LPIPS
 
+from .config import changed_settings
 from .data import (
     DEGRADATIONS,
     DegradationSpec,
@@ -370,7 +371,9 @@ class Trainer:
         set_rng_state(state["rng"])
         self.iteration = int(state["iteration"])
         planned = int(state.get("planned_iterations", self.iterations))
-        if planned != self.iterations:
+        # The optimiser's state brings back the learning rate it was built with: a --set that
+        # changes the rate or its schedule would be ignored without a re-plan.
+        if planned != self.iterations or self._schedule_settings_changed():
             self._replan_schedules(planned)
         self.best = state.get("best")
         self.bicubic = state.get("bicubic")
@@ -381,21 +384,37 @@ class Trainer:
         """`--resume --iters N` with N other than the saved run's plan: rebuild the learning-rate
         schedules for N (cosine period, fractional milestones) and advance them to the current
         iteration, so the run ends its schedule at N instead of where the old plan ended."""
-        train_cfg = self.config["train"]
-        pairs = [(self.opt_g, "sched_g")] + ([(self.opt_d, "sched_d")] if self.opt_d is not None else [])
-        for opt, attr in pairs:
+        train_cfg, disc_cfg = self.config["train"], self.config.get("discriminator") or {}
+        pairs = [(self.opt_g, "sched_g", train_cfg["lr"])]
+        if self.opt_d is not None:
+            pairs.append((self.opt_d, "sched_d", disc_cfg.get("lr", train_cfg["lr"])))
+        for opt, attr, lr in pairs:
             for group in opt.param_groups:
-                group["lr"] = group["initial_lr"]
+                group["lr"] = group["initial_lr"] = float(lr)
             sched = make_scheduler(opt, train_cfg, self.iterations)
             with warnings.catch_warnings():  # stepping a fresh schedule forward, no optimizer step is due
                 warnings.simplefilter("ignore", UserWarning)
                 for _ in range(self.iteration):
                     sched.step()
             setattr(self, attr, sched)
-        self.replan_note = (
-            f"; learning-rate schedule re-planned from {planned} to {self.iterations} iterations "
-            f"(lr now {self.opt_g.param_groups[0]['lr']:.3g})"
+        plan = (
+            f"from {planned} to {self.iterations} iterations" if planned != self.iterations else "for the new settings"
         )
+        self.replan_note = f"; learning-rate schedule re-planned {plan} (lr now {self.opt_g.param_groups[0]['lr']:.3g})"
+
+    def _schedule_settings_changed(self) -> bool:
+        """Whether the learning rates or their schedule differ from the run's config.yaml."""
+        import yaml
+
+        saved_path = self.run_dir / CONFIG_FILE
+        saved = (yaml.safe_load(saved_path.read_text()) or {}) if saved_path.is_file() else {}
+        keys = ("lr", "schedule", "milestones", "gamma", "min_lr")
+
+        def schedule(config: dict[str, Any]) -> dict[str, Any]:
+            train_cfg, disc_cfg = config.get("train") or {}, config.get("discriminator") or {}
+            return {**{k: train_cfg.get(k) for k in keys}, "discriminator.lr": disc_cfg.get("lr")}
+
+        return bool(changed_settings(schedule(saved), schedule(self.config)))
 
     def save_state(self) -> Path:
         path = self.run_dir / STATE_FILE
@@ -533,7 +552,11 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         import yaml
 
-        write_text_atomically(self.run_dir / CONFIG_FILE, yaml.safe_dump(self.config, sort_keys=False))
+        config_path = self.run_dir / CONFIG_FILE
+        if self.iteration and config_path.is_file():  # a resume: its log line names what --set changed
+            changes = changed_settings(yaml.safe_load(config_path.read_text()) or {}, self.config)
+            self.changes_note = f"; settings changed: {', '.join(changes)}" if changes else ""
+        write_text_atomically(config_path, yaml.safe_dump(self.config, sort_keys=False))
         log_file = open(self.run_dir / "train.log", "a")
 
         def log(line: str) -> None:
@@ -552,7 +575,7 @@ class Trainer:
             f"on {hardware_description(self.device)}; {len(self.train_images)} training images from {self.data_dir}; "
             f"crop {self.crop_size}, batch {self.batch_size}, iterations {start}->{self.iterations}"
             f"{f', autocast {self.amp_dtype}' if self.amp_dtype is not None else ''}{self.init_note}"
-            f"{getattr(self, 'replan_note', '')}"
+            f"{getattr(self, 'replan_note', '')}{getattr(self, 'changes_note', '')}"
             + (
                 f"; perceptual features: {self.feature_network['release']} (sha256 {self.feature_network['sha256'][:12]})"
                 if self.feature_network

@@ -460,6 +460,48 @@ def test_overrides_are_typed_as_on_a_command_line():
     assert apply_overrides(base, ["train.lr=2.5E-5"])["train"]["lr"] == 2.5e-5
 
 
+def test_a_resume_logs_the_settings_it_changes(sun_hays, tmp_path):
+    out = tmp_path / "r"
+    assert run("srresnet", *TINY_SRRESNET, "--data", sun_hays, "--out", out, "--iters", 2) == 0
+    resume = ["--data", sun_hays, "--out", out, "--resume", "--workers", "0", "--no-progress"]
+    assert run("srresnet", *resume, "--iters", 3, "--set", "train.lr=5e-4") == 0
+    assert run("srresnet", *resume, "--iters", 4) == 0
+    lines = [line for line in (out / "train.log").read_text().splitlines() if " resume srresnet: " in line]
+    assert len(lines) == 2
+    assert lines[0].endswith("; settings changed: train.iterations 2 -> 3, train.lr 0.0001 -> 0.0005"), lines[0]
+    assert lines[1].endswith("; settings changed: train.iterations 3 -> 4"), lines[1]
+    assert "train.lr" not in lines[1]  # the resumed run goes on with what config.yaml recorded
+    # and the new rate is the one the optimiser used (the cosine schedule's, re-planned from 5e-4)
+    lrs = [row["lr"] for row in read_csv(out / "loss.csv")]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[2] > 1e-4 and lrs[3] > 1e-4, lrs
+
+
+def test_a_resume_with_only_a_new_rate_uses_it(sun_hays, tmp_path):
+    """The same plan, a new learning rate: the optimiser's saved rate must not win."""
+    import os
+    import signal
+
+    from train import trainer
+
+    original, calls = trainer.Trainer._generator_step, {"n": 0}
+
+    def step_then_interrupt(self, lr, hr):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, lr, hr)
+
+    out = tmp_path / "r"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(trainer.Trainer, "_generator_step", step_then_interrupt)
+        args = [*TINY_SRRESNET, "--data", sun_hays, "--out", out, "--iters", 4, "--set", "train.schedule=none"]
+        assert run("srresnet", *args) == 130
+    resume = ["--data", sun_hays, "--out", out, "--resume", "--workers", "0", "--no-progress"]
+    assert run("srresnet", *resume, "--set", "train.lr=5e-4") == 0
+    assert [row["lr"] for row in read_csv(out / "loss.csv")] == pytest.approx([1e-4, 1e-4, 5e-4, 5e-4])
+    assert "re-planned for the new settings (lr now 0.0005)" in (out / "train.log").read_text()
+
+
 def test_bad_override_and_resume_without_state(sun_hays, tmp_path, capsys):
     assert run("srresnet", "--data", sun_hays, "--out", tmp_path / "r", "--set", "modle.num_blocks=8") == 2
     assert "no config section 'modle'" in capsys.readouterr().err
