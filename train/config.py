@@ -35,6 +35,22 @@ def _yaml():
     return yaml
 
 
+# What YAML 1.1 leaves a string but YAML 1.2 (and everyone typing a command line) reads as a
+# float: an exponent without a dot in the mantissa ("1e-4", "5E3").
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+
+
+def _parse_yaml(text: str) -> Any:
+    """`yaml.safe_load` with `_EXPONENT_FLOAT` read as a float, at any depth."""
+    yaml = _yaml()
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789."))
+    return yaml.load(text, Loader=Loader)  # a SafeLoader subclass: no arbitrary objects
+
+
 def load_config(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file into a nested dict; InputError names the file on failure."""
     yaml = _yaml()
@@ -42,7 +58,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(f"{path}: no such config file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = _parse_yaml(path.read_text())
     except yaml.YAMLError as exc:
         first = str(exc).strip().splitlines()[0]
         raise InputError(f"{path}: not valid YAML ({first})") from exc
@@ -51,14 +67,10 @@ def load_config(path: str | Path) -> dict[str, Any]:
     return data
 
 
-# What YAML 1.1 leaves a string: an exponent without a dot in the mantissa ("1e-4", "5E3").
-_EXPONENT_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
-
-
 def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """A copy of `config` with each ``dotted.key=value`` applied; the value is parsed as YAML
-    (``8`` -> int, ``false`` -> bool, ``[1, 2]`` -> list, ``null`` -> None, else a string),
-    except that ``1e-4`` is a float (YAML 1.1 wants ``1.0e-4``; nobody types that on a command line).
+    (``8`` -> int, ``false`` -> bool, ``[1, 2]`` -> list, ``null`` -> None, else a string), and
+    ``1e-4`` is a float, also inside a list (YAML 1.1 wants ``1.0e-4``; nobody types that).
 
     A key whose parent section does not exist is an InputError (catches typos such as
     ``modle.num_blocks``); a new leaf inside an existing section is allowed, because model
@@ -71,11 +83,9 @@ def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, A
         if not sep or not key:
             raise InputError(f"--set {item}: expected key=value, e.g. --set model.num_blocks=8")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = _parse_yaml(raw) if raw.strip() else None
         except yaml.YAMLError:
             value = raw
-        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
-            value = float(value)
         parts = key.split(".")
         node: Any = out
         for depth, part in enumerate(parts[:-1]):

@@ -1,6 +1,7 @@
 """Discriminators: SRGAN's (Ledig et al. 2017, Fig. 4), ESRGAN's VGG-style one (BasicSR's
 VGGStyleDiscriminator) and Real-ESRGAN's U-Net with spectral normalisation (BasicSR's
-UNetDiscriminatorSN). Input: RGB float in [0, 1], NCHW, of exactly `input_size` squared.
+UNetDiscriminatorSN). Input: RGB float in [0, 1], NCHW, of exactly `input_size` squared (the U-Net:
+any multiple of 8; its state-dict keys are torch's parametrization names, not BasicSR's).
 Output: logits, one per image, shape (N, 1), for SRGAN's and the VGG-style one; one per pixel,
 shape (N, 1, H, W), for the U-Net (the losses average over every logit either way)."""
 

@@ -362,10 +362,14 @@ class Trainer:
                 if state["opt_d"] is not None:  # None in a slimmed state (train.state.slim_state): fresh moments
                     self.opt_d.load_state_dict(state["opt_d"])
                 self.sched_d.load_state_dict(state["sched_d"])
+                if state["opt_d"] is None:  # the fresh optimiser has the base rate, not the schedule's
+                    for group, lr in zip(self.opt_d.param_groups, self.sched_d.get_last_lr(), strict=True):
+                        group["lr"] = lr
             self.opt_g.load_state_dict(state["opt_g"])
             self.sched_g.load_state_dict(state["sched_g"])
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise InputError(f"{path}: does not fit this run's config ({str(exc).splitlines()[0][:160]})") from exc
+        self._apply_optimiser_settings()
         self.scaler_g.load_state_dict(state["scaler_g"])
         self.scaler_d.load_state_dict(state["scaler_d"])
         set_rng_state(state["rng"])
@@ -381,9 +385,10 @@ class Trainer:
         self.history = read_val_history(self.run_dir / "val.csv", self.iteration)
 
     def _replan_schedules(self, planned: int) -> None:
-        """`--resume --iters N` with N other than the saved run's plan: rebuild the learning-rate
-        schedules for N (cosine period, fractional milestones) and advance them to the current
-        iteration, so the run ends its schedule at N instead of where the old plan ended."""
+        """`--resume --iters N` with N other than the saved run's plan, or a new learning rate or
+        schedule: rebuild the learning-rate schedules from the config for N (base rates, cosine
+        period, fractional milestones) and advance them to the current iteration, so the run ends
+        its schedule at N instead of where the old plan ended."""
         train_cfg, disc_cfg = self.config["train"], self.config.get("discriminator") or {}
         pairs = [(self.opt_g, "sched_g", train_cfg["lr"])]
         if self.opt_d is not None:
@@ -401,6 +406,17 @@ class Trainer:
             f"from {planned} to {self.iterations} iterations" if planned != self.iterations else "for the new settings"
         )
         self.replan_note = f"; learning-rate schedule re-planned {plan} (lr now {self.opt_g.param_groups[0]['lr']:.3g})"
+
+    def _apply_optimiser_settings(self) -> None:
+        """Adam's betas and weight decay from the config: the optimiser's saved state brings back
+        the ones it was built with, and a resume's --set must win."""
+        train_cfg, disc_cfg = self.config["train"], self.config.get("discriminator") or {}
+        for group in self.opt_g.param_groups:
+            group["betas"] = tuple(train_cfg["betas"])
+            group["weight_decay"] = float(train_cfg.get("weight_decay") or 0.0)
+        if self.opt_d is not None:
+            for group in self.opt_d.param_groups:
+                group["betas"] = tuple(disc_cfg.get("betas", train_cfg["betas"]))
 
     def _schedule_settings_changed(self) -> bool:
         """Whether the learning rates or their schedule differ from the run's config.yaml."""

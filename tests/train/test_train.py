@@ -458,6 +458,9 @@ def test_overrides_are_typed_as_on_a_command_line():
     )
     assert out["val"]["degrade"] == "noise=10,jpeg=60" and base["train"]["lr"] == 1.0e-3
     assert apply_overrides(base, ["train.lr=2.5E-5"])["train"]["lr"] == 2.5e-5
+    nested = apply_overrides(base, ["train.milestones=[1e3, 2E3]", "val.degrade={weight: 1e-2}"])
+    assert nested["train"]["milestones"] == [1000.0, 2000.0] and nested["val"]["degrade"] == {"weight": 0.01}
+    assert apply_overrides(base, ["train.amp=8"])["train"]["amp"] == 8  # still an int
 
 
 def test_a_resume_logs_the_settings_it_changes(sun_hays, tmp_path):
@@ -476,8 +479,8 @@ def test_a_resume_logs_the_settings_it_changes(sun_hays, tmp_path):
     assert lrs[0] == pytest.approx(1e-4) and lrs[2] > 1e-4 and lrs[3] > 1e-4, lrs
 
 
-def test_a_resume_with_only_a_new_rate_uses_it(sun_hays, tmp_path):
-    """The same plan, a new learning rate: the optimiser's saved rate must not win."""
+def run_interrupted(recipe: str, *args, at: int) -> int:
+    """`run`, with SIGINT raised at generator step `at` (the trainer saves its state and stops)."""
     import os
     import signal
 
@@ -487,19 +490,56 @@ def test_a_resume_with_only_a_new_rate_uses_it(sun_hays, tmp_path):
 
     def step_then_interrupt(self, lr, hr):
         calls["n"] += 1
-        if calls["n"] == 2:
+        if calls["n"] == at:
             os.kill(os.getpid(), signal.SIGINT)
         return original(self, lr, hr)
 
-    out = tmp_path / "r"
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(trainer.Trainer, "_generator_step", step_then_interrupt)
-        args = [*TINY_SRRESNET, "--data", sun_hays, "--out", out, "--iters", 4, "--set", "train.schedule=none"]
-        assert run("srresnet", *args) == 130
+        return run(recipe, *args)
+
+
+def test_a_resume_with_only_a_new_rate_uses_it(sun_hays, tmp_path):
+    """The same plan, a new learning rate and Adam betas: the optimiser's saved ones must not win.
+    And a resume that changes nothing re-plans nothing and logs no change."""
+    out = tmp_path / "r"
+    args = [*TINY_SRRESNET, "--data", sun_hays, "--out", out, "--iters", 6, "--set", "train.schedule=none"]
+    assert run_interrupted("srresnet", *args, at=2) == 130
     resume = ["--data", sun_hays, "--out", out, "--resume", "--workers", "0", "--no-progress"]
-    assert run("srresnet", *resume, "--set", "train.lr=5e-4") == 0
-    assert [row["lr"] for row in read_csv(out / "loss.csv")] == pytest.approx([1e-4, 1e-4, 5e-4, 5e-4])
-    assert "re-planned for the new settings (lr now 0.0005)" in (out / "train.log").read_text()
+    assert (
+        run_interrupted("srresnet", *resume, "--set", "train.lr=5e-4", "--set", "train.betas=[0.5, 0.99]", at=2) == 130
+    )
+    state = torch.load(out / "state_latest.pt", weights_only=True)
+    assert state["opt_g"]["param_groups"][0]["betas"] == (0.5, 0.99)
+    assert run("srresnet", *resume) == 0
+    assert [row["lr"] for row in read_csv(out / "loss.csv")] == pytest.approx([1e-4] * 2 + [5e-4] * 4)
+    log = (out / "train.log").read_text().splitlines()
+    assert any("re-planned for the new settings (lr now 0.0005)" in line for line in log)
+    last_resume = [line for line in log if " resume srresnet: " in line][-1]
+    assert "re-planned" not in last_resume and "settings changed" not in last_resume, last_resume
+
+
+@pytest.mark.slow  # two short training runs
+def test_a_resume_from_a_slimmed_gan_state_keeps_the_scheduled_discriminator_rate(sun_hays, tmp_path, random_vgg_file):
+    """A slimmed state has no discriminator optimiser: the fresh one must take the schedule's rate
+    (here halved at iteration 2), not the base rate."""
+    from train.state import slim_state
+
+    torch.manual_seed(1)
+    init = save_checkpoint(
+        tmp_path / "init.pt", SRResNet(num_blocks=1, num_features=8), {"num_blocks": 1, "num_features": 8}
+    )
+    out = tmp_path / "gan"
+    args = [*TINY, "--data", sun_hays, "--perceptual-weights", random_vgg_file, "--allow-unknown-weights"]
+    args += ["--set", f"init={init}", "--set", "data.crop_size=32", "--set", "discriminator.num_features=8"]
+    args += ["--set", "train.schedule=multistep", "--set", "train.milestones=[2]", "--out", out, "--iters", 6]
+    assert run_interrupted("realesrgan", *args, at=3) == 130
+    slim_state(out / "state_latest.pt")
+    assert torch.load(out / "state_latest.pt", weights_only=True)["opt_d"] is None
+    resume = ["--data", sun_hays, "--out", out, "--resume", "--workers", "0", "--no-progress"]
+    assert run("realesrgan", *resume, "--perceptual-weights", random_vgg_file, "--allow-unknown-weights") == 0
+    state = torch.load(out / "state_latest.pt", weights_only=True)
+    assert state["opt_d"]["param_groups"][0]["lr"] == pytest.approx(5e-5)
 
 
 def test_bad_override_and_resume_without_state(sun_hays, tmp_path, capsys):
