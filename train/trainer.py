@@ -42,7 +42,7 @@ from sr_deploy.errors import InputError
 from sr_deploy.models import ARCHITECTURES, load_checkpoint, save_checkpoint
 from sr_deploy.perceptual import LPIPS
 
-from .config import changed_settings
+from .config import changed_settings, load_config
 from .data import (
     DEGRADATIONS,
     DegradationSpec,
@@ -353,6 +353,11 @@ class Trainer:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
             raise InputError(f"{path}: unreadable training state ({str(exc).splitlines()[0][:120]})") from exc
+        planned = int(state.get("planned_iterations", self.iterations))
+        # The optimiser's state brings back the learning rate it was built with: a --set that
+        # changes the rate or its schedule would be ignored without a re-plan (which builds the
+        # schedules afresh: a saved schedule of another kind would not even load).
+        replan = planned != self.iterations or self._schedule_settings_changed()
         try:
             self.generator.load_state_dict(state["generator"])
             if self.ema:
@@ -361,12 +366,14 @@ class Trainer:
                 self.discriminator.load_state_dict(state["discriminator"])  # float16 in a slimmed state: cast
                 if state["opt_d"] is not None:  # None in a slimmed state (train.state.slim_state): fresh moments
                     self.opt_d.load_state_dict(state["opt_d"])
-                self.sched_d.load_state_dict(state["sched_d"])
+                if not replan:
+                    self.sched_d.load_state_dict(state["sched_d"])
                 if state["opt_d"] is None:  # the fresh optimiser has the base rate, not the schedule's
                     for group, lr in zip(self.opt_d.param_groups, self.sched_d.get_last_lr(), strict=True):
                         group["lr"] = lr
             self.opt_g.load_state_dict(state["opt_g"])
-            self.sched_g.load_state_dict(state["sched_g"])
+            if not replan:
+                self.sched_g.load_state_dict(state["sched_g"])
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise InputError(f"{path}: does not fit this run's config ({str(exc).splitlines()[0][:160]})") from exc
         self._apply_optimiser_settings()
@@ -374,10 +381,7 @@ class Trainer:
         self.scaler_d.load_state_dict(state["scaler_d"])
         set_rng_state(state["rng"])
         self.iteration = int(state["iteration"])
-        planned = int(state.get("planned_iterations", self.iterations))
-        # The optimiser's state brings back the learning rate it was built with: a --set that
-        # changes the rate or its schedule would be ignored without a re-plan.
-        if planned != self.iterations or self._schedule_settings_changed():
+        if replan:
             self._replan_schedules(planned)
         self.best = state.get("best")
         self.bicubic = state.get("bicubic")
@@ -420,10 +424,8 @@ class Trainer:
 
     def _schedule_settings_changed(self) -> bool:
         """Whether the learning rates or their schedule differ from the run's config.yaml."""
-        import yaml
-
         saved_path = self.run_dir / CONFIG_FILE
-        saved = (yaml.safe_load(saved_path.read_text()) or {}) if saved_path.is_file() else {}
+        saved = load_config(saved_path) if saved_path.is_file() else {}
         keys = ("lr", "schedule", "milestones", "gamma", "min_lr")
 
         def schedule(config: dict[str, Any]) -> dict[str, Any]:
@@ -570,7 +572,7 @@ class Trainer:
 
         config_path = self.run_dir / CONFIG_FILE
         if self.iteration and config_path.is_file():  # a resume: its log line names what --set changed
-            changes = changed_settings(yaml.safe_load(config_path.read_text()) or {}, self.config)
+            changes = changed_settings(load_config(config_path), self.config)
             self.changes_note = f"; settings changed: {', '.join(changes)}" if changes else ""
         write_text_atomically(config_path, yaml.safe_dump(self.config, sort_keys=False))
         log_file = open(self.run_dir / "train.log", "a")

@@ -469,14 +469,19 @@ def test_a_resume_logs_the_settings_it_changes(sun_hays, tmp_path):
     resume = ["--data", sun_hays, "--out", out, "--resume", "--workers", "0", "--no-progress"]
     assert run("srresnet", *resume, "--iters", 3, "--set", "train.lr=5e-4") == 0
     assert run("srresnet", *resume, "--iters", 4) == 0
+    # another kind of schedule: the saved constant schedule's state is not loaded into the new one
+    changed = ["--set", "train.schedule=multistep", "--set", "train.milestones=[3]", "--set", "train.lr=4e-4"]
+    assert run("srresnet", *resume, "--iters", 5, *changed) == 0
     lines = [line for line in (out / "train.log").read_text().splitlines() if " resume srresnet: " in line]
-    assert len(lines) == 2
+    assert len(lines) == 3
     assert lines[0].endswith("; settings changed: train.iterations 2 -> 3, train.lr 0.0001 -> 0.0005"), lines[0]
     assert lines[1].endswith("; settings changed: train.iterations 3 -> 4"), lines[1]
     assert "train.lr" not in lines[1]  # the resumed run goes on with what config.yaml recorded
-    # and the new rate is the one the optimiser used (the cosine schedule's, re-planned from 5e-4)
+    assert "train.lr 0.0005 -> 0.0004, train.schedule 'none' -> 'multistep', train.milestones [] -> [3]" in lines[2]
+    # and the new rate is the one the optimiser used
     lrs = [row["lr"] for row in read_csv(out / "loss.csv")]
     assert lrs[0] == pytest.approx(1e-4) and lrs[2] > 1e-4 and lrs[3] > 1e-4, lrs
+    assert lrs[4] == pytest.approx(4e-5)  # 4e-4, times the recipe's gamma 0.1 from iteration 3
 
 
 def run_interrupted(recipe: str, *args, at: int) -> int:
