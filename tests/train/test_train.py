@@ -70,6 +70,23 @@ def read_csv(path: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
+def tiny_init(folder: Path) -> Path:
+    """A 1-block, 8-feature SRResNet checkpoint (seeded) for the GAN recipes to start from."""
+    torch.manual_seed(1)
+    return save_checkpoint(
+        folder / "init.pt", SRResNet(num_blocks=1, num_features=8), {"num_blocks": 1, "num_features": 8}
+    )
+
+
+def tiny_realesrgan(sun_hays: Path, init: Path, vgg: Path) -> list:
+    """The realesrgan recipe on the tiny generator: 32-pixel crops, an 8-feature U-Net."""
+    return [
+        *TINY,
+        *("--data", sun_hays, "--perceptual-weights", vgg, "--allow-unknown-weights", "--set", f"init={init}"),
+        *("--set", "data.crop_size=32", "--set", "discriminator.num_features=8"),
+    ]
+
+
 def run(*args: str) -> int:
     return train_main([str(a) for a in args])
 
@@ -194,25 +211,10 @@ def test_overrides_build_the_requested_model_and_gaussian_degradation(sun_hays, 
 
 
 @pytest.mark.slow  # a training run
-def test_stopping_by_signal_saves_a_resumable_state(sun_hays, tmp_path, monkeypatch):
+def test_stopping_by_signal_saves_a_resumable_state(sun_hays, tmp_path):
     """SIGINT mid-run: the loop finishes the current iteration, saves state and exits 130."""
-    import os
-    import signal
-
-    from train import trainer
-
-    original = trainer.Trainer._generator_step
-    calls = {"n": 0}
-
-    def step_then_interrupt(self, lr, hr):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            os.kill(os.getpid(), signal.SIGINT)
-        return original(self, lr, hr)
-
-    monkeypatch.setattr(trainer.Trainer, "_generator_step", step_then_interrupt)
     out = tmp_path / "run"
-    assert run("srresnet", *TINY_SRRESNET, "--data", sun_hays, "--out", out, "--iters", 1000) == 130
+    assert run_interrupted("srresnet", *TINY_SRRESNET, "--data", sun_hays, "--out", out, "--iters", 1000, at=3) == 130
     assert torch.load(out / "state_latest.pt", weights_only=True)["iteration"] == 3
     assert "stopped by signal 2 at iteration 3" in (out / "train.log").read_text()
     assert load_checkpoint(out / "model_latest.pt").metadata["iterations"] == 3
@@ -224,10 +226,7 @@ def test_srgan_from_srresnet_init(sun_hays, set5_dir, tmp_path, random_vgg_file,
     """SRGAN (RANDOM VGG16, see the module docstring): starts from an SRResNet checkpoint,
     trains generator and discriminator, the discriminator loss falls, the result loads; the
     validation scores LPIPS and the best checkpoint is the lowest LPIPS."""
-    torch.manual_seed(1)
-    init = save_checkpoint(
-        tmp_path / "init.pt", SRResNet(num_blocks=1, num_features=8), {"num_blocks": 1, "num_features": 8}
-    )
+    init = tiny_init(tmp_path)
     out = tmp_path / "srgan"
     assert (
         run(
@@ -277,12 +276,8 @@ def test_realesrgan_unet_discriminator_trains_and_resumes_identically(sun_hays, 
     run vs the same run stopped at 2 and resumed give the same generator and discriminator bit for
     bit, spectral norm's power-iteration vectors included (they are state, not weights: a resume
     that lost them would differ)."""
-    torch.manual_seed(1)
-    init = save_checkpoint(
-        tmp_path / "init.pt", SRResNet(num_blocks=1, num_features=8), {"num_blocks": 1, "num_features": 8}
-    )
-    common = TINY + ["--data", sun_hays, "--perceptual-weights", random_vgg_file, "--allow-unknown-weights"]
-    common += ["--set", f"init={init}", "--set", "data.crop_size=32", "--set", "discriminator.num_features=8"]
+    init = tiny_init(tmp_path)
+    common = tiny_realesrgan(sun_hays, init, random_vgg_file)
     full, split = tmp_path / "full", tmp_path / "split"
     assert run("realesrgan", *common, "--out", full, "--iters", 4) == 0
     assert run("realesrgan", *common, "--out", split, "--iters", 2) == 0
@@ -530,13 +525,9 @@ def test_a_resume_from_a_slimmed_gan_state_keeps_the_scheduled_discriminator_rat
     (here halved at iteration 2), not the base rate."""
     from train.state import slim_state
 
-    torch.manual_seed(1)
-    init = save_checkpoint(
-        tmp_path / "init.pt", SRResNet(num_blocks=1, num_features=8), {"num_blocks": 1, "num_features": 8}
-    )
+    init = tiny_init(tmp_path)
     out = tmp_path / "gan"
-    args = [*TINY, "--data", sun_hays, "--perceptual-weights", random_vgg_file, "--allow-unknown-weights"]
-    args += ["--set", f"init={init}", "--set", "data.crop_size=32", "--set", "discriminator.num_features=8"]
+    args = tiny_realesrgan(sun_hays, init, random_vgg_file)
     args += ["--set", "train.schedule=multistep", "--set", "train.milestones=[2]", "--out", out, "--iters", 6]
     assert run_interrupted("realesrgan", *args, at=3) == 130
     slim_state(out / "state_latest.pt")
