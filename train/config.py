@@ -8,6 +8,7 @@ RUN_DIR/config.yaml, which `--resume` reads back.
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -40,15 +41,21 @@ def _yaml():
 _EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
 
 
-def _parse_yaml(text: str) -> Any:
-    """`yaml.safe_load` with `_EXPONENT_FLOAT` read as a float, at any depth."""
+@functools.cache
+def _loader() -> type:
+    """PyYAML's SafeLoader with `_EXPONENT_FLOAT` resolved as a float (made once)."""
     yaml = _yaml()
 
     class Loader(yaml.SafeLoader):
         pass
 
     Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789."))
-    return yaml.load(text, Loader=Loader)  # a SafeLoader subclass: no arbitrary objects
+    return Loader
+
+
+def _parse_yaml(text: str) -> Any:
+    """`yaml.safe_load` with `_EXPONENT_FLOAT` read as a float, at any depth."""
+    return _yaml().load(text, Loader=_loader())  # a SafeLoader subclass: no arbitrary objects
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -104,16 +111,17 @@ def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, A
     return out
 
 
-def changed_settings(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    """``"dotted.key old -> new"`` for every leaf that differs between two configs (a resumed
-    run's config.yaml and the one it goes on with), in `new`'s order; a missing leaf reads None."""
-    changes: list[str] = []
+def changed_settings(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    """``{"dotted.key": (old value, new value)}`` for every leaf that differs between two configs
+    (a resumed run's config.yaml and the one it goes on with), in `new`'s order; a missing leaf
+    reads None."""
+    changes: dict[str, tuple[Any, Any]] = {}
     for key in dict.fromkeys([*new, *old]):
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            changes += changed_settings(a, b, f"{prefix}{key}.")
+            changes |= changed_settings(a, b, f"{prefix}{key}.")
         elif a != b:
-            changes.append(f"{prefix}{key} {a!r} -> {b!r}")
+            changes[f"{prefix}{key}"] = (a, b)
     return changes
 
 

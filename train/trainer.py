@@ -115,6 +115,29 @@ def _resolve_milestones(milestones: list[float], iterations: int) -> list[int]:
     return sorted(int(round(m * iterations)) if 0 < m < 1 else int(m) for m in milestones)
 
 
+def adam_settings(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Adam's keyword arguments (lr, betas, weight_decay) for the generator and the discriminator:
+    the discriminator's rate and betas default to the generator's; it has no weight decay."""
+    train_cfg, disc_cfg = config["train"], config.get("discriminator") or {}
+    generator = {
+        "lr": float(train_cfg["lr"]),
+        "betas": tuple(train_cfg["betas"]),
+        "weight_decay": float(train_cfg.get("weight_decay") or 0.0),
+    }
+    discriminator = {
+        "lr": float(disc_cfg.get("lr", train_cfg["lr"])),
+        "betas": tuple(disc_cfg.get("betas", train_cfg["betas"])),
+        "weight_decay": 0.0,
+    }
+    return generator, discriminator
+
+
+# The settings whose change on a resume re-plans the learning-rate schedules.
+SCHEDULE_SETTINGS = frozenset(
+    {"train.lr", "train.schedule", "train.milestones", "train.gamma", "train.min_lr", "discriminator.lr"}
+)
+
+
 def make_scheduler(optimizer: torch.optim.Optimizer, train_cfg: dict[str, Any], iterations: int):
     kind = train_cfg.get("schedule") or "none"
     if kind == "none":
@@ -297,22 +320,14 @@ class Trainer:
 
     def _build_optimisers(self) -> None:
         """Optimisers, schedulers, AMP (autocast dtype and loss scalers) and the EMA."""
-        train_cfg, disc_cfg = self.config["train"], self.config.get("discriminator")
+        train_cfg = self.config["train"]
+        adam_g, adam_d = adam_settings(self.config)
         self.generator.to(self.device).train()
-        self.opt_g = torch.optim.Adam(
-            self.generator.parameters(),
-            lr=float(train_cfg["lr"]),
-            betas=tuple(train_cfg["betas"]),
-            weight_decay=float(train_cfg.get("weight_decay") or 0.0),
-        )
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), **adam_g)
         self.sched_g = make_scheduler(self.opt_g, train_cfg, self.iterations)
         self.opt_d = self.sched_d = None
         if self.discriminator is not None:
-            self.opt_d = torch.optim.Adam(
-                self.discriminator.parameters(),
-                lr=float(disc_cfg.get("lr", train_cfg["lr"])),
-                betas=tuple(disc_cfg.get("betas", train_cfg["betas"])),
-            )
+            self.opt_d = torch.optim.Adam(self.discriminator.parameters(), **adam_d)
             self.sched_d = make_scheduler(self.opt_d, train_cfg, self.iterations)
         # train.amp: true = fp16 autocast on CUDA (with loss scaling), nothing on the CPU;
         # "bf16" = bf16 autocast on either device (CPUs with AVX512-BF16 / AMX run it faster).
@@ -353,11 +368,18 @@ class Trainer:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
             raise InputError(f"{path}: unreadable training state ({str(exc).splitlines()[0][:120]})") from exc
+        saved_config = self.run_dir / CONFIG_FILE
+        changes = changed_settings(load_config(saved_config), self.config) if saved_config.is_file() else {}
+        self.changes_note = (
+            f"; settings changed: {', '.join(f'{key} {old!r} -> {new!r}' for key, (old, new) in changes.items())}"
+            if changes
+            else ""
+        )
         planned = int(state.get("planned_iterations", self.iterations))
         # The optimiser's state brings back the learning rate it was built with: a --set that
         # changes the rate or its schedule would be ignored without a re-plan (which builds the
         # schedules afresh: a saved schedule of another kind would not even load).
-        replan = planned != self.iterations or self._schedule_settings_changed()
+        replan = planned != self.iterations or not SCHEDULE_SETTINGS.isdisjoint(changes)
         try:
             self.generator.load_state_dict(state["generator"])
             if self.ema:
@@ -368,9 +390,9 @@ class Trainer:
                     self.opt_d.load_state_dict(state["opt_d"])
                 if not replan:
                     self.sched_d.load_state_dict(state["sched_d"])
-                if state["opt_d"] is None:  # the fresh optimiser has the base rate, not the schedule's
-                    for group, lr in zip(self.opt_d.param_groups, self.sched_d.get_last_lr(), strict=True):
-                        group["lr"] = lr
+                    if state["opt_d"] is None:  # the fresh optimiser has the base rate, not the schedule's
+                        for group, lr in zip(self.opt_d.param_groups, self.sched_d.get_last_lr(), strict=True):
+                            group["lr"] = lr
             self.opt_g.load_state_dict(state["opt_g"])
             if not replan:
                 self.sched_g.load_state_dict(state["sched_g"])
@@ -393,13 +415,14 @@ class Trainer:
         schedule: rebuild the learning-rate schedules from the config for N (base rates, cosine
         period, fractional milestones) and advance them to the current iteration, so the run ends
         its schedule at N instead of where the old plan ended."""
-        train_cfg, disc_cfg = self.config["train"], self.config.get("discriminator") or {}
-        pairs = [(self.opt_g, "sched_g", train_cfg["lr"])]
+        train_cfg = self.config["train"]
+        adam_g, adam_d = adam_settings(self.config)
+        pairs = [(self.opt_g, "sched_g", adam_g["lr"])]
         if self.opt_d is not None:
-            pairs.append((self.opt_d, "sched_d", disc_cfg.get("lr", train_cfg["lr"])))
+            pairs.append((self.opt_d, "sched_d", adam_d["lr"]))
         for opt, attr, lr in pairs:
             for group in opt.param_groups:
-                group["lr"] = group["initial_lr"] = float(lr)
+                group["lr"] = group["initial_lr"] = lr
             sched = make_scheduler(opt, train_cfg, self.iterations)
             with warnings.catch_warnings():  # stepping a fresh schedule forward, no optimizer step is due
                 warnings.simplefilter("ignore", UserWarning)
@@ -413,26 +436,13 @@ class Trainer:
 
     def _apply_optimiser_settings(self) -> None:
         """Adam's betas and weight decay from the config: the optimiser's saved state brings back
-        the ones it was built with, and a resume's --set must win."""
-        train_cfg, disc_cfg = self.config["train"], self.config.get("discriminator") or {}
-        for group in self.opt_g.param_groups:
-            group["betas"] = tuple(train_cfg["betas"])
-            group["weight_decay"] = float(train_cfg.get("weight_decay") or 0.0)
-        if self.opt_d is not None:
-            for group in self.opt_d.param_groups:
-                group["betas"] = tuple(disc_cfg.get("betas", train_cfg["betas"]))
-
-    def _schedule_settings_changed(self) -> bool:
-        """Whether the learning rates or their schedule differ from the run's config.yaml."""
-        saved_path = self.run_dir / CONFIG_FILE
-        saved = load_config(saved_path) if saved_path.is_file() else {}
-        keys = ("lr", "schedule", "milestones", "gamma", "min_lr")
-
-        def schedule(config: dict[str, Any]) -> dict[str, Any]:
-            train_cfg, disc_cfg = config.get("train") or {}, config.get("discriminator") or {}
-            return {**{k: train_cfg.get(k) for k in keys}, "discriminator.lr": disc_cfg.get("lr")}
-
-        return bool(changed_settings(schedule(saved), schedule(self.config)))
+        the ones it was built with, and a resume's --set must win (the rates are the schedules')."""
+        adam_g, adam_d = adam_settings(self.config)
+        for opt, settings in ((self.opt_g, adam_g), (self.opt_d, adam_d)):
+            if opt is None:  # no discriminator
+                continue
+            for group in opt.param_groups:
+                group.update(betas=settings["betas"], weight_decay=settings["weight_decay"])
 
     def save_state(self) -> Path:
         path = self.run_dir / STATE_FILE
@@ -570,11 +580,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         import yaml
 
-        config_path = self.run_dir / CONFIG_FILE
-        if self.iteration and config_path.is_file():  # a resume: its log line names what --set changed
-            changes = changed_settings(load_config(config_path), self.config)
-            self.changes_note = f"; settings changed: {', '.join(changes)}" if changes else ""
-        write_text_atomically(config_path, yaml.safe_dump(self.config, sort_keys=False))
+        write_text_atomically(self.run_dir / CONFIG_FILE, yaml.safe_dump(self.config, sort_keys=False))
         log_file = open(self.run_dir / "train.log", "a")
 
         def log(line: str) -> None:
