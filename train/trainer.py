@@ -263,11 +263,18 @@ class Trainer:
                 allow_unknown=allow_unknown_weights,
             ).to(self.device)
             self.feature_network = self.perceptual.source
+        # A folder given for the perceptual weights holds the LPIPS ones too; a single file does not.
+        lpips_dir = perceptual_weights if perceptual_weights and Path(perceptual_weights).is_dir() else None
+        # LPIPS as a training loss (Zhang et al. 2018 propose it as one): its learnt per-channel
+        # weights on unit-normalised features are the perceptual distance the validation scores.
+        self.lpips_loss_cfg = losses.get("lpips")
+        self.lpips_loss = None
+        if self.lpips_loss_cfg:
+            self.lpips_loss = LPIPS(str(self.lpips_loss_cfg.get("network", "vgg")), lpips_dir).to(self.device)
+            self.feature_network = self.feature_network or self.lpips_loss.source.describe()
         # GAN runs are judged (and their best checkpoint chosen) by LPIPS-Alex on the validation set.
         self.lpips = None
         if self.val_dir is not None and (c.get("val") or {}).get("lpips"):
-            # A folder given for the perceptual weights holds the LPIPS ones too; a single file does not.
-            lpips_dir = perceptual_weights if perceptual_weights and Path(perceptual_weights).is_dir() else None
             self.lpips = LPIPS("alex", lpips_dir).to(self.device)
         self.adv_cfg = losses.get("adversarial")
         # LDL's artifact loss compares the generator with its EMA copy (train.ema_decay must be set).
@@ -282,8 +289,10 @@ class Trainer:
             self.discriminator = build_discriminator(
                 disc_cfg["arch"], self.crop_size, int(disc_cfg.get("num_features", 64))
             ).to(self.device)
-        if not (self.pixel or self.perceptual or self.adv_cfg):
-            raise InputError("config: no loss is enabled (losses.pixel / perceptual / adversarial are all null)")
+        if not (self.pixel or self.perceptual or self.lpips_loss or self.adv_cfg):
+            raise InputError(
+                "config: no loss is enabled (losses.pixel / perceptual / lpips / adversarial are all null)"
+            )
 
     def _load_data(self) -> None:
         """Training images (every one decoded once, sizes checked against the crop), the
@@ -489,6 +498,8 @@ class Trainer:
                 parts["pixel"] = float(self.pixel["weight"]) * self.pixel_fn(sr.float(), hr)
             if self.perceptual is not None:
                 parts["percep"] = float(self.percep_cfg["weight"]) * self.perceptual(sr, hr)
+            if self.lpips_loss is not None:
+                parts["lpips"] = float(self.lpips_loss_cfg["weight"]) * self.lpips_loss(sr.float(), hr).mean()
             if self.artifact_cfg and self.ema is not None:
                 with torch.no_grad():
                     sr_ema = self.ema.model(lr)
