@@ -4,7 +4,7 @@
         --eval ../shared/data/benchmark/Set5 --eval ../shared/data/benchmark/Set14
 
 Stores the weights as float16 (half the size; loaded back as float32), keeps the training
-metadata that a model card needs (recipe, iterations, data, degradation, wall time, hardware)
+metadata that a model card needs (recipe, losses, iterations, data, degradation, wall time, hardware)
 and adds the x4 scores of the PACKAGED file as `sr-deploy eval` computes them, so the card, the
 metadata and what a user's eval prints are the same numbers. Take `model_latest.pt`, not
 `model_best.pt`: the best one is chosen on Set5, which is for evaluation only.
@@ -43,6 +43,10 @@ def package(
 ) -> dict:
     ckpt = load_checkpoint(source)
     meta = {k: ckpt.metadata[k] for k in KEEP if k in ckpt.metadata}
+    # The losses that made it (the recipe's name alone does not say, once --set changed them).
+    losses = (ckpt.metadata.get("train_config") or {}).get("losses") or {}
+    if any(losses.values()):
+        meta["losses"] = {name: spec for name, spec in losses.items() if spec}
     meta.update(extra)
     meta["source_checkpoint_sha256"] = ckpt.sha256
     save_checkpoint(output, ckpt.model, ckpt.config, meta, half=True)
