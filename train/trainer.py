@@ -270,6 +270,8 @@ class Trainer:
         self.lpips_loss_cfg = losses.get("lpips")
         self.lpips_loss = None
         if self.lpips_loss_cfg:
+            if not isinstance(self.lpips_loss_cfg, dict):
+                raise InputError(f"losses.lpips {self.lpips_loss_cfg!r}: expected {{network: vgg, weight: 1.0}}")
             self.lpips_loss = LPIPS(str(self.lpips_loss_cfg.get("network", "vgg")), lpips_dir).to(self.device)
             self.feature_network = self.feature_network or self.lpips_loss.source.describe()
         # GAN runs are judged (and their best checkpoint chosen) by LPIPS-Alex on the validation set.
@@ -499,7 +501,11 @@ class Trainer:
             if self.perceptual is not None:
                 parts["percep"] = float(self.percep_cfg["weight"]) * self.perceptual(sr, hr)
             if self.lpips_loss is not None:
-                parts["lpips"] = float(self.lpips_loss_cfg["weight"]) * self.lpips_loss(sr.float(), hr).mean()
+                # fp32 even under fp16 autocast: LPIPS unit-normalises features with an eps of 1e-10
+                # (zero in fp16) and their squared norms can pass fp16's 65504.
+                with torch.autocast(self.device.type, enabled=False):
+                    distance = self.lpips_loss(sr.float(), hr.float()).mean()
+                parts["lpips"] = float(self.lpips_loss_cfg.get("weight", 1.0)) * distance
             if self.artifact_cfg and self.ema is not None:
                 with torch.no_grad():
                     sr_ema = self.ema.model(lr)

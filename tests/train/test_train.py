@@ -433,7 +433,7 @@ def test_onto_adds_the_gan_weight_change_to_a_third_model(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------ errors
-@pytest.mark.parametrize("case", ["missing", "empty", "too_small", "no_vgg", "gan_without_init"])
+@pytest.mark.parametrize("case", ["missing", "empty", "too_small", "no_vgg", "gan_without_init", "lpips_not_a_mapping"])
 def test_input_errors_are_one_line_exit_2_before_training(case, sun_hays, tmp_path, capsys, monkeypatch):
     data, recipe, extra = sun_hays, "srresnet", []
     if case == "missing":
@@ -451,6 +451,8 @@ def test_input_errors_are_one_line_exit_2_before_training(case, sun_hays, tmp_pa
         monkeypatch.delenv("SR_DEPLOY_PERCEPTUAL_WEIGHTS", raising=False)
         monkeypatch.chdir(tmp_path)  # no ../shared/data beside it
         recipe, expected = "srgan", "vgg16 ImageNet weights not found"
+    elif case == "lpips_not_a_mapping":
+        extra, expected = ["--set", "losses.lpips=vgg"], "losses.lpips 'vgg': expected {network: vgg, weight: 1.0}"
     else:
         recipe, extra, expected = "srgan", ["--set", "init=null"], "a GAN recipe starts from a trained PSNR-oriented"
     out = tmp_path / "run"
