@@ -6,8 +6,10 @@
 Stores the weights as float16 (half the size; loaded back as float32), keeps the training
 metadata that a model card needs (recipe, losses, iterations, data, degradation, wall time, hardware)
 and adds the x4 scores of the PACKAGED file as `sr-deploy eval` computes them, so the card, the
-metadata and what a user's eval prints are the same numbers. Take `model_latest.pt`, not
-`model_best.pt`: the best one is chosen on Set5, which is for evaluation only.
+metadata and what a user's eval prints are the same numbers. For PSNR-oriented runs take
+`model_latest.pt`, not `model_best.pt`: the best one is chosen on Set5, which is for evaluation
+only. The perceptual `default-real` runs ship `model_best.pt` (the lowest Set5 LPIPS, since their
+curves turn after a few hundred iterations), and their model card says so.
 """
 
 from __future__ import annotations
