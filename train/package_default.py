@@ -33,6 +33,7 @@ KEEP = (
     "hardware",
     "init",
     "feature_network",
+    "lpips_loss_network",
 )
 
 

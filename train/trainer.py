@@ -251,7 +251,8 @@ class Trainer:
         self.pixel_fn = pixel_criterion(self.pixel["type"]) if self.pixel else None
         self.percep_cfg = losses.get("perceptual")
         self.perceptual = None
-        self.feature_network = None
+        self.feature_network = None  # the file behind the perceptual loss, else the LPIPS loss's
+        self.lpips_loss_network = None  # the file behind the LPIPS loss
         if self.percep_cfg:
             p = self.percep_cfg
             self.perceptual = PerceptualLoss(
@@ -273,7 +274,8 @@ class Trainer:
             if not isinstance(self.lpips_loss_cfg, dict):
                 raise InputError(f"losses.lpips {self.lpips_loss_cfg!r}: expected {{network: vgg, weight: 1.0}}")
             self.lpips_loss = LPIPS(str(self.lpips_loss_cfg.get("network", "vgg")), lpips_dir).to(self.device)
-            self.feature_network = self.feature_network or self.lpips_loss.source.describe()
+            self.lpips_loss_network = self.lpips_loss.source.describe()
+            self.feature_network = self.feature_network or self.lpips_loss_network
         # GAN runs are judged (and their best checkpoint chosen) by LPIPS-Alex on the validation set.
         self.lpips = None
         if self.val_dir is not None and (c.get("val") or {}).get("lpips"):
@@ -481,6 +483,7 @@ class Trainer:
             "wall_time_s": round(self.wall_time, 1),
             "hardware": hardware_description(self.device),
             "feature_network": self.feature_network,
+            "lpips_loss_network": self.lpips_loss_network,
             "train_config": self.config,
         }
         model = copy.deepcopy(self.eval_model()).cpu().eval()
@@ -620,6 +623,11 @@ class Trainer:
             + (
                 f"; perceptual features: {self.feature_network['release']} (sha256 {self.feature_network['sha256'][:12]})"
                 if self.feature_network
+                else ""
+            )
+            + (
+                f"; LPIPS loss: {self.lpips_loss_network['release']} (sha256 {self.lpips_loss_network['sha256'][:12]})"
+                if self.lpips_loss_network and self.lpips_loss_network is not self.feature_network
                 else ""
             )
         )

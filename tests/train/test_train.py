@@ -268,6 +268,7 @@ def test_srgan_from_srresnet_init(sun_hays, set5_dir, tmp_path, random_vgg_file,
     best = min(val, key=lambda r: r["lpips"])
     assert load_checkpoint(out / "model_best.pt").metadata["best_val"]["iteration"] == best["iteration"]
     assert trained.metadata["feature_network"]["release"] == "unknown"
+    assert trained.metadata["lpips_loss_network"] is None
 
 
 @pytest.mark.slow  # a training run
@@ -288,6 +289,7 @@ def test_lpips_loss_term_lowers_lpips(sun_hays, tmp_path, lpips_weights):
     assert "pixel" not in rows[0] and all(0 < r["lpips"] < 1.5 for r in rows)
     trained = load_checkpoint(out / "model_latest.pt")
     assert trained.metadata["feature_network"]["file"].endswith("lpips_vgg16_imagenet.npz")
+    assert trained.metadata["lpips_loss_network"] == trained.metadata["feature_network"]
 
     metric = LPIPS("vgg", lpips_weights)
     _, images = load_image_cache(sun_hays, min_size=32, max_images=8, progress=False)  # training saw the first 3
