@@ -31,7 +31,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -168,11 +168,17 @@ def upscaler_for(
     return load(model, device=device, precision=precision, backend=backend)
 
 
-def describe(model: str, upscaler: Backend) -> str:
-    """How reports name what was scored: ``bicubic``, or ``model.pt (torch, cpu, fp32)``."""
+def describe(model: str, upscaler: Backend, blend: Mapping[str, object] | None = None) -> str:
+    """How reports name what was scored: ``bicubic``, ``model.pt (torch, cpu, fp32)``, or for a
+    `--realism` blend (`sr_deploy.realism.realism_label`) ``psnr + gan @ realism A (torch, ...)``
+    rather than the name of its cached file."""
     if isinstance(upscaler, BicubicBackend):
         return "bicubic"
-    return f"{Path(str(model)).name} ({upscaler.name}, {upscaler.device}, {upscaler.precision})"
+    name = Path(str(model)).name
+    if blend is not None:
+        ends = (Path(str(blend[end])).name for end in ("psnr_model", "gan_model"))
+        name = f"{' + '.join(ends)} @ realism {blend['realism']:g}"
+    return f"{name} ({upscaler.name}, {upscaler.device}, {upscaler.precision})"
 
 
 # --------------------------------------------------------------------------------------------
@@ -383,12 +389,14 @@ def run_eval(
     metrics: Sequence[str] = ("psnr", "ssim"),
     perceptual_weights: str | Path | None = None,
     degrade: str | None = None,
+    blend: Mapping[str, object] | None = None,
 ) -> tuple[str, list[DatasetResult]]:
     """`sr-deploy eval`: build the upscaler once, check its scale, score every dataset.
 
     lr_dirs: none, or one per dataset (same order). degrade: an `eval --degrade` spec for the LR
     (`sr_deploy.degrade`), not together with lr_dirs. save_dir: SR images go to
-    save_dir/<dataset name>/. Returns what was scored (`describe`) and the results.
+    save_dir/<dataset name>/. blend: the `--realism` blend that `model` is (for the description).
+    Returns what was scored (`describe`) and the results.
     """
     if scale is not None and scale < 1:
         raise InputError(f"--scale must be a positive integer, got {scale}")
@@ -426,11 +434,21 @@ def run_eval(
             )
     finally:
         upscaler.close()
-    return describe(model, upscaler), results
+    return describe(model, upscaler, blend), results
 
 
-def write_json(path: str | Path, model: str, description: str, results: Sequence[DatasetResult]) -> Path:
-    """Write the results as JSON through a temporary name beside `path`, then rename."""
+def write_json(
+    path: str | Path,
+    model: str,
+    description: str,
+    results: Sequence[DatasetResult],
+    blend: Mapping[str, object] | None = None,
+) -> Path:
+    """Write the results as JSON through a temporary name beside `path`, then rename. A
+    `--realism` blend is recorded as ``"realism": {"realism", "psnr_model", "gan_model"}``."""
     path = Path(path)
-    payload = {"model": model, "upscaler": description, "datasets": [r.to_dict() for r in results]}
+    payload: dict[str, object] = {"model": model, "upscaler": description}
+    if blend is not None:
+        payload["realism"] = dict(blend)
+    payload["datasets"] = [r.to_dict() for r in results]
     return atomic_write_text(path, json.dumps(payload, indent=2) + "\n", make_parents=True)

@@ -104,6 +104,31 @@ def cache_dir() -> Path:
     return (Path(root) if root else Path.home() / ".cache" / "sr_deploy") / "realism"
 
 
+def _gan_end(model: str, gan_model: str | None) -> str:
+    """The GAN end of a `--realism` blend from `model`: `gan_model`, else the bundled partner.
+    InputError for a model that is not there (before any talk of partners), for a GAN end given
+    as `model`, and for a model without a bundled partner and no `gan_model`."""
+    if gan_model is not None:
+        return gan_model
+    gan_ends = {gan: psnr for psnr, gan in BUNDLED_PAIR.items()}
+    if model in gan_ends:
+        raise InputError(f"--realism blends from the faithful end: pass --model {gan_ends[model]} (A = 1 is {model})")
+    if model not in BUNDLED_PAIR:
+        if not resolve_model_path(model).is_file():  # a typo is a missing file, not a missing partner
+            raise InputError(f"{model}: no such model file")
+        ends = ", ".join(f"{psnr} (with {gan})" for psnr, gan in BUNDLED_PAIR.items())
+        raise InputError(f"--realism needs --gan-model PATH for {model} (bundled pairs: {ends})")
+    return BUNDLED_PAIR[model]
+
+
+def realism_label(model: str, gan_model: str | None, realism: float | None) -> dict[str, object] | None:
+    """What a report says about a blend, so its numbers can be traced and repeated:
+    ``{"realism": A, "psnr_model": model, "gan_model": the GAN end}``; None without `realism`."""
+    if realism is None:
+        return None
+    return {"realism": check_alpha(realism), "psnr_model": model, "gan_model": _gan_end(model, gan_model)}
+
+
 def resolve_realism(model: str, gan_model: str | None, realism: float | None) -> str:
     """The model to load for ``--model MODEL [--gan-model GAN] --realism A``.
 
@@ -117,16 +142,7 @@ def resolve_realism(model: str, gan_model: str | None, realism: float | None) ->
             raise InputError(f"--gan-model {gan_model}: give --realism A too (0 = {model}, 1 = {gan_model})")
         return model
     alpha = check_alpha(realism)
-    if gan_model is None:
-        gan_ends = {gan: psnr for psnr, gan in BUNDLED_PAIR.items()}
-        if model in gan_ends:
-            raise InputError(
-                f"--realism blends from the faithful end: pass --model {gan_ends[model]} (A = 1 is {model})"
-            )
-        if model not in BUNDLED_PAIR:
-            ends = ", ".join(f"{psnr} (with {gan})" for psnr, gan in BUNDLED_PAIR.items())
-            raise InputError(f"--realism needs --gan-model PATH for {model} (bundled pairs: {ends})")
-        gan_model = BUNDLED_PAIR[model]
+    gan_model = _gan_end(model, gan_model)
     if alpha == 0.0:
         return model
     if alpha == 1.0:

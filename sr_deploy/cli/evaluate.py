@@ -81,8 +81,10 @@ def eval_(
     """Score MODEL (a model file, `default`, or `bicubic`) on benchmark sets: PSNR / SSIM on Y,
     `scale` px borders cropped, LR by MATLAB bicubic, as the papers' tables; LPIPS on request."""
     from ..evaluation import parse_metrics, run_eval, write_json
+    from ..realism import realism_label
 
     metric_names = parse_metrics(metrics)
+    blend = realism_label(model, gan_model, realism)
     model = with_realism(model, gan_model, realism)
     description, results = run_eval(
         model,
@@ -97,6 +99,7 @@ def eval_(
         metrics=metric_names,
         perceptual_weights=perceptual_weights,
         degrade=degrade,
+        blend=blend,
     )
     if not quiet:
         for result in results:
@@ -104,5 +107,5 @@ def eval_(
     for result in results:
         click.echo(result.summary(description))
     if json_path:
-        write_json(json_path, model, description, results)
+        write_json(json_path, model, description, results, blend)
         click.echo(f"wrote {json_path}")
