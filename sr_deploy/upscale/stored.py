@@ -29,7 +29,7 @@ from ..util.text import first_line
 from ..video import VideoOptions
 from .options import UpscaleOptions, validate_options
 from .plan import Job, Outcome, kind_of, status
-from .run import UpscaleSummary, load_backend, run_one, run_todo, summarize, with_threads
+from .run import UpscaleSummary, load_backend, model_file, run_one, run_todo, summarize, with_threads
 
 
 def uses_store(inputs: Sequence[str | Path], output: str | Path) -> bool:
@@ -192,6 +192,7 @@ def plan_stored_checked(inputs: Sequence[str | Path], output: str | Path, option
     jobs = plan_stored(inputs, output, options.ext)
     if not jobs:
         raise InputError(f"no image or video files found in {', '.join(str(p) for p in inputs)}")
+    model_file(options.model)  # before a local OUT is made
     if not storage.is_uri(str(output)) and kind_of(output) is None:
         Path(output).mkdir(parents=True, exist_ok=True)
     return jobs

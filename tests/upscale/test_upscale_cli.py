@@ -154,6 +154,7 @@ def test_output_folder_inside_the_input_folder_is_not_read_back(set5_dir, model,
         (["INPUT", "-o", "out", "--realism", "2"], "--realism 2.0: must be between 0 and 1"),
         (["INPUT", "-o", "out", "--model", "MODEL", "--tile", "-1"], "--tile must be >= 0"),
         (["README", "-o", "out", "--model", "MODEL"], "not an image or video file"),
+        (["INPUT", "-o", "out", "--model", "nope.pt"], "nope.pt: no such model file"),
     ],
 )
 def test_bad_usage_is_one_line_exit_2(set5_dir, model, tmp_path, args, message):
@@ -165,10 +166,12 @@ def test_bad_usage_is_one_line_exit_2(set5_dir, model, tmp_path, args, message):
         "README": str(tmp_path / "README"),
         "out": str(tmp_path / "out"),
         "missing.png": str(tmp_path / "missing.png"),
+        "nope.pt": str(tmp_path / "nope.pt"),
     }
     result = run(*[subst.get(a, a) for a in args])
     assert result.exit_code == 2, result.output
     assert message in result.stderr and len(_error_lines(result)) == 1 and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()  # refused before the output folder is made
 
 
 def test_fp16_nan_batches_are_redone_in_fp32_with_a_warning(set5_dir, tmp_path):
