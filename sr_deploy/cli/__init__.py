@@ -1,6 +1,6 @@
 """The `sr-deploy` command line: a click group, each command a thin wrapper over the library.
 
-Errors: one line on stderr (`error: ...`), exit code 2 for bad usage or input, 1 for a runtime
+Errors: one line on stderr (`error: ...`; click's own usage errors too), exit code 2 for bad usage or input, 1 for a runtime
 failure, 130 for Ctrl-C. `--debug` (before the command) shows the traceback instead.
 
 The group and its error handling live here; each command area is a module of its own
@@ -26,9 +26,25 @@ from . import benchmark, evaluate, export, models, upscale
 __all__ = ["cli", "main"]
 
 
+def _usage_error(exc: click.UsageError) -> click.exceptions.Exit:
+    """click's own usage errors (an option value of the wrong type, a missing argument, an
+    unknown option or command) as the house's one line, with where to read more; exit 2."""
+    where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+    click.echo(f"error: {' '.join(exc.format_message().split())}{where}", err=True)
+    return click.exceptions.Exit(exc.exit_code)
+
+
 class _Group(click.Group):
     """Maps every error raised by a command to one line on stderr and an exit code, so that
     the console script and click's CliRunner behave the same."""
+
+    def make_context(self, info_name, args, parent=None, **extra):  # the group's own options
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # `sr-deploy` alone prints the help
+        except click.UsageError as exc:
+            raise _usage_error(exc) from None
 
     def invoke(self, ctx: click.Context):
         debug = bool(ctx.params.get("debug"))
@@ -37,6 +53,8 @@ class _Group(click.Group):
             os.environ[DEBUG_ENV] = "1"
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise _usage_error(exc) from None
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except KeyboardInterrupt:

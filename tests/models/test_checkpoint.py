@@ -171,3 +171,22 @@ def test_debug_shows_traceback(tmp_path) -> None:
         [sys.executable, "-m", "sr_deploy", "info", str(tmp_path / "t.pth")], capture_output=True, text=True
     )
     assert run.returncode == 2 and "Traceback" not in run.stderr and run.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["upscale", "x.png", "--realism", "abc"], "Invalid value for '--realism': 'abc' is not a valid float."),
+        (["eval", "default"], "Missing option '--dataset'. (see 'sr-deploy eval --help')"),
+        (["upscal", "x.png"], "No such command 'upscal'. Did you mean 'upscale'? (see 'sr-deploy --help')"),
+        (["--bogus", "info", "default"], "No such option '--bogus'. (see 'sr-deploy --help')"),
+    ],
+)
+def test_click_usage_errors_are_one_line_exit_2(args, message) -> None:
+    """Option values of the wrong type, missing options, unknown commands: click's own errors
+    follow the house rule too (one `error:` line, exit 2), not click's usage block."""
+    result = CliRunner().invoke(cli, args, prog_name="sr-deploy")
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert not result.stdout
