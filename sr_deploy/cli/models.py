@@ -19,6 +19,8 @@ def info(model: str, as_json: bool) -> None:
     from ..backends.cpu_precision import auto_precision
     from ..backends.torch_backend import resolve_device
     from ..models import count_flops_per_lr_pixel, count_parameters, load_checkpoint
+    from ..models.checkpoint import BUNDLED_PURPOSE
+    from ..realism import BUNDLED_PAIR
 
     ckpt = load_checkpoint(model)
     desc = {
@@ -55,8 +57,30 @@ def info(model: str, as_json: bool) -> None:
         click.echo(f"input size:  padded inside to a multiple of {ckpt.size_multiple} (any size works)")
     for note in ckpt.notes:
         click.echo(f"note:        {note}")
+    if model in BUNDLED_PURPOSE:
+        click.echo(f"bundled:     {model}: {BUNDLED_PURPOSE[model]}")
+        pair = next(((psnr, gan) for psnr, gan in BUNDLED_PAIR.items() if model in (psnr, gan)), None)
+        if pair:
+            click.echo(f"realism:     --model {pair[0]} --realism A blends {pair[0]} (0) with {pair[1]} (1)")
     for key, value in desc["metadata"].items():
-        click.echo(f"{key + ':':<12} {value}")
+        click.echo(f"{key + ':':<12} {plain(value)}")
+
+
+def plain(value: object) -> str:
+    """A metadata value as `info` prints it: mappings as ``key=value, ...`` (nested ones as
+    ``name: key=value, ...; name: ...``), a weights file as its release and short sha256,
+    lists comma-separated, None as ``none``."""
+    if value is None:
+        return "none"
+    if isinstance(value, dict):
+        if {"release", "sha256"} <= value.keys():
+            return f"{value['release']} (sha256 {str(value['sha256'])[:12]})"
+        if value and all(isinstance(v, dict) for v in value.values()):
+            return "; ".join(f"{k}: {plain(v)}" for k, v in value.items())
+        return ", ".join(f"{k}={plain(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(plain(v) for v in value) + "]"
+    return str(value)
 
 
 @click.command()

@@ -51,6 +51,14 @@ BUNDLED_MODELS = {
     "default-real": "default-real.pt",
     "default-real-psnr": "default-real-psnr.pt",
 }
+# What each is for, as `sr-deploy info` says it (the model cards: sr_deploy/weights/README.md).
+BUNDLED_PURPOSE = {
+    "default": "PSNR-oriented, for clean input and the paper tables (SRResNet, MSE on bicubic LR)",
+    "default-gan": "perceptual, for clean input: ESRGAN's GAN fine-tuning of `default` (sharper, invented texture)",
+    "default-real": "what `upscale` runs by default: for compressed and noisy photos and video "
+    "(Real-ESRGAN's degradations, L1 + LPIPS)",
+    "default-real-psnr": "the faithful twin of `default-real` (L1 only, same degradations)",
+}
 
 
 @dataclass

@@ -93,6 +93,21 @@ def test_default_real_is_what_upscale_runs_and_beats_default_gan_on_compressed_i
     assert scores["default-real"][0] > scores["default-gan"][0] and scores["default-real"][1] < scores["default-gan"][1]
 
 
+def test_info_says_what_a_bundled_model_is_for_and_prints_metadata_as_text() -> None:
+    """`info default-real`: its purpose, its --realism pair, and the losses / feature network /
+    scores as readable text rather than Python reprs."""
+    lines = CliRunner().invoke(cli, ["info", "default-real"]).output.splitlines()
+    field = {line.split(":", 1)[0]: line.split(":", 1)[1].strip() for line in lines}
+    assert field["bundled"].startswith("default-real: what `upscale` runs by default")
+    assert (
+        field["realism"] == "--model default-real-psnr --realism A blends default-real-psnr (0) with default-real (1)"
+    )
+    assert field["losses"] == "pixel: type=l1, weight=1.0; lpips: network=vgg, weight=1.0"
+    assert field["feature_network"].startswith("lpips_vgg16_imagenet.npz (torchvision vgg16-397923af")
+    assert field["eval_x4_y"].startswith("Set5: psnr=28.275, ssim=0.7962, lpips=0.1831; Set14: psnr=26.119")
+    assert not any("{" in line for line in lines), lines
+
+
 @pytest.mark.slow
 def test_default_gan_ships_with_its_provenance() -> None:
     """default-gan: same architecture as default (so it deploys and interpolates like it), its
