@@ -16,6 +16,7 @@ With no steps it is plain bicubic, so ``--degrade`` absent and ``--degrade bicub
 from __future__ import annotations
 
 import math
+import re
 import zlib
 from dataclasses import dataclass
 
@@ -28,6 +29,8 @@ from .metrics import bicubic_degrade
 
 STEPS = ("blur", "noise", "jpeg")
 _BOUNDS = {"blur": (0.0, 10.0), "noise": (0.0, 100.0), "jpeg": (1, 100)}
+# A plain ASCII decimal: float() would also take "1_0", non-ASCII digits and "nan" / "inf".
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,9 @@ class Degradation:
 
 
 def _number_text(value: float | int) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+    """The shortest text that reads back as `value` (10, 1.2, 10.0000001): a label never
+    rounds one spec onto another's."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 def jpeg_round_trip(levels: np.ndarray, quality: int) -> np.ndarray:
@@ -79,8 +84,9 @@ def jpeg_round_trip(levels: np.ndarray, quality: int) -> np.ndarray:
 
 def parse_degradation(spec: str | None) -> Degradation:
     """``"noise=10,jpeg=60"`` -> Degradation(noise=10.0, jpeg=60). None, ``""`` and ``bicubic``
-    are plain bicubic. InputError (one line, naming the step) for an unknown step, a repeated
-    one, a value that is not a number or is out of range."""
+    are plain bicubic, and a blur or noise sigma of 0 is no step (so ``blur=0,jpeg=40`` is named
+    ``jpeg=40``). InputError (one line, naming the step) for an unknown step, a repeated one, a
+    value that is not a plain decimal number or is out of range."""
     text = (spec or "").strip()
     if text in ("", "bicubic"):
         return Degradation()
@@ -95,13 +101,12 @@ def parse_degradation(spec: str | None) -> Degradation:
             )
         if name in values:
             raise InputError(f"--degrade {spec}: {name} is given twice")
-        try:
-            value = float(raw)
-        except ValueError:
-            raise InputError(f"--degrade {spec}: {name}={raw.strip()} is not a number") from None
+        if not _NUMBER.fullmatch(raw.strip()):
+            raise InputError(f"--degrade {spec}: {name}={raw.strip()} is not a number")
+        value = float(raw)
         low, high = _BOUNDS[name]
         if not math.isfinite(value) or not low <= value <= high or (name == "jpeg" and not value.is_integer()):
             kind = "an integer quality" if name == "jpeg" else "a sigma"
             raise InputError(f"--degrade {spec}: {name}={raw.strip()} must be {kind} in [{low}, {high}]")
         values[name] = int(value) if name == "jpeg" else value
-    return Degradation(**values)
+    return Degradation(**{name: value for name, value in values.items() if name == "jpeg" or value})

@@ -46,8 +46,9 @@ from .options import BACKEND_CHOICE, PRECISION_CHOICE, device_option, realism_op
     "--degrade",
     default=None,
     metavar="SPEC",
-    help="Degrade the LR for a real-world table: comma list of blur=SIGMA (on HR, before the bicubic "
-    "downscale), noise=SIGMA (8-bit levels, seeded per image), jpeg=QUALITY (OpenCV), e.g. noise=10,jpeg=60.",
+    help="Degrade the LR for a real-world table: comma list of blur=SIGMA (0-10, on HR, before the "
+    "bicubic downscale), noise=SIGMA (0-100 8-bit levels, seeded per image), jpeg=QUALITY (integer "
+    "1-100, OpenCV), e.g. noise=10,jpeg=60.",
 )
 @click.option(
     "--metrics", default="psnr,ssim", show_default=True, help="Comma list of psnr, ssim, lpips (LPIPS-Alex), lpips-vgg."

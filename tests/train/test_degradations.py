@@ -224,10 +224,16 @@ def test_parse_degradation_names_and_bounds():
     spec = parse_degradation("jpeg=50, noise=5,blur=1.2")
     assert spec == Degradation(blur=1.2, noise=5.0, jpeg=50)
     assert spec.name == "blur=1.2,noise=5,jpeg=50"  # the order they apply in, whatever was typed
+    assert parse_degradation("noise=10.0000001,jpeg=60").name == "noise=10.0000001,jpeg=60"  # not "noise=10"
+    assert parse_degradation("blur=0,noise=0,jpeg=40").name == "jpeg=40"  # a zero sigma is no step
+    assert parse_degradation("noise=0.0") == Degradation()
     for bad, message in [
         ("jpg=40", "'jpg=40' is not a step"),
         ("jpeg=40,jpeg=50", "jpeg is given twice"),
         ("noise=ten", "noise=ten is not a number"),
+        ("jpeg=1_0", "jpeg=1_0 is not a number"),  # float() takes these three
+        ("noise=\u0661\u0660", "is not a number"),
+        ("noise=nan", "noise=nan is not a number"),
         ("jpeg=0", "must be an integer quality in [1, 100]"),
         ("jpeg=40.5", "must be an integer quality"),
         ("blur=-1", "must be a sigma in [0.0, 10.0]"),
