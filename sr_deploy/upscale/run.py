@@ -302,14 +302,18 @@ def run_todo(
     return summary
 
 
-def plan_checked(inputs: Sequence[str | Path], output: str | Path, options: UpscaleOptions) -> list[Job]:
+def plan_checked(
+    inputs: Sequence[str | Path], output: str | Path, options: UpscaleOptions, model_needed: bool = True
+) -> list[Job]:
     """The options checked, the jobs planned and the output folder made: what every executor
-    does before any model is loaded. A missing model file fails here, before the folder is made."""
+    does before any model is loaded. A missing model file fails here, before the folder is made
+    (unless `model_needed` is False: the caller brings its own backend)."""
     validate_options(options)
     jobs = plan_jobs(inputs, output, options.ext)
     if not jobs:
         raise InputError(f"no image or video files found in {', '.join(str(p) for p in inputs)}")
-    model_file(options.model)
+    if model_needed:
+        model_file(options.model)
     if kind_of(output) is None:
         Path(output).mkdir(parents=True, exist_ok=True)
     return jobs
@@ -326,7 +330,7 @@ def upscale(
 
     Returns the summary; `summary.exit_code()` is the command's exit code.
     """
-    jobs = plan_checked(inputs, output, options)
+    jobs = plan_checked(inputs, output, options, model_needed=backend is None)
     options = with_threads(options)  # before the backend is loaded: it runs with the job's count
     pending = [job for job in jobs if options.overwrite or status(job.target) == "todo"]
     if backend is None and pending:
