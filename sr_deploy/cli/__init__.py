@@ -1,7 +1,8 @@
 """The `sr-deploy` command line: a click group, each command a thin wrapper over the library.
 
-Errors: one line on stderr (`error: ...`; click's own usage errors too), exit code 2 for bad usage or input, 1 for a runtime
-failure, 130 for Ctrl-C. `--debug` (before the command) shows the traceback instead.
+Errors: one line on stderr (`error: ...`; click's own usage errors too), exit code 2 for bad usage
+or input, 1 for a runtime failure, 130 for Ctrl-C. `--debug` (before the command) shows the
+traceback instead.
 
 The group and its error handling live here; each command area is a module of its own
 (`models`: info, sample, cache; `evaluate`: eval; `export`: export, build-engine; `upscale`;
