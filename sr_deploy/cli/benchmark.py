@@ -112,6 +112,7 @@ def benchmark(
         write_plot,
     )
 
+    requested = model  # the command that reproduces a blend names its ends, not the cached blend file
     model = with_realism(model, gan_model, realism)
     size_list = [parse_size(s) for s in parse_list(sizes, what="size")]
     try:
@@ -132,7 +133,7 @@ def benchmark(
         iters=iters,
         seconds=seconds,
         measure_peak=not no_peak,
-        command=command_line(model, click.get_current_context().params),
+        command=command_line(requested, click.get_current_context().params),
         progress=not quiet,
         onnx_models=onnx_models,
         video=video,

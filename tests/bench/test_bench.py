@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import shlex
 import time
 
 import numpy as np
@@ -275,6 +276,46 @@ def test_cli_prints_table_and_writes_json(tiny_checkpoint, tmp_path):
     assert data["command"].startswith(f"sr-deploy benchmark {tiny_checkpoint} ")
     assert "--sizes 16x16" in data["command"] and "--iters 3" in data["command"]
     assert data["rows"][0]["status"] == "ok" and data["rows"][0]["iters"] == 3
+
+
+def test_the_recorded_command_of_a_blend_names_its_ends_and_runs_again(tiny_checkpoint, tmp_path, monkeypatch):
+    """`benchmark M --gan-model G --realism A`: the report's command repeats that (the blend is a
+    cached file whose path alone, with --realism, would be refused), and running it works."""
+    monkeypatch.setenv("SR_DEPLOY_CACHE", str(tmp_path / "cache"))
+    gan = save_checkpoint(tmp_path / "gan.pt", _tiny(seed=1), TINY_CONFIG)
+    base = [
+        "--backends",
+        "torch",
+        "--sizes",
+        "16x16",
+        "--iters",
+        "2",
+        "--warmup",
+        "1",
+        "--no-peak",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
+    first = CliRunner().invoke(
+        cli,
+        [
+            "benchmark",
+            str(tiny_checkpoint),
+            "--gan-model",
+            str(gan),
+            "--realism",
+            "0.5",
+            *base,
+            "--json",
+            str(tmp_path / "a.json"),
+        ],
+    )
+    assert first.exit_code == 0, first.output
+    command = json.loads((tmp_path / "a.json").read_text())["command"]
+    assert command.startswith(f"sr-deploy benchmark {tiny_checkpoint} ") and f"--gan-model {gan}" in command
+    again = CliRunner().invoke(cli, shlex.split(command)[1:])
+    assert again.exit_code == 0, again.output
 
 
 @pytest.mark.parametrize(
