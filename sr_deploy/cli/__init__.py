@@ -27,11 +27,16 @@ from . import benchmark, evaluate, export, models, upscale
 __all__ = ["cli", "main"]
 
 
-def _usage_error(exc: click.UsageError) -> click.exceptions.Exit:
+# click >= 8.2 raises this (a UsageError) for a bare group, to print its help; older click exits.
+_HELP_FOR_NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+def _usage_error(exc: click.UsageError, command_path: str) -> click.exceptions.Exit:
     """click's own usage errors (an option value of the wrong type, a missing argument, an
-    unknown option or command) as the house's one line, with where to read more; exit 2."""
-    where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
-    click.echo(f"error: {' '.join(exc.format_message().split())}{where}", err=True)
+    unknown option or command) as the house's one line, with where to read more; exit 2.
+    `command_path`: the command to point at when click does not say which failed."""
+    where = exc.ctx.command_path if exc.ctx is not None else command_path
+    click.echo(f"error: {' '.join(exc.format_message().split())} (see '{where} --help')", err=True)
     return click.exceptions.Exit(exc.exit_code)
 
 
@@ -42,10 +47,10 @@ class _Group(click.Group):
     def make_context(self, info_name, args, parent=None, **extra):  # the group's own options
         try:
             return super().make_context(info_name, args, parent=parent, **extra)
-        except click.exceptions.NoArgsIsHelpError:
+        except _HELP_FOR_NO_ARGS:
             raise  # `sr-deploy` alone prints the help
         except click.UsageError as exc:
-            raise _usage_error(exc) from None
+            raise _usage_error(exc, info_name or "sr-deploy") from None
 
     def invoke(self, ctx: click.Context):
         debug = bool(ctx.params.get("debug"))
@@ -54,8 +59,11 @@ class _Group(click.Group):
             os.environ[DEBUG_ENV] = "1"
         try:
             return super().invoke(ctx)
+        except _HELP_FOR_NO_ARGS:
+            raise
         except click.UsageError as exc:
-            raise _usage_error(exc) from None
+            sub = ctx.invoked_subcommand  # set before the subcommand parses its arguments
+            raise _usage_error(exc, f"{ctx.command_path} {sub}" if sub else ctx.command_path) from None
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except KeyboardInterrupt:

@@ -180,6 +180,8 @@ def test_debug_shows_traceback(tmp_path) -> None:
         (["eval", "default"], "Missing option '--dataset'. (see 'sr-deploy eval --help')"),
         (["upscal", "x.png"], "No such command 'upscal'. Did you mean 'upscale'? (see 'sr-deploy --help')"),
         (["--bogus", "info", "default"], "No such option '--bogus'. (see 'sr-deploy --help')"),
+        # click names no command for an option without its value: the subcommand is still named
+        (["eval", "default", "--dataset"], "Option '--dataset' requires an argument. (see 'sr-deploy eval --help')"),
     ],
 )
 def test_click_usage_errors_are_one_line_exit_2(args, message) -> None:
@@ -190,3 +192,28 @@ def test_click_usage_errors_are_one_line_exit_2(args, message) -> None:
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
     assert not result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, code, first",
+    [([], 2, "Usage: sr-deploy"), (["--help"], 0, "Usage: sr-deploy"), (["--version"], 0, "sr-deploy, version")],
+)
+def test_help_and_version_are_untouched_by_the_usage_error_handling(args, code, first) -> None:
+    """`sr-deploy` alone and `--help` print the whole help, `--version` the version."""
+    result = CliRunner().invoke(cli, args, prog_name="sr-deploy")
+    assert result.exit_code == code and result.output.startswith(first), result.output
+    assert args == ["--version"] or "Commands:" in result.output
+    assert "error:" not in result.output
+
+
+def test_info_prints_nested_metadata_with_its_nesting_and_unknown_weights_by_file() -> None:
+    from sr_deploy.cli.models import plain
+
+    assert (
+        plain({"model": {"arch": "SRResNet", "num_blocks": 16}, "scale": 4})
+        == "model=(arch=SRResNet, num_blocks=16), scale=4"
+    )
+    assert plain({"pixel": {"type": "l1"}, "lpips": {"network": "vgg"}}) == "pixel: type=l1; lpips: network=vgg"
+    assert plain([{"a": 1}, {"a": 2}]) == "[(a=1), (a=2)]" and plain(None) == "none"
+    weights = {"arch": "vgg16", "file": "mine.npz", "sha256": "0123456789abcdef", "release": "unknown"}
+    assert plain(weights) == "mine.npz (sha256 0123456789ab)"
