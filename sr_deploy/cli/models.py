@@ -66,20 +66,23 @@ def info(model: str, as_json: bool) -> None:
         click.echo(f"{key + ':':<12} {plain(value)}")
 
 
-def plain(value: object) -> str:
-    """A metadata value as `info` prints it: mappings as ``key=value, ...`` (nested ones as
-    ``name: key=value, ...; name: ...``), a weights file as its release and short sha256,
-    lists comma-separated, None as ``none``."""
+def plain(value: object, nested: bool = False) -> str:
+    """A metadata value as `info` prints it: a mapping as ``key=value, ...`` (one nested in
+    another in parentheses; one whose values are all mappings as ``name: key=value, ...; name:
+    ...``), a weights file as its release (its file name when the release is unknown) and short
+    sha256, lists in brackets, None as ``none``."""
     if value is None:
         return "none"
     if isinstance(value, dict):
         if {"release", "sha256"} <= value.keys():
-            return f"{value['release']} (sha256 {str(value['sha256'])[:12]})"
-        if value and all(isinstance(v, dict) for v in value.values()):
+            name = value["release"] if value["release"] != "unknown" else value.get("file", "unknown")
+            return f"{name} (sha256 {str(value['sha256'])[:12]})"
+        if not nested and value and all(isinstance(v, dict) for v in value.values()):
             return "; ".join(f"{k}: {plain(v)}" for k, v in value.items())
-        return ", ".join(f"{k}={plain(v)}" for k, v in value.items())
+        text = ", ".join(f"{k}={plain(v, nested=True)}" for k, v in value.items())
+        return f"({text})" if nested else text
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(plain(v) for v in value) + "]"
+        return "[" + ", ".join(plain(v, nested=True) for v in value) + "]"
     return str(value)
 
 
