@@ -89,11 +89,9 @@ def model_file_scale(model: str | Path) -> tuple[Path, int]:
     """(model file, scale) of anything `sr_deploy.backends.load` takes by name: a checkpoint or a
     bundled name, an .onnx file or a TensorRT engine (its kind's `read_scale`). InputError names
     the file and the cause."""
-    from .models import resolve_model_path
+    from .models import existing_model_path
 
-    path = resolve_model_path(model)
-    if not path.is_file():
-        raise InputError(f"{path}: no such model file")
+    path = existing_model_path(model)
     kind = kind_of_file(path) or file_kind("checkpoint")  # load_checkpoint says what else it is not
     return path, kind.read_scale(path)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .errors import InputError
-from .models import load_checkpoint, resolve_model_path, save_checkpoint
+from .models import existing_model_path, load_checkpoint, save_checkpoint
 from .util.files import file_sha256
 
 # The bundled pairs, PSNR end -> GAN end: `--realism A` with the PSNR end blends it with its GAN
@@ -114,14 +114,13 @@ def _gan_end(model: str, gan_model: str | None) -> str:
     if model in gan_ends:
         raise InputError(f"--realism blends from the faithful end: pass --model {gan_ends[model]} (A = 1 is {model})")
     if model not in BUNDLED_PAIR:
-        if not resolve_model_path(model).is_file():  # a typo is a missing file, not a missing partner
-            raise InputError(f"{model}: no such model file")
+        existing_model_path(model)  # a typo is a missing file, not a missing partner
         ends = ", ".join(f"{psnr} (with {gan})" for psnr, gan in BUNDLED_PAIR.items())
         raise InputError(f"--realism needs --gan-model PATH for {model} (bundled pairs: {ends})")
     return BUNDLED_PAIR[model]
 
 
-def realism_label(model: str, gan_model: str | None, realism: float | None) -> dict[str, object] | None:
+def realism_blend(model: str, gan_model: str | None, realism: float | None) -> dict[str, object] | None:
     """What a report says about a blend, so its numbers can be traced and repeated:
     ``{"realism": A, "psnr_model": model, "gan_model": the GAN end}``; None without `realism`."""
     if realism is None:
@@ -148,10 +147,7 @@ def resolve_realism(model: str, gan_model: str | None, realism: float | None) ->
     if alpha == 1.0:
         return gan_model
     # The cache key needs only the files' bytes: hash them, building no model on a cache hit.
-    paths = [resolve_model_path(m) for m in (model, gan_model)]
-    for path in paths:
-        if not path.is_file():
-            raise InputError(f"{path}: no such model file")
+    paths = [existing_model_path(m) for m in (model, gan_model)]
     psnr_sha, gan_sha = (file_sha256(path) for path in paths)
     key = hashlib.sha256(f"{psnr_sha}:{gan_sha}:{alpha!r}".encode()).hexdigest()[:20]
     target = cache_dir() / f"realism-{alpha:.3f}-{key}.pt"

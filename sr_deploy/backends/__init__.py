@@ -68,12 +68,10 @@ def load(
             )
         return runner.open(model, device, precision, **options)
 
-    from ..models import resolve_model_path
+    from ..models import existing_model_path
 
-    path = resolve_model_path(model)
+    path = existing_model_path(model)
     owner = spec_for_suffix(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such model file")
     runner = asked or owner
     if not runner.opens(path.suffix.lower()):
         raise InputError(owner.refusal.format(path=path, backend=runner.name))

@@ -4,6 +4,7 @@ from .checkpoint import (
     ARCHITECTURES,
     LoadedCheckpoint,
     count_parameters,
+    existing_model_path,
     fold_batch_norm,
     load_checkpoint,
     load_model,
@@ -34,6 +35,7 @@ __all__ = [
     "live_values_per_hr_pixel",
     "load_model",
     "native_specs",
+    "existing_model_path",
     "resolve_model_path",
     "save_checkpoint",
 ]

@@ -109,6 +109,15 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
     return Path(name_or_path)
 
 
+def existing_model_path(name_or_path: str | Path) -> Path:
+    """`resolve_model_path`, and InputError ``PATH: no such model file`` when nothing is there:
+    the one check every command makes before it reads, loads or plans around a model."""
+    path = resolve_model_path(name_or_path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such model file")
+    return path
+
+
 def save_checkpoint(
     path: str | Path,
     model: nn.Module,
@@ -150,9 +159,7 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     Raises `InputError` with one line naming the file for a missing, empty, truncated or
     unreadable file, an unrecognised key layout, or weights that do not fit the architecture.
     """
-    path = resolve_model_path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such model file")
+    path = existing_model_path(path)
     if path.stat().st_size == 0:
         raise InputError(f"{path}: empty file, not a PyTorch checkpoint")
     obj, file_metadata = read_weights_file(path)

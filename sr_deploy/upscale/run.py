@@ -75,24 +75,14 @@ def summarize(outcomes: Sequence[Outcome]) -> UpscaleSummary:
     return summary
 
 
-def model_file(model: str | Path) -> Path:
-    """The file behind a model name or path; InputError when it is not there (a bundled model
-    not in this installation gets its own message)."""
-    from ..models import resolve_model_path
-
-    path = resolve_model_path(model)
-    if not path.is_file():
-        raise InputError(f"{path}: no such model file")
-    return path
-
-
 def load_backend(options: UpscaleOptions, log: Log = to_stderr) -> Backend:
     """The backend for `options` (model, backend, device, precision), wrapped in `Fp32Fallback`
     (NaN/Inf check; fp32 re-run below fp32), running with the job's `threads` on the CPU (torch's
     process-wide count; ONNX Runtime's session). Raises InputError for a model that is not there."""
     from ..backends import load
+    from ..models import existing_model_path
 
-    path = model_file(options.model)
+    path = existing_model_path(options.model)
     extra = {}
     if options.threads and _opened_by(path, options.backend) == "onnxruntime" and _on_cpu(options.device):
         extra["threads"] = options.threads
@@ -305,15 +295,17 @@ def run_todo(
 def plan_checked(
     inputs: Sequence[str | Path], output: str | Path, options: UpscaleOptions, model_needed: bool = True
 ) -> list[Job]:
-    """The options checked, the jobs planned and the output folder made: what every executor
-    does before any model is loaded. A missing model file fails here, before the folder is made
-    (unless `model_needed` is False: the caller brings its own backend)."""
+    """The options and the model file checked, the jobs planned and the output folder made: what
+    every executor does before any model is loaded, so that a bad option or a missing model leaves
+    nothing behind. `model_needed` False: the caller brings its own backend."""
+    from ..models import existing_model_path
+
     validate_options(options)
+    if model_needed:
+        existing_model_path(options.model)
     jobs = plan_jobs(inputs, output, options.ext)
     if not jobs:
         raise InputError(f"no image or video files found in {', '.join(str(p) for p in inputs)}")
-    if model_needed:
-        model_file(options.model)
     if kind_of(output) is None:
         Path(output).mkdir(parents=True, exist_ok=True)
     return jobs
@@ -326,7 +318,8 @@ def upscale(
     log: Log = to_stderr,
     backend: Backend | None = None,
 ) -> UpscaleSummary:
-    """Plan, load the backend (unless given, or unless every output already exists), run.
+    """Plan (the model file must exist unless `backend` is given), load the backend (unless
+    given, or unless every output already exists), run.
 
     Returns the summary; `summary.exit_code()` is the command's exit code.
     """

@@ -22,6 +22,7 @@ from pathlib import Path
 from ..backends.base import Backend
 from ..errors import InputError, SRDeployError
 from ..imaging import OUTPUT_IMAGE_FORMATS
+from ..models import existing_model_path
 from ..util import storage
 from ..util.log import Progress as Log
 from ..util.log import to_stderr
@@ -29,7 +30,7 @@ from ..util.text import first_line
 from ..video import VideoOptions
 from .options import UpscaleOptions, validate_options
 from .plan import Job, Outcome, kind_of, status
-from .run import UpscaleSummary, load_backend, model_file, run_one, run_todo, summarize, with_threads
+from .run import UpscaleSummary, load_backend, run_one, run_todo, summarize, with_threads
 
 
 def uses_store(inputs: Sequence[str | Path], output: str | Path) -> bool:
@@ -187,12 +188,13 @@ def run_staged(
 
 
 def plan_stored_checked(inputs: Sequence[str | Path], output: str | Path, options: UpscaleOptions) -> list[Job]:
-    """`run.plan_checked` for locations: options and stores checked, jobs planned, a local OUT made."""
+    """`run.plan_checked` for locations: options and model file checked, stores checked, jobs
+    planned, a local OUT made."""
     validate_options(options)
+    existing_model_path(options.model)  # before the stores are listed or a local OUT is made
     jobs = plan_stored(inputs, output, options.ext)
     if not jobs:
         raise InputError(f"no image or video files found in {', '.join(str(p) for p in inputs)}")
-    model_file(options.model)  # before a local OUT is made
     if not storage.is_uri(str(output)) and kind_of(output) is None:
         Path(output).mkdir(parents=True, exist_ok=True)
     return jobs

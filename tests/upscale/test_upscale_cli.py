@@ -146,6 +146,16 @@ def test_output_folder_inside_the_input_folder_is_not_read_back(set5_dir, model,
     assert [p.name for p in out.iterdir()] == ["a.png"]
 
 
+def test_a_library_caller_with_its_own_backend_needs_no_model_file(set5_dir, model, tmp_path):
+    """`upscale(..., backend=B)`: the options' model name is a label, not a file to check."""
+    from sr_deploy.upscale import UpscaleOptions, upscale
+
+    write_image(tmp_path / "in.png", _rgb(set5_dir / "bird.png"))
+    options = UpscaleOptions(model="in-memory-model", progress=False, device="cpu")
+    summary = upscale([tmp_path / "in.png"], tmp_path / "out.png", options, backend=cpu_backend(model))
+    assert summary.done == [tmp_path / "out.png"] and read_image(tmp_path / "out.png").shape == (96, 128, 3)
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
