@@ -170,7 +170,7 @@ def upscaler_for(
 
 def describe(model: str, upscaler: Backend, blend: Mapping[str, object] | None = None) -> str:
     """How reports name what was scored: ``bicubic``, ``model.pt (torch, cpu, fp32)``, or for a
-    `--realism` blend (`sr_deploy.realism.realism_label`) ``psnr + gan @ realism A (torch, ...)``
+    `--realism` blend (`sr_deploy.realism.realism_blend`) ``psnr + gan @ realism A (torch, ...)``
     rather than the name of its cached file."""
     if isinstance(upscaler, BicubicBackend):
         return "bicubic"

@@ -351,6 +351,11 @@ def test_eval_of_a_blend_names_both_ends_and_the_realism(pair, tmp_path, set5_di
     assert direct.exit_code == 0, direct.output
     assert json.loads((tmp_path / "d.json").read_text())["datasets"] == report["datasets"]
     assert "realism" not in json.loads((tmp_path / "d.json").read_text())
+    bicubic = CliRunner().invoke(cli, ["eval", "bicubic", "--dataset", str(set5_dir), "--realism", "0.5"])
+    assert (
+        bicubic.exit_code == 2
+        and bicubic.output.strip() == "error: --realism blends two models' weights; bicubic has none"
+    )
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..errors import InputError
 from .options import BACKEND_CHOICE, PRECISION_CHOICE, device_option, realism_options, with_realism
 
 
@@ -82,10 +83,12 @@ def eval_(
     """Score MODEL (a model file, `default`, or `bicubic`) on benchmark sets: PSNR / SSIM on Y,
     `scale` px borders cropped, LR by MATLAB bicubic, as the papers' tables; LPIPS on request."""
     from ..evaluation import parse_metrics, run_eval, write_json
-    from ..realism import realism_label
+    from ..realism import realism_blend
 
     metric_names = parse_metrics(metrics)
-    blend = realism_label(model, gan_model, realism)
+    if model == "bicubic" and (realism is not None or gan_model is not None):
+        raise InputError("--realism blends two models' weights; bicubic has none")
+    blend = realism_blend(model, gan_model, realism)
     model = with_realism(model, gan_model, realism)
     description, results = run_eval(
         model,
