@@ -33,6 +33,8 @@ from sr_deploy.models import SRResNet, count_flops_per_lr_pixel, save_checkpoint
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 TINY_CONFIG = {"scale": 4, "num_blocks": 1, "num_features": 8, "batch_norm": False}
+# The CLI tests' timing options: one tiny size, a few calls, no peak-memory pass, quiet.
+QUICK_CPU_RUN = ["--sizes", "16x16", "--iters", "3", "--warmup", "1", "--no-peak", "--device", "cpu", "--quiet"]
 
 
 def _tiny(seed: int = 0) -> SRResNet:
@@ -254,16 +256,7 @@ def test_cli_prints_table_and_writes_json(tiny_checkpoint, tmp_path):
             str(tiny_checkpoint),
             "--backends",
             "torch-nchw,tensorrt",
-            "--sizes",
-            "16x16",
-            "--iters",
-            "3",
-            "--warmup",
-            "1",
-            "--no-peak",
-            "--device",
-            "cpu",
-            "--quiet",
+            *QUICK_CPU_RUN,
             "--json",
             str(out),
         ],
@@ -283,20 +276,7 @@ def test_the_recorded_command_of_a_blend_names_its_ends_and_runs_again(tiny_chec
     cached file whose path alone, with --realism, would be refused), and running it works."""
     monkeypatch.setenv("SR_DEPLOY_CACHE", str(tmp_path / "cache"))
     gan = save_checkpoint(tmp_path / "gan.pt", _tiny(seed=1), TINY_CONFIG)
-    base = [
-        "--backends",
-        "torch",
-        "--sizes",
-        "16x16",
-        "--iters",
-        "2",
-        "--warmup",
-        "1",
-        "--no-peak",
-        "--device",
-        "cpu",
-        "--quiet",
-    ]
+    base = ["--backends", "torch", *QUICK_CPU_RUN]
     first = CliRunner().invoke(
         cli,
         [
