@@ -614,21 +614,19 @@ class Trainer:
 
     def _log_start(self, log: Log, start: int) -> None:
         """The run's first log line, and the bicubic reference scores (computed once per run)."""
+        weights = {"perceptual features": self.feature_network}
+        if self.lpips_loss_network is not self.feature_network:  # named once when it is the same file
+            weights["LPIPS loss"] = self.lpips_loss_network
         log(
             f"{'resume' if start else 'start'} {self.recipe}: {type(self.generator).__name__}({self.model_kwargs}) "
             f"on {hardware_description(self.device)}; {len(self.train_images)} training images from {self.data_dir}; "
             f"crop {self.crop_size}, batch {self.batch_size}, iterations {start}->{self.iterations}"
             f"{f', autocast {self.amp_dtype}' if self.amp_dtype is not None else ''}{self.init_note}"
             f"{getattr(self, 'replan_note', '')}{getattr(self, 'changes_note', '')}"
-            + (
-                f"; perceptual features: {self.feature_network['release']} (sha256 {self.feature_network['sha256'][:12]})"
-                if self.feature_network
-                else ""
-            )
-            + (
-                f"; LPIPS loss: {self.lpips_loss_network['release']} (sha256 {self.lpips_loss_network['sha256'][:12]})"
-                if self.lpips_loss_network and self.lpips_loss_network is not self.feature_network
-                else ""
+            + "".join(
+                f"; {role}: {network['release']} (sha256 {network['sha256'][:12]})"
+                for role, network in weights.items()
+                if network
             )
         )
         if self.valset is not None and self.bicubic is None:
