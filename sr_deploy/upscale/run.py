@@ -21,6 +21,7 @@ from pathlib import Path
 from ..backends.base import Backend
 from ..backends.fp32_fallback import Fp32Fallback
 from ..errors import InputError, SRDeployError
+from ..util import storage
 from ..util.files import exclusive_output, file_sha256
 from ..util.log import Progress as Log
 from ..util.log import debug_traceback, to_stderr
@@ -293,20 +294,25 @@ def run_todo(
 
 
 def plan_checked(
-    inputs: Sequence[str | Path], output: str | Path, options: UpscaleOptions, model_needed: bool = True
+    inputs: Sequence[str | Path],
+    output: str | Path,
+    options: UpscaleOptions,
+    model_needed: bool = True,
+    planner: Callable[[Sequence[str | Path], str | Path, str], list[Job]] = plan_jobs,
 ) -> list[Job]:
-    """The options and the model file checked, the jobs planned and the output folder made: what
-    every executor does before any model is loaded, so that a bad option or a missing model leaves
-    nothing behind. `model_needed` False: the caller brings its own backend."""
+    """The options and the model file checked, the jobs planned and a local output folder made:
+    what every executor does before any model is loaded, so that a bad option or a missing model
+    leaves nothing behind. `model_needed` False: the caller brings its own backend. `planner`:
+    `plan.plan_jobs` for local paths, `stored.plan_stored` for locations that may be URIs."""
     from ..models import existing_model_path
 
     validate_options(options)
     if model_needed:
         existing_model_path(options.model)
-    jobs = plan_jobs(inputs, output, options.ext)
+    jobs = planner(inputs, output, options.ext)
     if not jobs:
         raise InputError(f"no image or video files found in {', '.join(str(p) for p in inputs)}")
-    if kind_of(output) is None:
+    if not storage.is_uri(str(output)) and kind_of(output) is None:
         Path(output).mkdir(parents=True, exist_ok=True)
     return jobs
 

@@ -22,15 +22,14 @@ from pathlib import Path
 from ..backends.base import Backend
 from ..errors import InputError, SRDeployError
 from ..imaging import OUTPUT_IMAGE_FORMATS
-from ..models import existing_model_path
 from ..util import storage
 from ..util.log import Progress as Log
 from ..util.log import to_stderr
 from ..util.text import first_line
 from ..video import VideoOptions
-from .options import UpscaleOptions, validate_options
+from .options import UpscaleOptions
 from .plan import Job, Outcome, kind_of, status
-from .run import UpscaleSummary, load_backend, run_one, run_todo, summarize, with_threads
+from .run import UpscaleSummary, load_backend, plan_checked, run_one, run_todo, summarize, with_threads
 
 
 def uses_store(inputs: Sequence[str | Path], output: str | Path) -> bool:
@@ -188,16 +187,9 @@ def run_staged(
 
 
 def plan_stored_checked(inputs: Sequence[str | Path], output: str | Path, options: UpscaleOptions) -> list[Job]:
-    """`run.plan_checked` for locations: options and model file checked, stores checked, jobs
-    planned, a local OUT made."""
-    validate_options(options)
-    existing_model_path(options.model)  # before the stores are listed or a local OUT is made
-    jobs = plan_stored(inputs, output, options.ext)
-    if not jobs:
-        raise InputError(f"no image or video files found in {', '.join(str(p) for p in inputs)}")
-    if not storage.is_uri(str(output)) and kind_of(output) is None:
-        Path(output).mkdir(parents=True, exist_ok=True)
-    return jobs
+    """`run.plan_checked` for locations: options and model file checked, then the stores as the
+    jobs are planned, a local OUT made."""
+    return plan_checked(inputs, output, options, planner=plan_stored)
 
 
 def upscale_stored(
