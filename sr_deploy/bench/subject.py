@@ -47,7 +47,7 @@ def load_subject(model: str | Path | nn.Module) -> Subject:
         if scale is None:
             raise InputError(f"{type(model).__name__}: no `scale` attribute")
         return Subject(type(model).__name__, model.eval(), type(model).__name__, int(scale))
-    from ..models import load_checkpoint, resolve_model_path
+    from ..models import existing_model_path, load_checkpoint, resolve_model_path
 
     path = resolve_model_path(model)
     spec_for_suffix(path)  # the one message for a suffix no backend opens
@@ -64,9 +64,7 @@ def load_subject(model: str | Path | nn.Module) -> Subject:
             onnx_precision=graph_precision(proto),
         )
     if kind is not None and kind.name == "engine":
-        if not path.is_file():
-            raise InputError(f"{path}: no such model file")
-        return Subject(str(model), None, "TensorRT engine", 0, engine_path=path)
+        return Subject(str(model), None, "TensorRT engine", 0, engine_path=existing_model_path(path))
     ckpt = load_checkpoint(path)
     return Subject(str(model), ckpt.model, ckpt.arch, ckpt.scale)
 
