@@ -242,19 +242,19 @@ def run_jobs_on_ray(
     from tqdm import tqdm
 
     ray = import_ray()
+    model = model_files(options.model)
+    options = dataclasses.replace(options, model_id=model_files_id(*model))  # hashed once, from the bytes sent
     outcomes, todo = (stored_jobs_to_run if stored else jobs_to_run)(jobs, options, log)  # skip / resume
     summary = summarize(outcomes)
     if not todo:
         if stored:
             sweep_partials(summary, log)
         return summary
-    model = model_files(options.model)
     scratch = Path(tempfile.mkdtemp(prefix="sr-deploy-ray-"))
     driver, started = (StoredRemoteRun if stored else RemoteRun)(todo, summary, log), False
     bar = None
     try:
         started = _connect(ray, ray_options.address)  # first: the precision is decided for the pool's devices
-        options = dataclasses.replace(options, model_id=model_files_id(*model))  # hashed once, from the bytes sent
         cpu_workers = not _gpus_each(ray, options, ray_options)
         if cpu_workers:
             options = _fit_threads(ray, options)

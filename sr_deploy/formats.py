@@ -28,6 +28,9 @@ class ImageFormat:
         lossless (PNG, TIFF, BMP ignore `--quality`).
     orientation: OpenCV applies its EXIF orientation on reading (and it has no alpha to keep).
     ext_choice: offered by `sr-deploy upscale --ext`.
+    text: where the file keeps text fields (how an output was made, `upscale`'s skip rule reads it
+        back): ``"tEXt"`` PNG text chunks, ``"COM"`` JPEG comment segments; None: nowhere that
+        sr-deploy writes (BMP, TIFF and WebP outputs do not record their model).
     """
 
     name: str
@@ -39,11 +42,19 @@ class ImageFormat:
     quality: tuple[str, int] | None = None
     orientation: bool = False
     ext_choice: bool = False
+    text: str | None = None
 
 
 IMAGE_FORMATS: tuple[ImageFormat, ...] = (
-    ImageFormat("png", (".png",), sixteen_bit=True, alpha=True, ext_choice=True),
-    ImageFormat("jpg", (".jpg", ".jpeg"), quality=("IMWRITE_JPEG_QUALITY", 95), orientation=True, ext_choice=True),
+    ImageFormat("png", (".png",), sixteen_bit=True, alpha=True, ext_choice=True, text="tEXt"),
+    ImageFormat(
+        "jpg",
+        (".jpg", ".jpeg"),
+        quality=("IMWRITE_JPEG_QUALITY", 95),
+        orientation=True,
+        ext_choice=True,
+        text="COM",
+    ),
     ImageFormat("bmp", (".bmp",), alpha=True),
     ImageFormat("tiff", (".tif", ".tiff"), sixteen_bit=True, float32=True, alpha=True),
     # OpenCV: a WebP quality above 100 means lossless

@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import cv2
@@ -273,7 +273,21 @@ def png_text_chunks(text: Mapping[str, str]) -> bytes:
     return out
 
 
+def jpeg_comment_segments(text: Mapping[str, str]) -> bytes:
+    """JPEG COM segments (marker FF FE, big-endian length, Latin-1 ``keyword: text``) for `text`:
+    what JPEG readers show as the file's comment (exiftool's Comment, Pillow's ``info["comment"]``)."""
+    out = b""
+    for keyword, value in text.items():
+        data = f"{keyword}: {value}".encode("latin-1", "replace")[: 0xFFFF - 2]
+        out += b"\xff\xfe" + struct.pack(">H", len(data) + 2) + data
+    return out
+
+
 _PNG_IEND = b"\0\0\0\0IEND\xaeB`\x82"  # the 12 bytes that end every PNG
+_JPEG_SOI, _JPEG_APP0 = b"\xff\xd8", b"\xff\xe0"
+# The text fields sit in the last bytes of a PNG (before IEND) and the first of a JPEG (after
+# its header): this much of either end is read to find them.
+TEXT_PROBE_BYTES = 1 << 16
 
 
 def add_png_text(data: bytes, text: Mapping[str, str] | None) -> bytes:
@@ -286,17 +300,105 @@ def add_png_text(data: bytes, text: Mapping[str, str] | None) -> bytes:
     return data[: -len(_PNG_IEND)] + png_text_chunks(text) + _PNG_IEND
 
 
-def _append_png_text(path: Path, text: Mapping[str, str] | None) -> None:
-    """`add_png_text` on a PNG file in place, without reading the image data: its last 12 bytes
-    (IEND) are replaced by the text chunks and IEND."""
+def add_jpeg_comment(data: bytes, text: Mapping[str, str] | None) -> bytes:
+    """`data` (a whole JPEG file) with COM segments for `text` after its SOI marker and JFIF APP0
+    segment (JFIF readers expect APP0 first); the compressed image data is not touched."""
+    if not text:
+        return data
+    if not data.startswith(_JPEG_SOI):
+        raise SRDeployError("the JPEG encoder's output does not start with SOI")
+    at = len(_JPEG_SOI)
+    if data[at : at + 2] == _JPEG_APP0:
+        at += 2 + struct.unpack(">H", data[at + 2 : at + 4])[0]
+    return data[:at] + jpeg_comment_segments(text) + data[at:]
+
+
+def _add_text(data: bytes, ext: str, text: Mapping[str, str] | None) -> bytes:
+    """`data` encoded as `ext` with the text fields `text` where its format keeps them
+    (`ImageFormat.text`); formats without a place for them are returned as they are."""
+    kind = getattr(image_format(ext), "text", None)
+    if kind == "tEXt":
+        return add_png_text(data, text)
+    if kind == "COM":
+        return add_jpeg_comment(data, text)
+    return data
+
+
+def _add_text_to_file(path: Path, ext: str, text: Mapping[str, str] | None) -> None:
+    """`_add_text` on a file OpenCV wrote. A PNG's chunks are appended in place (its last 12 bytes,
+    IEND, are replaced by the text chunks and IEND), so that the image data is never read; a JPEG,
+    compressed and far smaller than the image it holds, is read and written again."""
     if not text:
         return
-    with open(path, "rb+") as f:
-        f.seek(-len(_PNG_IEND), os.SEEK_END)
-        if f.read() != _PNG_IEND:
-            raise SRDeployError(f"{path}: the PNG encoder's output does not end with IEND")
-        f.seek(-len(_PNG_IEND), os.SEEK_END)
-        f.write(png_text_chunks(text) + _PNG_IEND)
+    kind = getattr(image_format(ext), "text", None)
+    if kind == "COM":
+        path.write_bytes(add_jpeg_comment(path.read_bytes(), text))
+    elif kind == "tEXt":
+        with open(path, "rb+") as f:
+            f.seek(-len(_PNG_IEND), os.SEEK_END)
+            if f.read() != _PNG_IEND:
+                raise SRDeployError(f"{path}: the PNG encoder's output does not end with IEND")
+            f.seek(-len(_PNG_IEND), os.SEEK_END)
+            f.write(png_text_chunks(text) + _PNG_IEND)
+
+
+def _png_text(tail: bytes, keyword: str) -> str | None:
+    """The tEXt field `keyword` in `tail`, the last bytes of a PNG file (where sr-deploy writes it);
+    None when it is not there or its CRC is wrong."""
+    tag = b"tEXt" + keyword.encode("latin-1") + b"\0"
+    at = tail.rfind(tag)
+    if at < 4:
+        return None
+    length = struct.unpack(">I", tail[at - 4 : at])[0]
+    data, crc = tail[at + 4 : at + 4 + length], tail[at + 4 + length : at + 8 + length]
+    if len(data) != length or crc != struct.pack(">I", zlib.crc32(b"tEXt" + data)):
+        return None
+    return data[len(tag) - 4 :].decode("latin-1")
+
+
+def _jpeg_comment(head: bytes, keyword: str) -> str | None:
+    """The COM segment ``keyword: text`` among the segments before the image data (SOS) in
+    `head`, the first bytes of a JPEG file; None when there is none."""
+    if not head.startswith(_JPEG_SOI):
+        return None
+    prefix, at = f"{keyword}: ".encode("latin-1"), len(_JPEG_SOI)
+    while at + 4 <= len(head) and head[at] == 0xFF:
+        marker = head[at + 1]
+        if marker in (0xD9, 0xDA):  # EOI, SOS: no more header segments
+            return None
+        length = struct.unpack(">H", head[at + 2 : at + 4])[0]
+        segment = head[at + 4 : at + 2 + length]
+        if marker == 0xFE and segment.startswith(prefix):
+            return segment[len(prefix) :].decode("latin-1")
+        at += 2 + length
+    return None
+
+
+def image_text(read: Callable[[int, int], bytes], size: int, suffix: str, keyword: str) -> str | None:
+    """The text field `keyword` of an image file of `size` bytes named with `suffix`, read through
+    `read(start, end)` (a byte range: of a local file or an object in a store) from the end of the
+    file where its format keeps it, without decoding any pixel. None when the format keeps no text
+    (`ImageFormat.text`) or the field is not there."""
+    kind = getattr(image_format(suffix), "text", None)
+    if kind == "tEXt":
+        return _png_text(read(max(0, size - TEXT_PROBE_BYTES), size), keyword)
+    if kind == "COM":
+        return _jpeg_comment(read(0, min(size, TEXT_PROBE_BYTES)), keyword)
+    return None
+
+
+def image_file_text(path: str | Path, keyword: str) -> str | None:
+    """`image_text` of a local file; None also when it cannot be read."""
+
+    def read(start: int, end: int) -> bytes:
+        with open(path, "rb") as f:
+            f.seek(start)
+            return f.read(end - start)
+
+    try:
+        return image_text(read, os.path.getsize(path), Path(path).suffix, keyword)
+    except OSError:
+        return None
 
 
 def encode_image(
@@ -307,8 +409,9 @@ def encode_image(
     The image must already have a dtype the format holds (see `output_dtype_for`); anything else
     raises ValueError rather than letting OpenCV silently truncate it. JPEG has no alpha channel:
     an RGBA image loses its alpha there. `quality` is JPEG/WebP quality 1..100 (WebP >100 is
-    lossless); PNG/TIFF/BMP are lossless and ignore it. `text`: PNG text fields (keyword -> text,
-    Latin-1); other formats ignore it.
+    lossless); PNG/TIFF/BMP are lossless and ignore it. `text`: text fields (keyword -> text,
+    Latin-1) where the format keeps them (`ImageFormat.text`: PNG tEXt chunks, JPEG comments);
+    other formats ignore it.
     """
     ext = extension.lower()
     if ext not in IMAGE_EXTENSIONS:
@@ -328,7 +431,7 @@ def encode_image(
     ok, buffer = cv2.imencode(ext, bgr, _quality_params(ext, quality))
     if not ok:
         raise SRDeployError(f"OpenCV could not encode a {bgr.shape} {bgr.dtype} image as {ext}")
-    return add_png_text(buffer.tobytes(), text) if ext == ".png" else buffer.tobytes()
+    return _add_text(buffer.tobytes(), ext, text)
 
 
 def write_image(path: str | Path, image: np.ndarray, quality: int | None = None) -> None:
@@ -344,7 +447,7 @@ def write_image_consuming(
     """`write_image` for very large images: no full-size copy is made. The RGB(A) channels of
     `image` are swapped to OpenCV's BGR(A) in place (the array is left in that order: do not use
     it afterwards) and OpenCV writes the file itself (PNG rows stream to disk) under the temporary
-    name, then it is renamed. `text`: PNG text fields, as `encode_image`."""
+    name, then it is renamed. `text`: text fields, as `encode_image`."""
     path = Path(path)
     ext = path.suffix.lower()
     expected = output_dtype_for(ext, image.dtype)
@@ -364,8 +467,7 @@ def write_image_consuming(
     try:
         if not cv2.imwrite(str(tmp), image, params):
             raise SRDeployError(f"{path}: OpenCV could not write a {image.shape} {image.dtype} image as {ext}")
-        if ext == ".png":
-            _append_png_text(tmp, text)
+        _add_text_to_file(tmp, ext, text)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

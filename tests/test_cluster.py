@@ -88,6 +88,12 @@ def test_images_on_ray_are_byte_identical_to_a_local_run(ray_cluster, tiny_model
     again = upscale_on_ray([inputs], tmp_path / "ray", _options(tiny_model), RayOptions(actors=2), logs.append)
     assert [p.name for p in again.done] == ["bird.png"] and len(again.skipped) == 3
     assert_same_files(_files(tmp_path / "ray"), _files(tmp_path / "local"))
+    # ...but outputs another model made are not this job's: they fail (exit 2) and stay as they are
+    other = save_tiny_srvgg(tmp_path / "other.pt", seed=1)
+    refused = upscale_on_ray([inputs], tmp_path / "ray", _options(other), RayOptions(actors=2), logs.append)
+    assert refused.exit_code() == 2 and not refused.done and len(refused.failed) == 5
+    assert sum("made with another model (tiny.pt:" in message for _, message, _ in refused.failed) == 4
+    assert_same_files(_files(tmp_path / "ray"), _files(tmp_path / "local"))
 
 
 def _small_clip(video_dir: Path, target: Path) -> Path:

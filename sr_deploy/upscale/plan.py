@@ -4,21 +4,23 @@
 input, an output that would overwrite an input, two inputs mapping to one output) fail at once.
 Folders are walked recursively in sorted order, hidden files and folders skipped, and their
 relative tree is kept under the output folder. `jobs_to_run` is the skip / resume rule of every
-run, local or on a cluster.
+run, local or on a cluster: an output already there is skipped when it was made with this run's
+model (or does not say), and fails its job when it names another.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from ..errors import InputError
-from ..imaging import IMAGE_EXTENSIONS, OUTPUT_IMAGE_FORMATS, is_image_path
+from ..imaging import IMAGE_EXTENSIONS, OUTPUT_IMAGE_FORMATS, image_file_text, is_image_path
 from ..util.log import Progress as Log
 from ..util.log import to_stderr
-from ..video import VIDEO_EXTENSIONS, is_video_path
+from ..util.text import PROVENANCE_KEY, provenance_model, same_model
+from ..video import VIDEO_EXTENSIONS, container_tag, is_video_path
 from .options import UpscaleOptions
 
 Kind = Literal["image", "video"]
@@ -178,19 +180,47 @@ def status(target: Path) -> Literal["done", "todo", "folder"]:
     return "todo"
 
 
-def jobs_to_run(jobs: Sequence[Job], options: UpscaleOptions, log: Log = to_stderr) -> tuple[list[Outcome], list[Job]]:
+def made_with(target: str | Path) -> str | None:
+    """The model id (`util.text.provenance`) an existing local output says it was made with: a
+    PNG's text field, a JPEG's comment, a video's ``comment`` tag; None when its format keeps no
+    such record (BMP, TIFF, WebP) or it has none."""
+    if kind_of(target) == "video":
+        return provenance_model(container_tag(target, "comment"))
+    return provenance_model(image_file_text(target, PROVENANCE_KEY))
+
+
+def jobs_to_run(
+    jobs: Sequence[Job],
+    options: UpscaleOptions,
+    log: Log = to_stderr,
+    state: Callable[[Path], str] = status,
+    recorded: Callable[[Path], str | None] = made_with,
+) -> tuple[list[Outcome], list[Job]]:
     """The skip / resume rule of every run, local or on a cluster: an output that is done (a
-    non-empty file) is skipped unless `options.overwrite`; a folder under the output's name fails
-    that job (code 2). Returns the outcomes so far and the jobs left to run."""
+    non-empty file) is skipped unless `options.overwrite`. But one that records another model than
+    the job's (`options.model_id`, when settled) fails that job (code 2) instead: a re-run with
+    another --model or --realism must not count the old outputs as its own. A folder under the
+    output's name fails that job too. `state` and `recorded`: how a location's state and model are
+    read (`upscale.stored` passes its own for objects in a store). Returns the outcomes so far and
+    the jobs left to run."""
     outcomes: list[Outcome] = []
     todo = []
     for job in jobs:
-        state = status(job.target)
-        if state == "folder":
+        found = state(job.target)
+        if found == "folder":
             outcomes.append(Outcome(job, "failed", f"{job.target}: a folder has the output's name; move it away", 2))
             log(f"error: {outcomes[-1].message}")
-        elif state == "done" and not options.overwrite:
-            outcomes.append(Outcome(job, "skipped", path=job.target))
+        elif found == "done" and not options.overwrite:
+            other = recorded(job.target) if options.model_id else None
+            if other is not None and not same_model(other, options.model_id):
+                message = (
+                    f"{job.target}: already there, made with another model ({other}; this run: {options.model_id}): "
+                    "--overwrite redoes it, or choose another OUT"
+                )
+                outcomes.append(Outcome(job, "failed", message, 2))
+                log(f"error: {message}")
+            else:
+                outcomes.append(Outcome(job, "skipped", path=job.target))
         else:
             todo.append(job)
     skipped = sum(o.state == "skipped" for o in outcomes)

@@ -29,7 +29,7 @@ from ..util.text import first_line
 from ..video import VideoOptions, upscale_video
 from .image import upscale_image_file
 from .options import UpscaleOptions, validate_options
-from .plan import Job, Outcome, jobs_to_run, kind_of, plan_jobs, status
+from .plan import Job, Outcome, jobs_to_run, kind_of, plan_jobs
 
 
 @dataclass
@@ -243,6 +243,7 @@ def run_jobs(jobs: Sequence[Job], backend: Backend, options: UpscaleOptions, log
     KeyboardInterrupt stops everything (the current output's temporary file is removed; a video's
     finished segments are kept for the re-run to resume from).
     """
+    options = settled(options, backend)  # the model's identity first: the skip rule compares it
     outcomes, todo = jobs_to_run(jobs, options, log)
     return run_todo(todo, summarize(outcomes), backend, options, log)
 
@@ -330,12 +331,15 @@ def upscale(
     Returns the summary; `summary.exit_code()` is the command's exit code.
     """
     jobs = plan_checked(inputs, output, options, model_needed=backend is None)
-    options = with_threads(options)  # before the backend is loaded: it runs with the job's count
-    pending = [job for job in jobs if options.overwrite or status(job.target) == "todo"]
-    if backend is None and pending:
-        backend = load_backend(options, log)
-        try:
-            return run_jobs(jobs, backend, options, log)
-        finally:
-            backend.close()
-    return run_jobs(jobs, backend, options, log)  # type: ignore[arg-type]
+    options = settled(options)  # the model's identity (the skip rule reads it) and the thread count
+    outcomes, todo = jobs_to_run(jobs, options, log)
+    summary = summarize(outcomes)
+    if not todo:
+        return summary
+    if backend is not None:
+        return run_todo(todo, summary, backend, options, log)
+    backend = load_backend(options, log)  # with the job's thread count, settled above
+    try:
+        return run_todo(todo, summary, backend, options, log)
+    finally:
+        backend.close()

@@ -4,7 +4,7 @@ A run where any INPUT or OUT is a URI plans here (`plan_stored`): the same namin
 local run (`plan.plan_jobs`), but its jobs hold locations as text (a URI or a local path). Every
 store is checked before any work (`sr_deploy.util.storage`: a bad URI, missing credentials, a
 missing bucket fail in one line, exit 2, nothing written). `stored_jobs_to_run` is the skip rule
-(a non-empty object under the final key is done). `run_staged` runs one job through the local
+(a non-empty object under the final key is done; one made with another model, `plan.jobs_to_run`). `run_staged` runs one job through the local
 job (`run_one`): the input fetched to a local stage, the output put to the store atomically; a
 video's stage is kept between runs on this machine, so an interrupted local video resumes from
 its segments. Local paths in a run without URIs never come here.
@@ -12,6 +12,7 @@ its segments. Local paths in a run without URIs never come here.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -21,15 +22,15 @@ from pathlib import Path
 
 from ..backends.base import Backend
 from ..errors import InputError, SRDeployError
-from ..imaging import OUTPUT_IMAGE_FORMATS
+from ..imaging import OUTPUT_IMAGE_FORMATS, image_text
 from ..util import storage
 from ..util.log import Progress as Log
 from ..util.log import to_stderr
-from ..util.text import first_line
+from ..util.text import PROVENANCE_KEY, first_line, provenance_model
 from ..video import VideoOptions
 from .options import UpscaleOptions
-from .plan import Job, Outcome, kind_of, status
-from .run import UpscaleSummary, load_backend, plan_checked, run_one, run_todo, summarize, with_threads
+from .plan import Job, Outcome, jobs_to_run, kind_of, made_with, status
+from .run import UpscaleSummary, load_backend, plan_checked, run_one, run_todo, settled, summarize
 
 
 def uses_store(inputs: Sequence[str | Path], output: str | Path) -> bool:
@@ -118,19 +119,32 @@ def _checked(jobs: list[Job]) -> list[Job]:
     return jobs
 
 
+def _stored_state(target: str | Path) -> str:
+    """`plan.status` for a location: a non-empty object (or file) under the final name is done."""
+    if storage.is_uri(str(target)):
+        return "done" if storage.is_done(str(target)) else "todo"
+    return status(Path(target))
+
+
+def _stored_made_with(target: str | Path) -> str | None:
+    """`plan.made_with` for a location: an image object's record is read with two ranged reads
+    at most; a stored video's is not read (that would mean fetching its header): None."""
+    location = str(target)
+    if not storage.is_uri(location):
+        return made_with(Path(location))
+    if kind_of(location) != "image":
+        return None
+    try:
+        info = storage.stat(location) or {}
+        read = functools.partial(storage.read_range, location)
+        return provenance_model(image_text(read, int(info.get("size") or 0), Path(location).suffix, PROVENANCE_KEY))
+    except SRDeployError:  # unreadable now: the put that made it was whole, so skip it as before
+        return None
+
+
 def stored_jobs_to_run(jobs: Sequence[Job], options: UpscaleOptions, log: Log) -> tuple[list[Outcome], list[Job]]:
-    """`plan.jobs_to_run` for text locations: a non-empty object (or file) under the final name is done."""
-    outcomes, todo = [], []
-    for job in jobs:
-        target = str(job.target)
-        done = storage.is_done(target) if storage.is_uri(target) else status(Path(target)) == "done"
-        if done and not options.overwrite:
-            outcomes.append(Outcome(job, "skipped", path=job.target))
-        else:
-            todo.append(job)
-    if outcomes:
-        log(f"skipping {len(outcomes)} output(s) that already exist (--overwrite redoes them)")
-    return outcomes, todo
+    """`plan.jobs_to_run` for locations (URIs or local paths)."""
+    return jobs_to_run(jobs, options, log, state=_stored_state, recorded=_stored_made_with)
 
 
 def stage_dir(target: str) -> Path:
@@ -196,12 +210,13 @@ def upscale_stored(
     inputs: Sequence[str | Path], output: str | Path, options: UpscaleOptions, log: Log = to_stderr
 ) -> UpscaleSummary:
     """`upscale.run.upscale` for URIs: plan and check the stores, load the backend, run each job staged."""
-    outcomes, todo = stored_jobs_to_run(plan_stored_checked(inputs, output, options), options, log)
+    jobs = plan_stored_checked(inputs, output, options)
+    options = settled(options)  # the model's identity (the skip rule reads it), the thread count
+    outcomes, todo = stored_jobs_to_run(jobs, options, log)
     summary = summarize(outcomes)
     if not todo:
         sweep_partials(summary, log)
         return summary
-    options = with_threads(options)  # before the backend is loaded: it runs with the job's count
     backend = load_backend(options, log)
     try:
         summary = run_todo(todo, summary, backend, options, log, run=run_staged)  # the local loop, staged

@@ -144,6 +144,15 @@ def is_done(uri: str) -> bool:
     return info is not None and info.get("type") == "file" and int(info.get("size") or 0) > 0
 
 
+def read_range(uri: str, start: int, end: int) -> bytes:
+    """Bytes `start` to `end` (exclusive) of the object `uri`: one ranged read, not a download."""
+    fs, path = _filesystem(uri)
+    try:
+        return fs.cat_file(path, start=start, end=end)
+    except Exception as exc:
+        raise _explain(uri, exc) from None
+
+
 def fetch(uri: str, local: Path) -> Path:
     """Download `uri` to the local file `local` (streamed; its folder is made); returns `local`."""
     fs, path = _filesystem(uri)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["PROVENANCE_KEY", "first_line", "provenance", "shown"]
+__all__ = ["PROVENANCE_KEY", "first_line", "provenance", "provenance_model", "same_model", "shown"]
 
 # The PNG text field and the video container tag (`comment`) that say how an output was made.
 PROVENANCE_KEY = "sr-deploy"
@@ -35,3 +35,25 @@ def provenance(model_id: str, precision: str) -> str:
     ``comment`` tag): the model (file name and sha256 prefix) and the precision the job ran in,
     e.g. ``model=default.pt:1a2b3c4d5e6f7a8b precision=fp32``."""
     return f"model={model_id} precision={precision}"
+
+
+_PROVENANCE = re.compile(r"model=(.+) precision=(\S+)")
+_CONTENT_HASH = re.compile(r":([0-9a-f]{16})")
+
+
+def provenance_model(text: str | None) -> str | None:
+    """The model id in a `provenance` text (``default.pt:1a2b3c4d5e6f7a8b``), None when `text` is
+    not one (missing, or written by something else)."""
+    found = _PROVENANCE.fullmatch(text.strip()) if text else None
+    return found.group(1) if found else None
+
+
+def same_model(recorded: str, model_id: str) -> bool:
+    """Whether the model id an output records (`provenance_model`) names the model `model_id`:
+    by the sha256 prefix of its bytes when both carry one (a renamed copy of the same weights
+    makes the same bytes; a file name outside Latin-1 is stored with ``?`` in a PNG text field),
+    else by the whole id."""
+    ours, theirs = _CONTENT_HASH.search(model_id[-17:]), _CONTENT_HASH.search(recorded[-17:])
+    if ours and theirs:
+        return ours.group(1) == theirs.group(1)
+    return recorded == model_id.encode("latin-1", "replace").decode("latin-1")

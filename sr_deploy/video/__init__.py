@@ -69,7 +69,7 @@ from .common import (
 from .frames import even_size, frames_to_model_input, model_output_to_frames
 from .held import EXACT, HeldFrames, check_threshold, parse_threshold
 from .pipeline import VideoResult, upscale_video
-from .probe import VideoInfo, probe_video
+from .probe import VideoInfo, container_tag, probe_video
 
 __all__ = [
     "DEFAULT_CODEC",
@@ -86,6 +86,7 @@ __all__ = [
     "VideoOptions",
     "VideoResult",
     "check_threshold",
+    "container_tag",
     "default_codec",
     "even_size",
     "find_ffmpeg",

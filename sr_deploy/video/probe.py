@@ -130,6 +130,18 @@ def probe_video(source: str | Path) -> VideoInfo:
         container.close()
 
 
+def container_tag(source: str | Path, tag: str) -> str | None:
+    """The container-level tag `tag` of a video file (``comment``: how an output was made), read
+    from its header; None when it has none or does not open."""
+    import av
+
+    try:
+        with av.open(str(source), "r") as container:
+            return container.metadata.get(tag)
+    except (av.FFmpegError, OSError, ValueError):
+        return None
+
+
 def sws_colorspace(colorspace: int) -> str:
     """FFmpeg's AVCOL_SPC_* -> the swscale matrix name PyAV's reformatter takes. Unspecified maps
     to swscale's default (BT.601) on both the decode and the encode side, so they match."""

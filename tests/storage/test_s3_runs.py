@@ -110,6 +110,32 @@ def test_local_to_s3_and_s3_to_local_single_files(tiny_model, set5_dir, bucket, 
     assert back.done == [str(tmp_path / "small" / "bird.png")] and (tmp_path / "small" / "bird.png").stat().st_size
 
 
+def test_stored_outputs_made_with_another_model_fail_and_are_kept(tiny_model, set5_dir, bucket, tmp_path):
+    """The skip rule reads an image object's record with ranged reads (a PNG's last bytes, a
+    JPEG's first): another model's outputs fail their jobs (exit 2), untouched."""
+    fs = s3_fs()
+    for name in ("bird.png", "head.png"):
+        fs.put_file(str(set5_dir / name), f"{bucket}/in/{name}")
+    out = f"s3://{bucket}/out/"
+    for ext in ("png", "jpg"):
+        assert upscale_stored([f"s3://{bucket}/in/"], out, _options(tiny_model, ext=ext), lambda m: None).done
+    made = s3_objects(f"s3://{bucket}/out")
+    assert sorted(made) == ["bird.jpg", "bird.png", "head.jpg", "head.png"]
+    other = save_tiny_srvgg(tmp_path / "other.pt", seed=1)
+    logs: list[str] = []
+    for ext in ("png", "jpg"):
+        result = upscale_stored([f"s3://{bucket}/in/"], out, _options(other, ext=ext), logs.append)
+        assert result.exit_code() == 2 and len(result.failed) == 2 and not result.done
+    errors = [line for line in logs if line.startswith("error:")]
+    assert [line.split(": ")[1] for line in errors] == [
+        f"{out}{n}" for n in ("bird.png", "head.png", "bird.jpg", "head.jpg")
+    ]
+    assert all("already there, made with another model (tiny.pt:" in line for line in errors)
+    assert s3_objects(f"s3://{bucket}/out") == made
+    again = upscale_stored([f"s3://{bucket}/in/"], out, _options(tiny_model), lambda m: None)
+    assert len(again.skipped) == 2 and not again.failed
+
+
 def test_a_video_from_s3_to_s3_equals_a_local_run(tiny_model, video_dir, bucket, tmp_path):
     from test_cluster import _frame_md5s, _small_clip
 

@@ -1,6 +1,7 @@
-"""One precision decision per job, named in the outputs (issue 24): a PNG's text field and a
-video's ``comment`` tag say which model (name + sha256 prefix) and which precision made it, read
-back with Pillow and PyAV; the driver's decision is what the workers get (`settled`)."""
+"""One precision decision per job, named in the outputs (issue 24): a PNG's text field, a JPEG's
+comment and a video's ``comment`` tag say which model (name + sha256 prefix) and which precision
+made it, read back with Pillow and PyAV; the driver's decision is what the workers get (`settled`);
+and a re-run skips only the outputs its own model made (another model's fail, exit 2)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import hashlib
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import pytest
 from _upscale_support import cpu_backend, make_clip, save_tiny_srvgg
@@ -15,7 +17,14 @@ from click.testing import CliRunner
 from PIL import Image
 
 from sr_deploy.cli import cli
-from sr_deploy.imaging import add_png_text, encode_image, read_image, write_image, write_image_consuming
+from sr_deploy.imaging import (
+    add_png_text,
+    encode_image,
+    image_file_text,
+    read_image,
+    write_image,
+    write_image_consuming,
+)
 from sr_deploy.upscale import UpscaleOptions, settled, settled_for_workers
 
 
@@ -41,8 +50,26 @@ def test_png_text_fields_are_read_back_and_leave_the_pixels_alone(set5_dir, tmp_
     # the streaming writer appends the same chunk to the file OpenCV wrote: the same bytes
     write_image_consuming(tmp_path / "b.png", image.copy(), text={"sr-deploy": "model=x.pt:0123 precision=bf16"})
     assert (tmp_path / "b.png").read_bytes() == tagged
-    # other formats have no such field and are unchanged
-    assert encode_image(image, ".jpg", text={"k": "v"}) == encode_image(image, ".jpg")
+    assert image_file_text(tmp_path / "b.png", "sr-deploy") == "model=x.pt:0123 precision=bf16"
+    # formats without a place for text are unchanged
+    assert encode_image(image, ".webp", text={"k": "v"}) == encode_image(image, ".webp")
+    assert image_file_text(tmp_path / "a.png", "other") is None
+
+
+def test_jpeg_comments_are_read_back_and_leave_the_pixels_alone(set5_dir, tmp_path):
+    image = read_image(set5_dir / "bird.png")[:40, :48]
+    plain = encode_image(image, ".jpg", quality=90)
+    tagged = encode_image(image, ".jpg", quality=90, text={"sr-deploy": "model=x.pt:0123 precision=fp32"})
+    assert len(tagged) == len(plain) + 4 + len("sr-deploy: model=x.pt:0123 precision=fp32")
+    (tmp_path / "a.jpg").write_bytes(tagged)
+    with Image.open(tmp_path / "a.jpg") as im:  # JFIF header first, then the comment
+        assert (im.info["jfif"], im.info["comment"]) == (257, b"sr-deploy: model=x.pt:0123 precision=fp32")
+    assert np.array_equal(read_image(tmp_path / "a.jpg"), cv2.imdecode(np.frombuffer(plain, np.uint8), 1)[..., ::-1])
+    write_image_consuming(tmp_path / "b.jpg", image.copy(), 90, text={"sr-deploy": "model=x.pt:0123 precision=fp32"})
+    assert (tmp_path / "b.jpg").read_bytes() == tagged
+    assert image_file_text(tmp_path / "b.jpg", "sr-deploy") == "model=x.pt:0123 precision=fp32"
+    (tmp_path / "plain.jpg").write_bytes(plain)
+    assert image_file_text(tmp_path / "plain.jpg", "sr-deploy") is None
 
 
 @pytest.mark.parametrize(("flag", "precision"), [("auto", "fp32"), ("bf16", "bf16")])
@@ -87,3 +114,56 @@ def test_settled_options_carry_the_drivers_decision(model):
     assert settled_for_workers(options, cpu_workers=False).precision == "auto"
     explicit = UpscaleOptions(model=str(model), device="cpu", precision="bf16")
     assert settled_for_workers(explicit, cpu_workers=True).precision == "bf16"
+
+
+def _upscale(source: Path, out: Path, model: Path, *extra: str):
+    return CliRunner().invoke(
+        cli, ["upscale", str(source), "-o", str(out), "--model", str(model), "--device", "cpu", "--no-progress", *extra]
+    )
+
+
+def test_a_rerun_skips_only_what_its_own_model_made(set5_dir, model, tmp_path):
+    """Outputs made with another model (another --model, another --realism) are not this run's:
+    each fails in one line naming the file and both models, exit 2, nothing touched; --overwrite
+    redoes them. The same weights under another name make the same bytes: skipped. Formats that
+    record no model (WebP) are skipped as before."""
+    source, out = tmp_path / "in", tmp_path / "out"
+    write_image(source / "a.png", read_image(set5_dir / "bird.png")[:24, :32])
+    write_image(source / "b.jpg", read_image(set5_dir / "head.png")[:24, :32])
+    write_image(source / "c.webp", read_image(set5_dir / "baby.png")[:24, :32])
+    assert _upscale(source, out, model, "--ext", "same").exit_code == 0
+    made = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    other = save_tiny_srvgg(tmp_path / "other.pt", seed=1)
+    result = _upscale(source, out, other, "--ext", "same")
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert [e.split(":")[1].strip() for e in errors] == [str(out / "a.png"), str(out / "b.jpg")]
+    for line in errors:
+        assert f"made with another model ({_model_id(model)}; this run: {_model_id(other)})" in line
+        assert "--overwrite redoes it" in line
+    assert "0 done, 1 skipped (already there), 2 failed" in result.stderr  # c.webp: no record to read
+    assert "Traceback" not in result.output
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == made
+
+    renamed = tmp_path / "renamed.pt"
+    renamed.write_bytes(model.read_bytes())
+    again = _upscale(source, out, renamed, "--ext", "same")
+    assert again.exit_code == 0 and "0 done, 3 skipped" in again.stderr, again.output
+
+    redo = _upscale(source, out, other, "--ext", "same", "--overwrite")
+    assert redo.exit_code == 0 and "3 done" in redo.stderr, redo.output
+    with Image.open(out / "a.png") as im:
+        assert im.text["sr-deploy"] == f"model={_model_id(other)} precision=fp32"
+    assert _upscale(source, out, other, "--ext", "same").exit_code == 0  # now they are its own
+
+
+def test_a_video_made_with_another_model_is_not_skipped(video_dir, model, tmp_path):
+    clip = make_clip(video_dir / "car_traffic_small.mp4", tmp_path / "clip.mp4", 0.2, size=(48, 28), audio=False)
+    out = tmp_path / "out.mp4"
+    assert _upscale(clip, out, model).exit_code == 0
+    made = out.read_bytes()
+    result = _upscale(clip, out, save_tiny_srvgg(tmp_path / "other.pt", seed=1))
+    assert result.exit_code == 2 and f"{out}: already there, made with another model" in result.stderr
+    assert out.read_bytes() == made
+    assert _upscale(clip, out, model).exit_code == 0
