@@ -8,7 +8,8 @@ the same architecture: A = 0 is the PSNR-oriented model (smooth, faithful), A = 
 every backend, export and eval reads as usual: A = 0 and A = 1 return the endpoint files
 themselves (bit for bit), other values an interpolated checkpoint written once to a cache
 folder (``$SR_DEPLOY_CACHE/realism``, default ``~/.cache/sr_deploy/realism``) under a name
-derived from both files' sha256 and A, so repeated runs reuse it.
+that says both ends and A, with a key of both files' sha256 and A, so repeated runs reuse it
+(``default-real-psnr+default-real@0.5-KEY.pt``: what outputs then name as their model).
 """
 
 from __future__ import annotations
@@ -149,8 +150,11 @@ def resolve_realism(model: str, gan_model: str | None, realism: float | None) ->
     # The cache key needs only the files' bytes: hash them, building no model on a cache hit.
     paths = [existing_model_path(m) for m in (model, gan_model)]
     psnr_sha, gan_sha = (file_sha256(path) for path in paths)
-    key = hashlib.sha256(f"{psnr_sha}:{gan_sha}:{alpha!r}".encode()).hexdigest()[:20]
-    target = cache_dir() / f"realism-{alpha:.3f}-{key}.pt"
+    key = hashlib.sha256(f"{psnr_sha}:{gan_sha}:{alpha!r}".encode()).hexdigest()[:16]
+    # The file's name is what outputs and reports name the model by (its provenance, a Ray job's
+    # model id): both ends and A, readable; the key (of both ends' bytes and the exact A) keeps it unique.
+    ends = "+".join(path.stem[:60] for path in paths)
+    target = cache_dir() / f"{ends}@{alpha:g}-{key}.pt"
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
         interpolate_checkpoints(model, gan_model, alpha, target)

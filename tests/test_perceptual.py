@@ -267,6 +267,7 @@ def test_realism_endpoints_are_the_models_bit_for_bit_and_between_is_the_blend(p
     assert resolve_realism(str(a), None, None) == str(a)
     mid = Path(resolve_realism(str(a), str(b), 0.3))
     assert mid.parent.name == "realism" and mid.is_file()
+    assert mid.name.startswith("psnr+gan@0.3-")  # what outputs name as their model: the ends and A
     sa, sb = load_checkpoint(a).model.state_dict(), load_checkpoint(b).model.state_dict()
     for key, value in load_checkpoint(mid).model.state_dict().items():
         if not value.is_floating_point():

@@ -176,6 +176,7 @@ def test_upscale_realism_without_model_blends_the_real_world_pair(tmp_path, monk
     assert outputs["1"][0].startswith("model=default-real.pt:")
     blend = Path(resolve_realism("default-real-psnr", None, 0.5))  # the cached blend of this pair
     assert outputs["0.5"][0].startswith(f"model={blend.name}:")
+    assert blend.name.startswith("default-real-psnr+default-real@0.5-")  # both ends and A, readable
     ends = abs(outputs["0"][1] - outputs["1"][1]).mean()
     assert ends > 0.5 and abs(outputs["0.5"][1] - outputs["0"][1]).mean() < ends
     assert abs(outputs["0.5"][1] - outputs["1"][1]).mean() < ends
