@@ -285,9 +285,10 @@ def jpeg_comment_segments(text: Mapping[str, str]) -> bytes:
 
 _PNG_IEND = b"\0\0\0\0IEND\xaeB`\x82"  # the 12 bytes that end every PNG
 _JPEG_SOI, _JPEG_APP0 = b"\xff\xd8", b"\xff\xe0"
-# The text fields sit in the last bytes of a PNG (before IEND) and the first of a JPEG (after
-# its header): this much of either end is read to find them.
-TEXT_PROBE_BYTES = 1 << 16
+# sr-deploy writes its text fields in the last bytes of a PNG (before IEND) and the first of a
+# JPEG (after the JFIF header): this much of that end is read to find them (one small read per
+# output on a re-run; fields that other tools moved elsewhere are not looked for).
+TEXT_PROBE_BYTES = 4096
 
 
 def add_png_text(data: bytes, text: Mapping[str, str] | None) -> bytes:

@@ -88,8 +88,10 @@ def interpolate_checkpoints(psnr_model: str | Path, gan_model: str | Path, alpha
     meta = {
         "interpolated": {
             "alpha": alpha,
-            "psnr_model": str(psnr_model),
-            "gan_model": str(gan_model),
+            # the files' names, not the spellings given: a blend of the same two files is the same
+            # bytes however its ends were named (outputs name the blend by its sha256)
+            "psnr_model": Path(a.path).name,
+            "gan_model": Path(b.path).name,
             "psnr_sha256": a.sha256,
             "gan_sha256": b.sha256,
         },

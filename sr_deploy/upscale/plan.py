@@ -19,7 +19,7 @@ from ..errors import InputError
 from ..imaging import IMAGE_EXTENSIONS, OUTPUT_IMAGE_FORMATS, image_file_text, is_image_path
 from ..util.log import Progress as Log
 from ..util.log import to_stderr
-from ..util.text import PROVENANCE_KEY, provenance_model, same_model
+from ..util.text import PROVENANCE_KEY, provenance_model, same_model, shown
 from ..video import VIDEO_EXTENSIONS, container_tag, is_video_path
 from .options import UpscaleOptions
 
@@ -208,14 +208,16 @@ def jobs_to_run(
     for job in jobs:
         found = state(job.target)
         if found == "folder":
-            outcomes.append(Outcome(job, "failed", f"{job.target}: a folder has the output's name; move it away", 2))
+            outcomes.append(
+                Outcome(job, "failed", f"{shown(job.target)}: a folder has the output's name; move it away", 2)
+            )
             log(f"error: {outcomes[-1].message}")
         elif found == "done" and not options.overwrite:
             other = recorded(job.target) if options.model_id else None
             if other is not None and not same_model(other, options.model_id):
-                message = (
-                    f"{job.target}: already there, made with another model ({other}; this run: {options.model_id}): "
-                    "--overwrite redoes it, or choose another OUT"
+                message = (  # `shown`: names and the text read from a file stay on one line
+                    f"{shown(job.target)}: already there, made with another model ({shown(other)}; "
+                    f"this run: {shown(options.model_id)}): --overwrite redoes it, or choose another OUT"
                 )
                 outcomes.append(Outcome(job, "failed", message, 2))
                 log(f"error: {message}")

@@ -328,6 +328,9 @@ def upscale(
     """Plan (the model file must exist unless `backend` is given), load the backend (unless
     given, or unless every output already exists), run.
 
+    A caller's own `backend` is named in the outputs (and compared by the skip rule) as
+    `options.model_id`, else `options.model`: set one of them to the backend's model.
+
     Returns the summary; `summary.exit_code()` is the command's exit code.
     """
     jobs = plan_checked(inputs, output, options, model_needed=backend is None)

@@ -37,7 +37,7 @@ def provenance(model_id: str, precision: str) -> str:
     return f"model={model_id} precision={precision}"
 
 
-_PROVENANCE = re.compile(r"model=(.+) precision=(\S+)")
+_PROVENANCE = re.compile(r"model=(.+) precision=(\S+)", re.DOTALL)  # DOTALL: a file name may hold a newline
 _CONTENT_HASH = re.compile(r":([0-9a-f]{16})")
 
 

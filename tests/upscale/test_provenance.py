@@ -26,6 +26,7 @@ from sr_deploy.imaging import (
     write_image_consuming,
 )
 from sr_deploy.upscale import UpscaleOptions, settled, settled_for_workers
+from sr_deploy.util.text import provenance_model, same_model
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +157,34 @@ def test_a_rerun_skips_only_what_its_own_model_made(set5_dir, model, tmp_path):
     with Image.open(out / "a.png") as im:
         assert im.text["sr-deploy"] == f"model={_model_id(other)} precision=fp32"
     assert _upscale(source, out, other, "--ext", "same").exit_code == 0  # now they are its own
+
+
+def test_records_are_parsed_and_compared_by_the_models_sha256():
+    assert provenance_model("model=a\nb c.pt:0123456789abcdef precision=bf16") == "a\nb c.pt:0123456789abcdef"
+    assert provenance_model("hello") is None and provenance_model(None) is None
+    assert same_model("??.pt:0123456789abcdef", "мм.pt:0123456789abcdef")  # Latin-1 '?' for Cyrillic, same bytes
+    assert not same_model("a.pt:0123456789abcdef", "a.pt:0123456789abcdee")
+    assert same_model("custom", "custom") and not same_model("custom", "b.pt:0123456789abcdef")
+
+
+def test_the_refusal_stays_on_one_line_whatever_the_names_and_records_hold(set5_dir, model, tmp_path):
+    """A newline in the output's name, control characters in a record another program wrote:
+    escaped (`util.text.shown`), not printed raw."""
+    source, out = tmp_path / "in", tmp_path / "out"
+    write_image(source / "a\nb.png", read_image(set5_dir / "bird.png")[:24, :32])
+    record = "model=\x1b[31mX\rY.pt:0123456789abcdef precision=fp32"
+    (out / "a\nb.png").parent.mkdir()
+    (out / "a\nb.png").write_bytes(
+        encode_image(read_image(set5_dir / "bird.png")[:96, :128], ".png", text={"sr-deploy": record})
+    )
+    result = _upscale(source, out, model)
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: {out}/a\\nb.png: already there, made with another model (\\x1b[31mX\\rY.pt:0123456789abcdef; "
+        f"this run: {_model_id(model)}): --overwrite redoes it, or choose another OUT"
+    ]
+    assert "\x1b" not in result.stderr and "\r" not in result.stderr
 
 
 def test_a_video_made_with_another_model_is_not_skipped(video_dir, model, tmp_path):
