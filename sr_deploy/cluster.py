@@ -42,7 +42,7 @@ from .model_file import model_files, model_files_id
 from .upscale import Job, UpscaleOptions, UpscaleSummary, jobs_to_run, load_backend, plan_checked, summarize
 from .upscale.remote import ANSWER_KEYS, RemoteRun, pool_size, run_row
 from .upscale.remote_stored import StoredRemoteRun
-from .upscale.run import settled_for_workers, with_threads
+from .upscale.run import model_identity, settled_for_workers, with_threads
 from .upscale.stored import plan_stored_checked, stored_jobs_to_run, sweep_partials, uses_store
 from .util.files import process_scratch_dir
 from .util.log import Progress as Log
@@ -242,14 +242,17 @@ def run_jobs_on_ray(
     from tqdm import tqdm
 
     ray = import_ray()
-    model = model_files(options.model)
-    options = dataclasses.replace(options, model_id=model_files_id(*model))  # hashed once, from the bytes sent
-    outcomes, todo = (stored_jobs_to_run if stored else jobs_to_run)(jobs, options, log)  # skip / resume
+    # skip / resume: the rule compares the model's identity with what outputs record (the thread
+    # count is not settled here: the pool fits it to the cluster below)
+    options = dataclasses.replace(options, model_id=options.model_id or model_identity(options.model))
+    outcomes, todo = (stored_jobs_to_run if stored else jobs_to_run)(jobs, options, log)
     summary = summarize(outcomes)
     if not todo:
         if stored:
             sweep_partials(summary, log)
         return summary
+    model = model_files(options.model)
+    options = dataclasses.replace(options, model_id=model_files_id(*model))  # hashed once, from the bytes sent
     scratch = Path(tempfile.mkdtemp(prefix="sr-deploy-ray-"))
     driver, started = (StoredRemoteRun if stored else RemoteRun)(todo, summary, log), False
     bar = None

@@ -364,6 +364,9 @@ def _jpeg_comment(head: bytes, keyword: str) -> str | None:
         return None
     prefix, at = f"{keyword}: ".encode("latin-1"), len(_JPEG_SOI)
     while at + 4 <= len(head) and head[at] == 0xFF:
+        if head[at + 1] == 0xFF:  # fill bytes may precede a marker
+            at += 1
+            continue
         marker = head[at + 1]
         if marker in (0xD9, 0xDA):  # EOI, SOS: no more header segments
             return None

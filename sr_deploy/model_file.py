@@ -110,6 +110,13 @@ def model_files(model: str | Path) -> tuple[str, dict[str, bytes]]:
     return path.name, {p.name: p.read_bytes() for p in companion_files(path)}
 
 
+def content_id(name: str, sha256: str) -> str:
+    """How a job names its model: the file's name and the first 16 hex digits of the sha256 of its
+    bytes (``default.pt:1a2b3c4d5e6f7a8b``); outputs record it, resume keys hold it, and a re-run
+    compares its digits (`util.text.same_model`)."""
+    return f"{name}:{sha256[:16]}"
+
+
 def model_files_id(name: str, files: dict[str, bytes]) -> str:
     """Names the shipped model by content (a resumed job never mixes two models' outputs)."""
-    return name + ":" + hashlib.sha256(files[name]).hexdigest()[:16]
+    return content_id(name, hashlib.sha256(files[name]).hexdigest())

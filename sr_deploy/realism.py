@@ -88,10 +88,8 @@ def interpolate_checkpoints(psnr_model: str | Path, gan_model: str | Path, alpha
     meta = {
         "interpolated": {
             "alpha": alpha,
-            # the files' names, not the spellings given: a blend of the same two files is the same
-            # bytes however its ends were named (outputs name the blend by its sha256)
-            "psnr_model": Path(a.path).name,
-            "gan_model": Path(b.path).name,
+            # the ends by content only, not by the names or spellings given: a blend of the same two
+            # files is the same bytes however they were named (outputs name a model by its sha256)
             "psnr_sha256": a.sha256,
             "gan_sha256": b.sha256,
         },
@@ -155,7 +153,7 @@ def resolve_realism(model: str, gan_model: str | None, realism: float | None) ->
     key = hashlib.sha256(f"{psnr_sha}:{gan_sha}:{alpha!r}".encode()).hexdigest()[:16]
     # The file's name is what outputs and reports name the model by (its provenance, a Ray job's
     # model id): both ends and A, readable; the key (of both ends' bytes and the exact A) keeps it unique.
-    ends = "+".join(path.stem[:60] for path in paths)
+    ends = "+".join(path.stem.encode()[:60].decode(errors="ignore") for path in paths)  # bytes: names have a limit
     target = cache_dir() / f"{ends}@{alpha:g}-{key}.pt"
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -281,6 +281,11 @@ def test_realism_endpoints_are_the_models_bit_for_bit_and_between_is_the_blend(p
     monkeypatch.setenv("SR_DEPLOY_CACHE", str(a.parent / "other-cache"))
     respelled = Path(resolve_realism(os.path.relpath(a), str(b.parent / ".." / b.parent.name / b.name), 0.3))
     assert respelled != mid and respelled.read_bytes() == mid.read_bytes()
+    # ...and named otherwise: a renamed copy of an end blends to the same bytes under another name
+    renamed = a.with_name("renamed-psnr.pt")
+    renamed.write_bytes(a.read_bytes())
+    blend = Path(resolve_realism(str(renamed), str(b), 0.3))
+    assert blend.name.startswith("renamed-psnr+gan@0.3-") and blend.read_bytes() == mid.read_bytes()
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ tensors and plain containers only, never arbitrary pickled code. That holds for 
 from __future__ import annotations
 
 import copy
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -143,8 +144,13 @@ def save_checkpoint(
         "metadata": dict(metadata or {}),
     }
     path = Path(path)
+    # Serialised to memory first: torch.save names the archive inside after the file it writes,
+    # so the same checkpoint saved under two names (a blend cached under its ends' names) would
+    # differ in bytes, hence in the sha256 that outputs name their model by.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
     with atomic_write(path) as tmp:
-        torch.save(payload, tmp)
+        tmp.write_bytes(buffer.getbuffer())
     return path
 
 

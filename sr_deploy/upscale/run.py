@@ -21,6 +21,7 @@ from pathlib import Path
 from ..backends.base import Backend
 from ..backends.fp32_fallback import Fp32Fallback
 from ..errors import InputError, SRDeployError
+from ..model_file import content_id
 from ..util import storage
 from ..util.files import exclusive_output, file_sha256
 from ..util.log import Progress as Log
@@ -135,14 +136,14 @@ def one_line(source: Path, exc: BaseException) -> str:
 
 
 def model_identity(model: str) -> str:
-    """The model file's name and the sha256 of its bytes, as a Ray job names it
+    """The model file's `content_id` (name and sha256 prefix), as a Ray job names it
     (`model_file.model_files_id`): a resumed video never mixes segments of two models, even when
     weights were replaced in place with the same size and modification time (issue 24)."""
     try:
         from ..models import resolve_model_path
 
         path = resolve_model_path(model)
-        return f"{path.name}:{file_sha256(path)[:16]}"
+        return content_id(path.name, file_sha256(path))
     except Exception:  # a stand-in backend in tests, an unresolvable name: the name is all there is
         return str(model)
 
@@ -236,16 +237,31 @@ def _run_locked(job: Job, backend: Backend, options: UpscaleOptions, log: Log, v
     return Outcome(job, state, message, path=result.path, frames=result.frames)
 
 
+def skip_pass(
+    jobs: Sequence[Job],
+    options: UpscaleOptions,
+    log: Log = to_stderr,
+    rule: Callable[..., tuple[list[Outcome], list[Job]]] = jobs_to_run,
+) -> tuple[UpscaleOptions, UpscaleSummary, list[Job]]:
+    """Before any model is loaded: the options `settled` (the model's identity, which the skip rule
+    compares with what outputs record; the thread count), then the skip / resume `rule`
+    (`plan.jobs_to_run`, or `stored.stored_jobs_to_run` for locations). Returns the settled
+    options, the summary so far and the jobs left to run."""
+    options = settled(options)
+    outcomes, todo = rule(jobs, options, log)
+    return options, summarize(outcomes), todo
+
+
 def run_jobs(jobs: Sequence[Job], backend: Backend, options: UpscaleOptions, log: Log = to_stderr) -> UpscaleSummary:
-    """Run every job here; one failing job is logged (`error: FILE: cause`) and the others go on.
-    Outputs that already exist are skipped unless `overwrite` (re-running resumes a folder).
+    """Run every job here with `backend`; one failing job is logged (`error: FILE: cause`) and the
+    others go on. Outputs that already exist are skipped unless `overwrite` (re-running resumes a
+    folder), as `skip_pass` rules.
 
     KeyboardInterrupt stops everything (the current output's temporary file is removed; a video's
     finished segments are kept for the re-run to resume from).
     """
-    options = settled(options, backend)  # the model's identity first: the skip rule compares it
-    outcomes, todo = jobs_to_run(jobs, options, log)
-    return run_todo(todo, summarize(outcomes), backend, options, log)
+    options, summary, todo = skip_pass(jobs, options, log)
+    return run_todo(todo, summary, backend, options, log)
 
 
 def run_todo(
@@ -325,8 +341,8 @@ def upscale(
     log: Log = to_stderr,
     backend: Backend | None = None,
 ) -> UpscaleSummary:
-    """Plan (the model file must exist unless `backend` is given), load the backend (unless
-    given, or unless every output already exists), run.
+    """Plan (the model file must exist unless `backend` is given), the skip pass, then load the
+    backend (unless given, or unless nothing is left to do) and run what is left (`run_jobs`).
 
     A caller's own `backend` is named in the outputs (and compared by the skip rule) as
     `options.model_id`, else `options.model`: set one of them to the backend's model.
@@ -334,9 +350,7 @@ def upscale(
     Returns the summary; `summary.exit_code()` is the command's exit code.
     """
     jobs = plan_checked(inputs, output, options, model_needed=backend is None)
-    options = settled(options)  # the model's identity (the skip rule reads it) and the thread count
-    outcomes, todo = jobs_to_run(jobs, options, log)
-    summary = summarize(outcomes)
+    options, summary, todo = skip_pass(jobs, options, log)
     if not todo:
         return summary
     if backend is not None:

@@ -4,10 +4,11 @@ A run where any INPUT or OUT is a URI plans here (`plan_stored`): the same namin
 local run (`plan.plan_jobs`), but its jobs hold locations as text (a URI or a local path). Every
 store is checked before any work (`sr_deploy.util.storage`: a bad URI, missing credentials, a
 missing bucket fail in one line, exit 2, nothing written). `stored_jobs_to_run` is the skip rule
-(a non-empty object under the final key is done; one made with another model, `plan.jobs_to_run`). `run_staged` runs one job through the local
-job (`run_one`): the input fetched to a local stage, the output put to the store atomically; a
-video's stage is kept between runs on this machine, so an interrupted local video resumes from
-its segments. Local paths in a run without URIs never come here.
+(a non-empty object under the final key is done, unless it says another model made it, as in
+`plan.jobs_to_run`). `run_staged` runs one job through the local job (`run_one`): the input
+fetched to a local stage, the output put to the store atomically; a video's stage is kept between
+runs on this machine, so an interrupted local video resumes from its segments. Local paths in a
+run without URIs never come here.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from ..util.text import PROVENANCE_KEY, first_line, provenance_model
 from ..video import VideoOptions
 from .options import UpscaleOptions
 from .plan import Job, Outcome, jobs_to_run, kind_of, made_with, status
-from .run import UpscaleSummary, load_backend, plan_checked, run_one, run_todo, settled, summarize
+from .run import UpscaleSummary, load_backend, plan_checked, run_one, run_todo, skip_pass
 
 
 def uses_store(inputs: Sequence[str | Path], output: str | Path) -> bool:
@@ -127,8 +128,8 @@ def _stored_state(target: str | Path) -> str:
 
 
 def _stored_made_with(target: str | Path) -> str | None:
-    """`plan.made_with` for a location: an image object's record is read with two ranged reads
-    at most; a stored video's is not read (that would mean fetching its header): None."""
+    """`plan.made_with` for a location: an image object's record is read with a stat (its size)
+    and one ranged read; a stored video's is not read (that would mean fetching its header): None."""
     location = str(target)
     if not storage.is_uri(location):
         return made_with(Path(location))
@@ -210,10 +211,7 @@ def upscale_stored(
     inputs: Sequence[str | Path], output: str | Path, options: UpscaleOptions, log: Log = to_stderr
 ) -> UpscaleSummary:
     """`upscale.run.upscale` for URIs: plan and check the stores, load the backend, run each job staged."""
-    jobs = plan_stored_checked(inputs, output, options)
-    options = settled(options)  # the model's identity (the skip rule reads it), the thread count
-    outcomes, todo = stored_jobs_to_run(jobs, options, log)
-    summary = summarize(outcomes)
+    options, summary, todo = skip_pass(plan_stored_checked(inputs, output, options), options, log, stored_jobs_to_run)
     if not todo:
         sweep_partials(summary, log)
         return summary

@@ -132,14 +132,16 @@ def probe_video(source: str | Path) -> VideoInfo:
 
 def container_tag(source: str | Path, tag: str) -> str | None:
     """The container-level tag `tag` of a video file (``comment``: how an output was made), read
-    from its header; None when it has none or does not open."""
+    from its header, whatever its case (Matroska and WebM store ``COMMENT``); None when it has
+    none or does not open."""
     import av
 
     try:
         with av.open(str(source), "r") as container:
-            return container.metadata.get(tag)
+            tags = container.metadata
     except (av.FFmpegError, OSError, ValueError):
         return None
+    return next((value for key, value in tags.items() if key.lower() == tag.lower()), None)
 
 
 def sws_colorspace(colorspace: int) -> str:

@@ -71,6 +71,10 @@ def test_jpeg_comments_are_read_back_and_leave_the_pixels_alone(set5_dir, tmp_pa
     assert image_file_text(tmp_path / "b.jpg", "sr-deploy") == "model=x.pt:0123 precision=fp32"
     (tmp_path / "plain.jpg").write_bytes(plain)
     assert image_file_text(tmp_path / "plain.jpg", "sr-deploy") is None
+    # fill bytes (0xFF) may stand before any marker: the comment is still found
+    at = tagged.index(b"\xff\xfe")
+    (tmp_path / "fill.jpg").write_bytes(tagged[:at] + b"\xff\xff" + tagged[at:])
+    assert image_file_text(tmp_path / "fill.jpg", "sr-deploy") == "model=x.pt:0123 precision=fp32"
 
 
 @pytest.mark.parametrize(("flag", "precision"), [("auto", "fp32"), ("bf16", "bf16")])
@@ -162,9 +166,11 @@ def test_a_rerun_skips_only_what_its_own_model_made(set5_dir, model, tmp_path):
 def test_records_are_parsed_and_compared_by_the_models_sha256():
     assert provenance_model("model=a\nb c.pt:0123456789abcdef precision=bf16") == "a\nb c.pt:0123456789abcdef"
     assert provenance_model("hello") is None and provenance_model(None) is None
-    assert same_model("??.pt:0123456789abcdef", "мм.pt:0123456789abcdef")  # Latin-1 '?' for Cyrillic, same bytes
+    assert same_model("??.pt:0123456789abcdef", "мм.pt:0123456789abcdef")  # the digits decide
     assert not same_model("a.pt:0123456789abcdef", "a.pt:0123456789abcdee")
-    assert same_model("custom", "custom") and not same_model("custom", "b.pt:0123456789abcdef")
+    assert same_model("??.pt", "мм.pt")  # no digits: the whole id, as a PNG field stores it (Latin-1)
+    assert same_model("custom", "custom") and not same_model("custom", "other")
+    assert same_model("unnamed", "b.pt:0123456789abcdef")  # digits on one side only: nothing to compare
 
 
 def test_the_refusal_stays_on_one_line_whatever_the_names_and_records_hold(set5_dir, model, tmp_path):
@@ -187,9 +193,10 @@ def test_the_refusal_stays_on_one_line_whatever_the_names_and_records_hold(set5_
     assert "\x1b" not in result.stderr and "\r" not in result.stderr
 
 
-def test_a_video_made_with_another_model_is_not_skipped(video_dir, model, tmp_path):
+@pytest.mark.parametrize("container", ["mp4", "mkv"])  # Matroska keeps the tag as COMMENT
+def test_a_video_made_with_another_model_is_not_skipped(video_dir, model, tmp_path, container):
     clip = make_clip(video_dir / "car_traffic_small.mp4", tmp_path / "clip.mp4", 0.2, size=(48, 28), audio=False)
-    out = tmp_path / "out.mp4"
+    out = tmp_path / f"out.{container}"
     assert _upscale(clip, out, model).exit_code == 0
     made = out.read_bytes()
     result = _upscale(clip, out, save_tiny_srvgg(tmp_path / "other.pt", seed=1))
