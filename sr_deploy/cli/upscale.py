@@ -72,7 +72,11 @@ from .options import BACKEND_CHOICE, PRECISION_CHOICE, device_option, realism_op
     show_default=True,
     help="Output image format (ignored when OUT is a file name).",
 )
-@click.option("--overwrite", is_flag=True, help="Redo outputs that already exist (default: skip them).")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Redo outputs that already exist (default: skip the ones this run's model made; ones another model made fail).",
+)
 @click.option(
     "--quality", type=click.IntRange(1, 101), default=None, help="JPEG/WebP quality (default 95; WebP 101 = lossless)."
 )
