@@ -28,7 +28,7 @@ from ..util import storage
 from ..util.log import Progress as Log
 from ..util.log import to_stderr
 from ..util.text import PROVENANCE_KEY, first_line, provenance_model
-from ..video import VideoOptions
+from ..video import VideoOptions, container_tag
 from .options import UpscaleOptions
 from .plan import Job, Outcome, jobs_to_run, kind_of, made_with, status
 from .run import UpscaleSummary, load_backend, plan_checked, run_one, run_todo, skip_pass
@@ -129,17 +129,19 @@ def _stored_state(target: str | Path) -> str:
 
 def _stored_made_with(target: str | Path) -> str | None:
     """`plan.made_with` for a location: an image object's record is read with a stat (its size)
-    and one ranged read; a stored video's is not read (that would mean fetching its header): None."""
+    and one ranged read; a video object's tag from its header, read in 64 KiB ranges (our MP4s
+    carry their index at the front)."""
     location = str(target)
     if not storage.is_uri(location):
         return made_with(Path(location))
-    if kind_of(location) != "image":
-        return None
     try:
+        if kind_of(location) == "video":
+            with storage.open_read(location) as header:
+                return provenance_model(container_tag(header, "comment"))
         info = storage.stat(location) or {}
         read = functools.partial(storage.read_range, location)
         return provenance_model(image_text(read, int(info.get("size") or 0), Path(location).suffix, PROVENANCE_KEY))
-    except SRDeployError:  # unreadable now: the put that made it was whole, so skip it as before
+    except (SRDeployError, OSError):  # unreadable now: the put that made it was whole, so skip it as before
         return None
 
 

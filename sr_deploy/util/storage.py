@@ -153,6 +153,16 @@ def read_range(uri: str, start: int, end: int) -> bytes:
         raise _explain(uri, exc) from None
 
 
+def open_read(uri: str, block_size: int = 1 << 16) -> Any:
+    """The object `uri` as a seekable binary file that reads in ranges of `block_size` bytes as it
+    is read (for a header: a video container's tags), not a download. Close it after use."""
+    fs, path = _filesystem(uri)
+    try:
+        return fs.open(path, "rb", block_size=block_size)
+    except Exception as exc:
+        raise _explain(uri, exc) from None
+
+
 def fetch(uri: str, local: Path) -> Path:
     """Download `uri` to the local file `local` (streamed; its folder is made); returns `local`."""
     fs, path = _filesystem(uri)

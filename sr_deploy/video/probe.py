@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..errors import InputError
 from .common import VideoDamaged, cause
@@ -130,14 +130,14 @@ def probe_video(source: str | Path) -> VideoInfo:
         container.close()
 
 
-def container_tag(source: str | Path, tag: str) -> str | None:
-    """The container-level tag `tag` of a video file (``comment``: how an output was made), read
-    from its header, whatever its case (Matroska and WebM store ``COMMENT``); None when it has
-    none or does not open."""
+def container_tag(source: str | Path | BinaryIO, tag: str) -> str | None:
+    """The container-level tag `tag` of a video file or a seekable binary file object (``comment``:
+    how an output was made), read from its header, whatever its case (Matroska and WebM store
+    ``COMMENT``); None when it has none or does not open."""
     import av
 
     try:
-        with av.open(str(source), "r") as container:
+        with av.open(source if hasattr(source, "read") else str(source), "r") as container:
             tags = container.metadata
     except (av.FFmpegError, OSError, ValueError):
         return None

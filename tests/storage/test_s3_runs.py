@@ -5,6 +5,7 @@ exit-2 refusals (bad URI, missing credentials, missing bucket) that write nothin
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -148,6 +149,14 @@ def test_a_video_from_s3_to_s3_equals_a_local_run(tiny_model, video_dir, bucket,
     assert list(s3_objects(f"s3://{bucket}/out")) == ["clip.mp4"]
     (tmp_path / "s3.mp4").write_bytes(s3_objects(f"s3://{bucket}/out")["clip.mp4"])
     assert _frame_md5s(tmp_path / "s3.mp4") == _frame_md5s(tmp_path / "local.mp4")
+    # a re-run reads the stored video's comment tag from its header: its own model skips it,
+    # another model fails it (exit 2) and leaves the object as it is
+    again = upscale_stored([f"s3://{bucket}/videos/clip.mp4"], f"s3://{bucket}/out/", options, lambda m: None)
+    assert again.skipped == [f"s3://{bucket}/out/clip.mp4"] and not again.failed
+    other = dataclasses.replace(options, model=str(save_tiny_srvgg(tmp_path / "other.pt", seed=1)))
+    refused = upscale_stored([f"s3://{bucket}/videos/clip.mp4"], f"s3://{bucket}/out/", other, lambda m: None)
+    assert refused.exit_code() == 2 and "already there, made with another model (tiny.pt:" in refused.failed[0][1]
+    assert s3_objects(f"s3://{bucket}/out")["clip.mp4"] == (tmp_path / "s3.mp4").read_bytes()
 
 
 BAD_LOCATIONS = [
