@@ -244,7 +244,7 @@ def run_jobs_on_ray(
     ray = import_ray()
     # skip / resume: the rule compares the model's identity with what outputs record (the thread
     # count is not settled here: the pool fits it to the cluster below)
-    options = dataclasses.replace(options, model_id=options.model_id or model_identity(options.model))
+    options = dataclasses.replace(options, model_id=model_identity(options.model))  # = model_files_id below
     outcomes, todo = (stored_jobs_to_run if stored else jobs_to_run)(jobs, options, log)
     summary = summarize(outcomes)
     if not todo:

@@ -64,9 +64,13 @@ def check_alpha(alpha: float, option: str = "--realism") -> float:
     return alpha
 
 
-def interpolate_checkpoints(psnr_model: str | Path, gan_model: str | Path, alpha: float, output: str | Path) -> Path:
+def interpolate_checkpoints(
+    psnr_model: str | Path, gan_model: str | Path, alpha: float, output: str | Path, name_ends: bool = True
+) -> Path:
     """Blend two generator files (any layout `load_checkpoint` reads, or bundled names) and write
-    `output` in sr-deploy format, atomically. InputError for different architectures, an alpha
+    `output` in sr-deploy format, atomically. The metadata records both ends' sha256 and, with
+    `name_ends`, the ends as given (False for the realism cache: the same two files then give the
+    same bytes however they were named). InputError for different architectures, an alpha
     outside [0, 1] or an output that is one of the inputs."""
     alpha = check_alpha(alpha, "--alpha")
     output = Path(output)
@@ -88,8 +92,7 @@ def interpolate_checkpoints(psnr_model: str | Path, gan_model: str | Path, alpha
     meta = {
         "interpolated": {
             "alpha": alpha,
-            # the ends by content only, not by the names or spellings given: a blend of the same two
-            # files is the same bytes however they were named (outputs name a model by its sha256)
+            **({"psnr_model": str(psnr_model), "gan_model": str(gan_model)} if name_ends else {}),
             "psnr_sha256": a.sha256,
             "gan_sha256": b.sha256,
         },
@@ -157,5 +160,5 @@ def resolve_realism(model: str, gan_model: str | None, realism: float | None) ->
     target = cache_dir() / f"{ends}@{alpha:g}-{key}.pt"
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
-        interpolate_checkpoints(model, gan_model, alpha, target)
+        interpolate_checkpoints(model, gan_model, alpha, target, name_ends=False)  # bytes: the files' only
     return str(target)

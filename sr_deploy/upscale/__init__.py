@@ -7,7 +7,10 @@ One job, any executor:
                  resume rule (`jobs_to_run`), and how a job ended (`Outcome`)
     image.py     one image file: read, tile, write atomically (`upscale_image_file`)
     run.py       `run_one(job, backend, options) -> Outcome`, the reducer into `UpscaleSummary`,
-                 the local loop (`run_jobs`) and `upscale` (plan, load, run)
+                 the skip pass (`skip_pass`), the local loop (`run_jobs`) and `upscale` (plan,
+                 skip, load, run)
+    stored.py    the same for INPUT / OUT in object storage (URIs); remote.py, remote_stored.py:
+                 the rows a Ray driver sends and the answers it folds in
 
 The local loop and the Ray actors (`sr_deploy.cluster`) both call `run_one`; the Ray driver folds
 its rows into the same summary with the same reducer.

@@ -129,20 +129,28 @@ def _stored_state(target: str | Path) -> str:
 
 def _stored_made_with(target: str | Path) -> str | None:
     """`plan.made_with` for a location: an image object's record is read with a stat (its size)
-    and one ranged read; a video object's tag from its header, read in 64 KiB ranges (our MP4s
-    carry their index at the front)."""
+    and one ranged read; a video object's tag from its header (PyAV reads it in 64 KiB ranges,
+    probing no further: a few hundred KiB; our MP4s carry their index at the front)."""
     location = str(target)
     if not storage.is_uri(location):
         return made_with(Path(location))
     try:
         if kind_of(location) == "video":
-            with storage.open_read(location) as header:
-                return provenance_model(container_tag(header, "comment"))
+            return _stored_video_made_with(location)
         info = storage.stat(location) or {}
         read = functools.partial(storage.read_range, location)
         return provenance_model(image_text(read, int(info.get("size") or 0), Path(location).suffix, PROVENANCE_KEY))
     except (SRDeployError, OSError):  # unreadable now: the put that made it was whole, so skip it as before
         return None
+
+
+def _stored_video_made_with(location: str) -> str | None:
+    """The model a video object records, from its header; None when it cannot be read now."""
+    try:
+        with storage.open_read(location) as header:
+            return provenance_model(container_tag(header, "comment"))
+    except Exception:  # any store's read error (gcsfs, adlfs raise their own) comes through PyAV as it is:
+        return None  # unreadable now; the put that made it was whole, so skip it as before
 
 
 def stored_jobs_to_run(jobs: Sequence[Job], options: UpscaleOptions, log: Log) -> tuple[list[Outcome], list[Job]]:

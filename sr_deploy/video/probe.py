@@ -137,7 +137,9 @@ def container_tag(source: str | Path | BinaryIO, tag: str) -> str | None:
     import av
 
     try:
-        with av.open(source if hasattr(source, "read") else str(source), "r") as container:
+        # probe no stream data: the tags are in the header (an object in a store is read in ranges)
+        where = source if hasattr(source, "read") else str(source)
+        with av.open(where, "r", options={"probesize": "32", "analyzeduration": "0"}) as container:
             tags = container.metadata
     except (av.FFmpegError, OSError, ValueError):
         return None

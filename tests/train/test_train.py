@@ -380,6 +380,7 @@ def test_esrgan_psnr_then_gan_then_interpolation(sun_hays, tmp_path, random_vgg_
         assert interpolate_main([str(psnr_model), str(gan_model), "--alpha", str(alpha), "-o", str(out)]) == 0
         mixed = load_checkpoint(out)
         assert mixed.metadata["interpolated"]["alpha"] == alpha
+        assert mixed.metadata["interpolated"]["psnr_model"] == str(psnr_model)  # a made file names its ends
         for k, v in mixed.model.state_dict().items():
             assert torch.equal(v, expected[k]), f"alpha {alpha}: {k}"
 

@@ -169,6 +169,7 @@ def test_records_are_parsed_and_compared_by_the_models_sha256():
     assert same_model("??.pt:0123456789abcdef", "мм.pt:0123456789abcdef")  # the digits decide
     assert not same_model("a.pt:0123456789abcdef", "a.pt:0123456789abcdee")
     assert same_model("??.pt", "мм.pt")  # no digits: the whole id, as a PNG field stores it (Latin-1)
+    assert same_model("мм.pt", "мм.pt")  # ...or as a video tag does (UTF-8)
     assert same_model("custom", "custom") and not same_model("custom", "other")
     assert same_model("unnamed", "b.pt:0123456789abcdef")  # digits on one side only: nothing to compare
 
