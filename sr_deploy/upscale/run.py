@@ -342,7 +342,7 @@ def upscale(
     backend: Backend | None = None,
 ) -> UpscaleSummary:
     """Plan (the model file must exist unless `backend` is given), the skip pass, then load the
-    backend (unless given, or unless nothing is left to do) and run what is left (`run_jobs`).
+    backend (unless given, or unless nothing is left to do) and run what is left (`run_todo`).
 
     A caller's own `backend` is named in the outputs (and compared by the skip rule) as
     `options.model_id`, else `options.model`: set one of them to the backend's model.

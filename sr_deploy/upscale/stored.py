@@ -134,9 +134,9 @@ def _stored_made_with(target: str | Path) -> str | None:
     location = str(target)
     if not storage.is_uri(location):
         return made_with(Path(location))
+    if kind_of(location) == "video":
+        return _stored_video_made_with(location)
     try:
-        if kind_of(location) == "video":
-            return _stored_video_made_with(location)
         info = storage.stat(location) or {}
         read = functools.partial(storage.read_range, location)
         return provenance_model(image_text(read, int(info.get("size") or 0), Path(location).suffix, PROVENANCE_KEY))
