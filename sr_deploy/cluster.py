@@ -244,7 +244,7 @@ def run_jobs_on_ray(
     ray = import_ray()
     # skip / resume: the rule compares the model's identity with what outputs record (the thread
     # count is not settled here: the pool fits it to the cluster below)
-    options = dataclasses.replace(options, model_id=model_identity(options.model))  # = model_files_id below
+    options = dataclasses.replace(options, model_id=model_identity(options.model))  # the file's id, read from disk
     outcomes, todo = (stored_jobs_to_run if stored else jobs_to_run)(jobs, options, log)
     summary = summarize(outcomes)
     if not todo:
@@ -252,7 +252,8 @@ def run_jobs_on_ray(
             sweep_partials(summary, log)
         return summary
     model = model_files(options.model)
-    options = dataclasses.replace(options, model_id=model_files_id(*model))  # hashed once, from the bytes sent
+    # hashed again, from the bytes sent: what the workers write names exactly what they were given
+    options = dataclasses.replace(options, model_id=model_files_id(*model))
     scratch = Path(tempfile.mkdtemp(prefix="sr-deploy-ray-"))
     driver, started = (StoredRemoteRun if stored else RemoteRun)(todo, summary, log), False
     bar = None

@@ -52,8 +52,8 @@ def same_model(recorded: str, model_id: str) -> bool:
     """Whether the model id an output records (`provenance_model`) may name the model `model_id`:
     by the sha256 prefix of its bytes when both carry one (a renamed copy of the same file makes
     the same bytes); by the whole id when neither does (a file name outside Latin-1 is stored with
-    ``?`` in a PNG text field, as UTF-8 in a video tag); True when only one does (a library call that named its model
-    without hashing it: nothing to tell them apart by)."""
+    ``?`` in a PNG text field, as UTF-8 in a video tag); True when only one does (a library call
+    that named its model without hashing it: nothing to tell them apart by)."""
     ours, theirs = _CONTENT_HASH.search(model_id[-17:]), _CONTENT_HASH.search(recorded[-17:])
     if ours and theirs:
         return ours.group(1) == theirs.group(1)
