@@ -44,8 +44,10 @@ from .formats import (  # noqa: F401 - DATASET_IMAGE_SUFFIXES, IMAGE_FORMATS, OU
     OUTPUT_IMAGE_FORMATS,
     image_format,
 )
+from .image_profile import add_profile_to_file
 from .util.files import atomic_write_bytes as _atomic_write_bytes
 from .util.files import partial_path as partial_path  # re-exported: video.py and tests import it from here
+from .util.jpeg import jpeg_damage
 
 
 def _quality_params(ext: str, quality: int | None) -> list[int]:
@@ -110,6 +112,8 @@ def read_image(path: str | Path) -> np.ndarray:
     # IMREAD_UNCHANGED keeps alpha and 16 bits but ignores EXIF orientation. JPEG has no alpha,
     # so for JPEG, ANYCOLOR | ANYDEPTH keeps grey as grey and lets OpenCV apply the orientation.
     fmt = image_format(path)
+    if fmt is not None and fmt.name == "jpg" and (damage := jpeg_damage(data.tobytes())):
+        raise InputError(f"{path}: damaged JPEG data ({damage})")
     if fmt is not None and fmt.orientation:
         flags = cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH
     else:
@@ -446,12 +450,17 @@ def write_image(path: str | Path, image: np.ndarray, quality: int | None = None)
 
 
 def write_image_consuming(
-    path: str | Path, image: np.ndarray, quality: int | None = None, text: Mapping[str, str] | None = None
+    path: str | Path,
+    image: np.ndarray,
+    quality: int | None = None,
+    text: Mapping[str, str] | None = None,
+    profile: bytes | None = None,
 ) -> None:
     """`write_image` for very large images: no full-size copy is made. The RGB(A) channels of
     `image` are swapped to OpenCV's BGR(A) in place (the array is left in that order: do not use
     it afterwards) and OpenCV writes the file itself (PNG rows stream to disk) under the temporary
-    name, then it is renamed. `text`: text fields, as `encode_image`."""
+    name, then it is renamed. `text`: text fields, as `encode_image`; `profile`: an ICC profile
+    for a PNG or JPEG (`image_profile`)."""
     path = Path(path)
     ext = path.suffix.lower()
     expected = output_dtype_for(ext, image.dtype)
@@ -472,6 +481,7 @@ def write_image_consuming(
         if not cv2.imwrite(str(tmp), image, params):
             raise SRDeployError(f"{path}: OpenCV could not write a {image.shape} {image.dtype} image as {ext}")
         _add_text_to_file(tmp, ext, text)
+        add_profile_to_file(tmp, ext, profile)  # after the text: a JPEG's comment stays in its first bytes
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -190,7 +190,7 @@ def test_the_drivers_precision_decision_is_what_every_actor_runs(
     assert_same_files(_files(tmp_path / "ray"), _files(tmp_path / "bf16"))  # the bf16 bytes, on every actor
     for path in (tmp_path / "ray").glob("*.png"):
         with Image.open(path) as image:
-            assert image.text["sr-deploy"].endswith(" precision=bf16")
+            assert " precision=bf16 outscale=model input_bytes=" in image.text["sr-deploy"]
 
 
 def test_video_on_ray_is_frame_exact(ray_cluster, tiny_model, video_dir, tmp_path):
@@ -245,7 +245,7 @@ def test_an_interrupted_video_resumes_with_its_missing_pieces(ray_cluster, tiny_
 
     target = tmp_path / "out" / "clip.mp4"
     target.parent.mkdir()
-    settings = piece_settings(options, model_files_id(*model_files(str(tiny_model))))
+    settings = piece_settings(options, model_files_id(*model_files(str(tiny_model))), ".mp4")
     pieces = VideoPieces.cut(clip, target, tmp_path / "pieces", 0.5, settings)
     backend = load(tiny_model, "cpu", "fp32")
     for part, piece, _ in pieces.pending[:-1]:  # the run "died" before the last piece

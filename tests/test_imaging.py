@@ -129,6 +129,51 @@ def test_corrupt_and_empty_files_raise_one_line_input_error(set5_dir, tmp_path):
         assert name in message and cause in message and "\n" not in message
 
 
+@pytest.mark.parametrize("quality", [90, 95])  # the damage shows as two different libjpeg warnings
+def test_a_jpeg_with_damaged_data_is_refused_not_decoded_with_broken_blocks(set14_dir, tmp_path, quality):
+    """OpenCV decodes a JPEG whose compressed data is damaged into a picture with broken blocks and
+    only warns on stderr; read_image refuses it in one line naming the file and libjpeg's cause."""
+    data = bytearray(
+        cv2.imencode(".jpg", cv2.imread(str(set14_dir / "lenna.png")), [cv2.IMWRITE_JPEG_QUALITY, quality])[1]
+    )
+    (tmp_path / "whole.jpg").write_bytes(bytes(data))
+    middle = len(data) // 2
+    data[middle : middle + 40] = bytes(b ^ 0x5A for b in data[middle : middle + 40])
+    (tmp_path / "damaged.jpg").write_bytes(bytes(data))
+    assert cv2.imread(str(tmp_path / "damaged.jpg")) is not None  # what OpenCV alone would have taken
+    with pytest.raises(InputError) as info:
+        read_image(tmp_path / "damaged.jpg")
+    message = str(info.value)
+    assert (
+        message.startswith(f"{tmp_path / 'damaged.jpg'}: damaged JPEG data (Corrupt JPEG data: ")
+        and "\n" not in message
+    )
+    assert read_image(tmp_path / "whole.jpg").shape == (512, 512, 3)
+
+
+def test_whole_jpegs_of_every_kind_are_not_taken_for_damaged(shared_data, tmp_path):
+    """Camera photos and the JPEG variants people have (progressive, 4:4:4, CMYK, grey, an EXIF-less
+    file with bytes after its end marker) read as before."""
+    from PIL import Image
+
+    photos = sorted((shared_data / "train" / "Sun_Hays80").glob("*.jpg"))[:20]
+    assert len(photos) == 20
+    for photo in photos:
+        assert read_image(photo).ndim == 3
+    with Image.open(photos[0]) as im:
+        rgb = im.convert("RGB")
+    for name, mode, extra in [
+        ("progressive", "RGB", {"progressive": True}),
+        ("444", "RGB", {"subsampling": 0}),
+        ("cmyk", "CMYK", {}),
+        ("grey", "L", {}),
+    ]:
+        rgb.convert(mode).save(tmp_path / f"{name}.jpg", quality=85, **extra)
+        assert read_image(tmp_path / f"{name}.jpg").shape[:2] == (rgb.height, rgb.width)
+    (tmp_path / "tail.jpg").write_bytes(photos[0].read_bytes() + b"trailer" * 100)
+    assert read_image(tmp_path / "tail.jpg").shape[:2] == (rgb.height, rgb.width)
+
+
 def test_write_is_atomic_and_leaves_no_temporary(set5_dir, tmp_path):
     rgb = _crop(set5_dir / "woman.png")
     target = tmp_path / "sub" / "w.png"

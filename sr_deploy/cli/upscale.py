@@ -75,7 +75,10 @@ from .options import BACKEND_CHOICE, PRECISION_CHOICE, device_option, realism_op
 @click.option(
     "--overwrite",
     is_flag=True,
-    help="Redo outputs that already exist (default: skip the ones this run's model made; ones another model made fail).",
+    help=(
+        "Redo outputs that already exist (default: skip the ones this run would make again; "
+        "ones another model, other settings or another input made fail)."
+    ),
 )
 @click.option(
     "--quality", type=click.IntRange(1, 101), default=None, help="JPEG/WebP quality (default 95; WebP 101 = lossless)."

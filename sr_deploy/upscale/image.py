@@ -10,6 +10,7 @@ import numpy as np
 
 from ..backends.base import Backend
 from ..errors import InputError
+from ..image_profile import carried_profile
 from ..imaging import (
     image_header_size,
     image_to_model_input,
@@ -76,7 +77,8 @@ def _pixels_text(count: int) -> str:
 def upscale_image_file(backend: Backend, source: Path, target: Path, options: UpscaleOptions) -> None:
     """Read `source`, upscale it (tiled), write `target` atomically (format from its extension).
 
-    Keeps greyscale as one channel, alpha (bicubic), 16-bit depth where the format holds it.
+    Keeps greyscale as one channel, alpha (bicubic), 16-bit depth where the format holds it,
+    and the input's ICC colour profile in a PNG or JPEG output (`image_profile.carried_profile`).
     Memory: each tile is clamped and rounded into the 8/16-bit output as it finishes, so the peak
     is the input (as float32), the tiles in flight and the output image, not a float32 output.
     With `--outscale` the tiles go into a 16-bit image at the model's scale, which is resized and
@@ -119,5 +121,6 @@ def upscale_image_file(backend: Backend, source: Path, target: Path, options: Up
         if staging != dtype:  # 16-bit staging -> 8-bit, rounded and saturated
             out = cv2.multiply(out, 1 / 257, dtype=cv2.CV_8U)
     model_id = options.model_id or Path(options.model).name
-    text = {PROVENANCE_KEY: provenance(model_id, backend.precision)}
-    write_image_consuming(target, out, options.quality, text)
+    job = options.recorded("image", target.suffix) | {"input_bytes": str(source.stat().st_size)}
+    text = {PROVENANCE_KEY: provenance(model_id, backend.precision, job)}
+    write_image_consuming(target, out, options.quality, text, carried_profile(source, channels))

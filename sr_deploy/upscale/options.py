@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import InputError
+from ..formats import image_format
 from ..tiling import DEFAULT_TILE_OVERLAP
 from ..video import (
     DEFAULT_CRF,
@@ -99,6 +100,20 @@ class UpscaleOptions:
             progress=self.progress,
             dedup_threshold=self.dedup_threshold,
         )
+
+    def recorded(self, kind: str, extension: str) -> dict[str, str]:
+        """The settings that decide what an output of `kind` ("image" / "video") and `extension`
+        is, as its record (`util.text.provenance`) names them and the skip rule compares them
+        (`plan.jobs_to_run`): as given (``outscale=model``: the model's own scale); an image's
+        quality only where its format is lossy, resolved to the format's default. The tiles and
+        the precision are not among them: they are how a job runs, not what it makes."""
+        if kind == "video":
+            return self.video().recorded(extension)
+        settings = {"outscale": "model" if self.outscale is None else f"{self.outscale:g}"}
+        fmt = image_format(extension)
+        if fmt is not None and fmt.quality is not None:
+            settings["quality"] = str(self.quality if self.quality is not None else fmt.quality[1])
+        return settings
 
 
 def validate_options(options: UpscaleOptions) -> None:

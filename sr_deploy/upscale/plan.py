@@ -4,8 +4,9 @@
 input, an output that would overwrite an input, two inputs mapping to one output) fail at once.
 Folders are walked recursively in sorted order, hidden files and folders skipped, and their
 relative tree is kept under the output folder. `jobs_to_run` is the skip / resume rule of every
-run, local or on a cluster: an output already there is skipped when it was made with this run's
-model (or does not say), and fails its job when it names another.
+run, local or on a cluster: an output already there is skipped when its record says this run
+would make it again (the model, the settings that decide it, the input's size), or its format keeps
+no record; it fails its job when the record says otherwise or is missing from a format that keeps one.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from ..errors import InputError
+from ..formats import image_format
 from ..imaging import IMAGE_EXTENSIONS, OUTPUT_IMAGE_FORMATS, image_file_text, is_image_path
 from ..util.log import Progress as Log
 from ..util.log import to_stderr
-from ..util.text import PROVENANCE_KEY, provenance_model, same_model, shown
+from ..util.text import PROVENANCE_KEY, provenance_fields, same_model, shown
 from ..video import VIDEO_EXTENSIONS, container_tag, is_video_path
 from .options import UpscaleOptions
 
@@ -111,6 +113,20 @@ def _folder_jobs(source: Path, output: Path, output_resolved: Path, ext: str) ->
     return jobs
 
 
+def unread_files(folder: Path, limit: int = 3) -> tuple[int, list[str]]:
+    """The files in an input `folder` that a run leaves out because they are neither an image nor a
+    video it reads (HEIC, GIF, AVIF, sidecar files; hidden ones are left out on purpose and not
+    counted): how many, and the relative names of the first `limit`, so a run can say so rather
+    than report "all done" over photos it never read."""
+    count, names = 0, []
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if kind_of(path) is None and not _is_hidden(relative) and path.is_file():
+            count += 1
+            names += [str(relative)] if len(names) < limit else []
+    return count, names
+
+
 def _check_targets(jobs: list[Job]) -> None:
     resolved_sources = {job.source.resolve(): job.source for job in jobs}
     seen: dict[Path, Path] = {}
@@ -180,13 +196,63 @@ def status(target: Path) -> Literal["done", "todo", "folder"]:
     return "todo"
 
 
-def made_with(target: str | Path) -> str | None:
-    """The model id (`util.text.provenance`) an existing local output says it was made with: a
-    PNG's text field, a JPEG's comment, a video's ``comment`` tag; None when its format keeps no
-    such record (BMP, TIFF, WebP) or it has none."""
+def output_record(target: str | Path) -> dict[str, str] | None:
+    """How an existing local output says it was made (`util.text.provenance_fields`): a PNG's text
+    field, a JPEG's comment, a video's ``comment`` tag. ``{}`` when its format keeps such a record
+    and it holds none (the file was not made by sr-deploy, or by a version before JPEG comments);
+    None when its format keeps none (BMP, TIFF, WebP): nothing to tell."""
+    return record_found(image_file_text, container_tag, target)
+
+
+def record_found(
+    image_text: Callable[[Any, str], str | None], video_tag: Callable[[Any, str], str | None], target: str | Path
+) -> dict[str, str] | None:
+    """`output_record` with the readers of an image's text field and a video's tag given (a store's
+    location is read with ranged requests, `upscale.stored`)."""
     if kind_of(target) == "video":
-        return provenance_model(container_tag(target, "comment"))
-    return provenance_model(image_file_text(target, PROVENANCE_KEY))
+        return provenance_fields(video_tag(target, "comment")) or {}
+    fmt = image_format(Path(str(target)).suffix)
+    if fmt is None or fmt.text is None:
+        return None
+    return provenance_fields(image_text(target, PROVENANCE_KEY)) or {}
+
+
+def expected_record(job: Job, options: UpscaleOptions, input_bytes: int | None) -> dict[str, str]:
+    """What this run would record in `job`'s output besides the precision (`util.text.provenance`):
+    the model, the settings that decide the output, the input's size."""
+    record = {"model": options.model_id} | options.recorded(job.kind, Path(str(job.target)).suffix)
+    return record | ({"input_bytes": str(input_bytes)} if input_bytes is not None else {})
+
+
+def record_mismatch(found: dict[str, str] | None, expected: dict[str, str]) -> str | None:
+    """Why an existing output with record `found` (`output_record`) is not what this run would make
+    (`expected_record`), or None when it may be: nothing to tell (None), or every field both
+    records hold agrees (the model by `same_model`; a record from before the settings were recorded
+    names only the model)."""
+    if found is None:
+        return None
+    if not found:
+        return "already there, and it does not say sr-deploy made it (no sr-deploy record in it)"
+    if not same_model(found["model"], expected["model"]):
+        return f"already there, made with another model ({shown(found['model'])}; this run: {shown(expected['model'])})"
+    theirs, ours = found.get("input_bytes"), expected.get("input_bytes")
+    if theirs and ours and theirs != ours:  # e.g. IMG_0001.JPG of another camera card
+        return f"already there, made from another input ({shown(theirs)} bytes; this run's input: {ours} bytes)"
+    settings = [key for key in expected if key not in ("model", "input_bytes")]
+    differ = [key for key in settings if found.get(key, expected[key]) != expected[key]]
+    if differ:
+        theirs = " ".join(f"{key}={shown(found[key])}" for key in differ)
+        ours = " ".join(f"{key}={expected[key]}" for key in differ)
+        return f"already there, made with other settings ({theirs}; this run: {ours})"
+    return None
+
+
+def local_input_bytes(source: Path) -> int | None:
+    """The size of a local input file, None when it cannot be read now (the job itself says why)."""
+    try:
+        return source.stat().st_size
+    except OSError:
+        return None
 
 
 def jobs_to_run(
@@ -194,15 +260,18 @@ def jobs_to_run(
     options: UpscaleOptions,
     log: Log = to_stderr,
     state: Callable[[Path], str] = status,
-    recorded: Callable[[Path], str | None] = made_with,
+    recorded: Callable[[Path], dict[str, str] | None] = output_record,
+    input_bytes: Callable[[Path], int | None] = local_input_bytes,
 ) -> tuple[list[Outcome], list[Job]]:
     """The skip / resume rule of every run, local or on a cluster: an output that is done (a
-    non-empty file) is skipped unless `options.overwrite`. But one that records another model than
-    the job's (`options.model_id`, when settled) fails that job (code 2) instead: a re-run with
-    another --model or --realism must not count the old outputs as its own. A folder under the
-    output's name fails that job too. `state` and `recorded`: how a location's state and model are
-    read (`upscale.stored` passes its own for objects in a store). Returns the outcomes so far and
-    the jobs left to run."""
+    non-empty file) is skipped unless `options.overwrite`, when its record says this run would make
+    it again (`record_mismatch`: the same model, settings and input size). One that says otherwise,
+    or that its format could say it but holds no record (a file not made by sr-deploy), fails that
+    job (code 2) instead: a re-run with another --model, --realism or --outscale, or from another
+    input with the same name, must not count the old outputs as its own. A folder under the
+    output's name fails that job too. `state`, `recorded` and `input_bytes`: how a location's
+    state, record and an input's size are read (`upscale.stored` passes its own for objects in a
+    store). Returns the outcomes so far and the jobs left to run."""
     outcomes: list[Outcome] = []
     todo = []
     for job in jobs:
@@ -213,12 +282,11 @@ def jobs_to_run(
             )
             log(f"error: {outcomes[-1].message}")
         elif found == "done" and not options.overwrite:
-            other = recorded(job.target) if options.model_id else None
-            if other is not None and not same_model(other, options.model_id):
-                message = (  # `shown`: names and the text read from a file stay on one line
-                    f"{shown(job.target)}: already there, made with another model ({shown(other)}; "
-                    f"this run: {shown(options.model_id)}): --overwrite redoes it, or choose another OUT"
-                )
+            why = None
+            if options.model_id:
+                why = record_mismatch(recorded(job.target), expected_record(job, options, input_bytes(job.source)))
+            if why is not None:
+                message = f"{shown(job.target)}: {why}: --overwrite redoes it, or choose another OUT"
                 outcomes.append(Outcome(job, "failed", message, 2))
                 log(f"error: {message}")
             else:

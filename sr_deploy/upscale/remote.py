@@ -36,11 +36,13 @@ from .run import UpscaleSummary, run_one
 ANSWER_KEYS = ("job", "part", "ok", "message", "code", "data", "frames")
 
 
-def piece_settings(options: UpscaleOptions, model_id: str) -> dict:
-    """What must not change for a video's finished pieces to be resumed (the model by `model_id`,
-    its content; the precision as the driver decided it)."""
+def piece_settings(options: UpscaleOptions, model_id: str, extension: str) -> dict:
+    """What must not change for the finished pieces of a video output of `extension` to be resumed
+    (the model by `model_id`, its content; the precision as the driver decided it), and what the
+    joined video records of its settings (``record``: `UpscaleOptions.recorded`)."""
     unkeyed = {"progress": None, "overwrite": None, "model_id": None}
-    return {"options": dataclasses.asdict(options) | unkeyed, "model": model_id}
+    record = options.recorded("video", extension)
+    return {"options": dataclasses.asdict(options) | unkeyed, "model": model_id, "record": record}
 
 
 def pool_size(
@@ -156,7 +158,6 @@ class RemoteRun:
 
     def plan(self, options: UpscaleOptions, model_id: str, scratch: Path) -> None:
         """One row per image and per video piece left to do (finished pieces are not sent)."""
-        settings = piece_settings(options, model_id)
         self.overwrite = options.overwrite
         for index, job in enumerate(self.todo):
             suffix = Path(str(job.target)).suffix  # a stored job's target may be a URI
@@ -167,6 +168,7 @@ class RemoteRun:
             if not self._lock(index, job):
                 continue
             try:
+                settings = piece_settings(options, model_id, suffix)
                 pieces = self._cut(job, scratch / f"video-{index}", options.segment_seconds, settings)
             except SRDeployError as exc:
                 self.fail(job, str(exc), exc.exit_code)

@@ -61,7 +61,7 @@ class StoredPieces(VideoPieces):
         else:
             storage.remove_tree(prefix)  # another input, model or setting: start again
         self = cls(local, scratch / "out" / storage.local_name(target), scratch / "join", key, done=done)
-        self.uri, self.prefix, self.tags = target, prefix, provenance_tags(settings)
+        self.uri, self.prefix, self.tags = target, prefix, provenance_tags(settings, local)
         self.target.parent.mkdir(parents=True, exist_ok=True)
         self.folder.mkdir(parents=True, exist_ok=True)
         for part, (path, packets) in enumerate(split_video(local, scratch / "cut", seconds)):

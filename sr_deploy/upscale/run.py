@@ -26,11 +26,11 @@ from ..util import storage
 from ..util.files import exclusive_output, file_sha256
 from ..util.log import Progress as Log
 from ..util.log import debug_traceback, to_stderr
-from ..util.text import first_line
-from ..video import VideoOptions, upscale_video
+from ..util.text import first_line, shown
+from ..video import VideoOptions, check_encoder_options, default_codec, upscale_video
 from .image import upscale_image_file
 from .options import UpscaleOptions, validate_options
-from .plan import Job, Outcome, jobs_to_run, kind_of, plan_jobs
+from .plan import Job, Outcome, jobs_to_run, kind_of, plan_jobs, unread_files
 
 
 @dataclass
@@ -316,11 +316,14 @@ def plan_checked(
     options: UpscaleOptions,
     model_needed: bool = True,
     planner: Callable[[Sequence[str | Path], str | Path, str], list[Job]] = plan_jobs,
+    log: Log = to_stderr,
 ) -> list[Job]:
     """The options and the model file checked, the jobs planned and a local output folder made:
     what every executor does before any model is loaded, so that a bad option or a missing model
     leaves nothing behind. `model_needed` False: the caller brings its own backend. `planner`:
-    `plan.plan_jobs` for local paths, `stored.plan_stored` for locations that may be URIs."""
+    `plan.plan_jobs` for local paths, `stored.plan_stored` for locations that may be URIs. The
+    video encoders' --crf and --preset are checked too; files of a local input folder that are
+    neither images nor videos are named in one note on `log`."""
     from ..models import existing_model_path
 
     validate_options(options)
@@ -329,6 +332,13 @@ def plan_checked(
     jobs = planner(inputs, output, options.ext)
     if not jobs:
         raise InputError(f"no image or video files found in {', '.join(str(p) for p in inputs)}")
+    for codec in {options.codec or default_codec(Path(str(job.target)).suffix) for job in jobs if job.kind == "video"}:
+        check_encoder_options(codec, options.crf, options.preset)
+    for folder in (Path(p) for p in inputs if not storage.is_uri(str(p)) and Path(p).is_dir()):
+        count, names = unread_files(folder)
+        if count:
+            listed = shown(", ".join(names)) + (", ..." if count > len(names) else "")
+            log(f"note: {shown(folder)}: {count} file(s) left out, in no image or video format this reads: {listed}")
     if not storage.is_uri(str(output)) and kind_of(output) is None:
         Path(output).mkdir(parents=True, exist_ok=True)
     return jobs
@@ -349,7 +359,7 @@ def upscale(
 
     Returns the summary; `summary.exit_code()` is the command's exit code.
     """
-    jobs = plan_checked(inputs, output, options, model_needed=backend is None)
+    jobs = plan_checked(inputs, output, options, model_needed=backend is None, log=log)
     options, summary, todo = skip_pass(jobs, options, log)
     if not todo:
         return summary

@@ -27,10 +27,10 @@ from ..imaging import OUTPUT_IMAGE_FORMATS, image_text
 from ..util import storage
 from ..util.log import Progress as Log
 from ..util.log import to_stderr
-from ..util.text import PROVENANCE_KEY, first_line, provenance_model
+from ..util.text import first_line
 from ..video import VideoOptions, container_tag
 from .options import UpscaleOptions
-from .plan import Job, Outcome, jobs_to_run, kind_of, made_with, status
+from .plan import Job, Outcome, jobs_to_run, kind_of, local_input_bytes, output_record, record_found, status
 from .run import UpscaleSummary, load_backend, plan_checked, run_one, run_todo, skip_pass
 
 
@@ -127,35 +127,48 @@ def _stored_state(target: str | Path) -> str:
     return status(Path(target))
 
 
-def _stored_made_with(target: str | Path) -> str | None:
-    """`plan.made_with` for a location: an image object's record is read with a stat (its size)
+def _stored_record(target: str | Path) -> dict[str, str] | None:
+    """`plan.output_record` for a location: an image object's record is read with a stat (its size)
     and one ranged read; a video object's tag from its header (PyAV reads it in 64 KiB ranges,
-    probing no further: a few hundred KiB; our MP4s carry their index at the front)."""
+    probing no further: a few hundred KiB; our MP4s carry their index at the front). None when it
+    cannot be read now: the put that made it was whole, so it is skipped as before."""
     location = str(target)
     if not storage.is_uri(location):
-        return made_with(Path(location))
-    if kind_of(location) == "video":
-        return _stored_video_made_with(location)
+        return output_record(Path(location))
     try:
-        info = storage.stat(location) or {}
-        read = functools.partial(storage.read_range, location)
-        return provenance_model(image_text(read, int(info.get("size") or 0), Path(location).suffix, PROVENANCE_KEY))
-    except (SRDeployError, OSError):  # unreadable now: the put that made it was whole, so skip it as before
+        return record_found(_stored_image_text, _stored_video_tag, location)
+    except Exception:  # any store's read error (gcsfs, adlfs raise their own; PyAV passes them on as they are)
         return None
 
 
-def _stored_video_made_with(location: str) -> str | None:
-    """The model a video object records, from its header; None when it cannot be read now."""
+def _stored_image_text(location: str, keyword: str) -> str | None:
+    info = storage.stat(location) or {}
+    read = functools.partial(storage.read_range, location)
+    return image_text(read, int(info.get("size") or 0), Path(location).suffix, keyword)
+
+
+def _stored_video_tag(location: str, tag: str) -> str | None:
+    with storage.open_read(location) as header:
+        return container_tag(header, tag)
+
+
+def _stored_input_bytes(source: str | Path) -> int | None:
+    """`plan.local_input_bytes` for a location: the object's size from a stat."""
+    location = str(source)
+    if not storage.is_uri(location):
+        return local_input_bytes(Path(location))
     try:
-        with storage.open_read(location) as header:
-            return provenance_model(container_tag(header, "comment"))
-    except Exception:  # any store's read error (gcsfs, adlfs raise their own) comes through PyAV as it is:
-        return None  # unreadable now; the put that made it was whole, so skip it as before
+        info = storage.stat(location)
+    except Exception:  # unreadable now: the job itself will say why
+        return None
+    return int(info["size"]) if info and info.get("size") is not None else None
 
 
 def stored_jobs_to_run(jobs: Sequence[Job], options: UpscaleOptions, log: Log) -> tuple[list[Outcome], list[Job]]:
     """`plan.jobs_to_run` for locations (URIs or local paths)."""
-    return jobs_to_run(jobs, options, log, state=_stored_state, recorded=_stored_made_with)
+    return jobs_to_run(
+        jobs, options, log, state=_stored_state, recorded=_stored_record, input_bytes=_stored_input_bytes
+    )
 
 
 def stage_dir(target: str) -> Path:
@@ -211,17 +224,21 @@ def run_staged(
     return Outcome(job, outcome.state, message, outcome.code, path, outcome.frames)  # type: ignore[arg-type]
 
 
-def plan_stored_checked(inputs: Sequence[str | Path], output: str | Path, options: UpscaleOptions) -> list[Job]:
+def plan_stored_checked(
+    inputs: Sequence[str | Path], output: str | Path, options: UpscaleOptions, log: Log = to_stderr
+) -> list[Job]:
     """`run.plan_checked` for locations: options and model file checked, then the stores as the
     jobs are planned, a local OUT made."""
-    return plan_checked(inputs, output, options, planner=plan_stored)
+    return plan_checked(inputs, output, options, planner=plan_stored, log=log)
 
 
 def upscale_stored(
     inputs: Sequence[str | Path], output: str | Path, options: UpscaleOptions, log: Log = to_stderr
 ) -> UpscaleSummary:
     """`upscale.run.upscale` for URIs: plan and check the stores, load the backend, run each job staged."""
-    options, summary, todo = skip_pass(plan_stored_checked(inputs, output, options), options, log, stored_jobs_to_run)
+    options, summary, todo = skip_pass(
+        plan_stored_checked(inputs, output, options, log), options, log, stored_jobs_to_run
+    )
     if not todo:
         sweep_partials(summary, log)
         return summary

@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
-__all__ = ["PROVENANCE_KEY", "first_line", "provenance", "provenance_model", "same_model", "shown"]
+__all__ = [
+    "PROVENANCE_KEY",
+    "first_line",
+    "provenance",
+    "provenance_fields",
+    "provenance_model",
+    "same_model",
+    "shown",
+]
 
 # The PNG text field and the video container tag (`comment`) that say how an output was made.
 PROVENANCE_KEY = "sr-deploy"
@@ -30,22 +39,37 @@ def shown(value: object) -> str:
     return "".join(ch if ch.isprintable() or ch == " " else repr(ch)[1:-1] for ch in text)
 
 
-def provenance(model_id: str, precision: str) -> str:
-    """What an output says about how it was made (PNG text field `PROVENANCE_KEY`, a video's
-    ``comment`` tag): the model (file name and sha256 prefix) and the precision the job ran in,
-    e.g. ``model=default.pt:1a2b3c4d5e6f7a8b precision=fp32``."""
-    return f"model={model_id} precision={precision}"
+def provenance(model_id: str, precision: str, job: Mapping[str, object] | None = None) -> str:
+    """What an output says about how it was made (PNG text field `PROVENANCE_KEY`, a JPEG comment,
+    a video's ``comment`` tag): the model (file name and sha256 prefix), the precision the job ran
+    in, then the `job`'s fields (the settings that decide the output and the input's size, see
+    `upscale.options.UpscaleOptions.recorded`), e.g.
+    ``model=default.pt:1a2b3c4d5e6f7a8b precision=fp32 outscale=model quality=95 input_bytes=52311``."""
+    fields = "".join(f" {key}={value}" for key, value in (job or {}).items())
+    return f"model={model_id} precision={precision}{fields}"
 
 
-_PROVENANCE = re.compile(r"model=(.+) precision=(\S+)", re.DOTALL)  # DOTALL: a file name may hold a newline
+# DOTALL: a model's file name may hold a newline; the job's fields are single words
+_PROVENANCE = re.compile(r"model=(.+) precision=(\S+)((?: [a-z_]+=\S+)*)", re.DOTALL)
 _CONTENT_HASH = re.compile(r":([0-9a-f]{16})")
+
+
+def provenance_fields(text: str | None) -> dict[str, str] | None:
+    """A `provenance` text read back: ``{"model": ..., "precision": ..., **job fields}``; None when
+    `text` is not one (missing, or written by something else). Records written before the job's
+    fields were recorded give only the model and the precision."""
+    found = _PROVENANCE.fullmatch(text.strip()) if text else None
+    if not found:
+        return None
+    fields = dict(field.split("=", 1) for field in found.group(3).split())
+    return {"model": found.group(1), "precision": found.group(2), **fields}
 
 
 def provenance_model(text: str | None) -> str | None:
     """The model id in a `provenance` text (``default.pt:1a2b3c4d5e6f7a8b``), None when `text` is
-    not one (missing, or written by something else)."""
-    found = _PROVENANCE.fullmatch(text.strip()) if text else None
-    return found.group(1) if found else None
+    not one."""
+    fields = provenance_fields(text)
+    return fields["model"] if fields else None
 
 
 def same_model(recorded: str, model_id: str) -> bool:

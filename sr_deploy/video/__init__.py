@@ -19,11 +19,15 @@ What a user can rely on (docs/upscale.md states it for users):
   rotation is applied to the pixels (as ffmpeg's autorotate does), so the output plays upright.
 - **Damage is an error**: a decoder or demuxer error, or a decoded duration short of the
   stream's, raises `VideoDamaged` (an `InputError`: exit 2) naming the time and frame where
-  decoding stopped. With `allow_partial` the frames that decode are kept and the result is
-  written as `NAME.partial.EXT`, never under the final name.
+  decoding stopped; so does a frame the decoder concealed errors in (`frame.is_corrupt`), naming
+  that frame. With `allow_partial` the frames that decode are kept (concealed ones as decoded) and
+  the result is written as `NAME.partial.EXT`, never under the final name.
 - **Audio and subtitles**: each stream is copied when the output container accepts its codec,
   else audio is re-encoded (Opus for WebM / MKV, AAC otherwise) and a subtitle stream is dropped
   with a warning. A write error (ENOSPC, EIO, EFBIG) anywhere is a failure, never a fallback.
+- **Tags**: the input container's tags but those describing the input file (`encoder`, brands)
+  and `comment` (ours: how the output was made), and each kept stream's language, title and
+  disposition, are written by the final mux (`mux.carried_tags`), so every path has the same.
 - **Resume**: the video is encoded in independently decodable segments (each a new encoder
   session, so each starts on a keyframe; MP4 files, which keep the B-frame decode times that NUT
   loses) of about `segment_seconds`, kept in a hidden folder
@@ -70,6 +74,7 @@ from .frames import even_size, frames_to_model_input, model_output_to_frames
 from .held import EXACT, HeldFrames, check_threshold, parse_threshold
 from .pipeline import VideoResult, upscale_video
 from .probe import VideoInfo, container_tag, probe_video
+from .segments import check_encoder_options
 
 __all__ = [
     "DEFAULT_CODEC",
@@ -85,6 +90,7 @@ __all__ = [
     "HeldFrames",
     "VideoOptions",
     "VideoResult",
+    "check_encoder_options",
     "check_threshold",
     "container_tag",
     "default_codec",

@@ -67,6 +67,19 @@ class VideoOptions:
     progress: bool = True
     dedup_threshold: float | None = EXACT
 
+    def recorded(self, extension: str) -> dict[str, str]:
+        """The settings that decide what a video output of `extension` is, as its record
+        (`util.text.provenance`) names them, compared by the skip rule on a re-run: as given
+        (``outscale=model``: the model's own scale), the encoder resolved for the container."""
+        return {
+            "outscale": "model" if self.outscale is None else f"{self.outscale:g}",
+            "codec": self.codec or default_codec(extension),
+            "crf": str(self.crf),
+            "preset": str(self.preset),
+            "pix_fmt": self.pix_fmt or "auto",
+            "dedup": _threshold_name(self.dedup_threshold),
+        }
+
 
 class VideoDamaged(InputError):
     """The input video does not decode completely (decoder/demuxer error or short duration)."""
@@ -98,6 +111,17 @@ def default_codec(extension: str) -> str:
     """The container's own default encoder: libvpx-vp9 for .webm (WebM takes only VP8/VP9/AV1),
     libx264 otherwise."""
     return container(extension).codec
+
+
+def _threshold_name(threshold: float | None) -> str:
+    """A held-frame threshold as a record names it: ``off``, ``exact`` or the dB figure."""
+    return "off" if threshold is None else "exact" if threshold == EXACT else f"{threshold:g}"
+
+
+def recorded_job(options: VideoOptions, source: Path, target: Path) -> dict[str, str]:
+    """What a video output records besides its model and precision (`util.text.provenance`): the
+    settings that decide it (`VideoOptions.recorded`) and the input's size in bytes."""
+    return options.recorded(target.suffix) | {"input_bytes": str(source.stat().st_size)}
 
 
 def partial_output_path(target: Path) -> Path:

@@ -23,6 +23,17 @@ class DecodeState:
     last_end: float | None = None
     damage: list[str] = field(default_factory=list)
 
+    def record(self, message: str, allow_partial: bool, log: Log, going_on: str) -> None:
+        """Damage `message`: raises VideoDamaged, or with `allow_partial` keeps it in `damage` and
+        warns, saying how the run goes on (`going_on`), for the first place only."""
+        if not allow_partial:
+            raise VideoDamaged(message) from None
+        if message in self.damage:  # read from the manifest: a resumed run decodes that place again
+            return
+        self.damage.append(message)
+        if len(self.damage) == 1:  # one line per file; the count is in the final warning
+            log(f"warning: {message}; --allow-partial: {going_on}")
+
 
 def decoded_frames(
     container: Any, stream: Any, source: Path, state: DecodeState, allow_partial: bool, log: Log
@@ -41,11 +52,7 @@ def decoded_frames(
     def damaged(exc: BaseException) -> None:
         where = f"after {clock(decoded_end)} (frame {decoded})" if decoded_end is not None else "before the first frame"
         message = f"{source}: damaged video: decoding stopped {where}: {cause(exc)}"
-        if not allow_partial:
-            raise VideoDamaged(message) from None
-        state.damage.append(message)
-        if len(state.damage) == 1:  # one line per file; the count is in the final warning
-            log(f"warning: {message}; --allow-partial: going on with the next packet")
+        state.record(message, allow_partial, log, "going on with the next packet")
 
     packets = container.demux(stream)
     while True:
@@ -67,6 +74,27 @@ def decoded_frames(
                 duration = frame.duration * frame.time_base if frame.duration and frame.time_base else 0
                 decoded_end = max(decoded_end or 0.0, float(frame.time + duration))
             yield frame
+
+
+def check_concealed(
+    frame: Any, number: int, seconds: float, source: Path, state: DecodeState, allow_partial: bool, log: Log
+) -> None:
+    """Damage when `frame` (frame `number` of the video, shown at `seconds`) is one the decoder
+    made from a damaged packet by concealing the errors (FFmpeg's AV_FRAME_FLAG_CORRUPT, PyAV's
+    `is_corrupt`; ffmpeg logs `error while decoding MB`): raises VideoDamaged naming the frame and
+    its time, or with `allow_partial` records it and the frame is kept as decoded."""
+    # The decoder raises nothing for such a packet: the flag is the only sign, and without this
+    # check a damaged picture was written and the run said "done". Frames before a stream's first
+    # keyframe (a cut file, an open GOP) are dropped by FFmpeg, not flagged, so they never get here.
+    if not frame.is_corrupt:
+        return
+    message = (
+        f"{source}: damaged video: the frame at {clock(seconds)} (frame {number}) decoded with errors, "
+        "concealed by the decoder"
+    )
+    # Kept, as a player shows it: a frame dropped here would leave a gap while the frames that
+    # refer to it carry the same damage anyway; the output is labelled partial either way.
+    state.record(message, allow_partial, log, "keeping it as the decoder concealed it")
 
 
 def timed(frames: Iterator[Any], step: int) -> Iterator[tuple[int, Any]]:

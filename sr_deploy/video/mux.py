@@ -18,6 +18,34 @@ from .probe import VideoInfo
 from .segments import Segment
 
 _ANNEX_B_FILTERS = {"h264": "h264_mp4toannexb", "hevc": "hevc_mp4toannexb"}
+# Input container tags the output does not take over: those that describe the input file itself
+# (the muxer writes the output's own: its encoder, which AVI calls `software`, the MP4 / MOV
+# brands) and ``comment``, which sr-deploy writes with how the output was made (read back by the
+# skip rule).
+_NOT_CARRIED = frozenset({"encoder", "software", "comment", "major_brand", "minor_version", "compatible_brands"})
+
+
+def carried_tags(src: Any) -> dict[str, str]:
+    """The input container's tags that its output keeps (creation_time, title, ...): all but those
+    in `_NOT_CARRIED`, whatever their case (Matroska writes ``ENCODER``, ``COMMENT``)."""
+    return {key: value for key, value in src.metadata.items() if key.lower() not in _NOT_CARRIED}
+
+
+def _keep_stream_facts(stream: Any, out_stream: Any, video: bool = False) -> None:
+    """`out_stream` (a copy or re-encoding of the input's `stream`, or with `video` the upscaled
+    video) keeps its language and title and its disposition (default, forced, ...; the video only
+    its default flag: the others, a cover picture, a still image, describe the input's coding).
+    Other stream tags describe the input file (handler, encoder, the track's creation time) and
+    are the muxer's to write."""
+    from av.stream import Disposition
+
+    tags = {key.lower(): value for key, value in stream.metadata.items()}
+    # MOV stores a track's title in its `name` box, and FFmpeg's MOV demuxer names it so; every
+    # muxer reads the title from `title`
+    title = tags.get("title") or tags.get("name")
+    kept = {"language": tags.get("language"), "title": title}
+    out_stream.metadata.update({key: value for key, value in kept.items() if value})
+    out_stream.disposition = stream.disposition & Disposition.default if video else stream.disposition
 
 
 def _packets_in_time(packet_sources: list[Iterator[Any]]) -> Iterator[Any]:
@@ -137,6 +165,7 @@ def _audio_streams(
         name = stream.codec_context.name
         if name in accepted and name not in rules.mistimed_audio_copies:
             copies[stream.index] = out.add_stream_from_template(stream)
+            _keep_stream_facts(stream, copies[stream.index])
             outcomes.append("copied")
             continue
         encoder = av.codec.Codec(rules.audio_fallback, "w")
@@ -156,6 +185,7 @@ def _audio_streams(
         audio_out.format = encoder.audio_formats[0].name if encoder.audio_formats else "fltp"
         audio_out.bit_rate = 192000
         audio_out.time_base = Fraction(1, rate)
+        _keep_stream_facts(stream, audio_out)
         transcoders[stream.index] = _AudioTranscoder(stream, audio_out)
         outcomes.append(f"re-encoded to {encoder.canonical_name}")
         warn(
@@ -176,7 +206,8 @@ def mux(
     tags: dict[str, str] | None = None,
 ) -> str:
     """Write `tmp` (container from `target_suffix`) = the segments' video + `source`'s audio and
-    subtitles, with the container tags `tags` (``comment``: how it was made). Returns what
+    subtitles, with `source`'s container tags (`carried_tags`) and the streams' language, title and
+    disposition, and the container tags `tags` over them (``comment``: how it was made). Returns what
     happened to the audio. Any error raises (the caller reports it as a failure): a full disk is never taken for a container that refuses a codec, because what the
     container takes is asked up front (`supported_codecs`), not learnt from a failed write."""
     import av
@@ -184,19 +215,24 @@ def mux(
     rules = container_rules(target_suffix)  # the container table's row: its muxer and audio rules
     options = {"movflags": "+faststart"} if rules.faststart else {}
     out = av.open(str(tmp), "w", format=container_format(target_suffix), options=options)
-    out.metadata.update(tags or {})
     inputs: list[Any] = []
     src = None
     try:
         inputs = [av.open(str(folder / s.file)) for s in segments]
         src = av.open(str(source))
+        # from the input itself, so every path that writes a video (the local run, the join of
+        # --ray pieces, stored pieces) gives the same tags; ours (`tags`) over the input's
+        out.metadata.update(carried_tags(src))
+        out.metadata.update(tags or {})
         accepted = out.supported_codecs
         video_out = out.add_stream_from_template(inputs[0].streams.video[0])
+        _keep_stream_facts(src.streams.video[0], video_out, video=True)
         copies, transcoders, outcomes = _audio_streams(src, out, rules, source, target_suffix, warn)
         for stream in src.streams.subtitles:
             name = stream.codec_context.name
             if name in accepted:
                 copies[stream.index] = out.add_stream_from_template(stream)
+                _keep_stream_facts(stream, copies[stream.index])
             else:
                 warn(f"warning: {source}: {target_suffix} does not take {name} subtitles; that stream is dropped")
         video = _monotonic_dts(

@@ -100,10 +100,13 @@ def piece_options(options: VideoOptions, target_suffix: str) -> VideoOptions:
     )
 
 
-def provenance_tags(settings: dict) -> dict[str, str]:
-    """The joined video's container tags from its pieces' `settings` (`upscale.remote.piece_settings`):
-    ``comment`` = the model and the precision the driver decided, as a local run writes them."""
-    return {"comment": provenance(settings["model"], settings["options"]["precision"])}
+def provenance_tags(settings: dict, source: Path) -> dict[str, str]:
+    """The joined video's container tags from its pieces' `settings` (`upscale.remote.piece_settings`)
+    and its input `source`: ``comment`` = the model and the precision the driver decided, the
+    settings that decide the output (``settings["record"]``, `VideoOptions.recorded`) and the
+    input's size, as a local run writes them."""
+    job = settings["record"] | {"input_bytes": str(source.stat().st_size)}
+    return {"comment": provenance(settings["model"], settings["options"]["precision"], job)}
 
 
 def upscaled_piece_path(piece: Path) -> Path:
@@ -143,7 +146,7 @@ class VideoPieces:
         self = cls(source, target, folder, key, len(pieces), {int(s.file[6:11]): s for s in segments})
         folder.mkdir(parents=True, exist_ok=True)
         self.answered = len(self.done)
-        self.tags = provenance_tags(settings)
+        self.tags = provenance_tags(settings, source)
         self.pending = [(part, path, packets) for part, (path, packets) in enumerate(pieces) if part not in self.done]
         return self
 

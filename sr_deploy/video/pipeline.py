@@ -28,9 +28,10 @@ from .common import (
     cause,
     clock,
     partial_output_path,
+    recorded_job,
     segments_dir,
 )
-from .decode import DecodeState, decoded_frames, timed
+from .decode import DecodeState, check_concealed, decoded_frames, timed
 from .frames import frames_to_model_input, model_output_to_frames
 from .held import EXACT, HeldBatch, HeldBatcher, HeldOutputs, check_threshold
 from .mux import write_output
@@ -163,7 +164,7 @@ def upscale_video(
         progress=o.progress,
         log=log,
         dedup_threshold=o.dedup_threshold,
-        tags={"comment": provenance(o.model_id or "unnamed", backend.precision)},
+        tags={"comment": provenance(o.model_id or "unnamed", backend.precision, recorded_job(o, source, target))},
     )
     return job.run()
 
@@ -268,6 +269,10 @@ class _VideoJob:
                         f"{frame.width}x{frame.height} at frame {state.frames + 1} ({clock(float(pts * info.time_base))}); "
                         "cut the video where it changes and upscale the parts"
                     )
+                # after the resume skip: a frame before the resume point was checked by the run that
+                # encoded it (its damage is in the manifest), so it is not counted twice
+                seconds = float(pts * info.time_base)
+                check_concealed(frame, state.frames + 1, seconds, self.source, state, self.allow_partial, self.warn)
                 rgb = frame.to_ndarray(
                     format=self.plan.decode_format,
                     width=info.width,
@@ -382,7 +387,10 @@ class _VideoJob:
             raise VideoDamaged(f"{self.source}: no decodable video frames")
         damage = self.state.damage
         if len(damage) > 1:
-            self.warn(f"warning: {self.source}: {len(damage)} places did not decode; the partial output skips them")
+            self.warn(
+                f"warning: {self.source}: {len(damage)} damaged places; the partial output skips what did not "
+                "decode and keeps the frames the decoder concealed"
+            )
         final = partial_output_path(self.target) if damage else self.target
         segments = self.writer.segments
         return final, write_output(

@@ -11,12 +11,80 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
+from .common import cause
+
 # Codecs that take a constant-quality option (crf; NVENC calls it cq) and a preset.
 _CRF_CODECS = frozenset({"libx264", "libx264rgb", "libx265", "libvpx-vp9", "libsvtav1", "libaom-av1"})
 _CQ_CODECS = frozenset({"h264_nvenc", "hevc_nvenc", "av1_nvenc"})
 _PRESET_CODECS = frozenset({"libx264", "libx264rgb", "libx265", "libsvtav1"}) | _CQ_CODECS
 _MANIFEST = "manifest.json"
 _MANIFEST_VERSION = 1
+
+
+def encoder_options(codec: str, crf: int | None, preset: str | None) -> dict[str, str]:
+    """The FFmpeg options a segment's encoder `codec` gets for --crf and --preset (each only where
+    the encoder takes it)."""
+    options: dict[str, str] = {}
+    if crf is not None and codec in _CRF_CODECS:
+        options["crf"] = str(crf)
+        if codec == "libvpx-vp9":
+            options["b"] = "0"
+    elif crf is not None and codec in _CQ_CODECS:
+        options["cq"] = str(crf)
+    if preset and codec in _PRESET_CODECS and (codec != "libsvtav1" or preset.isdigit()):
+        options["preset"] = preset  # SVT-AV1 takes only numbers (0-13): x264 names are left out
+    return options
+
+
+# x264's and x265's own checks only log (straight to stderr) and clamp: their limits, checked here.
+_X26X = frozenset({"libx264", "libx264rgb", "libx265"})
+_X26X_PRESETS = (
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+    "placebo",
+)
+_X26X_MAX_CRF = 51
+
+
+def check_encoder_options(codec: str, crf: int | None, preset: str | None) -> None:
+    """Check --crf and --preset against the encoder `codec` before any model is loaded or frame
+    decoded (InputError, exit 2), not at the first segment: x264 / x265 by their limits, other
+    encoders by opening them once on a small picture with the options a segment would get. An
+    encoder that is missing or not a video one is left to `output.plan_output`, which says so; one
+    that cannot open here for another reason (NVENC with no GPU on this machine) to the run."""
+    import av
+
+    if codec in _X26X:
+        if preset is not None and preset not in _X26X_PRESETS:
+            raise InputError(f"--preset {preset}: {codec} takes {', '.join(_X26X_PRESETS)}")
+        if crf is not None and not 0 <= crf <= _X26X_MAX_CRF:
+            raise InputError(f"--crf {crf}: {codec} takes 0 to {_X26X_MAX_CRF}")
+        return
+    options = encoder_options(codec, crf, preset)
+    try:
+        encoder = av.codec.Codec(codec, "w")
+        # NVENC needs a GPU to open; AV1 output is refused by output.plan_output (and SVT-AV1 logs a banner)
+        if encoder.type != "video" or not options or codec in _CQ_CODECS or "av1" in codec:
+            return
+        context = av.CodecContext.create(encoder)
+        context.width, context.height, context.time_base = 64, 64, Fraction(1, 25)
+        context.pix_fmt = encoder.video_formats[0].name if encoder.video_formats else "yuv420p"
+        context.options = options
+    except Exception:  # an unknown name (PyAV raises its own error): output.plan_output says so
+        return
+    try:
+        context.open()
+    except av.FFmpegError as exc:
+        given = " ".join(f"--{key} {value}" for key, value in (("crf", crf), ("preset", preset)) if key in options)
+        raise InputError(f"{given}: the {codec} encoder refuses it ({exc.strerror or cause(exc)})") from None
 
 
 @dataclass
@@ -112,16 +180,7 @@ class SegmentWriter:
             ctx.sample_aspect_ratio = s.sar
         ctx.color_primaries, ctx.color_trc = s.color_primaries, s.color_trc
         ctx.colorspace, ctx.color_range = s.colorspace, s.color_range
-        options: dict[str, str] = {}
-        if s.crf is not None and s.codec in _CRF_CODECS:
-            options["crf"] = str(s.crf)
-            if s.codec == "libvpx-vp9":
-                options["b"] = "0"
-        elif s.crf is not None and s.codec in _CQ_CODECS:
-            options["cq"] = str(s.crf)
-        if s.preset and s.codec in _PRESET_CODECS and (s.codec != "libsvtav1" or s.preset.isdigit()):
-            options["preset"] = s.preset  # SVT-AV1 takes only numbers (0-13): x264 names are left out
-        stream.options = options
+        stream.options = encoder_options(s.codec, s.crf, s.preset)
         self.stream = stream
 
     def write(self, pts: int, frame: Any) -> None:

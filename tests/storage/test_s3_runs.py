@@ -135,6 +135,14 @@ def test_stored_outputs_made_with_another_model_fail_and_are_kept(tiny_model, se
     assert s3_objects(f"s3://{bucket}/out") == made
     again = upscale_stored([f"s3://{bucket}/in/"], out, _options(tiny_model), lambda m: None)
     assert len(again.skipped) == 2 and not again.failed
+    # another object under the same name (the input's size, read with a stat, is in the record)
+    fs.put_file(str(set5_dir / "baby.png"), f"{bucket}/in/bird.png")
+    logs.clear()
+    replaced = upscale_stored([f"s3://{bucket}/in/"], out, _options(tiny_model), logs.append)
+    assert replaced.exit_code() == 2 and len(replaced.skipped) == 1, logs
+    size = (set5_dir / "bird.png").stat().st_size
+    assert f"{out}bird.png: already there, made from another input ({size} bytes;" in replaced.failed[0][1]
+    assert s3_objects(f"s3://{bucket}/out") == made
 
 
 def test_a_video_from_s3_to_s3_equals_a_local_run(tiny_model, video_dir, bucket, tmp_path):
@@ -234,7 +242,7 @@ def test_a_stored_videos_pieces_for_a_local_output_resume_and_a_replaced_object_
     uri = f"s3://{bucket}/v/clip.mp4"
     s3_fs().put_file(str(clip), uri)
     job = Job(uri, str(tmp_path / "out" / "clip.mp4"), "video")  # type: ignore[arg-type]
-    settings = piece_settings(_options(tiny_model, segment_seconds=0.5), "tiny.pt:0")
+    settings = piece_settings(_options(tiny_model, segment_seconds=0.5), "tiny.pt:0", ".mp4")
 
     first = StoredRemoteRun._cut(job, tmp_path / "scratch-1", 0.5, settings)
     assert first.parts >= 3 and not first.done

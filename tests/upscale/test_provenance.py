@@ -26,7 +26,7 @@ from sr_deploy.imaging import (
     write_image_consuming,
 )
 from sr_deploy.upscale import UpscaleOptions, settled, settled_for_workers
-from sr_deploy.util.text import provenance_model, same_model
+from sr_deploy.util.text import provenance, provenance_fields, provenance_model, same_model
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,8 @@ def test_an_upscaled_png_names_its_model_and_the_precision_the_job_ran_in(set5_d
     )
     assert result.exit_code == 0, result.output
     with Image.open(tmp_path / "out" / "a.png") as im:
-        assert im.text == {"sr-deploy": f"model={_model_id(model)} precision={precision}"}
+        record = f"model={_model_id(model)} precision={precision} outscale=model"
+        assert im.text == {"sr-deploy": f"{record} input_bytes={(tmp_path / 'in' / 'a.png').stat().st_size}"}
     if flag == "auto":  # the CPU here has no bf16 instructions (tests/conftest.py): fp32, said once
         assert result.stderr.count("precision: fp32") == 1
 
@@ -100,7 +101,10 @@ def test_an_upscaled_video_names_its_model_and_precision_in_its_comment_tag(vide
     )
     assert result.exit_code == 0, result.output
     with av.open(str(out)) as container:
-        assert container.metadata.get("comment") == f"model={_model_id(model)} precision=fp32"
+        assert container.metadata.get("comment") == (
+            f"model={_model_id(model)} precision=fp32 outscale=model codec=libx264 crf=18 preset=medium "
+            f"pix_fmt=auto dedup=exact input_bytes={clip.stat().st_size}"
+        )
 
 
 def test_settled_options_carry_the_drivers_decision(model):
@@ -159,7 +163,7 @@ def test_a_rerun_skips_only_what_its_own_model_made(set5_dir, model, tmp_path):
     redo = _upscale(source, out, other, "--ext", "same", "--overwrite")
     assert redo.exit_code == 0 and "3 done" in redo.stderr, redo.output
     with Image.open(out / "a.png") as im:
-        assert im.text["sr-deploy"] == f"model={_model_id(other)} precision=fp32"
+        assert im.text["sr-deploy"].startswith(f"model={_model_id(other)} precision=fp32 outscale=model ")
     assert _upscale(source, out, other, "--ext", "same").exit_code == 0  # now they are its own
 
 
@@ -172,6 +176,15 @@ def test_records_are_parsed_and_compared_by_the_models_sha256():
     assert same_model("мм.pt", "мм.pt")  # ...or as a video tag does (UTF-8)
     assert same_model("custom", "custom") and not same_model("custom", "other")
     assert same_model("unnamed", "b.pt:0123456789abcdef")  # digits on one side only: nothing to compare
+    record = provenance("a b.pt:0123456789abcdef", "fp32", {"outscale": "2.5", "input_bytes": 12})
+    assert provenance_fields(record) == {
+        "model": "a b.pt:0123456789abcdef",
+        "precision": "fp32",
+        "outscale": "2.5",
+        "input_bytes": "12",
+    }
+    assert provenance_fields("model=x.pt precision=fp32") == {"model": "x.pt", "precision": "fp32"}  # older records
+    assert provenance_fields("model=x.pt precision=fp32 Outscale=2") is None  # not ours
 
 
 def test_the_refusal_stays_on_one_line_whatever_the_names_and_records_hold(set5_dir, model, tmp_path):
@@ -204,3 +217,70 @@ def test_a_video_made_with_another_model_is_not_skipped(video_dir, model, tmp_pa
     assert result.exit_code == 2 and f"{out}: already there, made with another model" in result.stderr
     assert out.read_bytes() == made
     assert _upscale(clip, out, model).exit_code == 0
+
+
+def test_a_rerun_skips_only_outputs_its_own_input_and_settings_made(set5_dir, model, tmp_path):
+    """The record names the settings that decide an output and the input's size: a re-run with
+    another --outscale or --quality, or from another input of the same name (IMG_0001.JPG of
+    another camera card), fails that output in one line, exit 2, the file kept. A file in a
+    format that records, with no record, was not made by sr-deploy: refused the same way, not
+    taken for done. WebP keeps no record: skipped as before."""
+    card1, card2, out = tmp_path / "card1", tmp_path / "card2", tmp_path / "out"
+    write_image(card1 / "IMG_0001.jpg", read_image(set5_dir / "bird.png")[:24, :32])
+    write_image(card2 / "IMG_0001.jpg", read_image(set5_dir / "head.png")[:28, :30])
+    assert _upscale(card1, out, model, "--ext", "jpg").exit_code == 0
+    made = (out / "IMG_0001.jpg").read_bytes()
+
+    def refused(result, why: str) -> None:
+        assert result.exit_code == 2, result.output
+        assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
+            f"error: {out / 'IMG_0001.jpg'}: already there, {why}: --overwrite redoes it, or choose another OUT"
+        ]
+        assert (out / "IMG_0001.jpg").read_bytes() == made
+
+    size1, size2 = (card1 / "IMG_0001.jpg").stat().st_size, (card2 / "IMG_0001.jpg").stat().st_size
+    refused(
+        _upscale(card2, out, model, "--ext", "jpg"),
+        f"made from another input ({size1} bytes; this run's input: {size2} bytes)",
+    )
+    refused(
+        _upscale(card1, out, model, "--ext", "jpg", "--outscale", "2"),
+        "made with other settings (outscale=model; this run: outscale=2)",
+    )
+    refused(
+        _upscale(card1, out, model, "--ext", "jpg", "--quality", "80"),
+        "made with other settings (quality=95; this run: quality=80)",
+    )
+    same = _upscale(card1, out, model, "--ext", "jpg", "--quality", "95", "--tile", "16")  # the tiles: how, not what
+    assert same.exit_code == 0 and "0 done, 1 skipped" in same.stderr, same.output
+
+    # not made by sr-deploy: a PNG and a JPEG without a record; a WebP, which could not say
+    write_image(card1 / "x.png", read_image(set5_dir / "baby.png")[:20, :20])
+    write_image(card1 / "y.webp", read_image(set5_dir / "baby.png")[:20, :20])
+    for name in ("x.png", "y.webp"):
+        write_image(out / name, read_image(set5_dir / "baby.png")[:80, :80])
+    (out / "IMG_0001.jpg").write_bytes(encode_image(read_image(set5_dir / "bird.png")[:96, :128], ".jpg"))
+    made = (out / "IMG_0001.jpg").read_bytes()
+    result = _upscale(card1, out, model, "--ext", "same")
+    assert result.exit_code == 2, result.output
+    errors = sorted(line for line in result.stderr.splitlines() if line.startswith("error:"))
+    no_record = "already there, and it does not say sr-deploy made it (no sr-deploy record in it)"
+    assert errors == [
+        f"error: {out / n}: {no_record}: --overwrite redoes it, or choose another OUT"
+        for n in ("IMG_0001.jpg", "x.png")
+    ]
+    assert "0 done, 1 skipped (already there), 2 failed" in result.stderr
+    assert (out / "IMG_0001.jpg").read_bytes() == made
+
+
+def test_a_video_made_with_other_settings_is_not_skipped(video_dir, model, tmp_path):
+    clip = make_clip(video_dir / "car_traffic_small.mp4", tmp_path / "clip.mp4", 0.2, size=(48, 28), audio=False)
+    out = tmp_path / "out.mp4"
+    assert _upscale(clip, out, model).exit_code == 0
+    made = out.read_bytes()
+    result = _upscale(clip, out, model, "--crf", "30")
+    assert result.exit_code == 2, result.output
+    assert f"{out}: already there, made with other settings (crf=18; this run: crf=30)" in result.stderr
+    assert out.read_bytes() == made
+    again = _upscale(clip, out, model)
+    assert again.exit_code == 0 and "0 done, 1 skipped" in again.stderr, again.output

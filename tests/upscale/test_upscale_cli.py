@@ -146,6 +146,47 @@ def test_output_folder_inside_the_input_folder_is_not_read_back(set5_dir, model,
     assert [p.name for p in out.iterdir()] == ["a.png"]
 
 
+def test_a_folders_files_in_no_format_it_reads_are_named_not_passed_over(set5_dir, model, tmp_path):
+    """A folder of phone photos with HEIC / GIF files among the JPEGs: the run says it left them
+    out (how many, the first names) instead of reporting "all done" over photos it never read."""
+    source = tmp_path / "in"
+    write_image(source / "a.png", _rgb(set5_dir / "bird.png"))
+    for name in ("b.gif", "c.heic", "d.txt", "sub/e.avif", ".hidden"):
+        (source / name).parent.mkdir(exist_ok=True)
+        (source / name).write_bytes(b"not read")
+    result = run(str(source), "-o", str(tmp_path / "out"), "--model", str(model))
+    assert result.exit_code == 0 and "1 done" in result.stderr, result.output
+    assert f"note: {source}: 4 file(s) left out, in no image or video format this reads: b.gif, c.heic, d.txt, ..." in (
+        result.stderr.splitlines()
+    )
+
+
+def test_the_inputs_colour_profile_is_kept_where_it_still_describes_the_output(set5_dir, model, tmp_path):
+    """A photo's ICC profile (a phone's Display P3) goes into PNG and JPEG outputs unchanged, also
+    one too large for one JPEG segment; a re-run still finds the JPEG's record and skips it. A CMYK
+    photo's profile is not carried into the RGB output (it would describe the wrong colours)."""
+    from PIL import Image, ImageCms
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    large = srgb + bytes(range(256)) * 600  # 150 KiB: three APP2 segments
+    cmyk = srgb[:16] + b"CMYK" + srgb[20:]
+    photo = Image.fromarray(_rgb(set5_dir / "bird.png"))
+    source = tmp_path / "in"
+    source.mkdir()
+    photo.save(source / "p3.jpg", icc_profile=srgb, quality=90)
+    photo.save(source / "large.png", icc_profile=large)
+    photo.convert("CMYK").save(source / "cmyk.jpg", icc_profile=cmyk)
+    out = tmp_path / "out"
+    for ext in ("png", "jpg"):
+        assert run(str(source), "-o", str(out / ext), "--model", str(model), "--ext", ext).exit_code == 0
+        for name, expected in (("p3", srgb), ("large", large), ("cmyk", None)):
+            with Image.open(out / ext / f"{name}.{ext}") as image:
+                image.load()
+                assert image.info.get("icc_profile") == expected, (ext, name)
+    again = run(str(source), "-o", str(out / "jpg"), "--model", str(model), "--ext", "jpg")
+    assert again.exit_code == 0 and "0 done, 3 skipped" in again.stderr, again.output
+
+
 def test_a_library_caller_with_its_own_backend_needs_no_model_file(set5_dir, model, tmp_path):
     """`upscale(..., backend=B)`: the options' model name is a label, not a file to check."""
     from sr_deploy.upscale import UpscaleOptions, upscale
@@ -165,12 +206,20 @@ def test_a_library_caller_with_its_own_backend_needs_no_model_file(set5_dir, mod
         (["INPUT", "-o", "out", "--model", "MODEL", "--tile", "-1"], "--tile must be >= 0"),
         (["README", "-o", "out", "--model", "MODEL"], "not an image or video file"),
         (["INPUT", "-o", "out", "--model", "nope.pt"], "nope.pt: no such model file"),
+        # an encoder's limits, checked before the model loads (x264 itself would only log and clamp)
+        (["VIDEO", "-o", "out", "--model", "MODEL", "--preset", "bogus"], "--preset bogus: libx264 takes ultrafast,"),
+        (["VIDEO", "-o", "out", "--model", "MODEL", "--crf", "99"], "--crf 99: libx264 takes 0 to 51"),
+        (
+            ["VIDEO", "-o", "out", "--model", "MODEL", "--codec", "libvpx-vp9", "--crf", "70"],
+            "--crf 70: the libvpx-vp9 encoder refuses it (Numerical result out of range)",
+        ),
     ],
 )
-def test_bad_usage_is_one_line_exit_2(set5_dir, model, tmp_path, args, message):
+def test_bad_usage_is_one_line_exit_2(set5_dir, video_dir, model, tmp_path, args, message):
     (tmp_path / "README").write_text("hello")
     write_image(tmp_path / "in.png", _rgb(set5_dir / "bird.png"))
     subst = {
+        "VIDEO": str(video_dir / "mov_bbb.mp4"),
         "INPUT": str(tmp_path / "in.png"),
         "MODEL": str(model),
         "README": str(tmp_path / "README"),
