@@ -31,6 +31,8 @@ class ImageFormat:
     text: where the file keeps text fields (how an output was made, `upscale`'s skip rule reads it
         back): ``"tEXt"`` PNG text chunks, ``"COM"`` JPEG comment segments; None: nowhere that
         sr-deploy writes (BMP, TIFF and WebP outputs do not record their model).
+    max_side: the longest side its encoder writes (WebP 16383, JPEG 65500 in libjpeg); None: no
+        bound below the memory's. `upscale` checks an output against it before the model runs.
     """
 
     name: str
@@ -43,6 +45,7 @@ class ImageFormat:
     orientation: bool = False
     ext_choice: bool = False
     text: str | None = None
+    max_side: int | None = None
 
 
 IMAGE_FORMATS: tuple[ImageFormat, ...] = (
@@ -54,11 +57,12 @@ IMAGE_FORMATS: tuple[ImageFormat, ...] = (
         orientation=True,
         ext_choice=True,
         text="COM",
+        max_side=65500,
     ),
     ImageFormat("bmp", (".bmp",), alpha=True),
     ImageFormat("tiff", (".tif", ".tiff"), sixteen_bit=True, float32=True, alpha=True),
     # OpenCV: a WebP quality above 100 means lossless
-    ImageFormat("webp", (".webp",), alpha=True, quality=("IMWRITE_WEBP_QUALITY", 95), ext_choice=True),
+    ImageFormat("webp", (".webp",), alpha=True, quality=("IMWRITE_WEBP_QUALITY", 95), ext_choice=True, max_side=16383),
     ImageFormat("pnm", (".ppm", ".pgm"), writes=False),
 )
 

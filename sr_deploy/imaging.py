@@ -44,7 +44,7 @@ from .formats import (  # noqa: F401 - DATASET_IMAGE_SUFFIXES, IMAGE_FORMATS, OU
     OUTPUT_IMAGE_FORMATS,
     image_format,
 )
-from .image_profile import add_profile_to_file
+from .image_metadata import CarriedMetadata, add_metadata_to_file
 from .util.files import atomic_write_bytes as _atomic_write_bytes
 from .util.files import partial_path as partial_path  # re-exported: video.py and tests import it from here
 from .util.jpeg import jpeg_damage
@@ -454,13 +454,13 @@ def write_image_consuming(
     image: np.ndarray,
     quality: int | None = None,
     text: Mapping[str, str] | None = None,
-    profile: bytes | None = None,
+    metadata: CarriedMetadata | None = None,
 ) -> None:
     """`write_image` for very large images: no full-size copy is made. The RGB(A) channels of
     `image` are swapped to OpenCV's BGR(A) in place (the array is left in that order: do not use
     it afterwards) and OpenCV writes the file itself (PNG rows stream to disk) under the temporary
-    name, then it is renamed. `text`: text fields, as `encode_image`; `profile`: an ICC profile
-    for a PNG or JPEG (`image_profile`)."""
+    name, then it is renamed. `text`: text fields, as `encode_image`; `metadata`: the input's ICC
+    profile and EXIF, for a PNG or JPEG (`image_metadata`)."""
     path = Path(path)
     ext = path.suffix.lower()
     expected = output_dtype_for(ext, image.dtype)
@@ -481,7 +481,7 @@ def write_image_consuming(
         if not cv2.imwrite(str(tmp), image, params):
             raise SRDeployError(f"{path}: OpenCV could not write a {image.shape} {image.dtype} image as {ext}")
         _add_text_to_file(tmp, ext, text)
-        add_profile_to_file(tmp, ext, profile)  # after the text: a JPEG's comment stays in its first bytes
+        add_metadata_to_file(tmp, ext, metadata)  # after the text: a JPEG's comment stays in its first bytes
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -10,7 +10,8 @@ import numpy as np
 
 from ..backends.base import Backend
 from ..errors import InputError
-from ..image_profile import carried_profile
+from ..formats import image_format
+from ..image_metadata import carried_metadata
 from ..imaging import (
     image_header_size,
     image_to_model_input,
@@ -53,13 +54,21 @@ def max_input_pixels(scale: int, deep: bool = False) -> int:
     return max(0, available_memory() - RUNTIME_BYTES) // per_pixel
 
 
-def check_image_size(source: Path, scale: int, limit: int | None) -> None:
+def check_image_size(source: Path, scale: int, limit: int | None, target: Path, outscale: float | None = None) -> None:
     """InputError (exit 2) before anything is decoded when the header of `source` states more
-    pixels than `limit` (None: `max_input_pixels`); a file whose header cannot be read passes (the
-    decoder reports it)."""
+    pixels than `limit` (None: `max_input_pixels`), or an output (at `scale`, or `outscale`) with
+    a longer side than `target`'s format writes (`ImageFormat.max_side`: a WebP of a DSLR photo);
+    a file whose header cannot be read passes (the decoder reports it)."""
     size = image_header_size(source)
     if size is None:
         return
+    fmt = image_format(target.suffix)
+    out_side = max(upscaled_size(size[1], size[0], outscale if outscale is not None else scale))
+    if fmt is not None and fmt.max_side is not None and out_side > fmt.max_side:
+        raise InputError(
+            f"{source}: its output would be {out_side} pixels on its long side, more than {target.suffix} "
+            f"holds ({fmt.max_side}): choose another --ext (png), or a smaller --outscale"
+        )
     pixels = size[0] * size[1]
     bound = max_input_pixels(scale) if limit is None else limit
     if pixels > bound:
@@ -78,13 +87,13 @@ def upscale_image_file(backend: Backend, source: Path, target: Path, options: Up
     """Read `source`, upscale it (tiled), write `target` atomically (format from its extension).
 
     Keeps greyscale as one channel, alpha (bicubic), 16-bit depth where the format holds it,
-    and the input's ICC colour profile in a PNG or JPEG output (`image_profile.carried_profile`).
+    and the input's ICC colour profile and EXIF in a PNG or JPEG output (`image_metadata`).
     Memory: each tile is clamped and rounded into the 8/16-bit output as it finishes, so the peak
     is the input (as float32), the tiles in flight and the output image, not a float32 output.
     With `--outscale` the tiles go into a 16-bit image at the model's scale, which is resized and
     then rounded to the output depth once.
     """
-    check_image_size(source, backend.scale, options.max_pixels)
+    check_image_size(source, backend.scale, options.max_pixels, target, options.outscale)
     image = read_image(source)
     height, width = image.shape[:2]
     grey, input_dtype = image.ndim == 2, image.dtype
@@ -123,4 +132,6 @@ def upscale_image_file(backend: Backend, source: Path, target: Path, options: Up
     model_id = options.model_id or Path(options.model).name
     job = options.recorded("image", target.suffix) | {"input_bytes": str(source.stat().st_size)}
     text = {PROVENANCE_KEY: provenance(model_id, backend.precision, job)}
-    write_image_consuming(target, out, options.quality, text, carried_profile(source, channels))
+    oriented = getattr(image_format(source.suffix), "orientation", False)  # read_image turned it upright
+    metadata = carried_metadata(source, channels, (out.shape[1], out.shape[0]), oriented)
+    write_image_consuming(target, out, options.quality, text, metadata)

@@ -161,19 +161,25 @@ def test_a_folders_files_in_no_format_it_reads_are_named_not_passed_over(set5_di
     )
 
 
-def test_the_inputs_colour_profile_is_kept_where_it_still_describes_the_output(set5_dir, model, tmp_path):
+def test_the_inputs_colour_profile_and_exif_are_kept_where_they_still_describe_the_output(set5_dir, model, tmp_path):
     """A photo's ICC profile (a phone's Display P3) goes into PNG and JPEG outputs unchanged, also
-    one too large for one JPEG segment; a re-run still finds the JPEG's record and skips it. A CMYK
-    photo's profile is not carried into the RGB output (it would describe the wrong colours)."""
+    one too large for one JPEG segment, and so do its EXIF fields (date taken, camera, GPS), with
+    the orientation the pixels were turned by set to 1 and the pixel dimensions to the output's; a
+    re-run still finds the JPEG's record and skips it. A CMYK photo's profile is not carried into
+    the RGB output (it would describe the wrong colours)."""
     from PIL import Image, ImageCms
 
     srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     large = srgb + bytes(range(256)) * 600  # 150 KiB: three APP2 segments
     cmyk = srgb[:16] + b"CMYK" + srgb[20:]
-    photo = Image.fromarray(_rgb(set5_dir / "bird.png"))
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F], exif[0x0132] = 6, "Apple", "2023:07:14 10:20:30"  # orientation, make, date
+    exif.get_ifd(0x8769).update({0x9003: "2023:07:14 10:20:30", 0xA002: 32, 0xA003: 24})  # taken; pixels
+    exif.get_ifd(0x8825).update({1: "N", 2: (48.0, 51.0, 30.0)})  # GPS latitude
+    photo = Image.fromarray(_rgb(set5_dir / "bird.png")).crop((0, 0, 32, 24))
     source = tmp_path / "in"
     source.mkdir()
-    photo.save(source / "p3.jpg", icc_profile=srgb, quality=90)
+    photo.save(source / "p3.jpg", icc_profile=srgb, exif=exif, quality=90)
     photo.save(source / "large.png", icc_profile=large)
     photo.convert("CMYK").save(source / "cmyk.jpg", icc_profile=cmyk)
     out = tmp_path / "out"
@@ -183,6 +189,12 @@ def test_the_inputs_colour_profile_is_kept_where_it_still_describes_the_output(s
             with Image.open(out / ext / f"{name}.{ext}") as image:
                 image.load()
                 assert image.info.get("icc_profile") == expected, (ext, name)
+        with Image.open(out / ext / f"p3.{ext}") as image:
+            assert image.size == (96, 128)  # turned upright by the orientation (6: 90 degrees)
+            kept = image.getexif()
+            assert (kept[0x0112], kept[0x010F], kept[0x0132]) == (1, "Apple", "2023:07:14 10:20:30")
+            assert kept.get_ifd(0x8769) == {0x9003: "2023:07:14 10:20:30", 0xA002: 96, 0xA003: 128}
+            assert kept.get_ifd(0x8825) == {1: "N", 2: (48.0, 51.0, 30.0)}
     again = run(str(source), "-o", str(out / "jpg"), "--model", str(model), "--ext", "jpg")
     assert again.exit_code == 0 and "0 done, 3 skipped" in again.stderr, again.output
 
