@@ -71,6 +71,9 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(s for f in IMAGE_FORMATS if f.write
 DATASET_IMAGE_SUFFIXES: tuple[str, ...] = tuple(s for f in IMAGE_FORMATS for s in f.suffixes)
 # What `sr-deploy upscale --ext` writes (`same`: the input's own format).
 OUTPUT_IMAGE_FORMATS: tuple[str, ...] = tuple(f.name for f in IMAGE_FORMATS if f.ext_choice) + ("same",)
+# Image files people have that sr-deploy neither reads nor writes: `-o x.gif` names a file it
+# cannot write (not a folder to make), and a folder run says it left such inputs out.
+FOREIGN_IMAGE_SUFFIXES: frozenset[str] = frozenset({".gif", ".heic", ".heif", ".avif", ".jxl", ".jp2", ".ico", ".svg"})
 
 
 def image_format(path_or_suffix: str | Path) -> ImageFormat | None:

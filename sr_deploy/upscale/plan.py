@@ -11,13 +11,14 @@ no record; it fails its job when the record says otherwise or is missing from a 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import InputError
-from ..formats import image_format
+from ..formats import FOREIGN_IMAGE_SUFFIXES, image_format
 from ..imaging import IMAGE_EXTENSIONS, OUTPUT_IMAGE_FORMATS, image_file_text, is_image_path
 from ..util.log import Progress as Log
 from ..util.log import to_stderr
@@ -155,10 +156,16 @@ def plan_jobs(inputs: Sequence[str | Path], output: str | Path, ext: str = "png"
     if ext not in OUTPUT_IMAGE_FORMATS:
         raise InputError(f"--ext {ext!r}: expected one of {', '.join(OUTPUT_IMAGE_FORMATS)}")
     sources = [Path(p) for p in inputs]
+    as_folder = str(output).endswith(("/", os.sep))  # `-o up.png/`: the user named a folder
     output = Path(output)
     _check_inputs(sources)
+    if output.suffix.lower() in FOREIGN_IMAGE_SUFFIXES and not output.is_dir() and not as_folder:
+        raise InputError(
+            f"{output}: sr-deploy does not write {output.suffix} files: name a .png, .jpg or .webp file "
+            "(or the video's container), or a folder"
+        )
     single_file = len(sources) == 1 and sources[0].is_file()
-    names_a_file = kind_of(output) is not None and not output.is_dir()
+    names_a_file = kind_of(output) is not None and not output.is_dir() and not as_folder
     if not single_file and names_a_file:
         what = f"{len(sources)} inputs" if len(sources) > 1 else f"the folder {sources[0]}"
         raise InputError(

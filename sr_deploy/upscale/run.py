@@ -128,11 +128,16 @@ def _opened_by(path: Path, backend: str) -> str:
 
 def one_line(source: Path, exc: BaseException) -> str:
     """`exc` as the one line of a failed job: naming `source` (unless it already does), with the
-    exception's type when it is not one of ours."""
-    text = first_line(exc, limit=10_000) if str(exc).strip() else ""
+    exception's type when it is not one of ours. A name that holds a newline is escaped
+    (`shown`) and the cause after it kept, not cut at the newline."""
+    name, text = str(source), str(exc).strip()
+    named = text.startswith(name)  # our messages start with the file's name
+    if named:
+        text = text[len(name) :].removeprefix(":").strip()
+    text = first_line(text, limit=10_000) if text else ""
     if not isinstance(exc, SRDeployError):
         text = f"{type(exc).__name__}: {text}"
-    return text if str(source) in text else f"{source}: {text}"
+    return text if not named and name in text else f"{shown(name)}: {text}"
 
 
 def model_identity(model: str) -> str:

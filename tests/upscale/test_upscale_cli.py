@@ -199,6 +199,22 @@ def test_the_inputs_colour_profile_and_exif_are_kept_where_they_still_describe_t
     assert again.exit_code == 0 and "0 done, 3 skipped" in again.stderr, again.output
 
 
+def test_an_output_named_in_a_format_it_cannot_write_or_with_a_slash_means_what_it_says(set5_dir, model, tmp_path):
+    """`-o x.gif` (or .HEIC) is refused, not made into a folder named x.gif; `-o up.png/` names a
+    folder (the slash), not a file called up.png."""
+    write_image(tmp_path / "a.png", _rgb(set5_dir / "bird.png"))
+    for name in ("x.gif", "y.HEIC"):
+        result = run(str(tmp_path / "a.png"), "-o", str(tmp_path / name), "--model", str(model))
+        assert result.exit_code == 2 and not (tmp_path / name).exists(), result.output
+        suffix = name.split(".")[1]
+        assert _error_lines(result) == [
+            f"error: {tmp_path / name}: sr-deploy does not write .{suffix} files: name a .png, .jpg or .webp "
+            "file (or the video's container), or a folder"
+        ]
+    folder = run(str(tmp_path / "a.png"), "-o", f"{tmp_path / 'up.png'}/", "--model", str(model))
+    assert folder.exit_code == 0 and (tmp_path / "up.png" / "a.png").is_file(), folder.output
+
+
 def test_a_library_caller_with_its_own_backend_needs_no_model_file(set5_dir, model, tmp_path):
     """`upscale(..., backend=B)`: the options' model name is a label, not a file to check."""
     from sr_deploy.upscale import UpscaleOptions, upscale
@@ -427,6 +443,16 @@ def test_result_line_escapes_a_newline_in_the_file_name(set5_dir, model, tmp_pat
     assert result.exit_code == 0, result.output
     assert result.stdout == f"result: {out}/two\\nlines_x4.png\n"
     assert read_image(out / "two\nlines_x4.png").shape[:2] == (96, 128)
+
+
+def test_an_error_line_keeps_the_cause_of_a_file_whose_name_holds_a_newline(model, tmp_path):
+    """The name is escaped and the cause after it kept (it was cut at the name's newline)."""
+    (tmp_path / "evil\nx.jpg").write_bytes(b"not a jpeg at all")
+    result = run(str(tmp_path / "evil\nx.jpg"), "-o", str(tmp_path / "out"), "--model", str(model))
+    assert result.exit_code == 2, result.output
+    assert _error_lines(result) == [
+        f"error: {tmp_path}/evil\\nx.jpg: not a readable image (corrupt or unsupported format)"
+    ]
 
 
 def test_debug_shows_the_traceback_of_a_per_file_error(set5_dir, model, tmp_path, monkeypatch):
