@@ -96,6 +96,8 @@ class VideoContainer:
         does not carry: the audio came out 0.75 s long for 4 s); re-encoded instead.
     faststart: the index is moved to the front (ISO media: plays while downloading).
     annex_b: H.264 / HEVC packets are converted from MP4's length prefixes to start codes.
+    hevc_tag: the sample entry HEVC video is tagged with: Apple's players (QuickTime, iOS, Safari)
+        play HEVC in MP4 / MOV only as ``hvc1``, where FFmpeg writes ``hev1`` by default.
     """
 
     suffixes: tuple[str, ...]
@@ -105,11 +107,12 @@ class VideoContainer:
     mistimed_audio_copies: frozenset[str] = frozenset()
     faststart: bool = False
     annex_b: bool = False
+    hevc_tag: str | None = None
 
 
 VIDEO_CONTAINERS: tuple[VideoContainer, ...] = (
-    VideoContainer((".mp4", ".m4v"), "mp4", faststart=True),
-    VideoContainer((".mov",), "mov", faststart=True),
+    VideoContainer((".mp4", ".m4v"), "mp4", faststart=True, hevc_tag="hvc1"),
+    VideoContainer((".mov",), "mov", faststart=True, hevc_tag="hvc1"),
     VideoContainer((".mkv",), "matroska", audio_fallback="libopus"),
     # WebM takes only VP8 / VP9 / AV1 video and Opus / Vorbis audio.
     VideoContainer((".webm",), "webm", codec="libvpx-vp9", audio_fallback="libopus"),

@@ -226,6 +226,8 @@ def mux(
         out.metadata.update(tags or {})
         accepted = out.supported_codecs
         video_out = out.add_stream_from_template(inputs[0].streams.video[0])
+        if rules.hevc_tag and video_out.codec_context.codec.canonical_name == "hevc":
+            video_out.codec_tag = rules.hevc_tag
         _keep_stream_facts(src.streams.video[0], video_out, video=True)
         copies, transcoders, outcomes = _audio_streams(src, out, rules, source, target_suffix, warn)
         for stream in src.streams.subtitles:

@@ -34,6 +34,8 @@ def encoder_options(codec: str, crf: int | None, preset: str | None) -> dict[str
         options["cq"] = str(crf)
     if preset and codec in _PRESET_CODECS and (codec != "libsvtav1" or preset.isdigit()):
         options["preset"] = preset  # SVT-AV1 takes only numbers (0-13): x264 names are left out
+    if codec == "libx265":
+        options["x265-params"] = "log-level=error"  # x265 prints its settings banner for every segment
     return options
 
 

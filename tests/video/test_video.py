@@ -365,6 +365,22 @@ def ffmpeg_path() -> str:
     return ffmpeg_exe()
 
 
+def test_hevc_in_mp4_and_mov_is_tagged_for_apples_players_and_x265_stays_quiet(clips, tmp_path, capfd):
+    """QuickTime, iOS and Safari play HEVC in MP4 / MOV only as `hvc1` (FFmpeg writes `hev1`);
+    x265's settings banner is not printed for every segment."""
+    import av
+
+    for name in ("h.mp4", "h.mov", "h.mkv"):
+        upscale_video(
+            NearestBackend(2), clips["deep"], tmp_path / name, codec="libx265", preset="ultrafast", progress=False
+        )
+        with av.open(str(tmp_path / name)) as container:
+            stream = container.streams.video[0]
+            assert stream.codec_context.name == "hevc" and stream.codec_context.pix_fmt == "yuv420p10le"
+            assert stream.codec_tag == ("hvc1" if name != "h.mkv" else "\0\0\0\0"), name
+    assert "x265 [info]" not in capfd.readouterr().err
+
+
 def test_ten_bit_input_gives_ten_bit_output_and_pix_fmt_is_honoured(clips, tmp_path):
     upscale_video(NearestBackend(2), clips["deep"], tmp_path / "deep.mp4", preset="ultrafast", progress=False)
     assert video_stream_facts(tmp_path / "deep.mp4")["pix_fmt"] == "yuv420p10le"
