@@ -40,6 +40,7 @@ def carried_metadata(source: str | Path, channels: int, size: tuple[int, int], o
     dimensions are set to. `oriented`: the reader turned the pixels upright by the EXIF orientation
     (JPEG), so the output's is 1 (else it is kept, and viewers turn the output as they did the
     input). Nothing when the file cannot be read by Pillow (the decoder that counts is OpenCV)."""
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # sr-deploy bounds inputs itself (--max-pixels)
     try:
         with Image.open(source) as image:
             profile = image.info.get("icc_profile")
@@ -54,6 +55,8 @@ def carried_metadata(source: str | Path, channels: int, size: tuple[int, int], o
             raw = exif.tobytes()[6:] if exif else None  # Pillow writes JPEG's "Exif\0\0" name first
     except Exception:
         return CarriedMetadata()
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
     space = b"GRAY" if channels == 1 else b"RGB "
     fits = isinstance(profile, bytes) and len(profile) >= 128 and profile[16:20] == space  # header's colour space
     return CarriedMetadata(profile if fits else None, raw or None)

@@ -152,8 +152,8 @@ def test_a_jpeg_with_damaged_data_is_refused_not_decoded_with_broken_blocks(set1
 
 
 def test_whole_jpegs_of_every_kind_are_not_taken_for_damaged(shared_data, tmp_path):
-    """Camera photos and the JPEG variants people have (progressive, 4:4:4, CMYK, grey, an EXIF-less
-    file with bytes after its end marker) read as before."""
+    """Camera photos and the JPEG variants people have (progressive, 4:4:4, CMYK, grey, a file with
+    bytes after its end marker, or a few padding bytes before a marker) read as before."""
     from PIL import Image
 
     photos = sorted((shared_data / "train" / "Sun_Hays80").glob("*.jpg"))[:20]
@@ -172,6 +172,12 @@ def test_whole_jpegs_of_every_kind_are_not_taken_for_damaged(shared_data, tmp_pa
         assert read_image(tmp_path / f"{name}.jpg").shape[:2] == (rgb.height, rgb.width)
     (tmp_path / "tail.jpg").write_bytes(photos[0].read_bytes() + b"trailer" * 100)
     assert read_image(tmp_path / "tail.jpg").shape[:2] == (rgb.height, rgb.width)
+    # padding some cameras and editors leave (libjpeg warns "extraneous bytes"; the pixels are whole)
+    data = photos[0].read_bytes()
+    at = data.index(b"\xff\xdb")
+    for name, padded in (("dqt", data[:at] + b"\0" + data[at:]), ("eoi", data[:-2] + b"\0" * 8 + data[-2:])):
+        (tmp_path / f"pad_{name}.jpg").write_bytes(padded)
+        assert np.array_equal(read_image(tmp_path / f"pad_{name}.jpg"), read_image(photos[0])), name
 
 
 def test_write_is_atomic_and_leaves_no_temporary(set5_dir, tmp_path):

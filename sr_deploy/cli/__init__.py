@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import traceback
+import warnings
 
 import click
 
@@ -92,6 +93,13 @@ class _Group(click.Group):
 @click.version_option(__version__, prog_name="sr-deploy")
 def cli(debug: bool) -> None:
     """Super-resolution from training to fast deployment: PyTorch, ONNX Runtime, TensorRT."""
+    # OpenCV's own log ("[ERROR:0@3.4] global grfmt_tiff.cpp ...") repeats in several lines what the
+    # command says in one (`error: FILE: cause`); --debug keeps it. Set before cv2 is imported (the
+    # commands import it lazily), so Ray workers started from here inherit it too.
+    # Pillow's warnings while it reads a header ("Corrupt EXIF data") are noise of the same kind.
+    if not debug:
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
+        warnings.filterwarnings("ignore", module=r"PIL\.")
 
 
 cli.add_command(models.info)

@@ -109,10 +109,11 @@ class UpscaleOptions:
         the precision are not among them: they are how a job runs, not what it makes."""
         if kind == "video":
             return self.video().recorded(extension)
-        settings = {"outscale": "model" if self.outscale is None else f"{self.outscale:g}"}
+        settings = {"outscale": "model" if self.outscale is None else f"{self.outscale:.15g}"}
         fmt = image_format(extension)
         if fmt is not None and fmt.quality is not None:
-            settings["quality"] = str(self.quality if self.quality is not None else fmt.quality[1])
+            quality = self.quality if self.quality is not None else fmt.quality[1]
+            settings["quality"] = str(min(quality, 100) if fmt.name == "jpg" else quality)  # JPEG: 101 is 100
         return settings
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from urllib.parse import quote, unquote
 
 __all__ = [
     "PROVENANCE_KEY",
@@ -43,26 +44,29 @@ def provenance(model_id: str, precision: str, job: Mapping[str, object] | None =
     """What an output says about how it was made (PNG text field `PROVENANCE_KEY`, a JPEG comment,
     a video's ``comment`` tag): the model (file name and sha256 prefix), the precision the job ran
     in, then the `job`'s fields (the settings that decide the output and the input's size, see
-    `upscale.options.UpscaleOptions.recorded`), e.g.
+    `upscale.options.UpscaleOptions.recorded`), each value percent-encoded where it holds a space,
+    a ``%`` or a character that is not printable (so that every field stays one word), e.g.
     ``model=default.pt:1a2b3c4d5e6f7a8b precision=fp32 outscale=model quality=95 input_bytes=52311``."""
-    fields = "".join(f" {key}={value}" for key, value in (job or {}).items())
+    fields = "".join(f" {key}={quote(str(value), safe=_SAFE)}" for key, value in (job or {}).items())
     return f"model={model_id} precision={precision}{fields}"
 
 
-# DOTALL: a model's file name may hold a newline; the job's fields are single words
-_PROVENANCE = re.compile(r"model=(.+) precision=(\S+)((?: [a-z_]+=\S+)*)", re.DOTALL)
+_SAFE = "".join(chr(c) for c in range(33, 127) if chr(c) != "%")  # printable ASCII but % stays as it is
+# DOTALL: a model's file name may hold a newline. The job's fields are read loosely (any key, an
+# empty value): a field a later version adds must not make the whole record unreadable.
+_PROVENANCE = re.compile(r"model=(.+) precision=(\S+)((?: [^\s=]+=\S*)*)", re.DOTALL)
 _CONTENT_HASH = re.compile(r":([0-9a-f]{16})")
 
 
 def provenance_fields(text: str | None) -> dict[str, str] | None:
-    """A `provenance` text read back: ``{"model": ..., "precision": ..., **job fields}``; None when
-    `text` is not one (missing, or written by something else). Records written before the job's
-    fields were recorded give only the model and the precision."""
+    """A `provenance` text read back: ``{"model": ..., "precision": ..., **job fields}`` (values
+    decoded); None when `text` is not one (missing, or written by something else). Records written
+    before the job's fields were recorded give only the model and the precision."""
     found = _PROVENANCE.fullmatch(text.strip()) if text else None
     if not found:
         return None
     fields = dict(field.split("=", 1) for field in found.group(3).split())
-    return {"model": found.group(1), "precision": found.group(2), **fields}
+    return {"model": found.group(1), "precision": found.group(2)} | {k: unquote(v) for k, v in fields.items()}
 
 
 def provenance_model(text: str | None) -> str | None:

@@ -24,6 +24,29 @@ Log = Progress  # the video modules' name for the package's progress callback ty
 DEFAULT_OVERLAP = 16
 
 
+# Codecs that take a constant-quality option (crf; NVENC calls it cq) and a preset.
+CRF_CODECS = frozenset({"libx264", "libx264rgb", "libx265", "libvpx-vp9", "libsvtav1", "libaom-av1"})
+CQ_CODECS = frozenset({"h264_nvenc", "hevc_nvenc", "av1_nvenc"})
+PRESET_CODECS = frozenset({"libx264", "libx264rgb", "libx265", "libsvtav1"}) | CQ_CODECS
+
+
+def encoder_options(codec: str, crf: int | None, preset: str | None) -> dict[str, str]:
+    """The FFmpeg options a segment's encoder `codec` gets for --crf and --preset (each only where
+    the encoder takes it)."""
+    options: dict[str, str] = {}
+    if crf is not None and codec in CRF_CODECS:
+        options["crf"] = str(crf)
+        if codec == "libvpx-vp9":
+            options["b"] = "0"
+    elif crf is not None and codec in CQ_CODECS:
+        options["cq"] = str(crf)
+    if preset and codec in PRESET_CODECS and (codec != "libsvtav1" or preset.isdigit()):
+        options["preset"] = preset  # SVT-AV1 takes only numbers (0-13): x264 names are left out
+    if codec == "libx265":
+        options["x265-params"] = "log-level=error"  # x265 prints its settings banner for every segment
+    return options
+
+
 @dataclass(frozen=True)
 class VideoOptions:
     """How `upscale_video` runs; the defaults are the CLI's.
@@ -70,12 +93,15 @@ class VideoOptions:
     def recorded(self, extension: str) -> dict[str, str]:
         """The settings that decide what a video output of `extension` is, as its record
         (`util.text.provenance`) names them, compared by the skip rule on a re-run: as given
-        (``outscale=model``: the model's own scale), the encoder resolved for the container."""
+        (``outscale=model``: the model's own scale), the encoder resolved for the container, its
+        crf and preset only where it takes them (``none`` elsewhere)."""
+        codec = self.codec or default_codec(extension)
+        encoder = encoder_options(codec, self.crf, self.preset)  # what reaches the encoder; it ignores the rest
         return {
-            "outscale": "model" if self.outscale is None else f"{self.outscale:g}",
-            "codec": self.codec or default_codec(extension),
-            "crf": str(self.crf),
-            "preset": str(self.preset),
+            "outscale": "model" if self.outscale is None else f"{self.outscale:.15g}",
+            "codec": codec,
+            "crf": encoder.get("crf", encoder.get("cq", "none")),
+            "preset": encoder.get("preset", "none"),
             "pix_fmt": self.pix_fmt or "auto",
             "dedup": _threshold_name(self.dedup_threshold),
         }
@@ -115,7 +141,7 @@ def default_codec(extension: str) -> str:
 
 def _threshold_name(threshold: float | None) -> str:
     """A held-frame threshold as a record names it: ``off``, ``exact`` or the dB figure."""
-    return "off" if threshold is None else "exact" if threshold == EXACT else f"{threshold:g}"
+    return "off" if threshold is None else "exact" if threshold == EXACT else f"{threshold:.15g}"
 
 
 def recorded_job(options: VideoOptions, source: Path, target: Path) -> dict[str, str]:

@@ -22,7 +22,11 @@ _ANNEX_B_FILTERS = {"h264": "h264_mp4toannexb", "hevc": "hevc_mp4toannexb"}
 # (the muxer writes the output's own: its encoder, which AVI calls `software`, the MP4 / MOV
 # brands) and ``comment``, which sr-deploy writes with how the output was made (read back by the
 # skip rule).
-_NOT_CARRIED = frozenset({"encoder", "software", "comment", "major_brand", "minor_version", "compatible_brands"})
+# `timecode` too: MP4 / MOV keep theirs in a track that is not carried, so Matroska's tag is not either
+# (the MP4 muxer would make a timecode track of it): one rule for every container.
+_NOT_CARRIED = frozenset(
+    {"encoder", "software", "comment", "major_brand", "minor_version", "compatible_brands", "timecode"}
+)
 
 
 def carried_tags(src: Any) -> dict[str, str]:

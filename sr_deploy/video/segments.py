@@ -12,31 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .common import cause
+from .common import CQ_CODECS, cause, encoder_options
 
-# Codecs that take a constant-quality option (crf; NVENC calls it cq) and a preset.
-_CRF_CODECS = frozenset({"libx264", "libx264rgb", "libx265", "libvpx-vp9", "libsvtav1", "libaom-av1"})
-_CQ_CODECS = frozenset({"h264_nvenc", "hevc_nvenc", "av1_nvenc"})
-_PRESET_CODECS = frozenset({"libx264", "libx264rgb", "libx265", "libsvtav1"}) | _CQ_CODECS
 _MANIFEST = "manifest.json"
 _MANIFEST_VERSION = 1
-
-
-def encoder_options(codec: str, crf: int | None, preset: str | None) -> dict[str, str]:
-    """The FFmpeg options a segment's encoder `codec` gets for --crf and --preset (each only where
-    the encoder takes it)."""
-    options: dict[str, str] = {}
-    if crf is not None and codec in _CRF_CODECS:
-        options["crf"] = str(crf)
-        if codec == "libvpx-vp9":
-            options["b"] = "0"
-    elif crf is not None and codec in _CQ_CODECS:
-        options["cq"] = str(crf)
-    if preset and codec in _PRESET_CODECS and (codec != "libsvtav1" or preset.isdigit()):
-        options["preset"] = preset  # SVT-AV1 takes only numbers (0-13): x264 names are left out
-    if codec == "libx265":
-        options["x265-params"] = "log-level=error"  # x265 prints its settings banner for every segment
-    return options
 
 
 # x264's and x265's own checks only log (straight to stderr) and clamp: their limits, checked here.
@@ -74,7 +53,7 @@ def check_encoder_options(codec: str, crf: int | None, preset: str | None) -> No
     try:
         encoder = av.codec.Codec(codec, "w")
         # NVENC needs a GPU to open; AV1 output is refused by output.plan_output (and SVT-AV1 logs a banner)
-        if encoder.type != "video" or not options or codec in _CQ_CODECS or "av1" in codec:
+        if encoder.type != "video" or not options or codec in CQ_CODECS or "av1" in codec:
             return
         context = av.CodecContext.create(encoder)
         context.width, context.height, context.time_base = 64, 64, Fraction(1, 25)

@@ -184,7 +184,15 @@ def test_records_are_parsed_and_compared_by_the_models_sha256():
         "input_bytes": "12",
     }
     assert provenance_fields("model=x.pt precision=fp32") == {"model": "x.pt", "precision": "fp32"}  # older records
-    assert provenance_fields("model=x.pt precision=fp32 Outscale=2") is None  # not ours
+    # fields a later version may add, empty values, values with spaces: read, never the whole record lost
+    assert provenance_fields("model=x.pt precision=fp32 Outscale9=2 preset=") == {
+        "model": "x.pt",
+        "precision": "fp32",
+        "Outscale9": "2",
+        "preset": "",
+    }
+    assert provenance_fields(provenance("x.pt", "fp32", {"title": "a b%c"}))["title"] == "a b%c"
+    assert provenance_fields("model=x.pt precision=fp32 and more") is None  # not ours
 
 
 def test_the_refusal_stays_on_one_line_whatever_the_names_and_records_hold(set5_dir, model, tmp_path):

@@ -215,6 +215,26 @@ def test_an_output_named_in_a_format_it_cannot_write_or_with_a_slash_means_what_
     assert folder.exit_code == 0 and (tmp_path / "up.png" / "a.png").is_file(), folder.output
 
 
+def test_a_damaged_tiff_is_one_line_without_opencvs_log(set5_dir, model, tmp_path):
+    """OpenCV's own log of a broken TIFF (four `[ WARN` / `[ERROR` lines) is not printed next to
+    the command's one line; --debug keeps it."""
+    import subprocess
+    import sys
+
+    write_image(tmp_path / "whole.tif", _rgb(set5_dir / "bird.png"))
+    data = (tmp_path / "whole.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(data[: len(data) // 2])
+    command = [sys.executable, "-m", "sr_deploy", "upscale", str(tmp_path / "cut.tif"), "-o", str(tmp_path / "o.png")]
+    command += ["--model", str(model), "--device", "cpu", "--no-progress"]
+    quiet = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 2, quiet.stderr
+    assert [line for line in quiet.stderr.splitlines() if not line.startswith(("precision:", "upscale:"))] == [
+        f"error: {tmp_path / 'cut.tif'}: not a readable image (corrupt or unsupported format)"
+    ]
+    loud = subprocess.run(command[:3] + ["--debug"] + command[3:], capture_output=True, text=True, timeout=300)
+    assert loud.returncode == 2 and "[ERROR" in loud.stderr
+
+
 def test_a_library_caller_with_its_own_backend_needs_no_model_file(set5_dir, model, tmp_path):
     """`upscale(..., backend=B)`: the options' model name is a label, not a file to check."""
     from sr_deploy.upscale import UpscaleOptions, upscale
