@@ -47,6 +47,7 @@ from .formats import (  # noqa: F401 - DATASET_IMAGE_SUFFIXES, IMAGE_FORMATS, OU
 from .image_metadata import CarriedMetadata, add_metadata_to_file
 from .util.files import atomic_write_bytes as _atomic_write_bytes
 from .util.files import partial_path as partial_path  # re-exported: video.py and tests import it from here
+from .util.frames import png_frames, tiff_pages, webp_frames
 from .util.jpeg import jpeg_damage
 
 
@@ -103,12 +104,15 @@ def read_image(path: str | Path) -> np.ndarray:
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if data.size == 0:
         raise InputError(f"{path}: empty file, not an image")
-    frames = webp_animation_frames(data[: 1 << 20].tobytes() if data.size > 1 << 20 else data.tobytes())
-    if frames:
+    head = data[: 1 << 20].tobytes() if data.size > 1 << 20 else data.tobytes()
+    if frames := webp_frames(head) or png_frames(head):
+        kind = "WebP" if head.startswith(b"RIFF") else "PNG"
         raise InputError(
-            f"{path}: animated WebP ({frames} frames); OpenCV would read only the first: "
+            f"{path}: animated {kind} ({frames} frames); OpenCV would read only the first: "
             "convert it to a video (e.g. .webm / .mp4) and upscale that"
         )
+    if head[:2] in (b"II", b"MM") and (pages := tiff_pages(data.tobytes())):  # a copy for TIFF files only
+        raise InputError(f"{path}: a TIFF of {pages} pages; only the first would be read: save each page as a file")
     # IMREAD_UNCHANGED keeps alpha and 16 bits but ignores EXIF orientation. JPEG has no alpha,
     # so for JPEG, ANYCOLOR | ANYDEPTH keeps grey as grey and lets OpenCV apply the orientation.
     fmt = image_format(path)
@@ -125,21 +129,6 @@ def read_image(path: str | Path) -> np.ndarray:
     if image is None:
         raise InputError(f"{path}: not a readable image (corrupt or unsupported format)")
     return _from_opencv(image, path)
-
-
-def webp_animation_frames(data: bytes) -> int:
-    """Frames of an animated WebP (its ANMF chunks; 0 for a still WebP or any other format).
-    `data`: the file's bytes (the first megabyte is enough to see that it is animated)."""
-    if len(data) < 21 or data[:4] != b"RIFF" or data[8:12] != b"WEBP" or data[12:16] != b"VP8X":
-        return 0
-    if not data[20] & 0x02:  # VP8X flags: bit 1 = animation
-        return 0
-    frames, offset = 0, 12
-    while offset + 8 <= len(data):
-        size = int.from_bytes(data[offset + 4 : offset + 8], "little")
-        frames += data[offset : offset + 4] == b"ANMF"
-        offset += 8 + size + (size & 1)
-    return max(frames, 2)
 
 
 def _first_line(text: str) -> str:

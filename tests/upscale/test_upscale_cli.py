@@ -368,20 +368,30 @@ def test_outscale_is_validated_before_the_model_runs(set5_dir, tmp_path, value):
     assert "OverflowError" not in result.output and not (tmp_path / "b.png").exists()
 
 
-def test_animated_webp_is_refused_in_one_line(set5_dir, model, tmp_path):
+def test_animated_webp_and_png_and_a_multi_page_tiff_are_refused_in_one_line(set5_dir, model, tmp_path):
+    """OpenCV reads only their first picture: a run must not say "done" over a cut animation."""
     from PIL import Image
 
     frames = [Image.fromarray(_rgb(set5_dir / name)) for name in ("bird.png", "head.png", "baby.png")]
     frames[0].save(tmp_path / "anim.webp", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    frames[0].save(tmp_path / "apng.png", save_all=True, append_images=frames[1:], duration=100)
+    frames[0].save(tmp_path / "pages.tif", save_all=True, append_images=frames[1:])
     frames[0].save(tmp_path / "still.webp")
-    result = run(
-        str(tmp_path / "anim.webp"), str(tmp_path / "still.webp"), "-o", str(tmp_path / "out"), "--model", str(model)
-    )
+    frames[1].save(tmp_path / "still_png.png")
+    frames[2].save(tmp_path / "still_tif.tif")
+    names = ("anim.webp", "apng.png", "pages.tif", "still.webp", "still_png.png", "still_tif.tif")
+    result = run(*(str(tmp_path / n) for n in names), "-o", str(tmp_path / "out"), "--model", str(model))
     assert result.exit_code == 2, result.output
-    errors = _error_lines(result)
-    assert len(errors) == 1 and "anim.webp: animated WebP (3 frames)" in errors[0]
-    assert read_image(tmp_path / "out" / "still.png").shape == (96, 128, 3)
-    assert not (tmp_path / "out" / "anim.png").exists()
+    assert _error_lines(result) == [
+        f"error: {tmp_path / 'anim.webp'}: animated WebP (3 frames); OpenCV would read only the first: "
+        "convert it to a video (e.g. .webm / .mp4) and upscale that",
+        f"error: {tmp_path / 'apng.png'}: animated PNG (3 frames); OpenCV would read only the first: "
+        "convert it to a video (e.g. .webm / .mp4) and upscale that",
+        f"error: {tmp_path / 'pages.tif'}: a TIFF of 3 pages; only the first would be read: save each page as a file",
+    ]
+    for name in ("still", "still_png", "still_tif"):
+        assert read_image(tmp_path / "out" / f"{name}.png").shape == (96, 128, 3)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["still.png", "still_png.png", "still_tif.png"]
 
 
 def test_nan_weights_fail_the_file_instead_of_writing_black(set5_dir, tmp_path):
