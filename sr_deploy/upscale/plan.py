@@ -108,10 +108,31 @@ def _folder_jobs(source: Path, output: Path, output_resolved: Path, ext: str) ->
             continue
         if _is_within(path.resolve(), output_resolved):
             continue  # OUT inside an input folder: never feed our own outputs back in
+        if _earlier_output(path):
+            continue  # nor the outputs of an earlier run with another OUT (`earlier_outputs` names them)
         if kind == "image":
             relative = relative.with_suffix(_image_target_suffix(path, ext))
         jobs.append(Job(path, output / relative, kind))
     return jobs
+
+
+def _earlier_output(path: Path) -> bool:
+    """`path` records that sr-deploy made it (`output_record`): an output of an earlier run that
+    was written inside the input folder."""
+    try:
+        return bool(output_record(path))
+    except Exception:  # unreadable: a job finds out what it is
+        return False
+
+
+def _files_where(folder: Path, wanted: Callable[[Path], bool], limit: int) -> tuple[int, list[str]]:
+    count, names = 0, []
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if not _is_hidden(relative) and path.is_file() and wanted(path):
+            count += 1
+            names += [str(relative)] if len(names) < limit else []
+    return count, names
 
 
 def unread_files(folder: Path, limit: int = 3) -> tuple[int, list[str]]:
@@ -119,13 +140,15 @@ def unread_files(folder: Path, limit: int = 3) -> tuple[int, list[str]]:
     video it reads (HEIC, GIF, AVIF, sidecar files; hidden ones are left out on purpose and not
     counted): how many, and the relative names of the first `limit`, so a run can say so rather
     than report "all done" over photos it never read."""
-    count, names = 0, []
-    for path in sorted(folder.rglob("*")):
-        relative = path.relative_to(folder)
-        if kind_of(path) is None and not _is_hidden(relative) and path.is_file():
-            count += 1
-            names += [str(relative)] if len(names) < limit else []
-    return count, names
+    return _files_where(folder, lambda path: kind_of(path) is None, limit)
+
+
+def earlier_outputs(folder: Path, output: Path, limit: int = 3) -> tuple[int, list[str]]:
+    """The files in an input `folder`, outside this run's `output`, that record sr-deploy made them
+    (`photos/x4/` of an earlier run, when this one writes `photos/x4_gan/`): left out, so a second
+    model's run does not upscale the first one's outputs again (x16); `unread_files`' count and names."""
+    out = output.resolve()
+    return _files_where(folder, lambda path: not _is_within(path.resolve(), out) and _earlier_output(path), limit)
 
 
 def _check_targets(jobs: list[Job]) -> None:

@@ -30,7 +30,7 @@ from ..util.text import first_line, shown
 from ..video import VideoOptions, check_encoder_options, default_codec, upscale_video
 from .image import upscale_image_file
 from .options import UpscaleOptions, validate_options
-from .plan import Job, Outcome, jobs_to_run, kind_of, plan_jobs, unread_files
+from .plan import Job, Outcome, earlier_outputs, jobs_to_run, kind_of, plan_jobs, unread_files
 
 
 @dataclass
@@ -340,10 +340,13 @@ def plan_checked(
     for codec in {options.codec or default_codec(Path(str(job.target)).suffix) for job in jobs if job.kind == "video"}:
         check_encoder_options(codec, options.crf, options.preset)
     for folder in (Path(p) for p in inputs if not storage.is_uri(str(p)) and Path(p).is_dir()):
-        count, names = unread_files(folder)
-        if count:
-            listed = shown(", ".join(names)) + (", ..." if count > len(names) else "")
-            log(f"note: {shown(folder)}: {count} file(s) left out, in no image or video format this reads: {listed}")
+        notes = [(unread_files(folder), "in no image or video format this reads")]
+        if planner is plan_jobs:  # local runs leave earlier outputs out (`plan._folder_jobs`)
+            notes.append((earlier_outputs(folder, Path(output)), "made by sr-deploy (give them as files to redo them)"))
+        for (count, names), why in notes:
+            if count:
+                listed = shown(", ".join(names)) + (", ..." if count > len(names) else "")
+                log(f"note: {shown(folder)}: {count} file(s) left out, {why}: {listed}")
     if not storage.is_uri(str(output)) and kind_of(output) is None:
         Path(output).mkdir(parents=True, exist_ok=True)
     return jobs

@@ -235,6 +235,24 @@ def test_a_damaged_tiff_is_one_line_without_opencvs_log(set5_dir, model, tmp_pat
     assert loud.returncode == 2 and "[ERROR" in loud.stderr
 
 
+def test_a_second_models_run_over_the_folder_leaves_the_first_runs_outputs_out(set5_dir, model, tmp_path):
+    """`upscale photos -o photos/x4`, then `-o photos/x4_other` with another model: the first run's
+    outputs (they record sr-deploy made them) are not upscaled again (x16), and a note says so;
+    given as a file, one still is."""
+    photos = tmp_path / "photos"
+    write_image(photos / "a.png", _rgb(set5_dir / "bird.png"))
+    assert run(str(photos), "-o", str(photos / "x4"), "--model", str(model)).exit_code == 0
+    other = save_tiny_srvgg(tmp_path / "other.pt", seed=1)
+    second = run(str(photos), "-o", str(photos / "x4_other"), "--model", str(other))
+    assert second.exit_code == 0 and "1 done" in second.stderr, second.output
+    assert f"note: {photos}: 1 file(s) left out, made by sr-deploy (give them as files to redo them): x4/a.png" in (
+        second.stderr.splitlines()
+    )
+    assert sorted(str(p.relative_to(photos / "x4_other")) for p in (photos / "x4_other").rglob("*")) == ["a.png"]
+    again = run(str(photos / "x4" / "a.png"), "-o", str(tmp_path / "x16.png"), "--model", str(other))
+    assert again.exit_code == 0 and read_image(tmp_path / "x16.png").shape == (384, 512, 3), again.output
+
+
 def test_a_library_caller_with_its_own_backend_needs_no_model_file(set5_dir, model, tmp_path):
     """`upscale(..., backend=B)`: the options' model name is a label, not a file to check."""
     from sr_deploy.upscale import UpscaleOptions, upscale
