@@ -131,9 +131,9 @@ def one_line(source: Path, exc: BaseException) -> str:
     exception's type when it is not one of ours. A name that holds a newline is escaped
     (`shown`) and the cause after it kept, not cut at the newline."""
     name, text = str(source), str(exc).strip()
-    named = text.startswith(name)  # our messages start with the file's name
+    named = text.startswith(name + ":")  # our messages start with the file's name
     if named:
-        text = text[len(name) :].removeprefix(":").strip()
+        text = text[len(name) + 1 :].strip()
     text = first_line(text, limit=10_000) if text else ""
     if not isinstance(exc, SRDeployError):
         text = f"{type(exc).__name__}: {text}"
@@ -327,8 +327,8 @@ def plan_checked(
     what every executor does before any model is loaded, so that a bad option or a missing model
     leaves nothing behind. `model_needed` False: the caller brings its own backend. `planner`:
     `plan.plan_jobs` for local paths, `stored.plan_stored` for locations that may be URIs. The
-    video encoders' --crf and --preset are checked too; files of a local input folder that are
-    neither images nor videos are named in one note on `log`."""
+    video encoders' --crf and --preset are checked too. What a local input folder holds that is
+    left out (files in no format this reads; an earlier run's outputs) is named in a note on `log`."""
     from ..models import existing_model_path
 
     validate_options(options)
