@@ -218,6 +218,7 @@ def test_an_output_named_in_a_format_it_cannot_write_or_with_a_slash_means_what_
 def test_a_damaged_tiff_is_one_line_without_opencvs_log(set5_dir, model, tmp_path):
     """OpenCV's own log of a broken TIFF (four `[ WARN` / `[ERROR` lines) is not printed next to
     the command's one line; --debug keeps it."""
+    import os
     import subprocess
     import sys
 
@@ -226,12 +227,14 @@ def test_a_damaged_tiff_is_one_line_without_opencvs_log(set5_dir, model, tmp_pat
     (tmp_path / "cut.tif").write_bytes(data[: len(data) // 2])
     command = [sys.executable, "-m", "sr_deploy", "upscale", str(tmp_path / "cut.tif"), "-o", str(tmp_path / "o.png")]
     command += ["--model", str(model), "--device", "cpu", "--no-progress"]
-    quiet = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    # in-process CLI runs of other tests set OPENCV_LOG_LEVEL in this process's environment
+    env = {key: value for key, value in os.environ.items() if key != "OPENCV_LOG_LEVEL"}
+    quiet = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert quiet.returncode == 2, quiet.stderr
     assert [line for line in quiet.stderr.splitlines() if not line.startswith(("precision:", "upscale:"))] == [
         f"error: {tmp_path / 'cut.tif'}: not a readable image (corrupt or unsupported format)"
     ]
-    loud = subprocess.run(command[:3] + ["--debug"] + command[3:], capture_output=True, text=True, timeout=300)
+    loud = subprocess.run(command[:3] + ["--debug"] + command[3:], capture_output=True, text=True, timeout=300, env=env)
     assert loud.returncode == 2 and "[ERROR" in loud.stderr
 
 
