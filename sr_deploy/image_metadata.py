@@ -87,32 +87,31 @@ def jpeg_segments(metadata: CarriedMetadata) -> bytes:
     return out
 
 
-def add_jpeg_metadata(data: bytes, metadata: CarriedMetadata) -> bytes:
+def add_jpeg_metadata(data: bytes, metadata: CarriedMetadata | None) -> bytes:
     """`data` (a whole JPEG file) with `metadata`'s segments after its SOI, JFIF APP0 and comment
-    segments; the compressed image data is not touched."""
+    segments (sr-deploy's comment, which a re-run reads from the first bytes, stays there); the
+    compressed image data is not touched."""
+    if metadata is None or not (metadata.profile or metadata.exif):
+        return data
     at = 2
     while data[at : at + 2] in (b"\xff\xe0", b"\xff\xfe"):
         at += 2 + struct.unpack(">H", data[at + 2 : at + 4])[0]
     return data[:at] + jpeg_segments(metadata) + data[at:]
 
 
-def add_metadata_to_file(path: Path, ext: str, metadata: CarriedMetadata | None) -> None:
-    """Put `metadata` into the image file `path` of format `ext` (PNG or JPEG; others are left as
-    they are). A PNG is copied once, in blocks, with the chunks after IHDR; a JPEG, compressed and
-    small next to the image it holds, is read and written again."""
+def add_png_metadata_to_file(path: Path, metadata: CarriedMetadata | None) -> None:
+    """Put `metadata` into the PNG file `path`: its chunks go after IHDR (before the image data,
+    where PNG wants them), so the file is copied once, in blocks."""
     if metadata is None or not (metadata.profile or metadata.exif):
         return
-    if ext in (".jpg", ".jpeg"):
-        path.write_bytes(add_jpeg_metadata(path.read_bytes(), metadata))
-    elif ext == ".png":
-        moved = path.with_name(path.name + ".meta")
-        try:
-            with open(path, "rb") as src, open(moved, "wb") as dst:
-                head = src.read(8 + 25)  # the signature and IHDR (13 bytes of data), always first
-                if head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR":
-                    raise ValueError(f"{path}: the PNG encoder's output does not start with IHDR")
-                dst.write(head + png_chunks(metadata))
-                shutil.copyfileobj(src, dst, 1 << 20)
-            os.replace(moved, path)
-        finally:
-            moved.unlink(missing_ok=True)
+    moved = path.with_name(path.name + ".meta")
+    try:
+        with open(path, "rb") as src, open(moved, "wb") as dst:
+            head = src.read(8 + 25)  # the signature and IHDR (13 bytes of data), always first
+            if head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR":
+                raise ValueError(f"{path}: the PNG encoder's output does not start with IHDR")
+            dst.write(head + png_chunks(metadata))
+            shutil.copyfileobj(src, dst, 1 << 20)
+        os.replace(moved, path)
+    finally:
+        moved.unlink(missing_ok=True)

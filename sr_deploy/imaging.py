@@ -44,7 +44,7 @@ from .formats import (  # noqa: F401 - DATASET_IMAGE_SUFFIXES, IMAGE_FORMATS, OU
     OUTPUT_IMAGE_FORMATS,
     image_format,
 )
-from .image_metadata import CarriedMetadata, add_metadata_to_file
+from .image_metadata import CarriedMetadata, add_jpeg_metadata, add_png_metadata_to_file
 from .util.files import atomic_write_bytes as _atomic_write_bytes
 from .util.files import partial_path as partial_path  # re-exported: video.py and tests import it from here
 from .util.frames import png_frames, tiff_pages, webp_frames
@@ -318,22 +318,24 @@ def _add_text(data: bytes, ext: str, text: Mapping[str, str] | None) -> bytes:
     return data
 
 
-def _add_text_to_file(path: Path, ext: str, text: Mapping[str, str] | None) -> None:
-    """`_add_text` on a file OpenCV wrote. A PNG's chunks are appended in place (its last 12 bytes,
-    IEND, are replaced by the text chunks and IEND), so that the image data is never read; a JPEG,
-    compressed and far smaller than the image it holds, is read and written again."""
-    if not text:
-        return
+def _add_text_to_file(path: Path, ext: str, text: Mapping[str, str] | None, metadata: CarriedMetadata | None) -> None:
+    """`_add_text` on a file OpenCV wrote, and `metadata` (`image_metadata`) where the format keeps
+    it. A JPEG, compressed and far smaller than the image it holds, is read and written again once,
+    with both; a PNG's text chunks are appended in place (its last 12 bytes, IEND, are replaced by
+    the text chunks and IEND), so that the image data is never read, and its metadata chunks, which
+    must precede the image data, copied in with it once (`add_png_metadata_to_file`)."""
     kind = getattr(image_format(ext), "text", None)
-    if kind == "COM":
-        path.write_bytes(add_jpeg_comment(path.read_bytes(), text))
+    if kind == "COM" and (text or metadata):
+        path.write_bytes(add_jpeg_metadata(add_jpeg_comment(path.read_bytes(), text), metadata))
     elif kind == "tEXt":
-        with open(path, "rb+") as f:
-            f.seek(-len(_PNG_IEND), os.SEEK_END)
-            if f.read() != _PNG_IEND:
-                raise SRDeployError(f"{path}: the PNG encoder's output does not end with IEND")
-            f.seek(-len(_PNG_IEND), os.SEEK_END)
-            f.write(png_text_chunks(text) + _PNG_IEND)
+        if text:
+            with open(path, "rb+") as f:
+                f.seek(-len(_PNG_IEND), os.SEEK_END)
+                if f.read() != _PNG_IEND:
+                    raise SRDeployError(f"{path}: the PNG encoder's output does not end with IEND")
+                f.seek(-len(_PNG_IEND), os.SEEK_END)
+                f.write(png_text_chunks(text) + _PNG_IEND)
+        add_png_metadata_to_file(path, metadata)
 
 
 def _png_text(tail: bytes, keyword: str) -> str | None:
@@ -469,8 +471,7 @@ def write_image_consuming(
     try:
         if not cv2.imwrite(str(tmp), image, params):
             raise SRDeployError(f"{path}: OpenCV could not write a {image.shape} {image.dtype} image as {ext}")
-        _add_text_to_file(tmp, ext, text)
-        add_metadata_to_file(tmp, ext, metadata)  # after the text: a JPEG's comment stays in its first bytes
+        _add_text_to_file(tmp, ext, text, metadata)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

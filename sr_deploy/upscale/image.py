@@ -130,8 +130,8 @@ def upscale_image_file(backend: Backend, source: Path, target: Path, options: Up
         if staging != dtype:  # 16-bit staging -> 8-bit, rounded and saturated
             out = cv2.multiply(out, 1 / 257, dtype=cv2.CV_8U)
     model_id = options.model_id or Path(options.model).name
-    job = options.recorded("image", target.suffix) | {"input_bytes": str(source.stat().st_size)}
-    text = {PROVENANCE_KEY: provenance(model_id, backend.precision, job)}
+    settings = options.recorded("image", target.suffix)
+    text = {PROVENANCE_KEY: provenance(model_id, backend.precision, settings, source.stat().st_size)}
     oriented = getattr(image_format(source.suffix), "orientation", False)  # read_image turned it upright
     metadata = carried_metadata(source, channels, (out.shape[1], out.shape[0]), oriented)
     write_image_consuming(target, out, options.quality, text, metadata)

@@ -94,61 +94,56 @@ def _check_inputs(sources: list[Path]) -> None:
             raise InputError(f"{source}: not an image or video file (known extensions: {known})")
 
 
-def _folder_jobs(source: Path, output: Path, output_resolved: Path, ext: str) -> list[Job]:
+def _folder_jobs(source: Path, output: Path, output_resolved: Path, ext: str, log: Log) -> list[Job]:
     if source.resolve() == output_resolved:
         raise InputError(
             f"{output}: the output folder is the input folder; outputs would mix with "
             "(and could overwrite) the inputs: choose another -o"
         )
-    jobs = []
+    jobs, unread, earlier = [], [], []
     for path in sorted(source.rglob("*")):
         relative = path.relative_to(source)
+        if _is_hidden(relative) or not path.is_file():
+            continue
         kind = kind_of(path)
-        if kind is None or _is_hidden(relative) or not path.is_file():
+        if kind is None:
+            unread.append(str(relative))
             continue
         if _is_within(path.resolve(), output_resolved):
             continue  # OUT inside an input folder: never feed our own outputs back in
         if _earlier_output(path):
-            continue  # nor the outputs of an earlier run with another OUT (`earlier_outputs` names them)
+            earlier.append(str(relative))  # nor the outputs of an earlier run with another OUT
+            continue
         if kind == "image":
             relative = relative.with_suffix(_image_target_suffix(path, ext))
         jobs.append(Job(path, output / relative, kind))
+    note_left_out(log, source, UNREAD, unread)
+    note_left_out(log, source, EARLIER_OUTPUTS, earlier)
     return jobs
 
 
 def _earlier_output(path: Path) -> bool:
     """`path` records that sr-deploy made it (`output_record`): an output of an earlier run that
-    was written inside the input folder."""
+    was written inside the input folder (`photos/x4/` when this run writes `photos/x4_gan/`), which
+    a second model's run would otherwise upscale again (x16)."""
     try:
         return bool(output_record(path))
     except Exception:  # unreadable: a job finds out what it is
         return False
 
 
-def _files_where(folder: Path, wanted: Callable[[Path], bool], limit: int) -> tuple[int, list[str]]:
-    count, names = 0, []
-    for path in sorted(folder.rglob("*")):
-        relative = path.relative_to(folder)
-        if not _is_hidden(relative) and path.is_file() and wanted(path):
-            count += 1
-            names += [str(relative)] if len(names) < limit else []
-    return count, names
+# Why a plan leaves a file of an input folder out (`note_left_out`).
+UNREAD = "in no image or video format this reads"
+EARLIER_OUTPUTS = "made by sr-deploy (give them as files to redo them)"
 
 
-def unread_files(folder: Path, limit: int = 3) -> tuple[int, list[str]]:
-    """The files in an input `folder` that a run leaves out because they are neither an image nor a
-    video it reads (HEIC, GIF, AVIF, sidecar files; hidden ones are left out on purpose and not
-    counted): how many, and the relative names of the first `limit`, so a run can say so rather
-    than report "all done" over photos it never read."""
-    return _files_where(folder, lambda path: kind_of(path) is None, limit)
-
-
-def earlier_outputs(folder: Path, output: Path, limit: int = 3) -> tuple[int, list[str]]:
-    """The files in an input `folder`, outside this run's `output`, that record sr-deploy made them
-    (`photos/x4/` of an earlier run, when this one writes `photos/x4_gan/`): left out, so a second
-    model's run does not upscale the first one's outputs again (x16); `unread_files`' count and names."""
-    out = output.resolve()
-    return _files_where(folder, lambda path: not _is_within(path.resolve(), out) and _earlier_output(path), limit)
+def note_left_out(log: Log, folder: object, why: str, names: Sequence[str], shown_names: int = 3) -> None:
+    """One note naming the files (`names`, relative to the input `folder`) that a plan left out and
+    `why`: a run says so rather than report "all done" over photos it never read (HEIC, GIF,
+    sidecar files; hidden files are left out on purpose and not named)."""
+    if names:
+        listed = shown(", ".join(names[:shown_names])) + (", ..." if len(names) > shown_names else "")
+        log(f"note: {shown(folder)}: {len(names)} file(s) left out, {why}: {listed}")
 
 
 def _check_targets(jobs: list[Job]) -> None:
@@ -166,7 +161,7 @@ def _check_targets(jobs: list[Job]) -> None:
         seen[target] = job.source
 
 
-def plan_jobs(inputs: Sequence[str | Path], output: str | Path, ext: str = "png") -> list[Job]:
+def plan_jobs(inputs: Sequence[str | Path], output: str | Path, ext: str = "png", log: Log = to_stderr) -> list[Job]:
     """Map INPUT... and OUT to jobs, checking everything that can be checked without a model.
 
     - One input file and an OUT with an image/video extension: OUT is the output file.
@@ -175,6 +170,7 @@ def plan_jobs(inputs: Sequence[str | Path], output: str | Path, ext: str = "png"
     - Images get the `ext` format (png, jpg, webp, or `same`); videos keep their container.
     Raises InputError for a missing input, a file that is neither image nor video, an OUT that
     is a file where a folder is needed, two inputs with one target, or a target that is an input.
+    What a folder holds that is left out is named on `log` (`note_left_out`).
     """
     if ext not in OUTPUT_IMAGE_FORMATS:
         raise InputError(f"--ext {ext!r}: expected one of {', '.join(OUTPUT_IMAGE_FORMATS)}")
@@ -211,7 +207,7 @@ def plan_jobs(inputs: Sequence[str | Path], output: str | Path, ext: str = "png"
                 name = source.name if kind == "video" else source.stem + _image_target_suffix(source, ext)
                 jobs.append(Job(source, output / name, kind))
             else:
-                jobs.extend(_folder_jobs(source, output, output_resolved, ext))
+                jobs.extend(_folder_jobs(source, output, output_resolved, ext, log))
     _check_targets(jobs)
     return jobs
 

@@ -30,7 +30,7 @@ from ..util.text import first_line, shown
 from ..video import VideoOptions, check_encoder_options, default_codec, upscale_video
 from .image import upscale_image_file
 from .options import UpscaleOptions, validate_options
-from .plan import Job, Outcome, earlier_outputs, jobs_to_run, kind_of, plan_jobs, unread_files
+from .plan import Job, Outcome, jobs_to_run, kind_of, plan_jobs
 
 
 @dataclass
@@ -320,33 +320,25 @@ def plan_checked(
     output: str | Path,
     options: UpscaleOptions,
     model_needed: bool = True,
-    planner: Callable[[Sequence[str | Path], str | Path, str], list[Job]] = plan_jobs,
+    planner: Callable[[Sequence[str | Path], str | Path, str, Log], list[Job]] = plan_jobs,
     log: Log = to_stderr,
 ) -> list[Job]:
     """The options and the model file checked, the jobs planned and a local output folder made:
     what every executor does before any model is loaded, so that a bad option or a missing model
     leaves nothing behind. `model_needed` False: the caller brings its own backend. `planner`:
     `plan.plan_jobs` for local paths, `stored.plan_stored` for locations that may be URIs. The
-    video encoders' --crf and --preset are checked too. What a local input folder holds that is
-    left out (files in no format this reads; an earlier run's outputs) is named in a note on `log`."""
+    video encoders' --crf and --preset are checked too. What an input folder holds that the plan
+    leaves out is named in a note on `log` (`plan.note_left_out`)."""
     from ..models import existing_model_path
 
     validate_options(options)
     if model_needed:
         existing_model_path(options.model)
-    jobs = planner(inputs, output, options.ext)
+    jobs = planner(inputs, output, options.ext, log)
     if not jobs:
         raise InputError(f"no image or video files found in {', '.join(str(p) for p in inputs)}")
     for codec in {options.codec or default_codec(Path(str(job.target)).suffix) for job in jobs if job.kind == "video"}:
         check_encoder_options(codec, options.crf, options.preset)
-    for folder in (Path(p) for p in inputs if not storage.is_uri(str(p)) and Path(p).is_dir()):
-        notes = [(unread_files(folder), "in no image or video format this reads")]
-        if planner is plan_jobs:  # local runs leave earlier outputs out (`plan._folder_jobs`)
-            notes.append((earlier_outputs(folder, Path(output)), "made by sr-deploy (give them as files to redo them)"))
-        for (count, names), why in notes:
-            if count:
-                listed = shown(", ".join(names)) + (", ..." if count > len(names) else "")
-                log(f"note: {shown(folder)}: {count} file(s) left out, {why}: {listed}")
     if not storage.is_uri(str(output)) and kind_of(output) is None:
         Path(output).mkdir(parents=True, exist_ok=True)
     return jobs

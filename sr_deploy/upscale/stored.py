@@ -30,7 +30,18 @@ from ..util.log import to_stderr
 from ..util.text import first_line
 from ..video import VideoOptions, container_tag
 from .options import UpscaleOptions
-from .plan import Job, Outcome, jobs_to_run, kind_of, local_input_bytes, output_record, record_found, status
+from .plan import (
+    UNREAD,
+    Job,
+    Outcome,
+    jobs_to_run,
+    kind_of,
+    local_input_bytes,
+    note_left_out,
+    output_record,
+    record_found,
+    status,
+)
 from .run import UpscaleSummary, load_backend, plan_checked, run_one, run_todo, skip_pass
 
 
@@ -69,9 +80,11 @@ def _names_a_file(output: str) -> bool:
     return not Path(output).is_dir()
 
 
-def plan_stored(inputs: Sequence[str | Path], output: str | Path, ext: str = "png") -> list[Job]:
+def plan_stored(inputs: Sequence[str | Path], output: str | Path, ext: str = "png", log: Log = to_stderr) -> list[Job]:
     """`plan.plan_jobs` for locations that may be URIs; the jobs' `source` / `target` are text.
-    Checks every store first (InputError, one line) and the same mistakes as a local plan."""
+    Checks every store first (InputError, one line) and the same mistakes as a local plan. Files
+    of a folder in no format this reads are named on `log` (an earlier run's outputs are not left
+    out here yet)."""
     if ext not in OUTPUT_IMAGE_FORMATS:
         raise InputError(f"--ext {ext!r}: expected one of {', '.join(OUTPUT_IMAGE_FORMATS)}")
     output = str(output)
@@ -89,17 +102,22 @@ def plan_stored(inputs: Sequence[str | Path], output: str | Path, ext: str = "pn
             raise InputError(f"{output}: a {kind_of(source)} input cannot be written as a {kind_of(output)} file")
         return _checked([Job(source, output, kind_of(source))])  # type: ignore[arg-type]
     jobs = []
-    for one_file, found in planned:
+    for folder, (one_file, found) in zip(inputs, planned, strict=True):
+        unread = []
         for location, relative in found:
             kind = kind_of(location)
             if kind is None and one_file:
                 raise InputError(f"{location}: not an image or video file")
-            if kind is None or any(part.startswith(".") for part in relative.split("/")):
+            if any(part.startswith(".") for part in relative.split("/")):
                 continue  # hidden objects: our own temporary keys and segments, like a local run
+            if kind is None:
+                unread.append(relative)
+                continue
             target = _join(output, _target_name(relative, kind, ext))
             if target.startswith(output.rstrip("/") + "/") and location.startswith(output.rstrip("/") + "/"):
                 continue  # OUT inside an input folder: never feed our own outputs back in
             jobs.append(Job(location, target, kind))  # type: ignore[arg-type]
+        note_left_out(log, folder, UNREAD, unread)
     return _checked(jobs)
 
 

@@ -11,7 +11,6 @@ __all__ = [
     "first_line",
     "provenance",
     "provenance_fields",
-    "provenance_model",
     "same_model",
     "shown",
 ]
@@ -40,14 +39,17 @@ def shown(value: object) -> str:
     return "".join(ch if ch.isprintable() or ch == " " else repr(ch)[1:-1] for ch in text)
 
 
-def provenance(model_id: str, precision: str, job: Mapping[str, object] | None = None) -> str:
+def provenance(
+    model_id: str, precision: str, settings: Mapping[str, object] | None = None, input_bytes: int | None = None
+) -> str:
     """What an output says about how it was made (PNG text field `PROVENANCE_KEY`, a JPEG comment,
     a video's ``comment`` tag): the model (file name and sha256 prefix), the precision the job ran
-    in, then the `job`'s fields (the settings that decide the output and the input's size, see
-    `upscale.options.UpscaleOptions.recorded`), each value percent-encoded where it holds a space,
-    a ``%`` or a character that is not printable (so that every field stays one word), e.g.
+    in, the `settings` that decide the output (`upscale.options.UpscaleOptions.recorded`) and the
+    input's size, each value percent-encoded where it holds a space, a ``%`` or a character that is
+    not printable (so that every field stays one word), e.g.
     ``model=default.pt:1a2b3c4d5e6f7a8b precision=fp32 outscale=model quality=95 input_bytes=52311``."""
-    fields = "".join(f" {key}={quote(str(value), safe=_SAFE)}" for key, value in (job or {}).items())
+    job = dict(settings or {}) | ({"input_bytes": input_bytes} if input_bytes is not None else {})
+    fields = "".join(f" {key}={quote(str(value), safe=_SAFE)}" for key, value in job.items())
     return f"model={model_id} precision={precision}{fields}"
 
 
@@ -69,15 +71,8 @@ def provenance_fields(text: str | None) -> dict[str, str] | None:
     return {"model": found.group(1), "precision": found.group(2)} | {k: unquote(v) for k, v in fields.items()}
 
 
-def provenance_model(text: str | None) -> str | None:
-    """The model id in a `provenance` text (``default.pt:1a2b3c4d5e6f7a8b``), None when `text` is
-    not one."""
-    fields = provenance_fields(text)
-    return fields["model"] if fields else None
-
-
 def same_model(recorded: str, model_id: str) -> bool:
-    """Whether the model id an output records (`provenance_model`) may name the model `model_id`:
+    """Whether the model id an output records (`provenance_fields`) may name the model `model_id`:
     by the sha256 prefix of its bytes when both carry one (a renamed copy of the same file makes
     the same bytes); by the whole id when neither does (a file name outside Latin-1 is stored with
     ``?`` in a PNG text field, as UTF-8 in a video tag); True when only one does (a library call

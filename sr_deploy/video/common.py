@@ -144,12 +144,6 @@ def _threshold_name(threshold: float | None) -> str:
     return "off" if threshold is None else "exact" if threshold == EXACT else f"{threshold:.15g}"
 
 
-def recorded_job(options: VideoOptions, source: Path, target: Path) -> dict[str, str]:
-    """What a video output records besides its model and precision (`util.text.provenance`): the
-    settings that decide it (`VideoOptions.recorded`) and the input's size in bytes."""
-    return options.recorded(target.suffix) | {"input_bytes": str(source.stat().st_size)}
-
-
 def partial_output_path(target: Path) -> Path:
     """Where a damaged input's decodable part is written with `allow_partial`: NAME.partial.EXT
     (visible, so nobody mistakes it for the finished file; a re-run does not skip the job)."""

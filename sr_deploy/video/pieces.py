@@ -105,8 +105,8 @@ def provenance_tags(settings: dict, source: Path) -> dict[str, str]:
     and its input `source`: ``comment`` = the model and the precision the driver decided, the
     settings that decide the output (``settings["record"]``, `VideoOptions.recorded`) and the
     input's size, as a local run writes them."""
-    job = settings["record"] | {"input_bytes": str(source.stat().st_size)}
-    return {"comment": provenance(settings["model"], settings["options"]["precision"], job)}
+    precision = settings["options"]["precision"]
+    return {"comment": provenance(settings["model"], precision, settings["record"], source.stat().st_size)}
 
 
 def upscaled_piece_path(piece: Path) -> Path:

@@ -28,7 +28,6 @@ from .common import (
     cause,
     clock,
     partial_output_path,
-    recorded_job,
     segments_dir,
 )
 from .decode import DecodeState, check_concealed, decoded_frames, timed
@@ -164,7 +163,11 @@ def upscale_video(
         progress=o.progress,
         log=log,
         dedup_threshold=o.dedup_threshold,
-        tags={"comment": provenance(o.model_id or "unnamed", backend.precision, recorded_job(o, source, target))},
+        tags={
+            "comment": provenance(
+                o.model_id or "unnamed", backend.precision, o.recorded(target.suffix), source.stat().st_size
+            )
+        },
     )
     return job.run()
 

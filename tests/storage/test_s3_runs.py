@@ -145,6 +145,22 @@ def test_stored_outputs_made_with_another_model_fail_and_are_kept(tiny_model, se
     assert s3_objects(f"s3://{bucket}/out") == made
 
 
+def test_a_prefix_holding_files_in_no_format_it_reads_names_them_in_a_note(set5_dir, bucket):
+    """As for a local folder: the objects left out (HEIC, text) are named, hidden ones are not."""
+    from sr_deploy.upscale.stored import plan_stored
+
+    fs = s3_fs()
+    fs.put_file(str(set5_dir / "bird.png"), f"{bucket}/mixed/bird.png")
+    for name in ("IMG_1.heic", "notes.txt", ".hidden.txt"):
+        fs.pipe_file(f"{bucket}/mixed/{name}", b"not read")
+    logs: list[str] = []
+    jobs = plan_stored([f"s3://{bucket}/mixed/"], f"s3://{bucket}/out/", "png", logs.append)
+    assert [str(job.source) for job in jobs] == [f"s3://{bucket}/mixed/bird.png"]
+    assert logs == [
+        f"note: s3://{bucket}/mixed/: 2 file(s) left out, in no image or video format this reads: IMG_1.heic, notes.txt"
+    ]
+
+
 def test_a_video_from_s3_to_s3_equals_a_local_run(tiny_model, video_dir, bucket, tmp_path):
     from test_cluster import _frame_md5s, _small_clip
 

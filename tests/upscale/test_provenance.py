@@ -26,7 +26,7 @@ from sr_deploy.imaging import (
     write_image_consuming,
 )
 from sr_deploy.upscale import UpscaleOptions, settled, settled_for_workers
-from sr_deploy.util.text import provenance, provenance_fields, provenance_model, same_model
+from sr_deploy.util.text import provenance, provenance_fields, same_model
 
 
 @pytest.fixture(scope="module")
@@ -168,8 +168,8 @@ def test_a_rerun_skips_only_what_its_own_model_made(set5_dir, model, tmp_path):
 
 
 def test_records_are_parsed_and_compared_by_the_models_sha256():
-    assert provenance_model("model=a\nb c.pt:0123456789abcdef precision=bf16") == "a\nb c.pt:0123456789abcdef"
-    assert provenance_model("hello") is None and provenance_model(None) is None
+    assert provenance_fields("model=a\nb c.pt:0123456789abcdef precision=bf16")["model"] == "a\nb c.pt:0123456789abcdef"
+    assert provenance_fields("hello") is None and provenance_fields(None) is None
     assert same_model("??.pt:0123456789abcdef", "мм.pt:0123456789abcdef")  # the digits decide
     assert not same_model("a.pt:0123456789abcdef", "a.pt:0123456789abcdee")
     assert same_model("??.pt", "мм.pt")  # no digits: the whole id, as a PNG field stores it (Latin-1)
