@@ -21,7 +21,7 @@ from pathlib import Path
 from ..backends.base import Backend
 from ..backends.fp32_fallback import Fp32Fallback
 from ..errors import InputError, SRDeployError
-from ..model_file import content_id
+from ..model_file import content_id, model_file_scale
 from ..util import storage
 from ..util.files import exclusive_output, file_sha256
 from ..util.log import Progress as Log
@@ -153,9 +153,21 @@ def model_identity(model: str) -> str:
         return str(model)
 
 
+def model_scale(model: str, backend: Backend | None = None) -> int | None:
+    """The scale of `backend`, else of the model file `model` names (its kind's scale reader);
+    None when it cannot be read (a stand-in backend's name: the job's own load says why)."""
+    if backend is not None:
+        return backend.scale
+    try:
+        return model_file_scale(model)[1]
+    except Exception:
+        return None
+
+
 def settled(options: UpscaleOptions, backend: Backend | None = None) -> UpscaleOptions:
     """`options` with the job's decisions made once, by the driver, before any work: the model's
-    identity (`model_identity`), the CPU thread count (`with_threads`) and, given the backend the
+    identity (`model_identity`), ``--outscale`` dropped where it is the model's scale, the CPU
+    thread count (`with_threads`) and, given the backend the
     driver loaded, the precision ``--precision auto`` chose on it and the automatic tiles' memory
     budget (`job_memory_budget`, on that backend's device). Every worker (the local loop, Ray
     actors, a video's segments and pieces) gets these options, so none decides again; the
@@ -163,6 +175,8 @@ def settled(options: UpscaleOptions, backend: Backend | None = None) -> UpscaleO
     changes: dict = {}
     if not options.model_id:
         changes["model_id"] = model_identity(options.model)
+    if options.outscale is not None and options.outscale == model_scale(options.model, backend):
+        changes["outscale"] = None  # the same bytes as without it, so the same record (Real-ESRGAN users type -s 4)
     if options.threads is None:
         changes["threads"] = with_threads(options).threads
     if backend is not None and options.precision == "auto":

@@ -230,7 +230,7 @@ def test_a_video_made_with_another_model_is_not_skipped(video_dir, model, tmp_pa
 def test_a_rerun_skips_only_outputs_its_own_input_and_settings_made(set5_dir, model, tmp_path):
     """The record names the settings that decide an output and the input's size: a re-run with
     another --outscale or --quality, or from another input of the same name (IMG_0001.JPG of
-    another camera card), fails that output in one line, exit 2, the file kept. A file in a
+    another camera card), fails that output (``--outscale 4`` with a x4 model is no other setting) in one line, exit 2, the file kept. A file in a
     format that records, with no record, was not made by sr-deploy: refused the same way, not
     taken for done. WebP keeps no record: skipped as before."""
     card1, card2, out = tmp_path / "card1", tmp_path / "card2", tmp_path / "out"
@@ -261,6 +261,11 @@ def test_a_rerun_skips_only_outputs_its_own_input_and_settings_made(set5_dir, mo
     )
     same = _upscale(card1, out, model, "--ext", "jpg", "--quality", "95", "--tile", "16")  # the tiles: how, not what
     assert same.exit_code == 0 and "0 done, 1 skipped" in same.stderr, same.output
+    # --outscale 4 with a x4 model makes the same bytes as no --outscale: the same output, skipped
+    same = _upscale(card1, out, model, "--ext", "jpg", "--outscale", "4")
+    assert same.exit_code == 0 and "0 done, 1 skipped" in same.stderr, same.output
+    again = _upscale(card1, tmp_path / "out4", model, "--ext", "jpg", "--outscale", "4.0")
+    assert again.exit_code == 0 and (tmp_path / "out4" / "IMG_0001.jpg").read_bytes() == made
 
     # not made by sr-deploy: a PNG and a JPEG without a record; a WebP, which could not say
     write_image(card1 / "x.png", read_image(set5_dir / "baby.png")[:20, :20])
