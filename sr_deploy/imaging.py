@@ -15,7 +15,7 @@ for a batch. Model outputs are NOT clamped (see `sr_deploy.backends.base`); clam
 rounding to the output dtype happen once, in `model_output_to_image`.
 
 Alpha: the model upscales RGB only; the alpha channel is resized with bicubic interpolation
-(`cv2.INTER_CUBIC`, clamped). Why: super-resolution models are trained on natural RGB photos,
+(`cv2.INTER_CUBIC`, clamped); a format without alpha gets RGB flattened onto white. Why: super-resolution models are trained on natural RGB photos,
 not on masks; running the model on alpha would double the compute and can invent texture in
 what should be a flat or hard-edged mask. Greyscale images go through the model as three equal
 channels and come back as one channel (ITU-R BT.601 luma of the result).
@@ -400,6 +400,18 @@ def image_file_text(path: str | Path, keyword: str) -> str | None:
         return None
 
 
+def flatten_onto_white(image: np.ndarray) -> np.ndarray:
+    """(H, W, 4) RGBA (straight alpha; uint8, uint16 or float32) -> (H, W, 3) RGB over white, in place
+    (a view of `image`), in row bands: as image editors flatten for JPEG, transparent is white."""
+    white = float(np.iinfo(image.dtype).max) if image.dtype.kind == "u" else 1.0
+    band = max(1, (4 << 20) // max(1, image.shape[1] * 16))
+    for top in range(0, image.shape[0], band):
+        rows = image[top : top + band]
+        opacity = rows[:, :, 3:].astype(np.float32) / white
+        rows[:, :, :3] = quantize((rows[:, :, :3] * opacity + white * (1 - opacity)) / white, image.dtype)
+    return image[:, :, :3]
+
+
 def encode_image(
     image: np.ndarray, extension: str, quality: int | None = None, text: Mapping[str, str] | None = None
 ) -> bytes:
@@ -407,7 +419,7 @@ def encode_image(
 
     The image must already have a dtype the format holds (see `output_dtype_for`); anything else
     raises ValueError rather than letting OpenCV silently truncate it. JPEG has no alpha channel:
-    an RGBA image loses its alpha there. `quality` is JPEG/WebP quality 1..100 (WebP >100 is
+    an RGBA image is flattened onto white there (`flatten_onto_white`). `quality` is JPEG/WebP quality 1..100 (WebP >100 is
     lossless); PNG/TIFF/BMP are lossless and ignore it. `text`: text fields (keyword -> text,
     Latin-1) where the format keeps them (`ImageFormat.text`: PNG tEXt chunks, JPEG comments);
     other formats ignore it.
@@ -422,7 +434,7 @@ def encode_image(
         if image_format(ext).alpha:  # type: ignore[union-attr] - checked above
             bgr = cv2.cvtColor(image, cv2.COLOR_RGBA2BGRA)
         else:
-            bgr = cv2.cvtColor(image, cv2.COLOR_RGBA2BGR)
+            bgr = cv2.cvtColor(flatten_onto_white(image.copy()), cv2.COLOR_RGB2BGR)
     elif image.ndim == 3:
         bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
     else:
@@ -459,7 +471,7 @@ def write_image_consuming(
         raise ValueError(f"{image.dtype} samples cannot be stored in {ext}; quantize to {expected} first")
     fmt = image_format(ext)
     if image.ndim == 3 and image.shape[2] == 4 and not (fmt is not None and fmt.alpha):
-        image = image[:, :, :3]
+        image = flatten_onto_white(image)
     if image.ndim == 3:
         band = max(1, (16 << 20) // max(1, image.shape[1] * image.shape[2] * image.itemsize))
         for top in range(0, image.shape[0], band):  # in row bands: a few MB of temporaries at most

@@ -12,6 +12,7 @@ from _upscale_support import cpu_backend, save_tiny_srresnet
 
 from sr_deploy.errors import InputError
 from sr_deploy.imaging import (
+    flatten_onto_white,
     image_to_model_input,
     model_output_to_image,
     output_dtype_for,
@@ -20,6 +21,7 @@ from sr_deploy.imaging import (
     read_image,
     upscaled_size,
     write_image,
+    write_image_consuming,
 )
 
 
@@ -97,8 +99,36 @@ def test_rgba_alpha_resized_bicubic_rgb_by_model(set5_dir, tmp_path):
     np.testing.assert_array_equal(out[:, :, :3], quantize(sr.transpose(1, 2, 0), np.uint8))
     write_image(tmp_path / "out.webp", out, quality=101)  # lossless WebP keeps alpha
     assert read_image(tmp_path / "out.webp").shape == (160, 192, 4)
-    write_image(tmp_path / "out.jpg", out)  # JPEG has no alpha: dropped, RGB kept
+    write_image(tmp_path / "out.jpg", out)  # JPEG has no alpha: flattened onto white
     assert read_image(tmp_path / "out.jpg").shape == (160, 192, 3)
+
+
+def test_rgba_written_as_jpeg_is_flattened_onto_white(set5_dir, tmp_path):
+    """What was transparent comes out white, not the colour its pixels happened to hold (here a
+    saturated red); half-transparent pixels are half white; opaque ones are the image's. The same
+    through `write_image` and the upscaler's `write_image_consuming`, and at 16 bits."""
+    rgb = _crop(set5_dir / "head.png", size=32)
+    rgb[:, :8] = (255, 0, 0)  # the hidden colour of the transparent columns
+    alpha = np.full(rgb.shape[:2], 255, np.uint8)
+    alpha[:, :8], alpha[:, 8:16] = 0, 128
+    rgba = np.dstack([rgb, alpha])
+    expected = rgb.astype(np.float64)
+    expected[:, :8] = 255
+    expected[:, 8:16] = expected[:, 8:16] * 128 / 255 + 255 * 127 / 255
+
+    flat = flatten_onto_white(rgba.copy())
+    assert flat.shape == (32, 40, 3) and flat.dtype == np.uint8
+    assert np.abs(flat - expected).max() <= 0.5
+    deep = flatten_onto_white(rgba.astype(np.uint16) * 257)
+    assert deep.dtype == np.uint16 and np.abs(deep / 257 - expected).max() <= 0.01
+
+    write_image(tmp_path / "a.jpg", rgba, quality=100)
+    write_image_consuming(tmp_path / "b.jpg", rgba.copy(), quality=100)
+    for name in ("a.jpg", "b.jpg"):
+        back = read_image(tmp_path / name).astype(np.float64)
+        assert back.shape == (32, 40, 3)
+        assert np.abs(back[:, :6] - 255).max() <= 4, name  # white, not red (JPEG's error aside)
+        assert np.abs(back - expected).mean() <= 2, name
 
 
 @pytest.mark.parametrize("orientation,turn", [(1, 0), (3, 2), (6, -1), (8, 1)])
