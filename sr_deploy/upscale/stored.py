@@ -31,6 +31,7 @@ from ..util.text import first_line
 from ..video import VideoOptions, container_tag
 from .options import UpscaleOptions
 from .plan import (
+    EARLIER_OUTPUTS,
     UNREAD,
     Job,
     Outcome,
@@ -82,9 +83,10 @@ def _names_a_file(output: str) -> bool:
 
 def plan_stored(inputs: Sequence[str | Path], output: str | Path, ext: str = "png", log: Log = to_stderr) -> list[Job]:
     """`plan.plan_jobs` for locations that may be URIs; the jobs' `source` / `target` are text.
-    Checks every store first (InputError, one line) and the same mistakes as a local plan. Files
-    of a folder in no format this reads are named on `log` (an earlier run's outputs are not left
-    out here yet)."""
+    Checks every store first (InputError, one line) and the same mistakes as a local plan. Like a
+    local folder's, a folder's files in no format this reads and the outputs of an earlier run
+    inside it (they record that sr-deploy made them: one ranged read each) are left out and named
+    on `log`."""
     if ext not in OUTPUT_IMAGE_FORMATS:
         raise InputError(f"--ext {ext!r}: expected one of {', '.join(OUTPUT_IMAGE_FORMATS)}")
     output = str(output)
@@ -103,7 +105,7 @@ def plan_stored(inputs: Sequence[str | Path], output: str | Path, ext: str = "pn
         return _checked([Job(source, output, kind_of(source))])  # type: ignore[arg-type]
     jobs = []
     for folder, (one_file, found) in zip(inputs, planned, strict=True):
-        unread = []
+        unread, earlier = [], []
         for location, relative in found:
             kind = kind_of(location)
             if kind is None and one_file:
@@ -116,9 +118,21 @@ def plan_stored(inputs: Sequence[str | Path], output: str | Path, ext: str = "pn
             target = _join(output, _target_name(relative, kind, ext))
             if target.startswith(output.rstrip("/") + "/") and location.startswith(output.rstrip("/") + "/"):
                 continue  # OUT inside an input folder: never feed our own outputs back in
+            if not one_file and _is_earlier_output(location):
+                earlier.append(relative)  # nor the outputs of an earlier run with another OUT
+                continue
             jobs.append(Job(location, target, kind))  # type: ignore[arg-type]
         note_left_out(log, folder, UNREAD, unread)
+        note_left_out(log, folder, EARLIER_OUTPUTS, earlier)
     return _checked(jobs)
+
+
+def _is_earlier_output(location: str) -> bool:
+    """`location` records that sr-deploy made it (`plan._earlier_output` for a location)."""
+    try:
+        return bool(_stored_record(location))
+    except Exception:  # unreadable: its job finds out what it is
+        return False
 
 
 def _join(output: str, relative: str) -> str:

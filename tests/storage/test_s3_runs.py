@@ -161,6 +161,25 @@ def test_a_prefix_holding_files_in_no_format_it_reads_names_them_in_a_note(set5_
     ]
 
 
+def test_a_second_run_over_a_prefix_leaves_the_first_runs_outputs_out(tiny_model, set5_dir, bucket):
+    """As for a local folder: `s3://b/photos/ -o s3://b/photos/x4/`, then `-o s3://b/photos/x4_b/`:
+    the first run's outputs (they record that sr-deploy made them) are not upscaled again (x16),
+    and a note names them; given as an object, one still is."""
+    fs = s3_fs()
+    fs.put_file(str(set5_dir / "bird.png"), f"{bucket}/photos/bird.png")
+    photos = f"s3://{bucket}/photos/"
+    first = upscale_stored([photos], f"{photos}x4/", _options(tiny_model), lambda m: None)
+    assert first.done == [f"{photos}x4/bird.png"], first.failed
+    logs: list[str] = []
+    second = upscale_stored([photos], f"{photos}x4_b/", _options(tiny_model), logs.append)
+    assert second.done == [f"{photos}x4_b/bird.png"], second.failed
+    assert (
+        f"note: {photos}: 1 file(s) left out, made by sr-deploy (give them as files to redo them): x4/bird.png" in logs
+    )
+    given = upscale_stored([f"{photos}x4/bird.png"], f"s3://{bucket}/x16/", _options(tiny_model), lambda m: None)
+    assert given.done == [f"s3://{bucket}/x16/bird.png"], given.failed
+
+
 def test_a_video_from_s3_to_s3_equals_a_local_run(tiny_model, video_dir, bucket, tmp_path):
     from test_cluster import _frame_md5s, _small_clip
 
