@@ -98,6 +98,8 @@ class VideoContainer:
     annex_b: H.264 / HEVC packets are converted from MP4's length prefixes to start codes.
     hevc_tag: the sample entry HEVC video is tagged with: Apple's players (QuickTime, iOS, Safari)
         play HEVC in MP4 / MOV only as ``hvc1``, where FFmpeg writes ``hev1`` by default.
+    bitexact: the muxer is told ``fflags=+bitexact``: Matroska's writes random segment and track
+        UIDs and the date otherwise, so one job gave other bytes on every run.
     """
 
     suffixes: tuple[str, ...]
@@ -108,14 +110,15 @@ class VideoContainer:
     faststart: bool = False
     annex_b: bool = False
     hevc_tag: str | None = None
+    bitexact: bool = False
 
 
 VIDEO_CONTAINERS: tuple[VideoContainer, ...] = (
     VideoContainer((".mp4", ".m4v"), "mp4", faststart=True, hevc_tag="hvc1"),
     VideoContainer((".mov",), "mov", faststart=True, hevc_tag="hvc1"),
-    VideoContainer((".mkv",), "matroska", audio_fallback="libopus"),
+    VideoContainer((".mkv",), "matroska", audio_fallback="libopus", bitexact=True),
     # WebM takes only VP8 / VP9 / AV1 video and Opus / Vorbis audio.
-    VideoContainer((".webm",), "webm", codec="libvpx-vp9", audio_fallback="libopus"),
+    VideoContainer((".webm",), "webm", codec="libvpx-vp9", audio_fallback="libopus", bitexact=True),
     VideoContainer(
         (".avi",),
         "avi",

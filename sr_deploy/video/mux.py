@@ -218,6 +218,8 @@ def mux(
 
     rules = container_rules(target_suffix)  # the container table's row: its muxer and audio rules
     options = {"movflags": "+faststart"} if rules.faststart else {}
+    if rules.bitexact:  # no random IDs or date: the same job, the same bytes
+        options["fflags"] = "+bitexact"
     out = av.open(str(tmp), "w", format=container_format(target_suffix), options=options)
     inputs: list[Any] = []
     src = None

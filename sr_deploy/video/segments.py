@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .common import CQ_CODECS, cause, encoder_options
+from .common import CQ_CODECS, ENCODER_THREADS, cause, encoder_options
 
 _MANIFEST = "manifest.json"
 _MANIFEST_VERSION = 1
@@ -162,6 +162,7 @@ class SegmentWriter:
         ctx.color_primaries, ctx.color_trc = s.color_primaries, s.color_trc
         ctx.colorspace, ctx.color_range = s.colorspace, s.color_range
         stream.options = encoder_options(s.codec, s.crf, s.preset)
+        ctx.thread_count = ENCODER_THREADS  # the same bytes on every machine
         self.stream = stream
 
     def write(self, pts: int, frame: Any) -> None:
