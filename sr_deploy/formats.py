@@ -90,6 +90,9 @@ class VideoContainer:
     suffixes: its file suffixes, lower case.
     format: FFmpeg's muxer name.
     codec: the video encoder used when `--codec` is not given.
+    deep_codec: the one for input deeper than 8 bits (a phone's HDR or log video), where it is
+        another: HEVC Main 10, which phones, TVs, browsers and Apple devices decode in hardware,
+        where H.264 High 10 plays almost nowhere.
     audio_fallback: the audio encoder for input audio the container does not take as it is.
     mistimed_audio_copies: audio codecs the container lists as accepted but that a stream copy
         through PyAV mistimes (AVI needs the packets' frame size, which PyAV's stream template
@@ -105,6 +108,7 @@ class VideoContainer:
     suffixes: tuple[str, ...]
     format: str
     codec: str = "libx264"
+    deep_codec: str | None = "libx265"
     audio_fallback: str = "aac"
     mistimed_audio_copies: frozenset[str] = frozenset()
     faststart: bool = False
@@ -118,10 +122,11 @@ VIDEO_CONTAINERS: tuple[VideoContainer, ...] = (
     VideoContainer((".mov",), "mov", faststart=True, hevc_tag="hvc1"),
     VideoContainer((".mkv",), "matroska", audio_fallback="libopus", bitexact=True),
     # WebM takes only VP8 / VP9 / AV1 video and Opus / Vorbis audio.
-    VideoContainer((".webm",), "webm", codec="libvpx-vp9", audio_fallback="libopus", bitexact=True),
+    VideoContainer((".webm",), "webm", codec="libvpx-vp9", deep_codec=None, audio_fallback="libopus", bitexact=True),
     VideoContainer(
         (".avi",),
         "avi",
+        deep_codec=None,
         audio_fallback="libmp3lame",
         mistimed_audio_copies=frozenset({"aac", "opus", "vorbis"}),
         annex_b=True,

@@ -250,7 +250,7 @@ def test_an_interrupted_video_resumes_with_its_missing_pieces(ray_cluster, tiny_
     backend = load(tiny_model, "cpu", "fp32")
     for part, piece, _ in pieces.pending[:-1]:  # the run "died" before the last piece
         output = upscaled_piece_path(piece)
-        result = upscale_video(backend, piece, output, piece_options(options.video(), ".mp4"), log=lambda m: None)
+        result = upscale_video(backend, piece, output, piece_options(options.video(), ".mp4", 8), log=lambda m: None)
         pieces.add(part, output.read_bytes(), result.frames)
     logs: list[str] = []
     result = upscale_on_ray([clip], target.parent, options, RayOptions(actors=2), logs.append)

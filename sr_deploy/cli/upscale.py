@@ -86,7 +86,7 @@ from .options import BACKEND_CHOICE, PRECISION_CHOICE, device_option, realism_op
 @click.option(
     "--codec",
     default=None,
-    help="FFmpeg video encoder (default libx264; libvpx-vp9 for .webm; "
+    help="FFmpeg video encoder (default libx264, libx265 for a 10-bit input; libvpx-vp9 for .webm; "
     "h264_nvenc / hevc_nvenc where the build and GPU have them).",
 )
 @click.option("--crf", type=int, default=18, show_default=True, help="Video quality, lower is better (NVENC: -cq).")

@@ -247,6 +247,8 @@ def expected_record(job: Job, options: UpscaleOptions, input_bytes: int | None) 
     """What this run would record in `job`'s output besides the precision (`util.text.provenance`):
     the model, the settings that decide the output, the input's size."""
     record = {"model": options.model_id} | options.recorded(job.kind, Path(str(job.target)).suffix)
+    if job.kind == "video" and not options.codec:
+        del record["codec"]  # the input's default (by its bit depth, not probed here), pinned by its size
     return record | ({"input_bytes": str(input_bytes)} if input_bytes is not None else {})
 
 

@@ -27,7 +27,7 @@ from ..errors import InputError
 from ..util import storage
 from ..video import probe_video
 from ..video.mux import write_output
-from ..video.pieces import VideoPieces, piece_name, provenance_tags, split_video
+from ..video.pieces import VideoPieces, piece_name, provenance_tags, split_video, with_input_codec
 from ..video.segments import Segment
 from .plan import Job, Outcome
 from .remote import RemoteRun
@@ -51,6 +51,7 @@ class StoredPieces(VideoPieces):
             raise InputError(
                 f"{source}: a rotated video ({info.rotation} degrees) is not cut into pieces yet: run it without --ray"
             )
+        settings = with_input_codec(settings, Path(target).suffix, info.bit_depth)
         prefix = storage.join(storage.parent(target), f".{storage.basename(target)}.segments")
         key = _key(source, local, settings)
         manifest = storage.read_json(storage.join(prefix, f"pieces/{_MANIFEST}"))

@@ -98,12 +98,13 @@ class VideoOptions:
     progress: bool = True
     dedup_threshold: float | None = EXACT
 
-    def recorded(self, extension: str) -> dict[str, str]:
+    def recorded(self, extension: str, bit_depth: int = 8) -> dict[str, str]:
         """The settings that decide what a video output of `extension` is, as its record
         (`util.text.provenance`) names them, compared by the skip rule on a re-run: as given
-        (``outscale=model``: the model's own scale), the encoder resolved for the container, its
-        crf and preset only where it takes them (``none`` elsewhere)."""
-        codec = self.codec or default_codec(extension)
+        (``outscale=model``: the model's own scale), the encoder resolved for the container and an
+        input of `bit_depth` bits, its crf and preset only where it takes them (``none``
+        elsewhere)."""
+        codec = self.codec or default_codec(extension, bit_depth)
         encoder = encoder_options(codec, self.crf, self.preset)  # what reaches the encoder; it ignores the rest
         return {
             "outscale": "model" if self.outscale is None else f"{self.outscale:.15g}",
@@ -141,10 +142,12 @@ def container(extension: str) -> VideoContainer:
     return video_container(extension) or VideoContainer((extension.lower(),), extension.lower().lstrip("."))
 
 
-def default_codec(extension: str) -> str:
-    """The container's own default encoder: libvpx-vp9 for .webm (WebM takes only VP8/VP9/AV1),
-    libx264 otherwise."""
-    return container(extension).codec
+def default_codec(extension: str, bit_depth: int = 8) -> str:
+    """The container's own default encoder for an input of `bit_depth` bits: libvpx-vp9 for .webm
+    (WebM takes only VP8/VP9/AV1), libx265 (HEVC Main 10) for a deeper input in MP4 / MOV / MKV,
+    libx264 otherwise (`VideoContainer.codec`, `deep_codec`)."""
+    row = container(extension)
+    return row.deep_codec if bit_depth > 8 and row.deep_codec else row.codec
 
 
 def _threshold_name(threshold: float | None) -> str:

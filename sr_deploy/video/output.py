@@ -36,7 +36,7 @@ def _choose_encoder(target: Path, codec: str | None, pix_fmt: str | None, bit_de
     the container refuses, AV1, or a pixel format the encoder does not take."""
     import av
 
-    codec = codec or default_codec(target.suffix)
+    codec = codec or default_codec(target.suffix, bit_depth)
     try:
         encoder = av.codec.Codec(codec, "w")
     except Exception:  # UnknownCodecError, or a decoder-only name

@@ -91,13 +91,23 @@ def split_video(source: Path, folder: Path, seconds: float) -> list[tuple[Path, 
     return pieces
 
 
-def piece_options(options: VideoOptions, target_suffix: str) -> VideoOptions:
-    """How one piece is upscaled: encoded as the whole video would be for `target_suffix`, in one
-    encoder session (one segment), never resumed (the pieces are the unit of resumption)."""
-    codec = options.codec or default_codec(target_suffix)
+def piece_options(options: VideoOptions, target_suffix: str, bit_depth: int) -> VideoOptions:
+    """How one piece (of an input of `bit_depth` bits) is upscaled: encoded as the whole video
+    would be for `target_suffix`, in one encoder session (one segment), never resumed (the pieces
+    are the unit of resumption)."""
+    codec = options.codec or default_codec(target_suffix, bit_depth)
     return dataclasses.replace(
         options, codec=codec, allow_partial=False, segment_seconds=0, resume=False, progress=False
     )
+
+
+def with_input_codec(settings: dict, target_suffix: str, bit_depth: int) -> dict:
+    """`settings` (`upscale.remote.piece_settings`, made before the input was probed) with the
+    record's encoder the one the input's `bit_depth` gives when --codec was not given, as a local
+    run records it."""
+    if settings["options"].get("codec"):
+        return settings
+    return dict(settings, record=dict(settings["record"], codec=default_codec(target_suffix, bit_depth)))
 
 
 def provenance_tags(settings: dict, source: Path) -> dict[str, str]:
@@ -139,6 +149,7 @@ class VideoPieces:
             raise InputError(
                 f"{source}: a rotated video ({info.rotation} degrees) is not cut into pieces yet: run it without --ray"
             )
+        settings = with_input_codec(settings, target.suffix, info.bit_depth)
         pieces = split_video(source, scratch, seconds)
         folder = segments_dir(target) / "pieces"
         key = resume_key(source, dict(settings, pieces_layout=_LAYOUT))

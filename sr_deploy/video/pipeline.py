@@ -165,7 +165,10 @@ def upscale_video(
         dedup_threshold=o.dedup_threshold,
         tags={
             "comment": provenance(
-                o.model_id or "unnamed", backend.precision, o.recorded(target.suffix), source.stat().st_size
+                o.model_id or "unnamed",
+                backend.precision,
+                o.recorded(target.suffix, info.bit_depth),
+                source.stat().st_size,
             )
         },
     )

@@ -297,3 +297,38 @@ def test_a_video_made_with_other_settings_is_not_skipped(video_dir, model, tmp_p
     assert out.read_bytes() == made
     again = _upscale(clip, out, model)
     assert again.exit_code == 0 and "0 done, 1 skipped" in again.stderr, again.output
+
+
+def test_a_ten_bit_videos_default_encoder_is_recorded_and_resumes(video_dir, model, tmp_path):
+    """Without --codec a 10-bit input gets HEVC Main 10 (`default_codec` by bit depth); the record
+    names it, a re-run without --codec skips (the input's size pins its default), one with another
+    --codec is refused; the Ray pieces' record and encoder are resolved the same way."""
+    from _upscale_support import ffmpeg
+
+    from sr_deploy.video import VideoOptions
+    from sr_deploy.video.pieces import piece_options, with_input_codec
+
+    deep = tmp_path / "deep.mp4"
+    ffmpeg(
+        "-i", str(video_dir / "car_traffic_small.mp4"), "-t", "0.2", "-vf", "scale=48:28",
+        "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p10le", "-an", str(deep),
+    )  # fmt: skip
+    out = tmp_path / "out.mp4"
+    assert _upscale(deep, out, model).exit_code == 0
+    with av.open(str(out)) as container:
+        assert container.streams.video[0].codec_context.name == "hevc"
+        assert provenance_fields(container.metadata["comment"])["codec"] == "libx265"
+    again = _upscale(deep, out, model)
+    assert again.exit_code == 0 and "0 done, 1 skipped" in again.stderr, again.output
+    other = _upscale(deep, out, model, "--codec", "libx264")
+    assert other.exit_code == 2
+    assert "made with other settings (codec=libx265; this run: codec=libx264)" in other.stderr, other.output
+
+    settings = {"options": {"codec": None}, "record": VideoOptions().recorded(".mp4")}
+    assert settings["record"]["codec"] == "libx264"  # before the input is probed
+    assert with_input_codec(settings, ".mp4", 10)["record"] == VideoOptions().recorded(".mp4", 10)
+    assert with_input_codec(settings, ".mp4", 10)["record"]["codec"] == "libx265"
+    assert piece_options(VideoOptions(), ".mp4", 10).codec == "libx265"
+    assert piece_options(VideoOptions(), ".webm", 10).codec == "libvpx-vp9"
+    given = {"options": {"codec": "libx264"}, "record": VideoOptions(codec="libx264").recorded(".mp4")}
+    assert with_input_codec(given, ".mp4", 10) == given

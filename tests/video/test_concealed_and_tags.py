@@ -235,7 +235,7 @@ def test_the_joined_pieces_carry_the_same_tags_as_a_local_run(phone, tmp_path, g
     joined = VideoPieces(source, target, folder, {}, len(pieces), tags={"comment": _tags(local)[0]["comment"]})
     for part, (piece, _packets) in enumerate(pieces):
         output = upscaled_piece_path(piece)
-        result = upscale_video(NearestBackend(2), piece, output, piece_options(_defaults(), suffix), **options)
+        result = upscale_video(NearestBackend(2), piece, output, piece_options(_defaults(), suffix, 8), **options)
         (folder / piece_name(part)).write_bytes(output.read_bytes())
         joined.done[part] = Segment(piece_name(part), result.frames, 0, 0)
     joined.join(lambda _m: None)

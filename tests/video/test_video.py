@@ -382,8 +382,30 @@ def test_hevc_in_mp4_and_mov_is_tagged_for_apples_players_and_x265_stays_quiet(c
 
 
 def test_ten_bit_input_gives_ten_bit_output_and_pix_fmt_is_honoured(clips, tmp_path):
+    """A 10-bit input (a phone's HDR or log video) comes out as HEVC Main 10 by default, which
+    phones, TVs and Apple devices play (H.264 High 10 plays almost nowhere), and its record names
+    that encoder; WebM stays VP9 (8-bit in this FFmpeg); --codec still chooses."""
+    import av
+
+    from sr_deploy.util.text import provenance_fields
+
+    def video(path: Path) -> tuple[str, str, str, str | None]:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            tags = {key.lower(): value for key, value in container.metadata.items()}
+            codec = (provenance_fields(tags["comment"]) or {}).get("codec")
+            return stream.codec_context.name, stream.codec_context.pix_fmt, stream.codec_tag, codec
+
     upscale_video(NearestBackend(2), clips["deep"], tmp_path / "deep.mp4", preset="ultrafast", progress=False)
-    assert video_stream_facts(tmp_path / "deep.mp4")["pix_fmt"] == "yuv420p10le"
+    assert video(tmp_path / "deep.mp4") == ("hevc", "yuv420p10le", "hvc1", "libx265")
+    upscale_video(NearestBackend(2), clips["deep"], tmp_path / "deep.webm", progress=False)
+    assert video(tmp_path / "deep.webm")[0] == "vp9"
+    upscale_video(
+        NearestBackend(2), clips["deep"], tmp_path / "h.mp4", codec="libx264", preset="ultrafast", progress=False
+    )
+    assert video(tmp_path / "h.mp4") == ("h264", "yuv420p10le", "avc1", "libx264")
+    upscale_video(NearestBackend(2), clips["bbb"], tmp_path / "eight.mp4", preset="ultrafast", progress=False)
+    assert video(tmp_path / "eight.mp4")[:3] == ("h264", "yuv420p", "avc1")  # 8-bit input: H.264 as before
     upscale_video(
         NearestBackend(2), clips["bbb"], tmp_path / "b444.mkv", pix_fmt="yuv444p", preset="ultrafast", progress=False
     )
