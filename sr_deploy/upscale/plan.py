@@ -101,6 +101,7 @@ def _folder_jobs(source: Path, output: Path, output_resolved: Path, ext: str, lo
             "(and could overwrite) the inputs: choose another -o"
         )
     jobs, unread, earlier = [], [], []
+    out_inside = _is_within(output_resolved, source.resolve())  # OUT in the input folder, not the reverse
     for path in sorted(source.rglob("*")):
         relative = path.relative_to(source)
         if _is_hidden(relative) or not path.is_file():
@@ -109,7 +110,7 @@ def _folder_jobs(source: Path, output: Path, output_resolved: Path, ext: str, lo
         if kind is None:
             unread.append(str(relative))
             continue
-        if _is_within(path.resolve(), output_resolved):
+        if out_inside and _is_within(path.resolve(), output_resolved):
             continue  # OUT inside an input folder: never feed our own outputs back in
         if _earlier_output(path):
             earlier.append(str(relative))  # nor the outputs of an earlier run with another OUT
@@ -283,6 +284,32 @@ def local_input_bytes(source: Path) -> int | None:
         return None
 
 
+def existing_output(
+    job: Job,
+    options: UpscaleOptions,
+    recorded: Callable[[Path], dict[str, str] | None] = output_record,
+    input_bytes: Callable[[Path], int | None] = local_input_bytes,
+) -> Outcome:
+    """What becomes of `job` when its output is already done: skipped when its record says this run
+    would make it again (`record_mismatch`), else failed (code 2), the file kept."""
+    why = None
+    if options.model_id:
+        why = record_mismatch(recorded(job.target), expected_record(job, options, input_bytes(job.source)))
+    if why is None:
+        return Outcome(job, "skipped", path=job.target)
+    return Outcome(job, "failed", f"{shown(job.target)}: {why}: --overwrite redoes it, or choose another OUT", 2)
+
+
+def made_meanwhile(job: Job, options: UpscaleOptions) -> Outcome | None:
+    """Under the output's lock, just before a job writes: the outcome when another run finished the
+    output since this run's skip pass (`existing_output`: skipped if it is what this run would make,
+    else failed), so that two runs started together never both write it, nor one replace the
+    other's output of another model; None when it is still to do (or --overwrite)."""
+    if options.overwrite or status(job.target) != "done":
+        return None
+    return existing_output(job, options)
+
+
 def jobs_to_run(
     jobs: Sequence[Job],
     options: UpscaleOptions,
@@ -310,15 +337,9 @@ def jobs_to_run(
             )
             log(f"error: {outcomes[-1].message}")
         elif found == "done" and not options.overwrite:
-            why = None
-            if options.model_id:
-                why = record_mismatch(recorded(job.target), expected_record(job, options, input_bytes(job.source)))
-            if why is not None:
-                message = f"{shown(job.target)}: {why}: --overwrite redoes it, or choose another OUT"
-                outcomes.append(Outcome(job, "failed", message, 2))
-                log(f"error: {message}")
-            else:
-                outcomes.append(Outcome(job, "skipped", path=job.target))
+            outcomes.append(existing_output(job, options, recorded, input_bytes))
+            if outcomes[-1].state == "failed":
+                log(f"error: {outcomes[-1].message}")
         else:
             todo.append(job)
     skipped = sum(o.state == "skipped" for o in outcomes)

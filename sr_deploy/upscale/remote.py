@@ -31,7 +31,7 @@ from ..util.log import to_stderr
 from ..video import probe_video
 from ..video.pieces import PIECE_SUFFIX, VideoPieces, check_piece_frames, piece_options, upscaled_piece_path
 from .options import UpscaleOptions
-from .plan import Job, Outcome
+from .plan import Job, Outcome, made_meanwhile
 from .run import UpscaleSummary, run_one
 
 ANSWER_KEYS = ("job", "part", "ok", "message", "code", "data", "frames")
@@ -132,7 +132,7 @@ class RemoteRun:
         self.todo, self.summary, self.report = todo, summary, log
         self.rows: list[dict[str, Any]] = []
         self.videos: dict[int, VideoPieces] = {}
-        self.overwrite = False
+        self.options: UpscaleOptions | None = None  # the run's settled options, from `plan`
         self.locks: dict[int, ExitStack] = {}  # a video's output lock, held from its cut to its join
 
     def close(self) -> None:
@@ -154,14 +154,16 @@ class RemoteRun:
         self.locks[index] = lock
         return True
 
-    def _write_image(self, job: Job, data: bytes) -> None:
+    def _write_image(self, job: Job, data: bytes) -> Outcome:
         """An answered image, written atomically under its lock; without --overwrite an output
-        that another run wrote while this one's row was away is left as it is (a failure here),
-        never replaced by ours with both runs saying done."""
+        that another run wrote while this one's row was away is left as it is (`made_meanwhile`:
+        skipped when it is what this run would make, else failed), never replaced by ours with
+        both runs saying done."""
         with exclusive_output(job.target):
-            if not self.overwrite and job.target.exists():
-                raise SRDeployError(f"{job.target}: another run wrote this output meanwhile; left as it is")
+            if self.options is not None and (meanwhile := made_meanwhile(job, self.options)) is not None:
+                return meanwhile
             atomic_write_bytes(job.target, data, make_parents=True)
+        return Outcome(job, "done", path=job.target)
 
     def fail(self, job: Job, message: str, code: int) -> None:
         self.summary.add(Outcome(job, "failed", message, code))
@@ -169,7 +171,7 @@ class RemoteRun:
 
     def plan(self, options: UpscaleOptions, model_id: str, scratch: Path) -> None:
         """One row per image and per video piece left to do (finished pieces are not sent)."""
-        self.overwrite = options.overwrite
+        self.options = options
         for index, job in enumerate(self.todo):
             suffix = Path(str(job.target)).suffix  # a stored job's target may be a URI
             base = {"job": index, "part": 0, "kind": job.kind, "source": str(job.source), "suffix": suffix}
@@ -217,8 +219,10 @@ class RemoteRun:
             if not ok:
                 return self.fail(job, message, code)
             try:
-                self._write_image(job, data)
-                self.summary.add(Outcome(job, "done", path=job.target))
+                outcome = self._write_image(job, data)
+                if outcome.state == "failed":
+                    return self.fail(job, outcome.message, outcome.code)
+                self.summary.add(outcome)
             except SRDeployError as exc:
                 self.fail(job, str(exc), 1)
             except OSError as exc:

@@ -30,7 +30,7 @@ from ..util.text import first_line, shown
 from ..video import VideoOptions, check_encoder_options, default_codec, upscale_video
 from .image import upscale_image_file
 from .options import UpscaleOptions, validate_options
-from .plan import Job, Outcome, jobs_to_run, kind_of, plan_jobs
+from .plan import Job, Outcome, jobs_to_run, kind_of, made_meanwhile, plan_jobs
 
 
 @dataclass
@@ -226,7 +226,8 @@ def run_one(
     reruns = backend.reruns if isinstance(backend, Fp32Fallback) else 0
     try:
         with exclusive_output(job.target):  # a second run on the same output fails at once (issue 24)
-            outcome = _run_locked(job, backend, options, log, video)
+            # and one that finished it since this run's skip pass is not redone, nor replaced
+            outcome = made_meanwhile(job, options) or _run_locked(job, backend, options, log, video)
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:  # one bad file must not stop the others

@@ -25,6 +25,7 @@ from ..backends.base import Backend
 from ..errors import InputError, SRDeployError
 from ..imaging import OUTPUT_IMAGE_FORMATS, image_text
 from ..util import storage
+from ..util.files import OutputBusy, exclusive_output
 from ..util.log import Progress as Log
 from ..util.log import to_stderr
 from ..util.text import first_line
@@ -35,6 +36,7 @@ from .plan import (
     UNREAD,
     Job,
     Outcome,
+    existing_output,
     jobs_to_run,
     kind_of,
     local_input_bytes,
@@ -116,7 +118,8 @@ def plan_stored(inputs: Sequence[str | Path], output: str | Path, ext: str = "pn
                 unread.append(relative)
                 continue
             target = _join(output, _target_name(relative, kind, ext))
-            if target.startswith(output.rstrip("/") + "/") and location.startswith(output.rstrip("/") + "/"):
+            out_inside = output.startswith(str(folder).rstrip("/") + "/")  # OUT in the input folder, not the reverse
+            if out_inside and location.startswith(output.rstrip("/") + "/"):
                 continue  # OUT inside an input folder: never feed our own outputs back in
             if not one_file and _is_earlier_output(location):
                 earlier.append(relative)  # nor the outputs of an earlier run with another OUT
@@ -232,7 +235,23 @@ def local_input(location: str, folder: Path) -> Path:
 def run_staged(
     job: Job, backend: Backend, options: UpscaleOptions, log: Log = to_stderr, video: VideoOptions | None = None
 ) -> Outcome:
-    """`run_one` on a job whose input and/or output may be in a store; never raises for a bad file."""
+    """`run_one` on a job whose input and/or output may be in a store; never raises for a bad file.
+    The job's stage folder is locked for the whole job (fetch, run, put, clean-up): two runs on
+    one output never share it; the second fails at once, or, when the first has finished the
+    output meanwhile, skips it (or refuses it: `plan.existing_output`) instead of writing it again."""
+    target = str(job.target)
+    try:
+        with exclusive_output(stage_dir(target)):
+            if not options.overwrite and _stored_state(target) == "done":  # finished since the skip pass
+                return existing_output(job, options, _stored_record, _stored_input_bytes)
+            return _run_staged(job, backend, options, log, video)
+    except OutputBusy:
+        return Outcome(
+            job, "failed", f"{target}: another run is writing this output; try again when it has finished", 1
+        )
+
+
+def _run_staged(job: Job, backend: Backend, options: UpscaleOptions, log: Log, video: VideoOptions | None) -> Outcome:
     source, target = str(job.source), str(job.target)
     stage = stage_dir(target)
     local_target = stage / "out" / storage.local_name(target) if storage.is_uri(target) else Path(target)

@@ -73,7 +73,7 @@ def _filesystem(uri: str) -> tuple[Any, str]:
         raise InputError(f"{uri}: {scheme(uri)}:// is not installed: {how}") from None
     except (ValueError, TypeError) as exc:
         raise InputError(f"{uri}: not a storage URI this installation can read ({first_line(exc)})") from None
-    if scheme(uri) in _BUCKETED and not path.strip("/"):
+    if scheme(uri) in _BUCKETED and (not path.strip("/") or path.startswith("/")):  # s3:// or s3:///key
         raise InputError(f"{uri}: no bucket in the URI (expected {scheme(uri)}://BUCKET/path)")
     return fs, path
 

@@ -161,6 +161,14 @@ def test_a_prefix_holding_files_in_no_format_it_reads_names_them_in_a_note(set5_
     ]
 
 
+def test_an_input_prefix_inside_the_output_prefix_is_read(tiny_model, set5_dir, bucket):
+    """`s3://b/in/ -o s3://b/`: the input lies inside OUT (not the reverse): its objects are inputs
+    (it said "no image or video files found")."""
+    s3_fs().put_file(str(set5_dir / "bird.png"), f"{bucket}/in/bird.png")
+    result = upscale_stored([f"s3://{bucket}/in/"], f"s3://{bucket}/", _options(tiny_model), lambda m: None)
+    assert result.done == [f"s3://{bucket}/bird.png"], result.failed
+
+
 def test_a_second_run_over_a_prefix_leaves_the_first_runs_outputs_out(tiny_model, set5_dir, bucket):
     """As for a local folder: `s3://b/photos/ -o s3://b/photos/x4/`, then `-o s3://b/photos/x4_b/`:
     the first run's outputs (they record that sr-deploy made them) are not upscaled again (x16),
@@ -178,6 +186,35 @@ def test_a_second_run_over_a_prefix_leaves_the_first_runs_outputs_out(tiny_model
     )
     given = upscale_stored([f"{photos}x4/bird.png"], f"s3://{bucket}/x16/", _options(tiny_model), lambda m: None)
     assert given.done == [f"s3://{bucket}/x16/bird.png"], given.failed
+
+
+def test_two_runs_on_one_stored_output_neither_share_its_stage_nor_both_write_it(tiny_model, set5_dir, bucket):
+    """The stage folder of a stored output is locked for its whole job: a run that finds it held
+    fails at once (it used to fetch into it and lose the files the other run deleted); one that
+    finds the object finished meanwhile skips it (same model) or refuses it (another), unchanged."""
+    from sr_deploy.upscale import settled
+    from sr_deploy.upscale.plan import Job
+    from sr_deploy.upscale.stored import run_staged, stage_dir
+    from sr_deploy.util.files import exclusive_output
+
+    fs = s3_fs()
+    fs.put_file(str(set5_dir / "bird.png"), f"{bucket}/in/bird.png")
+    source, target = f"s3://{bucket}/in/bird.png", f"s3://{bucket}/out/bird.png"
+    options = settled(_options(tiny_model))
+    from _upscale_support import cpu_backend
+
+    backend = cpu_backend(tiny_model)
+    with exclusive_output(stage_dir(target)):  # another run is staging this output
+        busy = run_staged(Job(source, target, "image"), backend, options)
+    assert busy.state == "failed" and busy.code == 1
+    assert busy.message == f"{target}: another run is writing this output; try again when it has finished"
+    assert run_staged(Job(source, target, "image"), backend, options).state == "done"
+    made = s3_objects(f"s3://{bucket}/out")["bird.png"]
+    assert run_staged(Job(source, target, "image"), backend, options).state == "skipped"  # finished meanwhile
+    other = save_tiny_srvgg(tiny_model.parent / "other.pt", seed=1)
+    refused = run_staged(Job(source, target, "image"), cpu_backend(other), settled(_options(other)))
+    assert refused.state == "failed" and refused.code == 2 and "made with another model" in refused.message
+    assert s3_objects(f"s3://{bucket}/out")["bird.png"] == made
 
 
 def test_a_video_from_s3_to_s3_equals_a_local_run(tiny_model, video_dir, bucket, tmp_path):
@@ -205,6 +242,7 @@ def test_a_video_from_s3_to_s3_equals_a_local_run(tiny_model, video_dir, bucket,
 BAD_LOCATIONS = [
     ("foo://x/in/", "error: foo://x/in/: not a storage URI this installation can read (Protocol not known: foo)"),
     ("s3://", "error: s3://: no bucket in the URI (expected s3://BUCKET/path)"),
+    ("s3:///x/", "error: s3:///x/: no bucket in the URI (expected s3://BUCKET/path)"),
     (
         "s3://sr-deploy-no-such-bucket/in/",
         "error: s3://sr-deploy-no-such-bucket/in/: the bucket 'sr-deploy-no-such-bucket' does not exist",

@@ -137,7 +137,9 @@ def test_a_ray_driver_takes_the_same_locks(video_dir, tmp_path):
     summary, lines = UpscaleSummary(), []
     driver = RemoteRun(todo, summary, lines.append)
     with exclusive_output(video_out):  # a local run is writing the video
-        driver.plan(UpscaleOptions(model="unused", progress=False), "unused:0", tmp_path / "scratch")
+        driver.plan(
+            UpscaleOptions(model="unused", model_id="unused:0", progress=False), "unused:0", tmp_path / "scratch"
+        )
     assert [row["kind"] for row in driver.rows] == ["image"]  # nothing of the busy video is sent
     assert summary.failed[0][0] == clip and "another run is writing" in summary.failed[0][1]
     assert summary.failed[0][2] == 1 and not (tmp_path / "out" / ".clip.mp4.segments").exists()
@@ -146,8 +148,8 @@ def test_a_ray_driver_takes_the_same_locks(video_dir, tmp_path):
     image_out.write_bytes(b"the other run's picture")  # written while our row was away
     driver.answer(1, 0, True, "", 0, b"our picture", 0)
     assert image_out.read_bytes() == b"the other run's picture"
-    assert "another run wrote this output meanwhile" in summary.failed[1][1] and summary.failed[1][2] == 1
-    assert not summary.done
+    assert "already there, and it does not say sr-deploy made it" in summary.failed[1][1]
+    assert summary.failed[1][2] == 2 and not summary.done
 
     driver.close()
     assert not lock_path(video_out).exists() and not lock_path(image_out).exists()
@@ -161,3 +163,39 @@ def test_a_ray_driver_takes_the_same_locks(video_dir, tmp_path):
     second.close()
     with exclusive_output(video_out):  # free again
         pass
+
+
+def test_an_output_another_run_finished_meanwhile_is_neither_redone_nor_replaced(set5_dir, model, tmp_path):
+    """Two runs started together both pass their skip pass before either writes. Under the
+    output's lock each job looks again (`plan.made_meanwhile`): the output of another model is
+    refused (exit 2) and kept, not replaced with both runs saying done; the same model's is
+    skipped, not made twice. The same in the `--ray` driver."""
+    from _upscale_support import cpu_backend
+
+    from sr_deploy.imaging import write_image
+    from sr_deploy.upscale import UpscaleOptions, UpscaleSummary, settled
+    from sr_deploy.upscale.plan import Job
+    from sr_deploy.upscale.remote import RemoteRun
+    from sr_deploy.upscale.run import run_one
+
+    source, target = tmp_path / "a.png", tmp_path / "out" / "a.png"
+    write_image(source, read_image(set5_dir / "bird.png")[:24, :32])
+    first = settled(UpscaleOptions(model=str(model), device="cpu", progress=False, threads=1))
+    assert run_one(Job(source, target, "image"), cpu_backend(model), first).state == "done"  # run A
+    made, when = target.read_bytes(), target.stat().st_mtime_ns
+
+    other = save_tiny_srvgg(tmp_path / "other.pt", seed=1)
+    second = settled(UpscaleOptions(model=str(other), device="cpu", progress=False, threads=1))
+    outcome = run_one(Job(source, target, "image"), cpu_backend(other), second)  # run B, past its skip pass
+    assert outcome.state == "failed" and outcome.code == 2, outcome
+    assert "already there, made with another model (vgg.pt:" in outcome.message
+    again = run_one(Job(source, target, "image"), cpu_backend(model), first)  # run A's twin
+    assert again.state == "skipped", again
+    assert target.read_bytes() == made and target.stat().st_mtime_ns == when
+
+    summary = UpscaleSummary()
+    driver = RemoteRun([Job(source, target, "image")], summary, lambda line: None)
+    driver.plan(first, first.model_id, tmp_path / "scratch")
+    driver.answer(0, 0, True, "", 0, b"a picture made meanwhile by this run's row", 0)
+    assert summary.skipped and not summary.failed and not summary.done
+    assert target.read_bytes() == made

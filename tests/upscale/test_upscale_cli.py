@@ -146,6 +146,15 @@ def test_output_folder_inside_the_input_folder_is_not_read_back(set5_dir, model,
     assert [p.name for p in out.iterdir()] == ["a.png"]
 
 
+def test_an_input_folder_inside_the_output_folder_is_read(set5_dir, model, tmp_path):
+    """`cd work; sr-deploy upscale photos -o .`: the input is inside OUT (not the reverse), so its
+    files are inputs, not earlier outputs (it said "no image or video files found in photos")."""
+    write_image(tmp_path / "photos" / "a.png", _rgb(set5_dir / "bird.png"))
+    result = run(str(tmp_path / "photos"), "-o", str(tmp_path), "--model", str(model))
+    assert result.exit_code == 0 and "1 done" in result.stderr, result.output
+    assert read_image(tmp_path / "a.png").shape[0] == 4 * read_image(tmp_path / "photos" / "a.png").shape[0]
+
+
 def test_a_folders_files_in_no_format_it_reads_are_named_not_passed_over(set5_dir, model, tmp_path):
     """A folder of phone photos with HEIC / GIF files among the JPEGs: the run says it left them
     out (how many, the first names) instead of reporting "all done" over photos it never read."""
