@@ -37,7 +37,7 @@ import numpy as np
 
 from .backends import Backend, load
 from .degrade import Degradation, parse_degradation
-from .errors import InputError
+from .errors import InputError, NonFiniteOutput
 from .formats import DATASET_IMAGE_SUFFIXES
 from .imaging import read_image, write_image
 from .metrics import imresize, modcrop, psnr, ssim, to_uint8
@@ -278,6 +278,8 @@ def evaluate_image(
             f"{name}: the model returned {tuple(out.shape)} for input {tuple(x.shape)}, "
             f"expected {expected}: is it an x{scale} model?"
         )
+    if not np.isfinite(out).all():  # a score of NaN output rounded to black is no score
+        raise NonFiniteOutput(f"{name}: the model's output has NaN/Inf values (damaged weights, or fp16 overflow)")
     sr = to_uint8(np.transpose(out[0], (1, 2, 0)))
     if grey:
         sr = _to_grey(sr)

@@ -40,6 +40,18 @@ def save_tiny_srvgg(path: Path, seed: int = 0, output_gain: float = 1.0, nan_wei
     return save_checkpoint(path, model, TINY_SRVGG)
 
 
+def save_overflowing_srvgg(path: Path) -> Path:
+    """A tiny SRVGGNetCompact with finite weights whose output overflows to Inf even in fp32 (the
+    first and last convs scaled by 1e30 each): a model that makes NaN/Inf itself."""
+    torch.manual_seed(0)
+    model = SRVGGNetCompact(**TINY_SRVGG).eval()
+    with torch.no_grad():
+        for conv in (model.body[0], model.body[-1]):
+            conv.weight.mul_(1e30)
+            conv.bias.mul_(1e30)
+    return save_checkpoint(path, model, TINY_SRVGG)
+
+
 def cpu_backend(path: Path) -> Backend:
     return load(path, device="cpu", precision="fp32")
 

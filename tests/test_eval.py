@@ -272,3 +272,22 @@ def test_bad_degrade_spec_is_one_line_and_exit_2(small_set, args, message):
     code, stdout, stderr = _eval("bicubic", "--dataset", str(small_set), *args)
     assert code == 2 and message in stderr and "Traceback" not in stderr
     assert len(stderr.strip().splitlines()) == 1
+
+
+def test_nan_output_is_a_failure_not_a_score(tmp_path, small_set):
+    """A model whose output is NaN/Inf (a NaN weight is refused when the file loads; here the
+    output overflows) scored "PSNR 4.5 dB" with exit 0: now exit 1, one line naming the image, no
+    JSON."""
+    from _upscale_support import save_overflowing_srvgg, save_tiny_srvgg
+
+    model = save_overflowing_srvgg(tmp_path / "big.pt")
+    out = tmp_path / "scores.json"
+    code, stdout, stderr = _eval(str(model), "--dataset", str(small_set), "--json", str(out), "--precision", "fp32")
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert code == 1 and errors == [
+        "error: baby.png: the model's output has NaN/Inf values (damaged weights, or fp16 overflow)"
+    ], stderr
+    assert not out.exists() and "PSNR" not in stdout
+    nan_model = save_tiny_srvgg(tmp_path / "nan.pt", nan_weight=True)
+    code, stdout, stderr = _eval(str(nan_model), "--dataset", str(small_set))
+    assert code == 2 and stderr.startswith(f"error: {nan_model}: non-finite weights (NaN/Inf) in body.0.weight"), stderr

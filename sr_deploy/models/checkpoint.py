@@ -163,8 +163,25 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     """Read a checkpoint of any supported container and layout and build its model.
 
     Raises `InputError` with one line naming the file for a missing, empty, truncated or
-    unreadable file, an unrecognised key layout, or weights that do not fit the architecture.
+    unreadable file, an unrecognised key layout, weights that do not fit the architecture, or
+    non-finite weights (`check_finite_weights`).
     """
+    loaded = _load_checkpoint(path)
+    check_finite_weights(loaded.path, loaded.model)
+    return loaded
+
+
+def check_finite_weights(path: Path, model: nn.Module) -> None:
+    """InputError naming the first NaN/Inf weight: torch does not check an archive's checksums, so
+    flipped bytes in a checkpoint load as NaN and every output would be black (or a score of one)."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise InputError(
+                f"{path}: non-finite weights (NaN/Inf) in {name}: the file is damaged, or its training diverged"
+            )
+
+
+def _load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     path = existing_model_path(path)
     if path.stat().st_size == 0:
         raise InputError(f"{path}: empty file, not a PyTorch checkpoint")

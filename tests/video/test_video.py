@@ -27,6 +27,7 @@ from _upscale_support import (
     ffmpeg,
     frame_times,
     make_clip,
+    save_overflowing_srvgg,
     save_tiny_srvgg,
     video_stream_facts,
 )
@@ -600,9 +601,22 @@ def test_a_write_error_in_the_mux_is_a_failure_and_the_rerun_resumes(clips, tiny
 
 @pytest.mark.slow
 def test_nan_model_fails_the_video(clips, tmp_path):
-    """Before: a checkpoint with NaN weights wrote an all-black video, exit 0."""
+    """Before: a checkpoint with NaN weights wrote an all-black video, exit 0. Now such a file is
+    refused as it loads; a model whose output is NaN fails the video (exit 1)."""
     nan_model = save_tiny_srvgg(tmp_path / "nan.pt", nan_weight=True)
     result = _cli(str(clips["bbb"]), "-o", str(tmp_path / "out.mp4"), "--model", str(nan_model))
+    assert result.returncode == 2, result.stderr
+    assert _errors(result.stderr) == [
+        f"error: {nan_model}: non-finite weights (NaN/Inf) in body.0.weight: the file is damaged, or its training diverged"
+    ]
+    assert not (tmp_path / "out.mp4").exists() and _leftovers(tmp_path) == []
+    result = _cli(
+        str(clips["bbb"]),
+        "-o",
+        str(tmp_path / "out.mp4"),
+        "--model",
+        str(save_overflowing_srvgg(tmp_path / "big.pt")),
+    )
     assert result.returncode == 1, result.stderr
     errors = _errors(result.stderr)
     assert len(errors) == 1 and "bbb.mp4: the model's output has NaN/Inf values" in errors[0]
