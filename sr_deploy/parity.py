@@ -155,20 +155,27 @@ def parity(
 def check_thresholds(report: ParityReport, precision: str) -> bool:
     """Set and return `report.passed`: fp32 needs max abs <= 1e-4, fp16 / bf16 PSNR >= 50 dB;
     any NaN/Inf fails."""
+    report.passed, report.criterion = meets_thresholds(precision, report.max_abs, report.psnr_db, report.nonfinite)
+    return report.passed
+
+
+def meets_thresholds(precision: str, max_abs: float, psnr_db: float, nonfinite: int) -> tuple[bool, str]:
+    """(passed, the criterion in words) of parity figures at `precision`: fp32 needs max abs <=
+    1e-4, fp16 / bf16 PSNR >= 50 dB; any NaN/Inf fails. The one rule of export, build-engine and
+    benchmark."""
     precision = precision.lower()
     if precision == "fp32":
-        report.criterion = f"fp32: max abs {report.max_abs:.3g} <= {FP32_MAX_ABS:g}"
-        ok = report.max_abs <= FP32_MAX_ABS
+        criterion = f"fp32: max abs {max_abs:.3g} <= {FP32_MAX_ABS:g}"
+        ok = max_abs <= FP32_MAX_ABS
     elif precision in ("fp16", "bf16"):
-        report.criterion = f"{precision}: PSNR {format_psnr(report.psnr_db)} >= {REDUCED_MIN_PSNR_DB:g} dB"
-        ok = report.psnr_db >= REDUCED_MIN_PSNR_DB
+        criterion = f"{precision}: PSNR {format_psnr(psnr_db)} >= {REDUCED_MIN_PSNR_DB:g} dB"
+        ok = psnr_db >= REDUCED_MIN_PSNR_DB
     else:
         raise ValueError(f"unknown precision {precision!r}: expected fp32, fp16 or bf16")
-    if report.nonfinite:
-        report.criterion += f"; {report.nonfinite} NaN/Inf values"
+    if nonfinite:
+        criterion += f"; {nonfinite} NaN/Inf values"
         ok = False
-    report.passed = bool(ok)
-    return report.passed
+    return bool(ok), criterion
 
 
 def find_shared_data() -> Path | None:

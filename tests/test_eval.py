@@ -274,6 +274,20 @@ def test_bad_degrade_spec_is_one_line_and_exit_2(small_set, args, message):
     assert len(stderr.strip().splitlines()) == 1
 
 
+def test_a_report_is_never_written_over_the_model_or_a_dataset_image(tmp_path, small_set, tiny_checkpoint):
+    """`eval M.pt --json M.pt` replaced the checkpoint with the scores, `--json DATASET/baby.png` an
+    HR image: refused before any scoring, exit 2, one line, both left as they were; a --save-dir
+    that is a file is refused before scoring too."""
+    before, image = tiny_checkpoint.read_bytes(), (small_set / "baby.png").read_bytes()
+    for target in (tiny_checkpoint, small_set / "baby.png"):
+        code, stdout, stderr = _eval(str(tiny_checkpoint), "--dataset", str(small_set), "--json", str(target))
+        assert code == 2 and stderr.startswith(f"error: {target}: expected a .json file name"), stderr
+        assert len(stderr.splitlines()) == 1 and "PSNR" not in stdout
+    assert tiny_checkpoint.read_bytes() == before and (small_set / "baby.png").read_bytes() == image
+    code, stdout, stderr = _eval("bicubic", "--dataset", str(small_set), "--save-dir", str(small_set / "baby.png"))
+    assert code == 2 and "is a file" in stderr and "PSNR" not in stdout
+
+
 def test_nan_output_is_a_failure_not_a_score(tmp_path, small_set):
     """A model whose output is NaN/Inf (a NaN weight is refused when the file loads; here the
     output overflows) scored "PSNR 4.5 dB" with exit 0: now exit 1, one line naming the image, no

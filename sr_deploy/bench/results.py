@@ -7,6 +7,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..parity import meets_thresholds
+
 STATUS_OK, STATUS_SKIPPED, STATUS_FAILED = "ok", "skipped", "failed"
 
 
@@ -41,6 +43,20 @@ class BenchRow:
     @property
     def label(self) -> str:
         return f"{self.backend} {self.precision}" + ("" if self.device == "cpu" else f" ({self.device})")
+
+    def problem(self) -> str | None:
+        """Why this row does not count as a pass: it raised, or its output disagrees with the
+        reference beyond the acceptance thresholds (`parity.meets_thresholds`); None otherwise
+        (skipped rows and rows without parity figures included)."""
+        where = f"{self.label} {self.batch}x{self.height}x{self.width}"
+        if self.status == STATUS_FAILED:
+            return f"{where}: failed: {self.reason}"
+        if self.status != STATUS_OK or self.parity_max_abs is None or self.parity_psnr_db is None:
+            return None
+        ok, criterion = meets_thresholds(
+            self.precision, self.parity_max_abs, self.parity_psnr_db, self.parity_nonfinite or 0
+        )
+        return None if ok else f"{where}: parity fails ({criterion} does not hold)"
 
 
 @dataclass
@@ -86,6 +102,10 @@ class BenchReport:
 
     def ok_rows(self) -> list[BenchRow]:
         return [r for r in self.rows if r.status == STATUS_OK]
+
+    def problems(self) -> list[str]:
+        """The rows that failed or disagree with the reference (`BenchRow.problem`), in words."""
+        return [problem for row in self.rows if (problem := row.problem()) is not None]
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe(asdict(self))

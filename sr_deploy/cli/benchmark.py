@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from ..backends.table import bench_names
-from ..errors import InputError
+from ..errors import InputError, SRDeployError
 from .options import realism_options, with_realism
+
+if TYPE_CHECKING:
+    from ..bench import BenchReport
+
+# What --plot writes (matplotlib picks the format from the suffix).
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 
 @click.command()
@@ -119,9 +127,9 @@ def benchmark(
         batch_list = [int(b) for b in parse_list(batch_sizes, what="batch size")]
     except ValueError:
         raise InputError(f"bad --batch-sizes {batch_sizes!r}: expected integers, e.g. 1,4") from None
-    for path in (json_path, markdown_path, plot_path):
+    for path, suffixes in ((json_path, (".json",)), (markdown_path, (".md", ".markdown")), (plot_path, PLOT_SUFFIXES)):
         if path:
-            check_output_path(path)  # before the run, not after minutes of timing
+            check_output_path(path, suffixes)  # before the run, not after minutes of timing
     report = run_benchmark(
         model,
         backends=backends,
@@ -144,3 +152,17 @@ def benchmark(
     for path, writer in ((json_path, write_json), (markdown_path, write_markdown), (plot_path, write_plot)):
         if path:
             click.echo(f"wrote {writer(report, path)}", err=True)
+    _fail_on_problems(report)
+
+
+def _fail_on_problems(report: BenchReport) -> None:
+    """A benchmark checks that the backends agree: the rows that failed or disagree with the
+    reference (`BenchReport.problems`) are named on stderr and the command exits 1."""
+    problems = report.problems()
+    for problem in problems:
+        click.echo(f"  {problem}", err=True)
+    if problems:
+        raise SRDeployError(
+            f"{len(problems)} row(s) failed or disagree with {report.reference} beyond the acceptance "
+            "thresholds (listed above)"
+        )

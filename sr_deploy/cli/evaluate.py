@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ..errors import InputError
+from ..util.files import check_output_folder, check_output_path
 from .options import BACKEND_CHOICE, PRECISION_CHOICE, device_option, realism_options, with_realism
 
 
@@ -86,6 +87,10 @@ def eval_(
     from ..realism import realism_blend
 
     metric_names = parse_metrics(metrics)
+    if json_path:
+        check_output_path(json_path, (".json",))  # before the evaluation, not after it
+    if save_dir:
+        check_output_folder(save_dir)
     if model == "bicubic" and (realism is not None or gan_model is not None):
         raise InputError("--realism blends two models' weights; bicubic has none")
     blend = realism_blend(model, gan_model, realism)

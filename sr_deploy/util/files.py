@@ -24,6 +24,7 @@ __all__ = [
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
+    "check_output_folder",
     "check_output_path",
     "file_sha256",
     "partial_path",
@@ -45,12 +46,26 @@ def unique_partial_path(target: str | Path) -> Path:
     shared temporary name would let two writers mix their bytes."""
     target = Path(target)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.partial-", suffix=target.suffix)
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would stay on the renamed file
+    finally:
+        os.close(fd)
     return Path(tmp)
 
 
+def _umask() -> int:
+    """This process's umask, read without changing it (Linux); 0o022 where it cannot be read."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
 @contextlib.contextmanager
-def atomic_write(target: str | Path, *, make_parents: bool = False, unique: bool = False) -> Iterator[Path]:
+def atomic_write(target: str | Path, *, make_parents: bool = False, unique: bool = True) -> Iterator[Path]:
     """Yield the temporary path to write `target` under; on a clean exit rename it over `target`.
 
     On any exception (including KeyboardInterrupt) the temporary file is removed and `target` is
@@ -63,8 +78,10 @@ def atomic_write(target: str | Path, *, make_parents: bool = False, unique: bool
     Args:
         target: the final file.
         make_parents: create the target's folder first (otherwise a missing folder is an OSError).
-        unique: a temporary name of this writer's own (`unique_partial_path`) instead of the fixed
-            `partial_path`, for targets that concurrent processes may write.
+        unique: a temporary name of this writer's own (`unique_partial_path`), so that two
+            processes writing one target (two runs, two trainings into one folder) never share a
+            temporary file; False: the fixed `partial_path`, for a writer that holds the output's
+            lock and wants a name it can find again.
     """
     target = Path(target)
     if make_parents:
@@ -78,7 +95,7 @@ def atomic_write(target: str | Path, *, make_parents: bool = False, unique: bool
             tmp.unlink(missing_ok=True)
 
 
-def atomic_write_bytes(target: str | Path, data: bytes, *, make_parents: bool = False, unique: bool = False) -> Path:
+def atomic_write_bytes(target: str | Path, data: bytes, *, make_parents: bool = False, unique: bool = True) -> Path:
     """Write `data` to `target` atomically (flushed to disk before the rename); returns `target`."""
     target = Path(target)
     with atomic_write(target, make_parents=make_parents, unique=unique) as tmp:
@@ -89,7 +106,7 @@ def atomic_write_bytes(target: str | Path, data: bytes, *, make_parents: bool = 
     return target
 
 
-def atomic_write_text(target: str | Path, text: str, *, make_parents: bool = False, unique: bool = False) -> Path:
+def atomic_write_text(target: str | Path, text: str, *, make_parents: bool = False, unique: bool = True) -> Path:
     """Write `text` (UTF-8) to `target` atomically; returns `target`."""
     return atomic_write_bytes(target, text.encode("utf-8"), make_parents=make_parents, unique=unique)
 
@@ -103,15 +120,41 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def check_output_path(path: str | Path) -> Path:
-    """`path` as a Path; InputError unless it can be written: its folder exists and it is not a folder.
-    Meant to run before long work, not after minutes of it."""
+def check_output_path(path: str | Path, suffixes: tuple[str, ...] = ()) -> Path:
+    """`path` as a Path; InputError unless it can be written: its folder exists and is writable, it
+    is not a folder, and its suffix is one of `suffixes` (when given: a report named ``model.pt``
+    or ``baby.png`` by a slip would replace the model or an image). Meant to run before long work,
+    not after minutes of it."""
     path = Path(path)
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise InputError(
+            f"{path}: expected a {' or '.join(suffixes)} file name (a report is not written over "
+            f"a {path.suffix or 'suffix-less'} file)"
+        )
     if not path.parent.exists():
         raise InputError(f"{path}: the folder {path.parent} does not exist")
     if path.is_dir():
         raise InputError(f"{path}: is a folder, expected a file name")
+    _check_writable(path, path.parent)
     return path
+
+
+def check_output_folder(path: str | Path) -> Path:
+    """`path` as a Path; InputError unless it is, or can be made as, a folder this process can write
+    in (checked by writing a file there, so read-only mounts count): before long work."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path}: is a file, expected a folder")
+    _check_writable(path, next(p for p in (path, *path.parents) if p.exists()))
+    return path
+
+
+def _check_writable(path: Path, folder: Path) -> None:
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write in {folder} ({exc.strerror or exc})") from None
 
 
 class OutputBusy(SRDeployError):

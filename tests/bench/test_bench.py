@@ -163,6 +163,23 @@ def test_parity_flags_a_perturbed_model(tiny_checkpoint, perturbed_onnx, shared_
     assert bf16_onnx.status == "skipped" and "no bf16 ONNX export" in bf16_onnx.reason
     assert bf16_onnx.median_ms is None
     assert "skipped: onnxruntime bf16 on cpu: no bf16 ONNX export" in format_table(report)
+    assert report.problems() == [
+        f"onnxruntime fp32 1x20x28: parity fails (fp32: max abs {bad.parity_max_abs:.3g} <= 0.0001 does not hold)"
+    ]
+
+
+def test_a_benchmark_whose_backends_disagree_exits_1_after_its_table(tiny_checkpoint, perturbed_onnx, tmp_path):
+    """The table and the report are still written, then each failing row is named and the
+    command exits 1: a script (CI, gpu_check.sh) must not take disagreeing backends for a pass."""
+    out = tmp_path / "b.json"
+    args = ["benchmark", str(tiny_checkpoint), "--backends", "torch,onnxruntime", "--onnx", str(perturbed_onnx)]
+    result = CliRunner().invoke(cli, [*args, *QUICK_CPU_RUN, "--json", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "  onnxruntime fp32 1x16x16: parity fails (fp32: max abs " in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("error: 1 row(s) failed or disagree with")
+    assert json.loads(out.read_text())["rows"]
+    good = CliRunner().invoke(cli, ["benchmark", str(tiny_checkpoint), "--backends", "torch", *QUICK_CPU_RUN])
+    assert good.exit_code == 0, good.output
 
 
 @pytest.mark.slow
@@ -313,6 +330,22 @@ def test_cli_bad_arguments_are_one_line_errors(tiny_checkpoint, args, message):
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [f"error: {result.output.strip()[7:]}"]
     assert message in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("option", ["--json", "--markdown", "--plot"])
+def test_a_report_is_never_written_over_the_model_or_an_image(tiny_checkpoint, tmp_path, option):
+    """`--json model.pt` (a slip of the keyboard) replaced the model being timed with the report:
+    each report must have its own suffix, checked before any timing; the file is left as it was."""
+    before = tiny_checkpoint.read_bytes()
+    image = tmp_path / "baby.png"
+    image.write_bytes(b"an image")
+    for target in (tiny_checkpoint, image) if option != "--plot" else (tiny_checkpoint,):  # a plot is a .png
+        result = CliRunner().invoke(
+            cli, ["benchmark", str(tiny_checkpoint), "--quiet", "--no-peak", option, str(target)]
+        )
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith(f"error: {target}: expected a .") and len(result.output.splitlines()) == 1
+    assert tiny_checkpoint.read_bytes() == before and image.read_bytes() == b"an image"
 
 
 def test_cli_missing_model(tmp_path):
