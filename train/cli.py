@@ -1,8 +1,9 @@
 """``python -m train RECIPE --data DIR --val DIR --out RUN_DIR [options]``.
 
-Errors in the inputs (missing data or validation folder, a folder without images, images
-smaller than the crop, missing VGG19 weights, a bad --set) are one line on stderr and exit code 2,
-before any training starts. SIGINT / SIGTERM save the training state and exit 130 / 143.
+Errors in the inputs (missing data or validation folder, a folder without images, a damaged
+image, images smaller than the crop, missing VGG19 weights, a bad --set or config value, an --out
+inside the data or in use by another run) are one line on stderr and exit code 2, before any
+training starts. SIGINT / SIGTERM save the training state and exit 130 / 143.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ import os
 import sys
 from pathlib import Path
 
-from sr_deploy.errors import SRDeployError
+from sr_deploy.errors import InputError, SRDeployError
 
 from . import config as cfg
 from .data import DEGRADATIONS
+from .schema import check_recipe, validate_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,23 +78,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_config(args: argparse.Namespace) -> dict:
     """The run's config: RUN_DIR/config.yaml when resuming, else --config or the recipe's YAML;
-    then --set overrides and the shortcut options."""
-    from .trainer import CONFIG_FILE
+    then --set overrides and the shortcut options. Checked (`schema.validate_config`) before
+    anything is built or written: a bad value names the --set (or file) that gave it."""
+    from .trainer import CONFIG_FILE, STATE_FILE
 
     if args.resume:
-        config = cfg.load_config(Path(args.out) / CONFIG_FILE)
+        state_path = Path(args.out) / STATE_FILE
+        if not state_path.is_file():
+            raise InputError(f"{state_path}: no training state to resume from")
+        source = Path(args.out) / CONFIG_FILE
     else:
-        config = cfg.load_config(args.config or cfg.recipe_path(args.recipe))
-    overrides = list(args.overrides)
-    if args.iters is not None:
-        overrides.append(f"train.iterations={args.iters}")
-    if args.degradation is not None:
-        overrides.append(f"data.degradation={args.degradation}")
-    if args.max_images is not None:
-        overrides.append(f"data.max_images={args.max_images}")
-    if args.workers is not None:
-        overrides.append(f"data.workers={args.workers}")
-    return cfg.apply_overrides(config, overrides)
+        source = Path(args.config) if args.config else cfg.recipe_path(args.recipe)
+    config = cfg.load_config(source)
+    check_recipe(config, args.recipe, str(source), args.resume)
+    config.setdefault("recipe", args.recipe)
+    labelled = [(f"--set {item}", item) for item in args.overrides]
+    for option, key, value in (
+        ("--iters", "train.iterations", args.iters),
+        ("--degradation", "data.degradation", args.degradation),
+        ("--max-images", "data.max_images", args.max_images),
+        ("--workers", "data.workers", args.workers),
+    ):
+        if value is not None:
+            labelled.append((f"{option} {value}", f"{key}={value}"))
+    config = cfg.apply_overrides(config, [item for _, item in labelled])
+    origins = {item.partition("=")[0]: label for label, item in labelled}
+    validate_config(config, str(source), origins)
+    return config
 
 
 def main(argv: list[str] | None = None) -> int:

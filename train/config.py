@@ -58,6 +58,14 @@ def _parse_yaml(text: str) -> Any:
     return _yaml().load(text, Loader=_loader())  # a SafeLoader subclass: no arbitrary objects
 
 
+def first_line(exc: BaseException, limit: int = 160, empty: str | None = None) -> str:
+    """The first non-blank line of an exception's message (at most `limit` characters); `empty`
+    (default: the exception type's name) when the message is blank, as ``EOFError()`` from
+    torch.load of an empty file is."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0][:limit] if lines else (empty or type(exc).__name__)
+
+
 def load_config(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file into a nested dict; InputError names the file on failure."""
     yaml = _yaml()
@@ -67,8 +75,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
     try:
         data = _parse_yaml(path.read_text())
     except yaml.YAMLError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise InputError(f"{path}: not valid YAML ({first})") from exc
+        raise InputError(f"{path}: not valid YAML ({first_line(exc)})") from exc
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a mapping of settings at the top level")
     return data
@@ -80,8 +87,9 @@ def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, A
     ``1e-4`` is a float, also inside a list (YAML 1.1 wants ``1.0e-4``; nobody types that).
 
     A key whose parent section does not exist is an InputError (catches typos such as
-    ``modle.num_blocks``); a new leaf inside an existing section is allowed, because model
-    constructor arguments are open-ended.
+    ``modle.num_blocks``); a new leaf inside an existing section is set here, and
+    `train.schema.validate_config` then refuses it unless the section knows it (``model.*`` is
+    open-ended: the generator's constructor arguments).
     """
     yaml = _yaml()
     out = copy.deepcopy(config)

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from sr_deploy.degrade import parse_degradation
 from sr_deploy.errors import InputError
 from sr_deploy.formats import DATASET_IMAGE_SUFFIXES
+from sr_deploy.imaging import read_image
 from sr_deploy.metrics import bicubic_degrade, imresize, to_uint8
 
 from .degradations import degrade_real, usm_sharpen
@@ -46,11 +47,18 @@ def list_images(folder: str | Path, what: str = "data") -> list[Path]:
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """Decode `path` to RGB uint8 HWC (grey is replicated to 3 channels, alpha dropped)."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise InputError(f"{path}: cannot decode the image (corrupt or unsupported format)")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    """Decode `path` to RGB uint8 HWC (grey is replicated to 3 channels, alpha dropped, 16-bit and
+    float samples rounded to 8 bits) with `sr_deploy.imaging.read_image`, the strict decoder of
+    `sr-deploy eval`: a truncated or damaged JPEG, an animated PNG / WebP or a multi-page TIFF is
+    an InputError naming the file, not an image silently grey-filled or cut to its first frame."""
+    img = read_image(path)
+    if img.dtype == np.uint16:
+        img = np.round(img.astype(np.float32) * np.float32(255.0 / 65535.0)).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        img = to_uint8(img)
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(img[:, :, :3])
 
 
 def load_image_cache(

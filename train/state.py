@@ -19,6 +19,8 @@ from torch import nn
 
 from sr_deploy.util.files import atomic_write, atomic_write_text
 
+from .config import first_line
+
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """`torch.save(obj)` to `path` under a temporary name, renamed over `path` when complete."""
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         old, new = slim_state(args.state)
     except Exception as exc:  # torch.load raises many kinds for a damaged or foreign file
         print(
-            f"error: {args.state}: not a training state ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreadable'})",
+            f"error: {args.state}: not a training state ({type(exc).__name__}: {first_line(exc, empty='unreadable')})",
             file=sys.stderr,
         )
         return 2

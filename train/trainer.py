@@ -20,6 +20,7 @@ and atomic saving in `train.state`.
 # long-module: the one training loop every recipe shares; validation and state plumbing already live in validation.py and state.py
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import platform
@@ -27,7 +28,7 @@ import random
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,8 +42,9 @@ from tqdm import tqdm
 from sr_deploy.errors import InputError
 from sr_deploy.models import ARCHITECTURES, load_checkpoint, save_checkpoint
 from sr_deploy.perceptual import LPIPS
+from sr_deploy.util.files import OutputBusy, exclusive_output
 
-from .config import changed_settings, load_config
+from .config import changed_settings, first_line, load_config
 from .data import (
     DEGRADATIONS,
     DegradationSpec,
@@ -60,6 +62,7 @@ from .losses import (
     perceptual_layers,
     pixel_criterion,
 )
+from .schema import validate_config
 from .state import EMA, StopOnSignal, atomic_torch_save, rng_state, set_rng_state, write_text_atomically
 from .validation import LossLog, bicubic_baseline, plot_curve, read_val_history, validate, write_csv
 
@@ -377,10 +380,15 @@ class Trainer:
         }
 
     def _load_state(self, path: Path) -> None:
+        if path.stat().st_size == 0:
+            raise InputError(f"{path}: empty file, not a training state")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise InputError(f"{path}: unreadable training state ({str(exc).splitlines()[0][:120]})") from exc
+            raise InputError(f"{path}: unreadable training state ({first_line(exc, 120)})") from exc
+        needed = ("iteration", "generator", "opt_g", "scaler_g", "scaler_d", "rng")
+        if not isinstance(state, dict) or not all(key in state for key in needed):
+            raise InputError(f"{path}: not a training state (expected the keys {', '.join(needed)})")
         saved_config = self.run_dir / CONFIG_FILE
         changes = changed_settings(load_config(saved_config), self.config) if saved_config.is_file() else {}
         self.changes_note = (
@@ -410,7 +418,7 @@ class Trainer:
             if not replan:
                 self.sched_g.load_state_dict(state["sched_g"])
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-            raise InputError(f"{path}: does not fit this run's config ({str(exc).splitlines()[0][:160]})") from exc
+            raise InputError(f"{path}: does not fit this run's config ({first_line(exc)})") from exc
         self._apply_optimiser_settings()
         self.scaler_g.load_state_dict(state["scaler_g"])
         self.scaler_d.load_state_dict(state["scaler_d"])
@@ -708,7 +716,8 @@ class Trainer:
                         window.flush(it, self.iterations, self.lr_used, log)
                     if it % val_every == 0:
                         result.last_val = self._validate_and_record(log)
-                        t_last = window.t_window = time.perf_counter()  # validation time is not training speed
+                        window.restart_timer()  # validation time is not training speed
+                        t_last = time.perf_counter()
                     if it % ckpt_every == 0:
                         self.save_model("model_latest.pt")
                         self.save_state()
@@ -725,9 +734,59 @@ class Trainer:
         return result
 
 
+def check_run_folder(run_dir: str | Path, data_dir: str | Path, val_dir: str | Path | None) -> None:
+    """InputError unless `run_dir` can be a run folder: not a file, and neither the --data or
+    --val folder nor inside one (the run's files there would be read as images: val.png becomes a
+    training or benchmark image). Paths are compared resolved (symbolic links, ``..``)."""
+    out = Path(run_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{run_dir}: the --out path is a file, not a run folder")
+    resolved = out.resolve()
+    for option, folder in (("--data", data_dir), ("--val", val_dir)):
+        if folder is None:
+            continue
+        source = Path(folder).resolve()
+        if resolved == source or source in resolved.parents:
+            where = "is" if resolved == source else "is inside"
+            raise InputError(
+                f"{run_dir}: the --out folder {where} the {option} folder {folder}; the run's files would be "
+                "read as images there: choose another --out"
+            )
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | Path) -> Iterator[None]:
+    """Hold the run folder's lock (`sr_deploy.util.files.exclusive_output`: flock on a hidden
+    ``.NAME.lock`` beside it, dropped by the kernel if the process dies) for the whole run, so two
+    runs on one --out never both proceed: the second is an InputError at once. Folders made only
+    to hold the lock file are removed again when the run made nothing in them."""
+    folder = Path(run_dir).resolve()
+    made = [p for p in [folder.parent, *folder.parent.parents] if not p.exists()]
+    try:
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(exclusive_output(folder))
+            except OutputBusy:
+                raise InputError(
+                    f"{run_dir}: another run is using it; wait for that run to end, or choose another --out"
+                ) from None
+            except OSError as exc:
+                raise InputError(f"{run_dir}: cannot lock the run folder ({exc.strerror or exc})") from None
+            yield
+    finally:
+        if not folder.exists():
+            for parent in made:  # deepest first
+                with contextlib.suppress(OSError):
+                    parent.rmdir()
+
+
 def train(
     config: dict[str, Any], data_dir: str | Path, val_dir: str | Path | None, run_dir: str | Path, **options: Any
 ) -> TrainResult:
     """Check every input, then train; see `Trainer` for the options (device, resume,
-    perceptual_weights, allow_unknown_weights, from_scratch, progress)."""
-    return Trainer(config, data_dir, val_dir, run_dir, **options).run()
+    perceptual_weights, allow_unknown_weights, from_scratch, progress). The run folder is locked
+    for the whole run (`run_lock`)."""
+    validate_config(config)
+    check_run_folder(run_dir, data_dir, val_dir)
+    with run_lock(run_dir):
+        return Trainer(config, data_dir, val_dir, run_dir, **options).run()

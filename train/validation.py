@@ -151,19 +151,26 @@ class LossLog:
         self.file: IO[str] = open(path, "w" if self.new_file else "a", newline="")
         self.writer: csv.DictWriter | None = None
         self.sums: dict[str, torch.Tensor] = {}
-        self.count = 0
+        self.count = 0  # iterations in the window (the loss means)
+        self.timed = 0  # iterations since `t_window` (the speed): fewer when the timer was restarted
         self.t_window = time.perf_counter()
 
     def add(self, parts: dict[str, torch.Tensor]) -> None:
         for k, v in parts.items():
             self.sums[k] = self.sums.get(k, 0.0) + v.detach().float()
         self.count += 1
+        self.timed += 1
+
+    def restart_timer(self) -> None:
+        """Time the window's speed from now on (after a validation: its time is not training
+        time); the iterations before now leave the speed's count too, not the loss means."""
+        self.t_window, self.timed = time.perf_counter(), 0
 
     def flush(self, it: int, iterations: int, lr_now: float, log: Callable[[str], None]) -> None:
         """One loss.csv row and one log line for the window ending at iteration `it`; a new window starts."""
         elapsed = time.perf_counter() - self.t_window
         means = {k: float(v) / self.count for k, v in self.sums.items()}
-        speed = self.count / elapsed if elapsed > 0 else float("nan")
+        speed = self.timed / elapsed if elapsed > 0 and self.timed else float("nan")
         row = {"iteration": it, **{k: round(v, 6) for k, v in means.items()}, "lr": lr_now, "it_per_s": round(speed, 3)}
         if self.writer is None:
             self.writer = csv.DictWriter(self.file, fieldnames=list(row))
@@ -177,7 +184,8 @@ class LossLog:
             + "  ".join(f"{k} {v:.5g}" for k, v in means.items())
             + f"  lr {lr_now:.2e}  {speed:.2f} it/s  eta {format_eta(eta)}"
         )
-        self.sums, self.count, self.t_window = {}, 0, time.perf_counter()
+        self.sums, self.count = {}, 0
+        self.restart_timer()
 
     def close(self) -> None:
         self.file.close()
