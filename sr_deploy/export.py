@@ -19,7 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -39,7 +39,7 @@ from .onnx_graph import (  # noqa: F401 - FP16_* and count_fp16_tensors re-expor
     save_onnx,
 )
 from .parity import ParityReport, check_thresholds, parity, parity_inputs
-from .util import Progress, first_line, parse_dims, progress_to, quiet, to_stderr
+from .util import Progress, atomic_write, first_line, parse_dims, progress_to, quiet, to_stderr
 from .util.onnx_facts import (
     LIVE_VALUES_KEY,
     read_onnx_metadata,  # noqa: F401 - re-exported: callers import it from here
@@ -274,8 +274,10 @@ def _set_metadata(model: Any, meta: dict[str, str]) -> None:
         entry.key, entry.value = key, str(value)
 
 
-def _check_and_save(proto: Any, output: Path) -> None:
-    """`onnx.checker` (full check), then the atomic write; SRDeployError naming `output` on failure."""
+def _check_and_save(proto: Any, output: Path, verified: Callable[[Path], None] | None = None) -> None:
+    """`onnx.checker` (full check), then the atomic write; SRDeployError naming `output` on failure.
+    `verified`: run on the written file before it takes the final name, so that an interrupted
+    parity check (Ctrl-C) leaves no unchecked file under it."""
     import onnx
 
     try:
@@ -284,7 +286,13 @@ def _check_and_save(proto: Any, output: Path) -> None:
         raise SRDeployError(
             f"{output}: the exported graph fails onnx.checker ({first_line(exc)}); nothing written"
         ) from exc
-    save_onnx(proto, output)
+    try:
+        with atomic_write(output) as tmp:
+            onnx.save_model(proto, str(tmp), save_as_external_data=False)
+            if verified is not None:
+                verified(tmp)
+    except OSError as exc:
+        raise SRDeployError(f"{output}: could not write it ({exc.strerror or exc}); nothing written") from exc
 
 
 def _root_cause(exc: BaseException) -> str:
@@ -461,9 +469,6 @@ def export_onnx(
     meta[LIVE_VALUES_KEY] = str(facts.live_values_per_hr_pixel)
     meta.update(shape_meta)
     _set_metadata(proto, meta)
-    _check_and_save(proto, output)
-    seconds = time.perf_counter() - start
-
     result = ExportResult(
         path=output,
         arch=arch,
@@ -475,14 +480,18 @@ def export_onnx(
         precision=precision,
         fp16_block_list=block_list,
         simplified=simplify,
-        seconds=seconds,
         metadata=meta,
     )
-    if verify:
-        say("checking parity with the torch float32 model on ONNX Runtime CPU")
-        result.parity = verify_onnx(net, output, precision, static)
-        if not result.parity.passed:
-            raise ParityError(
-                f"{output}: parity check failed ({result.parity.criterion}); the file is kept for inspection", result
-            )
+
+    def checked(written: Path) -> None:  # before the file takes its final name
+        result.seconds = time.perf_counter() - start
+        if verify:
+            say("checking parity with the torch float32 model on ONNX Runtime CPU")
+            result.parity = verify_onnx(net, written, precision, static)
+
+    _check_and_save(proto, output, checked)
+    if result.parity is not None and not result.parity.passed:
+        raise ParityError(
+            f"{output}: parity check failed ({result.parity.criterion}); the file is kept for inspection", result
+        )
     return result

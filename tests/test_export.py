@@ -237,6 +237,19 @@ def test_a_failed_write_leaves_no_partial_file(tiny_srresnet, tmp_path, monkeypa
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_export_interrupted_during_its_parity_check_leaves_no_file(tiny_srresnet, tmp_path, monkeypatch):
+    """Ctrl-C while parity is checked left the unchecked file under its final name (exit 130): the
+    file takes its name only once checked, so nothing is left, temporary files included."""
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export_module, "verify_onnx", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_onnx(tiny_srresnet, tmp_path / "m.onnx", exporter="legacy", log=None)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_read_onnx_metadata_errors(tmp_path):
     with pytest.raises(InputError, match="no such ONNX file"):
         read_onnx_metadata(tmp_path / "x.onnx")
