@@ -27,7 +27,13 @@ from .options import BACKEND_CHOICE, PRECISION_CHOICE, device_option, realism_op
 )
 @click.option("--backend", default="auto", show_default=True, type=BACKEND_CHOICE, help="Inference runtime.")
 @device_option
-@click.option("--precision", default="auto", show_default=True, type=PRECISION_CHOICE, help="Inference precision.")
+@click.option(
+    "--precision",
+    default="fp32",
+    show_default=True,
+    type=PRECISION_CHOICE,
+    help="Inference precision: fp32 scores the same on every machine (auto: bf16 / fp16 where the device has it).",
+)
 @click.option(
     "--json",
     "json_path",
