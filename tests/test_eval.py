@@ -305,3 +305,12 @@ def test_nan_output_is_a_failure_not_a_score(tmp_path, small_set):
     nan_model = save_tiny_srvgg(tmp_path / "nan.pt", nan_weight=True)
     code, stdout, stderr = _eval(str(nan_model), "--dataset", str(small_set))
     assert code == 2 and stderr.startswith(f"error: {nan_model}: non-finite weights (NaN/Inf) in body.0.weight"), stderr
+
+
+def test_scores_are_fp32_by_default_on_every_machine(small_set, tiny_checkpoint):
+    """`--precision auto` took bf16 on CPUs with bf16 instructions: the same command scored
+    differently from machine to machine. fp32 unless asked otherwise."""
+    code, stdout, stderr = _eval(str(tiny_checkpoint), "--dataset", str(small_set), "--quiet")
+    assert code == 0, stderr
+    assert stdout.strip().splitlines()[-1].startswith("small x4 tiny.pt (torch, cpu, fp32): PSNR ")
+
