@@ -23,7 +23,7 @@ import torch
 
 from .errors import InputError
 from .models import existing_model_path, load_checkpoint, save_checkpoint
-from .util.files import file_sha256
+from .util.files import atomic_write_text, file_sha256
 
 # The bundled pairs, PSNR end -> GAN end: `--realism A` with the PSNR end blends it with its GAN
 # partner. For clean input `default` / `default-gan`; for real input (JPEG, noise, video) the
@@ -158,7 +158,31 @@ def resolve_realism(model: str, gan_model: str | None, realism: float | None) ->
     # model id): both ends and A, readable; the key (of both ends' bytes and the exact A) keeps it unique.
     ends = "+".join(path.stem.encode()[:60].decode(errors="ignore") for path in paths)  # bytes: names have a limit
     target = cache_dir() / f"{ends}@{alpha:g}-{key}.pt"
-    if not target.is_file():
+    if not _intact(target):  # absent, or damaged since it was made: made again
         target.parent.mkdir(parents=True, exist_ok=True)
         interpolate_checkpoints(model, gan_model, alpha, target, name_ends=False)  # bytes: the files' only
+        atomic_write_text(_digest_path(target), file_sha256(target) + "\n")
     return str(target)
+
+
+def _digest_path(blend: Path) -> Path:
+    """The sha256 of a cached blend's bytes, written beside it when it is made."""
+    return blend.with_name(blend.name + ".sha256")
+
+
+def _intact(blend: Path) -> bool:
+    """The cached `blend` has the bytes it was made with: a cache file damaged since (flipped bytes
+    load as NaN or as other weights without a word) is made again, not trusted."""
+    try:
+        return blend.is_file() and _digest_path(blend).read_text().strip() == file_sha256(blend)
+    except OSError:
+        return False
+
+
+def clear_cache() -> int:
+    """Remove the cached blends (and their digests); returns how many blends there were."""
+    folder = cache_dir()
+    blends = list(folder.glob("*.pt")) if folder.is_dir() else []
+    for path in blends + (list(folder.glob("*.pt.sha256")) if folder.is_dir() else []):
+        path.unlink(missing_ok=True)
+    return len(blends)

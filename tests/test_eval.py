@@ -313,4 +313,3 @@ def test_scores_are_fp32_by_default_on_every_machine(small_set, tiny_checkpoint)
     code, stdout, stderr = _eval(str(tiny_checkpoint), "--dataset", str(small_set), "--quiet")
     assert code == 0, stderr
     assert stdout.strip().splitlines()[-1].startswith("small x4 tiny.pt (torch, cpu, fp32): PSNR ")
-

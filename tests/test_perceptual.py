@@ -288,6 +288,21 @@ def test_realism_endpoints_are_the_models_bit_for_bit_and_between_is_the_blend(p
     assert blend.name.startswith("renamed-psnr+gan@0.3-") and blend.read_bytes() == mid.read_bytes()
 
 
+def test_a_damaged_cached_blend_is_made_again_and_cache_clear_removes_blends(pair, tmp_path):
+    """A cached blend whose bytes changed since it was made (flipped bytes scored PSNR 7 dB; a
+    truncated one failed every --realism run, naming a file the user never gave) is made again;
+    `sr-deploy cache --clear` removes the blends too."""
+    a, b = pair
+    mid = Path(resolve_realism(str(a), str(b), 0.3))
+    made = mid.read_bytes()
+    for damage in (made[: len(made) // 2], made[:1000] + bytes(b ^ 0xFF for b in made[1000:1100]) + made[1100:]):
+        mid.write_bytes(damage)
+        assert resolve_realism(str(a), str(b), 0.3) == str(mid) and mid.read_bytes() == made
+    result = CliRunner().invoke(cli, ["cache", "--clear"])
+    assert result.exit_code == 0 and f"removed 1 --realism blends from {mid.parent}" in result.output
+    assert list(mid.parent.iterdir()) == []
+
+
 @pytest.mark.slow
 def test_realism_cli_outputs_lie_between_the_endpoints(pair, tmp_path, set5_dir):
     import cv2

@@ -99,14 +99,17 @@ def sample(output: str) -> None:
 
 
 @click.command()
-@click.option("--clear", is_flag=True, help="Remove the cached verdicts (they are measured again when needed).")
+@click.option("--clear", is_flag=True, help="Remove the cached verdicts and --realism blends (made again when needed).")
 def cache(clear: bool) -> None:
     """List (or --clear) what `--precision auto` decided on this CPU and why, per model file."""
     from ..backends.cpu_precision import cache_path, cached_verdicts, clear_cache, precision_of
+    from ..realism import cache_dir
+    from ..realism import clear_cache as clear_blends
 
     path = cache_path()
     if clear:
         click.echo(f"removed {clear_cache()} verdicts from {path}")
+        click.echo(f"removed {clear_blends()} --realism blends from {cache_dir()}")
         return
     verdicts = cached_verdicts()
     click.echo(f"{path}: {len(verdicts)} CPU precision verdicts")
