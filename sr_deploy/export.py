@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from .onnx_graph import (  # noqa: F401 - FP16_* and count_fp16_tensors re-expor
 )
 from .parity import ParityReport, check_thresholds, parity, parity_inputs
 from .util import Progress, atomic_write, first_line, parse_dims, progress_to, quiet, to_stderr
+from .util.memory import check_call_fits
 from .util.onnx_facts import (
     LIVE_VALUES_KEY,
     read_onnx_metadata,  # noqa: F401 - re-exported: callers import it from here
@@ -275,17 +277,15 @@ def _set_metadata(model: Any, meta: dict[str, str]) -> None:
 
 
 def _check_and_save(proto: Any, output: Path, verified: Callable[[Path], None] | None = None) -> None:
-    """`onnx.checker` (full check), then the atomic write; SRDeployError naming `output` on failure.
-    `verified`: run on the written file before it takes the final name, so that an interrupted
-    parity check (Ctrl-C) leaves no unchecked file under it."""
+    """`onnx.checker` (full check), then the atomic write, `verified` run on the written file before
+    it takes its name (a Ctrl-C in the parity check leaves none); SRDeployError naming `output`."""
     import onnx
 
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:
-        raise SRDeployError(
-            f"{output}: the exported graph fails onnx.checker ({first_line(exc)}); nothing written"
-        ) from exc
+        why = first_line(exc)
+        raise SRDeployError(f"{output}: the exported graph fails onnx.checker ({why}); nothing written") from exc
     try:
         with atomic_write(output) as tmp:
             onnx.save_model(proto, str(tmp), save_as_external_data=False)
@@ -452,6 +452,9 @@ def export_onnx(
     net, facts, source_sha, source_path = _load_source(model)
     arch, scale = facts.arch, facts.scale
     _check_output(output, source_path)
+    if static:  # the export and its parity check run the model at that shape
+        shape, live = "x".join(map(str, static)), facts.live_values_per_hr_pixel
+        check_call_fits(f"--static {shape}", math.prod(static), scale, live)
 
     start = time.perf_counter()
     proto, used, fallback_reason, static, shape_meta = _export_any_shape(

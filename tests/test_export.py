@@ -201,7 +201,7 @@ def test_a_perturbed_onnx_fails_verification_and_the_cli_exits_1(tiny_srresnet, 
     assert not verify_onnx(tiny_srresnet, out, "fp32").passed
 
 
-@pytest.mark.parametrize("case", ["missing model", "suffix", "no folder", "unwritable", "opset", "static"])
+@pytest.mark.parametrize("case", ["missing model", "suffix", "no folder", "unwritable", "opset", "static", "huge"])
 def test_bad_input_is_one_line_exit_2_and_no_file(case, weights_dir, tmp_path):
     ckpt = str(weights_dir / "realesr-animevideov3.pth")
     out = tmp_path / "out.onnx"
@@ -214,6 +214,7 @@ def test_bad_input_is_one_line_exit_2_and_no_file(case, weights_dir, tmp_path):
         "unwritable": ([ckpt, "-o", "/proc/out.onnx"], r"/proc/out\.onnx: the output folder /proc is not writable"),
         "opset": ([ckpt, "-o", str(out), "--opset", "99"], r"opset 99 is not available: the installed onnx"),
         "static": ([ckpt, "-o", str(out), "--static", "0x8"], r"--static '0x8': expected NxHxW"),
+        "huge": ([ckpt, "-o", str(out), "--static", "1x100000x100000"], r"--static 1x100000x100000: one call needs"),
     }[case]
     if case == "unwritable" and not Path("/proc").is_dir():
         pytest.skip("no /proc on this system")

@@ -11,7 +11,9 @@ from typing import Any
 
 from ..backends.table import BACKENDS, bench_names
 from ..errors import InputError
+from ..models.spec import DEFAULT_LIVE_VALUES_PER_HR_PIXEL
 from ..util import Progress, parse_dims
+from ..util.memory import check_call_fits
 
 # Backend names accepted by `run_benchmark`, from the backend table: "torch" is the TorchBackend as
 # shipped (channels_last memory format inside); "torch-nchw" the same model in the plain NCHW
@@ -78,6 +80,11 @@ class BenchOptions:
                 raise InputError(f"batch size must be >= 1, got {b}")
         if not self.sizes:
             raise InputError("no input sizes given")
+        for (height, width), batch in ((size, b) for size in self.sizes for b in self.batch_sizes):
+            # x4 and the default memory model: the model is not loaded yet, and this only refuses
+            # what no machine of this size could run
+            what = f"--sizes {height}x{width} --batch-sizes {batch}"
+            check_call_fits(what, int(batch) * height * width, 4, DEFAULT_LIVE_VALUES_PER_HR_PIXEL)
         if self.video is not None and not Path(self.video).is_file():
             raise InputError(f"{self.video}: no such video file")
         if self.video_frames < 1:

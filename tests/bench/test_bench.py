@@ -323,6 +323,9 @@ def test_the_recorded_command_of_a_blend_names_its_ends_and_runs_again(tiny_chec
         (["--precisions", "int8"], "unknown precision 'int8'"),
         (["--json", "/nonexistent-dir/x.json"], "/nonexistent-dir/x.json: the folder /nonexistent-dir does not exist"),
         (["--iters", "0"], "--iters must be >= 1"),
+        # the OOM killer ended this at 23.8 GB (and other processes with it)
+        (["--sizes", "16x16", "--batch-sizes", "100000"], "--sizes 16x16 --batch-sizes 100000: one call needs about"),
+        (["--sizes", "100000x100000"], "--sizes 100000x100000 --batch-sizes 1: one call needs about"),
     ],
 )
 def test_cli_bad_arguments_are_one_line_errors(tiny_checkpoint, args, message):

@@ -1,0 +1,36 @@
+"""How much memory one model call needs, against what this machine has: a bound on inputs that
+would otherwise be killed by the kernel (a benchmark batch of 100,000 frames took 23.8 GB before
+the OOM killer ended it, and other processes with it)."""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import InputError
+
+
+def physical_memory_bytes() -> int | None:
+    """This machine's RAM, None where the OS cannot say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def call_bytes(lr_pixels: int, scale: int, live_values_per_hr_pixel: int) -> int:
+    """Bytes one call on `lr_pixels` low-resolution pixels (a whole batch) needs: the tiling's
+    memory model (`sr_deploy.tiling.auto_tile_size`): float32 activations alive per output pixel,
+    plus the float32 output and its 8-bit copy."""
+    return lr_pixels * scale * scale * (live_values_per_hr_pixel * 4 + 12)
+
+
+def check_call_fits(what: str, lr_pixels: int, scale: int, live_values_per_hr_pixel: int) -> None:
+    """InputError naming `what` (the options that asked for it) when one call would need more
+    than this machine's RAM: refused before anything is allocated, not after the OOM killer. A
+    size, not a timing: the same on a busy machine."""
+    need, have = call_bytes(lr_pixels, scale, live_values_per_hr_pixel), physical_memory_bytes()
+    if have and need > have:
+        raise InputError(
+            f"{what}: one call needs about {need / 2**30:,.0f} GiB ({lr_pixels:,} input pixels at x{scale}), "
+            f"more than this machine's {have / 2**30:,.0f} GiB of RAM: ask for smaller sizes or batches"
+        )
