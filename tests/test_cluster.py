@@ -423,6 +423,28 @@ def test_a_bad_ray_address_is_one_line_exit_2_within_seconds(tmp_path, set5_dir,
     assert not (tmp_path / "o.png").exists()
 
 
+def test_a_ray_address_where_another_service_listens_is_refused_not_waited_on(tmp_path):
+    """`--ray=HOST:8265` (the dashboard) or any port where something other than Ray listens: the
+    TCP connect succeeds and ray.init then retried for ever (killed after 5 minutes). The address
+    must answer as gRPC, as Ray's GCS and client server do: one line, exit 2, within seconds."""
+    import http.server
+    import threading
+
+    from sr_deploy.errors import InputError
+    from sr_deploy.util.net import check_reachable
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        address = f"127.0.0.1:{server.server_address[1]}"
+        start = time.monotonic()
+        with pytest.raises(InputError, match=rf"--ray {address}: something listens at {address} but does not answer"):
+            check_reachable(address, "--ray", timeout=3)
+        assert time.monotonic() - start < 10
+    finally:
+        server.shutdown()
+
+
 def test_ray_with_defaults_gives_a_local_runs_bytes_with_one_thread_count(ray_cluster, tiny_model, set5_dir, tmp_path):
     """Issue 24's acceptance: `upscale --ray` with defaults is byte-identical to a local run with
     defaults. Both CLIs run with this machine's default thread count, and the Ray actor reserves

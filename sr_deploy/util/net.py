@@ -29,3 +29,27 @@ def check_reachable(address: str | None, option: str, timeout: float = 10.0) -> 
     except OSError as exc:
         reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
         raise InputError(f"{option} {address}: no Ray cluster answers at {host}:{port_text} ({reason})") from None
+    if not _speaks_grpc(host, int(port_text), timeout):
+        raise InputError(
+            f"{option} {address}: something listens at {host}:{port_text} but does not answer as a Ray "
+            "cluster (no gRPC): give the head's GCS port (ray start --head prints it, 6379 by default), "
+            "or ray://HOST:10001; 8265 is the dashboard"
+        )
+
+
+def _speaks_grpc(host: str, port: int, timeout: float) -> bool:
+    """A gRPC (HTTP/2) channel to `host:port` becomes ready within `timeout`: what Ray's GCS and
+    its client server are. Anything else listening there (the dashboard's HTTP, another service)
+    made ray.init retry for ever. True when grpc is not installed (nothing to check with)."""
+    try:
+        import grpc
+    except ImportError:
+        return True
+    channel = grpc.insecure_channel(f"{host}:{port}")
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout)
+        return True
+    except grpc.FutureTimeoutError:
+        return False
+    finally:
+        channel.close()
