@@ -20,9 +20,8 @@ not on masks; running the model on alpha would double the compute and can invent
 what should be a flat or hard-edged mask. Greyscale images go through the model as three equal
 channels and come back as one channel (ITU-R BT.601 luma of the result).
 
-Writes are atomic: the encoded file is written to a hidden temporary name beside the target,
-flushed, then renamed over the target, so a crash never leaves a half-written image under the
-final name.
+Writes are atomic: written under a hidden temporary name beside the target, flushed, then renamed
+over it, so a crash never leaves a half-written image under the final name.
 """
 
 from __future__ import annotations
@@ -47,6 +46,7 @@ from .formats import (  # noqa: F401 - DATASET_IMAGE_SUFFIXES, IMAGE_FORMATS, OU
 from .image_metadata import CarriedMetadata, add_jpeg_metadata, add_png_metadata_to_file
 from .util.files import atomic_write_bytes as _atomic_write_bytes
 from .util.files import partial_path as partial_path  # re-exported: video.py and tests import it from here
+from .util.files import space_note
 from .util.frames import png_frames, tiff_pages, webp_frames
 from .util.jpeg import jpeg_damage
 
@@ -481,8 +481,8 @@ def write_image_consuming(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = partial_path(path)
     try:
-        if not cv2.imwrite(str(tmp), image, params):
-            raise SRDeployError(f"{path}: OpenCV could not write a {image.shape} {image.dtype} image as {ext}")
+        if not cv2.imwrite(str(tmp), image, params):  # OpenCV says no more: a full disk is named
+            raise SRDeployError(f"{path}: OpenCV could not write {ext}{space_note(path.parent, image.nbytes // 2)}")
         _add_text_to_file(tmp, ext, text, metadata)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())

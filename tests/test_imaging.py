@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from _upscale_support import cpu_backend, save_tiny_srresnet
 
-from sr_deploy.errors import InputError
+from sr_deploy.errors import InputError, SRDeployError
 from sr_deploy.imaging import (
     flatten_onto_white,
     image_to_model_input,
@@ -242,3 +242,23 @@ def test_outscale_size_and_filter(set5_dir):
     down = model_output_to_image(sr, None, np.uint8, grey=False, size_hw=upscaled_size(40, 48, 1.0))
     # INTER_AREA from a 4x nearest-neighbour image gives back the original pixels
     np.testing.assert_array_equal(down, rgb)
+
+
+def test_a_full_disk_is_named_when_opencv_cannot_write(tmp_path, monkeypatch):
+    """OpenCV's imwrite only returns False ("libpng error: Write Error"): when the file system has
+    too little room left, the one line says so; no temporary file is left."""
+    import collections
+
+    import sr_deploy.util.files as files
+
+    monkeypatch.setattr(cv2, "imwrite", lambda *args, **kwargs: False)
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda folder: usage(10**9, 10**9 - 60_000, 60_000))
+    with pytest.raises(
+        SRDeployError, match=r"out\.png: OpenCV could not write \.png \(no space left on device: 0\.1 MB free\)"
+    ):
+        write_image_consuming(tmp_path / "out.png", np.zeros((384, 384, 3), np.uint8))
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda folder: usage(10**12, 0, 10**12))
+    with pytest.raises(SRDeployError, match=r"out\.png: OpenCV could not write \.png$"):
+        write_image_consuming(tmp_path / "out.png", np.zeros((384, 384, 3), np.uint8))
+    assert list(tmp_path.iterdir()) == []

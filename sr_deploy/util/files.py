@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -137,6 +138,16 @@ def check_output_path(path: str | Path, suffixes: tuple[str, ...] = ()) -> Path:
         raise InputError(f"{path}: is a folder, expected a file name")
     _check_writable(path, path.parent)
     return path
+
+
+def space_note(folder: str | Path, needed: int) -> str:
+    """`` (no space left on device: 0.6 MB free)`` when `folder`'s file system has less than `needed`
+    bytes free, else ``""``: for writers that fail without saying why (OpenCV's imwrite)."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return ""
+    return f" (no space left on device: {free / 1e6:.1f} MB free)" if free < needed else ""
 
 
 def check_output_folder(path: str | Path) -> Path:
