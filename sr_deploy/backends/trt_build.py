@@ -254,11 +254,11 @@ def build_engine(
             f"{src}: an fp16 graph ({source_fp16} fp16 tensors) cannot give a float32 engine; "
             "export a float32 ONNX for --fp32"
         )
-    target = _target(precision, strongly_typed, device)
     scale = _onnx_scale(src)
+    check_tensor_limits(profile, scale, src)  # a shape no engine can hold is said before TensorRT is needed
+    target = _target(precision, strongly_typed, device)
     if source_fp16:
         echo(f"note: {src} is already an fp16 graph; the parity reference is that graph on ONNX Runtime CPU")
-    check_tensor_limits(profile, scale, src)
     for note in target.plan.notes:
         echo(f"TensorRT {target.version}: {note}")
 

@@ -296,6 +296,7 @@ def test_without_cuda_exits_2(tiny_onnx, tmp_path, monkeypatch):
         (["--static", "1x64x64", "--max", "1x3x64x64"], "either --static or --min/--opt/--max"),
         (["--opt", "1x3x900x900"], "--opt 1x3x900x900 must not exceed --max"),
         (["--max", "huge"], "--max 'huge': expected NxCxHxW"),
+        (["--max", "64x3x4000x4000"], "2^31"),  # said "TensorRT is not installed" instead
     ],
 )
 def test_cli_bad_shapes_exit_2_before_tensorrt(tiny_onnx, args, fragment, no_tensorrt):
