@@ -66,6 +66,23 @@ def test_dynamo_export_is_one_file_with_dynamic_dims_metadata_and_parity(tiny_sr
     assert report.passed and report.max_abs <= 1e-4, report.table()
 
 
+def test_info_describes_an_onnx_export(tiny_srresnet, tmp_path):
+    """`sr-deploy info model.onnx` said "not a PyTorch checkpoint" though MODEL may be an .onnx
+    file: it prints what the export says of itself (read back from the file)."""
+    import json
+
+    out = tmp_path / "model.onnx"
+    export_onnx(tiny_srresnet, out, exporter="legacy", log=None, verify=False)
+    result = CliRunner().invoke(cli, ["info", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    desc = json.loads(result.output)
+    assert desc["format"].startswith("ONNX (opset ") and desc["precision"] == "fp32"
+    assert desc["metadata"] == read_onnx_metadata(out) and desc["metadata"]["sr_deploy.scale"] == "4"
+    assert desc["input"].startswith("Nx3x") and desc["mflops_per_lr_pixel"] > 0
+    text = CliRunner().invoke(cli, ["info", str(out)])
+    assert text.exit_code == 0 and "precision:   fp32" in text.output
+
+
 @pytest.mark.slow
 def test_real_animevideov3_checkpoint_via_cli(weights_dir, tmp_path, set5_dir):
     ckpt = weights_dir / "realesr-animevideov3.pth"

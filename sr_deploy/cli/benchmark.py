@@ -157,7 +157,10 @@ def benchmark(
 
 def _fail_on_problems(report: BenchReport) -> None:
     """A benchmark checks that the backends agree: the rows that failed or disagree with the
-    reference (`BenchReport.problems`) are named on stderr and the command exits 1."""
+    reference (`BenchReport.problems`) are named on stderr and the command exits 1; a run in which
+    no row could run here (`--device cuda` without a GPU) exits 2."""
+    if report.rows and all(row.status == "skipped" for row in report.rows):
+        raise InputError("no row could run on this machine (each one's reason is listed above)")
     problems = report.problems()
     for problem in problems:
         click.echo(f"  {problem}", err=True)

@@ -15,7 +15,9 @@ from ..errors import InputError
 @click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
 def info(model: str, as_json: bool) -> None:
     """Describe MODEL: a checkpoint (.pt/.pth/.ckpt/.safetensors: ours, BasicSR, ESRGAN,
-    leftthomas/SRGAN, or any architecture spandrel knows) or `default`."""
+    leftthomas/SRGAN, or any architecture spandrel knows), `default`, an .onnx file or an engine."""
+    if Path(model).suffix.lower() in (".onnx", ".engine", ".plan"):
+        return _describe_deployed(Path(model), as_json)
     from ..backends.cpu_precision import auto_precision
     from ..backends.torch_backend import resolve_device
     from ..models import count_flops_per_lr_pixel, count_parameters, load_checkpoint
@@ -63,6 +65,34 @@ def info(model: str, as_json: bool) -> None:
         if pair:
             click.echo(f"realism:     --model {pair[0]} --realism A blends {pair[0]} (0) with {pair[1]} (1)")
     for key, value in desc["metadata"].items():
+        click.echo(f"{key + ':':<12} {plain(value)}")
+
+
+def _describe_deployed(path: Path, as_json: bool) -> None:
+    """`info` for an sr-deploy ONNX export (its metadata, input dims, precision, convolution FLOPs)
+    or a TensorRT engine (its sidecar JSON): what they say of themselves, no runtime needed."""
+    from ..engine import read_sidecar
+    from ..util.files import file_sha256
+    from ..util.onnx_facts import graph_precision, load_onnx_file, metadata, static_input_dims
+
+    if not path.is_file():
+        raise InputError(f"{path}: no such model file")
+    desc: dict[str, object] = {"file": str(path), "sha256": file_sha256(path)}
+    if path.suffix.lower() == ".onnx":
+        from ..bench.subject import onnx_conv_flops_per_lr_pixel
+
+        proto = load_onnx_file(path, load_weights=False)
+        dims = ["N" if d is None else d for d in static_input_dims(proto)]
+        desc |= {"format": f"ONNX (opset {max(o.version for o in proto.opset_import)})"}
+        desc |= {"input": "x".join(str(d) for d in dims), "precision": graph_precision(proto)}
+        desc |= {"mflops_per_lr_pixel": round(onnx_conv_flops_per_lr_pixel(path) / 1e6, 3), "metadata": metadata(proto)}
+    else:
+        sidecar = read_sidecar(path)
+        desc |= {"format": "TensorRT engine", "sidecar": vars(sidecar) if sidecar else "none (no .json beside it)"}
+    if as_json:
+        click.echo(json.dumps(desc, indent=2, default=str))
+        return
+    for key, value in desc.items():
         click.echo(f"{key + ':':<12} {plain(value)}")
 
 

@@ -180,6 +180,9 @@ def test_a_benchmark_whose_backends_disagree_exits_1_after_its_table(tiny_checkp
     assert json.loads(out.read_text())["rows"]
     good = CliRunner().invoke(cli, ["benchmark", str(tiny_checkpoint), "--backends", "torch", *QUICK_CPU_RUN])
     assert good.exit_code == 0, good.output
+    if not HAS_TRT:  # nothing that was asked for can run here: exit 2, not an empty table and 0
+        none = CliRunner().invoke(cli, ["benchmark", str(tiny_checkpoint), "--backends", "tensorrt", *QUICK_CPU_RUN])
+        assert none.exit_code == 2 and "error: no row could run on this machine" in none.stderr, none.output
 
 
 @pytest.mark.slow
