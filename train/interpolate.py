@@ -24,6 +24,7 @@ import torch
 from sr_deploy.errors import InputError, SRDeployError
 from sr_deploy.models import load_checkpoint, save_checkpoint
 from sr_deploy.realism import interpolate_checkpoints, interpolate_state_dicts
+from sr_deploy.util.files import check_output_path
 
 __all__ = ["add_difference", "interpolate_checkpoints", "interpolate_state_dicts", "main", "transfer_checkpoints"]
 
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     args = p.parse_args(argv)
     try:
+        check_output_path(args.output, (".pt", ".pth"))  # a missing or read-only folder: one line, before any work
         if args.onto:
             path = transfer_checkpoints(args.psnr_model, args.gan_model, args.onto, args.alpha, args.output)
         else:

@@ -128,10 +128,7 @@ def check_output_path(path: str | Path, suffixes: tuple[str, ...] = ()) -> Path:
     not after minutes of it."""
     path = Path(path)
     if suffixes and path.suffix.lower() not in suffixes:
-        raise InputError(
-            f"{path}: expected a {' or '.join(suffixes)} file name (a report is not written over "
-            f"a {path.suffix or 'suffix-less'} file)"
-        )
+        raise InputError(f"{path}: expected a {' or '.join(suffixes)} file name")
     if not path.parent.exists():
         raise InputError(f"{path}: the folder {path.parent} does not exist")
     if path.is_dir():

@@ -279,3 +279,21 @@ def test_training_logs_a_speed_no_faster_than_its_iterations_took(tmp_path, data
     with open(out / "loss.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [float(r["it_per_s"]) for r in rows] == [pytest.approx(1.0)]
+
+
+def test_interpolate_refuses_an_output_it_cannot_write_before_any_work(tmp_path, capsys):
+    """`python -m train.interpolate A B -o X`: a missing folder, a folder given as the file, or a
+    name that is not a checkpoint's is one line, exit 2 (a read-only folder was a traceback after
+    both models had loaded)."""
+    from train.interpolate import main
+
+    missing = tmp_path / "missing" / "i.pt"
+    for output, message in [
+        (missing, f"{missing}: the folder {missing.parent} does not exist"),
+        (tmp_path, f"{tmp_path}: expected a .pt or .pth file name"),
+        (tmp_path / "i.json", f"{tmp_path / 'i.json'}: expected a .pt or .pth file name"),
+    ]:
+        assert main(["default", "default-gan", "--alpha", "0.5", "-o", str(output)]) == 2
+        assert capsys.readouterr().err == f"error: {message}\n"
+    assert main(["default", "default-gan", "--alpha", "0.5", "-o", str(tmp_path / "i.pt")]) == 0
+    assert (tmp_path / "i.pt").is_file()
