@@ -13,6 +13,7 @@ run without URIs never come here.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -260,8 +261,14 @@ def _run_staged(job: Job, backend: Backend, options: UpscaleOptions, log: Log, v
         local_target.parent.mkdir(parents=True, exist_ok=True)
     except SRDeployError as exc:
         return Outcome(job, "failed", str(exc) if source in str(exc) else f"{source}: {exc}", exc.exit_code)
-    outcome = run_one(Job(local_source, local_target, job.kind), backend, options, log, video)
-    message = outcome.message.replace(str(local_source), source).replace(str(local_target), target)
+
+    def named(text: str) -> str:  # the input and output as the user gave them, not their stage copies
+        return text.replace(str(local_source), source).replace(str(local_target), target)
+
+    outcome = run_one(Job(local_source, local_target, job.kind), backend, options, lambda line: log(named(line)), video)
+    if outcome.state == "skipped" and storage.is_uri(target):  # made here by a run whose put failed
+        outcome = dataclasses.replace(outcome, state="done")  # the object is not there: put it now
+    message = named(outcome.message)
     written = outcome.path or local_target
     path: str | Path = target
     if outcome.state in ("done", "partial") and storage.is_uri(target):

@@ -217,6 +217,34 @@ def test_two_runs_on_one_stored_output_neither_share_its_stage_nor_both_write_it
     assert s3_objects(f"s3://{bucket}/out")["bird.png"] == made
 
 
+def test_an_output_whose_put_failed_is_put_by_the_next_run(tiny_model, set5_dir, bucket, monkeypatch):
+    """The put of a finished output fails (the store went away): the output stays in its stage
+    folder. The next run finds it there, made with the same record, and must put it, not report
+    it "skipped (already there)" while the store still lacks it."""
+    from _upscale_support import cpu_backend
+
+    from sr_deploy.errors import SRDeployError
+    from sr_deploy.upscale import settled
+    from sr_deploy.upscale.plan import Job
+    from sr_deploy.upscale.stored import run_staged
+    from sr_deploy.util import storage
+
+    s3_fs().put_file(str(set5_dir / "bird.png"), f"{bucket}/in/bird.png")
+    job = Job(f"s3://{bucket}/in/bird.png", f"s3://{bucket}/out/bird.png", "image")
+    options, backend = settled(_options(tiny_model)), cpu_backend(tiny_model)
+    put = storage.put_atomic
+
+    def unreachable(*args, **kwargs):
+        raise SRDeployError("cannot upload (the store went away)")
+
+    monkeypatch.setattr(storage, "put_atomic", unreachable)
+    assert run_staged(job, backend, options).state == "failed"
+    monkeypatch.setattr(storage, "put_atomic", put)
+    again = run_staged(job, backend, options)
+    assert again.state == "done", again
+    assert list(s3_objects(f"s3://{bucket}/out")) == ["bird.png"]
+
+
 def test_a_video_from_s3_to_s3_equals_a_local_run(tiny_model, video_dir, bucket, tmp_path):
     from test_cluster import _frame_md5s, _small_clip
 
