@@ -131,12 +131,20 @@ def _connect(ray: Any, address: str | None) -> bool:
     listening on 127.0.0.1 only; True when this call started the Ray session (to shut it down)."""
     if ray.is_initialized():
         return False
+    option = "--ray" if address else "RAY_ADDRESS"  # the error names where the address came from
     address = address or os.environ.get("RAY_ADDRESS") or None
-    check_reachable(address, "--ray")  # a bad address: one line within seconds, not minutes of retries
+    check_reachable(address, option)  # a bad address: one line within seconds, not minutes of retries
     local = {} if address else {"include_dashboard": False}  # loopback: see `import_ray(local=True)`
     try:
         ray.init(address=address, logging_level="warning", log_to_driver=True, configure_logging=True, **local)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
+    except ConnectionError as exc:
+        if address == "auto":  # Ray's own text names an --address flag this command does not have
+            raise InputError(
+                f"{option} auto: no Ray cluster runs on this machine (start one with `ray start --head`, "
+                "or give --ray without an address for a cluster of this run's own)"
+            ) from exc
+        raise SRDeployError(f"cannot connect to the Ray cluster at {address}: {first_line(exc)}") from exc
+    except (RuntimeError, ValueError) as exc:
         where = address or "a new local cluster"
         raise SRDeployError(f"cannot connect to the Ray cluster at {where}: {first_line(exc)}") from exc
     return True

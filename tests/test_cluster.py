@@ -423,6 +423,26 @@ def test_a_bad_ray_address_is_one_line_exit_2_within_seconds(tmp_path, set5_dir,
     assert not (tmp_path / "o.png").exists()
 
 
+def test_ray_auto_without_a_cluster_and_a_bad_ray_address_variable_say_so_exit_2(tmp_path, set5_dir):
+    """`--ray=auto` with no cluster on this machine exited 1 with Ray's text about an `--address`
+    flag sr-deploy does not have; a bad RAY_ADDRESS was blamed on --ray."""
+    command = [sys.executable, "-m", "sr_deploy", "upscale", str(set5_dir / "bird.png"), "-o", str(tmp_path / "o.png")]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_TMPDIR=str(tmp_path / "ray"))  # no cluster's files there
+    env.pop("RAY_ADDRESS", None)
+    auto = subprocess.run([*command, "--ray=auto"], env=env, capture_output=True, text=True, timeout=120)
+    assert auto.returncode == 2, auto.stderr
+    assert auto.stderr.strip().splitlines() == [
+        "error: --ray auto: no Ray cluster runs on this machine (start one with `ray start --head`, "
+        "or give --ray without an address for a cluster of this run's own)"
+    ]
+    variable = subprocess.run(
+        [*command, "--ray"], env=dict(env, RAY_ADDRESS="127.0.0.1:1"), capture_output=True, text=True, timeout=120
+    )
+    assert variable.returncode == 2, variable.stderr
+    assert variable.stderr.strip().startswith("error: RAY_ADDRESS 127.0.0.1:1: no Ray cluster answers at 127.0.0.1:1")
+    assert not (tmp_path / "o.png").exists()
+
+
 def test_a_ray_address_where_another_service_listens_is_refused_not_waited_on(tmp_path):
     """`--ray=HOST:8265` (the dashboard) or any port where something other than Ray listens: the
     TCP connect succeeds and ray.init then retried for ever (killed after 5 minutes). The address
