@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import io
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -115,7 +116,7 @@ def existing_model_path(name_or_path: str | Path) -> Path:
     the one check every command makes before it reads, loads or plans around a model."""
     path = resolve_model_path(name_or_path)
     if not path.is_file():
-        raise InputError(f"{path}: no such model file")
+        raise InputError(f"{path}: {'a folder, not a model file' if path.is_dir() else 'no such model file'}")
     return path
 
 
@@ -237,6 +238,11 @@ def read_weights_file(path: Path) -> tuple[Any, dict[str, Any]]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True), {}
     except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError... here
+        if found := re.search(r"Unsupported global: GLOBAL ([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+) ", str(exc)):
+            raise InputError(  # a class, not only tensors: torch.save(model) rather than its state_dict
+                f"{path}: holds a pickled {found[1]} (a whole model saved with torch.save(model)?), which "
+                "is not loaded for safety: save its state_dict() instead"
+            ) from exc
         raise InputError(
             f"{path}: not a readable PyTorch checkpoint ({_shorten(first_line(exc, limit=10_000))})"
         ) from exc

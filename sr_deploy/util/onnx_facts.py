@@ -32,7 +32,9 @@ def load_onnx_file(path: str | Path, load_weights: bool = True) -> Any:
 
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path}: no such ONNX file")
+        raise InputError(f"{path}: {'a folder, not an ONNX file' if path.is_dir() else 'no such ONNX file'}")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: empty file, not an ONNX model")
     try:
         return onnx.load(str(path), load_external_data=load_weights)
     except Exception as exc:

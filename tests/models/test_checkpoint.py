@@ -118,6 +118,24 @@ def test_bad_files_give_one_line_and_exit_2(tmp_path, content, expected) -> None
     assert "Traceback" not in output
 
 
+def test_a_folder_a_whole_pickled_model_and_an_empty_onnx_are_named_for_what_they_are(tmp_path) -> None:
+    """A folder called x.pt said "no such model file"; `torch.save(model)` gave torch's truncated
+    safety text; an empty .onnx said "found 0 inputs"."""
+    (tmp_path / "dir.pt").mkdir()
+    assert _info(tmp_path / "dir.pt") == (2, f"error: {tmp_path / 'dir.pt'}: a folder, not a model file\n")
+    torch.save(SRResNet(num_blocks=1, num_features=8), tmp_path / "whole.pth")
+    code, output = _info(tmp_path / "whole.pth")
+    assert code == 2 and output.startswith(
+        f"error: {tmp_path / 'whole.pth'}: holds a pickled sr_deploy.models.srresnet.SRResNet"
+    )
+    assert "save its state_dict() instead" in output and len(output.splitlines()) == 1
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    from sr_deploy.util.onnx_facts import load_onnx_file
+
+    with pytest.raises(InputError, match=r"empty\.onnx: empty file, not an ONNX model"):
+        load_onnx_file(tmp_path / "empty.onnx")
+
+
 def test_truncated_checkpoint(tmp_path) -> None:
     config = {"scale": 4, "num_blocks": 1, "num_features": 8}
     good = save_checkpoint(tmp_path / "good.pt", SRResNet(**config), config)
