@@ -147,6 +147,9 @@ class OnnxRuntimeBackend(Backend):
         model = load_onnx_file(path, load_weights=emulate_fp16)
         if len(model.graph.input) != 1 or len(model.graph.output) < 1:
             raise InputError(f"{path}: expected a graph with one image input, found {len(model.graph.input)} inputs")
+        if len(shape := _static_dims(model)) != 4 or shape[1] not in (None, 3):  # ORT's own error is a page
+            shown = "x".join("?" if d is None else str(d) for d in shape)
+            raise InputError(f"{path}: its input is {shown}; sr-deploy feeds RGB images as Nx3xHxW")
         graph_precision = _graph_precision(model)
         device = (device or "cpu").lower()
         if device == "auto":

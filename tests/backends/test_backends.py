@@ -135,6 +135,21 @@ def test_load_picks_the_backend_by_file_type(tiny_srresnet, tiny_onnx, tmp_path)
         np.testing.assert_allclose(from_pt(x), from_module(x), atol=1e-6)
 
 
+def test_an_onnx_graph_that_does_not_take_rgb_is_refused_in_one_line(tmp_path):
+    """A 1-channel (greyscale) ONNX model failed inside ONNX Runtime with a page of text, exit 1."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, "H", "W"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1, "H", "W"])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "grey", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, tmp_path / "grey.onnx")
+    with pytest.raises(InputError, match=r"grey\.onnx: its input is \?x1x\?x\?; sr-deploy feeds RGB images as Nx3xHxW"):
+        load(tmp_path / "grey.onnx")
+
+
 def test_load_errors_name_the_file(tiny_onnx, tmp_path):
     with pytest.raises(InputError, match=r"missing\.onnx: no such model file"):
         load(tmp_path / "missing.onnx")
