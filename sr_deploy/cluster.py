@@ -42,7 +42,7 @@ from .model_file import model_files, model_files_id
 from .upscale import Job, UpscaleOptions, UpscaleSummary, jobs_to_run, load_backend, plan_checked, summarize
 from .upscale.remote import ANSWER_KEYS, RemoteRun, pool_size, run_row
 from .upscale.remote_stored import StoredRemoteRun
-from .upscale.run import model_identity, settled_for_workers, with_threads
+from .upscale.run import model_identity, settled_for_workers, with_model_outscale, with_threads
 from .upscale.stored import plan_stored_checked, stored_jobs_to_run, sweep_partials, uses_store
 from .util.files import process_scratch_dir
 from .util.log import Progress as Log
@@ -252,6 +252,7 @@ def run_jobs_on_ray(
     ray = import_ray()
     # skip / resume: the rule compares the model's identity with what outputs record (the thread
     # count is not settled here: the pool fits it to the cluster below)
+    options = with_model_outscale(options)  # as `settled` makes it for the workers: one record
     options = dataclasses.replace(options, model_id=model_identity(options.model))  # the file's id, read from disk
     outcomes, todo = (stored_jobs_to_run if stored else jobs_to_run)(jobs, options, log)
     summary = summarize(outcomes)

@@ -23,9 +23,11 @@ from .config import first_line
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """`torch.save(obj)` to `path` under a temporary name, renamed over `path` when complete."""
-    with atomic_write(path) as tmp:
-        torch.save(obj, tmp)
+    """`torch.save(obj)` to `path` under a temporary name, renamed over `path` when complete. Into
+    an open file, not by name: torch names the archive inside after the file it is given, and the
+    temporary name is unique per write, so the same state would give other bytes every time."""
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def write_text_atomically(path: Path, text: str) -> None:

@@ -107,6 +107,16 @@ def check_session_providers(
         )
 
 
+def _check_image_graph(path: Path, model: Any) -> None:
+    """InputError unless the graph takes one Nx3xHxW image (ONNX Runtime's own error for a
+    greyscale model is a page of text)."""
+    if len(model.graph.input) != 1 or len(model.graph.output) < 1:
+        raise InputError(f"{path}: expected a graph with one image input, found {len(model.graph.input)} inputs")
+    if len(shape := _static_dims(model)) != 4 or shape[1] not in (None, 3):
+        shown = "x".join("?" if d is None else str(d) for d in shape)
+        raise InputError(f"{path}: its input is {shown}; sr-deploy feeds RGB images as Nx3xHxW")
+
+
 class OnnxRuntimeBackend(Backend):
     """Runs an ONNX super-resolution graph with ONNX Runtime.
 
@@ -145,11 +155,7 @@ class OnnxRuntimeBackend(Backend):
         path = Path(onnx_path)
         # Weights kept on disk unless the fp16 emulation rebuilds the graph from this same load.
         model = load_onnx_file(path, load_weights=emulate_fp16)
-        if len(model.graph.input) != 1 or len(model.graph.output) < 1:
-            raise InputError(f"{path}: expected a graph with one image input, found {len(model.graph.input)} inputs")
-        if len(shape := _static_dims(model)) != 4 or shape[1] not in (None, 3):  # ORT's own error is a page
-            shown = "x".join("?" if d is None else str(d) for d in shape)
-            raise InputError(f"{path}: its input is {shown}; sr-deploy feeds RGB images as Nx3xHxW")
+        _check_image_graph(path, model)
         graph_precision = _graph_precision(model)
         device = (device or "cpu").lower()
         if device == "auto":

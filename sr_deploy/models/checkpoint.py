@@ -240,8 +240,8 @@ def read_weights_file(path: Path) -> tuple[Any, dict[str, Any]]:
     except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError... here
         if found := re.search(r"Unsupported global: GLOBAL ([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+) ", str(exc)):
             raise InputError(  # a class, not only tensors: torch.save(model) rather than its state_dict
-                f"{path}: holds a pickled {found[1]} (a whole model saved with torch.save(model)?), which "
-                "is not loaded for safety: save its state_dict() instead"
+                f"{path}: holds a pickled {found[1]}, which is not loaded for safety (a whole model "
+                "saved with torch.save(model)? save its state_dict() instead)"
             ) from exc
         raise InputError(
             f"{path}: not a readable PyTorch checkpoint ({_shorten(first_line(exc, limit=10_000))})"

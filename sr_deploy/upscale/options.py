@@ -101,14 +101,15 @@ class UpscaleOptions:
             dedup_threshold=self.dedup_threshold,
         )
 
-    def recorded(self, kind: str, extension: str) -> dict[str, str]:
+    def recorded(self, kind: str, extension: str, bit_depth: int = 8) -> dict[str, str]:
         """The settings that decide what an output of `kind` ("image" / "video") and `extension`
         is, as its record (`util.text.provenance`) names them and the skip rule compares them
         (`plan.jobs_to_run`): as given (``outscale=model``: the model's own scale); an image's
         quality only where its format is lossy, resolved to the format's default. The tiles and
-        the precision are not among them: they are how a job runs, not what it makes."""
+        the precision are not among them: they are how a job runs, not what it makes. A video's
+        default encoder depends on the input's `bit_depth`."""
         if kind == "video":
-            return self.video().recorded(extension)
+            return self.video().recorded(extension, bit_depth)
         settings = {"outscale": "model" if self.outscale is None else f"{self.outscale:.15g}"}
         fmt = image_format(extension)
         if fmt is not None and fmt.quality is not None:

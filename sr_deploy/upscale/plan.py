@@ -23,7 +23,7 @@ from ..imaging import IMAGE_EXTENSIONS, OUTPUT_IMAGE_FORMATS, image_file_text, i
 from ..util.log import Progress as Log
 from ..util.log import to_stderr
 from ..util.text import PROVENANCE_KEY, provenance_fields, same_model, shown
-from ..video import VIDEO_EXTENSIONS, container_tag, is_video_path
+from ..video import VIDEO_EXTENSIONS, container_tag, is_video_path, probe_video
 from .options import UpscaleOptions
 
 Kind = Literal["image", "video"]
@@ -244,12 +244,16 @@ def record_found(
     return provenance_fields(image_text(target, PROVENANCE_KEY)) or {}
 
 
-def expected_record(job: Job, options: UpscaleOptions, input_bytes: int | None) -> dict[str, str]:
+def expected_record(
+    job: Job, options: UpscaleOptions, input_bytes: int | None, bit_depth: int | None = None
+) -> dict[str, str]:
     """What this run would record in `job`'s output besides the precision (`util.text.provenance`):
-    the model, the settings that decide the output, the input's size."""
-    record = {"model": options.model_id} | options.recorded(job.kind, Path(str(job.target)).suffix)
-    if job.kind == "video" and not options.codec:
-        del record["codec"]  # the input's default (by its bit depth, not probed here), pinned by its size
+    the model, the settings that decide the output, the input's size. Without --codec a video's
+    encoder is its input's default (by its `bit_depth`); when that is not known (an input in a
+    store, not read here) the encoder is left out of the comparison."""
+    record = {"model": options.model_id} | options.recorded(job.kind, Path(str(job.target)).suffix, bit_depth or 8)
+    if job.kind == "video" and not options.codec and bit_depth is None:
+        del record["codec"]
     return record | ({"input_bytes": str(input_bytes)} if input_bytes is not None else {})
 
 
@@ -276,11 +280,20 @@ def record_mismatch(found: dict[str, str] | None, expected: dict[str, str]) -> s
     return None
 
 
-def local_input_bytes(source: Path) -> int | None:
+def local_input_bytes(source: str | Path) -> int | None:
     """The size of a local input file, None when it cannot be read now (the job itself says why)."""
     try:
-        return source.stat().st_size
+        return Path(source).stat().st_size
     except OSError:
+        return None
+
+
+def local_bit_depth(source: str | Path) -> int | None:
+    """A local video input's bits per sample (its header and first frame), None when it cannot be
+    read now or is not local: what decides the default encoder of its output."""
+    try:
+        return probe_video(Path(source)).bit_depth
+    except Exception:  # a damaged or missing input: its job says why
         return None
 
 
@@ -289,12 +302,15 @@ def existing_output(
     options: UpscaleOptions,
     recorded: Callable[[Path], dict[str, str] | None] = output_record,
     input_bytes: Callable[[Path], int | None] = local_input_bytes,
+    bit_depth: Callable[[Path], int | None] = local_bit_depth,
 ) -> Outcome:
     """What becomes of `job` when its output is already done: skipped when its record says this run
     would make it again (`record_mismatch`), else failed (code 2), the file kept."""
     why = None
     if options.model_id:
-        why = record_mismatch(recorded(job.target), expected_record(job, options, input_bytes(job.source)))
+        depth = bit_depth(job.source) if job.kind == "video" and not options.codec else None
+        expected = expected_record(job, options, input_bytes(job.source), depth)
+        why = record_mismatch(recorded(job.target), expected)
     if why is None:
         return Outcome(job, "skipped", path=job.target)
     return Outcome(job, "failed", f"{shown(job.target)}: {why}: --overwrite redoes it, or choose another OUT", 2)
@@ -305,7 +321,7 @@ def made_meanwhile(job: Job, options: UpscaleOptions) -> Outcome | None:
     output since this run's skip pass (`existing_output`: skipped if it is what this run would make,
     else failed), so that two runs started together never both write it, nor one replace the
     other's output of another model; None when it is still to do (or --overwrite)."""
-    if options.overwrite or status(job.target) != "done":
+    if options.overwrite or status(Path(str(job.target))) != "done":  # a stored job's target is text
         return None
     return existing_output(job, options)
 
@@ -317,6 +333,7 @@ def jobs_to_run(
     state: Callable[[Path], str] = status,
     recorded: Callable[[Path], dict[str, str] | None] = output_record,
     input_bytes: Callable[[Path], int | None] = local_input_bytes,
+    bit_depth: Callable[[Path], int | None] = local_bit_depth,
 ) -> tuple[list[Outcome], list[Job]]:
     """The skip / resume rule of every run, local or on a cluster: an output that is done (a
     non-empty file) is skipped unless `options.overwrite`, when its record says this run would make
@@ -324,7 +341,7 @@ def jobs_to_run(
     or that its format could say it but holds no record (a file not made by sr-deploy), fails that
     job (code 2) instead: a re-run with another --model, --realism or --outscale, or from another
     input with the same name, must not count the old outputs as its own. A folder under the
-    output's name fails that job too. `state`, `recorded` and `input_bytes`: how a location's
+    output's name fails that job too. `state`, `recorded`, `input_bytes` and `bit_depth`: how a location's
     state, record and an input's size are read (`upscale.stored` passes its own for objects in a
     store). Returns the outcomes so far and the jobs left to run."""
     outcomes: list[Outcome] = []
@@ -337,7 +354,7 @@ def jobs_to_run(
             )
             log(f"error: {outcomes[-1].message}")
         elif found == "done" and not options.overwrite:
-            outcomes.append(existing_output(job, options, recorded, input_bytes))
+            outcomes.append(existing_output(job, options, recorded, input_bytes, bit_depth))
             if outcomes[-1].state == "failed":
                 log(f"error: {outcomes[-1].message}")
         else:

@@ -180,6 +180,12 @@ class RemoteRun:
                 continue
             if not self._lock(index, job):
                 continue
+            if (meanwhile := made_meanwhile(job, options)) is not None:  # finished since the skip pass
+                self.locks.pop(index).close()
+                self.summary.add(meanwhile)
+                if meanwhile.state == "failed":
+                    self.report(f"error: {meanwhile.message}")
+                continue
             try:
                 settings = piece_settings(options, model_id, suffix)
                 pieces = self._cut(job, scratch / f"video-{index}", options.segment_seconds, settings)

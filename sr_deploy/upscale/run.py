@@ -164,6 +164,14 @@ def model_scale(model: str, backend: Backend | None = None) -> int | None:
         return None
 
 
+def with_model_outscale(options: UpscaleOptions, backend: Backend | None = None) -> UpscaleOptions:
+    """`options` without ``--outscale`` where it is the model's own scale: the same bytes as
+    without it, so the same record and the same skip (Real-ESRGAN users type ``-s 4``)."""
+    if options.outscale is not None and options.outscale == model_scale(options.model, backend):
+        return dataclasses.replace(options, outscale=None)
+    return options
+
+
 def settled(options: UpscaleOptions, backend: Backend | None = None) -> UpscaleOptions:
     """`options` with the job's decisions made once, by the driver, before any work: the model's
     identity (`model_identity`), ``--outscale`` dropped where it is the model's scale, the CPU
@@ -175,8 +183,8 @@ def settled(options: UpscaleOptions, backend: Backend | None = None) -> UpscaleO
     changes: dict = {}
     if not options.model_id:
         changes["model_id"] = model_identity(options.model)
-    if options.outscale is not None and options.outscale == model_scale(options.model, backend):
-        changes["outscale"] = None  # the same bytes as without it, so the same record (Real-ESRGAN users type -s 4)
+    if with_model_outscale(options, backend) is not options:
+        changes["outscale"] = None
     if options.threads is None:
         changes["threads"] = with_threads(options).threads
     if backend is not None and options.precision == "auto":
@@ -322,7 +330,7 @@ def run_todo(
                 report(f"error: {outcome.message}")
             elif job.kind == "image":
                 bar.update(1)
-            else:
+            elif outcome.message:  # a video skipped under its lock (made meanwhile) has nothing to say
                 report(outcome.message)
             summary.add(outcome)
     finally:

@@ -40,6 +40,7 @@ from .plan import (
     existing_output,
     jobs_to_run,
     kind_of,
+    local_bit_depth,
     local_input_bytes,
     note_left_out,
     output_record,
@@ -203,8 +204,19 @@ def _stored_input_bytes(source: str | Path) -> int | None:
 def stored_jobs_to_run(jobs: Sequence[Job], options: UpscaleOptions, log: Log) -> tuple[list[Outcome], list[Job]]:
     """`plan.jobs_to_run` for locations (URIs or local paths)."""
     return jobs_to_run(
-        jobs, options, log, state=_stored_state, recorded=_stored_record, input_bytes=_stored_input_bytes
+        jobs,
+        options,
+        log,
+        state=_stored_state,
+        recorded=_stored_record,
+        input_bytes=_stored_input_bytes,
+        bit_depth=_stored_bit_depth,
     )
+
+
+def _stored_bit_depth(source: str | Path) -> int | None:
+    """`plan.local_bit_depth` for a location: None for an object in a store (not read to plan)."""
+    return None if storage.is_uri(str(source)) else local_bit_depth(source)
 
 
 def stage_dir(target: str) -> Path:
@@ -244,7 +256,7 @@ def run_staged(
     try:
         with exclusive_output(stage_dir(target)):
             if not options.overwrite and _stored_state(target) == "done":  # finished since the skip pass
-                return existing_output(job, options, _stored_record, _stored_input_bytes)
+                return existing_output(job, options, _stored_record, _stored_input_bytes, _stored_bit_depth)
             return _run_staged(job, backend, options, log, video)
     except OutputBusy:
         return Outcome(
@@ -261,6 +273,10 @@ def _run_staged(job: Job, backend: Backend, options: UpscaleOptions, log: Log, v
         local_target.parent.mkdir(parents=True, exist_ok=True)
     except SRDeployError as exc:
         return Outcome(job, "failed", str(exc) if source in str(exc) else f"{source}: {exc}", exc.exit_code)
+
+    if storage.is_uri(target) and local_target.is_file() and not options.overwrite:  # a put that failed
+        if existing_output(Job(local_source, local_target, job.kind), options).state != "skipped":
+            local_target.unlink()  # another model's or settings' copy: made again, not refused
 
     def named(text: str) -> str:  # the input and output as the user gave them, not their stage copies
         return text.replace(str(local_source), source).replace(str(local_target), target)

@@ -128,7 +128,7 @@ def test_a_folder_a_whole_pickled_model_and_an_empty_onnx_are_named_for_what_the
     assert code == 2 and output.startswith(
         f"error: {tmp_path / 'whole.pth'}: holds a pickled sr_deploy.models.srresnet.SRResNet"
     )
-    assert "save its state_dict() instead" in output and len(output.splitlines()) == 1
+    assert "save its state_dict() instead)" in output and len(output.splitlines()) == 1
     (tmp_path / "empty.onnx").write_bytes(b"")
     from sr_deploy.util.onnx_facts import load_onnx_file
 

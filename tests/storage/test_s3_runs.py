@@ -243,6 +243,20 @@ def test_an_output_whose_put_failed_is_put_by_the_next_run(tiny_model, set5_dir,
     again = run_staged(job, backend, options)
     assert again.state == "done", again
     assert list(s3_objects(f"s3://{bucket}/out")) == ["bird.png"]
+    # a stage copy of another model's output whose put failed is made again, not refused
+    # ("already there") while the store does not have it
+    s3_fs().rm(f"{bucket}/out/bird.png")
+    other = save_tiny_srvgg(tiny_model.parent / "other-put.pt", seed=2)
+    monkeypatch.setattr(storage, "put_atomic", unreachable)
+    assert run_staged(job, cpu_backend(other), settled(_options(other))).state == "failed"
+    monkeypatch.setattr(storage, "put_atomic", put)
+    redone = run_staged(job, backend, options)
+    assert redone.state == "done", redone
+    put_back = tiny_model.parent / "put-back.png"
+    put_back.write_bytes(s3_objects(f"s3://{bucket}/out")["bird.png"])
+    from sr_deploy.upscale.plan import output_record
+
+    assert output_record(put_back)["model"].startswith("tiny.pt:")  # this run's model, not the stale copy's
 
 
 def test_a_video_from_s3_to_s3_equals_a_local_run(tiny_model, video_dir, bucket, tmp_path):

@@ -199,3 +199,36 @@ def test_an_output_another_run_finished_meanwhile_is_neither_redone_nor_replaced
     driver.answer(0, 0, True, "", 0, b"a picture made meanwhile by this run's row", 0)
     assert summary.skipped and not summary.failed and not summary.done
     assert target.read_bytes() == made
+
+
+def test_the_ray_drivers_second_look_works_for_videos_and_for_targets_given_as_text(video_dir, set5_dir, tmp_path):
+    """A video another run finished between the `--ray` driver's skip pass and its lock is not cut
+    and sent again (refused here: it is not sr-deploy's); a stored run's image going to a local
+    OUT (a target given as text) is written, and one that appeared meanwhile is left alone
+    (it raised AttributeError and ended the whole run)."""
+    from sr_deploy.upscale import UpscaleOptions, UpscaleSummary
+    from sr_deploy.upscale.plan import Job
+    from sr_deploy.upscale.remote import RemoteRun
+    from sr_deploy.upscale.remote_stored import StoredRemoteRun
+
+    options = UpscaleOptions(model="unused", model_id="unused:0", progress=False)
+    clip = make_clip(video_dir / "car_traffic_small.mp4", tmp_path / "clip.mp4", 0.3, size=(48, 28), audio=False)
+    video_out = tmp_path / "out" / "clip.mp4"
+    video_out.parent.mkdir()
+    video_out.write_bytes(clip.read_bytes())  # finished meanwhile, by something else
+    summary = UpscaleSummary()
+    driver = RemoteRun([Job(clip, video_out, "video")], summary, lambda line: None)
+    driver.plan(options, "unused:0", tmp_path / "scratch")
+    assert driver.rows == [] and summary.failed[0][2] == 2 and "does not say sr-deploy made it" in summary.failed[0][1]
+    driver.close()
+    assert video_out.read_bytes() == clip.read_bytes()
+
+    target = tmp_path / "local" / "a.png"
+    summary = UpscaleSummary()
+    stored = StoredRemoteRun([Job("s3://bucket/in/a.png", str(target), "image")], summary, lambda line: None)
+    stored.options = options
+    stored.answer(0, 0, True, "", 0, b"our picture", 0)
+    assert summary.done and target.read_bytes() == b"our picture"
+    target.write_bytes(b"another run's picture")
+    stored.answer(0, 0, True, "", 0, b"our picture", 0)
+    assert summary.failed and target.read_bytes() == b"another run's picture"

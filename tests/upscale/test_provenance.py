@@ -262,6 +262,11 @@ def test_a_rerun_skips_only_outputs_its_own_input_and_settings_made(set5_dir, mo
     same = _upscale(card1, out, model, "--ext", "jpg", "--quality", "95", "--tile", "16")  # the tiles: how, not what
     assert same.exit_code == 0 and "0 done, 1 skipped" in same.stderr, same.output
     # --outscale 4 with a x4 model makes the same bytes as no --outscale: the same output, skipped
+    # (the --ray driver's skip pass drops it the same way: `with_model_outscale`)
+    from sr_deploy.upscale.run import with_model_outscale
+
+    assert with_model_outscale(UpscaleOptions(model=str(model), outscale=4.0)).outscale is None
+    assert with_model_outscale(UpscaleOptions(model=str(model), outscale=2.0)).outscale == 2.0
     same = _upscale(card1, out, model, "--ext", "jpg", "--outscale", "4")
     assert same.exit_code == 0 and "0 done, 1 skipped" in same.stderr, same.output
     again = _upscale(card1, tmp_path / "out4", model, "--ext", "jpg", "--outscale", "4.0")
@@ -323,6 +328,13 @@ def test_a_ten_bit_videos_default_encoder_is_recorded_and_resumes(video_dir, mod
     other = _upscale(deep, out, model, "--codec", "libx264")
     assert other.exit_code == 2
     assert "made with other settings (codec=libx265; this run: codec=libx264)" in other.stderr, other.output
+
+    # an 8-bit input made with --codec libx265: a run without --codec would make H.264, not skip it
+    eight = make_clip(video_dir / "car_traffic_small.mp4", tmp_path / "eight.mp4", 0.2, size=(48, 28), audio=False)
+    assert _upscale(eight, tmp_path / "e.mp4", model, "--codec", "libx265").exit_code == 0
+    plain = _upscale(eight, tmp_path / "e.mp4", model)
+    assert plain.exit_code == 2
+    assert "made with other settings (codec=libx265; this run: codec=libx264)" in plain.stderr, plain.output
 
     settings = {"options": {"codec": None}, "record": VideoOptions().recorded(".mp4")}
     assert settings["record"]["codec"] == "libx264"  # before the input is probed
