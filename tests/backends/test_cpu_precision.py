@@ -175,7 +175,9 @@ def test_cache_command_lists_and_clears_the_verdicts(tiny_srresnet, amx_cpu):
     assert "parity 61.2 dB on Set5 crops" in lines[1] or "parity 61.3 dB on Set5 crops" in lines[1]
     assert lines[2].startswith("  fp32  model fedcba987654") and "parity 41.0 dB" in lines[2]
     cleared = CliRunner().invoke(cli, ["cache", "--clear"])
-    assert cleared.exit_code == 0 and cleared.output == f"removed 2 verdicts from {amx_cpu}\n"
+    blends = amx_cpu.parent / "realism"  # $SR_DEPLOY_CACHE/realism: none made here
+    assert cleared.exit_code == 0
+    assert cleared.output == f"removed 2 verdicts from {amx_cpu}\nremoved 0 --realism blends from {blends}\n"
     assert not amx_cpu.exists()
     assert CliRunner().invoke(cli, ["cache"]).output == f"{amx_cpu}: 0 CPU precision verdicts\n"
 
