@@ -409,6 +409,10 @@ def run_eval(
         raise InputError(f"--degrade {degrade}: not together with --lr-dir (the LR images are given)")
     for d in dataset_dirs:  # fail before loading a model when a folder is wrong
         list_images(d)
+    names = [Path(d).name for d in dataset_dirs]
+    if save_dir is not None and len(set(names)) < len(names):  # save_dir/<name>/ would mix two sets
+        twice = next(name for name in names if names.count(name) > 1)
+        raise InputError(f"--save-dir {save_dir}: two --dataset folders are named {twice}; their images would mix")
     lpips = lpips_metrics(metrics, perceptual_weights)  # likewise for missing LPIPS weights
     # scale None: the model's own (bicubic, which has none, is x4 unless asked otherwise).
     upscaler = upscaler_for(model, backend, device, precision, scale=scale or 4)

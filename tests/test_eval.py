@@ -313,3 +313,17 @@ def test_scores_are_fp32_by_default_on_every_machine(small_set, tiny_checkpoint)
     code, stdout, stderr = _eval(str(tiny_checkpoint), "--dataset", str(small_set), "--quiet")
     assert code == 0, stderr
     assert stdout.strip().splitlines()[-1].startswith("small x4 tiny.pt (torch, cpu, fp32): PSNR ")
+
+
+def test_two_datasets_of_one_name_are_refused_with_save_dir(tmp_path, small_set):
+    """`--dataset a/Set5 --dataset b/Set5 --save-dir out`: both wrote out/Set5/, the second set's
+    images over the first's. Refused before any scoring."""
+    import shutil
+
+    other = tmp_path / "other" / small_set.name
+    shutil.copytree(small_set, other)
+    code, stdout, stderr = _eval(
+        "bicubic", "--dataset", str(small_set), "--dataset", str(other), "--save-dir", str(tmp_path / "out")
+    )
+    assert code == 2 and "two --dataset folders are named small; their images would mix" in stderr, stderr
+    assert not (tmp_path / "out").exists() and "PSNR" not in stdout
