@@ -30,6 +30,7 @@ into it when complete, replacing an older export of the same name.
 
 from __future__ import annotations
 
+import re
 import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -417,6 +418,10 @@ def write_readme(repo: Path, models: list[TritonModel], scale: int) -> Path:
                 else ""
             )
         )
+    for name in sorted(set(present) - {item.name for item in models}):  # exported into it earlier
+        config = (repo / name / "config.pbtxt").read_text(errors="replace")
+        kind = re.search(r'^(?:platform|backend):\s*"([^"]+)"', config, re.MULTILINE)
+        lines.append(f"- `{name}`: {kind[1] if kind else 'see its config.pbtxt'} (exported earlier)")
     lines += [
         "",
         "## Start Triton on it",

@@ -265,6 +265,17 @@ def test_repositories_carry_a_request_bound_and_bind_to_loopback(tiny_model, tmp
         assert "-p 8000:8000" not in readme and "reverse proxy" in readme and "--http-restricted-api" in readme
 
 
+def test_the_readme_lists_every_model_of_the_repository(tiny_model, tmp_path):
+    """Exporting `sr` and then `sr_py` into one repository: the README's list named only `sr_py`
+    (its "Models here" line named both)."""
+    repo = tmp_path / "repo"
+    for name, flavour in (("sr", "onnx"), ("sr_py", "python")):
+        args = ["export", str(tiny_model), "--triton-repo", str(repo), "--name", name, "--no-verify"]
+        assert CliRunner().invoke(cli, [*args, "--triton-flavour", flavour]).exit_code == 0
+    readme = (repo / "README.md").read_text()
+    assert "- `sr`: onnxruntime_onnx (exported earlier)" in readme and "- `sr_py`: python" in readme
+
+
 def test_the_client_refuses_an_oversized_request_before_sending():
     from sr_deploy.errors import InputError
     from sr_deploy.serving import MAX_REQUEST_PIXELS, infer
