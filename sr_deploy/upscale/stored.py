@@ -293,7 +293,7 @@ def _run_staged(job: Job, backend: Backend, options: UpscaleOptions, log: Log, v
             storage.put_atomic(written, path)
         except SRDeployError as exc:
             return Outcome(job, "failed", str(exc), exc.exit_code)
-    if outcome.state != "failed":  # a failed video keeps its segments here for the re-run
+    if outcome.state != "failed" or job.kind == "image":  # a failed video keeps its segments for the re-run
         shutil.rmtree(stage, ignore_errors=True)
     return Outcome(job, outcome.state, message, outcome.code, path, outcome.frames)  # type: ignore[arg-type]
 

@@ -259,6 +259,24 @@ def test_an_output_whose_put_failed_is_put_by_the_next_run(tiny_model, set5_dir,
     assert output_record(put_back)["model"].startswith("tiny.pt:")  # this run's model, not the stale copy's
 
 
+def test_a_failed_image_leaves_no_stage_folder_behind(tiny_model, bucket):
+    """A damaged image object fails in one line; its fetched copy does not stay in $TMPDIR for
+    ever (a video's stays: its segments resume the next run)."""
+    from _upscale_support import cpu_backend
+
+    from sr_deploy.upscale import settled
+    from sr_deploy.upscale.plan import Job
+    from sr_deploy.upscale.stored import run_staged, stage_dir
+
+    s3_fs().pipe_file(f"{bucket}/in/broken.png", b"\x89PNG\r\n\x1a\n not really")
+    target = f"s3://{bucket}/out/broken.png"
+    outcome = run_staged(
+        Job(f"s3://{bucket}/in/broken.png", target, "image"), cpu_backend(tiny_model), settled(_options(tiny_model))
+    )
+    assert outcome.state == "failed" and outcome.code == 2, outcome
+    assert not stage_dir(target).exists()
+
+
 def test_a_video_from_s3_to_s3_equals_a_local_run(tiny_model, video_dir, bucket, tmp_path):
     from test_cluster import _frame_md5s, _small_clip
 
