@@ -315,6 +315,18 @@ def test_scores_are_fp32_by_default_on_every_machine(small_set, tiny_checkpoint)
     assert stdout.strip().splitlines()[-1].startswith("small x4 tiny.pt (torch, cpu, fp32): PSNR ")
 
 
+def test_an_fp16_onnx_export_is_scored_and_named_in_its_own_precision(tmp_path, small_set, tiny_checkpoint):
+    """The fp32 default is for checkpoints: an exported fp16 graph computes in fp16 whatever is
+    asked, and was labelled fp32."""
+    from sr_deploy.export import export_onnx
+
+    fp16 = tmp_path / "tiny-fp16.onnx"
+    export_onnx(tiny_checkpoint, fp16, fp16=True, exporter="legacy", verify=False, log=None)
+    code, stdout, stderr = _eval(str(fp16), "--dataset", str(small_set), "--quiet")
+    assert code == 0, stderr
+    assert "(onnxruntime, cpu, fp16): PSNR " in stdout.strip().splitlines()[-1]
+
+
 def test_two_datasets_of_one_name_are_refused_with_save_dir(tmp_path, small_set):
     """`--dataset a/Set5 --dataset b/Set5 --save-dir out`: both wrote out/Set5/, the second set's
     images over the first's. Refused before any scoring."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from ..errors import InputError
@@ -32,7 +34,8 @@ from .options import BACKEND_CHOICE, PRECISION_CHOICE, device_option, realism_op
     default="fp32",
     show_default=True,
     type=PRECISION_CHOICE,
-    help="Inference precision: fp32 scores the same on every machine (auto: bf16 / fp16 where the device has it).",
+    help="Inference precision: fp32 scores the same on every machine (auto: bf16 / fp16 where the device has it; "
+    "an .onnx / .engine file: its own).",
 )
 @click.option(
     "--json",
@@ -93,6 +96,9 @@ def eval_(
     from ..realism import realism_blend
 
     metric_names = parse_metrics(metrics)
+    source = click.get_current_context().get_parameter_source("precision")
+    if source is click.core.ParameterSource.DEFAULT and Path(model).suffix.lower() in (".onnx", ".engine", ".plan"):
+        precision = "auto"  # an exported file computes in its own precision: say that one, not fp32
     if json_path:
         check_output_path(json_path, (".json",))  # before the evaluation, not after it
     if save_dir:
