@@ -80,15 +80,18 @@ class BenchOptions:
                 raise InputError(f"batch size must be >= 1, got {b}")
         if not self.sizes:
             raise InputError("no input sizes given")
-        for (height, width), batch in ((size, b) for size in self.sizes for b in self.batch_sizes):
-            # x4 and the default memory model: the model is not loaded yet, and this only refuses
-            # what no machine of this size could run
-            what = f"--sizes {height}x{width} --batch-sizes {batch}"
-            check_call_fits(what, int(batch) * height * width, 4, DEFAULT_LIVE_VALUES_PER_HR_PIXEL)
         if self.video is not None and not Path(self.video).is_file():
             raise InputError(f"{self.video}: no such video file")
         if self.video_frames < 1:
             raise InputError(f"--video-frames must be >= 1, got {self.video_frames}")
+
+    def check_memory(self, scale: int) -> None:
+        """InputError for a size and batch whose one call at `scale` would need more than this
+        machine's RAM (`util.memory.check_call_fits`, the default memory model): refused before
+        anything is allocated, not by the OOM killer."""
+        for (height, width), batch in ((size, b) for size in self.sizes for b in self.batch_sizes):
+            what = f"--sizes {height}x{width} --batch-sizes {batch}"
+            check_call_fits(what, int(batch) * height * width, scale, DEFAULT_LIVE_VALUES_PER_HR_PIXEL)
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,7 @@ def run_benchmark(model: str | Path | nn.Module, **options: Any) -> BenchReport:
     pairs = backend_device_pairs(opts.backends, devices)
     precisions = parse_list(opts.precisions, PRECISIONS, what="precision") if opts.precisions is not None else None
     subject = load_subject(model)
+    opts.check_memory(subject.scale)
     given = given_onnx(opts.onnx_models)
     machine = machine_info([d for _, d in pairs])
     flops, flops_source = flops_of(subject)
