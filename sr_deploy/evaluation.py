@@ -340,7 +340,13 @@ def evaluate_dataset(
                     f"{lr_path}: {'grey' if lr.ndim == 2 else 'colour'} LR image for a "
                     f"{'grey' if hr.ndim == 2 else 'colour'} HR image {path.name}"
                 )
-        result, sr = evaluate_image(upscale_fn, hr, scale, lr=lr, name=path.name, lpips=lpips, degradation=degradation)
+        try:  # `name` seeds the degradation's noise: the file is named in full here instead
+            result, sr = evaluate_image(
+                upscale_fn, hr, scale, lr=lr, name=path.name, lpips=lpips, degradation=degradation
+            )
+        except InputError as exc:
+            where = lr_path if lr is not None and ": LR image is " in str(exc) else path
+            raise InputError(f"{where}: {str(exc).split(': ', 1)[-1]}") from None
         results.append(result)
         if out_folder is not None:
             write_image(out_folder / f"{path.stem}.png", sr)

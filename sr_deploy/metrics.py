@@ -207,7 +207,7 @@ def bicubic_degrade(hr: np.ndarray, scale: int, quantize: bool = True) -> tuple[
     scale = int(scale)
     hr_cropped = modcrop(hr, scale)
     if hr_cropped.shape[0] == 0 or hr_cropped.shape[1] == 0:
-        raise ValueError(f"bicubic_degrade: image {hr.shape[:2]} is smaller than the scale {scale}")
+        raise ValueError(f"the image ({hr.shape[1]}x{hr.shape[0]}) is smaller than the scale {scale}")
     lr = imresize(hr_cropped, scale=1.0 / scale)
     if quantize:
         lr = np.clip(np.round(lr), 0, 255)

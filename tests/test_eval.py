@@ -141,8 +141,14 @@ def test_lr_dir_with_the_same_bicubic_lr_gives_the_same_scores(tmp_path, small_s
     assert [r.psnr for r in given.images] == pytest.approx([r.psnr for r in made.images], abs=1e-9)
     # a wrong-size LR image is named
     cv2.imwrite(str(lr_dir / "birdx4.png"), np.zeros((5, 5, 3), np.uint8))
-    with pytest.raises(InputError, match="bird.png: LR image is"):
+    with pytest.raises(InputError, match=rf"^{lr_dir / 'birdx4.png'}: LR image is \(5, 5, 3\), expected"):
         evaluate_dataset(bicubic_upscaler(4), small_set, 4, lr_dir=lr_dir, progress=False)
+    # an HR image too small to score is named with its folder, in words (not a function's name)
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    cv2.imwrite(str(tiny / "t.png"), np.zeros((3, 3, 3), np.uint8))
+    with pytest.raises(InputError, match=rf"^{tiny / 't.png'}: the image \(3x3\) is smaller than the scale 4$"):
+        evaluate_dataset(bicubic_upscaler(4), tiny, 4, progress=False)
 
 
 def test_identical_output_scores_inf_and_json_says_so(tmp_path, small_set):

@@ -22,7 +22,7 @@ import click
 from .. import __version__
 from ..errors import SRDeployError
 from ..util.log import DEBUG_ENV
-from ..util.text import first_line
+from ..util.text import first_line, shown
 from . import benchmark, evaluate, export, models, upscale
 
 __all__ = ["cli", "main"]
@@ -73,7 +73,7 @@ class _Group(click.Group):
         except SRDeployError as exc:
             if debug:
                 traceback.print_exc()
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {shown(exc)}", err=True)  # a newline in a file name stays on the line
             ctx.exit(exc.exit_code)
         except Exception as exc:  # unexpected: still one line unless --debug
             if debug:

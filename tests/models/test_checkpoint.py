@@ -136,6 +136,13 @@ def test_a_folder_a_whole_pickled_model_and_an_empty_onnx_are_named_for_what_the
         load_onnx_file(tmp_path / "empty.onnx")
 
 
+def test_an_error_about_a_file_whose_name_holds_a_newline_stays_on_one_line(tmp_path) -> None:
+    """Every command's error line: a newline in a file name is written as \\n (it split the line
+    that scripts read)."""
+    code, output = _info(tmp_path / "no\nsuch.pt")
+    assert code == 2 and output == f"error: {tmp_path}/no\\nsuch.pt: no such model file\n"
+
+
 def test_truncated_checkpoint(tmp_path) -> None:
     config = {"scale": 4, "num_blocks": 1, "num_features": 8}
     good = save_checkpoint(tmp_path / "good.pt", SRResNet(**config), config)
