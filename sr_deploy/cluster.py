@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import sys
@@ -45,8 +46,8 @@ from .upscale.remote_stored import StoredRemoteRun
 from .upscale.run import model_identity, settled_for_workers, with_model_outscale, with_threads
 from .upscale.stored import plan_stored_checked, stored_jobs_to_run, sweep_partials, uses_store
 from .util.files import process_scratch_dir
+from .util.log import DEBUG_ENV, to_stderr
 from .util.log import Progress as Log
-from .util.log import to_stderr
 from .util.net import check_reachable
 from .util.text import first_line
 
@@ -135,6 +136,8 @@ def _connect(ray: Any, address: str | None) -> bool:
     address = address or os.environ.get("RAY_ADDRESS") or None
     check_reachable(address, option)  # a bad address: one line within seconds, not minutes of retries
     local = {} if address else {"include_dashboard": False}  # loopback: see `import_ray(local=True)`
+    if not address and os.environ.get(DEBUG_ENV) != "1":  # the run's own loopback cluster: Ray's note
+        logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)  # on its token is noise
     try:
         ray.init(address=address, logging_level="warning", log_to_driver=True, configure_logging=True, **local)
     except ConnectionError as exc:
@@ -211,6 +214,8 @@ def _results(
     (not of one input: those are rows with ok=False) becomes one SRDeployError line."""
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # ours counts the whole job
+    if os.environ.get(DEBUG_ENV) != "1":  # its "progress bars disabled" and "execution finished" lines
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
     context.print_on_execution_start = False
     context.max_errored_blocks = len(rows)  # a block that keeps failing fails only its input
     dataset = ray.data.from_items(rows, override_num_blocks=len(rows))  # one row per block: fine retries

@@ -500,6 +500,7 @@ def test_ray_with_defaults_gives_a_local_runs_bytes_with_one_thread_count(ray_cl
     default_threads = [sys.executable, "-c", "import torch; print(torch.get_num_threads())"]
     threads = int(subprocess.run(default_threads, capture_output=True, text=True, check=True).stdout)
     assert f"on {2 // threads} actor(s), CPU, {threads} thread(s) each" in on_ray.stderr
+    assert "Progress bars disabled" not in on_ray.stderr and "execution finished" not in on_ray.stderr  # Ray Data's
     assert_same_files(_files(tmp_path / "ray"), _files(tmp_path / "local"))
 
     too_many = cli("-o", str(tmp_path / "ray-3"), "--threads", "3", f"--ray={ray_cluster}")
