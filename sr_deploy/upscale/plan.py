@@ -213,9 +213,10 @@ def plan_jobs(inputs: Sequence[str | Path], output: str | Path, ext: str = "png"
     return jobs
 
 
-def status(target: Path) -> Literal["done", "todo", "folder"]:
+def status(target: str | Path) -> Literal["done", "todo", "folder"]:
     """An output counts as done only when it is a non-empty file (writes are atomic, so a final
     name is only ever a complete file; a 0-byte one was made by someone else, e.g. `touch`)."""
+    target = Path(target)
     if target.is_dir():
         return "folder"
     if target.is_file() and target.stat().st_size > 0:
@@ -297,43 +298,49 @@ def local_bit_depth(source: str | Path) -> int | None:
         return None
 
 
-def existing_output(
-    job: Job,
-    options: UpscaleOptions,
-    recorded: Callable[[Path], dict[str, str] | None] = output_record,
-    input_bytes: Callable[[Path], int | None] = local_input_bytes,
-    bit_depth: Callable[[Path], int | None] = local_bit_depth,
-) -> Outcome:
+@dataclass(frozen=True)
+class Readers:
+    """How the skip rule reads a job's locations: an output's state (`status`) and record
+    (`output_record`), an input's size and bit depth. `LOCAL` reads files; `upscale.stored` has
+    its own for objects in a store."""
+
+    state: Callable[[Any], str] = status
+    record: Callable[[Any], dict[str, str] | None] = output_record
+    input_bytes: Callable[[Any], int | None] = local_input_bytes
+    bit_depth: Callable[[Any], int | None] = local_bit_depth
+
+
+LOCAL = Readers()
+
+
+def existing_output(job: Job, options: UpscaleOptions, read: Readers = LOCAL) -> Outcome:
     """What becomes of `job` when its output is already done: skipped when its record says this run
     would make it again (`record_mismatch`), else failed (code 2), the file kept."""
     why = None
     if options.model_id:
-        depth = bit_depth(job.source) if job.kind == "video" and not options.codec else None
-        expected = expected_record(job, options, input_bytes(job.source), depth)
-        why = record_mismatch(recorded(job.target), expected)
+        depth = read.bit_depth(job.source) if job.kind == "video" and not options.codec else None
+        expected = expected_record(job, options, read.input_bytes(job.source), depth)
+        why = record_mismatch(read.record(job.target), expected)
     if why is None:
         return Outcome(job, "skipped", path=job.target)
     return Outcome(job, "failed", f"{shown(job.target)}: {why}: --overwrite redoes it, or choose another OUT", 2)
 
 
-def made_meanwhile(job: Job, options: UpscaleOptions) -> Outcome | None:
+def made_meanwhile(job: Job, options: UpscaleOptions, read: Readers = LOCAL) -> Outcome | None:
     """Under the output's lock, just before a job writes: the outcome when another run finished the
     output since this run's skip pass (`existing_output`: skipped if it is what this run would make,
     else failed), so that two runs started together never both write it, nor one replace the
     other's output of another model; None when it is still to do (or --overwrite)."""
-    if options.overwrite or status(Path(str(job.target))) != "done":  # a stored job's target is text
+    if options.overwrite or read.state(job.target) != "done":
         return None
-    return existing_output(job, options)
+    return existing_output(job, options, read)
 
 
 def jobs_to_run(
     jobs: Sequence[Job],
     options: UpscaleOptions,
     log: Log = to_stderr,
-    state: Callable[[Path], str] = status,
-    recorded: Callable[[Path], dict[str, str] | None] = output_record,
-    input_bytes: Callable[[Path], int | None] = local_input_bytes,
-    bit_depth: Callable[[Path], int | None] = local_bit_depth,
+    read: Readers = LOCAL,
 ) -> tuple[list[Outcome], list[Job]]:
     """The skip / resume rule of every run, local or on a cluster: an output that is done (a
     non-empty file) is skipped unless `options.overwrite`, when its record says this run would make
@@ -341,20 +348,19 @@ def jobs_to_run(
     or that its format could say it but holds no record (a file not made by sr-deploy), fails that
     job (code 2) instead: a re-run with another --model, --realism or --outscale, or from another
     input with the same name, must not count the old outputs as its own. A folder under the
-    output's name fails that job too. `state`, `recorded`, `input_bytes` and `bit_depth`: how a location's
-    state, record and an input's size are read (`upscale.stored` passes its own for objects in a
-    store). Returns the outcomes so far and the jobs left to run."""
+    output's name fails that job too. `read`: how locations are read (`Readers`; `upscale.stored`
+    passes its own for objects in a store). Returns the outcomes so far and the jobs left to run."""
     outcomes: list[Outcome] = []
     todo = []
     for job in jobs:
-        found = state(job.target)
+        found = read.state(job.target)
         if found == "folder":
             outcomes.append(
                 Outcome(job, "failed", f"{shown(job.target)}: a folder has the output's name; move it away", 2)
             )
             log(f"error: {outcomes[-1].message}")
         elif found == "done" and not options.overwrite:
-            outcomes.append(existing_output(job, options, recorded, input_bytes, bit_depth))
+            outcomes.append(existing_output(job, options, read))
             if outcomes[-1].state == "failed":
                 log(f"error: {outcomes[-1].message}")
         else:

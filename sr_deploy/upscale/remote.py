@@ -28,10 +28,9 @@ from ..util import storage
 from ..util.files import atomic_write_bytes, exclusive_output
 from ..util.log import Progress as Log
 from ..util.log import to_stderr
-from ..video import probe_video
 from ..video.pieces import PIECE_SUFFIX, VideoPieces, check_piece_frames, piece_options, upscaled_piece_path
 from .options import UpscaleOptions
-from .plan import Job, Outcome, made_meanwhile
+from .plan import Job, Outcome, local_bit_depth, made_meanwhile
 from .run import UpscaleSummary, run_one
 
 ANSWER_KEYS = ("job", "part", "ok", "message", "code", "data", "frames")
@@ -75,18 +74,10 @@ def _row_input(row: dict[str, Any], scratch: Path) -> Path:
     return local
 
 
-def _bit_depth(piece: Path) -> int:
-    """The piece's bits per sample, which choose the default encoder; 8 when it does not open
-    (its job then says why, in one line)."""
-    try:
-        return probe_video(piece).bit_depth
-    except SRDeployError:
-        return 8
-
-
 def _run_piece(row: dict[str, Any], piece: Path, backend: Backend, options: UpscaleOptions) -> tuple[Job, Outcome]:
     job = Job(piece, upscaled_piece_path(piece), "video", name=Path(row["source"]))
-    video = piece_options(options.video(), row["suffix"], _bit_depth(piece))
+    # the piece's bits per sample choose the default encoder; 8 when it does not open (its job says why)
+    video = piece_options(options.video(), row["suffix"], local_bit_depth(piece) or 8)
     outcome = run_one(job, backend, options, to_stderr, video)
     if outcome.state == "done":
         try:

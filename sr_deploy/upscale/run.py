@@ -180,11 +180,10 @@ def settled(options: UpscaleOptions, backend: Backend | None = None) -> UpscaleO
     budget (`job_memory_budget`, on that backend's device). Every worker (the local loop, Ray
     actors, a video's segments and pieces) gets these options, so none decides again; the
     outputs' metadata and the resume keys name them."""
+    options = with_model_outscale(options, backend)
     changes: dict = {}
     if not options.model_id:
         changes["model_id"] = model_identity(options.model)
-    if with_model_outscale(options, backend) is not options:
-        changes["outscale"] = None
     if options.threads is None:
         changes["threads"] = with_threads(options).threads
     if backend is not None and options.precision == "auto":

@@ -37,11 +37,13 @@ from .plan import (
     UNREAD,
     Job,
     Outcome,
+    Readers,
     existing_output,
     jobs_to_run,
     kind_of,
     local_bit_depth,
     local_input_bytes,
+    made_meanwhile,
     note_left_out,
     output_record,
     record_found,
@@ -201,22 +203,18 @@ def _stored_input_bytes(source: str | Path) -> int | None:
     return int(info["size"]) if info and info.get("size") is not None else None
 
 
-def stored_jobs_to_run(jobs: Sequence[Job], options: UpscaleOptions, log: Log) -> tuple[list[Outcome], list[Job]]:
-    """`plan.jobs_to_run` for locations (URIs or local paths)."""
-    return jobs_to_run(
-        jobs,
-        options,
-        log,
-        state=_stored_state,
-        recorded=_stored_record,
-        input_bytes=_stored_input_bytes,
-        bit_depth=_stored_bit_depth,
-    )
-
-
 def _stored_bit_depth(source: str | Path) -> int | None:
     """`plan.local_bit_depth` for a location: None for an object in a store (not read to plan)."""
     return None if storage.is_uri(str(source)) else local_bit_depth(source)
+
+
+# `plan.Readers` for locations that may be in a store.
+STORED = Readers(_stored_state, _stored_record, _stored_input_bytes, _stored_bit_depth)
+
+
+def stored_jobs_to_run(jobs: Sequence[Job], options: UpscaleOptions, log: Log) -> tuple[list[Outcome], list[Job]]:
+    """`plan.jobs_to_run` for locations (URIs or local paths)."""
+    return jobs_to_run(jobs, options, log, STORED)
 
 
 def stage_dir(target: str) -> Path:
@@ -255,9 +253,7 @@ def run_staged(
     target = str(job.target)
     try:
         with exclusive_output(stage_dir(target)):
-            if not options.overwrite and _stored_state(target) == "done":  # finished since the skip pass
-                return existing_output(job, options, _stored_record, _stored_input_bytes, _stored_bit_depth)
-            return _run_staged(job, backend, options, log, video)
+            return made_meanwhile(job, options, STORED) or _run_staged(job, backend, options, log, video)
     except OutputBusy:
         return Outcome(
             job, "failed", f"{target}: another run is writing this output; try again when it has finished", 1
