@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from ..errors import InputError
+from ..model_file import kind_of_file
 from ..util.files import check_output_folder, check_output_path
 from .options import BACKEND_CHOICE, PRECISION_CHOICE, device_option, realism_options, with_realism
 
@@ -97,7 +96,8 @@ def eval_(
 
     metric_names = parse_metrics(metrics)
     source = click.get_current_context().get_parameter_source("precision")
-    if source is click.core.ParameterSource.DEFAULT and Path(model).suffix.lower() in (".onnx", ".engine", ".plan"):
+    kind = kind_of_file(model)
+    if source is click.core.ParameterSource.DEFAULT and kind is not None and kind.name != "checkpoint":
         precision = "auto"  # an exported file computes in its own precision: say that one, not fp32
     if json_path:
         check_output_path(json_path, (".json",))  # before the evaluation, not after it

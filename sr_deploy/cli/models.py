@@ -16,8 +16,11 @@ from ..errors import InputError
 def info(model: str, as_json: bool) -> None:
     """Describe MODEL: a checkpoint (.pt/.pth/.ckpt/.safetensors: ours, BasicSR, ESRGAN,
     leftthomas/SRGAN, or any architecture spandrel knows), `default`, an .onnx file or an engine."""
-    if Path(model).suffix.lower() in (".onnx", ".engine", ".plan"):
-        return _describe_deployed(Path(model), as_json)
+    from ..model_file import kind_of_file
+
+    kind = kind_of_file(model)
+    if kind is not None and kind.name != "checkpoint":  # an .onnx file or an engine: what it says of itself
+        return _describe_deployed(Path(model), kind.name, as_json)
     from ..backends.cpu_precision import auto_precision
     from ..backends.torch_backend import resolve_device
     from ..models import count_flops_per_lr_pixel, count_parameters, load_checkpoint
@@ -68,7 +71,7 @@ def info(model: str, as_json: bool) -> None:
         click.echo(f"{key + ':':<12} {plain(value)}")
 
 
-def _describe_deployed(path: Path, as_json: bool) -> None:
+def _describe_deployed(path: Path, kind: str, as_json: bool) -> None:
     """`info` for an sr-deploy ONNX export (its metadata, input dims, precision, convolution FLOPs)
     or a TensorRT engine (its sidecar JSON): what they say of themselves, no runtime needed."""
     from ..engine import read_sidecar
@@ -78,7 +81,7 @@ def _describe_deployed(path: Path, as_json: bool) -> None:
     if not path.is_file():
         raise InputError(f"{path}: no such model file")
     desc: dict[str, object] = {"file": str(path), "sha256": file_sha256(path)}
-    if path.suffix.lower() == ".onnx":
+    if kind == "onnx":
         from ..bench.subject import onnx_conv_flops_per_lr_pixel
 
         proto = load_onnx_file(path, load_weights=False)
