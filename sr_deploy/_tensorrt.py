@@ -380,7 +380,7 @@ def _save_timing_cache(config: Any, path: Path, echo: Callable[[str], None]) -> 
         return
     try:
         data = bytes(memoryview(cache.serialize()))
-        atomic_write_bytes(path, data, make_parents=True, unique=True)  # concurrent builds share it
+        atomic_write_bytes(path, data, make_parents=True)  # concurrent builds share it: a temporary name each
     except (OSError, TypeError, ValueError) as exc:
         echo(f"timing cache: could not save {path} ({exc}); the engine is not affected")
         return

@@ -270,7 +270,7 @@ def sidecar_path(engine_path: str | Path) -> Path:
 def write_sidecar(engine_path: str | Path, sidecar: EngineSidecar) -> Path:
     """Write `<engine>.json` atomically (a unique temporary file beside it, then rename)."""
     path = sidecar_path(engine_path)
-    atomic_write_text(path, json.dumps(asdict(sidecar), indent=2) + "\n", make_parents=True, unique=True)
+    atomic_write_text(path, json.dumps(asdict(sidecar), indent=2) + "\n", make_parents=True)
     return path
 
 

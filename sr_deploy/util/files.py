@@ -66,7 +66,7 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_write(target: str | Path, *, make_parents: bool = False, unique: bool = True) -> Iterator[Path]:
+def atomic_write(target: str | Path, *, make_parents: bool = False) -> Iterator[Path]:
     """Yield the temporary path to write `target` under; on a clean exit rename it over `target`.
 
     On any exception (including KeyboardInterrupt) the temporary file is removed and `target` is
@@ -79,15 +79,14 @@ def atomic_write(target: str | Path, *, make_parents: bool = False, unique: bool
     Args:
         target: the final file.
         make_parents: create the target's folder first (otherwise a missing folder is an OSError).
-        unique: a temporary name of this writer's own (`unique_partial_path`), so that two
-            processes writing one target (two runs, two trainings into one folder) never share a
-            temporary file; False: the fixed `partial_path`, for a writer that holds the output's
-            lock and wants a name it can find again.
+
+    The temporary name is this writer's own (`unique_partial_path`), so that two processes writing
+    one target (two runs, two trainings into one folder) never share a temporary file.
     """
     target = Path(target)
     if make_parents:
         target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = unique_partial_path(target) if unique else partial_path(target)
+    tmp = unique_partial_path(target)
     try:
         yield tmp
         os.replace(tmp, target)
@@ -96,10 +95,10 @@ def atomic_write(target: str | Path, *, make_parents: bool = False, unique: bool
             tmp.unlink(missing_ok=True)
 
 
-def atomic_write_bytes(target: str | Path, data: bytes, *, make_parents: bool = False, unique: bool = True) -> Path:
+def atomic_write_bytes(target: str | Path, data: bytes, *, make_parents: bool = False) -> Path:
     """Write `data` to `target` atomically (flushed to disk before the rename); returns `target`."""
     target = Path(target)
-    with atomic_write(target, make_parents=make_parents, unique=unique) as tmp:
+    with atomic_write(target, make_parents=make_parents) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
@@ -107,9 +106,9 @@ def atomic_write_bytes(target: str | Path, data: bytes, *, make_parents: bool = 
     return target
 
 
-def atomic_write_text(target: str | Path, text: str, *, make_parents: bool = False, unique: bool = True) -> Path:
+def atomic_write_text(target: str | Path, text: str, *, make_parents: bool = False) -> Path:
     """Write `text` (UTF-8) to `target` atomically; returns `target`."""
-    return atomic_write_bytes(target, text.encode("utf-8"), make_parents=make_parents, unique=unique)
+    return atomic_write_bytes(target, text.encode("utf-8"), make_parents=make_parents)
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -840,7 +840,7 @@ def test_stale_fixed_temporaries_do_not_break_writes(tmp_path):
     write_sidecar(engine, _sidecar())
     from sr_deploy.util.files import atomic_write_bytes
 
-    atomic_write_bytes(tmp_path / "t.cache", b"data", unique=True)  # what _tensorrt saves the timing cache with
+    atomic_write_bytes(tmp_path / "t.cache", b"data")  # what _tensorrt saves the timing cache with
     assert read_sidecar(engine) == _sidecar() and (tmp_path / "t.cache").read_bytes() == b"data"
 
 
