@@ -32,6 +32,7 @@ import numpy as np
 from .backends.base import Backend
 from .errors import SRDeployError
 from .models.spec import DEFAULT_LIVE_VALUES_PER_HR_PIXEL
+from .util.memory import call_bytes
 
 DEFAULT_TILE_OVERLAP = 16
 # Smallest core edge the out-of-memory retry goes down to before giving up.
@@ -163,7 +164,7 @@ def auto_tile_size(
     """
     value_bytes = 2 if backend.precision in ("fp16", "bf16") else 4
     live = backend.live_values_per_hr_pixel or DEFAULT_LIVE_VALUES_PER_HR_PIXEL
-    per_pixel = (live * value_bytes + 3 * 4) * backend.scale**2
+    per_pixel = call_bytes(1, backend.scale, live, value_bytes)
     if budget is None:
         budget = memory_budget_bytes(backend.device)
     window_pixels = budget / max(1, batch_size) / per_pixel

@@ -17,11 +17,11 @@ def physical_memory_bytes() -> int | None:
         return None
 
 
-def call_bytes(lr_pixels: int, scale: int, live_values_per_hr_pixel: int) -> int:
-    """Bytes one call on `lr_pixels` low-resolution pixels (a whole batch) needs: the tiling's
-    memory model (`sr_deploy.tiling.auto_tile_size`): float32 activations alive per output pixel,
-    plus the float32 output and its 8-bit copy."""
-    return lr_pixels * scale * scale * (live_values_per_hr_pixel * 4 + 12)
+def call_bytes(lr_pixels: int, scale: int, live_values_per_hr_pixel: int, value_bytes: int = 4) -> int:
+    """Bytes one call on `lr_pixels` low-resolution pixels (a whole batch) needs, the memory model
+    the automatic tiles are sized by (`sr_deploy.tiling.auto_tile_size`): the activations alive per
+    output pixel, `value_bytes` each (2 in fp16 / bf16), plus the float32 RGB output."""
+    return lr_pixels * scale * scale * (live_values_per_hr_pixel * value_bytes + 3 * 4)
 
 
 def check_call_fits(what: str, lr_pixels: int, scale: int, live_values_per_hr_pixel: int) -> None:
