@@ -14,8 +14,8 @@ The model side is float32 RGB in [0, 1], channels first: (3, H, W) for one image
 for a batch. Model outputs are NOT clamped (see `sr_deploy.backends.base`); clamping and
 rounding to the output dtype happen once, in `model_output_to_image`.
 
-Alpha: the model upscales RGB only; the alpha channel is resized with bicubic interpolation
-(`cv2.INTER_CUBIC`, clamped); a format without alpha gets RGB flattened onto white. Why: super-resolution models are trained on natural RGB photos,
+Alpha: the model upscales RGB only; alpha is resized bicubic (`cv2.INTER_CUBIC`, clamped), and
+flattened onto white for a format without it. Why: SR models are trained on natural RGB photos,
 not on masks; running the model on alpha would double the compute and can invent texture in
 what should be a flat or hard-edged mask. Greyscale images go through the model as three equal
 channels and come back as one channel (ITU-R BT.601 luma of the result).
@@ -418,9 +418,9 @@ def encode_image(
     """Encode an RGB / RGBA / grey image as `extension` (".png", ".jpg", ...) and return the bytes.
 
     The image must already have a dtype the format holds (see `output_dtype_for`); anything else
-    raises ValueError rather than letting OpenCV silently truncate it. JPEG has no alpha channel:
-    an RGBA image is flattened onto white there (`flatten_onto_white`). `quality` is JPEG/WebP quality 1..100 (WebP >100 is
-    lossless); PNG/TIFF/BMP are lossless and ignore it. `text`: text fields (keyword -> text,
+    raises ValueError rather than letting OpenCV silently truncate it. JPEG has no alpha: an RGBA
+    image is flattened onto white there (`flatten_onto_white`). `quality`: JPEG/WebP 1..100 (WebP
+    >100 is lossless); PNG/TIFF/BMP are lossless and ignore it. `text`: text fields (keyword -> text,
     Latin-1) where the format keeps them (`ImageFormat.text`: PNG tEXt chunks, JPEG comments);
     other formats ignore it.
     """

@@ -438,7 +438,8 @@ def test_ray_auto_without_a_cluster_and_a_bad_ray_address_variable_say_so_exit_2
         @staticmethod
         def init(**kwargs):
             raise ConnectionError(
-                "Could not find any running Ray instance. Please specify the one to connect to by setting `--address` flag or `RAY_ADDRESS` environment variable."
+                "Could not find any running Ray instance. Please specify the one to connect to by "
+                "setting `--address` flag or `RAY_ADDRESS` environment variable."
             )
 
     with pytest.raises(InputError) as info:

@@ -212,8 +212,9 @@ def mux(
     """Write `tmp` (container from `target_suffix`) = the segments' video + `source`'s audio and
     subtitles, with `source`'s container tags (`carried_tags`) and the streams' language, title and
     disposition, and the container tags `tags` over them (``comment``: how it was made). Returns what
-    happened to the audio. Any error raises (the caller reports it as a failure): a full disk is never taken for a container that refuses a codec, because what the
-    container takes is asked up front (`supported_codecs`), not learnt from a failed write."""
+    happened to the audio. Any error raises (the caller reports it as a failure): a full disk is
+    never taken for a container that refuses a codec, because what the container takes is asked up
+    front (`supported_codecs`), not learnt from a failed write."""
     import av
 
     rules = container_rules(target_suffix)  # the container table's row: its muxer and audio rules

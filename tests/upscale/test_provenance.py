@@ -230,9 +230,9 @@ def test_a_video_made_with_another_model_is_not_skipped(video_dir, model, tmp_pa
 def test_a_rerun_skips_only_outputs_its_own_input_and_settings_made(set5_dir, model, tmp_path):
     """The record names the settings that decide an output and the input's size: a re-run with
     another --outscale or --quality, or from another input of the same name (IMG_0001.JPG of
-    another camera card), fails that output (``--outscale 4`` with a x4 model is no other setting) in one line, exit 2, the file kept. A file in a
-    format that records, with no record, was not made by sr-deploy: refused the same way, not
-    taken for done. WebP keeps no record: skipped as before."""
+    another camera card), fails that output in one line, exit 2, the file kept (``--outscale 4``
+    with a x4 model is no other setting). A file in a format that records, with no record, was not
+    made by sr-deploy: refused the same way, not taken for done. WebP keeps no record: skipped as before."""
     card1, card2, out = tmp_path / "card1", tmp_path / "card2", tmp_path / "out"
     write_image(card1 / "IMG_0001.jpg", read_image(set5_dir / "bird.png")[:24, :32])
     write_image(card2 / "IMG_0001.jpg", read_image(set5_dir / "head.png")[:28, :30])

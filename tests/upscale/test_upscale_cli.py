@@ -427,15 +427,14 @@ def test_animated_webp_and_png_and_a_multi_page_tiff_are_refused_in_one_line(set
 def test_nan_weights_are_refused_instead_of_writing_black(set5_dir, tmp_path):
     """A checkpoint with a NaN weight (flipped bytes: torch does not check the archive) is refused
     when it loads, naming the weight, exit 2; nothing is written. A NaN the model makes itself
-    (fp16 overflow) fails the file instead (`test_fp16_overflow...`)."""
+    (fp16 overflow) is redone in fp32 (`test_fp16_nan_batches_are_redone_in_fp32_with_a_warning`)."""
     nan_model = save_tiny_srvgg(tmp_path / "nan.pt", nan_weight=True)
     write_image(tmp_path / "a.png", _rgb(set5_dir / "bird.png"))
     result = run(str(tmp_path / "a.png"), "-o", str(tmp_path / "b.png"), "--model", str(nan_model))
     assert result.exit_code == 2, result.output
     errors = _error_lines(result)
-    assert errors == [
-        f"error: {nan_model}: non-finite weights (NaN/Inf) in body.0.weight: the file is damaged, or its training diverged"
-    ]
+    why = "non-finite weights (NaN/Inf) in body.0.weight: the file is damaged, or its training diverged"
+    assert errors == [f"error: {nan_model}: {why}"]
     assert not (tmp_path / "b.png").exists()
 
 

@@ -606,9 +606,8 @@ def test_nan_model_fails_the_video(clips, tmp_path):
     nan_model = save_tiny_srvgg(tmp_path / "nan.pt", nan_weight=True)
     result = _cli(str(clips["bbb"]), "-o", str(tmp_path / "out.mp4"), "--model", str(nan_model))
     assert result.returncode == 2, result.stderr
-    assert _errors(result.stderr) == [
-        f"error: {nan_model}: non-finite weights (NaN/Inf) in body.0.weight: the file is damaged, or its training diverged"
-    ]
+    why = "non-finite weights (NaN/Inf) in body.0.weight: the file is damaged, or its training diverged"
+    assert _errors(result.stderr) == [f"error: {nan_model}: {why}"]
     assert not (tmp_path / "out.mp4").exists() and _leftovers(tmp_path) == []
     result = _cli(
         str(clips["bbb"]),
