@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sr_deploy.errors import InputError
+from sr_deploy.util.text import first_line
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 RECIPES = ("srresnet", "srgan", "esrgan_psnr", "esrgan", "realesrnet", "realesrgan")
@@ -58,14 +59,6 @@ def _parse_yaml(text: str) -> Any:
     return _yaml().load(text, Loader=_loader())  # a SafeLoader subclass: no arbitrary objects
 
 
-def first_line(exc: BaseException, limit: int = 160, empty: str | None = None) -> str:
-    """The first non-blank line of an exception's message (at most `limit` characters); `empty`
-    (default: the exception type's name) when the message is blank, as ``EOFError()`` from
-    torch.load of an empty file is."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0][:limit] if lines else (empty or type(exc).__name__)
-
-
 def load_config(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file into a nested dict; InputError names the file on failure."""
     yaml = _yaml()
@@ -75,7 +68,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
     try:
         data = _parse_yaml(path.read_text())
     except yaml.YAMLError as exc:
-        raise InputError(f"{path}: not valid YAML ({first_line(exc)})") from exc
+        raise InputError(f"{path}: not valid YAML ({first_line(exc, limit=160)})") from exc
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a mapping of settings at the top level")
     return data

@@ -18,8 +18,7 @@ import torch
 from torch import nn
 
 from sr_deploy.util.files import atomic_write, atomic_write_text
-
-from .config import first_line
+from sr_deploy.util.text import first_line
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -137,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         old, new = slim_state(args.state)
     except Exception as exc:  # torch.load raises many kinds for a damaged or foreign file
         print(
-            f"error: {args.state}: not a training state ({type(exc).__name__}: {first_line(exc, empty='unreadable')})",
+            f"error: {args.state}: not a training state "
+            f"({type(exc).__name__}: {first_line(exc, limit=160) if str(exc).strip() else 'unreadable'})",
             file=sys.stderr,
         )
         return 2

@@ -43,8 +43,9 @@ from sr_deploy.errors import InputError
 from sr_deploy.models import ARCHITECTURES, load_checkpoint, save_checkpoint
 from sr_deploy.perceptual import LPIPS
 from sr_deploy.util.files import OutputBusy, exclusive_output
+from sr_deploy.util.text import first_line
 
-from .config import changed_settings, first_line, load_config
+from .config import changed_settings, load_config
 from .data import (
     DEGRADATIONS,
     DegradationSpec,
@@ -385,7 +386,7 @@ class Trainer:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise InputError(f"{path}: unreadable training state ({first_line(exc, 120)})") from exc
+            raise InputError(f"{path}: unreadable training state ({first_line(exc, limit=120)})") from exc
         needed = ("iteration", "generator", "opt_g", "scaler_g", "scaler_d", "rng")
         if not isinstance(state, dict) or not all(key in state for key in needed):
             raise InputError(f"{path}: not a training state (expected the keys {', '.join(needed)})")
@@ -418,7 +419,7 @@ class Trainer:
             if not replan:
                 self.sched_g.load_state_dict(state["sched_g"])
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-            raise InputError(f"{path}: does not fit this run's config ({first_line(exc)})") from exc
+            raise InputError(f"{path}: does not fit this run's config ({first_line(exc, limit=160)})") from exc
         self._apply_optimiser_settings()
         self.scaler_g.load_state_dict(state["scaler_g"])
         self.scaler_d.load_state_dict(state["scaler_d"])

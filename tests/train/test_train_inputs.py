@@ -173,7 +173,7 @@ def test_resume_by_another_recipe_or_from_an_empty_state_is_one_line(finished_ru
 
 
 def test_first_line_of_an_exception_without_a_message():
-    from train.config import first_line
+    from sr_deploy.util.text import first_line
 
     assert first_line(EOFError()) == "EOFError" and first_line(ValueError("\n\n")) == "ValueError"
     assert first_line(ValueError("\n  two\nthree")) == "two"
