@@ -52,10 +52,8 @@ def read_rgb(path: Path) -> np.ndarray:
     `sr-deploy eval`: a truncated or damaged JPEG, an animated PNG / WebP or a multi-page TIFF is
     an InputError naming the file, not an image silently grey-filled or cut to its first frame."""
     img = read_image(path)
-    if img.dtype == np.uint16:
-        img = np.round(img.astype(np.float32) * np.float32(255.0 / 65535.0)).astype(np.uint8)
-    elif img.dtype != np.uint8:
-        img = to_uint8(img)
+    if img.dtype != np.uint8:  # 16-bit (0..65535) or float (0..1) samples
+        img = to_uint8(img, 65535.0 if img.dtype == np.uint16 else 1.0)
     if img.ndim == 2:
         img = np.repeat(img[:, :, None], 3, axis=2)
     return np.ascontiguousarray(img[:, :, :3])
