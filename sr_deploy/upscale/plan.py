@@ -112,7 +112,7 @@ def _folder_jobs(source: Path, output: Path, output_resolved: Path, ext: str, lo
             continue
         if out_inside and _is_within(path.resolve(), output_resolved):
             continue  # OUT inside an input folder: never feed our own outputs back in
-        if _earlier_output(path):
+        if earlier_output(path):
             earlier.append(str(relative))  # nor the outputs of an earlier run with another OUT
             continue
         if kind == "image":
@@ -121,16 +121,6 @@ def _folder_jobs(source: Path, output: Path, output_resolved: Path, ext: str, lo
     note_left_out(log, source, UNREAD, unread)
     note_left_out(log, source, EARLIER_OUTPUTS, earlier)
     return jobs
-
-
-def _earlier_output(path: Path) -> bool:
-    """`path` records that sr-deploy made it (`output_record`): an output of an earlier run that
-    was written inside the input folder (`photos/x4/` when this run writes `photos/x4_gan/`), which
-    a second model's run would otherwise upscale again (x16)."""
-    try:
-        return bool(output_record(path))
-    except Exception:  # unreadable: a job finds out what it is
-        return False
 
 
 # Why a plan leaves a file of an input folder out (`note_left_out`).
@@ -311,6 +301,16 @@ class Readers:
 
 
 LOCAL = Readers()
+
+
+def earlier_output(location: str | Path, read: Readers = LOCAL) -> bool:
+    """`location` records that sr-deploy made it (`Readers.record`): an output of an earlier run
+    that was written inside the input folder (`photos/x4/` when this run writes `photos/x4_gan/`),
+    which a second model's run would otherwise upscale again (x16)."""
+    try:
+        return bool(read.record(location))
+    except Exception:  # unreadable: a job finds out what it is
+        return False
 
 
 def existing_output(job: Job, options: UpscaleOptions, read: Readers = LOCAL) -> Outcome:

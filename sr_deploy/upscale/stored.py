@@ -38,6 +38,7 @@ from .plan import (
     Job,
     Outcome,
     Readers,
+    earlier_output,
     existing_output,
     jobs_to_run,
     kind_of,
@@ -125,21 +126,13 @@ def plan_stored(inputs: Sequence[str | Path], output: str | Path, ext: str = "pn
             out_inside = output.startswith(str(folder).rstrip("/") + "/")  # OUT in the input folder, not the reverse
             if out_inside and location.startswith(output.rstrip("/") + "/"):
                 continue  # OUT inside an input folder: never feed our own outputs back in
-            if not one_file and _is_earlier_output(location):
+            if not one_file and earlier_output(location, STORED):
                 earlier.append(relative)  # nor the outputs of an earlier run with another OUT
                 continue
             jobs.append(Job(location, target, kind))  # type: ignore[arg-type]
         note_left_out(log, folder, UNREAD, unread)
         note_left_out(log, folder, EARLIER_OUTPUTS, earlier)
     return _checked(jobs)
-
-
-def _is_earlier_output(location: str) -> bool:
-    """`location` records that sr-deploy made it (`plan._earlier_output` for a location)."""
-    try:
-        return bool(_stored_record(location))
-    except Exception:  # unreadable: its job finds out what it is
-        return False
 
 
 def _join(output: str, relative: str) -> str:
