@@ -29,6 +29,18 @@ class NonFiniteOutput(SRDeployError):
     """The model produced NaN or Inf (after the fp32 retry, where there is one)."""
 
 
+# What a missing optional install is called, one text per extra, wherever it is found missing.
 TENSORRT_NOT_INSTALLED = "TensorRT is not installed: pip install 'sr-deploy[tensorrt]' on a machine with an NVIDIA GPU"
+ORT_GPU_NOT_INSTALLED = (
+    "onnxruntime-gpu with the CUDA execution provider is not installed: "
+    "pip uninstall onnxruntime && pip install 'sr-deploy[gpu]' on a machine with an NVIDIA GPU"
+)
 
-__all__ = ["TENSORRT_NOT_INSTALLED", "InputError", "NonFiniteOutput", "NotInstalledError", "SRDeployError"]
+__all__ = [
+    "ORT_GPU_NOT_INSTALLED",
+    "TENSORRT_NOT_INSTALLED",
+    "InputError",
+    "NonFiniteOutput",
+    "NotInstalledError",
+    "SRDeployError",
+]

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, NotInstalledError
+from ..errors import ORT_GPU_NOT_INSTALLED, InputError, NotInstalledError
 from ..models.registry import live_values_per_hr_pixel
 from ..util.onnx_facts import LIVE_VALUES_KEY, metadata
 from ..util.onnx_facts import graph_precision as _graph_precision
@@ -23,11 +23,6 @@ from ..util.onnx_facts import load_onnx_file as load_onnx_file  # re-exported fo
 from ..util.onnx_facts import static_input_dims as _static_dims
 from ..util.text import first_line
 from .base import NUMPY, TORCH, Backend
-
-ORT_GPU_NOT_INSTALLED = (
-    "onnxruntime-gpu with the CUDA execution provider is not installed: "
-    "pip uninstall onnxruntime && pip install 'sr-deploy[gpu]' on a machine with an NVIDIA GPU"
-)
 
 
 def fp16_rounding_graph(model: Any) -> Any:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import TENSORRT_NOT_INSTALLED, InputError, NotInstalledError
+from ..errors import ORT_GPU_NOT_INSTALLED, TENSORRT_NOT_INSTALLED, InputError, NotInstalledError
 from ..model_file import file_kind
 
 if TYPE_CHECKING:
@@ -97,10 +97,7 @@ def _onnxruntime_available(device: str) -> str | None:
         import onnxruntime as ort
 
         if "CUDAExecutionProvider" not in ort.get_available_providers():
-            return (
-                "onnxruntime-gpu (CUDA execution provider) is not installed; "
-                "add an onnxruntime@cpu row for ONNX Runtime on the CPU"
-            )
+            return f"{ORT_GPU_NOT_INSTALLED}; or add an onnxruntime@cpu row for ONNX Runtime on the CPU"
     return None
 
 

@@ -139,6 +139,24 @@ def test_unavailable_backends_are_skipped_with_a_reason(tiny_report):
         assert "skipped: tensorrt fp32 on cpu: TensorRT is not installed" in table
 
 
+def test_onnxruntime_on_cuda_without_onnxruntime_gpu_names_the_install(tiny_checkpoint, monkeypatch):
+    """The skipped row says how to get the CUDA provider, in the words upscale and eval use (one text,
+    `errors.ORT_GPU_NOT_INSTALLED`), not only that it is missing."""
+    import onnxruntime
+
+    from sr_deploy.errors import ORT_GPU_NOT_INSTALLED
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    args = ["benchmark", str(tiny_checkpoint), "--backends", "torch@cpu,onnxruntime@cuda", *QUICK_CPU_RUN]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    skipped = [line for line in result.output.splitlines() if line.startswith("skipped: onnxruntime")]
+    assert skipped and all(
+        f"on cuda: {ORT_GPU_NOT_INSTALLED}; or add an onnxruntime@cpu row" in line for line in skipped
+    ), skipped
+    assert "pip uninstall onnxruntime && pip install 'sr-deploy[gpu]'" in ORT_GPU_NOT_INSTALLED
+
+
 @pytest.mark.slow
 def test_parity_flags_a_perturbed_model(tiny_checkpoint, perturbed_onnx, shared_data):
     report = run_benchmark(
