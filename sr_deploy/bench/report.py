@@ -7,8 +7,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, NotInstalledError
+from ..errors import InputError
 from ..util import atomic_write, atomic_write_text, check_output_path, first_line
+from ..util.plot import pyplot
 from .measure import MIN_ITERS
 from .results import STATUS_OK, BenchReport, VideoRow
 
@@ -223,13 +224,7 @@ def write_plot(report: BenchReport, path: str | Path) -> Path:
     """A grouped bar chart of frames/s: one group per input size and batch, one bar per backend /
     precision / device. Needs matplotlib (`pip install 'sr-deploy[plot]'`)."""
     path = check_output_path(path)
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise NotInstalledError("the plot needs matplotlib: pip install 'sr-deploy[plot]'") from exc
+    plt = pyplot()
     rows = report.ok_rows()
     groups = list(dict.fromkeys((r.height, r.width, r.batch) for r in rows))
     series = list(dict.fromkeys(r.label for r in rows))

@@ -130,6 +130,10 @@ def benchmark(
     for path, suffixes in ((json_path, (".json",)), (markdown_path, (".md", ".markdown")), (plot_path, PLOT_SUFFIXES)):
         if path:
             check_output_path(path, suffixes)  # before the run, not after minutes of timing
+    if plot_path:
+        from ..util.plot import pyplot
+
+        pyplot()  # matplotlib (the plot extra) is there, or one line now, before any timing
     report = run_benchmark(
         model,
         backends=backends,

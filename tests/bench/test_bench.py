@@ -7,6 +7,7 @@ import importlib.util
 import json
 import math
 import shlex
+import sys
 import time
 
 import numpy as np
@@ -370,6 +371,27 @@ def test_a_report_is_never_written_over_the_model_or_an_image(tiny_checkpoint, t
         assert result.exit_code == 2, result.output
         assert result.output.startswith(f"error: {target}: expected a .") and len(result.output.splitlines()) == 1
     assert tiny_checkpoint.read_bytes() == before and image.read_bytes() == b"an image"
+
+
+def without_matplotlib(monkeypatch) -> None:
+    """As in an install without the plot extra: `import matplotlib` fails."""
+    for name in ("matplotlib", "matplotlib.pyplot"):
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+def test_plot_without_matplotlib_is_refused_before_any_work(tiny_checkpoint, tmp_path, monkeypatch):
+    """--plot without matplotlib: one line naming the extra, exit 2, before the run (it ran the whole
+    benchmark, wrote the JSON and markdown, then failed at the plot)."""
+    import sr_deploy.bench
+
+    without_matplotlib(monkeypatch)
+    monkeypatch.setattr(sr_deploy.bench, "run_benchmark", lambda *a, **k: pytest.fail("the benchmark ran"))
+    reports = [tmp_path / "b.json", tmp_path / "b.md", tmp_path / "b.png"]
+    args = ["--json", str(reports[0]), "--markdown", str(reports[1]), "--plot", str(reports[2])]
+    result = CliRunner().invoke(cli, ["benchmark", str(tiny_checkpoint), "--backends", "torch", *QUICK_CPU_RUN, *args])
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines() == ["error: the plot needs matplotlib: pip install 'sr-deploy[plot]'"]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_missing_model(tmp_path):
