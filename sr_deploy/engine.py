@@ -295,6 +295,26 @@ def build_lock(engine_path: str | Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+def check_engine_file(path: str | Path) -> Path:
+    """`path` when it may be a serialized TensorRT engine, read without TensorRT; InputError naming
+    the file when it is missing, empty, or text (a serialized engine is binary: its header holds
+    little-endian integers, so NUL bytes, in the first bytes). Whether TensorRT can load it is only
+    known when it does."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such engine file")
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the engine file ({exc.strerror or exc})") from None
+    if not head:
+        raise InputError(f"{path}: empty file, not a TensorRT engine")
+    if b"\0" not in head:
+        raise InputError(f"{path}: a text file, not a TensorRT engine (build one with sr-deploy build-engine)")
+    return path
+
+
 def read_sidecar(engine_path: str | Path) -> EngineSidecar | None:
     """The sidecar of `engine_path`, or None when there is none. InputError when it exists but
     is not an sr-deploy engine sidecar."""

@@ -84,7 +84,7 @@ def format_table(report: BenchReport) -> str:
     rows = [TABLE_COLUMNS] + table_rows(report)
     widths = [max(len(r[i]) for r in rows) for i in range(len(TABLE_COLUMNS))]
     lines = [
-        f"{report.model} ({report.arch} x{report.scale}): "
+        f"{report.model} ({report.arch} x{report.scale or '?'}): "
         + (
             f"{report.flops_per_lr_pixel / 1e6:.2f} MFLOP per input pixel"
             if report.flops_per_lr_pixel
@@ -140,7 +140,7 @@ def format_markdown(report: BenchReport) -> str:
     )
     out.append(f"- load average at start / end: {m.get('load_average_start')} / {m.get('load_average_end')}")
     out.append(
-        f"- model: {report.arch} x{report.scale}, "
+        f"- model: {report.arch} x{report.scale or '?'}, "
         + (
             f"{report.flops_per_lr_pixel / 1e6:.3f} MFLOP per input pixel"
             if report.flops_per_lr_pixel
@@ -242,7 +242,7 @@ def write_plot(report: BenchReport, path: str | Path) -> Path:
     ax.set_xticks(range(len(groups)), [f"{h}x{w}\nbatch {b}" for h, w, b in groups])
     ax.set_ylabel("frames / s (higher is better)")
     ax.set_title(
-        f"{report.arch} x{report.scale} on {report.machine.get('gpu') or report.machine.get('cpu')}", fontsize=9
+        f"{report.arch} x{report.scale or '?'} on {report.machine.get('gpu') or report.machine.get('cpu')}", fontsize=9
     )
     if series:
         ax.legend(fontsize=8)

@@ -39,7 +39,17 @@ from .options import (
     settings_of,
 )
 from .results import STATUS_FAILED, STATUS_SKIPPED, BenchReport, BenchRow
-from .subject import OnnxFiles, Reference, Subject, backend_inputs, flops_of, given_onnx, load_subject, make_backend
+from .subject import (
+    OnnxFiles,
+    Reference,
+    Subject,
+    backend_inputs,
+    check_some_row_runs,
+    flops_of,
+    given_onnx,
+    load_subject,
+    make_backend,
+)
 from .video import video_row
 
 
@@ -72,6 +82,8 @@ def run_benchmark(model: str | Path | nn.Module, **options: Any) -> BenchReport:
     peaks: dict[str, float] = {}
     ceilings: dict[str, float] = {}
     plan = plan_rows(opts.sizes, opts.batch_sizes, pairs, precisions)
+    # none can run (TensorRT or a GPU missing): one line now, not a GEMM peak and an empty table
+    check_some_row_runs([(p.backend, p.device, p.precision) for p in plan], subject)
     if opts.measure_peak:  # before and after the rows, the better kept: one may land on a busy moment
         _measure_peaks(plan, peaks, ceilings, say)
     rows, frames_source = _run_rows(plan, subject, given, reference, flops, opts, say)

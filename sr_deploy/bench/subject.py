@@ -64,7 +64,13 @@ def load_subject(model: str | Path | nn.Module) -> Subject:
             onnx_precision=graph_precision(proto),
         )
     if kind is not None and kind.name == "engine":
-        return Subject(str(model), None, "TensorRT engine", 0, engine_path=existing_model_path(path))
+        from ..engine import check_engine_file, read_sidecar
+
+        engine = check_engine_file(existing_model_path(path))
+        sidecar = read_sidecar(engine)  # the scale it was built at; 0 (unknown) without one
+        return Subject(
+            str(model), None, "TensorRT engine", int(sidecar.scale or 0) if sidecar else 0, engine_path=engine
+        )
     ckpt = load_checkpoint(path)
     return Subject(str(model), ckpt.model, ckpt.arch, ckpt.scale)
 
@@ -91,15 +97,9 @@ class OnnxFiles:
         self.errors: dict[str, str] = {}
 
     def get(self, precision: str) -> Path:
+        """The `precision` graph (fp32 / fp16); `subject_refusal` has refused the rows it cannot give."""
         if self.subject.onnx_path is not None:
-            if precision != self.subject.onnx_precision:
-                raise NotInstalledError(
-                    f"{self.subject.onnx_path.name} is an {self.subject.onnx_precision} graph; "
-                    f"benchmark an {precision} export of it for {precision} rows"
-                )
             return self.subject.onnx_path
-        if precision == "bf16":
-            raise NotInstalledError(NO_BF16_ONNX)
         if precision in self.errors:
             raise SRDeployError(self.errors[precision])
         if precision not in self.files:
@@ -121,28 +121,64 @@ class OnnxFiles:
         return out
 
 
+def subject_refusal(name: str, precision: str, subject: Subject) -> str | None:
+    """Why the benchmark backend `name` cannot run `subject` at `precision` whatever is installed
+    (an ONNX file on torch, an engine on ONNX Runtime, a bf16 ONNX row...), or None."""
+    spec, _ = spec_for_bench_name(name)
+    if spec.runs_modules:
+        if subject.module is None:
+            return f"the {spec.name} backend needs a PyTorch checkpoint; MODEL is " + (
+                "an ONNX file" if subject.onnx_path else "a TensorRT engine"
+            )
+        return None
+    if subject.engine_path is not None:
+        return (
+            None if spec.opens(subject.engine_path.suffix.lower()) else f"{spec.name} cannot run a TensorRT engine file"
+        )
+    if precision == "bf16" and not spec.opens(".engine"):
+        return NO_BF16_ONNX
+    if subject.onnx_path is not None:
+        graph = "fp16" if precision == "fp16" else "fp32"  # the graph `make_backend` runs for the row
+        if graph != subject.onnx_precision:
+            return (
+                f"{subject.onnx_path.name} is an {subject.onnx_precision} graph; "
+                f"benchmark an {graph} export of it for {precision} rows"
+            )
+    return None
+
+
+def check_some_row_runs(rows: Sequence[tuple[str, str, str]], subject: Subject) -> None:
+    """NotInstalledError (exit 2) when none of the (backend, device, precision) `rows` can run here,
+    before anything is measured: naming what is missing (the backend table's reasons, which name
+    the extra to install) for the rows MODEL could run on, else why MODEL runs on none of them."""
+    missing: list[str] = []
+    refused: list[str] = []
+    for name, device, precision in rows:
+        refusal = subject_refusal(name, precision, subject)
+        if refusal:
+            refused.append(refusal)
+            continue
+        reason = spec_for_bench_name(name)[0].available(device)
+        if reason is None:
+            return
+        missing.append(reason)
+    reasons = list(dict.fromkeys(missing or refused))
+    raise NotInstalledError(f"no row could run on this machine: {'; '.join(reasons)}")
+
+
 def make_backend(name: str, device: str, precision: str, subject: Subject, onnx_files: OnnxFiles) -> Any:
     """A ready backend for a benchmark row, or NotInstalledError / InputError with the reason it
     cannot run here (the backend table's availability check first, then the subject's own limits)."""
     from ..backends import load
 
     spec, variant = spec_for_bench_name(name)
-    reason = spec.available(device)
+    reason = spec.available(device) or subject_refusal(name, precision, subject)
     if reason:
         raise NotInstalledError(reason)
     if spec.runs_modules:
-        if subject.module is None:
-            raise NotInstalledError(
-                f"the {spec.name} backend needs a PyTorch checkpoint; MODEL is "
-                + ("an ONNX file" if subject.onnx_path else "a TensorRT engine")
-            )
         return load(subject.module, device=device, precision=precision, backend=spec.name, **variant)
     if subject.engine_path is not None:
-        if not spec.opens(subject.engine_path.suffix.lower()):
-            raise NotInstalledError(f"{spec.name} cannot run a TensorRT engine file")
         return load(subject.engine_path, device=device, precision=precision, backend=spec.name, **variant)
-    if precision == "bf16" and not spec.opens(".engine"):
-        raise NotInstalledError(NO_BF16_ONNX)
     # fp16 lives in the ONNX graph (TensorRT 11 is strongly typed); fp32 I/O either way.
     onnx_path = onnx_files.get("fp16" if precision == "fp16" else "fp32")
     return load(onnx_path, device=device, precision=precision, backend=spec.name, **variant)

@@ -30,6 +30,7 @@ from sr_deploy.bench import (
     write_plot,
 )
 from sr_deploy.cli import cli
+from sr_deploy.errors import TENSORRT_NOT_INSTALLED
 from sr_deploy.models import SRResNet, count_flops_per_lr_pixel, save_checkpoint
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
@@ -202,6 +203,58 @@ def test_a_benchmark_whose_backends_disagree_exits_1_after_its_table(tiny_checkp
     if not HAS_TRT:  # nothing that was asked for can run here: exit 2, not an empty table and 0
         none = CliRunner().invoke(cli, ["benchmark", str(tiny_checkpoint), "--backends", "tensorrt", *QUICK_CPU_RUN])
         assert none.exit_code == 2 and "error: no row could run on this machine" in none.stderr, none.output
+
+
+def _stand_in_engine(path, scale: int | None = 4):
+    """Binary bytes standing in for a TensorRT engine (nothing here runs it), and its sidecar."""
+    from sr_deploy.engine import EngineSidecar, write_sidecar
+
+    path.write_bytes(b"ftrt\xe8\x00\x00\x00stand-in engine bytes")
+    if scale is not None:
+        profile = {"min": [1, 3, 16, 16], "opt": [1, 3, 16, 16], "max": [1, 3, 64, 64]}
+        write_sidecar(path, EngineSidecar("0" * 64, "10.13.0", "stand-in", "8.9", profile, "fp16", scale=scale))
+    return path
+
+
+def test_a_benchmark_none_of_whose_rows_can_run_fails_before_any_work(tiny_checkpoint, tmp_path, monkeypatch):
+    """Every row asked for needs TensorRT, absent: one line naming the extra, exit 2, before the GEMM
+    peak is measured and with no report written (it measured, wrote both, then said "no row could
+    run"). The same for an engine as MODEL, whose only possible row is TensorRT's."""
+    import sr_deploy.bench.runner as runner
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # as without the tensorrt extra
+    monkeypatch.setattr(runner, "measure_peak_gflops", lambda *a: pytest.fail("the GEMM peak was measured"))
+    engine = _stand_in_engine(tmp_path / "f.engine")
+    reports = ["--json", str(tmp_path / "b.json"), "--markdown", str(tmp_path / "b.md")]
+    quick = ["--sizes", "16x16", "--iters", "1", "--warmup", "0", "--device", "cpu", "--quiet"]
+    for model, backends in ((tiny_checkpoint, ["--backends", "tensorrt"]), (engine, [])):
+        result = CliRunner().invoke(cli, ["benchmark", str(model), *backends, *quick, *reports])
+        assert result.exit_code == 2, result.output
+        assert result.output.splitlines() == [f"error: no row could run on this machine: {TENSORRT_NOT_INSTALLED}"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.engine", "f.engine.json"]
+
+
+def test_rows_that_cannot_run_beside_one_that_can_are_skipped_rows(tiny_checkpoint, monkeypatch):
+    """The early refusal is for a run with nothing to run: beside a row that runs, the others stay
+    skipped rows with their reasons, exit 0."""
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    args = ["benchmark", str(tiny_checkpoint), "--backends", "torch,tensorrt", *QUICK_CPU_RUN]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert f"skipped: tensorrt fp32 on cpu: {TENSORRT_NOT_INSTALLED}" in result.output
+
+
+def test_an_engine_subject_takes_its_scale_from_its_sidecar(tmp_path):
+    """`benchmark f.engine` said `(TensorRT engine x0)`: the scale it was built at is in its sidecar;
+    an empty or text file is refused as not an engine."""
+    from sr_deploy.bench.subject import load_subject
+    from sr_deploy.errors import InputError
+
+    assert load_subject(str(_stand_in_engine(tmp_path / "a.engine"))).scale == 4
+    assert load_subject(str(_stand_in_engine(tmp_path / "b.engine", scale=None))).scale == 0
+    (tmp_path / "empty.engine").write_bytes(b"")
+    with pytest.raises(InputError, match=r"empty\.engine: empty file, not a TensorRT engine"):
+        load_subject(str(tmp_path / "empty.engine"))
 
 
 @pytest.mark.slow
