@@ -90,6 +90,9 @@ def _describe_deployed(path: Path, kind: str, as_json: bool) -> None:
         desc |= {"input": "x".join(str(d) for d in dims), "precision": graph_precision(proto)}
         desc |= {"mflops_per_lr_pixel": round(onnx_conv_flops_per_lr_pixel(path) / 1e6, 3), "metadata": metadata(proto)}
     else:
+        from ..engine import check_engine_file
+
+        check_engine_file(path)  # an empty or text file is no engine, as an empty .onnx is no ONNX
         sidecar = read_sidecar(path)
         desc |= {"format": "TensorRT engine", "sidecar": vars(sidecar) if sidecar else "none (no .json beside it)"}
     if as_json:

@@ -203,6 +203,26 @@ def test_sidecar_missing_and_foreign(tmp_path):
         read_sidecar(engine)
 
 
+@pytest.mark.parametrize(
+    "content, cause",
+    [(b"", "empty file, not a TensorRT engine"), (b"# not an engine\n", "a text file, not a TensorRT engine")],
+)
+def test_info_refuses_an_empty_or_text_engine_file(tmp_path, content, cause):
+    """`info fake.engine` on a 0-byte file said `format: TensorRT engine`, exit 0: like an empty
+    .onnx, it is one line naming the file, exit 2. A binary file with its sidecar is described."""
+    fake = tmp_path / "fake.engine"
+    fake.write_bytes(content)
+    result = CliRunner().invoke(cli, ["info", str(fake)])
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.splitlines()
+    assert line.startswith(f"error: {fake}: {cause}"), line
+    fake.write_bytes(b"ftrt\xe8\x00\x00\x00engine bytes")
+    write_sidecar(fake, _sidecar())
+    described = CliRunner().invoke(cli, ["info", str(fake)])
+    assert described.exit_code == 0, described.output
+    assert "format:      TensorRT engine" in described.output and "tensorrt_version=10.13.0.35" in described.output
+
+
 def test_sidecar_mismatch_refused():
     sc = _sidecar()
     check_sidecar_matches(sc, "m.engine", "10.13.0.35", "NVIDIA H100 80GB HBM3", "9.0")  # same: accepted
