@@ -263,27 +263,61 @@ def write_triton_repository(
     """
     say = log or (lambda _m: None)
     repo = Path(repo)
-    engine_path, sidecar = _check_arguments(repo, name, flavour, kind, max_batch, engine)
+    engine_path, sidecar = check_triton_arguments(
+        model, repo, name=name, flavour=flavour, engine=engine, kind=kind, max_batch=max_batch, backend=backend
+    )
+    created = not repo.exists()
     repo.mkdir(parents=True, exist_ok=True)
     kind_text = INSTANCE_KINDS[kind]
-    if flavour == "python":
-        models, scale = _write_python(repo, model, name, max_batch, kind_text, backend, precision)
-    else:
-        profile = sidecar.profile if sidecar is not None else DEFAULT_PROFILE
-        onnx, scale = _write_onnx(repo, model, name, onnx_file, max_batch, profile, kind_text, opset, verify, log)
-        models = [onnx]
-        if engine_path is not None and sidecar is not None:
-            models.append(_write_plan(repo, engine_path, f"{name}_trt", sidecar.profile, scale))
-    readme = write_readme(repo, models, scale)
+    try:
+        if flavour == "python":
+            models, scale = _write_python(repo, model, name, max_batch, kind_text, backend, precision)
+        else:
+            profile = sidecar.profile if sidecar is not None else DEFAULT_PROFILE
+            onnx, scale = _write_onnx(repo, model, name, onnx_file, max_batch, profile, kind_text, opset, verify, log)
+            models = [onnx]
+            if engine_path is not None and sidecar is not None:
+                models.append(_write_plan(repo, engine_path, f"{name}_trt", sidecar.profile, scale))
+        readme = write_readme(repo, models, scale)
+    except BaseException:
+        if created:  # a repository this call began is not left behind, empty or half-filled
+            shutil.rmtree(repo, ignore_errors=True)
+        raise
     for item in models:
         say(f"wrote {item.folder}/ ({item.platform})")
     return TritonRepository(repo, models, readme, scale)
 
 
+def check_triton_arguments(
+    model: str,
+    repo: str | Path,
+    *,
+    name: str = DEFAULT_NAME,
+    flavour: str = "onnx",
+    engine: str | Path | None = None,
+    kind: str = "gpu",
+    max_batch: int = DEFAULT_MAX_BATCH,
+    backend: str = "auto",
+) -> tuple[Path | None, Any]:
+    """Everything `write_triton_repository` checks before it writes (and `sr-deploy export` before
+    it exports): the options, the --engine file and its sidecar, and for the python flavour the
+    model file and that `backend` runs it (the rule `sr_deploy.backends.load` applies, so a pair
+    that upscale refuses is not written as a model Triton cannot load). Returns (engine path, its
+    sidecar) when an engine is given; InputError naming the file or option otherwise."""
+    engine_path, sidecar = _check_arguments(Path(repo), name, flavour, kind, max_batch, engine)
+    if flavour == "python":
+        from .backends.table import runner_for
+        from .model_file import model_file_scale
+
+        path, _ = model_file_scale(model)  # exists, and its scale can be read (an engine's sidecar)
+        runner_for(path, backend)
+    return engine_path, sidecar
+
+
 def _check_arguments(
     repo: Path, name: str, flavour: str, kind: str, max_batch: int, engine: str | Path | None
 ) -> tuple[Path | None, Any]:
-    """Everything checked before anything is written: (engine path, its sidecar) when given."""
+    """The options and the --engine file: (engine path, its sidecar) when given."""
     if flavour not in FLAVOURS:
         raise InputError(f"--triton-flavour {flavour!r}: expected one of {', '.join(FLAVOURS)}")
     if kind not in INSTANCE_KINDS:

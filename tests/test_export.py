@@ -243,6 +243,68 @@ def test_bad_input_is_one_line_exit_2_and_no_file(case, weights_dir, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written, no temp file
 
 
+def _no_export(monkeypatch) -> None:
+    monkeypatch.setattr(export_module, "export_onnx", lambda *a, **k: pytest.fail("the model was exported"))
+
+
+@pytest.mark.parametrize("sidecar", [False, True], ids=["no engine file", "no sidecar"])
+def test_a_bad_engine_for_the_triton_repository_is_refused_before_the_export(tmp_path, monkeypatch, sidecar):
+    """`export MODEL -o m.onnx --triton-repo R --engine m.engine` exported and checked parity first
+    (~6 s), then refused the engine and left m.onnx behind: the engine is checked first."""
+    _no_export(monkeypatch)
+    engine = tmp_path / "m.engine"
+    if sidecar:
+        engine.write_bytes(b"\0engine bytes without a sidecar")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    args = ["default", "-o", str(tmp_path / "m.onnx"), "--triton-repo", str(tmp_path / "repo"), "--engine", str(engine)]
+    result = CliRunner().invoke(cli, ["export", *args])
+    assert result.exit_code == 2, result.output
+    cause = "no sidecar JSON with the engine's profile" if sidecar else "no such engine file"
+    (line,) = result.output.splitlines()
+    assert line.startswith(f"error: {engine}: {cause}"), line
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx_file(tiny_srresnet, tmp_path_factory):
+    path = tmp_path_factory.mktemp("onnx") / "m.onnx"
+    export_onnx(tiny_srresnet, path, exporter="legacy", verify=False, log=None)
+    return path
+
+
+@pytest.mark.parametrize("case", ["checkpoint on tensorrt", "checkpoint on onnxruntime", "onnx on torch", "engine"])
+def test_a_python_flavour_model_its_backend_cannot_run_is_refused_and_nothing_written(case, tiny_onnx_file, tmp_path):
+    """The Triton python flavour wrote, exit 0, a model whose backend cannot open its file (Triton
+    then fails to load it): refused with the rule upscale applies, exit 2, and no repository folder
+    (an engine without its sidecar left an empty one)."""
+    engine = tmp_path / "f.engine"
+    engine.write_bytes(b"\0engine bytes without a sidecar")
+    default = str(load_checkpoint("default").path)
+    model, backend, cause = {
+        "checkpoint on tensorrt": (
+            default,
+            "tensorrt",
+            "a PyTorch checkpoint runs on the torch backend only (asked for tensorrt)",
+        ),
+        "checkpoint on onnxruntime": (
+            default,
+            "onnxruntime",
+            "a PyTorch checkpoint runs on the torch backend only (asked for onnxruntime)",
+        ),
+        "onnx on torch": (str(tiny_onnx_file), "torch", "an ONNX file cannot run on the torch backend"),
+        "engine": (str(engine), "auto", "no sidecar JSON with the engine's scale"),
+    }[case]
+    repo = tmp_path / "repo"
+    args = [model, "--triton-repo", str(repo), "--triton-flavour", "python", "--name", "sr_trt", "--backend", backend]
+    result = CliRunner().invoke(cli, ["export", *args])
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.splitlines()
+    assert line.startswith(f"error: {model}: {cause}"), line
+    assert not repo.exists()
+    ok = CliRunner().invoke(cli, ["export", default, "--triton-repo", str(repo), "--triton-flavour", "python"])
+    assert ok.exit_code == 0 and (repo / "sr_deploy" / "1" / "default.pt").is_file(), ok.output
+
+
 @pytest.mark.slow
 def test_a_failed_write_leaves_no_partial_file(tiny_srresnet, tmp_path, monkeypatch):
     def half_write(model, path, **kwargs):

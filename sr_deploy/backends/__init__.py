@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
 from .base import Backend
-from .table import AUTO, BACKEND_NAMES, BACKENDS, BackendSpec, spec_for_suffix, spec_named
+from .table import AUTO, BACKEND_NAMES, BACKENDS, BackendSpec, runner_for, spec_for_suffix, spec_named
 
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["BACKENDS", "BACKEND_NAMES", "Backend", "BackendSpec", "load"]
+__all__ = ["BACKENDS", "BACKEND_NAMES", "Backend", "BackendSpec", "load", "runner_for", "spec_for_suffix", "spec_named"]
 
 
 def load(
@@ -71,8 +71,4 @@ def load(
     from ..models import existing_model_path
 
     path = existing_model_path(model)
-    owner = spec_for_suffix(path)
-    runner = asked or owner
-    if not runner.opens(path.suffix.lower()):
-        raise InputError(owner.refusal.format(path=path, backend=runner.name))
-    return runner.open(path, device, precision, **options)
+    return runner_for(path, backend).open(path, device, precision, **options)

@@ -247,6 +247,18 @@ def spec_for_bench_name(name: str) -> tuple[BackendSpec, dict[str, Any]]:
     return spec_named(key), {}
 
 
+def runner_for(path: Path, backend: str = AUTO) -> BackendSpec:
+    """The row that runs the model file `path` when asked for `backend` (``auto``: the one its
+    suffix says). InputError with the file kind's `refusal` when that backend cannot open it (a
+    checkpoint on tensorrt, an ONNX file on torch): the rule `load` applies, for a command that
+    hands the pair to another process (a Triton model) and must refuse it before writing."""
+    owner = spec_for_suffix(path)
+    runner = owner if (backend or AUTO).lower() == AUTO else spec_named(backend)
+    if not runner.opens(path.suffix.lower()):
+        raise InputError(owner.refusal.format(path=path, backend=runner.name))
+    return runner
+
+
 def spec_for_suffix(path: Path) -> BackendSpec:
     """The row that opens `path` by default, from its suffix; InputError for an unknown suffix."""
     suffix = path.suffix.lower()

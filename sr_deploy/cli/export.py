@@ -133,6 +133,18 @@ def export(
         )
         if output is None:
             return
+    elif triton_repo is not None:  # the repository is written after the export: check its arguments first
+        from ..triton import check_triton_arguments
+
+        check_triton_arguments(
+            model,
+            triton_repo,
+            name=triton_name,
+            flavour=triton_flavour,
+            engine=engine,
+            kind=triton_kind,
+            max_batch=max_batch,
+        )
 
     try:
         result = export_onnx(
