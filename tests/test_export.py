@@ -265,6 +265,23 @@ def test_a_bad_engine_for_the_triton_repository_is_refused_before_the_export(tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
+def test_a_failed_export_into_a_new_triton_repository_leaves_no_folder(tmp_path, monkeypatch):
+    """A repository folder this export began is removed when the export into it fails; one that
+    was there before is kept as it was."""
+
+    def failing_export(*args, **kwargs):
+        raise SRDeployError("parity check failed (stand-in)")
+
+    monkeypatch.setattr(export_module, "export_onnx", failing_export)
+    repo = tmp_path / "repo"
+    result = CliRunner().invoke(cli, ["export", "default", "--triton-repo", str(repo)])
+    assert result.exit_code == 1 and "parity check failed (stand-in)" in result.output, result.output
+    assert not repo.exists()
+    (repo / "older").mkdir(parents=True)
+    assert CliRunner().invoke(cli, ["export", "default", "--triton-repo", str(repo)]).exit_code == 1
+    assert [p.name for p in repo.iterdir()] == ["older"]
+
+
 @pytest.fixture(scope="module")
 def tiny_onnx_file(tiny_srresnet, tmp_path_factory):
     path = tmp_path_factory.mktemp("onnx") / "m.onnx"
