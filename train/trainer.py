@@ -65,7 +65,15 @@ from .losses import (
 )
 from .schema import validate_config
 from .state import EMA, StopOnSignal, atomic_torch_save, rng_state, set_rng_state, write_text_atomically
-from .validation import LossLog, bicubic_baseline, plot_curve, read_val_history, validate, write_csv
+from .validation import (
+    LossLog,
+    bicubic_baseline,
+    plot_curve,
+    plot_missing_note,
+    read_val_history,
+    validate,
+    write_csv,
+)
 
 STATE_FILE = "state_latest.pt"
 CONFIG_FILE = "config.yaml"
@@ -638,6 +646,9 @@ class Trainer:
                 if network
             )
         )
+        note = plot_missing_note() if self.valset is not None else None
+        if note:
+            log(note)
         if self.valset is not None and self.bicubic is None:
             self.bicubic = bicubic_baseline(self.valset, self.scale, self.lpips)
             lpips_text = f"  LPIPS {self.bicubic['lpips']:.4f}" if "lpips" in self.bicubic else ""

@@ -16,9 +16,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from sr_deploy.errors import NotInstalledError
 from sr_deploy.metrics import imresize, psnr, ssim, to_uint8
 from sr_deploy.perceptual import LPIPS, lpips_uint8
 from sr_deploy.util.files import atomic_write
+from sr_deploy.util.plot import pyplot
 
 from .data import ValidationSet
 
@@ -66,18 +68,28 @@ def bicubic_baseline(valset: ValidationSet, scale: int, lpips: LPIPS | None = No
     return _mean_scores(scores_p, scores_s, scores_l if lpips is not None else None)
 
 
+VAL_PLOT = "the validation curve val.png"
+
+
+def plot_missing_note() -> str | None:
+    """The note a run with a validation set logs once when val.png cannot be drawn (matplotlib,
+    the plot extra, is absent: "... needs matplotlib: pip install 'sr-deploy[plot]'"), else None."""
+    try:
+        pyplot(VAL_PLOT)
+    except NotInstalledError as exc:
+        return f"note: {exc}; this run goes on without it"
+    return None
+
+
 def plot_curve(
     run_dir: Path, history: list[dict[str, float]], bicubic: dict[str, float] | None, title: str
 ) -> Path | None:
     """val.png: validation PSNR against iterations, with bicubic as a dashed line (and LPIPS in a
-    second panel when the history has it). Skipped (None) when matplotlib is not installed; it is
-    an optional dependency."""
+    second panel when the history has it). Skipped (None) when matplotlib is not installed (an
+    optional dependency: the run says so once, `plot_missing_note`)."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+        plt = pyplot(VAL_PLOT)
+    except NotInstalledError:
         return None
     with_lpips = any("lpips" in h for h in history)
     fig, axes = plt.subplots(1, 2 if with_lpips else 1, figsize=(11 if with_lpips else 6, 4), dpi=100, squeeze=False)
