@@ -23,11 +23,11 @@ from ..backends.fp32_fallback import Fp32Fallback
 from ..errors import InputError, SRDeployError
 from ..model_file import content_id, model_file_scale
 from ..util import storage
-from ..util.files import exclusive_output, file_sha256
+from ..util.files import check_output_folder, exclusive_output, file_sha256
 from ..util.log import Progress as Log
 from ..util.log import debug_traceback, to_stderr
 from ..util.text import first_line, shown
-from ..video import VideoOptions, check_encoder_options, default_codec, upscale_video
+from ..video import VideoOptions, check_encoder_options, check_hwaccel, default_codec, upscale_video
 from .image import upscale_image_file
 from .options import UpscaleOptions, validate_options
 from .plan import Job, Outcome, jobs_to_run, kind_of, made_meanwhile, plan_jobs
@@ -344,13 +344,16 @@ def plan_checked(
     model_needed: bool = True,
     planner: Callable[[Sequence[str | Path], str | Path, str, Log], list[Job]] = plan_jobs,
     log: Log = to_stderr,
+    videos_here: bool = True,
 ) -> list[Job]:
-    """The options and the model file checked, the jobs planned and a local output folder made:
+    """The options and the model file checked, the jobs planned and a local output folder checked:
     what every executor does before any model is loaded, so that a bad option or a missing model
     leaves nothing behind. `model_needed` False: the caller brings its own backend. `planner`:
     `plan.plan_jobs` for local paths, `stored.plan_stored` for locations that may be URIs. The
-    video encoders' --crf and --preset are checked too. What an input folder holds that the plan
-    leaves out is named in a note on `log` (`plan.note_left_out`)."""
+    video encoders' --crf and --preset are checked too, and a GPU encoder (NVENC) or decoder
+    (`--hwaccel`) is opened once when this process codes the videos (`videos_here`; a `--ray`
+    driver does not: its actors do). What an input folder holds that the plan leaves out is named
+    in a note on `log` (`plan.note_left_out`)."""
     from ..models import existing_model_path
 
     validate_options(options)
@@ -360,9 +363,13 @@ def plan_checked(
     if not jobs:
         raise InputError(f"no image or video files found in {', '.join(str(p) for p in inputs)}")
     for codec in {options.codec or default_codec(Path(str(job.target)).suffix) for job in jobs if job.kind == "video"}:
-        check_encoder_options(codec, options.crf, options.preset)
+        check_encoder_options(codec, options.crf, options.preset, videos_here)
+    if videos_here and any(job.kind == "video" for job in jobs):
+        check_hwaccel(options.hwaccel)
     if not storage.is_uri(str(output)) and kind_of(output) is None:
-        Path(output).mkdir(parents=True, exist_ok=True)
+        # Checked, not made: the folder appears when the first job takes its output's lock
+        # (`exclusive_output` makes it), so a model or backend that fails to load leaves none.
+        check_output_folder(output)
     return jobs
 
 

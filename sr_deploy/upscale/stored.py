@@ -288,11 +288,15 @@ def _run_staged(job: Job, backend: Backend, options: UpscaleOptions, log: Log, v
 
 
 def plan_stored_checked(
-    inputs: Sequence[str | Path], output: str | Path, options: UpscaleOptions, log: Log = to_stderr
+    inputs: Sequence[str | Path],
+    output: str | Path,
+    options: UpscaleOptions,
+    log: Log = to_stderr,
+    videos_here: bool = True,
 ) -> list[Job]:
     """`run.plan_checked` for locations: options and model file checked, then the stores as the
-    jobs are planned, a local OUT made."""
-    return plan_checked(inputs, output, options, planner=plan_stored, log=log)
+    jobs are planned, a local OUT checked."""
+    return plan_checked(inputs, output, options, planner=plan_stored, log=log, videos_here=videos_here)
 
 
 def upscale_stored(

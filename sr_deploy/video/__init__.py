@@ -73,7 +73,7 @@ from .common import (
 from .frames import even_size, frames_to_model_input, model_output_to_frames
 from .held import EXACT, HeldFrames, check_threshold, parse_threshold
 from .pipeline import VideoResult, upscale_video
-from .probe import VideoInfo, container_tag, probe_video
+from .probe import VideoInfo, check_hwaccel, container_tag, probe_video
 from .segments import check_encoder_options
 
 __all__ = [
@@ -91,6 +91,7 @@ __all__ = [
     "VideoOptions",
     "VideoResult",
     "check_encoder_options",
+    "check_hwaccel",
     "check_threshold",
     "container_tag",
     "default_codec",

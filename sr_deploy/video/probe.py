@@ -42,18 +42,40 @@ class VideoInfo:
     subtitles: tuple[str, ...]
 
 
+def hardware_decoder(hwaccel: str) -> Any:
+    """PyAV's `HWAccel` for the FFmpeg device type `hwaccel` (``cuda``: NVDEC); InputError when this
+    FFmpeg build lacks it."""
+    from av.codec.hwaccel import HWAccel, hwdevices_available
+
+    if hwaccel not in hwdevices_available():
+        raise InputError(
+            f"--hwaccel {hwaccel}: not in this FFmpeg build (it has: {', '.join(hwdevices_available()) or 'none'})"
+        )
+    return HWAccel(device_type=hwaccel, allow_software_fallback=True)
+
+
+def check_hwaccel(hwaccel: str | None) -> None:
+    """InputError unless the decoding device `hwaccel` opens on this machine (`cuda` without an
+    NVIDIA GPU and driver does not): said once, before any model is loaded, not per video."""
+    import av
+
+    if not hwaccel or hwaccel == "none":
+        return
+    try:
+        hardware_decoder(hwaccel).create(av.codec.Codec("h264", "r"))
+    except (OSError, av.FFmpegError) as exc:
+        raise InputError(
+            f"--hwaccel {hwaccel}: the decoding device does not open on this machine ({cause(exc)}); "
+            "without --hwaccel videos are decoded in software"
+        ) from None
+
+
 def open_input(source: Path, hwaccel: str | None = None) -> Any:
     import av
 
     kwargs: dict[str, Any] = {}
     if hwaccel and hwaccel != "none":
-        from av.codec.hwaccel import HWAccel, hwdevices_available
-
-        if hwaccel not in hwdevices_available():
-            raise InputError(
-                f"--hwaccel {hwaccel}: not in this FFmpeg build (it has: {', '.join(hwdevices_available()) or 'none'})"
-            )
-        kwargs["hwaccel"] = HWAccel(device_type=hwaccel, allow_software_fallback=True)
+        kwargs["hwaccel"] = hardware_decoder(hwaccel)
     try:
         return av.open(str(source), "r", **kwargs)
     except (av.FFmpegError, OSError, ValueError) as exc:

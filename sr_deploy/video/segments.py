@@ -35,12 +35,13 @@ _X26X_PRESETS = (
 _X26X_MAX_CRF = 51
 
 
-def check_encoder_options(codec: str, crf: int | None, preset: str | None) -> None:
+def check_encoder_options(codec: str, crf: int | None, preset: str | None, videos_here: bool = True) -> None:
     """Check --crf and --preset against the encoder `codec` before any model is loaded or frame
     decoded (InputError, exit 2), not at the first segment: x264 / x265 by their limits, other
     encoders by opening them once on a small picture with the options a segment would get. An
-    encoder that is missing or not a video one is left to `output.plan_output`, which says so; one
-    that cannot open here for another reason (NVENC with no GPU on this machine) to the run."""
+    encoder that is missing or not a video one is left to `output.plan_output`, which says so.
+    NVENC opens only on a machine with an NVIDIA GPU and driver: it is opened here when this
+    process will encode (`videos_here`), not on a `--ray` driver whose GPU nodes encode."""
     import av
 
     if codec in _X26X:
@@ -52,11 +53,15 @@ def check_encoder_options(codec: str, crf: int | None, preset: str | None) -> No
     options = encoder_options(codec, crf, preset)
     try:
         encoder = av.codec.Codec(codec, "w")
-        # NVENC needs a GPU to open; AV1 output is refused by output.plan_output (and SVT-AV1 logs a banner)
-        if encoder.type != "video" or not options or codec in CQ_CODECS or "av1" in codec:
+        if encoder.type != "video" or "av1" in codec:  # AV1 output is refused by output.plan_output
+            return
+        if codec in CQ_CODECS and not videos_here:
+            return
+        if not options and codec not in CQ_CODECS:
             return
         context = av.CodecContext.create(encoder)
-        context.width, context.height, context.time_base = 64, 64, Fraction(1, 25)
+        # 256x256: NVENC's smallest picture is larger than 64x64 on some GPUs
+        context.width, context.height, context.time_base = 256, 256, Fraction(1, 25)
         context.pix_fmt = encoder.video_formats[0].name if encoder.video_formats else "yuv420p"
         context.options = options
     except Exception:  # an unknown name (PyAV raises its own error): output.plan_output says so
@@ -64,8 +69,14 @@ def check_encoder_options(codec: str, crf: int | None, preset: str | None) -> No
     try:
         context.open()
     except av.FFmpegError as exc:
+        reason = exc.strerror or cause(exc)
+        if codec in CQ_CODECS:
+            raise InputError(
+                f"--codec {codec}: the encoder cannot open on this machine ({reason}): NVENC needs an NVIDIA "
+                "GPU and its driver; leave --codec out for libx264 / libx265"
+            ) from None
         given = " ".join(f"--{key} {value}" for key, value in (("crf", crf), ("preset", preset)) if key in options)
-        raise InputError(f"{given}: the {codec} encoder refuses it ({exc.strerror or cause(exc)})") from None
+        raise InputError(f"{given}: the {codec} encoder refuses it ({reason})") from None
 
 
 @dataclass

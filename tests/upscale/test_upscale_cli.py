@@ -573,3 +573,26 @@ def test_max_pixels_bounds_inputs_by_their_header(set5_dir, model, tmp_path):
     assert allowed.exit_code == 0 and read_image(tmp_path / "b.png").shape[:2] == (96, 128)
     bad = run(str(src), "-o", str(tmp_path / "c.png"), "--model", str(model), "--max-pixels", "0")
     assert bad.exit_code == 2 and "--max-pixels must be >= 1, got 0" in bad.stderr
+
+
+def test_a_model_that_does_not_load_leaves_no_output_folder(set5_dir, tmp_path):
+    """Before: the output folder was made while planning, so a damaged checkpoint (or a backend
+    that is not installed, or --device cuda here) left an empty `-o` folder behind."""
+    write_image(tmp_path / "in" / "a.png", _rgb(set5_dir / "bird.png"))
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(b"not a checkpoint")
+    for output in (tmp_path / "out", tmp_path / "new" / "deeper"):
+        result = run(str(tmp_path / "in"), "-o", str(output), "--model", str(damaged))
+        assert result.exit_code == 2, result.output
+        assert _error_lines(result) == [
+            f"error: {damaged}: not a PyTorch checkpoint (neither a torch zip archive, a pickle nor safetensors)"
+        ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged.pt", "in"]
+
+
+def test_an_output_folder_that_cannot_be_made_is_refused_before_the_model(set5_dir, model, tmp_path):
+    write_image(tmp_path / "in" / "a.png", _rgb(set5_dir / "bird.png"))
+    (tmp_path / "file").write_text("a file where a folder would go")
+    result = run(str(tmp_path / "in"), "-o", str(tmp_path / "file" / "out"), "--model", str(model))
+    assert result.exit_code == 2, result.output
+    assert len(_error_lines(result)) == 1 and f"{tmp_path / 'file' / 'out'}: cannot write in" in result.stderr

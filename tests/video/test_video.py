@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from _upscale_support import (
     NearestBackend,
     audio_seconds,
@@ -634,6 +635,25 @@ def test_unknown_codec_hwaccel_or_container_mismatch_is_refused_in_one_line(clip
         assert result.returncode == 2, result.stderr
         assert len(_errors(result.stderr)) == 1 and message in result.stderr
     assert _leftovers(tmp_path) == [] and not (tmp_path / "x.mp4").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="NVENC and NVDEC open on a machine with an NVIDIA GPU")
+def test_gpu_encoder_or_decoder_on_a_machine_without_one_is_refused_before_any_work(clips, tmp_path):
+    """Before: `--codec h264_nvenc` failed at the first segment, exit 1 with FFmpeg's raw
+    `avcodec_open2(...)` text, leaving `.x.mp4.segments/` and the folder of `-o sub/x.mp4`; and
+    `--hwaccel cuda` failed per video after the model had loaded, leaving an empty `-o` folder."""
+    for args, message in [
+        (["--codec", "h264_nvenc"], "--codec h264_nvenc: the encoder cannot open on this machine"),
+        (["--codec", "hevc_nvenc"], "NVENC needs an NVIDIA GPU and its driver"),
+        (["--hwaccel", "cuda"], "--hwaccel cuda: the decoding device does not open on this machine"),
+    ]:
+        for output in (tmp_path / "sub" / "x.mp4", tmp_path / "folder"):
+            result = _cli(str(clips["bbb"]), "-o", str(output), *args, "--model", "default")
+            assert result.returncode == 2, result.stderr
+            errors = _errors(result.stderr)
+            assert len(errors) == 1 and message in errors[0], result.stderr
+            assert "Traceback" not in result.stderr and "precision:" not in result.stderr  # before the model
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_unreadable_video_is_an_input_error(tmp_path):
