@@ -13,7 +13,8 @@ from .options import BACKEND_CHOICE, PRECISION_CHOICE, device_option, realism_op
 
 
 @click.command()
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=str))
+# Not required=True: `--ray IN.png -o X` takes IN.png as the address, and says so (`_check_ray_usage`).
+@click.argument("inputs", nargs=-1, metavar="INPUTS...", type=click.Path(path_type=str))
 @click.option(
     "-o",
     "--output",
@@ -191,6 +192,7 @@ def upscale(
     from ..upscale import DEFAULT_UPSCALE_MODEL, DEFAULT_UPSCALE_PSNR_MODEL, UpscaleOptions
     from ..video import parse_threshold
 
+    _check_ray_usage(inputs, ray_address, ray_actors)
     if model is None:  # --realism alone blends the real-world pair: 0 = its L1 twin, 1 = default-real
         blending = realism is not None or gan_model is not None
         model = DEFAULT_UPSCALE_PSNR_MODEL if blending else DEFAULT_UPSCALE_MODEL
@@ -223,6 +225,20 @@ def upscale(
     _run(inputs, output, options, ray_address, ray_actors)
 
 
+def _check_ray_usage(inputs: tuple[str, ...], ray_address: str | None, ray_actors: int | None) -> None:
+    """Usage errors (exit 2) of --ray: an input taken as its address (``--ray IN.png -o X``: click
+    gives --ray the next word), and --ray-actors without --ray (it would be ignored)."""
+    if ray_address and (Path(ray_address).exists() or "://" in ray_address and not ray_address.startswith("ray://")):
+        raise InputError(
+            f"--ray took {ray_address!r} (an input) as the cluster address: write --ray=ADDRESS "
+            "or put --ray after the inputs"
+        )
+    if not inputs:
+        raise click.UsageError("Missing argument 'INPUTS...'.")
+    if ray_actors is not None and ray_address is None:
+        raise click.UsageError("--ray-actors is for --ray runs: add --ray, or leave --ray-actors out")
+
+
 def _run(inputs: tuple[str, ...], output: str, options: Any, ray_address: str | None, ray_actors: int | None) -> None:
     """Run here or on Ray (SIGTERM cleans up like Ctrl-C), then say where the results are."""
     import signal
@@ -234,11 +250,6 @@ def _run(inputs: tuple[str, ...], output: str, options: Any, ray_address: str | 
     def terminate(signum: int, frame: object) -> None:  # `kill`: clean up like Ctrl-C
         raise KeyboardInterrupt
 
-    if ray_address and (Path(ray_address).exists() or "://" in ray_address and not ray_address.startswith("ray://")):
-        raise InputError(
-            f"--ray took {ray_address!r} (an input) as the cluster address: write --ray=ADDRESS "
-            "or put --ray after the inputs"
-        )
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
         if ray_address is not None:

@@ -284,6 +284,11 @@ def test_a_library_caller_with_its_own_backend_needs_no_model_file(set5_dir, mod
         (["INPUT", "-o", "out", "--model", "MODEL", "--tile", "-1"], "--tile must be >= 0"),
         (["README", "-o", "out", "--model", "MODEL"], "not an image or video file"),
         (["INPUT", "-o", "out", "--model", "nope.pt"], "nope.pt: no such model file"),
+        # click gives --ray the next word: with one input, INPUTS was "missing" (no word of --ray)
+        (["--ray", "INPUT", "-o", "out"], "(an input) as the cluster address: write --ray=ADDRESS"),
+        (["-o", "out"], "Missing argument 'INPUTS...'"),
+        # it was ignored: the run went on here, on one process
+        (["INPUT", "-o", "out", "--ray-actors", "2"], "--ray-actors is for --ray runs: add --ray"),
         # an encoder's limits, checked before the model loads (x264 itself would only log and clamp)
         (["VIDEO", "-o", "out", "--model", "MODEL", "--preset", "bogus"], "--preset bogus: libx264 takes ultrafast,"),
         (["VIDEO", "-o", "out", "--model", "MODEL", "--crf", "99"], "--crf 99: libx264 takes 0 to 51"),
