@@ -56,9 +56,11 @@ from peers import realesrgan_env  # noqa: E402
 from peers.report import PEER, format_markdown, plot  # noqa: E402
 
 from sr_deploy.bench import trim_clip  # noqa: E402
+from sr_deploy.errors import NotInstalledError  # noqa: E402
 from sr_deploy.metrics import psnr  # noqa: E402
 from sr_deploy.parity import find_shared_data  # noqa: E402
 from sr_deploy.util import atomic_write_text  # noqa: E402
+from sr_deploy.util.plot import pyplot  # noqa: E402
 
 MODEL_NAME = "realesr-animevideov3"
 
@@ -357,6 +359,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="Set5, 0.5 s of video, 1 round; files end in -quick")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
+    try:
+        pyplot("the head-to-head plot")  # it is drawn last: a missing extra is said now, not after the run
+    except NotInstalledError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
     if args.quick:
         args.rounds, args.seconds = 1, 0.5
     print("preparing Real-ESRGAN's environment (cached after the first run) ...")

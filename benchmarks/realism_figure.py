@@ -15,17 +15,20 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from sr_deploy.degrade import parse_degradation
+from sr_deploy.errors import NotInstalledError
 from sr_deploy.evaluation import _read_image
 from sr_deploy.metrics import imresize, psnr, to_uint8
 from sr_deploy.models import load_checkpoint
 from sr_deploy.perceptual import LPIPS, lpips_uint8
 from sr_deploy.realism import resolve_realism
+from sr_deploy.util.plot import pyplot
 
 # (image, top, left, size) of the HR crop: fur, text and stripes, where GAN texture shows.
 CROPS = [("baboon.png", 40, 300, 120), ("comic.png", 60, 40, 120), ("zebra.png", 150, 250, 120)]
@@ -68,11 +71,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--perceptual-weights", default=None)
     ap.add_argument("-o", "--output", type=Path, default=Path("docs/realism.png"))
     args = ap.parse_args(argv)
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    try:
+        plt = pyplot("the figure")
+    except NotInstalledError as exc:  # one line naming the plot extra, before any work
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
 
     lpips = LPIPS("alex", args.perceptual_weights)
     spec, columns, title_line = FIGURES[args.figure]

@@ -78,10 +78,11 @@ def headline(report: dict) -> list[str]:
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
+    """The bar chart of wall times; needs matplotlib (the plot extra: `head_to_head.py` checks it
+    before it measures anything)."""
+    from sr_deploy.util.plot import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("the head-to-head plot")
 
     tasks = ("images", "video")
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
