@@ -115,10 +115,16 @@ def format_table(report: BenchReport) -> str:
 def _video_line(v: VideoRow) -> str:
     if v.status != STATUS_OK:
         return f"video {v.clip}: {v.status}: {v.reason}"
+    share = v.overhead_share or 0.0
+    outside = (
+        f"{100 * share:.0f}% of the pipeline's time outside the model"
+        if share >= 0
+        # a negative share means nothing: the backend alone timed slower than the whole pipeline
+        else "the time outside the model is within timing noise (the backend alone measured slower)"
+    )
     return (
         f"video {v.clip} ({v.frames} frames {v.width}x{v.height}, {v.backend} {v.precision} {v.device}): "
-        f"upscale pipeline {v.pipeline_fps:.2f} frames/s, backend alone {v.backend_fps:.2f} frames/s, "
-        f"{100 * (v.overhead_share or 0):.0f}% of the pipeline's time outside the model"
+        f"upscale pipeline {v.pipeline_fps:.2f} frames/s, backend alone {v.backend_fps:.2f} frames/s, {outside}"
     )
 
 
