@@ -31,6 +31,7 @@ from torch import nn
 from ..errors import InputError
 from ..util.files import atomic_write
 from ..util.files import file_sha256 as file_sha256  # re-exported: callers import it from here
+from ..util.storage import is_uri
 from ..util.text import first_line
 from . import registry
 from .spec import DEFAULT_LIVE_VALUES_PER_HR_PIXEL, Detection, ModelFacts, StateDict
@@ -114,6 +115,11 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
 def existing_model_path(name_or_path: str | Path) -> Path:
     """`resolve_model_path`, and InputError ``PATH: no such model file`` when nothing is there:
     the one check every command makes before it reads, loads or plans around a model."""
+    if is_uri(name_or_path):  # Path() would fold s3://b/m.pt into "s3:/b/m.pt: no such model file"
+        raise InputError(
+            f"{name_or_path}: a model is read from a local file: copy it here first "
+            "(object storage is for upscale's inputs and outputs)"
+        )
     path = resolve_model_path(name_or_path)
     if not path.is_file():
         raise InputError(f"{path}: {'a folder, not a model file' if path.is_dir() else 'no such model file'}")

@@ -66,10 +66,12 @@ def _filesystem(uri: str) -> tuple[Any, str]:
     try:
         import fsspec
 
-        fs, path = fsspec.core.url_to_fs(uri, use_listings_cache=False)
-    except ImportError:
+        # A scheme is case-insensitive (RFC 3986); fsspec's registry knows the lower-case names only.
+        fs, path = fsspec.core.url_to_fs(scheme(uri) + uri[uri.index("://") :], use_listings_cache=False)
+    except ImportError as exc:
         extra = _EXTRA.get(scheme(uri))
-        how = f"pip install 'sr-deploy[{extra}]'" if extra else "install fsspec and its implementation for it"
+        # fsspec's own text names the package its implementation needs (aiohttp for http://, ...).
+        how = f"pip install 'sr-deploy[{extra}]'" if extra else first_line(exc)
         raise InputError(f"{uri}: {scheme(uri)}:// is not installed: {how}") from None
     except (ValueError, TypeError) as exc:
         raise InputError(f"{uri}: not a storage URI this installation can read ({first_line(exc)})") from None

@@ -169,6 +169,14 @@ def test_an_input_prefix_inside_the_output_prefix_is_read(tiny_model, set5_dir, 
     assert result.done == [f"s3://{bucket}/bird.png"], result.failed
 
 
+def test_an_upper_case_scheme_reads_the_same_store(tiny_model, set5_dir, bucket, tmp_path):
+    """A URI scheme is case-insensitive (RFC 3986): `S3://b/in/` said "Protocol not known: S3"."""
+    s3_fs().put_file(str(set5_dir / "bird.png"), f"{bucket}/in/bird.png")
+    result = upscale_stored([f"S3://{bucket}/in/"], tmp_path / "out", _options(tiny_model), lambda m: None)
+    assert result.done == [str(tmp_path / "out" / "bird.png")], result.failed
+    assert (tmp_path / "out" / "bird.png").stat().st_size > 0
+
+
 def test_a_second_run_over_a_prefix_leaves_the_first_runs_outputs_out(tiny_model, set5_dir, bucket):
     """As for a local folder: `s3://b/photos/ -o s3://b/photos/x4/`, then `-o s3://b/photos/x4_b/`:
     the first run's outputs (they record that sr-deploy made them) are not upscaled again (x16),
@@ -301,6 +309,8 @@ def test_a_video_from_s3_to_s3_equals_a_local_run(tiny_model, video_dir, bucket,
 
 BAD_LOCATIONS = [
     ("foo://x/in/", "error: foo://x/in/: not a storage URI this installation can read (Protocol not known: foo)"),
+    # a scheme fsspec knows, whose package is missing: fsspec's own text names it (it said "install fsspec")
+    ("oss://x/in/", "error: oss://x/in/: oss:// is not installed: Install ossfs to access Alibaba Object Storage"),
     ("s3://", "error: s3://: no bucket in the URI (expected s3://BUCKET/path)"),
     ("s3:///x/", "error: s3:///x/: no bucket in the URI (expected s3://BUCKET/path)"),
     (

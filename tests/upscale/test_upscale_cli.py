@@ -284,6 +284,8 @@ def test_a_library_caller_with_its_own_backend_needs_no_model_file(set5_dir, mod
         (["INPUT", "-o", "out", "--model", "MODEL", "--tile", "-1"], "--tile must be >= 0"),
         (["README", "-o", "out", "--model", "MODEL"], "not an image or video file"),
         (["INPUT", "-o", "out", "--model", "nope.pt"], "nope.pt: no such model file"),
+        # it said "s3:/b/m.pt: no such model file" (Path folds the //)
+        (["INPUT", "-o", "out", "--model", "s3://b/m.pt"], "error: s3://b/m.pt: a model is read from a local file"),
         # click gives --ray the next word: with one input, INPUTS was "missing" (no word of --ray)
         (["--ray", "INPUT", "-o", "out"], "(an input) as the cluster address: write --ray=ADDRESS"),
         (["-o", "out"], "Missing argument 'INPUTS...'"),
