@@ -218,7 +218,9 @@ def test_a_perturbed_onnx_fails_verification_and_the_cli_exits_1(tiny_srresnet, 
     assert not verify_onnx(tiny_srresnet, out, "fp32").passed
 
 
-@pytest.mark.parametrize("case", ["missing model", "suffix", "no folder", "unwritable", "opset", "static", "huge"])
+@pytest.mark.parametrize(
+    "case", ["missing model", "suffix", "no folder", "unwritable", "uri", "opset", "static", "huge"]
+)
 def test_bad_input_is_one_line_exit_2_and_no_file(case, weights_dir, tmp_path):
     ckpt = str(weights_dir / "realesr-animevideov3.pth")
     out = tmp_path / "out.onnx"
@@ -229,6 +231,8 @@ def test_bad_input_is_one_line_exit_2_and_no_file(case, weights_dir, tmp_path):
         "suffix": ([str(text), "-o", str(out)], r"notes\.txt: unsupported model file type '\.txt'"),
         "no folder": ([ckpt, "-o", str(tmp_path / "missing" / "out.onnx")], r"output folder .*missing does not exist"),
         "unwritable": ([ckpt, "-o", "/proc/out.onnx"], r"/proc/out\.onnx: the output folder /proc is not writable"),
+        # it said "s3:/b/m.onnx: the output folder s3:/b does not exist"
+        "uri": ([ckpt, "-o", "s3://b/m.onnx"], r"^error: s3://b/m\.onnx: expected a local path"),
         "opset": ([ckpt, "-o", str(out), "--opset", "99"], r"opset 99 is not available: the installed onnx"),
         "static": ([ckpt, "-o", str(out), "--static", "0x8"], r"--static '0x8': expected NxHxW"),
         "huge": ([ckpt, "-o", str(out), "--static", "1x100000x100000"], r"--static 1x100000x100000: one call needs"),

@@ -58,7 +58,7 @@ from ..engine import (
 )
 from ..errors import InputError, SRDeployError
 from ..parity import ParityReport
-from ..util.files import file_sha256
+from ..util.files import check_local_path, file_sha256
 from ..util.log import Progress as Echo
 from ..util.log import to_stderr
 from .ort_backend import OnnxRuntimeBackend
@@ -242,6 +242,8 @@ def build_engine(
     src = _check_onnx_path(onnx_path)
     options = _check_options(precision, workspace_gib, opt_level)
     profile = profile or resolve_profile()
+    if output is not None:
+        check_local_path(output)
     engine_path = Path(output) if output is not None else src.with_suffix(".engine")
     if engine_path.resolve() == src.resolve():
         raise InputError(f"{engine_path}: the engine would overwrite the ONNX input")

@@ -120,10 +120,11 @@ def with_threads(options: UpscaleOptions) -> UpscaleOptions:
 
 
 def _opened_by(path: Path, backend: str) -> str:
-    """The name of the backend that `load` opens `path` with when asked for `backend`."""
-    from ..backends import spec_for_suffix, spec_named
+    """The name of the backend that `load` opens `path` with when asked for `backend` (`load`'s
+    own rule: InputError for a pair it refuses)."""
+    from ..backends import runner_for
 
-    return (spec_for_suffix(path) if backend in ("", "auto") else spec_named(backend)).name
+    return runner_for(path, backend).name
 
 
 def one_line(source: Path, exc: BaseException) -> str:

@@ -126,7 +126,7 @@ def check_output_path(path: str | Path, suffixes: tuple[str, ...] = ()) -> Path:
     is not a folder, and its suffix is one of `suffixes` (when given: a report named ``model.pt``
     or ``baby.png`` by a slip would replace the model or an image). Meant to run before long work,
     not after minutes of it."""
-    _local_only(path)
+    check_local_path(path)
     path = Path(path)
     if suffixes and path.suffix.lower() not in suffixes:
         raise InputError(f"{path}: expected a {' or '.join(suffixes)} file name")
@@ -151,7 +151,7 @@ def space_note(folder: str | Path, needed: int) -> str:
 def check_output_folder(path: str | Path) -> Path:
     """`path` as a Path; InputError unless it is, or can be made as, a folder this process can write
     in (checked by writing a file there, so read-only mounts count): before long work."""
-    _local_only(path)
+    check_local_path(path)
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise InputError(f"{path}: is a file, expected a folder")
@@ -159,7 +159,7 @@ def check_output_folder(path: str | Path) -> Path:
     return path
 
 
-def _local_only(path: str | Path) -> None:
+def check_local_path(path: str | Path) -> None:
     """InputError for a URI where a local path is meant (Path() would fold ``s3://b/x`` into
     ``s3:/b/x`` and report a missing folder ``s3:/b``)."""
     if is_uri(path):
