@@ -107,6 +107,8 @@ def export(
     model = with_realism(model, gan_model, realism)
     if output is None and triton_repo is None:
         raise InputError("give -o MODEL.onnx, --triton-repo DIR, or both")
+    # the repository's arguments, checked before an export (below) or used to write it
+    triton_args = dict(name=triton_name, flavour=triton_flavour, engine=engine, kind=triton_kind, max_batch=max_batch)
     if triton_repo is not None and (output is None or triton_flavour == "python"):
         from ..triton import write_triton_repository
 
@@ -116,17 +118,7 @@ def export(
                 "pass that .onnx as MODEL with --triton-repo"
             )
         repo = write_triton_repository(
-            model,
-            triton_repo,
-            name=triton_name,
-            flavour=triton_flavour,
-            engine=engine,
-            kind=triton_kind,
-            max_batch=max_batch,
-            backend=triton_backend,
-            opset=opset,
-            verify=not no_verify,
-            log=log,
+            model, triton_repo, **triton_args, backend=triton_backend, opset=opset, verify=not no_verify, log=log
         )
         click.echo(
             f"wrote Triton repository {repo.path} ({', '.join(m.name for m in repo.models)}; {repo.readme.name})"
@@ -136,15 +128,7 @@ def export(
     elif triton_repo is not None:  # the repository is written after the export: check its arguments first
         from ..triton import check_triton_arguments
 
-        check_triton_arguments(
-            model,
-            triton_repo,
-            name=triton_name,
-            flavour=triton_flavour,
-            engine=engine,
-            kind=triton_kind,
-            max_batch=max_batch,
-        )
+        check_triton_arguments(model, triton_repo, **triton_args)
 
     try:
         result = export_onnx(
@@ -176,16 +160,7 @@ def export(
     if triton_repo is not None and triton_flavour == "onnx":
         from ..triton import write_triton_repository
 
-        repo = write_triton_repository(
-            model,
-            triton_repo,
-            name=triton_name,
-            engine=engine,
-            onnx_file=result.path,
-            kind=triton_kind,
-            max_batch=max_batch,
-            log=log,
-        )
+        repo = write_triton_repository(model, triton_repo, **triton_args, onnx_file=result.path, log=log)
         click.echo(
             f"wrote Triton repository {repo.path} ({', '.join(m.name for m in repo.models)}; {repo.readme.name})"
         )
