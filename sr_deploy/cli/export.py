@@ -192,7 +192,9 @@ def export(
     help="Builder optimization level 0-5 [default: TensorRT's, 3].",
 )
 @click.option(
-    "--timing-cache", type=click.Path(dir_okay=False), help="Timing cache file [default: ENGINE.timing-cache]."
+    "--timing-cache",
+    type=click.Path(dir_okay=False),
+    help="Timing cache file [default: timing-<TensorRT version>-<GPU>-sm<cc>.cache beside the engine].",
 )
 @click.option(
     "--fallback-static/--no-fallback-static",

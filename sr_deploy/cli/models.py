@@ -14,8 +14,9 @@ from ..errors import InputError
 @click.argument("model")
 @click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
 def info(model: str, as_json: bool) -> None:
-    """Describe MODEL: a checkpoint (.pt/.pth/.ckpt/.safetensors: ours, BasicSR, ESRGAN,
-    leftthomas/SRGAN, or any architecture spandrel knows), `default`, an .onnx file or an engine."""
+    """Describe MODEL: a checkpoint (.pt/.pth/.ckpt: ours; those or .safetensors: BasicSR, ESRGAN,
+    leftthomas/SRGAN, or any architecture spandrel knows), a bundled name (default-real, default,
+    ...), an .onnx file or an engine."""
     from ..model_file import kind_of_file
 
     kind = kind_of_file(model)

@@ -174,5 +174,9 @@ def clock(seconds: float) -> str:
 
 
 def cause(exc: BaseException) -> str:
-    """The first line of `exc` (or its type's name), uncut: what a video error says of its cause."""
+    """The first line of `exc` (or its type's name), uncut: what a video error says of its cause.
+    An FFmpeg error (PyAV's `av.error.*`) is its text alone, without PyAV's errno and C function
+    (``[Errno 1094995529] Invalid data found when processing input: 'avcodec_send_packet()'``)."""
+    if type(exc).__module__ == "av.error" and getattr(exc, "strerror", None):
+        return str(exc.strerror)
     return first_line(exc, limit=10_000)

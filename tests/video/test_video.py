@@ -425,6 +425,8 @@ def test_corrupt_bytes_are_an_error_naming_time_and_frame(clips, tiny_vgg, tmp_p
     errors = _errors(result.stderr)
     assert len(errors) == 1 and "corrupt.mp4: damaged video: decoding stopped after 0:00:" in errors[0]
     assert "(frame " in errors[0] and "Traceback" not in result.stderr
+    # FFmpeg's text, without PyAV's "[Errno 1094995529]" and "'avcodec_send_packet()'"
+    assert "Errno" not in errors[0] and "()" not in errors[0], errors[0]
     assert not (out / "corrupt.mp4").exists() and _leftovers(out) == []
     # --allow-partial keeps what decodes, labelled partial; a re-run does not skip it as done
     result = _cli(str(clips["corrupt"]), "-o", str(out), "--model", str(tiny_vgg), "--allow-partial")
