@@ -40,8 +40,7 @@ from .onnx_graph import (  # noqa: F401 - FP16_* and count_fp16_tensors re-expor
     save_onnx,
 )
 from .parity import ParityReport, check_thresholds, parity, parity_inputs
-from .util import Progress, atomic_write, first_line, parse_dims, progress_to, quiet, to_stderr
-from .util.files import check_local_path
+from .util import Progress, atomic_write, check_local_path, first_line, parse_dims, progress_to, quiet, to_stderr
 from .util.memory import check_call_fits
 from .util.onnx_facts import (
     LIVE_VALUES_KEY,
@@ -445,8 +444,7 @@ def export_onnx(
             parity check (the file is kept, and named in the message).
     """
     say = progress_to(log)
-    check_local_path(output)
-    output = Path(output)
+    output = check_local_path(output)
     if exporter not in EXPORTERS:
         raise InputError(f"unknown exporter {exporter!r}: expected dynamo or legacy")
     check_opset(opset)

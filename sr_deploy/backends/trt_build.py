@@ -242,9 +242,7 @@ def build_engine(
     src = _check_onnx_path(onnx_path)
     options = _check_options(precision, workspace_gib, opt_level)
     profile = profile or resolve_profile()
-    if output is not None:
-        check_local_path(output)
-    engine_path = Path(output) if output is not None else src.with_suffix(".engine")
+    engine_path = check_local_path(output) if output is not None else src.with_suffix(".engine")
     if engine_path.resolve() == src.resolve():
         raise InputError(f"{engine_path}: the engine would overwrite the ONNX input")
 

@@ -9,7 +9,15 @@
 - `log`: the one progress-message type (`Progress`) and the package logger.
 """
 
-from .files import atomic_write, atomic_write_bytes, atomic_write_text, check_output_path, file_sha256, partial_path
+from .files import (
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_text,
+    check_local_path,
+    check_output_path,
+    file_sha256,
+    partial_path,
+)
 from .log import LOGGER, Progress, progress_to, quiet, silent, to_stderr
 from .shapes import parse_dims
 from .text import first_line
@@ -20,6 +28,7 @@ __all__ = [
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
+    "check_local_path",
     "check_output_path",
     "file_sha256",
     "first_line",

@@ -159,11 +159,12 @@ def check_output_folder(path: str | Path) -> Path:
     return path
 
 
-def check_local_path(path: str | Path) -> None:
-    """InputError for a URI where a local path is meant (Path() would fold ``s3://b/x`` into
-    ``s3:/b/x`` and report a missing folder ``s3:/b``)."""
+def check_local_path(path: str | Path) -> Path:
+    """`path` as a Path; InputError for a URI where a local path is meant (Path() would fold
+    ``s3://b/x`` into ``s3:/b/x`` and report a missing folder ``s3:/b``)."""
     if is_uri(path):
         raise InputError(f"{path}: expected a local path (object storage is for upscale's inputs and outputs)")
+    return Path(path)
 
 
 def _check_writable(path: Path, folder: Path) -> None:
