@@ -63,6 +63,8 @@ def check_hwaccel(hwaccel: str | None) -> None:
         return
     try:
         hardware_decoder(hwaccel).create(av.codec.Codec("h264", "r"))
+    except NotImplementedError:  # h264 has no config for this device (qsv, drm...): each video's open says
+        return
     except (OSError, av.FFmpegError) as exc:
         raise InputError(
             f"--hwaccel {hwaccel}: the decoding device does not open on this machine ({cause(exc)}); "

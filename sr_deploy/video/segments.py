@@ -69,14 +69,29 @@ def check_encoder_options(codec: str, crf: int | None, preset: str | None, video
     try:
         context.open()
     except av.FFmpegError as exc:
-        reason = exc.strerror or cause(exc)
-        if codec in CQ_CODECS:
+        device_error = _open_error(encoder, context, {}) if codec in CQ_CODECS else None
+        if device_error is not None:  # it does not open even without the options: the device
             raise InputError(
-                f"--codec {codec}: the encoder cannot open on this machine ({reason}): NVENC needs an NVIDIA "
-                "GPU and its driver; leave --codec out for libx264 / libx265"
+                f"--codec {codec}: the encoder does not open on this machine ({cause(device_error)}): NVENC "
+                "needs an NVIDIA GPU with video encoders and its driver; leave --codec out for libx264 / libx265"
             ) from None
         given = " ".join(f"--{key} {value}" for key, value in (("crf", crf), ("preset", preset)) if key in options)
-        raise InputError(f"{given}: the {codec} encoder refuses it ({reason})") from None
+        raise InputError(f"{given}: the {codec} encoder refuses it ({cause(exc)})") from None
+
+
+def _open_error(encoder: Any, like: Any, options: dict[str, str]) -> Exception | None:
+    """The error of opening `encoder` with `options` on a picture the size and format of `like`'s;
+    None when it opens."""
+    import av
+
+    context = av.CodecContext.create(encoder)
+    context.width, context.height, context.time_base = like.width, like.height, like.time_base
+    context.pix_fmt, context.options = like.pix_fmt, options
+    try:
+        context.open()
+    except av.FFmpegError as exc:
+        return exc
+    return None
 
 
 @dataclass

@@ -645,8 +645,8 @@ def test_gpu_encoder_or_decoder_on_a_machine_without_one_is_refused_before_any_w
     `avcodec_open2(...)` text, leaving `.x.mp4.segments/` and the folder of `-o sub/x.mp4`; and
     `--hwaccel cuda` failed per video after the model had loaded, leaving an empty `-o` folder."""
     for args, message in [
-        (["--codec", "h264_nvenc"], "--codec h264_nvenc: the encoder cannot open on this machine"),
-        (["--codec", "hevc_nvenc"], "NVENC needs an NVIDIA GPU and its driver"),
+        (["--codec", "h264_nvenc"], "--codec h264_nvenc: the encoder does not open on this machine"),
+        (["--codec", "hevc_nvenc"], "NVENC needs an NVIDIA GPU with video encoders and its driver"),
         (["--hwaccel", "cuda"], "--hwaccel cuda: the decoding device does not open on this machine"),
     ]:
         for output in (tmp_path / "sub" / "x.mp4", tmp_path / "folder"):
@@ -656,6 +656,22 @@ def test_gpu_encoder_or_decoder_on_a_machine_without_one_is_refused_before_any_w
             assert len(errors) == 1 and message in errors[0], result.stderr
             assert "Traceback" not in result.stderr and "precision:" not in result.stderr  # before the model
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_decoding_device_the_h264_probe_cannot_use_is_left_to_each_video():
+    """`--hwaccel qsv` (in this FFmpeg build) was refused with a raw NotImplementedError (exit 1):
+    h264 has no hardware config for it. The per-video open decides (software fallback)."""
+    from av.codec.hwaccel import hwdevices_available
+
+    from sr_deploy.video import check_hwaccel
+
+    others = [d for d in hwdevices_available() if d != "cuda"]
+    if not others:
+        pytest.skip("this FFmpeg build has no decoding device but cuda")
+    for device in others:
+        check_hwaccel(device)  # no InputError, no NotImplementedError
+    check_hwaccel(None)
+    check_hwaccel("none")
 
 
 def test_unreadable_video_is_an_input_error(tmp_path):
