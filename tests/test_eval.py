@@ -351,7 +351,7 @@ def test_a_model_or_report_given_as_a_storage_uri_is_named_as_given(small_set, t
     """Path() folded `s3://b/m.pt` into `s3:/b/m.pt: no such model file`, and a `--json` URI into
     "the folder s3:/b does not exist": a URI where a local file is meant is said as such."""
     code, _, stderr = _eval("s3://b/m.pt", "--dataset", str(small_set))
-    assert code == 2 and stderr.startswith("error: s3://b/m.pt: a model is read from a local file"), stderr
+    assert code == 2 and stderr.startswith("error: s3://b/m.pt: expected a local path"), stderr
     code, stdout, stderr = _eval(str(tiny_checkpoint), "--dataset", str(small_set), "--json", "s3://b/r.json")
     assert code == 2 and stderr.startswith("error: s3://b/r.json: expected a local path"), stderr
     assert len(stderr.splitlines()) == 1 and "PSNR" not in stdout

@@ -358,3 +358,25 @@ def test_read_onnx_metadata_errors(tmp_path):
     bad.write_bytes(b"\x00garbage")
     with pytest.raises(SRDeployError, match="not a readable ONNX file"):
         read_onnx_metadata(bad)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["export", "s3://b/m.pt", "-o", "m.onnx"],
+        ["info", "s3://b/m.onnx"],
+        ["info", "s3://b/m.engine"],
+        ["benchmark", "s3://b/m.pt", "--sizes", "16x16"],
+        ["build-engine", "s3://b/m.onnx"],
+    ],
+    ids=["export", "info onnx", "info engine", "benchmark", "build-engine"],
+)
+def test_a_model_given_as_a_storage_uri_is_named_as_given(args, tmp_path, monkeypatch):
+    """Path() folded `s3://b/m.pt` into `s3:/b/m.pt: no such model file` in every command that
+    takes MODEL: a URI where a local file is meant is said as such, one line, exit 2."""
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert lines == [f"error: {args[1]}: expected a local path (object storage is for upscale's inputs and outputs)"]
+    assert list(tmp_path.iterdir()) == []

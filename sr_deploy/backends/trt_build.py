@@ -180,7 +180,7 @@ def _onnx_nodes(onnx_path: Path) -> list[tuple[str, str]]:
 
 
 def _check_onnx_path(onnx_path: str | Path) -> Path:
-    path = Path(onnx_path)
+    path = check_local_path(onnx_path)
     if path.suffix.lower() != ".onnx":
         raise InputError(f"{path}: expected an .onnx file (export one with sr-deploy export)")
     if not path.is_file():

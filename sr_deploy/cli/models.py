@@ -18,10 +18,11 @@ def info(model: str, as_json: bool) -> None:
     leftthomas/SRGAN, or any architecture spandrel knows), a bundled name (default-real, default,
     ...), an .onnx file or an engine."""
     from ..model_file import kind_of_file
+    from ..util import check_local_path
 
     kind = kind_of_file(model)
     if kind is not None and kind.name != "checkpoint":  # an .onnx file or an engine: what it says of itself
-        return _describe_deployed(Path(model), kind.name, as_json)
+        return _describe_deployed(check_local_path(model), kind.name, as_json)
     from ..backends.cpu_precision import auto_precision
     from ..backends.torch_backend import resolve_device
     from ..models import count_flops_per_lr_pixel, count_parameters, load_checkpoint

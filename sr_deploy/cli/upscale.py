@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from ..errors import InputError
-from ..formats import OUTPUT_IMAGE_FORMATS
+from ..formats import OUTPUT_IMAGE_FORMATS, image_format, video_container
 from .options import BACKEND_CHOICE, PRECISION_CHOICE, device_option, realism_options, with_realism
 
 
@@ -228,7 +228,11 @@ def upscale(
 def _check_ray_usage(inputs: tuple[str, ...], ray_address: str | None, ray_actors: int | None) -> None:
     """Usage errors (exit 2) of --ray: an input taken as its address (``--ray IN.png -o X``: click
     gives --ray the next word), and --ray-actors without --ray (it would be ignored)."""
-    if ray_address and (Path(ray_address).exists() or "://" in ray_address and not ray_address.startswith("ray://")):
+    if ray_address and (
+        Path(ray_address).exists()
+        or ("://" in ray_address and not ray_address.startswith("ray://"))
+        or (not inputs and (image_format(ray_address) or video_container(ray_address)))  # --ray typo.png -o X
+    ):
         raise InputError(
             f"--ray took {ray_address!r} (an input) as the cluster address: write --ray=ADDRESS "
             "or put --ray after the inputs"

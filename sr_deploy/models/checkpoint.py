@@ -29,9 +29,8 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from ..util.files import atomic_write
+from ..util.files import atomic_write, check_local_path
 from ..util.files import file_sha256 as file_sha256  # re-exported: callers import it from here
-from ..util.storage import is_uri
 from ..util.text import first_line
 from . import registry
 from .spec import DEFAULT_LIVE_VALUES_PER_HR_PIXEL, Detection, ModelFacts, StateDict
@@ -99,7 +98,8 @@ class LoadedCheckpoint:
 
 
 def resolve_model_path(name_or_path: str | Path) -> Path:
-    """Map a bundled model name (a key of `BUNDLED_MODELS`) to its file; pass paths through."""
+    """Map a bundled model name (a key of `BUNDLED_MODELS`) to its file; pass local paths through
+    (InputError for a storage URI: `check_local_path`)."""
     text = str(name_or_path)
     if text in BUNDLED_MODELS:
         path = WEIGHTS_DIR / BUNDLED_MODELS[text]
@@ -109,17 +109,12 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
                 "pass a model file with --model PATH"
             )
         return path
-    return Path(name_or_path)
+    return check_local_path(name_or_path)
 
 
 def existing_model_path(name_or_path: str | Path) -> Path:
     """`resolve_model_path`, and InputError ``PATH: no such model file`` when nothing is there:
     the one check every command makes before it reads, loads or plans around a model."""
-    if is_uri(name_or_path):  # Path() would fold s3://b/m.pt into "s3:/b/m.pt: no such model file"
-        raise InputError(
-            f"{name_or_path}: a model is read from a local file: copy it here first "
-            "(object storage is for upscale's inputs and outputs)"
-        )
     path = resolve_model_path(name_or_path)
     if not path.is_file():
         raise InputError(f"{path}: {'a folder, not a model file' if path.is_dir() else 'no such model file'}")

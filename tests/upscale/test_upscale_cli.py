@@ -285,10 +285,11 @@ def test_a_library_caller_with_its_own_backend_needs_no_model_file(set5_dir, mod
         (["README", "-o", "out", "--model", "MODEL"], "not an image or video file"),
         (["INPUT", "-o", "out", "--model", "nope.pt"], "nope.pt: no such model file"),
         # it said "s3:/b/m.pt: no such model file" (Path folds the //)
-        (["INPUT", "-o", "out", "--model", "s3://b/m.pt"], "error: s3://b/m.pt: a model is read from a local file"),
+        (["INPUT", "-o", "out", "--model", "s3://b/m.pt"], "error: s3://b/m.pt: expected a local path"),
         # click gives --ray the next word: with one input, INPUTS was "missing" (no word of --ray)
         (["--ray", "INPUT", "-o", "out"], "(an input) as the cluster address: write --ray=ADDRESS"),
         (["-o", "out"], "Missing argument 'INPUTS...'"),
+        (["--ray", "typo.png", "-o", "out"], "--ray took 'typo.png' (an input) as the cluster address"),
         # it was ignored: the run went on here, on one process
         (["INPUT", "-o", "out", "--ray-actors", "2"], "--ray-actors is for --ray runs: add --ray"),
         # an encoder's limits, checked before the model loads (x264 itself would only log and clamp)
