@@ -64,8 +64,9 @@ def run_benchmark(model: str | Path | nn.Module, **options: Any) -> BenchReport:
             warmup, iters, seconds, measure_peak, data_dir, command, progress, onnx_models, video,
             video_frames, video_width), keyword-only; see there.
 
-    Returns a `BenchReport`. Never raises for a backend that cannot run: that is a skipped or
-    failed row. Raises InputError for bad arguments or an unreadable model.
+    Returns a `BenchReport`. A backend that cannot run beside one that can is a skipped or failed
+    row. Raises InputError for bad arguments, an unreadable model, or when no row asked for can
+    run (NotInstalledError when an install or device is what is missing), before any timing.
     """
     opts = BenchOptions(**options)
     opts.check()

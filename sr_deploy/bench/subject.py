@@ -162,8 +162,9 @@ def check_some_row_runs(rows: Sequence[tuple[str, str, str]], subject: Subject) 
         if reason is None:
             return
         missing.append(reason)
-    reasons = list(dict.fromkeys(missing or refused))
-    raise NotInstalledError(f"no row could run on this machine: {'; '.join(reasons)}")
+    if not missing:  # every row refused MODEL itself (an ONNX file on torch...): the command's input
+        raise InputError(f"no row asked for can run MODEL: {'; '.join(dict.fromkeys(refused))}")
+    raise NotInstalledError(f"no row could run on this machine: {'; '.join(dict.fromkeys(missing))}")
 
 
 def make_backend(name: str, device: str, precision: str, subject: Subject, onnx_files: OnnxFiles) -> Any:

@@ -65,19 +65,26 @@ def _filesystem(uri: str) -> tuple[Any, str]:
     """(fsspec filesystem, path without the scheme); InputError for a scheme nothing can read."""
     try:
         import fsspec
-
+    except ImportError:  # fsspec comes with each store's extra (s3fs, gcsfs, adlfs)
+        raise _not_installed(uri, "pip install fsspec and its implementation for it") from None
+    try:
         # A scheme is case-insensitive (RFC 3986); fsspec's registry knows the lower-case names only.
         fs, path = fsspec.core.url_to_fs(scheme(uri) + uri[uri.index("://") :], use_listings_cache=False)
-    except ImportError as exc:
-        extra = _EXTRA.get(scheme(uri))
-        # fsspec's own text names the package its implementation needs (aiohttp for http://, ...).
-        how = f"pip install 'sr-deploy[{extra}]'" if extra else first_line(exc)
-        raise InputError(f"{uri}: {scheme(uri)}:// is not installed: {how}") from None
+    except ImportError as exc:  # fsspec's text names what its implementation needs (aiohttp for http://)
+        raise _not_installed(uri, first_line(exc)) from None
     except (ValueError, TypeError) as exc:
         raise InputError(f"{uri}: not a storage URI this installation can read ({first_line(exc)})") from None
     if scheme(uri) in _BUCKETED and (not path.strip("/") or path.startswith("/")):  # s3:// or s3:///key
         raise InputError(f"{uri}: no bucket in the URI (expected {scheme(uri)}://BUCKET/path)")
     return fs, path
+
+
+def _not_installed(uri: str, otherwise: str) -> InputError:
+    """``URI: s3:// is not installed: pip install 'sr-deploy[s3]'`` (`otherwise` for a scheme that
+    has no extra of ours)."""
+    extra = _EXTRA.get(scheme(uri))
+    how = f"pip install 'sr-deploy[{extra}]'" if extra else otherwise
+    return InputError(f"{uri}: {scheme(uri)}:// is not installed: {how}")
 
 
 def _explain(uri: str, exc: BaseException) -> InputError:

@@ -203,6 +203,12 @@ def test_a_benchmark_whose_backends_disagree_exits_1_after_its_table(tiny_checkp
     if not HAS_TRT:  # nothing that was asked for can run here: exit 2, not an empty table and 0
         none = CliRunner().invoke(cli, ["benchmark", str(tiny_checkpoint), "--backends", "tensorrt", *QUICK_CPU_RUN])
         assert none.exit_code == 2 and "error: no row could run on this machine" in none.stderr, none.output
+    # nothing asked for can run MODEL itself: said of MODEL, not of "this machine"
+    refused = CliRunner().invoke(cli, ["benchmark", str(perturbed_onnx), "--backends", "torch", *QUICK_CPU_RUN])
+    assert refused.exit_code == 2, refused.output
+    assert refused.stderr.splitlines() == [
+        "error: no row asked for can run MODEL: the torch backend needs a PyTorch checkpoint; MODEL is an ONNX file"
+    ]
 
 
 def _stand_in_engine(path, scale: int | None = 4):
@@ -426,18 +432,11 @@ def test_a_report_is_never_written_over_the_model_or_an_image(tiny_checkpoint, t
     assert tiny_checkpoint.read_bytes() == before and image.read_bytes() == b"an image"
 
 
-def without_matplotlib(monkeypatch) -> None:
-    """As in an install without the plot extra: `import matplotlib` fails."""
-    for name in ("matplotlib", "matplotlib.pyplot"):
-        monkeypatch.setitem(sys.modules, name, None)
-
-
-def test_plot_without_matplotlib_is_refused_before_any_work(tiny_checkpoint, tmp_path, monkeypatch):
+def test_plot_without_matplotlib_is_refused_before_any_work(tiny_checkpoint, tmp_path, monkeypatch, without_matplotlib):
     """--plot without matplotlib: one line naming the extra, exit 2, before the run (it ran the whole
     benchmark, wrote the JSON and markdown, then failed at the plot)."""
     import sr_deploy.bench
 
-    without_matplotlib(monkeypatch)
     monkeypatch.setattr(sr_deploy.bench, "run_benchmark", lambda *a, **k: pytest.fail("the benchmark ran"))
     reports = [tmp_path / "b.json", tmp_path / "b.md", tmp_path / "b.png"]
     args = ["--json", str(reports[0]), "--markdown", str(reports[1]), "--plot", str(reports[2])]

@@ -22,12 +22,6 @@ def _script(name: str, monkeypatch):
     return module
 
 
-@pytest.fixture
-def without_matplotlib(monkeypatch):
-    for name in ("matplotlib", "matplotlib.pyplot"):
-        monkeypatch.setitem(sys.modules, name, None)
-
-
 def _exits_2_with_one_line(capsys, call, what: str) -> None:
     with pytest.raises(SystemExit) as stop:
         call()

@@ -398,3 +398,19 @@ def test_a_stored_videos_pieces_for_a_local_output_resume_and_a_replaced_object_
     s3_fs().pipe_file(uri, bytes(data))
     replaced = StoredRemoteRun._cut(job, tmp_path / "scratch-3", 0.5, settings)
     assert not replaced.done and len(replaced.pending) == replaced.parts
+
+
+def test_without_fsspec_a_uri_names_what_to_install(monkeypatch):
+    """A base install has no fsspec (each store's extra brings it): a scheme with an extra of ours
+    names the extra, another one fsspec (it said "No module named 'fsspec'")."""
+    from sr_deploy.errors import InputError
+    from sr_deploy.util import storage
+
+    monkeypatch.setitem(sys.modules, "fsspec", None)
+    for uri, how in [
+        ("s3://b/in/", "pip install 'sr-deploy[s3]'"),
+        ("http://h/in/", "pip install fsspec and its implementation for it"),
+    ]:
+        with pytest.raises(InputError) as caught:
+            storage.check_readable(uri)
+        assert str(caught.value) == f"{uri}: {uri.split(':')[0]}:// is not installed: {how}"

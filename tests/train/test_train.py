@@ -177,12 +177,10 @@ def test_srresnet_trains_validates_and_resumes_identically(sun_hays, set5_dir, t
 
 @pytest.mark.slow  # a training run
 def test_a_run_without_matplotlib_says_once_that_val_png_needs_the_plot_extra(
-    sun_hays, set5_dir, tmp_path, capsys, monkeypatch
+    sun_hays, set5_dir, tmp_path, capsys, without_matplotlib
 ):
     """Without matplotlib val.png was skipped without a word, though docs/train.md lists it in the
     run folder: one note (stdout and train.log) names the extra, and the run goes on."""
-    for name in ("matplotlib", "matplotlib.pyplot"):
-        monkeypatch.setitem(sys.modules, name, None)  # as in an install without the plot extra
     out = tmp_path / "r"
     val = ["--val", set5_dir, "--set", "val.max_images=1", "--set", "val.every=1"]
     assert run("srresnet", *TINY_SRRESNET, "--data", sun_hays, *val, "--out", out, "--iters", 2) == 0
@@ -700,7 +698,6 @@ def test_sigterm_to_the_process_group_with_workers_saves_state(sun_hays, tmp_pat
     import os
     import signal
     import subprocess
-    import sys
     import time
 
     out = tmp_path / "run"
