@@ -126,8 +126,7 @@ def check_output_path(path: str | Path, suffixes: tuple[str, ...] = ()) -> Path:
     is not a folder, and its suffix is one of `suffixes` (when given: a report named ``model.pt``
     or ``baby.png`` by a slip would replace the model or an image). Meant to run before long work,
     not after minutes of it."""
-    check_local_path(path)
-    path = Path(path)
+    path = check_local_path(path)
     if suffixes and path.suffix.lower() not in suffixes:
         raise InputError(f"{path}: expected a {' or '.join(suffixes)} file name")
     if not path.parent.exists():
@@ -151,8 +150,7 @@ def space_note(folder: str | Path, needed: int) -> str:
 def check_output_folder(path: str | Path) -> Path:
     """`path` as a Path; InputError unless it is, or can be made as, a folder this process can write
     in (checked by writing a file there, so read-only mounts count): before long work."""
-    check_local_path(path)
-    path = Path(path)
+    path = check_local_path(path)
     if path.exists() and not path.is_dir():
         raise InputError(f"{path}: is a file, expected a folder")
     _check_writable(path, next(p for p in (path, *path.parents) if p.exists()))
