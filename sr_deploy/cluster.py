@@ -315,7 +315,5 @@ def upscale_on_ray(
     """`sr_deploy.upscale.upscale` on a Ray cluster: the same checks and plan, then `run_jobs_on_ray`."""
     import_ray(local=not (ray_options.address or os.environ.get("RAY_ADDRESS")))  # 'not installed' first
     if uses_store(inputs, output):
-        jobs = plan_stored_checked(inputs, output, options, log, videos_here=False)  # the actors encode
-        return run_jobs_on_ray(jobs, options, ray_options, log, True)
-    jobs = plan_checked(inputs, output, options, log=log, videos_here=False)  # the actors encode
-    return run_jobs_on_ray(jobs, options, ray_options, log)
+        return run_jobs_on_ray(plan_stored_checked(inputs, output, options, log), options, ray_options, log, True)
+    return run_jobs_on_ray(plan_checked(inputs, output, options, log=log), options, ray_options, log)

@@ -345,16 +345,14 @@ def plan_checked(
     model_needed: bool = True,
     planner: Callable[[Sequence[str | Path], str | Path, str, Log], list[Job]] = plan_jobs,
     log: Log = to_stderr,
-    videos_here: bool = True,
 ) -> list[Job]:
     """The options and the model file checked, the jobs planned and a local output folder checked:
     what every executor does before any model is loaded, so that a bad option or a missing model
     leaves nothing behind. `model_needed` False: the caller brings its own backend. `planner`:
     `plan.plan_jobs` for local paths, `stored.plan_stored` for locations that may be URIs. The
-    video encoders' --crf and --preset are checked too, and a GPU encoder (NVENC) or decoder
-    (`--hwaccel`) is opened once when this process codes the videos (`videos_here`; a `--ray`
-    driver does not: its actors do). What an input folder holds that the plan leaves out is named
-    in a note on `log` (`plan.note_left_out`)."""
+    video encoders' --crf and --preset are checked too (the GPU coders, after the skip pass:
+    `check_video_devices`). What an input folder holds that the plan leaves out is named in a note
+    on `log` (`plan.note_left_out`)."""
     from ..models import existing_model_path
 
     validate_options(options)
@@ -364,14 +362,25 @@ def plan_checked(
     if not jobs:
         raise InputError(f"no image or video files found in {', '.join(str(p) for p in inputs)}")
     for codec in {options.codec or default_codec(Path(str(job.target)).suffix) for job in jobs if job.kind == "video"}:
-        check_encoder_options(codec, options.crf, options.preset, videos_here)
-    if videos_here and any(job.kind == "video" for job in jobs):
-        check_hwaccel(options.hwaccel)
+        check_encoder_options(codec, options.crf, options.preset)
     if not storage.is_uri(str(output)) and kind_of(output) is None:
         # Checked, not made: the folder appears when the first job takes its output's lock
         # (`exclusive_output` makes it), so a model or backend that fails to load leaves none.
         check_output_folder(output)
     return jobs
+
+
+def check_video_devices(todo: Sequence[Job], options: UpscaleOptions) -> None:
+    """Open the GPU encoder (NVENC, `--codec h264_nvenc`) and the `--hwaccel` decoding device
+    once, when videos are left to do here, before the model loads: on a machine without them the
+    run is one line, exit 2, not a failure per video after the load. A `--ray` driver does not
+    call this (its actors code the videos); videos the skip pass found done need no device."""
+    videos = [job for job in todo if job.kind == "video"]
+    if not videos:
+        return
+    for codec in {options.codec or default_codec(Path(str(job.target)).suffix) for job in videos}:
+        check_encoder_options(codec, options.crf, options.preset, open_nvenc=True)
+    check_hwaccel(options.hwaccel)
 
 
 def upscale(
@@ -393,6 +402,7 @@ def upscale(
     options, summary, todo = skip_pass(jobs, options, log)
     if not todo:
         return summary
+    check_video_devices(todo, options)
     if backend is not None:
         return run_todo(todo, summary, backend, options, log)
     backend = load_backend(options, log)  # with the job's thread count, settled above

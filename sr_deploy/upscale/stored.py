@@ -50,7 +50,7 @@ from .plan import (
     record_found,
     status,
 )
-from .run import UpscaleSummary, load_backend, plan_checked, run_one, run_todo, skip_pass
+from .run import UpscaleSummary, check_video_devices, load_backend, plan_checked, run_one, run_todo, skip_pass
 
 
 def uses_store(inputs: Sequence[str | Path], output: str | Path) -> bool:
@@ -288,15 +288,11 @@ def _run_staged(job: Job, backend: Backend, options: UpscaleOptions, log: Log, v
 
 
 def plan_stored_checked(
-    inputs: Sequence[str | Path],
-    output: str | Path,
-    options: UpscaleOptions,
-    log: Log = to_stderr,
-    videos_here: bool = True,
+    inputs: Sequence[str | Path], output: str | Path, options: UpscaleOptions, log: Log = to_stderr
 ) -> list[Job]:
     """`run.plan_checked` for locations: options and model file checked, then the stores as the
     jobs are planned, a local OUT checked."""
-    return plan_checked(inputs, output, options, planner=plan_stored, log=log, videos_here=videos_here)
+    return plan_checked(inputs, output, options, planner=plan_stored, log=log)
 
 
 def upscale_stored(
@@ -309,6 +305,7 @@ def upscale_stored(
     if not todo:
         sweep_partials(summary, log)
         return summary
+    check_video_devices(todo, options)
     backend = load_backend(options, log)
     try:
         summary = run_todo(todo, summary, backend, options, log, run=run_staged)  # the local loop, staged

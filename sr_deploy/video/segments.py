@@ -35,13 +35,13 @@ _X26X_PRESETS = (
 _X26X_MAX_CRF = 51
 
 
-def check_encoder_options(codec: str, crf: int | None, preset: str | None, videos_here: bool = True) -> None:
+def check_encoder_options(codec: str, crf: int | None, preset: str | None, open_nvenc: bool = False) -> None:
     """Check --crf and --preset against the encoder `codec` before any model is loaded or frame
     decoded (InputError, exit 2), not at the first segment: x264 / x265 by their limits, other
     encoders by opening them once on a small picture with the options a segment would get. An
     encoder that is missing or not a video one is left to `output.plan_output`, which says so.
-    NVENC opens only on a machine with an NVIDIA GPU and driver: it is opened here when this
-    process will encode (`videos_here`), not on a `--ray` driver whose GPU nodes encode."""
+    NVENC opens only on a machine with an NVIDIA GPU and driver: it is opened only when asked
+    (`open_nvenc`: by the process that will encode, once it knows it has videos to do)."""
     import av
 
     if codec in _X26X:
@@ -55,7 +55,7 @@ def check_encoder_options(codec: str, crf: int | None, preset: str | None, video
         encoder = av.codec.Codec(codec, "w")
         if encoder.type != "video" or "av1" in codec:  # AV1 output is refused by output.plan_output
             return
-        if codec in CQ_CODECS and not videos_here:
+        if codec in CQ_CODECS and not open_nvenc:
             return
         if not options and codec not in CQ_CODECS:
             return

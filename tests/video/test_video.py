@@ -658,6 +658,16 @@ def test_gpu_encoder_or_decoder_on_a_machine_without_one_is_refused_before_any_w
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="NVDEC opens on a machine with an NVIDIA GPU")
+def test_videos_already_done_need_no_decoding_device(clips, tiny_vgg, tmp_path):
+    """The device is opened for videos left to do: a re-run over finished outputs with
+    `--hwaccel cuda` on a machine without it skips them (it refused the run, exit 2)."""
+    out = tmp_path / "out"
+    assert _cli(str(clips["bbb"]), "-o", str(out), "--model", str(tiny_vgg)).returncode == 0
+    again = _cli(str(clips["bbb"]), "-o", str(out), "--model", str(tiny_vgg), "--hwaccel", "cuda")
+    assert again.returncode == 0 and "1 skipped" in again.stderr and not _errors(again.stderr), again.stderr
+
+
 def test_a_decoding_device_the_h264_probe_cannot_use_is_left_to_each_video():
     """`--hwaccel qsv` (in this FFmpeg build) was refused with a raw NotImplementedError (exit 1):
     h264 has no hardware config for it. The per-video open decides (software fallback)."""
