@@ -148,9 +148,10 @@ def subject_refusal(name: str, precision: str, subject: Subject) -> str | None:
 
 
 def check_some_row_runs(rows: Sequence[tuple[str, str, str]], subject: Subject) -> None:
-    """NotInstalledError (exit 2) when none of the (backend, device, precision) `rows` can run here,
-    before anything is measured: naming what is missing (the backend table's reasons, which name
-    the extra to install) for the rows MODEL could run on, else why MODEL runs on none of them."""
+    """Before anything is measured, when none of the (backend, device, precision) `rows` can run:
+    NotInstalledError (exit 2) naming what is missing here (the backend table's reasons, which name
+    the extra to install) for the rows MODEL could run on; InputError (exit 2) saying why, when
+    every row refuses MODEL itself (an ONNX file on torch)."""
     missing: list[str] = []
     refused: list[str] = []
     for name, device, precision in rows:

@@ -27,7 +27,7 @@ from ..util.files import check_output_folder, exclusive_output, file_sha256
 from ..util.log import Progress as Log
 from ..util.log import debug_traceback, to_stderr
 from ..util.text import first_line, shown
-from ..video import VideoOptions, check_encoder_options, check_hwaccel, default_codec, upscale_video
+from ..video import CQ_CODECS, VideoOptions, check_encoder_options, check_hwaccel, default_codec, upscale_video
 from .image import upscale_image_file
 from .options import UpscaleOptions, validate_options
 from .plan import Job, Outcome, jobs_to_run, kind_of, made_meanwhile, plan_jobs
@@ -375,11 +375,10 @@ def check_video_devices(todo: Sequence[Job], options: UpscaleOptions) -> None:
     once, when videos are left to do here, before the model loads: on a machine without them the
     run is one line, exit 2, not a failure per video after the load. A `--ray` driver does not
     call this (its actors code the videos); videos the skip pass found done need no device."""
-    videos = [job for job in todo if job.kind == "video"]
-    if not videos:
+    if not any(job.kind == "video" for job in todo):
         return
-    for codec in {options.codec or default_codec(Path(str(job.target)).suffix) for job in videos}:
-        check_encoder_options(codec, options.crf, options.preset, open_nvenc=True)
+    if options.codec in CQ_CODECS:  # the other encoders' options were checked while planning
+        check_encoder_options(options.codec, options.crf, options.preset, open_nvenc=True)
     check_hwaccel(options.hwaccel)
 
 

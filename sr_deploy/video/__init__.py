@@ -55,6 +55,7 @@ temporary file beside the target (`.NAME.partial.EXT`) and the last step is a re
 """
 
 from .common import (
+    CQ_CODECS,
     DEFAULT_CODEC,
     DEFAULT_CRF,
     DEFAULT_PRESET,
@@ -77,6 +78,7 @@ from .probe import VideoInfo, check_hwaccel, container_tag, probe_video
 from .segments import check_encoder_options
 
 __all__ = [
+    "CQ_CODECS",
     "DEFAULT_CODEC",
     "DEFAULT_CRF",
     "DEFAULT_PRESET",

@@ -75,8 +75,13 @@ def check_encoder_options(codec: str, crf: int | None, preset: str | None, open_
                 f"--codec {codec}: the encoder does not open on this machine ({cause(device_error)}): NVENC "
                 "needs an NVIDIA GPU with video encoders and its driver; leave --codec out for libx264 / libx265"
             ) from None
-        given = " ".join(f"--{key} {value}" for key, value in (("crf", crf), ("preset", preset)) if key in options)
-        raise InputError(f"{given}: the {codec} encoder refuses it ({cause(exc)})") from None
+        alone = {  # each option as the encoder gets it (--crf is NVENC's cq, VP9's crf with b=0)
+            f"--crf {crf}": encoder_options(codec, crf, None),
+            f"--preset {preset}": encoder_options(codec, None, preset),
+        }
+        given = {text: subset for text, subset in alone.items() if subset}
+        refused = [text for text, subset in given.items() if _open_error(encoder, context, subset)]
+        raise InputError(f"{' '.join(refused or given)}: the {codec} encoder refuses it ({cause(exc)})") from None
 
 
 def _open_error(encoder: Any, like: Any, options: dict[str, str]) -> Exception | None:

@@ -668,6 +668,23 @@ def test_videos_already_done_need_no_decoding_device(clips, tiny_vgg, tmp_path):
     assert again.returncode == 0 and "1 skipped" in again.stderr and not _errors(again.stderr), again.stderr
 
 
+def test_an_nvenc_that_opens_names_the_option_it_refuses(monkeypatch):
+    """As on a GPU machine (the encoder opens without options): `--crf 60` is NVENC's `cq`, out of
+    its 0-51 range. It was reported as `--preset medium` (the default, never typed), and with no
+    --preset as `: the h264_nvenc encoder refuses it`."""
+    from sr_deploy.errors import InputError
+    from sr_deploy.video import segments
+
+    def opens_unless_refused(encoder, like, options):
+        return OSError("refused") if options.get("cq") == "60" or options.get("preset") == "bogus" else None
+
+    monkeypatch.setattr(segments, "_open_error", opens_unless_refused)
+    for crf, preset, named in [(60, "medium", "--crf 60"), (60, None, "--crf 60"), (20, "bogus", "--preset bogus")]:
+        with pytest.raises(InputError) as caught:
+            segments.check_encoder_options("h264_nvenc", crf, preset, open_nvenc=True)
+        assert str(caught.value).startswith(f"{named}: the h264_nvenc encoder refuses it ("), str(caught.value)
+
+
 def test_a_decoding_device_the_h264_probe_cannot_use_is_left_to_each_video():
     """`--hwaccel qsv` (in this FFmpeg build) was refused with a raw NotImplementedError (exit 1):
     h264 has no hardware config for it. The per-video open decides (software fallback)."""
