@@ -123,7 +123,7 @@ from .options import BACKEND_CHOICE, PRECISION_CHOICE, device_option, realism_op
     "--max-pixels",
     type=int,
     default=None,
-    help="Refuse images with more pixels than this (read from the header, before decoding) "
+    help="Refuse images, and videos whose frames have, more pixels than this (read before decoding) "
     "[default: what fits in the memory available now].",
 )
 @click.option(

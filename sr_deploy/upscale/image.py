@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
@@ -22,7 +21,8 @@ from ..imaging import (
     write_image_consuming,
 )
 from ..tiling import auto_tile_size, upscale_tiled_into
-from ..util.text import PROVENANCE_KEY, provenance
+from ..util.memory import available_memory
+from ..util.text import PROVENANCE_KEY, pixels_text, provenance
 from .options import UpscaleOptions
 
 # What one input pixel costs while its image is upscaled, besides the output: the decoded image
@@ -30,21 +30,6 @@ from .options import UpscaleOptions
 # bytes per output pixel. The runtime and model take about 1 GiB on top (docs/upscale.md).
 INPUT_BYTES_PER_PIXEL = 16
 RUNTIME_BYTES = 1 << 30
-
-
-def available_memory() -> int:
-    """Bytes of memory available to this process now (MemAvailable), or the machine's total."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (OSError, ValueError, AttributeError):
-        return 1 << 34  # unknown: 16 GiB
 
 
 def max_input_pixels(scale: int, deep: bool = False) -> int:
@@ -74,13 +59,9 @@ def check_image_size(source: Path, scale: int, limit: int | None, target: Path, 
     if pixels > bound:
         where = "--max-pixels" if limit is not None else f"the memory available now at x{scale}"
         raise InputError(
-            f"{source}: {size[0]}x{size[1]} is {_pixels_text(pixels)}, more than the {_pixels_text(bound)} "
+            f"{source}: {size[0]}x{size[1]} is {pixels_text(pixels)}, more than the {pixels_text(bound)} "
             f"of {where}; pass --max-pixels N to change the bound"
         )
-
-
-def _pixels_text(count: int) -> str:
-    return f"{count / 1e6:.1f} Mpx" if count >= 100_000 else f"{count} pixels"
 
 
 def upscale_image_file(backend: Backend, source: Path, target: Path, options: UpscaleOptions) -> None:

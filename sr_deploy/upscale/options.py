@@ -38,8 +38,9 @@ class UpscaleOptions:
         for images on CUDA, 1 for images on the CPU.
     outscale: final size factor; None = the model's scale.
     ext: output image format: png, jpg, webp or `same` as the input.
-    max_pixels: images with more pixels (by their header) are refused before decoding; None:
-        what fits in the memory available (`upscale.image.max_input_pixels`).
+    max_pixels: images (by their header) and videos (by their frames) with more pixels are refused
+        before decoding; None: what fits in the memory available (`upscale.image.max_input_pixels`,
+        `video.pipeline.check_frame_size`).
     dedup_threshold: videos: EXACT reuses the output of a held (identical) frame, N dB also that of
         a frame at least that close (PSNR), None runs the model on every frame (`sr_deploy.video.held`).
     model_id: the model file's name and sha256 prefix, filled in once by the driver
@@ -98,6 +99,7 @@ class UpscaleOptions:
             segment_seconds=self.segment_seconds,
             model_id=model_id or self.model_id,
             progress=self.progress,
+            max_pixels=self.max_pixels,
             dedup_threshold=self.dedup_threshold,
         )
 

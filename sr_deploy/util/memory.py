@@ -9,6 +9,21 @@ import os
 from ..errors import InputError
 
 
+def available_memory() -> int:
+    """Bytes of memory available to this process now (MemAvailable), or the machine's total."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (OSError, ValueError, AttributeError):
+        return 1 << 34  # unknown: 16 GiB
+
+
 def physical_memory_bytes() -> int | None:
     """This machine's RAM, None where the OS cannot say."""
     try:

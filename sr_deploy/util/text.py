@@ -29,6 +29,11 @@ def first_line(exc: BaseException | str, limit: int = 240) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
+def pixels_text(count: int) -> str:
+    """``12.4 Mpx``, or ``4992 pixels`` below 0.1 Mpx (a bound of "0.0 Mpx" says nothing)."""
+    return f"{count / 1e6:.1f} Mpx" if count >= 100_000 else f"{count} pixels"
+
+
 def shown(value: object) -> str:
     """`value` as text for one line of output: control characters (a newline or a tab inside a
     file name, an escape sequence) written as Python escapes (``\\n``, ``\\x1b``), so that a

@@ -79,6 +79,8 @@ class VideoOptions:
     dedup_threshold: held frames (`sr_deploy.video.held`): EXACT (default) reuses the output for a
         frame identical to the last one the model ran on, a number of dB also for frames at least
         that close (PSNR), None runs the model on every frame.
+    max_pixels: a video whose frames have more pixels is refused before any frame is decoded;
+        None: what fits in the memory available now (`pipeline.check_frame_size`).
     """
 
     tile: int | None = None
@@ -97,6 +99,7 @@ class VideoOptions:
     model_id: str = ""
     progress: bool = True
     dedup_threshold: float | None = EXACT
+    max_pixels: int | None = None
 
     def recorded(self, extension: str, bit_depth: int = 8) -> dict[str, str]:
         """The settings that decide what a video output of `extension` is, as its record

@@ -19,7 +19,8 @@ from ..backends.base import Backend
 from ..errors import InputError, SRDeployError
 from ..tiling import auto_tile_size, upscale_batch
 from ..util.log import to_stderr
-from ..util.text import provenance
+from ..util.memory import available_memory
+from ..util.text import pixels_text, provenance
 from .common import (
     Log,
     NonFiniteOutput,
@@ -100,6 +101,40 @@ def _check_finite(batch: np.ndarray, source: Path, frame_numbers: list[int]) -> 
         )
 
 
+# What one input pixel of a frame costs while a video runs, besides the runtime (1 GiB), estimated:
+# the batch being run as uint8 and float32 input (16 bytes) and float32 output (12 bytes per output
+# pixel); the batches in the decoded and upscaled queues as uint8 frames (3 bytes in, 3 per output
+# pixel); the encoder's own frames at the output size (x264's lookahead and frame threads hold
+# about 48, 1.5 bytes a pixel in 4:2:0).
+_ENCODER_FRAMES = 48
+
+
+def check_frame_size(source: Path, info: VideoInfo, scale: int, options: VideoOptions) -> None:
+    """InputError (exit 2) before any frame is decoded when the frames of `source` have more pixels
+    than `options.max_pixels`, or (None) than fit in the memory available now at `scale`: a 200 KB
+    8192x8192 clip was ended by the kernel's OOM killer at 24 GB, with no error line."""
+    pixels = info.width * info.height
+    if options.max_pixels is not None:
+        bound, where = options.max_pixels, "--max-pixels"
+    else:
+        batch, queued = options.batch_size, 2 * _QUEUE_DEPTH * options.batch_size
+        in_flight = batch + queued
+        per_pixel = (
+            batch * (16 + 12 * scale * scale)
+            + queued * (3 + 3 * scale * scale)
+            + _ENCODER_FRAMES * 3 * scale * scale // 2
+        )
+        bound = max(0, available_memory() - (1 << 30)) // per_pixel
+        where = (
+            f"the memory available now at x{scale} ({in_flight} frames in flight, --batch-size {options.batch_size})"
+        )
+    if pixels > bound:
+        raise InputError(
+            f"{source}: its frames are {info.width}x{info.height} ({pixels_text(pixels)}), more than the "
+            f"{pixels_text(bound)} of {where}; pass --max-pixels N to change the bound"
+        )
+
+
 def upscale_video(
     backend: Backend,
     source: str | Path,
@@ -123,6 +158,7 @@ def upscale_video(
         raise InputError(f"--batch-size must be >= 1, got {o.batch_size}")
     check_threshold(o.dedup_threshold)
     info = probe_video(source)
+    check_frame_size(source, info, backend.scale, o)
     if o.hwaccel and o.hwaccel != "none":
         open_input(source, o.hwaccel).close()  # a device that does not open is said before any work
     plan = plan_output(

@@ -701,6 +701,25 @@ def test_a_decoding_device_the_h264_probe_cannot_use_is_left_to_each_video():
     check_hwaccel("none")
 
 
+def test_frames_larger_than_the_bound_are_refused_before_any_frame(clips, tmp_path, monkeypatch):
+    """--max-pixels bounded images only: a 200 KB 8192x8192 clip was ended by the OOM killer at
+    24 GB with no error line. Now a video's frames are bounded like an image: by --max-pixels, else
+    by the memory available now; one line, nothing written."""
+    from sr_deploy.video import pipeline
+
+    target = tmp_path / "out.mp4"
+    with pytest.raises(
+        InputError, match=r"bbb.mp4: its frames are 96x52 \(4992 pixels\), more than the 1000 pixels of --max-pixels"
+    ):
+        upscale_video(NearestBackend(2), clips["bbb"], target, max_pixels=1000, progress=False)
+    monkeypatch.setattr(pipeline, "available_memory", lambda: (1 << 30) + 1_000_000)  # 1 MB free
+    with pytest.raises(InputError, match=r"more than the \d+ pixels of the memory available now at x2 \(20 frames"):
+        upscale_video(NearestBackend(2), clips["bbb"], target, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    monkeypatch.setattr(pipeline, "available_memory", lambda: 1 << 34)
+    assert upscale_video(NearestBackend(2), clips["bbb"], target, max_pixels=96 * 52, progress=False).frames > 0
+
+
 def test_unreadable_video_is_an_input_error(tmp_path):
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"\x00" * 1000)
