@@ -16,7 +16,8 @@ What a user can rely on (docs/upscale.md states it for users):
   differently), colour primaries / transfer / matrix / range (the RGB <-> YUV conversions use the
   input's matrix and range both ways), bit depth (> 8-bit input goes through the model as 16-bit
   RGB and is written as 10-bit when the encoder can, unless `pix_fmt` says otherwise). A display
-  rotation is applied to the pixels (as ffmpeg's autorotate does), so the output plays upright.
+  rotation and a mirror are applied to the pixels (as ffmpeg's autorotate does, `probe.upright`),
+  so the output plays upright.
 - **Damage is an error**: a decoder or demuxer error, or a decoded duration short of the
   stream's, raises `VideoDamaged` (an `InputError`: exit 2) naming the time and frame where
   decoding stopped; so does a frame the decoder concealed errors in (`frame.is_corrupt`), naming

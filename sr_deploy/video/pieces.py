@@ -145,10 +145,9 @@ class VideoPieces:
         made with the same `settings` (anything else is removed). InputError for a video that
         cannot be cut."""
         info = probe_video(source)
-        if info.rotation:
-            raise InputError(
-                f"{source}: a rotated video ({info.rotation} degrees) is not cut into pieces yet: run it without --ray"
-            )
+        if info.rotation or info.mirrored:
+            turned = f"a {'mirrored' if info.mirrored else 'rotated'} video ({info.rotation} degrees)"
+            raise InputError(f"{source}: {turned} is not cut into pieces yet: run it without --ray")
         settings = with_input_codec(settings, target.suffix, info.bit_depth)
         pieces = split_video(source, scratch, seconds)
         folder = segments_dir(target) / "pieces"

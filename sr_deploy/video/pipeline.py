@@ -36,7 +36,7 @@ from .frames import frames_to_model_input, model_output_to_frames
 from .held import EXACT, HeldBatch, HeldBatcher, HeldOutputs, check_threshold
 from .mux import write_output
 from .output import OutputPlan, plan_output
-from .probe import VideoInfo, open_input, probe_video, sws_colorspace, sws_range
+from .probe import VideoInfo, open_input, probe_video, sws_colorspace, sws_range, upright
 from .segments import SegmentWriter, read_manifest, resume_key
 
 # Batches waiting between stages; each holds batch_size frames.
@@ -324,7 +324,7 @@ class _VideoJob:
                 )
                 state.frames += 1
                 state.last_end = float((pts + (frame.duration or self.step)) * info.time_base)
-                full = self.batcher.add(pts, np.rot90(rgb, info.rotation // 90) if info.rotation else rgb)
+                full = self.batcher.add(pts, upright(rgb, info))
                 if full is not None:
                     self._hand_on(full)
             last = self.batcher.flush()

@@ -19,8 +19,9 @@ class VideoInfo:
     nominal (average) frame rate, for the encoder's rate control only. start / end: seconds of the
     stream per the container (end None when unknown). sar: sample aspect ratio (0 = unknown).
     bit_depth: bits per luma sample. colour fields: FFmpeg's enum values (AVCOL_*). rotation:
-    degrees counter-clockwise the player rotates by (a multiple of 90). audio / subtitles:
-    codec names of those streams.
+    degrees counter-clockwise the player rotates by (a multiple of 90). mirrored: the display
+    matrix also flips the picture (`upright` applies both). audio / subtitles: codec names of
+    those streams.
     """
 
     width: int
@@ -40,6 +41,7 @@ class VideoInfo:
     rotation: int
     audio: tuple[str, ...]
     subtitles: tuple[str, ...]
+    mirrored: bool = False
 
 
 def hardware_decoder(hwaccel: str) -> Any:
@@ -149,9 +151,43 @@ def probe_video(source: str | Path) -> VideoInfo:
             rotation=round((first.rotation or 0) / 90) * 90 % 360,
             audio=tuple(s.codec_context.name for s in container.streams.audio),
             subtitles=tuple(s.codec_context.name for s in container.streams.subtitles),
+            mirrored=_display_matrix(first) is not None and _flips(_display_matrix(first)),
         )
     finally:
         container.close()
+
+
+def _display_matrix(frame: Any) -> tuple[int, ...] | None:
+    """The frame's display matrix (9 int32: 16.16 fixed point, the last column 2.30), or None."""
+    import numpy as np
+
+    for side in frame.side_data:
+        if getattr(side.type, "name", "") == "DISPLAYMATRIX" and len(bytes(side)) == 36:
+            return tuple(int(v) for v in np.frombuffer(bytes(side), dtype="<i4"))
+    return None
+
+
+def _flips(matrix: tuple[int, ...]) -> bool:
+    """Whether the display matrix mirrors the picture (a negative determinant)."""
+    return matrix[0] * matrix[4] - matrix[1] * matrix[3] < 0
+
+
+def upright(rgb: Any, info: VideoInfo) -> Any:
+    """The frame `rgb` (HWC) as a player shows it, as ffmpeg's autorotate does: turned by
+    `info.rotation` (counter-clockwise), and for a mirroring display matrix flipped as well (a
+    mirror's matrix reads as a rotation of the flipped axis: hflip alone is "-180 degrees")."""
+    import numpy as np
+
+    if not info.mirrored:
+        return np.rot90(rgb, info.rotation // 90) if info.rotation else rgb
+    # ffmpeg (fftools, autorotate): 0 -> vflip, 180 -> hflip, 90 -> transpose, 270 -> anti-transpose,
+    # in its clockwise angle, here counter-clockwise: 0 -> vflip, 180 -> hflip, 270 / 90 swapped.
+    return {
+        0: lambda a: a[::-1],
+        180: lambda a: a[:, ::-1],
+        270: lambda a: a.swapaxes(0, 1),
+        90: lambda a: np.rot90(a, -1)[::-1],
+    }[info.rotation](rgb)
 
 
 def container_tag(source: str | Path | BinaryIO, tag: str) -> str | None:

@@ -26,6 +26,7 @@ from _upscale_support import (
     cpu_backend,
     decoded_video,
     ffmpeg,
+    ffmpeg_exe,
     frame_times,
     make_clip,
     save_overflowing_srvgg,
@@ -718,6 +719,56 @@ def test_frames_larger_than_the_bound_are_refused_before_any_frame(clips, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == []
     monkeypatch.setattr(pipeline, "available_memory", lambda: 1 << 34)
     assert upscale_video(NearestBackend(2), clips["bbb"], target, max_pixels=96 * 52, progress=False).frames > 0
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["-display_hflip"],
+        ["-display_vflip"],
+        ["-display_rotation", "90", "-display_hflip"],
+        ["-display_rotation", "270", "-display_hflip"],
+        ["-display_rotation", "90"],
+    ],
+    ids=["hflip", "vflip", "rot90+hflip", "rot270+hflip", "rot90"],
+)
+def test_frames_are_turned_upright_as_ffmpeg_shows_them(clips, tmp_path, flags):
+    """A mirroring display matrix (a selfie camera's) reads as a rotation of the flipped axis, so
+    an hflip came out turned 180 degrees and rot90+hflip lost its flip. Each first frame, made
+    upright, is ffmpeg's own autorotated picture, and differs from the rotation alone."""
+    import av
+
+    from sr_deploy.video.probe import probe_video, upright
+
+    clip = tmp_path / "flipped.mp4"
+    ffmpeg(*flags, "-i", str(clips["car"]), "-c", "copy", str(clip))
+    info = probe_video(clip)
+    with av.open(str(clip)) as container:
+        rgb = next(container.decode(video=0)).to_ndarray(format="rgb24")
+    shown = subprocess.run(
+        [
+            ffmpeg_exe(),
+            "-loglevel",
+            "error",
+            "-i",
+            str(clip),
+            "-frames:v",
+            "1",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-",
+        ],
+        capture_output=True,
+        check=True,
+    ).stdout
+    ours = np.ascontiguousarray(upright(rgb, info)).astype(int)
+    assert len(shown) == ours.size
+    assert np.abs(np.frombuffer(shown, np.uint8).reshape(ours.shape) - ours).mean() < 1
+    if info.mirrored:
+        turned_only = np.rot90(rgb, info.rotation // 90).astype(int)
+        assert turned_only.shape != ours.shape or np.abs(turned_only - ours).mean() > 10
 
 
 def test_unreadable_video_is_an_input_error(tmp_path):
