@@ -153,6 +153,19 @@ def container_format(suffix: str) -> str:
     return container_rules(suffix).format
 
 
+# FFmpeg's default layout per channel count (av_channel_layout_default).
+_DEFAULT_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "4.0", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
+
+
+def _name_channel_layout(copied: Any) -> None:
+    """Give a copied audio stream whose layout is only a channel count (``2 channels``: PCM from
+    Matroska) the default layout of that count (stereo), as ffmpeg guesses it: the MP4 muxer
+    refuses an unspecified layout ("Invalid argument"), which failed the whole video."""
+    layout = copied.codec_context.layout
+    if layout.name == f"{layout.nb_channels} channels" and layout.nb_channels in _DEFAULT_LAYOUTS:
+        copied.codec_context.layout = _DEFAULT_LAYOUTS[layout.nb_channels]
+
+
 def _audio_streams(
     src: Any, out: Any, rules: Any, source: Path, target_suffix: str, warn: Log
 ) -> tuple[dict[int, Any], dict[int, _AudioTranscoder], list[str]]:
@@ -170,6 +183,7 @@ def _audio_streams(
         if name in accepted and name not in rules.mistimed_audio_copies:
             copies[stream.index] = out.add_stream_from_template(stream)
             _keep_stream_facts(stream, copies[stream.index])
+            _name_channel_layout(copies[stream.index])
             outcomes.append("copied")
             continue
         encoder = av.codec.Codec(rules.audio_fallback, "w")

@@ -771,6 +771,21 @@ def test_frames_are_turned_upright_as_ffmpeg_shows_them(clips, tmp_path, flags):
         assert turned_only.shape != ours.shape or np.abs(turned_only - ours).mean() > 10
 
 
+def test_pcm_audio_from_matroska_is_copied_into_mp4(clips, tmp_path):
+    """PCM in Matroska has no named channel layout ("2 channels"): the MP4 muxer refused it and the
+    whole video failed as a write error (exit 1); ffmpeg names it stereo, and so do we now."""
+    import av
+
+    source = tmp_path / "pcm.mkv"
+    ffmpeg("-i", str(clips["bbb"]), "-c:v", "copy", "-c:a", "pcm_s16le", str(source))
+    target = tmp_path / "out.mp4"
+    upscale_video(NearestBackend(2), source, target, progress=False)
+    with av.open(str(target)) as container:
+        audio = container.streams.audio[0].codec_context
+        assert (audio.name, audio.layout.name) == ("pcm_s16le", "stereo")
+    assert abs(audio_seconds(target) - audio_seconds(source)) < 0.05
+
+
 def test_unreadable_video_is_an_input_error(tmp_path):
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"\x00" * 1000)
