@@ -166,6 +166,28 @@ def _name_channel_layout(copied: Any) -> None:
         copied.codec_context.layout = _DEFAULT_LAYOUTS[layout.nb_channels]
 
 
+def _not_carried(src: Any) -> list[str]:
+    """What the output leaves out of `src`: every stream but the first video (the one upscaled),
+    the audio and the subtitles (said where they are dropped): other video streams and cover art,
+    attachments (a Matroska file's subtitle fonts), data tracks (a QuickTime timecode)."""
+    first = src.streams.video[0].index
+    left = []
+    for stream in src.streams:
+        if stream.type in ("audio", "subtitle") or stream.index == first:
+            continue
+        codec = getattr(getattr(stream, "codec_context", None), "name", None)
+        if stream.type == "attachment":
+            left.append(f"attachment {stream.metadata.get('filename') or codec or ''}".strip())
+        elif stream.type == "video":
+            # AV_DISPOSITION_ATTACHED_PIC (MP4), or one JPEG / PNG picture (Matroska's cover art)
+            picture = stream.disposition & 1024 or (codec in ("mjpeg", "png") and stream.frames <= 1)
+            left.append(f"{'cover picture' if picture else 'video'} ({codec})")
+        else:
+            what = "timecode" if "timecode" in stream.metadata else codec or stream.codec_tag or "?"
+            left.append(f"{stream.type} ({what})")
+    return left
+
+
 def _audio_streams(
     src: Any, out: Any, rules: Any, source: Path, target_suffix: str, warn: Log
 ) -> tuple[dict[int, Any], dict[int, _AudioTranscoder], list[str]]:
@@ -258,6 +280,9 @@ def mux(
                 _keep_stream_facts(stream, copies[stream.index])
             else:
                 warn(f"warning: {source}: {target_suffix} does not take {name} subtitles; that stream is dropped")
+        left = _not_carried(src)
+        if left:
+            warn(f"warning: {source}: not carried over to the output: {', '.join(left)}")
         video = _monotonic_dts(
             packet for container in inputs for packet in _copy_packets(container, container.streams.video[0], video_out)
         )

@@ -786,6 +786,36 @@ def test_pcm_audio_from_matroska_is_copied_into_mp4(clips, tmp_path):
     assert abs(audio_seconds(target) - audio_seconds(source)) < 0.05
 
 
+def test_streams_left_out_of_the_output_are_named(clips, tmp_path):
+    """A second video stream and a QuickTime timecode track vanished without a word (audio and
+    subtitles that cannot be carried were already named)."""
+    source = tmp_path / "extras.mov"
+    ffmpeg(
+        "-i",
+        str(clips["bbb"]),
+        "-i",
+        str(clips["car"]),
+        "-map",
+        "0",
+        "-map",
+        "1:v",
+        "-c",
+        "copy",
+        "-timecode",
+        "01:00:00:00",
+        str(source),
+    )
+    said: list[str] = []
+    upscale_video(NearestBackend(2), source, tmp_path / "out.mp4", progress=False, log=said.append)
+    left = [line for line in said if "not carried over" in line]
+    # ffmpeg writes a timecode track per video stream
+    expected = "video (h264), data (timecode), data (timecode)"
+    assert left == [f"warning: {source}: not carried over to the output: {expected}"], said
+    plain: list[str] = []
+    upscale_video(NearestBackend(2), clips["bbb"], tmp_path / "plain.mp4", progress=False, log=plain.append)
+    assert not [line for line in plain if "not carried over" in line]
+
+
 def test_unreadable_video_is_an_input_error(tmp_path):
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"\x00" * 1000)
