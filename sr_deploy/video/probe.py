@@ -21,7 +21,8 @@ class VideoInfo:
     bit_depth: bits per luma sample. colour fields: FFmpeg's enum values (AVCOL_*). rotation:
     degrees counter-clockwise the player rotates by (a multiple of 90). mirrored: the display
     matrix also flips the picture (`upright` applies both). audio / subtitles: codec names of
-    those streams.
+    those streams. interlaced: the first frame is flagged interlaced. alpha: the stream has an
+    alpha channel (a yuva pixel format, or VP9's alpha_mode).
     """
 
     width: int
@@ -42,6 +43,8 @@ class VideoInfo:
     audio: tuple[str, ...]
     subtitles: tuple[str, ...]
     mirrored: bool = False
+    interlaced: bool = False
+    alpha: bool = False
 
 
 def hardware_decoder(hwaccel: str) -> Any:
@@ -152,6 +155,8 @@ def probe_video(source: str | Path) -> VideoInfo:
             audio=tuple(s.codec_context.name for s in container.streams.audio),
             subtitles=tuple(s.codec_context.name for s in container.streams.subtitles),
             mirrored=_display_matrix(first) is not None and _flips(_display_matrix(first)),
+            interlaced=bool(first.interlaced_frame),
+            alpha=any(c.is_alpha for c in first.format.components) or stream.metadata.get("alpha_mode") == "1",
         )
     finally:
         container.close()

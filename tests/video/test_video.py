@@ -816,6 +816,43 @@ def test_streams_left_out_of_the_output_are_named(clips, tmp_path):
     assert not [line for line in plain if "not carried over" in line]
 
 
+def test_what_the_output_cannot_keep_is_said(clips, tmp_path):
+    """Interlaced input went through as progressive, ProRes 4444's alpha and its 12 bits were lost,
+    each without a word."""
+    interlaced, alpha = tmp_path / "interlaced.mp4", tmp_path / "alpha.mov"
+    ffmpeg(
+        "-i",
+        str(clips["bbb"]),
+        "-an",
+        "-c:v",
+        "libx264",
+        "-flags",
+        "+ildct+ilme",
+        "-field_order",
+        "tt",
+        str(interlaced),
+    )
+    ffmpeg(
+        "-i",
+        str(clips["bbb"]),
+        "-an",
+        "-c:v",
+        "prores_ks",
+        "-profile:v",
+        "4444",
+        "-pix_fmt",
+        "yuva444p12le",
+        str(alpha),
+    )
+    result = upscale_video(NearestBackend(2), interlaced, tmp_path / "i.mp4", progress=False, log=lambda m: None)
+    assert [w for w in result.warnings if "interlaced; upscaled as progressive" in w], result.warnings
+    result = upscale_video(NearestBackend(2), alpha, tmp_path / "a.mp4", progress=False, log=lambda m: None)
+    assert [w for w in result.warnings if "its alpha channel is not kept" in w], result.warnings
+    assert [w for w in result.warnings if "12-bit input written as 10-bit yuv420p10le" in w], result.warnings
+    plain = upscale_video(NearestBackend(2), clips["bbb"], tmp_path / "p.mp4", progress=False, log=lambda m: None)
+    assert plain.warnings == []
+
+
 def test_unreadable_video_is_an_input_error(tmp_path):
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"\x00" * 1000)
