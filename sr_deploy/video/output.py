@@ -131,3 +131,25 @@ def plan_output(
         np.uint16 if deep_out else np.uint8,
         "rgb48le" if deep_out else "rgb24",
     )
+
+
+def lost_on_output(source: Path, info: VideoInfo, plan: OutputPlan) -> list[str]:
+    """Warnings for what of the input the output cannot keep: interlacing (the fields go through
+    the model as one picture), an alpha channel, a bit depth above the output's."""
+    import av
+
+    notes = []
+    if info.interlaced:
+        notes.append(
+            f"warning: {source}: interlaced; upscaled as progressive, so combing is upscaled too "
+            "(deinterlace it first, e.g. ffmpeg -vf bwdif)"
+        )
+    if info.alpha:
+        notes.append(f"warning: {source}: its alpha channel is not kept (video outputs are opaque)")
+    out_bits = max((c.bits for c in av.VideoFormat(plan.settings.pix_fmt).components), default=8)
+    if info.bit_depth > out_bits:
+        notes.append(
+            f"warning: {source}: {info.bit_depth}-bit input written as {out_bits}-bit {plan.settings.pix_fmt} "
+            "(--pix-fmt chooses, e.g. yuv420p12le with libx265)"
+        )
+    return notes

@@ -35,7 +35,7 @@ from .decode import DecodeState, check_concealed, decoded_frames, timed
 from .frames import frames_to_model_input, model_output_to_frames
 from .held import EXACT, HeldBatch, HeldBatcher, HeldOutputs, check_threshold
 from .mux import write_output
-from .output import OutputPlan, plan_output
+from .output import OutputPlan, lost_on_output, plan_output
 from .probe import VideoInfo, open_input, probe_video, sws_colorspace, sws_range, upright
 from .segments import SegmentWriter, read_manifest, resume_key
 
@@ -107,28 +107,6 @@ def _check_finite(batch: np.ndarray, source: Path, frame_numbers: list[int]) -> 
 # pixel); the encoder's own frames at the output size (x264's lookahead and frame threads hold
 # about 48, 1.5 bytes a pixel in 4:2:0).
 _ENCODER_FRAMES = 48
-
-
-def _input_notes(source: Path, info: VideoInfo, plan: OutputPlan) -> list[str]:
-    """Warnings for what of the input the output cannot keep: interlacing (the fields go through
-    the model as one picture), an alpha channel, a bit depth above the output's."""
-    import av
-
-    notes = []
-    if info.interlaced:
-        notes.append(
-            f"warning: {source}: interlaced; upscaled as progressive, so combing is upscaled too "
-            "(deinterlace it first, e.g. ffmpeg -vf bwdif)"
-        )
-    if info.alpha:
-        notes.append(f"warning: {source}: its alpha channel is not kept (video outputs are opaque)")
-    out_bits = max((c.bits for c in av.VideoFormat(plan.settings.pix_fmt).components), default=8)
-    if info.bit_depth > out_bits:
-        notes.append(
-            f"warning: {source}: {info.bit_depth}-bit input written as {out_bits}-bit {plan.settings.pix_fmt} "
-            "(--pix-fmt chooses, e.g. yuv420p12le with libx265)"
-        )
-    return notes
 
 
 def check_frame_size(source: Path, info: VideoInfo, scale: int, options: VideoOptions) -> None:
@@ -263,7 +241,7 @@ class _VideoJob:
         self.tile, self.overlap, self.batch_size, self.hwaccel = tile, overlap, batch_size, hwaccel
         self.allow_partial, self.log, self.tags = allow_partial, log, tags
         self.warnings: list[str] = []
-        for note in _input_notes(source, info, plan):
+        for note in lost_on_output(source, info, plan):
             self.warn(note)
         target.parent.mkdir(parents=True, exist_ok=True)
         self.folder = segments_dir(target)
