@@ -186,6 +186,26 @@ def tiny_vgg(tmp_path_factory):
     return save_tiny_srvgg(tmp_path_factory.mktemp("m") / "vgg.pt")
 
 
+def _as_ffmpeg_shows(path: Path) -> bytes:
+    """The first frame of `path` as rgb24 bytes, decoded by ffmpeg (which applies the display
+    matrix: autorotate)."""
+    command = [
+        ffmpeg_exe(),
+        "-v",
+        "error",
+        "-i",
+        str(path),
+        "-frames:v",
+        "1",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-",
+    ]
+    return subprocess.run(command, capture_output=True, check=True).stdout
+
+
 def _leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if "partial" in p.name or p.name.endswith(".segments"))
 
@@ -336,36 +356,13 @@ def test_sample_aspect_ratio_colour_and_rotation_are_carried(clips, tmp_path):
     upscale_video(NearestBackend(2), clips["rot"], rotated, preset="ultrafast", progress=False)
     facts = video_stream_facts(rotated)
     assert facts["size"] == (108, 144) and facts["sar"] == Fraction(3, 4) and not facts["rotation"]
-    upright = subprocess.run(
-        [
-            ffmpeg_path(),
-            "-v",
-            "error",
-            "-i",
-            str(clips["rot"]),
-            "-frames:v",
-            "1",
-            "-f",
-            "rawvideo",
-            "-pix_fmt",
-            "rgb24",
-            "-",
-        ],
-        capture_output=True,
-        check=True,
-    ).stdout
+    upright = _as_ffmpeg_shows(clips["rot"])
     upright = np.frombuffer(upright, np.uint8).reshape(72, 54, 3).astype(int)  # ffmpeg autorotates
     import av
 
     with av.open(str(rotated)) as container:
         ours = next(container.decode(video=0)).to_ndarray(format="rgb24")[::2, ::2].astype(int)
     assert np.abs(ours - upright).mean() < 6  # same picture the same way up (lossy codec twice)
-
-
-def ffmpeg_path() -> str:
-    from _upscale_support import ffmpeg_exe
-
-    return ffmpeg_exe()
 
 
 def test_hevc_in_mp4_and_mov_is_tagged_for_apples_players_and_x265_stays_quiet(clips, tmp_path, capfd):
@@ -745,24 +742,7 @@ def test_frames_are_turned_upright_as_ffmpeg_shows_them(clips, tmp_path, flags):
     info = probe_video(clip)
     with av.open(str(clip)) as container:
         rgb = next(container.decode(video=0)).to_ndarray(format="rgb24")
-    shown = subprocess.run(
-        [
-            ffmpeg_exe(),
-            "-loglevel",
-            "error",
-            "-i",
-            str(clip),
-            "-frames:v",
-            "1",
-            "-f",
-            "rawvideo",
-            "-pix_fmt",
-            "rgb24",
-            "-",
-        ],
-        capture_output=True,
-        check=True,
-    ).stdout
+    shown = _as_ffmpeg_shows(clip)
     ours = np.ascontiguousarray(upright(rgb, info)).astype(int)
     assert len(shown) == ours.size
     assert np.abs(np.frombuffer(shown, np.uint8).reshape(ours.shape) - ours).mean() < 1
