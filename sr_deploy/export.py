@@ -40,7 +40,7 @@ from .onnx_graph import (  # noqa: F401 - FP16_* and count_fp16_tensors re-expor
     save_onnx,
 )
 from .parity import ParityReport, check_thresholds, parity, parity_inputs
-from .util import Progress, atomic_write, check_local_path, first_line, parse_dims, progress_to, quiet, to_stderr
+from .util import Progress, check_local_path, first_line, parse_dims, progress_to, quiet, to_stderr
 from .util.memory import check_call_fits
 from .util.onnx_facts import (
     LIVE_VALUES_KEY,
@@ -286,13 +286,7 @@ def _check_and_save(proto: Any, output: Path, verified: Callable[[Path], None] |
     except Exception as exc:
         why = first_line(exc)
         raise SRDeployError(f"{output}: the exported graph fails onnx.checker ({why}); nothing written") from exc
-    try:
-        with atomic_write(output) as tmp:
-            onnx.save_model(proto, str(tmp), save_as_external_data=False)
-            if verified is not None:
-                verified(tmp)
-    except OSError as exc:
-        raise SRDeployError(f"{output}: could not write it ({exc.strerror or exc}); nothing written") from exc
+    save_onnx(proto, output, verified)
 
 
 def _root_cause(exc: BaseException) -> str:

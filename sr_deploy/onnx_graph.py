@@ -7,7 +7,7 @@ Below the backends in the layers: it runs ONNX Runtime directly (for calibration
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -183,12 +183,15 @@ def _fp16_unsafe(value: np.ndarray, safe_max: float, max_relative_error: float) 
     return float(np.sqrt(np.mean(np.square(err, dtype=np.float64)))) / rms > max_relative_error
 
 
-def save_onnx(model: Any, output: Path) -> None:
-    """Write one self-contained file beside `output` under a temporary name, then rename."""
+def save_onnx(model: Any, output: Path, verified: Callable[[Path], None] | None = None) -> None:
+    """Write one self-contained file beside `output` under a temporary name, then rename;
+    `verified` runs on the written file before it takes its name (a Ctrl-C there leaves none)."""
     import onnx
 
     try:
         with atomic_write(output) as tmp:
             onnx.save_model(model, str(tmp), save_as_external_data=False)
+            if verified is not None:
+                verified(tmp)
     except OSError as exc:
         raise SRDeployError(f"{output}: could not write it ({exc.strerror or exc}); nothing written") from exc
