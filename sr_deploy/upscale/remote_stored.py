@@ -23,11 +23,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
 from ..util import storage
 from ..video import probe_video
 from ..video.mux import write_output
-from ..video.pieces import VideoPieces, piece_name, provenance_tags, split_video, with_input_codec
+from ..video.pieces import VideoPieces, check_cuttable, piece_name, provenance_tags, split_video, with_input_codec
 from ..video.segments import Segment
 from .plan import Job, Outcome
 from .remote import RemoteRun
@@ -47,10 +46,7 @@ class StoredPieces(VideoPieces):
     def cut_to_store(cls, source: str, target: str, scratch: Path, seconds: float, settings: dict) -> StoredPieces:
         local = local_input(source, scratch / "source")
         info = probe_video(local)
-        if info.rotation:
-            raise InputError(
-                f"{source}: a rotated video ({info.rotation} degrees) is not cut into pieces yet: run it without --ray"
-            )
+        check_cuttable(source, info)
         settings = with_input_codec(settings, Path(target).suffix, info.bit_depth)
         prefix = storage.join(storage.parent(target), f".{storage.basename(target)}.segments")
         key = _key(source, local, settings)

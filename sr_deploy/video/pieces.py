@@ -20,7 +20,7 @@ from ..util.files import atomic_write_bytes
 from ..util.text import first_line, provenance
 from .common import Log, VideoOptions, default_codec, segments_dir
 from .mux import write_output
-from .probe import probe_video
+from .probe import VideoInfo, probe_video
 from .segments import Segment, read_manifest, resume_key, write_manifest
 
 # Pieces are MP4, like a local run's segments: MP4 keeps the stream's time base and B-frame decode
@@ -123,6 +123,14 @@ def upscaled_piece_path(piece: Path) -> Path:
     return piece.with_name(piece.stem + "-x" + PIECE_SUFFIX)
 
 
+def check_cuttable(source: str | Path, info: VideoInfo) -> None:
+    """InputError for a video `--ray` cannot cut into pieces yet: one with a display rotation or
+    mirror (the pieces would have to carry it), named as `source` is given (a URI stays one)."""
+    if info.rotation or info.mirrored:
+        turned = f"a {'mirrored' if info.mirrored else 'rotated'} video ({info.rotation} degrees)"
+        raise InputError(f"{source}: {turned} is not cut into pieces yet: run it without --ray")
+
+
 @dataclass
 class VideoPieces:
     """A video's pieces: those to send (`pending`: (part, file, packets)), the finished ones kept
@@ -145,9 +153,7 @@ class VideoPieces:
         made with the same `settings` (anything else is removed). InputError for a video that
         cannot be cut."""
         info = probe_video(source)
-        if info.rotation or info.mirrored:
-            turned = f"a {'mirrored' if info.mirrored else 'rotated'} video ({info.rotation} degrees)"
-            raise InputError(f"{source}: {turned} is not cut into pieces yet: run it without --ray")
+        check_cuttable(source, info)
         settings = with_input_codec(settings, target.suffix, info.bit_depth)
         pieces = split_video(source, scratch, seconds)
         folder = segments_dir(target) / "pieces"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import resource
 import signal
 import subprocess
@@ -831,6 +832,23 @@ def test_what_the_output_cannot_keep_is_said(clips, tmp_path):
     assert [w for w in result.warnings if "12-bit input written as 10-bit yuv420p10le" in w], result.warnings
     plain = upscale_video(NearestBackend(2), clips["bbb"], tmp_path / "p.mp4", progress=False, log=lambda m: None)
     assert plain.warnings == []
+
+
+def test_ray_refuses_to_cut_a_turned_or_mirrored_video(clips, tmp_path):
+    """`--ray` pieces would lose the display matrix: a rotated or mirrored video is refused by the
+    one check both the local and the stored pieces use (the stored one let a mirror through)."""
+    from sr_deploy.video.pieces import check_cuttable
+    from sr_deploy.video.probe import probe_video
+
+    check_cuttable(clips["car"], probe_video(clips["car"]))  # upright: cut as usual
+    for flags, turned in [
+        (["-display_vflip"], "a mirrored video (0 degrees)"),
+        (["-display_rotation", "90"], "a rotated"),
+    ]:
+        clip = tmp_path / "turned.mp4"
+        ffmpeg(*flags, "-i", str(clips["car"]), "-c", "copy", str(clip))
+        with pytest.raises(InputError, match="^" + re.escape(f"s3://b/turned.mp4: {turned}")):
+            check_cuttable("s3://b/turned.mp4", probe_video(clip))
 
 
 def test_unreadable_video_is_an_input_error(tmp_path):
