@@ -154,7 +154,7 @@ def probe_video(source: str | Path) -> VideoInfo:
             rotation=round((first.rotation or 0) / 90) * 90 % 360,
             audio=tuple(s.codec_context.name for s in container.streams.audio),
             subtitles=tuple(s.codec_context.name for s in container.streams.subtitles),
-            mirrored=_display_matrix(first) is not None and _flips(_display_matrix(first)),
+            mirrored=_flips(_display_matrix(first)),
             interlaced=bool(first.interlaced_frame),
             alpha=any(c.is_alpha for c in first.format.components) or stream.metadata.get("alpha_mode") == "1",
         )
@@ -172,9 +172,9 @@ def _display_matrix(frame: Any) -> tuple[int, ...] | None:
     return None
 
 
-def _flips(matrix: tuple[int, ...]) -> bool:
-    """Whether the display matrix mirrors the picture (a negative determinant)."""
-    return matrix[0] * matrix[4] - matrix[1] * matrix[3] < 0
+def _flips(matrix: tuple[int, ...] | None) -> bool:
+    """Whether the display matrix (None: there is none) mirrors the picture (a negative determinant)."""
+    return matrix is not None and matrix[0] * matrix[4] - matrix[1] * matrix[3] < 0
 
 
 def upright(rgb: Any, info: VideoInfo) -> Any:
