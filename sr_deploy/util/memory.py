@@ -18,10 +18,7 @@ def available_memory() -> int:
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError):
         pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (OSError, ValueError, AttributeError):
-        return 1 << 34  # unknown: 16 GiB
+    return physical_memory_bytes() or 1 << 34  # unknown: 16 GiB
 
 
 def physical_memory_bytes() -> int | None:
